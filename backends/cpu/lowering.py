@@ -1,0 +1,160 @@
+"""CPU lowering stages: linalg → tiled → vector → llvm → (jit | obj | so | asm).
+
+Reads a linalg-on-tensors module (from `compiler/frontend.py`) and per-op schedules
+(`backends/cpu/schedule.py`); each stage is a function from a module to a module, so any
+stage's IR can be dumped or resumed from. The last stages hand the LLVM-dialect module to
+`ExecutionEngine` (JIT, opt level 3, host CPU with AVX-512) or write an object file, a
+shared library or assembly text.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from collections.abc import Mapping
+
+from torch_mlir import ir, passmanager
+from torch_mlir.dialects.transform import interpreter
+
+from tilecraft.backends.cpu import schedule as sched
+
+STAGES = ("linalg", "tiled", "vector", "llvm")
+
+LLVM_PIPELINE = (
+    "builtin.module("
+    "buffer-results-to-out-params{hoist-static-allocs=true modify-public-functions=true},"
+    "func.func(convert-linalg-to-loops),"
+    "buffer-deallocation-pipeline,"
+    "convert-bufferization-to-memref,"
+    "convert-vector-to-scf,"
+    "expand-strided-metadata,"
+    "lower-affine,"
+    "convert-scf-to-cf,"
+    "convert-vector-to-llvm{enable-x86},"
+    "finalize-memref-to-llvm,"
+    "convert-math-to-llvm,"
+    "convert-math-to-libm,"
+    "convert-arith-to-llvm,"
+    "convert-index-to-llvm,"
+    "convert-func-to-llvm,"
+    "convert-cf-to-llvm,"
+    "convert-ub-to-llvm,"
+    "reconcile-unrealized-casts)"
+)
+
+
+class PipelineError(RuntimeError):
+    """A stage failed; `reproducer` is the saved input IR, `command` reproduces it."""
+
+    def __init__(self, message: str, *, stage: str, reproducer: str | None = None, command: str | None = None):
+        super().__init__(message)
+        self.stage, self.reproducer, self.command = stage, reproducer, command
+
+
+def run_pipeline(module: ir.Module, pipeline: str, *, stage: str) -> ir.Module:
+    """Run a textual pass pipeline in place; on failure save the input and name the command."""
+    before = str(module) if _wants_reproducer() else None
+    try:
+        passmanager.PassManager.parse(pipeline, context=module.context).run(module.operation)
+    except Exception as exc:  # MLIRError: the diagnostics are in the message
+        raise _stage_error(exc, stage, before, f"tilecraft-opt {{input}} -p '{pipeline}'") from None
+    return module
+
+
+def apply_transform(module: ir.Module, script: str, *, stage: str) -> ir.Module:
+    """Parse a transform script in the module's context and interpret it on the module."""
+    before = str(module) if _wants_reproducer() else None
+    try:
+        tmod = ir.Module.parse(script, context=module.context)
+        entry = next(op for op in tmod.body.operations if "sym_name" in op.attributes)
+        interpreter.apply_named_sequence(module.operation, entry, tmod)
+    except Exception as exc:
+        raise _stage_error(exc, stage, before, f"tilecraft-opt {{input}} -p 'cpu-{stage}'") from None
+    return module
+
+
+def _wants_reproducer() -> bool:
+    return os.environ.get("TILECRAFT_NO_REPRODUCER") != "1"
+
+
+def _stage_error(exc: Exception, stage: str, before: str | None, command: str) -> PipelineError:
+    first = " ".join(str(exc).split())
+    path = None
+    if before is not None:
+        fd, path = tempfile.mkstemp(prefix=f"tilecraft-{stage}-", suffix=".mlir")
+        with os.fdopen(fd, "w") as f:
+            f.write(before)
+        command = command.format(input=path)
+    return PipelineError(f"stage '{stage}' failed: {first[:400]}", stage=stage, reproducer=path, command=command)
+
+
+# ------------------------------------------------------------------------------ stages
+def to_tiled(module: ir.Module, overrides: Mapping[int, sched.OpSchedule] | None = None) -> ir.Module:
+    """linalg → tiled: tag ops, pick schedules, tile (and decompose conv register tiles)."""
+    infos = sched.tag_ops(module)
+    script = sched.tiling_script(infos, sched.schedules(infos, overrides))
+    return apply_transform(module, script, stage="tiled")
+
+
+def to_vector(module: ir.Module, *, vectorize: bool = True) -> ir.Module:
+    """tiled → vector: vectorize, hoist, bufferize, lower vector ops to LLVM-friendly form."""
+    return apply_transform(module, sched.vectorize_script(vectorize=vectorize), stage="vector")
+
+
+def to_llvm(module: ir.Module) -> ir.Module:
+    """vector → llvm: out-params, loops, deallocation, and conversion to the LLVM dialect."""
+    for op in module.body.operations:
+        if op.operation.name == "func.func" and "sym_visibility" not in op.attributes:
+            op.attributes["llvm.emit_c_interface"] = ir.UnitAttr.get(module.context)
+    return run_pipeline(module, LLVM_PIPELINE, stage="llvm")
+
+
+def lower(module: ir.Module, until: str = "llvm", *, start: str = "linalg") -> ir.Module:
+    """Run the stages after `start` up to and including `until`."""
+    fns = {"tiled": to_tiled, "vector": to_vector, "llvm": to_llvm}
+    for stage in STAGES[STAGES.index(start) + 1 : STAGES.index(until) + 1]:
+        module = fns[stage](module)
+    return module
+
+
+# ---------------------------------------------------------------------- llvm → machine
+def jit(module: ir.Module, *, opt_level: int = 3):
+    from torch_mlir.execution_engine import ExecutionEngine
+
+    return ExecutionEngine(module, opt_level=opt_level)
+
+
+def emit_object(module: ir.Module, path: str, *, opt_level: int = 3) -> None:
+    jit(module, opt_level=opt_level).dump_to_object_file(path)
+
+
+def emit_shared_library(module: ir.Module, path: str, *, opt_level: int = 3) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        obj = os.path.join(tmp, "kernel.o")
+        emit_object(module, obj, opt_level=opt_level)
+        subprocess.run(["cc", "-shared", "-o", path, obj, "-lm"], check=True, capture_output=True)
+
+
+def emit_assembly(module: ir.Module, *, opt_level: int = 3) -> str:
+    """Host assembly text, through LLVM IR and llvmlite's target machine for this CPU."""
+    import llvmlite.binding as llvm
+    from torch_mlir.dialects import llvm as llvm_dialect
+
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+    llvm_ir = llvm_dialect.translate_module_to_llvmir(module.operation)
+    target = llvm.Target.from_default_triple()
+    tm = target.create_target_machine(cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(), opt=opt_level)
+    mod = llvm.parse_assembly(str(llvm_ir))
+    mod.verify()
+    _optimize(mod, tm, opt_level)
+    return tm.emit_assembly(mod)
+
+
+def _optimize(mod, tm, opt_level: int) -> None:
+    import llvmlite.binding as llvm
+
+    pto = llvm.create_pipeline_tuning_options(speed_level=opt_level, size_level=0)
+    pb = llvm.create_pass_builder(tm, pto)
+    pb.getModulePassManager().run(mod, pb)

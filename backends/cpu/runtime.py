@@ -1,0 +1,167 @@
+"""CPU runtime: call a compiled entry function with torch tensors or numpy arrays.
+
+Sits at the end of the CPU backend. The lowering gives every public function a C
+interface (`_mlir_ciface_<name>`) whose arguments are pointers to memref descriptors,
+inputs first and then one out-parameter per result (`buffer-results-to-out-params`).
+This module builds those descriptors with ctypes, checks shapes and dtypes at call time,
+and works the same for a JIT `ExecutionEngine` and for a shared library loaded with ctypes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+_DTYPES = {
+    "f32": torch.float32,
+    "f64": torch.float64,
+    "f16": torch.float16,
+    "bf16": torch.bfloat16,
+    "i64": torch.int64,
+    "i32": torch.int32,
+    "i16": torch.int16,
+    "i8": torch.int8,
+    "i1": torch.bool,
+}
+_NAMES = {v: k for k, v in _DTYPES.items()}
+
+
+class CallError(ValueError):
+    """An argument does not match the compiled signature."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    shape: tuple[int, ...]
+    dtype: str  # MLIR element type name: f32, i64, …
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return _DTYPES[self.dtype]
+
+    def __str__(self) -> str:
+        return f"{'x'.join(map(str, self.shape)) or 'scalar'}x{self.dtype}" if self.shape else f"{self.dtype}"
+
+    @staticmethod
+    def from_type(t) -> TensorSpec:
+        from torch_mlir import ir
+
+        st = ir.ShapedType(t)
+        elem = str(st.element_type)
+        if elem not in _DTYPES:
+            raise CallError(f"unsupported element type {elem}")
+        return TensorSpec(tuple(st.shape), elem)
+
+    @staticmethod
+    def of(t: torch.Tensor) -> TensorSpec:
+        if t.dtype not in _NAMES:
+            raise CallError(f"unsupported dtype {t.dtype}")
+        return TensorSpec(tuple(t.shape), _NAMES[t.dtype])
+
+
+@dataclasses.dataclass(frozen=True)
+class Signature:
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @staticmethod
+    def of_func(module, name: str) -> Signature:
+        """Signature of func `name` in a tensor-level module."""
+        from torch_mlir import ir
+
+        for op in module.body.operations:
+            if op.operation.name == "func.func" and ir.StringAttr(op.attributes["sym_name"]).value == name:
+                ft = ir.FunctionType(ir.TypeAttr(op.attributes["function_type"]).value)
+                return Signature(
+                    tuple(TensorSpec.from_type(t) for t in ft.inputs), tuple(TensorSpec.from_type(t) for t in ft.results)
+                )
+        raise CallError(f"no function @{name} in the module")
+
+
+def _descriptor_type(rank: int):
+    fields = [("allocated", ctypes.c_void_p), ("aligned", ctypes.c_void_p), ("offset", ctypes.c_int64)]
+    if rank:
+        fields += [("sizes", ctypes.c_int64 * rank), ("strides", ctypes.c_int64 * rank)]
+    return type(f"MemRef{rank}D", (ctypes.Structure,), {"_fields_": fields})
+
+
+def _descriptor(t: torch.Tensor):
+    desc = _descriptor_type(t.dim())()
+    desc.allocated = desc.aligned = t.data_ptr()
+    desc.offset = 0
+    if t.dim():
+        desc.sizes[:] = list(t.shape)
+        desc.strides[:] = list(t.stride())
+    return desc
+
+
+class CompiledFunction:
+    """A compiled entry point. `bound` tensors (weights) are passed first on every call.
+
+    `address` is the address of the packed wrapper `_mlir__mlir_ciface_<name>(void **args)`
+    that ExecutionEngine generates (present in the JIT and in dumped objects alike): args[i]
+    points at a pointer to the i-th memref descriptor. `owner` (an ExecutionEngine or a
+    ctypes CDLL) is kept alive as long as the function is.
+    """
+
+    def __init__(self, address: int, signature: Signature, *, owner, bound: Sequence[torch.Tensor] = ()):
+        self.signature, self._owner = signature, owner
+        n_in, n_out = len(signature.inputs), len(signature.outputs)
+        self._fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(address)
+        self._bound = [t.detach().contiguous() for t in bound]
+        for i, t in enumerate(self._bound):
+            self._check(i, t)
+        self._bound_descs = [_descriptor(t) for t in self._bound]
+        self._args = (ctypes.c_void_p * (n_in + n_out))()  # descriptor addresses
+        self._packed = (ctypes.c_void_p * (n_in + n_out))(
+            *[ctypes.addressof(self._args) + i * ctypes.sizeof(ctypes.c_void_p) for i in range(n_in + n_out)]
+        )
+        for i, d in enumerate(self._bound_descs):
+            self._args[i] = ctypes.addressof(d)
+
+    @property
+    def user_inputs(self) -> tuple[TensorSpec, ...]:
+        return self.signature.inputs[len(self._bound) :]
+
+    def _check(self, index: int, t: torch.Tensor) -> None:
+        want = self.signature.inputs[index]
+        got = TensorSpec.of(t)
+        if got != want:
+            which = f"input {index - len(self._bound)}" if index >= len(self._bound) else f"bound argument {index}"
+            raise CallError(f"{which}: expected tensor<{want}>, got tensor<{got}>")
+
+    def __call__(self, *inputs):
+        user = self.user_inputs
+        if len(inputs) != len(user):
+            raise CallError(f"expected {len(user)} inputs, got {len(inputs)}")
+        as_numpy = bool(inputs) and all(isinstance(x, np.ndarray) for x in inputs)
+        tensors = []
+        for i, x in enumerate(inputs, start=len(self._bound)):
+            t = torch.from_numpy(x) if isinstance(x, np.ndarray) else x
+            if not isinstance(t, torch.Tensor):
+                raise CallError(f"input {i - len(self._bound)}: expected a tensor or array, got {type(x).__name__}")
+            t = t.detach().contiguous()
+            self._check(i, t)
+            tensors.append(t)
+        outs = [torch.empty(s.shape, dtype=s.torch_dtype) for s in self.signature.outputs]
+        descs = [_descriptor(t) for t in tensors + outs]  # kept alive until the call returns
+        base = len(self._bound)
+        for j, d in enumerate(descs):
+            self._args[base + j] = ctypes.addressof(d)
+        self._fn(self._packed)
+        results = [o.numpy() for o in outs] if as_numpy else outs
+        return results[0] if len(results) == 1 else tuple(results)
+
+
+def from_engine(engine, name: str, signature: Signature, *, bound: Sequence[torch.Tensor] = ()) -> CompiledFunction:
+    return CompiledFunction(engine.raw_lookup(f"_mlir_ciface_{name}"), signature, owner=engine, bound=bound)  # packed
+
+
+def from_shared_library(path: str, name: str, signature: Signature, *, bound: Sequence[torch.Tensor] = ()) -> CompiledFunction:
+    lib = ctypes.CDLL(path)
+    address = ctypes.cast(getattr(lib, f"_mlir__mlir_ciface_{name}"), ctypes.c_void_p).value
+    return CompiledFunction(address, signature, owner=lib, bound=bound)

@@ -1,0 +1,240 @@
+"""Frontend: a model spec → a linalg-on-tensors MLIR module plus what is needed to call it.
+
+First stage of the flow. A model spec is a zoo name (`resnet18`), `path/to/file.py:factory`
+(the factory returns `(module, example_inputs)`), or a `.mlir` file in linalg-on-tensors.
+
+Weights are *lifted to function arguments*: the module is exported through
+`torch.func.functional_call` with every parameter and buffer as a leading argument, so the
+IR text stays small (no `dense_resource` blobs), IR dumps stay readable, and one compiled
+artifact serves any weights of the same shapes. The runtime binds the weights once
+(`Imported.params`) and callers pass only the model inputs.
+
+The torch → linalg lowering runs here with diagnostics captured, so an op that cannot be
+lowered is reported in one line with its aten name and the model's Python source line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import linecache
+import os
+import re
+import sys
+import warnings
+
+import torch
+from torch_mlir import ir, passmanager
+
+from tilecraft.backends.cpu.runtime import Signature
+
+FUNC_NAME = "forward"
+
+TORCH_BACKEND_PIPELINE = (
+    "builtin.module(func.func(torch-match-quantized-custom-ops),torchdynamo-export-to-torch-backend-pipeline{ extra-library=})"
+)
+LINALG_PIPELINE = "builtin.module(torch-backend-to-linalg-on-tensors-backend-pipeline{allow-non-finites=true})"
+
+
+class FrontendError(ValueError):
+    """The model could not be loaded, exported or lowered to linalg."""
+
+
+@dataclasses.dataclass
+class Imported:
+    """A model in linalg-on-tensors form, with the weights its function expects first."""
+
+    spec: str
+    module: ir.Module
+    params: list[torch.Tensor]  # bound leading arguments (weights and buffers)
+    inputs: tuple[torch.Tensor, ...]  # example inputs
+    model: torch.nn.Module | None = None  # for the eager reference; None for .mlir input
+    func_name: str = FUNC_NAME
+
+    @property
+    def signature(self) -> Signature:
+        return Signature.of_func(self.module, self.func_name)
+
+    def reference(self, *inputs: torch.Tensor):
+        """Eager PyTorch output for `inputs` (the default: the example inputs)."""
+        if self.model is None:
+            raise FrontendError(f"{self.spec}: no PyTorch model to compare against (MLIR input)")
+        with torch.no_grad():
+            return self.model(*(inputs or self.inputs))
+
+
+def load_model(spec: str) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
+    """Resolve a zoo name or `file.py:factory` to `(module in eval mode, example inputs)`."""
+    if ":" in spec and spec.split(":", 1)[0].endswith(".py"):
+        path, factory = spec.rsplit(":", 1)
+        if not os.path.exists(path):
+            raise FrontendError(f"model file not found: {path}")
+        name = "tilecraft_user_model_" + re.sub(r"\W", "_", os.path.abspath(path))
+        mod_spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(mod_spec)
+        sys.modules[name] = module
+        try:
+            mod_spec.loader.exec_module(module)
+        except Exception as exc:
+            raise FrontendError(f"{path}: cannot import: {type(exc).__name__}: {exc}") from exc
+        if not hasattr(module, factory):
+            raise FrontendError(f"{path}: no factory function {factory!r}")
+        model, inputs = getattr(module, factory)()
+        return model.eval(), tuple(inputs)
+    from tilecraft.corpus import zoo
+
+    try:
+        return zoo.get(spec)
+    except KeyError as exc:
+        raise FrontendError(exc.args[0] + "; or give path/to/file.py:factory or a .mlir file") from None
+
+
+def import_spec(spec: str, *, context: ir.Context | None = None) -> Imported:
+    """Load any model spec into linalg-on-tensors."""
+    if spec.endswith(".mlir"):
+        return import_mlir_file(spec, context=context)
+    model, inputs = load_model(spec)
+    return import_module(model, inputs, spec=spec, context=context)
+
+
+def import_mlir_file(path: str, *, context: ir.Context | None = None) -> Imported:
+    """A linalg-on-tensors `.mlir` file; its function's arguments are all user inputs."""
+    if not os.path.exists(path):
+        raise FrontendError(f"MLIR file not found: {path}")
+    with open(path) as f:
+        text = f.read()
+    module = parse_mlir(text, context=context or new_context(), source=path)
+    funcs = [op for op in module.body.operations if op.operation.name == "func.func"]
+    public = [f for f in funcs if "sym_visibility" not in f.attributes]
+    if len(public) != 1:
+        raise FrontendError(f"{path}: expected exactly one public func.func, found {len(public)}")
+    name = ir.StringAttr(public[0].attributes["sym_name"]).value
+    imported = Imported(spec=path, module=module, params=[], inputs=(), func_name=name)
+    imported.inputs = tuple(_random_input(s) for s in imported.signature.inputs)
+    return imported
+
+
+def new_context() -> ir.Context:
+    from torch_mlir.dialects import torch as torch_d
+
+    ctx = ir.Context()
+    torch_d.register_dialect(ctx)
+    return ctx
+
+
+def parse_mlir(text: str, *, context: ir.Context, source: str = "<input>") -> ir.Module:
+    diags: list[str] = []
+    with _capture(context, diags):
+        try:
+            return ir.Module.parse(text, context=context)
+        except Exception as exc:
+            detail = diags[0] if diags else " ".join(str(exc).split())
+            raise FrontendError(f"malformed MLIR in {source}: {detail}") from None
+
+
+def _random_input(spec) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    if spec.torch_dtype.is_floating_point:
+        return torch.randn(spec.shape, generator=g, dtype=torch.float32).to(spec.torch_dtype)
+    if spec.torch_dtype == torch.bool:
+        return torch.randint(0, 2, spec.shape, generator=g).bool()
+    return torch.randint(0, 16, spec.shape, generator=g, dtype=spec.torch_dtype)
+
+
+class _Lifted(torch.nn.Module):
+    """`model` with its weights as leading forward arguments."""
+
+    def __init__(self, model: torch.nn.Module, names: list[str]):
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, *args):
+        n = len(self.names)
+        return torch.func.functional_call(self.model, dict(zip(self.names, args[:n])), args[n:])
+
+
+def import_module(
+    model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], *, spec: str = "<module>", context: ir.Context | None = None
+) -> Imported:
+    """Export a module (weights lifted to arguments) and lower it to linalg-on-tensors."""
+    from torch_mlir.extras.fx_decomp_util import get_decomposition_table
+    from torch_mlir.extras.fx_importer import FxImporter
+
+    model = model.eval()
+    state = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    names = list(state)
+    params = [t.detach() for t in state.values()]
+    ctx = context or new_context()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            prog = torch.export.export(_Lifted(model, names), (*params, *inputs), strict=False)
+            prog = prog.run_decompositions(get_decomposition_table())
+    except Exception as exc:
+        raise FrontendError(f"{spec}: torch.export failed: {type(exc).__name__}: {_first_line(exc)}") from None
+    importer = FxImporter(context=ctx)
+    try:
+        importer.import_frozen_program(prog, func_name=FUNC_NAME)
+    except Exception as exc:
+        raise FrontendError(f"{spec}: FX import failed: {type(exc).__name__}: {_first_line(exc)}") from None
+    module = importer.module
+    for stage, pipeline in (("torch-backend", TORCH_BACKEND_PIPELINE), ("linalg", LINALG_PIPELINE)):
+        diags: list[str] = []
+        with _capture(ctx, diags, keep_locations=True):
+            try:
+                passmanager.PassManager.parse(pipeline, context=ctx).run(module.operation)
+            except Exception as exc:
+                raise FrontendError(f"{spec}: {_explain_lowering_failure(diags, exc)}") from None
+    return Imported(spec=spec, module=module, params=params, inputs=tuple(inputs), model=model)
+
+
+def _first_line(exc: Exception) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return lines[0][:300] if lines else ""
+
+
+class _capture:
+    """Collect error diagnostics of a context (instead of printing them to stderr)."""
+
+    def __init__(self, ctx: ir.Context, sink: list[str], *, keep_locations: bool = False):
+        self.ctx, self.sink, self.keep = ctx, sink, keep_locations
+
+    def _handle(self, d) -> bool:
+        if d.severity == ir.DiagnosticSeverity.ERROR:
+            self.sink.append(f"{d.location}\t{d.message}" if self.keep else f"{d.message} at {_where(str(d.location))}")
+        return True
+
+    def __enter__(self):
+        self.handler = self.ctx.attach_diagnostic_handler(self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        self.handler.detach()
+        return False
+
+
+def _where(loc: str) -> str:
+    m = re.search(r'"([^"]+)":(\d+):(\d+)', loc)
+    return f"{m.group(1)}:{m.group(2)}" if m else loc
+
+
+_OP_PATTERNS = (r'name = "torch\.(aten\.[\w.]+)"', r"'torch\.(aten\.[\w.]+)'", r"'(torch\.[\w.]+)'")
+
+
+def _explain_lowering_failure(diags: list[str], exc: Exception) -> str:
+    """One line: the aten op that could not be lowered and the model line that made it."""
+    for d in diags:
+        loc, _, message = d.partition("\t")
+        for pattern in _OP_PATTERNS:
+            m = re.search(pattern, message)
+            if m:
+                where = _where(loc)
+                src = ""
+                fm = re.match(r"(.+):(\d+)$", where)
+                if fm:
+                    src = linecache.getline(fm.group(1), int(fm.group(2))).strip()
+                return f"unsupported op {m.group(1)} at {where}" + (f": {src}" if src else "")
+    if diags:
+        loc, _, message = diags[0].partition("\t")
+        return f"lowering to linalg failed at {_where(loc)}: {message.splitlines()[0]}"
+    return f"lowering to linalg failed: {_first_line(exc)}"
