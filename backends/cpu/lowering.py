@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from torch_mlir import ir, passmanager
 from torch_mlir.dialects.transform import interpreter
 
+from tilecraft.backends.cpu import math_approx
 from tilecraft.backends.cpu import schedule as sched
 
 STAGES = ("linalg", "tiled", "vector", "llvm")
@@ -90,10 +91,15 @@ def _stage_error(exc: Exception, stage: str, before: str | None, command: str) -
 
 
 # ------------------------------------------------------------------------------ stages
-def to_tiled(module: ir.Module, overrides: Mapping[int, sched.OpSchedule] | None = None) -> ir.Module:
-    """linalg → tiled: tag ops, pick schedules, tile (and decompose conv register tiles)."""
+def to_tiled(
+    module: ir.Module, overrides: Mapping[int, sched.OpSchedule] | None = None, *, vectorize: bool = True
+) -> ir.Module:
+    """linalg → tiled: expand erf, tag ops, pick schedules, tile (and decompose conv tiles),
+    and vectorize each register tile (vector ops on tensors; cleaned up by `to_vector`)."""
+    math_approx.expand_erf(module)
+    run_pipeline(module, "builtin.module(func.func(math-expand-ops))", stage="tiled")
     infos = sched.tag_ops(module)
-    script = sched.tiling_script(infos, sched.schedules(infos, overrides))
+    script = sched.tiling_script(infos, sched.schedules(infos, overrides), vectorize=vectorize)
     return apply_transform(module, script, stage="tiled")
 
 

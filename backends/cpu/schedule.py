@@ -46,6 +46,7 @@ class OpInfo:
     extents: tuple[int, ...]  # static loop extents, in iteration-domain order
     iterators: tuple[str, ...]  # "parallel" | "reduction" per loop
     strides: tuple[int, ...] = ()  # convolution/pooling strides
+    dtypes: tuple[str, ...] = ()  # element type of each operand
 
     @property
     def flops(self) -> int:
@@ -92,6 +93,11 @@ def _walk(op: ir.Operation, fn) -> None:
                     _walk(child, fn)
 
 
+def _element_type(t: ir.Type) -> str:
+    t = t.maybe_downcast()
+    return str(t.element_type) if isinstance(t, ir.ShapedType) else str(t)
+
+
 def _shape(value: ir.Value) -> list[int]:
     return list(ir.ShapedType(value.type).shape)
 
@@ -121,7 +127,8 @@ def describe(op: ir.Operation, op_id: int) -> OpInfo:
         kind = "reduction" if "reduction" in its else "elementwise"
     if any(e < 0 for e in extents):
         raise ValueError(f"dynamic shapes are not supported: {name} at {op.location}")
-    return OpInfo(op_id, name, kind, tuple(int(e) for e in extents), tuple(its), strides)
+    dtypes = tuple(_element_type(v.type) for v in operands)
+    return OpInfo(op_id, name, kind, tuple(int(e) for e in extents), tuple(its), strides, dtypes)
 
 
 def _generic_domain(op: ir.Operation, name: str) -> tuple[tuple[int, ...], tuple[str, ...]]:
@@ -185,7 +192,8 @@ def default_schedule(info: OpInfo) -> OpSchedule:
     if info.kind == "depthwise_conv2d":
         n, oh, ow, c, kh, kw = e
         return OpSchedule(tiles=((1, 1, ow, 1, kh, kw),), vectorize=False)
-    return OpSchedule(tiles=(budget_tile(e),))
+    # i1 memrefs hold a byte per element, but vector loads of i1 read packed bits: stay scalar.
+    return OpSchedule(tiles=(budget_tile(e),), vectorize="i1" not in info.dtypes)
 
 
 def schedules(infos: Sequence[OpInfo], overrides: Mapping[int, OpSchedule] | None = None) -> dict[int, OpSchedule]:
@@ -212,8 +220,9 @@ def _tile_level(handle: str, sizes: Sequence[int], extents: Sequence[int], inter
     return f"%{tag}"
 
 
-def tiling_script(infos: Sequence[OpInfo], scheds: Mapping[int, OpSchedule]) -> str:
-    """Transform script that tiles every op by its schedule (and decomposes conv tiles)."""
+def tiling_script(infos: Sequence[OpInfo], scheds: Mapping[int, OpSchedule], *, vectorize: bool = False) -> str:
+    """Transform script that tiles every op by its schedule (and decomposes conv tiles);
+    with `vectorize`, each register tile is vectorized right after it is formed."""
     body: list[str] = []
     for info in infos:
         s = scheds[info.op_id]
@@ -227,15 +236,24 @@ def tiling_script(infos: Sequence[OpInfo], scheds: Mapping[int, OpSchedule]) -> 
             extents = [min(t, x) if t else x for t, x in zip(sizes, extents)]
         if s.decompose:
             body.append(f"    %d{info.op_id} = transform.structured.decompose {h} : ({_ANY}) -> {_ANY}")
+            h = f"%d{info.op_id}"
+        if s.vectorize and vectorize:
+            # An op the vectorizer rejects stays scalar (lowered to loops later).
+            body.append(
+                f"    transform.sequence %root : {_ANY} failures(suppress) {{\n    ^bb0(%r{info.op_id}: {_ANY}):\n"
+                f"      transform.structured.vectorize {h} {{vectorize_nd_extract}} : {_ANY}\n    }}"
+            )
     return _named_sequence("\n".join(body), consumed=False)
 
 
 def vectorize_script(*, vectorize: bool = True) -> str:
-    """Vectorize the register tiles, hoist accumulators, bufferize, lower vectors."""
+    """Clean up the vectorized tiles, hoist accumulators, bufferize, lower vectors."""
     vec = (
-        f"""    %f = transform.structured.match ops{{["func.func"]}} in %root : ({_ANY}) -> {_ANY}
-    %fv = transform.structured.vectorize_children_and_apply_patterns %f : ({_ANY}) -> {_ANY}
+        f"""    %fv = transform.structured.match ops{{["func.func"]}} in %root : ({_ANY}) -> {_ANY}
     transform.apply_patterns to %fv {{
+      transform.apply_patterns.vector.transfer_permutation_patterns
+      transform.apply_patterns.vector.reduction_to_contract
+      transform.apply_patterns.vector.sink_ops
       transform.apply_patterns.canonicalization
       transform.apply_patterns.tensor.fold_tensor_subset_ops_into_vector_transfers
       transform.apply_patterns.linalg.tiling_canonicalization
@@ -256,6 +274,9 @@ def vectorize_script(*, vectorize: bool = True) -> str:
     transform.apply_patterns to %g {{
       transform.apply_patterns.vector.lower_contraction lowering_strategy = "outerproduct"
       transform.apply_patterns.vector.transfer_permutation_patterns
+      transform.apply_patterns.vector.reorder_multi_reduction_dims lowering_strategy = "innerparallel"
+      transform.apply_patterns.vector.multi_reduction_flattening lowering_strategy = "innerparallel"
+      transform.apply_patterns.vector.multi_reduction_unrolling lowering_strategy = "innerparallel"
       transform.apply_patterns.vector.split_transfer_full_partial split_transfer_strategy = "linalg-copy"
       transform.apply_patterns.vector.transfer_to_scf max_transfer_rank = 1 full_unroll = true
       transform.apply_patterns.vector.lower_transfer max_transfer_rank = 1
