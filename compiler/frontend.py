@@ -50,10 +50,10 @@ class Imported:
     inputs: tuple[torch.Tensor, ...]  # example inputs
     model: torch.nn.Module | None = None  # for the eager reference; None for .mlir input
     func_name: str = FUNC_NAME
+    signature: Signature = dataclasses.field(init=False)  # of the linalg function, before lowering
 
-    @property
-    def signature(self) -> Signature:
-        return Signature.of_func(self.module, self.func_name)
+    def __post_init__(self):
+        self.signature = Signature.of_func(self.module, self.func_name)
 
     def reference(self, *inputs: torch.Tensor):
         """Eager PyTorch output for `inputs` (the default: the example inputs)."""
@@ -123,13 +123,11 @@ def new_context() -> ir.Context:
 
 
 def parse_mlir(text: str, *, context: ir.Context, source: str = "<input>") -> ir.Module:
-    diags: list[str] = []
-    with _capture(context, diags):
-        try:
-            return ir.Module.parse(text, context=context)
-        except Exception as exc:
-            detail = diags[0] if diags else " ".join(str(exc).split())
-            raise FrontendError(f"malformed MLIR in {source}: {detail}") from None
+    try:
+        return ir.Module.parse(text, context=context)
+    except Exception as exc:
+        detail = " ".join(str(exc).split()).replace("Unable to parse module assembly: ", "")
+        raise FrontendError(f"malformed MLIR in {source}: {detail}") from None
 
 
 def _random_input(spec) -> torch.Tensor:
@@ -179,12 +177,11 @@ def import_module(
         raise FrontendError(f"{spec}: FX import failed: {type(exc).__name__}: {_first_line(exc)}") from None
     module = importer.module
     for stage, pipeline in (("torch-backend", TORCH_BACKEND_PIPELINE), ("linalg", LINALG_PIPELINE)):
-        diags: list[str] = []
-        with _capture(ctx, diags, keep_locations=True):
-            try:
-                passmanager.PassManager.parse(pipeline, context=ctx).run(module.operation)
-            except Exception as exc:
-                raise FrontendError(f"{spec}: {_explain_lowering_failure(diags, exc)}") from None
+        try:
+            passmanager.PassManager.parse(pipeline, context=ctx).run(module.operation)
+        except ir.MLIRError as exc:
+            diags = [f"{d.location}\t{d.message}" for d in exc.error_diagnostics]
+            raise FrontendError(f"{spec}: {_explain_lowering_failure(diags, exc)}") from None
     return Imported(spec=spec, module=module, params=params, inputs=tuple(inputs), model=model)
 
 
@@ -193,29 +190,14 @@ def _first_line(exc: Exception) -> str:
     return lines[0][:300] if lines else ""
 
 
-class _capture:
-    """Collect error diagnostics of a context (instead of printing them to stderr)."""
-
-    def __init__(self, ctx: ir.Context, sink: list[str], *, keep_locations: bool = False):
-        self.ctx, self.sink, self.keep = ctx, sink, keep_locations
-
-    def _handle(self, d) -> bool:
-        if d.severity == ir.DiagnosticSeverity.ERROR:
-            self.sink.append(f"{d.location}\t{d.message}" if self.keep else f"{d.message} at {_where(str(d.location))}")
-        return True
-
-    def __enter__(self):
-        self.handler = self.ctx.attach_diagnostic_handler(self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        self.handler.detach()
-        return False
-
-
 def _where(loc: str) -> str:
-    m = re.search(r'"([^"]+)":(\d+):(\d+)', loc)
-    return f"{m.group(1)}:{m.group(2)}" if m else loc
+    """The model's own frame of a (callsite) location: the first outside torch and us."""
+    frames = re.findall(r'"([^"]+)":(\d+):\d+', loc)
+    ours = os.path.dirname(os.path.abspath(__file__))
+    for path, line in frames:
+        if f"{os.sep}torch{os.sep}" not in path and not path.startswith(ours):
+            return f"{path}:{line}"
+    return f"{frames[0][0]}:{frames[0][1]}" if frames else loc
 
 
 _OP_PATTERNS = (r'name = "torch\.(aten\.[\w.]+)"', r"'torch\.(aten\.[\w.]+)'", r"'(torch\.[\w.]+)'")

@@ -161,6 +161,6 @@ def emit_assembly(module: ir.Module, *, opt_level: int = 3) -> str:
 def _optimize(mod, tm, opt_level: int) -> None:
     import llvmlite.binding as llvm
 
-    pto = llvm.create_pipeline_tuning_options(speed_level=opt_level, size_level=0)
+    pto = llvm.create_pipeline_tuning_options(speed_level=opt_level)
     pb = llvm.create_pass_builder(tm, pto)
     pb.getModulePassManager().run(mod, pb)

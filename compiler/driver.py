@@ -1,0 +1,228 @@
+"""The driver: the stage loop from a model spec to a callable, an artifact or IR text.
+
+Reads a model spec (zoo name, `file.py:factory`, `.mlir`), writes what `emit` asks for.
+Every stage's IR can be dumped (`dump_ir_dir`). `run_and_check` is what `tilecraft run`
+reports: compiled output against PyTorch eager (or, for `.mlir` input, against the same
+module lowered naively to scalar loops) and median latencies side by side.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+
+import torch
+
+from tilecraft import frontend
+from tilecraft.backends.cpu import lowering, runtime
+
+EMITS = ("linalg", "tiled", "vector", "llvm", "asm", "obj", "so", "jit")
+RTOL, ATOL = 1e-4, 1e-5
+
+
+class DriverError(ValueError):
+    pass
+
+
+@dataclasses.dataclass
+class Compiled:
+    imported: frontend.Imported
+    emit: str
+    stage_seconds: dict[str, float]
+    text: str | None = None  # IR or assembly for text emits
+    path: str | None = None  # written artifact (obj, so, or text with -o)
+    fn: runtime.CompiledFunction | None = None  # for emit="jit"
+
+    @property
+    def compile_seconds(self) -> float:
+        return sum(self.stage_seconds.values())
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tilecraft-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def compile_model(
+    spec: str | frontend.Imported,
+    *,
+    target: str = "cpu",
+    emit: str = "jit",
+    output: str | None = None,
+    dump_ir_dir: str | None = None,
+    vectorize: bool = True,
+    tile: bool = True,
+) -> Compiled:
+    if target != "cpu":
+        raise DriverError(f"unknown target {target!r} (available: cpu)")
+    if emit not in EMITS:
+        raise DriverError(f"unknown --emit {emit!r} (one of {', '.join(EMITS)})")
+    times: dict[str, float] = {}
+    stage_no = [0]
+
+    def stage(name: str, fn: Callable[[], object]):
+        t0 = time.perf_counter()
+        result = fn()
+        times[name] = time.perf_counter() - t0
+        if dump_ir_dir and name in ("linalg", "tiled", "vector", "llvm"):
+            os.makedirs(dump_ir_dir, exist_ok=True)
+            stage_no[0] += 1
+            _atomic_write(os.path.join(dump_ir_dir, f"{stage_no[0]:02d}-{name}.mlir"), str(imported.module).encode())
+        return result
+
+    imported = None
+    imported = stage("linalg", lambda: spec if isinstance(spec, frontend.Imported) else frontend.import_spec(spec))  # frontend: model → linalg-on-tensors
+    module = imported.module
+    done = Compiled(imported, emit, times)
+    with module.context:
+        last = lowering.STAGES.index(emit) if emit in lowering.STAGES else len(lowering.STAGES) - 1
+        for name, fn in (
+            ("tiled", lambda: lowering.to_tiled(module, vectorize=vectorize) if tile else module),  # tile + vectorize each op
+            ("vector", lambda: lowering.to_vector(module, vectorize=vectorize)),  # hoist, bufferize, lower vectors
+            ("llvm", lambda: lowering.to_llvm(module)),  # LLVM dialect
+        )[:last]:
+            stage(name, fn)
+        if emit in lowering.STAGES:
+            done.text = str(module)
+        elif emit == "asm":
+            done.text = stage("asm", lambda: lowering.emit_assembly(module))  # host assembly
+        elif emit in ("obj", "so"):
+            if not output:
+                raise DriverError(f"--emit {emit} needs -o OUTPUT")
+            with tempfile.TemporaryDirectory() as tmp:
+                tmp_out = os.path.join(tmp, f"out.{emit}")
+                writer = lowering.emit_object if emit == "obj" else lowering.emit_shared_library
+                stage(emit, lambda: writer(module, tmp_out))
+                with open(tmp_out, "rb") as f:
+                    _atomic_write(output, f.read())
+            done.path = output
+        else:  # jit
+            engine = stage("jit", lambda: lowering.jit(module))  # ExecutionEngine, -O3, host CPU
+            done.fn = runtime.from_engine(engine, imported.func_name, imported.signature, bound=imported.params)
+    if output and done.text is not None:
+        _atomic_write(output, done.text.encode())
+        done.path = output
+    return done
+
+
+# ----------------------------------------------------------------------------- checking
+def flatten(x) -> list[torch.Tensor]:
+    if isinstance(x, torch.Tensor):
+        return [x]
+    if isinstance(x, (tuple, list)):
+        return [t for item in x for t in flatten(item)]
+    if isinstance(x, dict):
+        return [t for v in x.values() for t in flatten(v)]
+    raise DriverError(f"model output of type {type(x).__name__} is not a tensor")
+
+
+@dataclasses.dataclass
+class Comparison:
+    max_abs: float
+    max_rel: float  # max |out - ref| / max |ref|, over all outputs
+    ok: bool
+
+
+def compare(outs, refs, *, rtol: float = RTOL, atol: float = ATOL) -> Comparison:
+    outs, refs = flatten(outs), flatten(refs)
+    if len(outs) != len(refs):
+        raise DriverError(f"compiled model returned {len(outs)} outputs, reference {len(refs)}")
+    max_abs, max_rel, ok = 0.0, 0.0, True
+    for o, r in zip(outs, refs):
+        if o.shape != r.shape:
+            raise DriverError(f"output shape mismatch: compiled {tuple(o.shape)} vs reference {tuple(r.shape)}")
+        o64, r64 = o.double(), r.double()
+        err = (o64 - r64).abs()
+        if err.numel():
+            max_abs = max(max_abs, err.max().item())
+            max_rel = max(max_rel, err.max().item() / max(r64.abs().max().item(), 1e-30))
+        ok = ok and torch.allclose(o64, r64, rtol=rtol, atol=atol, equal_nan=False)
+    return Comparison(max_abs, max_rel, ok)
+
+
+def reference_outputs(imported: frontend.Imported, inputs) -> tuple[object, str]:
+    """Eager PyTorch, or for MLIR input the naive (scalar-loop) lowering of the same IR."""
+    if imported.model is not None:
+        return imported.reference(*inputs), "torch eager"
+    ctx = frontend.new_context()
+    naive = frontend.Imported(
+        imported.spec, frontend.parse_mlir(str(imported.module), context=ctx), [], imported.inputs, None, imported.func_name
+    )
+    return compile_model(naive, tile=False, vectorize=False).fn(*inputs), "naive loops"
+
+
+def median_seconds(fn: Callable[[], object], *, min_runs: int = 10, max_runs: int = 200, budget: float = 1.0) -> float:
+    fn()  # warm-up
+    samples: list[float] = []
+    start = time.perf_counter()
+    while len(samples) < min_runs or (len(samples) < max_runs and time.perf_counter() - start < budget):
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples)
+
+
+@dataclasses.dataclass
+class RunReport:
+    model: str
+    threads: int
+    eager_ms: float | None
+    compiled_ms: float
+    compile_s: float
+    comparison: Comparison
+    reference: str
+
+    @property
+    def speedup(self) -> float | None:
+        return self.eager_ms / self.compiled_ms if self.eager_ms else None
+
+    def table(self) -> str:
+        rows = [
+            ("model", self.model),
+            ("threads", str(self.threads)),
+            ("reference", self.reference),
+            ("eager median", f"{self.eager_ms:.3f} ms" if self.eager_ms is not None else "n/a"),
+            ("tilecraft median", f"{self.compiled_ms:.3f} ms"),
+            ("speedup vs eager", f"{self.speedup:.2f}x" if self.speedup else "n/a"),
+            ("compile time", f"{self.compile_s:.2f} s"),
+            ("max abs error", f"{self.comparison.max_abs:.3e}"),
+            ("max rel error", f"{self.comparison.max_rel:.3e}"),
+            ("matches reference", f"{'yes' if self.comparison.ok else 'NO'} (rtol {RTOL:g}, atol {ATOL:g})"),
+        ]
+        w = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
+
+
+def run_and_check(spec: str, *, threads: int = 1, inputs=None, dump_ir_dir: str | None = None, budget: float = 1.0) -> RunReport:
+    torch.set_num_threads(threads)
+    compiled = compile_model(spec, dump_ir_dir=dump_ir_dir)
+    imported = compiled.imported
+    inputs = tuple(inputs) if inputs is not None else imported.inputs
+    outs = compiled.fn(*inputs)
+    refs, ref_name = reference_outputs(imported, inputs)
+    comparison = compare(outs, refs)
+    compiled_s = median_seconds(lambda: compiled.fn(*inputs), budget=budget)
+    eager_s = None
+    if imported.model is not None:
+        with torch.no_grad():
+            eager_s = median_seconds(lambda: imported.model(*inputs), budget=budget)
+    return RunReport(
+        spec,
+        threads,
+        eager_s * 1e3 if eager_s is not None else None,
+        compiled_s * 1e3,
+        compiled.compile_seconds,
+        comparison,
+        ref_name,
+    )
