@@ -185,7 +185,9 @@ def default_schedule(info: OpInfo) -> OpSchedule:
         fr = divisor_at_most(f, 2 * LANES, multiple_of=LANES)
         owr = divisor_at_most(ow, 8)
         cr = divisor_at_most(c, 16)
-        return OpSchedule(tiles=((1, fr, 1, owr, cr, 1, kw),), decompose=True)
+        # f, c, kh outside oh, ow: the filter tile (and its transpose) is hoisted out of the
+        # spatial loops; the small output tile is what moves.
+        return OpSchedule(tiles=((1, fr, 1, owr, cr, 1, kw),), interchange=(0, 1, 4, 5, 2, 3, 6), decompose=True)
     if info.kind == "pooling":
         n, c, oh, ow, kh, kw = e
         return OpSchedule(tiles=((1, divisor_at_most(c, LANES), 1, divisor_at_most(ow, 8), 1, kw),), decompose=True)
