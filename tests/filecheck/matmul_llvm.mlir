@@ -1,0 +1,14 @@
+// RUN: tilecraft-opt %s -p cpu-llvm | filecheck %s
+
+// The result becomes an out-parameter and the C interface wrapper is emitted.
+// CHECK: llvm.func @mm(
+// CHECK: llvm.intr.fmuladd{{.*}}vector<32xf32>
+// CHECK: llvm.func @_mlir_ciface_mm(%{{.*}}: !llvm.ptr, %{{.*}}: !llvm.ptr, %{{.*}}: !llvm.ptr)
+// CHECK-NOT: unrealized_conversion_cast
+func.func @mm(%a: tensor<64x64xf32>, %b: tensor<64x64xf32>) -> tensor<64x64xf32> {
+  %cst = arith.constant 0.0 : f32
+  %e = tensor.empty() : tensor<64x64xf32>
+  %f = linalg.fill ins(%cst : f32) outs(%e : tensor<64x64xf32>) -> tensor<64x64xf32>
+  %r = linalg.matmul ins(%a, %b : tensor<64x64xf32>, tensor<64x64xf32>) outs(%f : tensor<64x64xf32>) -> tensor<64x64xf32>
+  return %r : tensor<64x64xf32>
+}

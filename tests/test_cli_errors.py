@@ -1,0 +1,84 @@
+"""Error paths: one line naming the problem, exit code 2, no traceback."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+UNSUPPORTED = '''
+import torch
+
+class M(torch.nn.Module):
+    def forward(self, x):
+        y = x * 2
+        return torch.special.bessel_j0(y)
+
+def factory():
+    return M(), (torch.randn(4, 4),)
+'''
+
+
+def tilecraft(*args):
+    return subprocess.run([sys.executable, "-m", "tilecraft.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+def error_lines(proc):
+    return [line for line in proc.stderr.splitlines() if line.strip()]
+
+
+def test_unsupported_op_names_op_and_source_line(tmp_path):
+    model = tmp_path / "bad_model.py"
+    model.write_text(UNSUPPORTED)
+    proc = tilecraft("run", f"{model}:factory")
+    assert proc.returncode == 2
+    lines = error_lines(proc)
+    assert len(lines) == 1, proc.stderr
+    assert "unsupported op aten.special_bessel_j0" in lines[0]
+    assert f"{model}:7" in lines[0] and "bessel_j0(y)" in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_malformed_mlir(tmp_path):
+    bad = tmp_path / "bad.mlir"
+    bad.write_text("func.func @f(%a: tensor<4xf32>) -> tensor<4xf32> {\n  return %b : tensor<4xf32>\n}\n")
+    proc = tilecraft("compile", str(bad))
+    assert proc.returncode == 2
+    lines = error_lines(proc)
+    assert len(lines) == 1 and "malformed MLIR" in lines[0] and "undeclared SSA value" in lines[0]
+
+
+@pytest.mark.parametrize(
+    "array, needle",
+    [
+        (np.zeros((3, 3), np.float32), "expected tensor<32x256xf32>, got tensor<3x3xf32>"),
+        (np.zeros((32, 256), np.float64), "expected tensor<32x256xf32>, got tensor<32x256xf64>"),
+    ],
+)
+def test_wrong_input_shape_or_dtype(tmp_path, array, needle):
+    npz = tmp_path / "inputs.npz"
+    np.savez(npz, array)
+    proc = tilecraft("run", "mlp", "--inputs", str(npz))
+    assert proc.returncode == 2
+    lines = error_lines(proc)
+    assert len(lines) == 1 and needle in lines[0]
+
+
+def test_unknown_model_and_verbose_traceback():
+    proc = tilecraft("compile", "no_such_model")
+    assert proc.returncode == 2 and "unknown zoo model 'no_such_model'" in proc.stderr
+    proc = tilecraft("--verbose", "compile", "no_such_model")
+    assert proc.returncode == 2 and "Traceback" in proc.stderr
+
+
+def test_runtime_checks_shape_and_dtype():
+    import torch
+
+    from tilecraft import driver
+    from tilecraft.backends.cpu.runtime import CallError
+
+    fn = driver.compile_model("mlp").fn
+    with pytest.raises(CallError, match="expected 1 inputs, got 2"):
+        fn(torch.zeros(32, 256), torch.zeros(1))
+    with pytest.raises(CallError, match="input 0: expected tensor<32x256xf32>, got tensor<32x256xi64>"):
+        fn(torch.zeros(32, 256, dtype=torch.int64))

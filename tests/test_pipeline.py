@@ -1,0 +1,49 @@
+"""The pass registry and the `name{key=value}` pipeline syntax."""
+
+import pytest
+
+from tilecraft import frontend, pipeline
+from tilecraft.backends.cpu import schedule
+
+MM = """func.func @mm(%a: tensor<64x48xf32>, %b: tensor<48x32xf32>) -> tensor<64x32xf32> {
+  %cst = arith.constant 0.0 : f32
+  %e = tensor.empty() : tensor<64x32xf32>
+  %f = linalg.fill ins(%cst : f32) outs(%e : tensor<64x32xf32>) -> tensor<64x32xf32>
+  %r = linalg.matmul ins(%a, %b : tensor<64x48xf32>, tensor<48x32xf32>) outs(%f : tensor<64x32xf32>) -> tensor<64x32xf32>
+  return %r : tensor<64x32xf32>
+}"""
+
+
+def test_split_and_parse():
+    assert pipeline.split_top_level("a{x=1,y=2},func.func(cse,canonicalize),b") == ["a{x=1,y=2}", "func.func(cse,canonicalize)", "b"]
+    assert pipeline.parse_element("cpu-tiled{vectorize=false}") == ("cpu-tiled", {"vectorize": "false"})
+    with pytest.raises(pipeline.PipelineSyntaxError):
+        pipeline.split_top_level("a{x=1")
+    with pytest.raises(pipeline.PipelineSyntaxError):
+        pipeline.parse_element("a{x}")
+
+
+def test_run_mixed_pipeline():
+    m = frontend.parse_mlir(MM, context=frontend.new_context())
+    stages = []
+    pipeline.run(m, "cpu-tiled{vectorize=false},canonicalize,cse", on_stage=lambda n, _: stages.append(n))
+    assert stages == ["cpu-tiled", "canonicalize", "cse"]
+    assert "scf.for" in str(m) and "vector." not in str(m)
+
+
+def test_unknown_option_and_pass():
+    m = frontend.parse_mlir(MM, context=frontend.new_context())
+    with pytest.raises(pipeline.PipelineSyntaxError, match="unknown option 'bogus'"):
+        pipeline.run(m, "cpu-tiled{bogus=1}")
+    with pytest.raises(Exception, match="no-such-pass"):
+        pipeline.run(m, "no-such-pass")
+
+
+def test_heuristics():
+    assert schedule.divisor_at_most(56, 8) == 8
+    assert schedule.divisor_at_most(1000, 32, multiple_of=16) == 25
+    assert schedule.divisor_at_most(512, 32, multiple_of=16) == 32
+    assert schedule.budget_tile((4, 128, 256)) == (1, 4, 256)
+    info = schedule.OpInfo(0, "linalg.matmul", "matmul", (512, 512, 512), ("parallel", "parallel", "reduction"))
+    s = schedule.default_schedule(info)
+    assert s.tiles == ((64, 128, 128), (8, 32, 1))
