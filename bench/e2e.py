@@ -72,7 +72,10 @@ def main(argv=None) -> int:
         row = bench_one(name, model, inputs, args.runs)
         rows.append(row)
         print(f"... {name} done", file=sys.stderr)
-    print(f"{'model':<18}{'ok':>4}{'compile s':>11}{'eager 1t':>10}{'tc 1t':>10}{'ratio 1t':>10}{'eager 2t':>10}{'ratio 2t':>10}")
+    print(
+        f"{'model':<18}{'ok':>4}{'compile s':>11}{'eager 1t':>10}{'tc 1t':>10}{'ratio 1t':>10}"
+        f"{'eager 2t':>10}{'ratio 2t':>10}"
+    )
     for r in rows:
         tc = r["tilecraft_ms_1t"]
         ratio1 = r["eager_ms_1t"] / tc if tc else float("nan")
@@ -83,7 +86,12 @@ def main(argv=None) -> int:
         )
     print("ratio = eager median / Tilecraft median (> 1 means Tilecraft is faster)")
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    meta = {"torch": torch.__version__, "machine": platform.machine(), "runs": args.runs, "when": time.strftime("%Y-%m-%d %H:%M")}
+    meta = {
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "runs": args.runs,
+        "when": time.strftime("%Y-%m-%d %H:%M"),
+    }
     tmp = args.json + ".tmp"
     with open(tmp, "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)

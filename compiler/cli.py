@@ -60,7 +60,9 @@ def _quiet_warnings() -> None:
 def cmd_compile(args) -> int:
     from tilecraft import driver
 
-    compiled = driver.compile_model(args.model, target=args.target, emit=args.emit, output=args.output, dump_ir_dir=args.dump_ir_dir)
+    compiled = driver.compile_model(
+        args.model, target=args.target, emit=args.emit, output=args.output, dump_ir_dir=args.dump_ir_dir
+    )
     if compiled.text is not None and not args.output:
         sys.stdout.write(compiled.text)
     elif args.emit == "jit":
@@ -113,7 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="compile, run, compare with PyTorch eager, and time both")
     common(r)
     r.add_argument("--threads", type=int, default=1, help="torch threads for eager (Tilecraft code is single-threaded)")
-    r.add_argument("--inputs", metavar="NPZ", help="inputs as an .npz of arrays in argument order (default: the model's examples)")
+    r.add_argument(
+        "--inputs", metavar="NPZ", help="inputs as an .npz of arrays in argument order (default: the model's examples)"
+    )
     r.set_defaults(fn=cmd_run)
     return p
 
@@ -127,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
 # -------------------------------------------------------------------------- tilecraft-opt
 def opt_main(argv: list[str] | None = None) -> int:
     _quiet_warnings()
-    p = argparse.ArgumentParser(prog="tilecraft-opt", description="Run Tilecraft passes and MLIR pipelines on a .mlir file.")
+    p = argparse.ArgumentParser(
+        prog="tilecraft-opt", description="Run Tilecraft passes and MLIR pipelines on a .mlir file."
+    )
     p.add_argument("file", help="input .mlir file, or - for stdin")
     p.add_argument("-p", "--pipeline", default="", help="comma-separated passes, e.g. 'cpu-tiled{vectorize=false},cse'")
     p.add_argument("-o", "--output", help="output file (default: stdout)")

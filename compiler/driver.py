@@ -82,13 +82,18 @@ def compile_model(
         return result
 
     imported = None
-    imported = stage("linalg", lambda: spec if isinstance(spec, frontend.Imported) else frontend.import_spec(spec))  # frontend: model → linalg-on-tensors
+    imported = stage(
+        "linalg", lambda: spec if isinstance(spec, frontend.Imported) else frontend.import_spec(spec)
+    )  # frontend: model → linalg-on-tensors
     module = imported.module
     done = Compiled(imported, emit, times)
     with module.context:
         last = lowering.STAGES.index(emit) if emit in lowering.STAGES else len(lowering.STAGES) - 1
         for name, fn in (
-            ("tiled", lambda: lowering.to_tiled(module, vectorize=vectorize) if tile else module),  # tile + vectorize each op
+            (
+                "tiled",
+                lambda: lowering.to_tiled(module, vectorize=vectorize) if tile else module,
+            ),  # tile + vectorize each op
             ("vector", lambda: lowering.to_vector(module, vectorize=vectorize)),  # hoist, bufferize, lower vectors
             ("llvm", lambda: lowering.to_llvm(module)),  # LLVM dialect
         )[:last]:
@@ -157,7 +162,12 @@ def reference_outputs(imported: frontend.Imported, inputs) -> tuple[object, str]
         return imported.reference(*inputs), "torch eager"
     ctx = frontend.new_context()
     naive = frontend.Imported(
-        imported.spec, frontend.parse_mlir(str(imported.module), context=ctx), [], imported.inputs, None, imported.func_name
+        imported.spec,
+        frontend.parse_mlir(str(imported.module), context=ctx),
+        [],
+        imported.inputs,
+        None,
+        imported.func_name,
     )
     return compile_model(naive, tile=False, vectorize=False).fn(*inputs), "naive loops"
 
@@ -204,7 +214,9 @@ class RunReport:
         return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
 
 
-def run_and_check(spec: str, *, threads: int = 1, inputs=None, dump_ir_dir: str | None = None, budget: float = 1.0) -> RunReport:
+def run_and_check(
+    spec: str, *, threads: int = 1, inputs=None, dump_ir_dir: str | None = None, budget: float = 1.0
+) -> RunReport:
     torch.set_num_threads(threads)
     compiled = compile_model(spec, dump_ir_dir=dump_ir_dir)
     imported = compiled.imported

@@ -31,7 +31,8 @@ from tilecraft.backends.cpu.runtime import Signature
 FUNC_NAME = "forward"
 
 TORCH_BACKEND_PIPELINE = (
-    "builtin.module(func.func(torch-match-quantized-custom-ops),torchdynamo-export-to-torch-backend-pipeline{ extra-library=})"
+    "builtin.module(func.func(torch-match-quantized-custom-ops),"
+    "torchdynamo-export-to-torch-backend-pipeline{ extra-library=})"
 )
 LINALG_PIPELINE = "builtin.module(torch-backend-to-linalg-on-tensors-backend-pipeline{allow-non-finites=true})"
 
@@ -152,7 +153,11 @@ class _Lifted(torch.nn.Module):
 
 
 def import_module(
-    model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], *, spec: str = "<module>", context: ir.Context | None = None
+    model: torch.nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    *,
+    spec: str = "<module>",
+    context: ir.Context | None = None,
 ) -> Imported:
     """Export a module (weights lifted to arguments) and lower it to linalg-on-tensors."""
     from torch_mlir.extras.fx_decomp_util import get_decomposition_table
@@ -176,7 +181,7 @@ def import_module(
     except Exception as exc:
         raise FrontendError(f"{spec}: FX import failed: {type(exc).__name__}: {_first_line(exc)}") from None
     module = importer.module
-    for stage, pipeline in (("torch-backend", TORCH_BACKEND_PIPELINE), ("linalg", LINALG_PIPELINE)):
+    for pipeline in (TORCH_BACKEND_PIPELINE, LINALG_PIPELINE):
         try:
             passmanager.PassManager.parse(pipeline, context=ctx).run(module.operation)
         except ir.MLIRError as exc:

@@ -120,7 +120,9 @@ def run(module: ir.Module, pipeline: str, *, on_stage: Callable[[str, ir.Module]
             kwargs = {}
             for key, value in opts.items():
                 if key not in spec.options:
-                    raise PipelineSyntaxError(f"unknown option {key!r} of pass {name} (known: {', '.join(spec.options) or 'none'})")
+                    raise PipelineSyntaxError(
+                        f"unknown option {key!r} of pass {name} (known: {', '.join(spec.options) or 'none'})"
+                    )
                 try:
                     kwargs[key.replace("-", "_")] = spec.options[key](value)
                 except ValueError as exc:

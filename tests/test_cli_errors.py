@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-UNSUPPORTED = '''
+UNSUPPORTED = """
 import torch
 
 class M(torch.nn.Module):
@@ -16,7 +16,7 @@ class M(torch.nn.Module):
 
 def factory():
     return M(), (torch.randn(4, 4),)
-'''
+"""
 
 
 def tilecraft(*args):

@@ -22,7 +22,9 @@ def test_asm_has_avx512_fma(tmp_path):
 @pytest.mark.slow
 def test_resnet18_asm_has_avx512_fma(tmp_path):
     out = tmp_path / "resnet18.s"
-    proc = subprocess.run([sys.executable, "-m", "tilecraft.cli", "compile", "resnet18", "--emit", "asm", "-o", str(out)])
+    proc = subprocess.run(
+        [sys.executable, "-m", "tilecraft.cli", "compile", "resnet18", "--emit", "asm", "-o", str(out)]
+    )
     assert proc.returncode == 0
     assert re.search(r"vfmadd\d+ps\s+.*zmm", out.read_text())
 
@@ -72,6 +74,13 @@ def test_dump_ir_dir_and_mlir_input(tmp_path):
 def test_cli_run_prints_report():
     proc = subprocess.run([sys.executable, "-m", "tilecraft.cli", "run", "mlp"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    for key in ("eager median", "tilecraft median", "speedup vs eager", "compile time", "max abs error", "max rel error"):
+    for key in (
+        "eager median",
+        "tilecraft median",
+        "speedup vs eager",
+        "compile time",
+        "max abs error",
+        "max rel error",
+    ):
         assert key in proc.stdout
     assert "matches reference  yes" in proc.stdout

@@ -9,13 +9,18 @@ MM = """func.func @mm(%a: tensor<64x48xf32>, %b: tensor<48x32xf32>) -> tensor<64
   %cst = arith.constant 0.0 : f32
   %e = tensor.empty() : tensor<64x32xf32>
   %f = linalg.fill ins(%cst : f32) outs(%e : tensor<64x32xf32>) -> tensor<64x32xf32>
-  %r = linalg.matmul ins(%a, %b : tensor<64x48xf32>, tensor<48x32xf32>) outs(%f : tensor<64x32xf32>) -> tensor<64x32xf32>
+  %r = linalg.matmul ins(%a, %b : tensor<64x48xf32>, tensor<48x32xf32>)
+         outs(%f : tensor<64x32xf32>) -> tensor<64x32xf32>
   return %r : tensor<64x32xf32>
 }"""
 
 
 def test_split_and_parse():
-    assert pipeline.split_top_level("a{x=1,y=2},func.func(cse,canonicalize),b") == ["a{x=1,y=2}", "func.func(cse,canonicalize)", "b"]
+    assert pipeline.split_top_level("a{x=1,y=2},func.func(cse,canonicalize),b") == [
+        "a{x=1,y=2}",
+        "func.func(cse,canonicalize)",
+        "b",
+    ]
     assert pipeline.parse_element("cpu-tiled{vectorize=false}") == ("cpu-tiled", {"vectorize": "false"})
     with pytest.raises(pipeline.PipelineSyntaxError):
         pipeline.split_top_level("a{x=1")

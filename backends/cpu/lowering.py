@@ -151,7 +151,9 @@ def emit_assembly(module: ir.Module, *, opt_level: int = 3) -> str:
     llvm.initialize_native_asmprinter()
     llvm_ir = llvm_dialect.translate_module_to_llvmir(module.operation)
     target = llvm.Target.from_default_triple()
-    tm = target.create_target_machine(cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(), opt=opt_level)
+    tm = target.create_target_machine(
+        cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(), opt=opt_level
+    )
     mod = llvm.parse_assembly(str(llvm_ir))
     mod.verify()
     _optimize(mod, tm, opt_level)

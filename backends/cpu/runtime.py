@@ -77,7 +77,8 @@ class Signature:
             if op.operation.name == "func.func" and ir.StringAttr(op.attributes["sym_name"]).value == name:
                 ft = ir.FunctionType(ir.TypeAttr(op.attributes["function_type"]).value)
                 return Signature(
-                    tuple(TensorSpec.from_type(t) for t in ft.inputs), tuple(TensorSpec.from_type(t) for t in ft.results)
+                    tuple(TensorSpec.from_type(t) for t in ft.inputs),
+                    tuple(TensorSpec.from_type(t) for t in ft.results),
                 )
         raise CallError(f"no function @{name} in the module")
 
@@ -161,7 +162,9 @@ def from_engine(engine, name: str, signature: Signature, *, bound: Sequence[torc
     return CompiledFunction(engine.raw_lookup(f"_mlir_ciface_{name}"), signature, owner=engine, bound=bound)  # packed
 
 
-def from_shared_library(path: str, name: str, signature: Signature, *, bound: Sequence[torch.Tensor] = ()) -> CompiledFunction:
+def from_shared_library(
+    path: str, name: str, signature: Signature, *, bound: Sequence[torch.Tensor] = ()
+) -> CompiledFunction:
     lib = ctypes.CDLL(path)
     address = ctypes.cast(getattr(lib, f"_mlir__mlir_ciface_{name}"), ctypes.c_void_p).value
     return CompiledFunction(address, signature, owner=lib, bound=bound)

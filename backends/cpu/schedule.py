@@ -135,7 +135,9 @@ def _generic_domain(op: ir.Operation, name: str) -> tuple[tuple[int, ...], tuple
     """Extents from indexing maps: each loop dim is read off an operand dim it indexes."""
     if "indexing_maps" in op.attributes:
         maps = [ir.AffineMapAttr(m).value for m in ir.ArrayAttr(op.attributes["indexing_maps"])]
-        its = tuple(str(ir.Attribute(a)).split("<")[-1].rstrip(">") for a in ir.ArrayAttr(op.attributes["iterator_types"]))
+        its = tuple(
+            str(ir.Attribute(a)).split("<")[-1].rstrip(">") for a in ir.ArrayAttr(op.attributes["iterator_types"])
+        )
         extents = [-1] * maps[0].n_dims
         for value, amap in zip(op.operands, maps):
             for i, expr in enumerate(amap.results):
@@ -207,7 +209,9 @@ def schedules(infos: Sequence[OpInfo], overrides: Mapping[int, OpSchedule] | Non
 _ANY = "!transform.any_op"
 
 
-def _tile_level(handle: str, sizes: Sequence[int], extents: Sequence[int], interchange: Sequence[int], tag: str, out: list[str]) -> str:
+def _tile_level(
+    handle: str, sizes: Sequence[int], extents: Sequence[int], interchange: Sequence[int], tag: str, out: list[str]
+) -> str:
     """One `tile_using_for`; a size equal to the extent is left untiled (0)."""
     sizes = [0 if s >= x else s for s, x in zip(sizes, extents)]
     loops = sum(1 for s in sizes if s)
@@ -230,7 +234,8 @@ def tiling_script(infos: Sequence[OpInfo], scheds: Mapping[int, OpSchedule], *, 
         s = scheds[info.op_id]
         h = f"%op{info.op_id}"
         body.append(
-            f"    {h} = transform.structured.match attributes{{{OP_ID} = {info.op_id} : i64}} in %root : ({_ANY}) -> {_ANY}"
+            f"    {h} = transform.structured.match attributes{{{OP_ID} = {info.op_id} : i64}} in %root"
+            f" : ({_ANY}) -> {_ANY}"
         )
         extents = list(info.extents)
         for level, sizes in enumerate(s.tiles):
