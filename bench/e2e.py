@@ -40,12 +40,12 @@ def median_ms(fn, runs: int) -> float:
     return statistics.median(samples) * 1e3
 
 
-def bench_one(name: str, model, inputs, runs: int) -> dict:
+def bench_one(name: str, model, inputs, runs: int, *, atol: float = driver.ATOL) -> dict:
     imported = frontend.import_module(model, inputs, spec=name)
     compiled = driver.compile_model(imported)
     with torch.no_grad():
         ref = model(*inputs)
-    cmp = driver.compare(compiled.fn(*inputs), ref)
+    cmp = driver.compare(compiled.fn(*inputs), ref, atol=atol)
     row = {"model": name, "compile_s": compiled.compile_seconds, "max_abs": cmp.max_abs, "ok": cmp.ok}
     for threads in (1, 2):
         torch.set_num_threads(threads)
@@ -69,7 +69,9 @@ def main(argv=None) -> int:
             model, inputs = MatMul512(), (torch.randn(512, 512), torch.randn(512, 512))
         else:
             model, inputs = zoo.get(name)
-        row = bench_one(name, model, inputs, args.runs)
+        # A 512-term f32 dot product: elements near zero differ by ~1e-5 between any two
+        # summation orders, so the matmul is checked with atol 1e-4 (rtol stays 1e-4).
+        row = bench_one(name, model, inputs, args.runs, atol=1e-4 if name == "matmul512" else driver.ATOL)
         rows.append(row)
         print(f"... {name} done", file=sys.stderr)
     print(

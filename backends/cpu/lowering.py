@@ -143,26 +143,11 @@ def emit_shared_library(module: ir.Module, path: str, *, opt_level: int = 3) -> 
 
 
 def emit_assembly(module: ir.Module, *, opt_level: int = 3) -> str:
-    """Host assembly text, through LLVM IR and llvmlite's target machine for this CPU."""
-    import llvmlite.binding as llvm
-    from torch_mlir.dialects import llvm as llvm_dialect
-
-    llvm.initialize_native_target()
-    llvm.initialize_native_asmprinter()
-    llvm_ir = llvm_dialect.translate_module_to_llvmir(module.operation)
-    target = llvm.Target.from_default_triple()
-    tm = target.create_target_machine(
-        cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(), opt=opt_level
-    )
-    mod = llvm.parse_assembly(str(llvm_ir))
-    mod.verify()
-    _optimize(mod, tm, opt_level)
-    return tm.emit_assembly(mod)
-
-
-def _optimize(mod, tm, opt_level: int) -> None:
-    import llvmlite.binding as llvm
-
-    pto = llvm.create_pipeline_tuning_options(speed_level=opt_level)
-    pb = llvm.create_pass_builder(tm, pto)
-    pb.getModulePassManager().run(mod, pb)
+    """Host assembly of exactly the code the JIT runs: the ExecutionEngine's object file,
+    disassembled by binutils' objdump (AT&T syntax). llvmlite cannot be used here: its LLVM
+    is older than the bundled MLIR's and rejects the LLVM IR text this MLIR prints."""
+    with tempfile.TemporaryDirectory() as tmp:
+        obj = os.path.join(tmp, "kernel.o")
+        emit_object(module, obj, opt_level=opt_level)
+        proc = subprocess.run(["objdump", "-d", "--no-show-raw-insn", obj], capture_output=True, text=True, check=True)
+    return proc.stdout
