@@ -19,8 +19,9 @@ def _errors():
     from tilecraft.driver import DriverError
     from tilecraft.frontend import FrontendError
     from tilecraft.pipeline import PipelineSyntaxError
+    from tilecraft.target import TargetError
 
-    return (FrontendError, PipelineError, CallError, DriverError, PipelineSyntaxError, FileNotFoundError)
+    return (FrontendError, PipelineError, CallError, DriverError, PipelineSyntaxError, TargetError, FileNotFoundError)
 
 
 def _fail(exc: BaseException, verbose: bool) -> int:
@@ -87,7 +88,9 @@ def cmd_run(args) -> int:
     from tilecraft import driver
 
     inputs = _load_inputs(args.inputs) if args.inputs else None
-    report = driver.run_and_check(args.model, threads=args.threads, inputs=inputs, dump_ir_dir=args.dump_ir_dir)
+    report = driver.run_and_check(
+        args.model, target=args.target, threads=args.threads, inputs=inputs, dump_ir_dir=args.dump_ir_dir
+    )
     print(report.table())
     if not report.comparison.ok:
         print(f"error: compiled output does not match {report.reference}", file=sys.stderr)
@@ -102,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(sp):
         sp.add_argument("model", help="zoo name, path/to/file.py:factory, or a linalg-on-tensors .mlir file")
-        sp.add_argument("--target", default="cpu", help="compilation target (cpu)")
+        sp.add_argument("--target", default="cpu", help="cpu, cpu{avx512=false ...} or a target JSON file")
         sp.add_argument("--dump-ir-dir", metavar="DIR", help="write the IR after every stage into DIR")
         sp.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="print tracebacks on errors")
 

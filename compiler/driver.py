@@ -13,12 +13,14 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 
 from tilecraft import frontend
 from tilecraft.backends.cpu import lowering, runtime
+from tilecraft.passes.tiling import TileDecision
+from tilecraft.target import Target
 
 EMITS = ("linalg", "tiled", "vector", "llvm", "asm", "obj", "so", "jit")
 RTOL, ATOL = 1e-4, 1e-5
@@ -57,63 +59,65 @@ def _atomic_write(path: str, data: bytes) -> None:
 def compile_model(
     spec: str | frontend.Imported,
     *,
-    target: str = "cpu",
+    target: str | Target = "cpu",
     emit: str = "jit",
     output: str | None = None,
     dump_ir_dir: str | None = None,
+    decisions: Mapping[int | str, TileDecision] | None = None,
     vectorize: bool = True,
     tile: bool = True,
 ) -> Compiled:
-    if target != "cpu":
-        raise DriverError(f"unknown target {target!r} (available: cpu)")
+    """Compile a model spec up to `emit`. `decisions` pins tile decisions (by op id or
+    kernel key); every other op gets the heuristic default."""
+    target = target if isinstance(target, Target) else Target.parse(target)
     if emit not in EMITS:
         raise DriverError(f"unknown --emit {emit!r} (one of {', '.join(EMITS)})")
+    if emit in ("obj", "so") and not output:
+        raise DriverError(f"--emit {emit} needs -o OUTPUT")
     times: dict[str, float] = {}
-    stage_no = [0]
 
-    def stage(name: str, fn: Callable[[], object]):
+    def timed(name: str, fn: Callable[[], object]):
         t0 = time.perf_counter()
         result = fn()
         times[name] = time.perf_counter() - t0
-        if dump_ir_dir and name in ("linalg", "tiled", "vector", "llvm"):
+        if dump_ir_dir and name in lowering.STAGES:
             os.makedirs(dump_ir_dir, exist_ok=True)
-            stage_no[0] += 1
-            _atomic_write(os.path.join(dump_ir_dir, f"{stage_no[0]:02d}-{name}.mlir"), str(imported.module).encode())
+            path = os.path.join(dump_ir_dir, f"{lowering.STAGES.index(name) + 1:02d}-{name}.mlir")
+            _atomic_write(path, str(module).encode())
         return result
 
-    imported = None
-    imported = stage(
-        "linalg", lambda: spec if isinstance(spec, frontend.Imported) else frontend.import_spec(spec)
-    )  # frontend: model → linalg-on-tensors
+    def wanted(stage: str) -> bool:
+        return emit not in lowering.STAGES or lowering.STAGES.index(stage) <= lowering.STAGES.index(emit)
+
+    t0 = time.perf_counter()
+    imported = spec if isinstance(spec, frontend.Imported) else frontend.import_spec(spec)  # model → linalg-on-tensors
     module = imported.module
+    times["frontend"] = time.perf_counter() - t0
+    timed("linalg", lambda: None)  # (dump only)
     done = Compiled(imported, emit, times)
     with module.context:
-        last = lowering.STAGES.index(emit) if emit in lowering.STAGES else len(lowering.STAGES) - 1
-        for name, fn in (
-            (
-                "tiled",
-                lambda: lowering.to_tiled(module, vectorize=vectorize) if tile else module,
-            ),  # tile + vectorize each op
-            ("vector", lambda: lowering.to_vector(module, vectorize=vectorize)),  # hoist, bufferize, lower vectors
-            ("llvm", lambda: lowering.to_llvm(module)),  # LLVM dialect
-        )[:last]:
-            stage(name, fn)
+        if wanted("tiled") and tile:
+            timed(
+                "tiled", lambda: lowering.to_tiled(module, decisions, vectorize=vectorize, target=target)
+            )  # tile, vectorize
+        if wanted("vector"):
+            timed("vector", lambda: lowering.to_vector(module, vectorize=vectorize))  # hoist, bufferize, lower vectors
+        if wanted("llvm"):
+            timed("llvm", lambda: lowering.to_llvm(module))  # LLVM dialect, C interface
         if emit in lowering.STAGES:
             done.text = str(module)
         elif emit == "asm":
-            done.text = stage("asm", lambda: lowering.emit_assembly(module))  # host assembly
+            done.text = timed("asm", lambda: lowering.emit_assembly(module))  # host assembly
         elif emit in ("obj", "so"):
-            if not output:
-                raise DriverError(f"--emit {emit} needs -o OUTPUT")
             with tempfile.TemporaryDirectory() as tmp:
                 tmp_out = os.path.join(tmp, f"out.{emit}")
                 writer = lowering.emit_object if emit == "obj" else lowering.emit_shared_library
-                stage(emit, lambda: writer(module, tmp_out))
+                timed(emit, lambda: writer(module, tmp_out))  # object file / shared library
                 with open(tmp_out, "rb") as f:
                     _atomic_write(output, f.read())
             done.path = output
-        else:  # jit
-            engine = stage("jit", lambda: lowering.jit(module))  # ExecutionEngine, -O3, host CPU
+        else:
+            engine = timed("jit", lambda: lowering.jit(module))  # ExecutionEngine, -O3, host CPU
             done.fn = runtime.from_engine(engine, imported.func_name, imported.signature, bound=imported.params)
     if output and done.text is not None:
         _atomic_write(output, done.text.encode())
@@ -156,14 +160,15 @@ def compare(outs, refs, *, rtol: float = RTOL, atol: float = ATOL) -> Comparison
     return Comparison(max_abs, max_rel, ok)
 
 
-def reference_outputs(imported: frontend.Imported, inputs) -> tuple[object, str]:
-    """Eager PyTorch, or for MLIR input the naive (scalar-loop) lowering of the same IR."""
+def reference_outputs(imported: frontend.Imported, inputs, linalg_text: str) -> tuple[object, str]:
+    """Eager PyTorch, or for MLIR input the naive (scalar-loop) lowering of the same IR
+    (`linalg_text`: the module as imported, before it was lowered)."""
     if imported.model is not None:
         return imported.reference(*inputs), "torch eager"
     ctx = frontend.new_context()
     naive = frontend.Imported(
         imported.spec,
-        frontend.parse_mlir(str(imported.module), context=ctx),
+        frontend.parse_mlir(linalg_text, context=ctx),
         [],
         imported.inputs,
         None,
@@ -215,14 +220,23 @@ class RunReport:
 
 
 def run_and_check(
-    spec: str, *, threads: int = 1, inputs=None, dump_ir_dir: str | None = None, budget: float = 1.0
+    spec: str,
+    *,
+    target: str | Target = "cpu",
+    threads: int = 1,
+    inputs=None,
+    dump_ir_dir: str | None = None,
+    budget: float = 1.0,
 ) -> RunReport:
     torch.set_num_threads(threads)
-    compiled = compile_model(spec, dump_ir_dir=dump_ir_dir)
-    imported = compiled.imported
+    t0 = time.perf_counter()
+    imported = frontend.import_spec(spec)
+    import_s = time.perf_counter() - t0
+    linalg_text = str(imported.module) if imported.model is None else ""
+    compiled = compile_model(imported, target=target, dump_ir_dir=dump_ir_dir)
     inputs = tuple(inputs) if inputs is not None else imported.inputs
     outs = compiled.fn(*inputs)
-    refs, ref_name = reference_outputs(imported, inputs)
+    refs, ref_name = reference_outputs(imported, inputs, linalg_text)
     comparison = compare(outs, refs)
     compiled_s = median_seconds(lambda: compiled.fn(*inputs), budget=budget)
     eager_s = None
@@ -234,7 +248,7 @@ def run_and_check(
         threads,
         eager_s * 1e3 if eager_s is not None else None,
         compiled_s * 1e3,
-        compiled.compile_seconds,
+        import_s + compiled.compile_seconds,
         comparison,
         ref_name,
     )

@@ -3,7 +3,7 @@
 import pytest
 
 from tilecraft import frontend, pipeline
-from tilecraft.backends.cpu import schedule
+from tilecraft.passes import tiling as schedule
 
 MM = """func.func @mm(%a: tensor<64x48xf32>, %b: tensor<48x32xf32>) -> tensor<64x32xf32> {
   %cst = arith.constant 0.0 : f32
@@ -50,5 +50,5 @@ def test_heuristics():
     assert schedule.divisor_at_most(512, 32, multiple_of=16) == 32
     assert schedule.budget_tile((4, 128, 256)) == (1, 4, 256)
     info = schedule.OpInfo(0, "linalg.matmul", "matmul", (512, 512, 512), ("parallel", "parallel", "reduction"))
-    s = schedule.default_schedule(info)
+    s = schedule.default_decision(info)
     assert s.tiles == ((64, 128, 128), (8, 32, 1))

@@ -1,7 +1,7 @@
 """CPU lowering stages: linalg → tiled → vector → llvm → (jit | obj | so | asm).
 
 Reads a linalg-on-tensors module (from `compiler/frontend.py`) and per-op schedules
-(`backends/cpu/schedule.py`); each stage is a function from a module to a module, so any
+(`passes/tiling.py`); each stage is a function from a module to a module, so any
 stage's IR can be dumped or resumed from. The last stages hand the LLVM-dialect module to
 `ExecutionEngine` (JIT, opt level 3, host CPU with AVX-512) or write an object file, a
 shared library or assembly text.
@@ -18,7 +18,8 @@ from torch_mlir import ir, passmanager
 from torch_mlir.dialects.transform import interpreter
 
 from tilecraft.backends.cpu import math_approx
-from tilecraft.backends.cpu import schedule as sched
+from tilecraft.passes import tiling
+from tilecraft.passes.tiling import ANY
 
 STAGES = ("linalg", "tiled", "vector", "llvm")
 
@@ -92,20 +93,24 @@ def _stage_error(exc: Exception, stage: str, before: str | None, command: str) -
 
 # ------------------------------------------------------------------------------ stages
 def to_tiled(
-    module: ir.Module, overrides: Mapping[int, sched.OpSchedule] | None = None, *, vectorize: bool = True
+    module: ir.Module,
+    decisions: Mapping[int | str, tiling.TileDecision] | None = None,
+    *,
+    vectorize: bool = True,
+    target=None,
 ) -> ir.Module:
     """linalg → tiled: expand erf, tag ops, pick schedules, tile (and decompose conv tiles),
     and vectorize each register tile (vector ops on tensors; cleaned up by `to_vector`)."""
     math_approx.expand_erf(module)
     run_pipeline(module, "builtin.module(func.func(math-expand-ops))", stage="tiled")
-    infos = sched.tag_ops(module)
-    script = sched.tiling_script(infos, sched.schedules(infos, overrides), vectorize=vectorize)
+    infos = tiling.tag_ops(module)
+    script = tiling.tiling_script(infos, tiling.decisions(infos, decisions, target), vectorize=vectorize)
     return apply_transform(module, script, stage="tiled")
 
 
 def to_vector(module: ir.Module, *, vectorize: bool = True) -> ir.Module:
     """tiled → vector: vectorize, hoist, bufferize, lower vector ops to LLVM-friendly form."""
-    return apply_transform(module, sched.vectorize_script(vectorize=vectorize), stage="vector")
+    return apply_transform(module, vectorize_script(vectorize=vectorize), stage="vector")
 
 
 def to_llvm(module: ir.Module) -> ir.Module:
@@ -122,6 +127,53 @@ def lower(module: ir.Module, until: str = "llvm", *, start: str = "linalg") -> i
     for stage in STAGES[STAGES.index(start) + 1 : STAGES.index(until) + 1]:
         module = fns[stage](module)
     return module
+
+
+def vectorize_script(*, vectorize: bool = True) -> str:
+    """Clean up the vectorized tiles, hoist accumulators, bufferize, lower vectors."""
+    vec = (
+        f"""    %fv = transform.structured.match ops{{["func.func"]}} in %root : ({ANY}) -> {ANY}
+    transform.apply_patterns to %fv {{
+      transform.apply_patterns.vector.transfer_permutation_patterns
+      transform.apply_patterns.vector.reduction_to_contract
+      transform.apply_patterns.vector.sink_ops
+      transform.apply_patterns.vector.cast_away_vector_leading_one_dim
+      transform.apply_patterns.vector.drop_unit_dims_with_shape_cast
+      transform.apply_patterns.canonicalization
+      transform.apply_patterns.tensor.fold_tensor_subset_ops_into_vector_transfers
+      transform.apply_patterns.linalg.tiling_canonicalization
+    }} : {ANY}
+    transform.apply_cse to %fv : {ANY}
+    %loops = transform.structured.match ops{{["scf.for"]}} in %fv : ({ANY}) -> {ANY}
+    transform.apply_licm to %loops : {ANY}
+    transform.loop.hoist_loop_invariant_subsets %loops : {ANY}
+"""
+        if vectorize
+        else ""
+    )
+    return tiling.named_sequence(
+        vec
+        + f"""    %b = transform.bufferization.one_shot_bufferize layout{{IdentityLayoutMap}} %root
+        {{bufferize_function_boundaries = true, memcpy_op = "linalg.copy"}} : ({ANY}) -> {ANY}
+    %g = transform.structured.match ops{{["func.func"]}} in %b : ({ANY}) -> {ANY}
+    transform.apply_patterns to %g {{
+      transform.apply_patterns.vector.lower_contraction lowering_strategy = "outerproduct"
+      transform.apply_patterns.vector.transfer_permutation_patterns
+      transform.apply_patterns.vector.reorder_multi_reduction_dims lowering_strategy = "innerparallel"
+      transform.apply_patterns.vector.multi_reduction_flattening lowering_strategy = "innerparallel"
+      transform.apply_patterns.vector.multi_reduction_unrolling lowering_strategy = "innerparallel"
+      transform.apply_patterns.vector.split_transfer_full_partial split_transfer_strategy = "linalg-copy"
+      transform.apply_patterns.vector.transfer_to_scf max_transfer_rank = 1 full_unroll = true
+      transform.apply_patterns.vector.lower_transfer max_transfer_rank = 1
+      transform.apply_patterns.vector.lower_outerproduct
+    }} : {ANY}
+    transform.apply_patterns to %g {{
+      transform.apply_patterns.vector.lower_shape_cast
+      transform.apply_patterns.vector.lower_transpose lowering_strategy = "shuffle_1d"
+    }} : {ANY}
+""",
+        consumed=True,
+    )
 
 
 # ---------------------------------------------------------------------- llvm → machine

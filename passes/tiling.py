@@ -1,0 +1,389 @@
+"""The tiling pass: what each linalg op (kernel) is, and how it is tiled and vectorized.
+
+Sits between the frontend's linalg-on-tensors module and a backend's lowering stages
+(`backends/cpu/lowering.py` applies it). Reads a module, writes nothing of its own: it
+tags every structured op with a `tc.op_id`, describes it as an `OpInfo` (kind, loop
+extents, iterator types, dtypes, and a structural `key`), resolves one `TileDecision` per
+op, and renders the decisions as a transform-dialect script.
+
+Decisions are data: an explicit decision (tests, users, search) wins; otherwise the
+documented per-kind heuristic `default_decision`. `space(info)` enumerates the legal
+decisions of an op for search and measurement. This pass never calls a cost model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+
+from torch_mlir import ir
+
+OP_ID = "tc.op_id"
+
+# Ops tiled and vectorized as "the rest": elementwise, broadcast, reductions, copies.
+_NAMED_KINDS = {
+    "linalg.matmul": "matmul",
+    "linalg.batch_matmul": "batch_matmul",
+    "linalg.conv_2d_nchw_fchw": "conv2d",
+    "linalg.depthwise_conv_2d_nchw_chw": "depthwise_conv2d",
+    "linalg.pooling_nchw_max": "pooling",
+    "linalg.pooling_nchw_sum": "pooling",
+}
+_SKIPPED = {"linalg.yield", "linalg.index"}
+
+# Elements one vectorized register tile may hold (keeps vectors in the register file).
+VECTOR_BUDGET = 1024
+LANES = 16  # f32 lanes of a zmm register
+
+
+@dataclasses.dataclass(frozen=True)
+class OpInfo:
+    """A structured op as the scheduler sees it."""
+
+    op_id: int
+    name: str  # e.g. "linalg.matmul"
+    kind: str  # matmul | batch_matmul | conv2d | depthwise_conv2d | pooling | elementwise | reduction
+    extents: tuple[int, ...]  # static loop extents, in iteration-domain order
+    iterators: tuple[str, ...]  # "parallel" | "reduction" per loop
+    strides: tuple[int, ...] = ()  # convolution/pooling strides
+    dtypes: tuple[str, ...] = ()  # element type of each operand
+    shapes: tuple[tuple[int, ...], ...] = ()  # static shape of each operand
+    body: str = ""  # normalized region text of a linalg.generic (what it computes)
+
+    @property
+    def flops(self) -> int:
+        return 2 * math.prod(self.extents) if self.kind in _FLOP_KINDS else math.prod(self.extents)
+
+    @property
+    def key(self) -> str:
+        """Structural hash of the op: kind, shapes, dtypes, body. Independent of SSA names,
+        of its position in the model, and of weight values."""
+        payload = json.dumps(
+            [self.name, self.kind, self.extents, self.iterators, self.strides, self.dtypes, self.shapes, self.body]
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+_FLOP_KINDS = {"matmul", "batch_matmul", "conv2d", "depthwise_conv2d"}
+
+
+@dataclasses.dataclass(frozen=True)
+class TileDecision:
+    """How one op is scheduled: tile sizes per level (outer = cache level first, last =
+    register tile; one entry per loop, equal to the extent = untiled), the loop interchange
+    of the first level, whether the register tile is decomposed (2-D conv/pool → 1-D) and
+    whether it is vectorized."""
+
+    tiles: tuple[tuple[int, ...], ...]
+    interchange: tuple[int, ...] = ()
+    decompose: bool = False
+    vectorize: bool = True
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @staticmethod
+    def from_json(text: str | dict) -> TileDecision:
+        d = json.loads(text) if isinstance(text, str) else dict(text)
+        unknown = set(d) - {f.name for f in dataclasses.fields(TileDecision)}
+        if unknown or "tiles" not in d:
+            raise ValueError(f"not a TileDecision: {text!r}")
+        return TileDecision(
+            tiles=tuple(tuple(int(x) for x in level) for level in d["tiles"]),
+            interchange=tuple(int(x) for x in d.get("interchange", ())),
+            decompose=bool(d.get("decompose", False)),
+            vectorize=bool(d.get("vectorize", True)),
+        )
+
+    def validate(self, info: OpInfo) -> None:
+        """Raise ValueError unless the decision is legal for the op."""
+        n = len(info.extents)
+        extents = list(info.extents)
+        for level in self.tiles:
+            if len(level) != n:
+                raise ValueError(f"tile level {level} has {len(level)} sizes, op has {n} loops")
+            for t, x in zip(level, extents):
+                if t < 1 or x % t:
+                    raise ValueError(f"tile size {t} does not divide extent {x} (op {info.name})")
+            extents = list(level)
+        if self.interchange and sorted(self.interchange) != list(range(n)):
+            raise ValueError(f"interchange {self.interchange} is not a permutation of {n} loops")
+        if self.decompose:
+            if info.kind not in ("conv2d", "pooling"):
+                raise ValueError(f"decompose applies to conv2d/pooling, not {info.kind}")
+            kh_dim = 5 if info.kind == "conv2d" else 4
+            if extents[2] != 1 or extents[kh_dim] != 1:
+                raise ValueError("decompose needs register tiles of 1 along oh and kh")
+
+
+# ----------------------------------------------------------------------------- analysis
+def tag_ops(module: ir.Module) -> list[OpInfo]:
+    """Give every structured op a unique `tc.op_id` attribute and describe it."""
+    infos: list[OpInfo] = []
+
+    def visit(op: ir.Operation) -> None:
+        name = op.name
+        if name.startswith("linalg.") and name not in _SKIPPED:
+            op_id = len(infos)
+            op.attributes[OP_ID] = ir.IntegerAttr.get(ir.IntegerType.get_signless(64), op_id)
+            infos.append(describe(op, op_id))
+
+    _walk(module.operation, visit)
+    return infos
+
+
+def _walk(op: ir.Operation, fn) -> None:
+    for region in op.regions:
+        for block in region.blocks:
+            for child in block.operations:
+                child = child.operation
+                fn(child)
+                if not child.name.startswith("linalg."):
+                    _walk(child, fn)
+
+
+def _element_type(t: ir.Type) -> str:
+    t = t.maybe_downcast()
+    return str(t.element_type) if isinstance(t, ir.ShapedType) else str(t)
+
+
+def _shape(value: ir.Value) -> list[int]:
+    return list(ir.ShapedType(value.type).shape)
+
+
+def _normalized_body(op: ir.Operation) -> str:
+    if op.name != "linalg.generic":
+        return ""
+    text = str(op.regions[0].blocks[0]) if op.regions else ""
+    names: dict[str, str] = {}
+    return re.sub(r"%[\w.$-]+", lambda m: names.setdefault(m.group(0), f"%v{len(names)}"), text)
+
+
+def describe(op: ir.Operation, op_id: int) -> OpInfo:
+    """Loop extents and iterator types of a structured op with static shapes."""
+    name = op.name
+    kind = _NAMED_KINDS.get(name)
+    operands = list(op.operands)
+    out = _shape(operands[-1]) if operands else []
+    strides: tuple[int, ...] = ()
+    if "strides" in op.attributes:
+        strides = tuple(int(s) for s in ir.DenseIntElementsAttr(op.attributes["strides"]))
+    if kind == "matmul":
+        extents, its = (*out, _shape(operands[0])[1]), ("parallel",) * 2 + ("reduction",)
+    elif kind == "batch_matmul":
+        extents, its = (*out, _shape(operands[0])[2]), ("parallel",) * 3 + ("reduction",)
+    elif kind == "conv2d":  # (n, f, oh, ow, c, kh, kw)
+        extents, its = (*out, *_shape(operands[1])[1:]), ("parallel",) * 4 + ("reduction",) * 3
+    elif kind == "depthwise_conv2d":  # (n, oh, ow, c, kh, kw)
+        n, c, oh, ow = out
+        extents, its = (n, oh, ow, c, *_shape(operands[1])[1:]), ("parallel",) * 4 + ("reduction",) * 2
+    elif kind == "pooling":  # (n, c, oh, ow, kh, kw)
+        extents, its = (*out, *_shape(operands[1])), ("parallel",) * 4 + ("reduction",) * 2
+    else:
+        extents, its = _generic_domain(op, name)
+        kind = "reduction" if "reduction" in its else "elementwise"
+    if any(e < 0 for e in extents):
+        raise ValueError(f"dynamic shapes are not supported: {name} at {op.location}")
+    dtypes = tuple(_element_type(v.type) for v in operands)
+    shapes = tuple(tuple(_shape(v)) if isinstance(v.type.maybe_downcast(), ir.ShapedType) else () for v in operands)
+    body = _normalized_body(op)
+    return OpInfo(op_id, name, kind, tuple(int(e) for e in extents), tuple(its), strides, dtypes, shapes, body)
+
+
+def _generic_domain(op: ir.Operation, name: str) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """Extents from indexing maps: each loop dim is read off an operand dim it indexes."""
+    if "indexing_maps" in op.attributes:
+        maps = [ir.AffineMapAttr(m).value for m in ir.ArrayAttr(op.attributes["indexing_maps"])]
+        its = tuple(
+            str(ir.Attribute(a)).split("<")[-1].rstrip(">") for a in ir.ArrayAttr(op.attributes["iterator_types"])
+        )
+        extents = [-1] * maps[0].n_dims
+        for value, amap in zip(op.operands, maps):
+            for i, expr in enumerate(amap.results):
+                expr = expr.maybe_downcast()
+                if isinstance(expr, ir.AffineDimExpr):
+                    extents[expr.position] = _shape(value)[i]
+        return tuple(extents), its
+    # linalg.fill / transpose / broadcast / copy …: the init operand spans the domain.
+    out = _shape(op.operands[-1])
+    return tuple(out), ("parallel",) * len(out)
+
+
+# ---------------------------------------------------------------------------- heuristic
+def divisor_at_most(n: int, cap: int, *, multiple_of: int = 1) -> int:
+    """Largest divisor of n that is ≤ cap, preferring multiples of `multiple_of`."""
+    cap = max(1, min(n, cap))
+    divs = [d for d in range(cap, 0, -1) if n % d == 0]
+    preferred = [d for d in divs if d % multiple_of == 0]
+    return (preferred or divs)[0]
+
+
+def budget_tile(extents: Sequence[int], budget: int = VECTOR_BUDGET) -> tuple[int, ...]:
+    """Register tile for an op with no better rule: innermost dims whole while they fit the
+    vector budget, then the largest dividing slice of the next dim, 1 further out."""
+    tile = [1] * len(extents)
+    room = budget
+    for d in reversed(range(len(extents))):
+        t = divisor_at_most(extents[d], room)
+        tile[d] = t
+        if t < extents[d]:
+            break
+        room //= t
+    return tuple(tile)
+
+
+def default_decision(info: OpInfo, target=None) -> TileDecision:
+    """The hand-written per-kind schedule (heuristic fallback); vector widths follow
+    `target.f32_lanes` (16 on AVX-512)."""
+    e = info.extents
+    lanes = getattr(target, "f32_lanes", LANES)
+    if info.kind in ("matmul", "batch_matmul"):
+        *batch, m, n, k = e
+        mc, nc, kc = divisor_at_most(m, 64), divisor_at_most(n, 128, multiple_of=lanes), divisor_at_most(k, 128)
+        mr, nr = divisor_at_most(mc, 8), divisor_at_most(nc, 32, multiple_of=lanes)
+        b = [1] * len(batch)
+        return TileDecision(tiles=((*b, mc, nc, kc), (*b, mr, nr, 1)))
+    if info.kind == "conv2d":
+        n, f, oh, ow, c, kh, kw = e
+        fr = divisor_at_most(f, 2 * lanes, multiple_of=lanes)
+        owr = divisor_at_most(ow, 8)
+        cr = divisor_at_most(c, 16)
+        # f, c, kh outside oh, ow: the filter tile (and its transpose) is hoisted out of the
+        # spatial loops; the small output tile is what moves.
+        return TileDecision(tiles=((1, fr, 1, owr, cr, 1, kw),), interchange=(0, 1, 4, 5, 2, 3, 6), decompose=True)
+    if info.kind == "pooling":
+        n, c, oh, ow, kh, kw = e
+        return TileDecision(tiles=((1, divisor_at_most(c, lanes), 1, divisor_at_most(ow, 8), 1, kw),), decompose=True)
+    if info.kind == "depthwise_conv2d":
+        n, oh, ow, c, kh, kw = e
+        return TileDecision(tiles=((1, 1, ow, 1, kh, kw),), vectorize=False)
+    # i1 memrefs hold a byte per element, but vector loads of i1 read packed bits: stay scalar.
+    return TileDecision(tiles=(budget_tile(e),), vectorize="i1" not in info.dtypes)
+
+
+def _divisors(n: int, candidates) -> list[int]:
+    return sorted({c for c in candidates if 0 < c <= n and n % c == 0} | ({n} if n <= max(candidates) else set()))
+
+
+def space(info: OpInfo, target=None) -> list[TileDecision]:
+    """The legal decisions for an op (every one passes `validate`), heuristic first.
+
+    Matmuls: cache tiles × register tiles × loop orders; convolutions: register tiles of
+    output channels × width × input channels, two loop orders; pooling and depthwise:
+    register tiles; elementwise and reductions: register-tile budgets, vectorized or not.
+    `target` (a `tilecraft.target.Target`) sets the vector width preference."""
+    lanes = getattr(target, "f32_lanes", LANES)
+    e = info.extents
+    out: list[TileDecision] = []
+    if info.kind in ("matmul", "batch_matmul"):
+        *batch, m, n, k = e
+        b = (1,) * len(batch)
+        nb = len(batch)
+        orders = [(), tuple(range(nb)) + (nb, nb + 2, nb + 1), tuple(range(nb)) + (nb + 1, nb, nb + 2)]
+        for mc, nc, kc in itertools.product(
+            _divisors(m, (16, 32, 64, 128, 256)), _divisors(n, (64, 128, 256, 512)), _divisors(k, (64, 128, 256, 512))
+        ):
+            for mr, nr in itertools.product(
+                _divisors(mc, (1, 2, 4, 6, 8, 12, 16)), _divisors(nc, (lanes, 2 * lanes, 3 * lanes, 4 * lanes))
+            ):
+                for order in orders:
+                    out.append(TileDecision(tiles=((*b, mc, nc, kc), (*b, mr, nr, 1)), interchange=order))
+    elif info.kind == "conv2d":
+        n, f, oh, ow, c, kh, kw = e
+        for fr, owr, cr in itertools.product(
+            _divisors(f, (8, 16, 32, 64)), _divisors(ow, (1, 2, 4, 7, 8, 14, 16)), _divisors(c, (1, 4, 8, 16, 32, 64))
+        ):
+            for order in ((0, 1, 4, 5, 2, 3, 6), ()):
+                out.append(TileDecision(tiles=((1, fr, 1, owr, cr, 1, kw),), interchange=order, decompose=True))
+    elif info.kind == "pooling":
+        n, c, oh, ow, kh, kw = e
+        for cr, owr in itertools.product(_divisors(c, (1, 8, 16, 32)), _divisors(ow, (1, 2, 4, 7, 8, 14, 16))):
+            out.append(TileDecision(tiles=((1, cr, 1, owr, 1, kw),), decompose=True))
+    elif info.kind == "depthwise_conv2d":
+        n, oh, ow, c, kh, kw = e
+        for owr in _divisors(ow, (1, 2, 4, 7, 8, 14, 16, 28, 32, 56, 64, 112)):
+            out.append(TileDecision(tiles=((1, 1, owr, 1, kh, kw),), vectorize=False))
+    else:
+        vec = "i1" not in info.dtypes
+        for budget in (16, 64, 256, 1024, 4096):
+            out.append(TileDecision(tiles=(budget_tile(e, budget),), vectorize=vec))
+        out.append(TileDecision(tiles=(budget_tile(e, 256),), vectorize=False))
+    default = default_decision(info, target)
+    unique = list(dict.fromkeys([default, *out]))
+    return unique
+
+
+def decisions(
+    infos: Sequence[OpInfo], explicit: Mapping[int | str, TileDecision] | None = None, target=None
+) -> dict[int, TileDecision]:
+    """One decision per op: explicit (by op id or by kernel key), else the heuristic."""
+    explicit = explicit or {}
+    chosen = {}
+    for info in infos:
+        d = explicit.get(info.op_id) or explicit.get(info.key)
+        if d is not None:
+            d.validate(info)
+        chosen[info.op_id] = d or default_decision(info, target)
+    return chosen
+
+
+# ------------------------------------------------------------------- transform scripts
+ANY = "!transform.any_op"
+
+
+def _tile_level(
+    handle: str, sizes: Sequence[int], extents: Sequence[int], interchange: Sequence[int], tag: str, out: list[str]
+) -> str:
+    """One `tile_using_for`; a size equal to the extent is left untiled (0)."""
+    sizes = [0 if s >= x else s for s, x in zip(sizes, extents)]
+    loops = sum(1 for s in sizes if s)
+    if not loops:
+        return handle
+    inter = f" interchange = [{', '.join(map(str, interchange))}]" if interchange else ""
+    types = ", ".join([ANY] * (loops + 1))
+    out.append(
+        f"    %{tag}, %{tag}_loops:{loops} = transform.structured.tile_using_for {handle} "
+        f"tile_sizes [{', '.join(map(str, sizes))}]{inter} : ({ANY}) -> ({types})"
+    )
+    return f"%{tag}"
+
+
+def tiling_script(infos: Sequence[OpInfo], scheds: Mapping[int, TileDecision], *, vectorize: bool = False) -> str:
+    """Transform script that tiles every op by its schedule (and decomposes conv tiles);
+    with `vectorize`, each register tile is vectorized right after it is formed."""
+    body: list[str] = []
+    for info in infos:
+        s = scheds[info.op_id]
+        h = f"%op{info.op_id}"
+        body.append(
+            f"    {h} = transform.structured.match attributes{{{OP_ID} = {info.op_id} : i64}} in %root"
+            f" : ({ANY}) -> {ANY}"
+        )
+        extents = list(info.extents)
+        for level, sizes in enumerate(s.tiles):
+            h = _tile_level(h, sizes, extents, s.interchange if level == 0 else (), f"t{info.op_id}_{level}", body)
+            extents = [min(t, x) if t else x for t, x in zip(sizes, extents)]
+        if s.decompose:
+            body.append(f"    %d{info.op_id} = transform.structured.decompose {h} : ({ANY}) -> {ANY}")
+            h = f"%d{info.op_id}"
+        if s.vectorize and vectorize:
+            # An op the vectorizer rejects stays scalar (lowered to loops later).
+            body.append(
+                f"    transform.sequence %root : {ANY} failures(suppress) {{\n    ^bb0(%r{info.op_id}: {ANY}):\n"
+                f"      transform.structured.vectorize {h} {{vectorize_nd_extract}} : {ANY}\n    }}"
+            )
+    return named_sequence("\n".join(body), consumed=False)
+
+
+def named_sequence(body: str, *, consumed: bool) -> str:
+    mode = "transform.consumed" if consumed else "transform.readonly"
+    return (
+        "module attributes {transform.with_named_sequence} {\n"
+        f"  transform.named_sequence @__transform_main(%root: {ANY} {{{mode}}}) {{\n"
+        f"{body}\n    transform.yield\n  }}\n}}\n"
+    )
