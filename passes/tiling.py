@@ -130,7 +130,8 @@ def tag_ops(module: ir.Module) -> list[OpInfo]:
         name = op.name
         if name.startswith("linalg.") and name not in _SKIPPED:
             op_id = len(infos)
-            op.attributes[OP_ID] = ir.IntegerAttr.get(ir.IntegerType.get_signless(64), op_id)
+            i64 = ir.IntegerType.get_signless(64, context=module.context)
+            op.attributes[OP_ID] = ir.IntegerAttr.get(i64, op_id)
             infos.append(describe(op, op_id))
 
     _walk(module.operation, visit)

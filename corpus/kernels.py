@@ -1,0 +1,148 @@
+"""Kernels: a model split into standalone functions, one per linalg op, with a canonical key.
+
+Reads a linalg-on-tensors module (from the frontend, the workload generator, or a `.mlir`
+file); writes nothing. Each structured op becomes a module holding `func.func @kernel`
+whose arguments are the op's operands (inputs and init) and whose results are the op's
+results; constants the op's body captures from above are copied in. The kernel key is the
+tiling pass's structural hash (`OpInfo.key`): independent of SSA names and weight values,
+so the same layer in two models is one workload.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import re
+
+from torch_mlir import ir
+
+from tilecraft.passes import tiling
+
+KERNEL_FUNC = "kernel"
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+    key: str
+    kind: str
+    name: str  # the linalg op, e.g. linalg.matmul
+    extents: tuple[int, ...]
+    dtypes: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    flops: int
+    mlir: str  # a module with func.func @kernel
+
+    @property
+    def bytes_moved(self) -> int:
+        """Operand bytes touched once (a lower bound on memory traffic)."""
+        sizes = {"f64": 8, "i64": 8, "f32": 4, "i32": 4, "f16": 2, "bf16": 2, "i16": 2, "i8": 1, "i1": 1}
+        total = 0
+        for shape, dtype in zip(self.shapes, self.dtypes):
+            n = 1
+            for d in shape:
+                n *= d
+            total += n * sizes.get(dtype, 4)
+        return total
+
+
+def _token(name: str) -> re.Pattern:
+    return re.compile(re.escape(name) + r"(?![\w.$-])")
+
+
+def _captured(op: ir.Operation) -> list[ir.Value]:
+    """Values used inside the op's regions but defined outside it."""
+    inside: set = set()
+    uses: list[ir.Value] = []
+
+    def walk(o: ir.Operation) -> None:
+        for region in o.regions:
+            for block in region.blocks:
+                for arg in block.arguments:
+                    inside.add(arg)
+                for child in block.operations:
+                    child = child.operation
+                    for r in child.results:
+                        inside.add(r)
+                    uses.extend(child.operands)
+                    walk(child)
+
+    walk(op)
+    seen, out = set(), []
+    for v in uses:
+        if v not in inside and v not in seen:
+            seen.add(v)
+            out.append(v)
+    return out
+
+
+def extract(module: ir.Module) -> list[Kernel]:
+    """One kernel per distinct structured op of the module (first occurrence kept)."""
+    infos = {info.op_id: info for info in tiling.tag_ops(module)}
+    state = ir.AsmState(module.operation)
+    kernels: dict[str, Kernel] = {}
+
+    def visit(op: ir.Operation) -> None:
+        attr = op.attributes[tiling.OP_ID] if tiling.OP_ID in op.attributes else None
+        if attr is None:
+            return
+        info = infos[ir.IntegerAttr(attr).value]
+        if info.key in kernels or not op.results:
+            return
+        kernels[info.key] = _outline(op, info, state)
+
+    def walk(op: ir.Operation) -> None:
+        for region in op.regions:
+            for block in region.blocks:
+                for child in block.operations:
+                    child = child.operation
+                    visit(child)
+                    if not child.name.startswith("linalg."):
+                        walk(child)
+
+    walk(module.operation)
+    return list(kernels.values())
+
+
+def _outline(op: ir.Operation, info: tiling.OpInfo, state: ir.AsmState) -> Kernel:
+    """The op as `func.func @kernel`: operands, then values its body reads from above
+    (a gathered table, say), become arguments; captured constants are copied in."""
+    tag = op.attributes[tiling.OP_ID]
+    del op.attributes[tiling.OP_ID]
+    try:
+        text = _print(op, state)
+        consts, extra = [], []
+        for v in _captured(op):
+            owner = getattr(v.owner, "operation", v.owner)
+            if isinstance(owner, ir.Operation) and owner.name == "arith.constant":
+                consts.append(_print(owner, state).strip())
+            else:
+                extra.append(v)
+    finally:
+        op.attributes[tiling.OP_ID] = tag
+    args = []
+    for i, v in enumerate([*op.operands, *extra]):
+        text = _token(v.get_name(state)).sub(f"%kernel_arg{i}", text)
+        args.append(f"%kernel_arg{i}: {v.type}")
+    results = [r.get_name(state) for r in op.results]
+    rtypes = [str(r.type) for r in op.results]
+    body = "\n".join("    " + line for line in [*consts, *text.strip().splitlines()])
+    mlir = (
+        f"func.func @{KERNEL_FUNC}({', '.join(args)}) -> ({', '.join(rtypes)}) {{\n"
+        f"{body}\n    func.return {', '.join(results)} : {', '.join(rtypes)}\n}}\n"
+    )
+    return Kernel(info.key, info.kind, info.name, info.extents, info.dtypes, info.shapes, info.flops, mlir)
+
+
+def _print(op: ir.Operation, state: ir.AsmState) -> str:
+    buf = io.StringIO()
+    op.print(state, file=buf)
+    return buf.getvalue()
+
+
+def infos_of(kernel_text: str, context: ir.Context) -> tiling.OpInfo:
+    """Parse a kernel module and describe its single op."""
+    module = ir.Module.parse(kernel_text, context=context)
+    infos = tiling.tag_ops(module)
+    if len(infos) != 1:
+        raise ValueError(f"a kernel holds exactly one structured op, found {len(infos)}")
+    return infos[0]
