@@ -48,6 +48,7 @@ class Target:
     clock_ghz: float = 2.0
     fma_units: int = 2  # FMA pipes per core
     mem_bandwidth_gbs: float = 10.0  # one core's sustained DRAM bandwidth (estimate)
+    cache_bandwidth_gbs: float = 60.0  # one core's sustained L2 bandwidth (estimate)
 
     def __post_init__(self):
         if self.kind != "cpu":
@@ -58,7 +59,7 @@ class Target:
         for name in ("cores", "l1d_bytes", "l2_bytes", "l3_bytes", "fma_units"):
             if getattr(self, name) <= 0:
                 raise TargetError(f"{name} must be positive")
-        if self.clock_ghz <= 0 or self.mem_bandwidth_gbs <= 0:
+        if min(self.clock_ghz, self.mem_bandwidth_gbs, self.cache_bandwidth_gbs) <= 0:
             raise TargetError("clock_ghz and mem_bandwidth_gbs must be positive")
         object.__setattr__(self, "features", tuple(sorted(set(self.features))))
 
@@ -78,6 +79,14 @@ class Target:
     def peak_gflops_f32(self) -> float:
         """One core's f32 peak: clock × FMA pipes × lanes × 2 FLOP per FMA."""
         return self.clock_ghz * self.fma_units * self.f32_lanes * 2
+
+    def bandwidth_gbs(self, working_set_bytes: int) -> float:
+        """Sustained bandwidth for a working set: L2's if it fits there, else DRAM's."""
+        return self.cache_bandwidth_gbs if working_set_bytes <= self.l2_bytes else self.mem_bandwidth_gbs
+
+    def roofline_gflops(self, flops: int, bytes_moved: int) -> float:
+        """Attainable GFLOP/s for a kernel: min(compute peak, intensity × bandwidth)."""
+        return min(self.peak_gflops_f32, flops / max(bytes_moved, 1) * self.bandwidth_gbs(bytes_moved))
 
     # ---------------------------------------------------------------- (de)serializing
     def to_json(self) -> str:
@@ -199,4 +208,5 @@ def host() -> Target:
         # Server cores with AVX-512 have two FMA pipes; a 12 GB/s per-core stream is typical.
         fma_units=2,
         mem_bandwidth_gbs=12.0,
+        cache_bandwidth_gbs=60.0,
     )

@@ -120,11 +120,16 @@ def _outline(op: ir.Operation, info: tiling.OpInfo, state: ir.AsmState) -> Kerne
     finally:
         op.attributes[tiling.OP_ID] = tag
     args = []
-    for i, v in enumerate([*op.operands, *extra]):
-        text = _token(v.get_name(state)).sub(f"%kernel_arg{i}", text)
-        args.append(f"%kernel_arg{i}: {v.type}")
+    for v in [*op.operands, *extra]:
+        owner = getattr(v.owner, "operation", v.owner)
+        if isinstance(owner, ir.Operation) and owner.name == "arith.constant":
+            consts.append(_print(owner, state).strip())  # a scalar fill value, say
+            continue
+        text = _token(v.get_name(state)).sub(f"%kernel_arg{len(args)}", text)
+        args.append(f"%kernel_arg{len(args)}: {v.type}")
     results = [r.get_name(state) for r in op.results]
     rtypes = [str(r.type) for r in op.results]
+    consts = list(dict.fromkeys(consts))
     body = "\n".join("    " + line for line in [*consts, *text.strip().splitlines()])
     mlir = (
         f"func.func @{KERNEL_FUNC}({', '.join(args)}) -> ({', '.join(rtypes)}) {{\n"

@@ -109,15 +109,37 @@ def to_tiled(
 
 
 def to_vector(module: ir.Module, *, vectorize: bool = True) -> ir.Module:
-    """tiled → vector: vectorize, hoist, bufferize, lower vector ops to LLVM-friendly form."""
+    """tiled → vector: vectorize, hoist, bufferize, lower vector ops to LLVM-friendly form.
+
+    Arguments are marked read-only for bufferization: compiled code never writes into the
+    caller's inputs or the bound weights (an in-place update gets a copy instead)."""
+    _mark_arguments_read_only(module)
     return apply_transform(module, vectorize_script(vectorize=vectorize), stage="vector")
+
+
+def _public_funcs(module: ir.Module):
+    for op in module.body.operations:
+        if op.operation.name == "func.func" and "sym_visibility" not in op.attributes:
+            yield op.operation
+
+
+def _mark_arguments_read_only(module: ir.Module) -> None:
+    ctx = module.context
+    for func in _public_funcs(module):
+        n = len(ir.FunctionType(ir.TypeAttr(func.attributes["function_type"]).value).inputs)
+        old = list(ir.ArrayAttr(func.attributes["arg_attrs"])) if "arg_attrs" in func.attributes else [None] * n
+        new = []
+        for attrs in old:
+            entries = {a.name: a.attr for a in ir.DictAttr(attrs)} if attrs is not None else {}
+            entries["bufferization.writable"] = ir.BoolAttr.get(False, context=ctx)
+            new.append(ir.DictAttr.get(entries, context=ctx))
+        func.attributes["arg_attrs"] = ir.ArrayAttr.get(new, context=ctx)
 
 
 def to_llvm(module: ir.Module) -> ir.Module:
     """vector → llvm: out-params, loops, deallocation, and conversion to the LLVM dialect."""
-    for op in module.body.operations:
-        if op.operation.name == "func.func" and "sym_visibility" not in op.attributes:
-            op.attributes["llvm.emit_c_interface"] = ir.UnitAttr.get(module.context)
+    for func in _public_funcs(module):
+        func.attributes["llvm.emit_c_interface"] = ir.UnitAttr.get(module.context)
     return run_pipeline(module, LLVM_PIPELINE, stage="llvm")
 
 
