@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import sys
 import traceback
@@ -16,12 +17,22 @@ import traceback
 def _errors():
     from tilecraft.backends.cpu.lowering import PipelineError
     from tilecraft.backends.cpu.runtime import CallError
+    from tilecraft.corpus.db import CorpusError
     from tilecraft.driver import DriverError
     from tilecraft.frontend import FrontendError
     from tilecraft.pipeline import PipelineSyntaxError
     from tilecraft.target import TargetError
 
-    return (FrontendError, PipelineError, CallError, DriverError, PipelineSyntaxError, TargetError, FileNotFoundError)
+    return (
+        FrontendError,
+        PipelineError,
+        CallError,
+        DriverError,
+        PipelineSyntaxError,
+        TargetError,
+        CorpusError,
+        FileNotFoundError,
+    )
 
 
 def _fail(exc: BaseException, verbose: bool) -> int:
@@ -98,6 +109,63 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_corpus_collect(args) -> int:
+    from tilecraft import frontend
+    from tilecraft.corpus import collect, zoo
+    from tilecraft.corpus.db import CorpusDB
+    from tilecraft.target import Target
+
+    target = Target.parse(args.target)
+    names = list(zoo.ZOO) if args.models == "zoo" else [m for m in args.models.split(",") if m]
+    modules = {name: frontend.import_spec(name).module for name in names}
+    pairs = collect.gather(modules, args.random, seed=args.seed)
+    with CorpusDB(args.db) as db:
+        print(f"{len(pairs)} kernels, up to {args.decisions_per_kernel} decisions each -> {args.db}", file=sys.stderr)
+        counts = collect.collect(
+            db,
+            pairs,
+            decisions_per_kernel=args.decisions_per_kernel,
+            target=target,
+            seed=args.seed,
+            timeout_s=args.timeout,
+            progress=None if args.quiet else collect.progress_bar,
+        )
+    print(f"measured {counts['measured']} ({counts['failed']} failed); already in the database: skipped")
+    return 0
+
+
+def cmd_corpus_stats(args) -> int:
+    from tilecraft.corpus.db import CorpusDB
+
+    with CorpusDB(args.db, create=False) as db:
+        s = db.stats()
+    if args.json:
+        print(json.dumps(s, indent=1))
+        return 0
+    print(f"database        {args.db} (schema v{s['schema_version']})")
+    print(f"kernels         {s['workloads']} ({s['measured_workloads']} measured)")
+    print(f"decisions       {s['decisions']}")
+    print(f"measurements    {s['measurements']} ({s['failed']} failed)")
+    print(f"targets         {s['targets']}")
+    ratio = s["mean_best_worst_ratio"]
+    print(f"worst/best      {ratio:.2f}x mean latency spread per kernel" if ratio else "worst/best      n/a")
+    print(f"\n{'op kind':<18}{'kernels':>8}{'rows':>8}{'ok':>8}{'min ms':>10}{'max ms':>10}")
+    for kind, k in s["by_kind"].items():
+        lo = f"{k['min_s'] * 1e3:.3f}" if k["min_s"] is not None else "-"
+        hi = f"{k['max_s'] * 1e3:.3f}" if k["max_s"] is not None else "-"
+        print(f"{kind:<18}{k['kernels']:>8}{k['rows']:>8}{k['ok']:>8}{lo:>10}{hi:>10}")
+    return 0
+
+
+def cmd_corpus_export(args) -> int:
+    from tilecraft.corpus.db import CorpusDB
+
+    with CorpusDB(args.db, create=False) as db:
+        n = db.export_parquet(args.output)
+    print(f"wrote {n} rows to {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tilecraft", description="Compile PyTorch models to native code through MLIR.")
     p.add_argument("--verbose", action="store_true", help="print tracebacks on errors")
@@ -122,6 +190,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--inputs", metavar="NPZ", help="inputs as an .npz of arrays in argument order (default: the model's examples)"
     )
     r.set_defaults(fn=cmd_run)
+
+    corpus = sub.add_parser("corpus", help="collect, inspect and export the measurement corpus")
+    csub = corpus.add_subparsers(dest="corpus_command", required=True)
+    cc = csub.add_parser("collect", help="measure (kernel, decision) pairs into the database (resumable)")
+    cc.add_argument("--models", default="zoo", help="'zoo', a comma-separated list of zoo models, or ''")
+    cc.add_argument("--random", type=int, default=0, metavar="N", help="also N generated random kernels")
+    cc.add_argument("--decisions-per-kernel", type=int, default=8, metavar="M")
+    cc.add_argument("--db", required=True, help="SQLite corpus database (created if missing)")
+    cc.add_argument("--seed", type=int, default=0)
+    cc.add_argument("--timeout", type=float, default=120.0, help="seconds per candidate before it counts as hung")
+    cc.add_argument("--target", default="cpu")
+    cc.add_argument("--quiet", action="store_true", help="no progress bar")
+    cc.set_defaults(fn=cmd_corpus_collect)
+    cs = csub.add_parser("stats", help="counts, coverage and latency spread per op kind")
+    cs.add_argument("--db", required=True)
+    cs.add_argument("--json", action="store_true")
+    cs.set_defaults(fn=cmd_corpus_stats)
+    ce = csub.add_parser("export", help="export successful measurements to Parquet")
+    ce.add_argument("--db", required=True)
+    ce.add_argument("-o", "--output", required=True)
+    ce.set_defaults(fn=cmd_corpus_export)
     return p
 
 

@@ -64,8 +64,9 @@ _REFERENCE_CACHE: dict[str, list] = {}
 
 
 def _compile(kernel_text: str, decision: TileDecision | None, *, tile: bool = True):
-    from tilecraft.backends.cpu import lowering, runtime
     from torch_mlir import ir
+
+    from tilecraft.backends.cpu import lowering, runtime
 
     ctx = ir.Context()
     module = ir.Module.parse(kernel_text, context=ctx)
@@ -117,9 +118,14 @@ def measure_in_process(kernel: Kernel, decision: TileDecision | None, target, op
     ref = _REFERENCE_CACHE[kernel.key]
     out = _as_list(fn(*inputs))
     for o, r in zip(out, ref):
-        if o.shape != r.shape or not torch.allclose(o.double(), r.double(), rtol=options.rtol, atol=options.atol):
-            err = (o.double() - r.double()).abs().max().item() if o.shape == r.shape else float("nan")
-            return Measurement(kernel.key, dec_json, "wrong", compile_s=compile_s, error=f"max abs error {err:.3e}")
+        # Normwise: |out - ref| <= atol + rtol * max|ref|. Two summation orders of a long f32
+        # reduction differ by ~1e-6 of the output's scale; a real bug is off by O(1) of it.
+        err = (o.double() - r.double()).abs().max().item() if o.shape == r.shape and o.numel() else 0.0
+        scale = r.double().abs().max().item() if r.numel() else 0.0
+        if o.shape != r.shape or not err <= options.atol + options.rtol * scale:
+            return Measurement(
+                kernel.key, dec_json, "wrong", compile_s=compile_s, error=f"max abs error {err:.3e} (scale {scale:.3e})"
+            )
     run, _ = fn.prepare(*inputs)  # no per-call allocation or checks inside the timing loop
     samples: list[float] = []
     run()  # warm-up
