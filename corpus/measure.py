@@ -118,14 +118,9 @@ def measure_in_process(kernel: Kernel, decision: TileDecision | None, target, op
     ref = _REFERENCE_CACHE[kernel.key]
     out = _as_list(fn(*inputs))
     for o, r in zip(out, ref):
-        # Normwise: |out - ref| <= atol + rtol * max|ref|. Two summation orders of a long f32
-        # reduction differ by ~1e-6 of the output's scale; a real bug is off by O(1) of it.
-        err = (o.double() - r.double()).abs().max().item() if o.shape == r.shape and o.numel() else 0.0
-        scale = r.double().abs().max().item() if r.numel() else 0.0
-        if o.shape != r.shape or not err <= options.atol + options.rtol * scale:
-            return Measurement(
-                kernel.key, dec_json, "wrong", compile_s=compile_s, error=f"max abs error {err:.3e} (scale {scale:.3e})"
-            )
+        problem = mismatch(o, r, rtol=options.rtol, atol=options.atol)
+        if problem:
+            return Measurement(kernel.key, dec_json, "wrong", compile_s=compile_s, error=problem)
     run, _ = fn.prepare(*inputs)  # no per-call allocation or checks inside the timing loop
     samples: list[float] = []
     run()  # warm-up
@@ -134,7 +129,7 @@ def measure_in_process(kernel: Kernel, decision: TileDecision | None, target, op
         t = time.perf_counter()
         run()
         samples.append(time.perf_counter() - t)
-        if len(samples) >= options.min_runs:
+        if len(samples) >= max(options.min_runs, 2):
             q = statistics.quantiles(samples, n=4)
             if (q[2] - q[0]) <= options.tight_iqr * statistics.median(samples):
                 break
@@ -157,6 +152,27 @@ def measure_in_process(kernel: Kernel, decision: TileDecision | None, target, op
         utilization=utilization,
         compile_s=compile_s,
     )
+
+
+def mismatch(out, ref, *, rtol: float, atol: float) -> str:
+    """'' if `out` matches `ref`, else what is wrong. Normwise on finite entries:
+    |out - ref| <= atol + rtol * max|ref| (two summation orders of a long f32 reduction
+    differ by ~1e-6 of the output's scale; a real bug is off by O(1) of it); non-finite
+    entries (a kernel fed random data may overflow) must sit at the same places."""
+    import torch
+
+    if out.shape != ref.shape:
+        return f"shape {tuple(out.shape)} != reference {tuple(ref.shape)}"
+    o, r = out.double(), ref.double()
+    finite = torch.isfinite(r)
+    same_special = torch.equal(torch.isnan(o), torch.isnan(r)) and torch.equal(o[torch.isinf(r)], r[torch.isinf(r)])
+    if not same_special or not torch.isfinite(o[finite]).all():
+        return "non-finite values differ from the reference"
+    if not finite.any():
+        return ""
+    err = (o[finite] - r[finite]).abs().max().item()
+    scale = r[finite].abs().max().item()
+    return "" if err <= atol + rtol * scale else f"max abs error {err:.3e} (scale {scale:.3e})"
 
 
 def _one_line(exc: BaseException) -> str:

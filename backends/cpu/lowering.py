@@ -166,7 +166,7 @@ def vectorize_script(*, vectorize: bool = True) -> str:
       transform.apply_patterns.linalg.tiling_canonicalization
     }} : {ANY}
     transform.apply_cse to %fv : {ANY}
-    %loops = transform.structured.match ops{{["scf.for"]}} in %fv : ({ANY}) -> {ANY}
+    %loops = transform.structured.match ops{{["scf.for"]}} in %root : ({ANY}) -> {ANY}
     transform.apply_licm to %loops : {ANY}
     transform.loop.hoist_loop_invariant_subsets %loops : {ANY}
 """

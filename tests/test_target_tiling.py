@@ -1,0 +1,59 @@
+"""Target detection and options; tile decisions as data; the legal decision space."""
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tilecraft import frontend
+from tilecraft.corpus import generator, kernels
+from tilecraft.passes import tiling
+from tilecraft.target import Target, TargetError, host
+
+
+def test_host_target_reads_the_machine():
+    t = host()
+    assert t.cores >= 1 and t.l1d_bytes > 0 and t.l2_bytes >= t.l1d_bytes and t.clock_ghz > 0
+    assert t.peak_gflops_f32 > 0
+    assert Target.from_json(t.to_json()) == t and t.hash() == Target.from_json(t.to_json()).hash()
+
+
+def test_target_options_and_files(tmp_path):
+    t = Target.parse("cpu{avx512=false cores=1}")
+    assert not t.has("avx512") and not t.has("avx512bf16") and t.cores == 1 and t.f32_lanes in (4, 8)
+    assert t.hash() != host().hash()
+    path = tmp_path / "t.json"
+    path.write_text(t.to_json())
+    assert Target.parse(str(path)) == t
+    for bad in ("gpu", "cpu{nope=1}", "cpu{cores=x}", "cpu{avx512=maybe}", "cpu{x}"):
+        with pytest.raises(TargetError):
+            Target.parse(bad)
+    with pytest.raises(TargetError):
+        Target.from_json(json.dumps({"kind": "cpu", "bogus": 1}))
+
+
+def test_decision_json_roundtrip_and_validation():
+    info = tiling.OpInfo(0, "linalg.matmul", "matmul", (64, 64, 64), ("parallel", "parallel", "reduction"))
+    d = tiling.TileDecision(tiles=((32, 64, 64), (8, 32, 1)), interchange=(0, 2, 1))
+    assert tiling.TileDecision.from_json(d.to_json()) == d
+    d.validate(info)
+    with pytest.raises(ValueError, match="does not divide"):
+        tiling.TileDecision(tiles=((48, 64, 64),)).validate(info)
+    with pytest.raises(ValueError, match="permutation"):
+        tiling.TileDecision(tiles=((32, 64, 64),), interchange=(0, 0, 1)).validate(info)
+    with pytest.raises(ValueError, match="not a TileDecision"):
+        tiling.TileDecision.from_json('{"tile": []}')
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(seed=st.integers(0, 10_000))
+def test_every_decision_in_the_space_is_legal(seed):
+    ctx = frontend.new_context()
+    for k in generator.random_kernels(3, seed=seed, context=ctx):
+        info = kernels.infos_of(k.mlir, ctx)
+        space = tiling.space(info, host())
+        assert space and space[0] == tiling.default_decision(info, host())
+        assert len(set(space)) == len(space)
+        for d in space:
+            d.validate(info)
