@@ -145,8 +145,11 @@ def _numel(shape) -> int:
     return n
 
 
+MAX_FLOPS = 2_200_000_000  # up to a 1024³ matmul: bigger ones take minutes to check naively
+
+
 def random_kernels(count: int, *, seed: int = 0, context=None) -> list[kernels.Kernel]:
-    """`count` distinct random kernels, deterministic for a seed."""
+    """`count` distinct random kernels of at most MAX_FLOPS, deterministic for a seed."""
     from torch_mlir import ir
 
     ctx = context or ir.Context()
@@ -157,5 +160,6 @@ def random_kernels(count: int, *, seed: int = 0, context=None) -> list[kernels.K
         attempts += 1
         module = ir.Module.parse(random_program(rng), context=ctx)
         for k in kernels.extract(module):
-            out.setdefault(k.key, k)
+            if k.flops <= MAX_FLOPS:
+                out.setdefault(k.key, k)
     return list(out.values())[:count]
