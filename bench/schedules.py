@@ -15,12 +15,12 @@ import argparse
 import json
 import os
 import random
-import statistics
 import sys
 import time
 import warnings
 
 import torch
+from e2e import median_ms  # bench/ is on sys.path when run as a script
 
 from tilecraft.corpus import generator, kernels, measure
 from tilecraft.passes import tiling
@@ -52,14 +52,7 @@ def eager_ms(case: str, runs: int = 30) -> float:
     torch.set_num_threads(1)
     fn = CASES[case][1]()
     with torch.no_grad():
-        for _ in range(3):
-            fn()
-        samples = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            fn()
-            samples.append(time.perf_counter() - t0)
-    return statistics.median(samples) * 1e3
+        return median_ms(fn, runs)
 
 
 def main(argv=None) -> int:

@@ -90,16 +90,7 @@ def extract(module: ir.Module) -> list[Kernel]:
             return
         kernels[info.key] = _outline(op, info, state)
 
-    def walk(op: ir.Operation) -> None:
-        for region in op.regions:
-            for block in region.blocks:
-                for child in block.operations:
-                    child = child.operation
-                    visit(child)
-                    if not child.name.startswith("linalg."):
-                        walk(child)
-
-    walk(module.operation)
+    tiling.walk_ops(module.operation, visit)
     return list(kernels.values())
 
 

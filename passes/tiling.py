@@ -134,18 +134,19 @@ def tag_ops(module: ir.Module) -> list[OpInfo]:
             op.attributes[OP_ID] = ir.IntegerAttr.get(i64, op_id)
             infos.append(describe(op, op_id))
 
-    _walk(module.operation, visit)
+    walk_ops(module.operation, visit)
     return infos
 
 
-def _walk(op: ir.Operation, fn) -> None:
+def walk_ops(op: ir.Operation, fn) -> None:
+    """Call `fn` on every op nested in `op`, not descending into linalg ops' bodies."""
     for region in op.regions:
         for block in region.blocks:
             for child in block.operations:
                 child = child.operation
                 fn(child)
                 if not child.name.startswith("linalg."):
-                    _walk(child, fn)
+                    walk_ops(child, fn)
 
 
 def _element_type(t: ir.Type) -> str:
