@@ -76,11 +76,14 @@ _FLOP_KINDS = {"matmul", "batch_matmul", "conv2d", "depthwise_conv2d"}
 class TileDecision:
     """How one op is scheduled: tile sizes per level (outer = cache level first, last =
     register tile; one entry per loop, equal to the extent = untiled), the loop interchange
-    of the first level, whether the register tile is decomposed (2-D conv/pool → 1-D) and
-    whether it is vectorized."""
+    of the first level, whether a contraction packs its right-hand operand's cache tile
+    into a contiguous buffer (hoisted out of the loops that do not index it: with the
+    (n, k, m) order it is packed once and reused across m), whether the register tile is
+    decomposed (2-D conv/pool → 1-D) and whether it is vectorized."""
 
     tiles: tuple[tuple[int, ...], ...]
     interchange: tuple[int, ...] = ()
+    pack: bool = False
     decompose: bool = False
     vectorize: bool = True
 
@@ -96,6 +99,7 @@ class TileDecision:
         return TileDecision(
             tiles=tuple(tuple(int(x) for x in level) for level in d["tiles"]),
             interchange=tuple(int(x) for x in d.get("interchange", ())),
+            pack=bool(d.get("pack", False)),
             decompose=bool(d.get("decompose", False)),
             vectorize=bool(d.get("vectorize", True)),
         )
@@ -113,6 +117,8 @@ class TileDecision:
             extents = list(level)
         if self.interchange and sorted(self.interchange) != list(range(n)):
             raise ValueError(f"interchange {self.interchange} is not a permutation of {n} loops")
+        if self.pack and (info.kind not in ("matmul", "batch_matmul") or len(self.tiles) < 2):
+            raise ValueError("pack applies to matmul/batch_matmul with a cache and a register tile level")
         if self.decompose:
             if info.kind not in ("conv2d", "pooling"):
                 raise ValueError(f"decompose applies to conv2d/pooling, not {info.kind}")
@@ -249,6 +255,14 @@ def default_decision(info: OpInfo, target=None) -> TileDecision:
         mc, nc, kc = divisor_at_most(m, 64), divisor_at_most(n, 128, multiple_of=lanes), divisor_at_most(k, 128)
         mr, nr = divisor_at_most(mc, 8), divisor_at_most(nc, 32, multiple_of=lanes)
         b = [1] * len(batch)
+        # Pack B's cache tile once it no longer fits L2 (strided rows thrash the caches);
+        # then order the cache loops (n, k, m) so the pack is hoisted out of the m loop.
+        l2 = getattr(target, "l2_bytes", 1 << 20)
+        if k * n * 4 > l2:
+            nc, kc = divisor_at_most(n, 256, multiple_of=lanes), divisor_at_most(k, 256)
+            nb = len(batch)
+            order = (*range(nb), nb + 1, nb + 2, nb)
+            return TileDecision(tiles=((*b, mc, nc, kc), (*b, mr, nr, 1)), interchange=order, pack=True)
         return TileDecision(tiles=((*b, mc, nc, kc), (*b, mr, nr, 1)))
     if info.kind == "conv2d":
         n, f, oh, ow, c, kh, kw = e
@@ -287,6 +301,7 @@ def space(info: OpInfo, target=None) -> list[TileDecision]:
         b = (1,) * len(batch)
         nb = len(batch)
         orders = [(), tuple(range(nb)) + (nb, nb + 2, nb + 1), tuple(range(nb)) + (nb + 1, nb, nb + 2)]
+        packed_order = (*range(nb), nb + 1, nb + 2, nb)
         for mc, nc, kc in itertools.product(
             _divisors(m, (16, 32, 64, 128, 256)), _divisors(n, (64, 128, 256, 512)), _divisors(k, (64, 128, 256, 512))
         ):
@@ -295,6 +310,8 @@ def space(info: OpInfo, target=None) -> list[TileDecision]:
             ):
                 for order in orders:
                     out.append(TileDecision(tiles=((*b, mc, nc, kc), (*b, mr, nr, 1)), interchange=order))
+                tiles = ((*b, mc, nc, kc), (*b, mr, nr, 1))
+                out.append(TileDecision(tiles=tiles, interchange=packed_order, pack=True))
     elif info.kind == "conv2d":
         n, f, oh, ow, c, kh, kw = e
         for fr, owr, cr in itertools.product(
@@ -355,6 +372,21 @@ def _tile_level(
     return f"%{tag}"
 
 
+def _pack_rhs(handle: str, info: OpInfo, out: list[str]) -> str:
+    """Copy the right-hand operand's tile into its own buffer (a no-fold pad)."""
+    tag = f"%p{info.op_id}"
+    elem = info.dtypes[1] if len(info.dtypes) > 1 else "f32"
+    zero = "0.0" if elem.startswith(("f", "bf")) else "0"
+    dims = ", ".join(str(i) for i in range(len(info.extents)))
+    out.append(
+        f"    {tag}, {tag}_pad, {tag}_copy = transform.structured.pad {handle} {{"
+        f"padding_values = [{zero} : {elem}, {zero} : {elem}, {zero} : {info.dtypes[-1]}], "
+        f"padding_dimensions = [{dims}], "
+        f'nofold_flags = [0, 1, 0], copy_back_op = "none"}} : ({ANY}) -> ({ANY}, {ANY}, {ANY})'
+    )
+    return tag
+
+
 def tiling_script(infos: Sequence[OpInfo], scheds: Mapping[int, TileDecision], *, vectorize: bool = False) -> str:
     """Transform script that tiles every op by its schedule (and decomposes conv tiles);
     with `vectorize`, each register tile is vectorized right after it is formed."""
@@ -369,6 +401,8 @@ def tiling_script(infos: Sequence[OpInfo], scheds: Mapping[int, TileDecision], *
         extents = list(info.extents)
         for level, sizes in enumerate(s.tiles):
             h = _tile_level(h, sizes, extents, s.interchange if level == 0 else (), f"t{info.op_id}_{level}", body)
+            if level == 0 and s.pack:
+                h = _pack_rhs(h, info, body)
             extents = [min(t, x) if t else x for t, x in zip(sizes, extents)]
         if s.decompose:
             body.append(f"    %d{info.op_id} = transform.structured.decompose {h} : ({ANY}) -> {ANY}")
