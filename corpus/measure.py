@@ -196,7 +196,10 @@ def _worker_main(conn) -> None:
         except Exception as exc:
             result = Measurement(kernel.key, decision.to_json() if decision else "", "crash", error=_one_line(exc))
             traceback.print_exc()
-        conn.send(result)
+        try:
+            conn.send(result)
+        except (BrokenPipeError, ConnectionResetError):
+            return  # the parent gave up on this candidate (timeout) and is replacing us
 
 
 # --------------------------------------------------------------------- in the parent
