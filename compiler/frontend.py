@@ -5,9 +5,11 @@ First stage of the flow. A model spec is a zoo name (`resnet18`), `path/to/file.
 
 Weights are *lifted to function arguments*: the module is exported through
 `torch.func.functional_call` with every parameter and buffer as a leading argument, so the
-IR text stays small (no `dense_resource` blobs), IR dumps stay readable, and one compiled
-artifact serves any weights of the same shapes. The runtime binds the weights once
-(`Imported.params`) and callers pass only the model inputs.
+IR text stays small (no `dense_resource` blobs) and IR dumps stay readable. Ops that read
+only weights (the transpose of a linear layer's weight, batch-norm scale and shift) are
+evaluated once at compile time (`fold_weight_only`) and their results take the weights'
+place. The runtime binds these leading arguments once (`Imported.params`) and callers
+pass only the model inputs.
 
 The torch → linalg lowering runs here with diagnostics captured, so an op that cannot be
 lowered is reported in one line with its aten name and the model's Python source line.
@@ -47,7 +49,7 @@ class Imported:
 
     spec: str
     module: ir.Module
-    params: list[torch.Tensor]  # bound leading arguments (weights and buffers)
+    params: list[torch.Tensor]  # bound leading arguments: weights, buffers, values folded from them
     inputs: tuple[torch.Tensor, ...]  # example inputs
     model: torch.nn.Module | None = None  # for the eager reference; None for .mlir input
     func_name: str = FUNC_NAME
@@ -177,7 +179,8 @@ def import_module(
         raise FrontendError(f"{spec}: torch.export failed: {type(exc).__name__}: {_first_line(exc)}") from None
     importer = FxImporter(context=ctx)
     try:
-        importer.import_frozen_program(prog, func_name=FUNC_NAME)
+        graph, params = fold_weight_only(prog, n_params=len(params), params=params, inputs=inputs)
+        importer.import_stateless_graph(graph, func_name=FUNC_NAME)
     except Exception as exc:
         raise FrontendError(f"{spec}: FX import failed: {type(exc).__name__}: {_first_line(exc)}") from None
     module = importer.module
@@ -188,6 +191,81 @@ def import_module(
             diags = [f"{d.location}\t{d.message}" for d in exc.error_diagnostics]
             raise FrontendError(f"{spec}: {_explain_lowering_failure(diags, exc)}") from None
     return Imported(spec=spec, module=module, params=params, inputs=tuple(inputs), model=model)
+
+
+_NOT_FOLDED = ("rand", "empty", "dropout", "bernoulli")
+
+
+def fold_weight_only(prog, *, n_params: int, params: list[torch.Tensor], inputs) -> tuple[torch.fx.Graph, list]:
+    """Evaluate, once and at compile time, every op that reads only weights and constants
+    (transposes of linear weights, batch-norm scale and shift, …); their values become the
+    bound leading arguments in place of the raw weights they came from. Returns the
+    rewritten graph (bound placeholders first, then the model inputs) and the bound values.
+    """
+    from torch.export.graph_signature import InputKind
+
+    gm = prog.graph_module
+    graph = gm.graph
+    specs = prog.graph_signature.input_specs
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    values: dict[torch.fx.Node, torch.Tensor] = {}  # bound placeholder → tensor
+    user_inputs: list[torch.fx.Node] = []
+    n_user = 0
+    for node, ispec in zip(placeholders, specs):
+        if ispec.kind == InputKind.USER_INPUT:
+            if n_user < n_params:
+                values[node] = params[n_user]
+            else:
+                user_inputs.append(node)
+            n_user += 1
+        elif ispec.kind == InputKind.CONSTANT_TENSOR:
+            values[node] = prog.constants[ispec.target]
+        else:
+            values[node] = prog.state_dict[ispec.target]
+    const = set(values)
+    for node in graph.nodes:
+        if node.op == "call_function" and node.all_input_nodes and all(i in const for i in node.all_input_nodes):
+            if not any(word in str(node.target) for word in _NOT_FOLDED):
+                const.add(node)
+    frontier = [
+        n for n in graph.nodes if n in const and n.op == "call_function" and any(u not in const for u in n.users)
+    ]
+    if frontier:
+        interp = torch.fx.Interpreter(gm, garbage_collect_values=False)
+        with torch.no_grad():
+            args = []
+            it = iter(inputs)
+            for node in placeholders:
+                args.append(values[node] if node in values else next(it))
+            interp.run(*args)
+        fake_mode = next(n.meta["val"].fake_mode for n in placeholders if hasattr(n.meta.get("val"), "fake_mode"))
+        anchor = user_inputs[0] if user_inputs else next(n for n in graph.nodes if n.op != "placeholder")
+        for i, node in enumerate(frontier):
+            value = interp.env[node]
+            if not isinstance(value, torch.Tensor):
+                continue
+            with graph.inserting_before(anchor):
+                ph = graph.placeholder(f"folded_{i}")
+            ph.meta = dict(node.meta)
+            ph.meta["val"] = fake_mode.from_tensor(value.detach().contiguous())
+            node.replace_all_uses_with(ph)
+            values[ph] = value.detach().contiguous()
+        graph.eliminate_dead_code()
+        for node in list(values):
+            if node.op == "placeholder" and not node.users and node in placeholders:
+                graph.erase_node(node)
+                del values[node]
+    # Bound placeholders first (in graph order), then the model inputs.
+    ordered = [n for n in graph.nodes if n.op == "placeholder"]
+    first = ordered[0]
+    for node in [n for n in ordered if n in values]:
+        first.prepend(node)
+    for node in user_inputs:
+        anchor = next(n for n in graph.nodes if n.op != "placeholder")
+        anchor.prepend(node)
+    graph.lint()
+    bound = [values[n] for n in graph.nodes if n.op == "placeholder" and n in values]
+    return graph, bound
 
 
 def _first_line(exc: Exception) -> str:
