@@ -66,6 +66,23 @@ class CorpusError(RuntimeError):
     pass
 
 
+def _decompressed(path: str) -> str:
+    import gzip
+    import shutil
+    import tempfile
+
+    if not os.path.exists(path):
+        raise CorpusError(f"corpus database not found: {path}")
+    fd, tmp = tempfile.mkstemp(suffix=".db", prefix="tilecraft-corpus-")
+    try:
+        with gzip.open(path, "rb") as src, os.fdopen(fd, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    except (OSError, EOFError) as exc:
+        os.unlink(tmp)
+        raise CorpusError(f"{path}: cannot decompress ({exc})") from None
+    return tmp
+
+
 def tool_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -79,10 +96,16 @@ def tool_versions() -> dict[str, str]:
 
 
 class CorpusDB:
+    """A corpus database. A `.db.gz` file (the shipped seed corpus) opens read-only from a
+    decompressed temporary copy; decompress it by hand to collect into it."""
+
     def __init__(self, path: str, *, create: bool = True):
         if not create and not os.path.exists(path):
             raise CorpusError(f"corpus database not found: {path}")
         self.path = path
+        self._tmp = None
+        if path.endswith(".gz"):
+            path = self._tmp = _decompressed(path)
         self.conn = sqlite3.connect(path, timeout=60, isolation_level=None)
         try:
             self.conn.execute("PRAGMA journal_mode=WAL")
@@ -126,6 +149,9 @@ class CorpusDB:
 
     def close(self) -> None:
         self.conn.close()
+        if self._tmp:
+            os.unlink(self._tmp)
+            self._tmp = None
 
     def __enter__(self):
         return self

@@ -115,3 +115,31 @@ def test_several_writer_processes(tmp_path):
         assert p.exitcode == 0
     with CorpusDB(path) as db:
         assert db.stats()["measurements"] == 160
+
+
+def test_compressed_corpus_opens_read_only(tmp_path):
+    import gzip
+    import shutil
+
+    path = str(tmp_path / "c.db")
+    k = generator.random_kernels(1, seed=6)[0]
+    with CorpusDB(path) as db:
+        th = db.add_target(host())
+        db.add_workload(k, source="t")
+        db.commit_measurement(_measurement(k.key, "{}"), th)
+    with open(path, "rb") as src, gzip.open(path + ".gz", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    with CorpusDB(path + ".gz", create=False) as db:
+        assert db.stats()["measurements"] == 1
+    (tmp_path / "bad.db.gz").write_bytes(b"not gzip")
+    with pytest.raises(CorpusError, match="cannot decompress"):
+        CorpusDB(str(tmp_path / "bad.db.gz"), create=False)
+
+
+def test_shipped_seed_corpus_reads():
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "corpus", "data", "seed.db.gz")
+    with CorpusDB(path, create=False) as db:
+        s = db.stats()
+    assert s["measurements"] >= 4000 and s["measured_workloads"] >= 300
