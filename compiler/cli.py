@@ -254,13 +254,13 @@ def _opt(args) -> int:
         if args.dump_ir_dir:
             os.makedirs(args.dump_ir_dir, exist_ok=True)
             step[0] += 1
-            driver._atomic_write(os.path.join(args.dump_ir_dir, f"{step[0]:02d}-{name}.mlir"), str(mod).encode())
+            driver.atomic_write(os.path.join(args.dump_ir_dir, f"{step[0]:02d}-{name}.mlir"), str(mod).encode())
 
     if args.pipeline:
         pipeline.run(module, args.pipeline, on_stage=dump)
     out = str(module)
     if args.output:
-        driver._atomic_write(args.output, out.encode())
+        driver.atomic_write(args.output, out.encode())
     else:
         with contextlib.suppress(BrokenPipeError):
             sys.stdout.write(out)

@@ -44,7 +44,7 @@ class Compiled:
         return sum(self.stage_seconds.values())
 
 
-def _atomic_write(path: str, data: bytes) -> None:
+def atomic_write(path: str, data: bytes) -> None:
     d = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=d, prefix=".tilecraft-")
     try:
@@ -83,7 +83,7 @@ def compile_model(
         if dump_ir_dir and name in lowering.STAGES:
             os.makedirs(dump_ir_dir, exist_ok=True)
             path = os.path.join(dump_ir_dir, f"{lowering.STAGES.index(name) + 1:02d}-{name}.mlir")
-            _atomic_write(path, str(module).encode())
+            atomic_write(path, str(module).encode())
         return result
 
     def wanted(stage: str) -> bool:
@@ -114,13 +114,13 @@ def compile_model(
                 writer = lowering.emit_object if emit == "obj" else lowering.emit_shared_library
                 timed(emit, lambda: writer(module, tmp_out))  # object file / shared library
                 with open(tmp_out, "rb") as f:
-                    _atomic_write(output, f.read())
+                    atomic_write(output, f.read())
             done.path = output
         else:
             engine = timed("jit", lambda: lowering.jit(module))  # ExecutionEngine, -O3, host CPU
             done.fn = runtime.from_engine(engine, imported.func_name, imported.signature, bound=imported.params)
     if output and done.text is not None:
-        _atomic_write(output, done.text.encode())
+        atomic_write(output, done.text.encode())
         done.path = output
     return done
 
