@@ -233,33 +233,27 @@ def fold_weight_only(prog, *, n_params: int, params: list[torch.Tensor], inputs)
     if frontier:
         interp = torch.fx.Interpreter(gm, garbage_collect_values=False)
         with torch.no_grad():
-            args = []
             it = iter(inputs)
-            for node in placeholders:
-                args.append(values[node] if node in values else next(it))
-            interp.run(*args)
+            interp.run(*[values[n] if n in values else next(it) for n in placeholders])
         fake_mode = next(n.meta["val"].fake_mode for n in placeholders if hasattr(n.meta.get("val"), "fake_mode"))
         anchor = user_inputs[0] if user_inputs else next(n for n in graph.nodes if n.op != "placeholder")
         for i, node in enumerate(frontier):
             value = interp.env[node]
             if not isinstance(value, torch.Tensor):
                 continue
+            value = value.detach().contiguous()
             with graph.inserting_before(anchor):
                 ph = graph.placeholder(f"folded_{i}")
             ph.meta = dict(node.meta)
-            ph.meta["val"] = fake_mode.from_tensor(value.detach().contiguous())
+            ph.meta["val"] = fake_mode.from_tensor(value)
             node.replace_all_uses_with(ph)
-            values[ph] = value.detach().contiguous()
+            values[ph] = value
         graph.eliminate_dead_code()
         for node in list(values):
-            if node.op == "placeholder" and not node.users and node in placeholders:
+            if node in placeholders and not node.users:
                 graph.erase_node(node)
                 del values[node]
     # Bound placeholders first (in graph order), then the model inputs.
-    ordered = [n for n in graph.nodes if n.op == "placeholder"]
-    first = ordered[0]
-    for node in [n for n in ordered if n in values]:
-        first.prepend(node)
     for node in user_inputs:
         anchor = next(n for n in graph.nodes if n.op != "placeholder")
         anchor.prepend(node)

@@ -81,13 +81,19 @@ def test_db_rejects_garbage_and_newer_schema(tmp_path):
         CorpusDB(str(tmp_path / "missing.db"), create=False)
 
 
+def _one_row_db(path: str, seed: int):
+    """A corpus with one workload and one measurement; returns the kernel."""
+    k = generator.random_kernels(1, seed=seed)[0]
+    with CorpusDB(path) as db:
+        db.add_workload(k, source="t")
+        db.commit_measurement(_measurement(k.key, "{}"), db.add_target(host()))
+    return k
+
+
 def test_corrupt_row_is_reported(tmp_path):
     path = str(tmp_path / "c.db")
-    k = generator.random_kernels(1, seed=2)[0]
+    k = _one_row_db(path, seed=2)
     with CorpusDB(path) as db:
-        th = db.add_target(host())
-        db.add_workload(k, source="t")
-        db.commit_measurement(_measurement(k.key, "{}"), th)
         db.conn.execute("UPDATE workloads SET shapes = '[[1, 2' WHERE key = ?", (k.key,))
         with pytest.raises(CorpusError, match=f"corrupt corpus row: workload {k.key}"):
             db.rows()
@@ -122,11 +128,7 @@ def test_compressed_corpus_opens_read_only(tmp_path):
     import shutil
 
     path = str(tmp_path / "c.db")
-    k = generator.random_kernels(1, seed=6)[0]
-    with CorpusDB(path) as db:
-        th = db.add_target(host())
-        db.add_workload(k, source="t")
-        db.commit_measurement(_measurement(k.key, "{}"), th)
+    _one_row_db(path, seed=6)
     with open(path, "rb") as src, gzip.open(path + ".gz", "wb") as dst:
         shutil.copyfileobj(src, dst)
     with CorpusDB(path + ".gz", create=False) as db:

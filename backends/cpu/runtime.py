@@ -182,7 +182,7 @@ class CompiledFunction:
 
 
 def from_engine(engine, name: str, signature: Signature, *, bound: Sequence[torch.Tensor] = ()) -> CompiledFunction:
-    return CompiledFunction(engine.raw_lookup(f"_mlir_ciface_{name}"), signature, owner=engine, bound=bound)  # packed
+    return CompiledFunction(engine.raw_lookup(f"_mlir_ciface_{name}"), signature, owner=engine, bound=bound)
 
 
 def from_shared_library(
