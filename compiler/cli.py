@@ -129,6 +129,7 @@ def cmd_corpus_collect(args) -> int:
             seed=args.seed,
             timeout_s=args.timeout,
             progress=None if args.quiet else collect.progress_bar,
+            workers=args.workers,
         )
     print(f"measured {counts['measured']} ({counts['failed']} failed); already in the database: skipped")
     return 0
@@ -201,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     cc.add_argument("--seed", type=int, default=0)
     cc.add_argument("--timeout", type=float, default=120.0, help="seconds per candidate before it counts as hung")
     cc.add_argument("--target", default="cpu")
+    cc.add_argument("--workers", type=int, default=1, help="measuring processes side by side, one core each")
     cc.add_argument("--quiet", action="store_true", help="no progress bar")
     cc.set_defaults(fn=cmd_corpus_collect)
     cs = csub.add_parser("stats", help="counts, coverage and latency spread per op kind")

@@ -9,8 +9,11 @@ at most the candidate in flight and repeats nothing.
 
 from __future__ import annotations
 
+import os
+import queue
 import random
 import sys
+import threading
 import time
 from collections.abc import Callable
 
@@ -36,7 +39,11 @@ def collect(
     seed: int = 0,
     timeout_s: float = 120.0,
     progress: Callable[[int, int, float], None] | None = None,
+    workers: int = 1,
 ) -> dict[str, int]:
+    """Measure every sampled pair not yet in `db`. With `workers` > 1, that many measuring
+    subprocesses run side by side, each pinned to its own core; results are committed by
+    this thread as they arrive, so a kill loses at most the candidates in flight."""
     from torch_mlir import ir
 
     ctx = ir.Context()
@@ -49,14 +56,44 @@ def collect(
                 todo.append((kernel, d))
     counts = {"measured": 0, "failed": 0, "todo": len(todo)}
     start = time.perf_counter()
-    with measure.MeasureWorker(timeout_s=timeout_s) as worker:
-        for i, (kernel, decision) in enumerate(todo):
-            m = worker.measure(kernel, decision, target)
+    results: queue.Queue = queue.Queue()
+    jobs: queue.Queue = queue.Queue()
+    for item in todo:
+        jobs.put(item)
+    cores = sorted(os.sched_getaffinity(0))
+    n = max(1, min(workers, len(todo)))
+    stop = threading.Event()
+
+    def run(index: int) -> None:
+        cpu = cores[index % len(cores)] if n > 1 else None
+        with measure.MeasureWorker(timeout_s=timeout_s, cpu=cpu) as worker:
+            while not stop.is_set():
+                try:
+                    kernel, decision = jobs.get_nowait()
+                except queue.Empty:
+                    break
+                results.put(worker.measure(kernel, decision, target))
+        results.put(None)
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    finished = 0
+    try:
+        while finished < n:
+            m = results.get()
+            if m is None:
+                finished += 1
+                continue
             db.commit_measurement(m, target_hash)
             counts["measured"] += 1
             counts["failed"] += m.status != "ok"
             if progress:
-                progress(i + 1, len(todo), time.perf_counter() - start)
+                progress(counts["measured"], len(todo), time.perf_counter() - start)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout_s + 10)
     return counts
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import multiprocessing as mp
+import os
 import statistics
 import time
 import traceback
@@ -179,9 +180,11 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
 
 
-def _worker_main(conn) -> None:
+def _worker_main(conn, cpu: int | None = None) -> None:
     import warnings
 
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
     warnings.filterwarnings("ignore")
     while True:
         try:
@@ -206,15 +209,15 @@ def _worker_main(conn) -> None:
 class MeasureWorker:
     """A measuring subprocess, restarted whenever a candidate kills or hangs it."""
 
-    def __init__(self, *, timeout_s: float = 120.0, options: MeasureOptions | None = None):
-        self.timeout_s, self.options = timeout_s, options or MeasureOptions()
+    def __init__(self, *, timeout_s: float = 120.0, options: MeasureOptions | None = None, cpu: int | None = None):
+        self.timeout_s, self.options, self.cpu = timeout_s, options or MeasureOptions(), cpu
         self._ctx = mp.get_context("spawn")
         self._proc = None
         self._conn = None
 
     def _start(self) -> None:
         parent, child = self._ctx.Pipe()
-        self._proc = self._ctx.Process(target=_worker_main, args=(child,), daemon=True)
+        self._proc = self._ctx.Process(target=_worker_main, args=(child, self.cpu), daemon=True)
         self._proc.start()
         child.close()
         self._conn = parent
