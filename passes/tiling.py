@@ -319,6 +319,8 @@ def space(info: OpInfo, target=None) -> list[TileDecision]:
         for fr, owr, cr in itertools.product(
             _divisors(f, (16, 32, 64)), _divisors(ow, (1, 4, 7, 8)), _divisors(c, (4, 8, 32))
         ):
+            if fr * owr * cr * kw > 1024 * lanes:  # > 1024 unrolled FMAs: spills, and LLVM takes ~10 s
+                continue
             for order in ((0, 1, 4, 5, 2, 3, 6), ()):
                 out.append(TileDecision(tiles=((1, fr, 1, owr, cr, 1, kw),), interchange=order, decompose=True))
     elif info.kind == "pooling":
