@@ -119,8 +119,11 @@ def cmd_corpus_collect(args) -> int:
     names = list(zoo.ZOO) if args.models == "zoo" else [m for m in args.models.split(",") if m]
     modules = {name: frontend.import_spec(name).module for name in names}
     pairs = collect.gather(modules, args.random, seed=args.seed)
+    if args.kinds:
+        pairs = [(k, src) for k, src in pairs if k.kind in args.kinds.split(",")]
+    each = f"up to {args.decisions_per_kernel}" if args.decisions_per_kernel > 0 else "all legal"
     with CorpusDB(args.db) as db:
-        print(f"{len(pairs)} kernels, up to {args.decisions_per_kernel} decisions each -> {args.db}", file=sys.stderr)
+        print(f"{len({k.key for k, _ in pairs})} kernels, {each} decisions each -> {args.db}", file=sys.stderr)
         counts = collect.collect(
             db,
             pairs,
@@ -197,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     cc = csub.add_parser("collect", help="measure (kernel, decision) pairs into the database (resumable)")
     cc.add_argument("--models", default="zoo", help="'zoo', a comma-separated list of zoo models, or ''")
     cc.add_argument("--random", type=int, default=0, metavar="N", help="also N generated random kernels")
-    cc.add_argument("--decisions-per-kernel", type=int, default=8, metavar="M")
+    cc.add_argument("--decisions-per-kernel", type=int, default=8, metavar="M", help="0: the whole space")
+    cc.add_argument("--kinds", default="", help="only these op kinds (comma-separated, e.g. matmul,conv2d)")
     cc.add_argument("--db", required=True, help="SQLite corpus database (created if missing)")
     cc.add_argument("--seed", type=int, default=0)
     cc.add_argument("--timeout", type=float, default=120.0, help="seconds per candidate before it counts as hung")

@@ -25,6 +25,8 @@ from tilecraft.passes import tiling
 def sample_decisions(kernel: kernels.Kernel, count: int, *, seed: int, target, context) -> list[tiling.TileDecision]:
     info = kernels.infos_of(kernel.mlir, context)
     space = tiling.space(info, target)
+    if count <= 0:  # the whole space
+        return space
     head, rest = space[:1], space[1:]
     rng = random.Random(f"{seed}:{kernel.key}")
     return head + rng.sample(rest, min(len(rest), max(0, count - 1)))
@@ -49,8 +51,12 @@ def collect(
     ctx = ir.Context()
     target_hash = db.add_target(target)
     todo = []
+    seen = set()
     for kernel, source in pairs:
         db.add_workload(kernel, source=source)
+        if kernel.key in seen:
+            continue
+        seen.add(kernel.key)
         for d in sample_decisions(kernel, decisions_per_kernel, seed=seed, target=target, context=ctx):
             if not db.has_measurement(kernel.key, d.to_json(), target_hash):
                 todo.append((kernel, d))
@@ -111,13 +117,9 @@ def progress_bar(done: int, total: int, elapsed: float) -> None:
 
 
 def gather(model_modules: dict, random_count: int, *, seed: int) -> list[tuple[kernels.Kernel, str]]:
-    """Distinct kernels of the given model modules ({name: linalg module}) plus
-    `random_count` generated ones, each tagged with where it came from."""
+    """Kernels of the given model modules ({name: linalg module}) plus `random_count`
+    generated ones, each tagged with where it came from (a kernel several models share
+    appears once per model; `collect` measures it once)."""
     pairs = [(k, f"zoo:{name}") for name, module in model_modules.items() for k in kernels.extract(module)]
     pairs += [(k, f"random:{seed}") for k in generator.random_kernels(random_count, seed=seed)]
-    seen, unique = set(), []
-    for k, src in pairs:
-        if k.key not in seen:
-            seen.add(k.key)
-            unique.append((k, src))
-    return unique
+    return pairs

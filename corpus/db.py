@@ -17,7 +17,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 FEATURE_SCHEMA_VERSION = 1  # bumped by costmodel/features.py when features change
 
 # MIGRATIONS[v] upgrades a database at version v to v + 1.
@@ -58,6 +58,15 @@ MIGRATIONS: dict[int, str] = {
         UNIQUE (workload, decision, target)
     );
     CREATE INDEX IF NOT EXISTS measurements_by_workload ON measurements (workload, target);
+    """,
+    # v2: every model a kernel occurs in (leave-one-model-out evaluation needs all of them).
+    1: """
+    CREATE TABLE IF NOT EXISTS workload_sources (
+        workload TEXT NOT NULL REFERENCES workloads(key),
+        source TEXT NOT NULL,
+        PRIMARY KEY (workload, source)
+    );
+    INSERT OR IGNORE INTO workload_sources SELECT key, source FROM workloads;
     """,
 }
 
@@ -183,6 +192,7 @@ class CorpusDB:
                     source,
                 ),
             )
+            c.execute("INSERT OR IGNORE INTO workload_sources VALUES (?, ?)", (kernel.key, source))
 
     def _decision_id(self, c, workload: str, decision_json: str) -> int:
         c.execute("INSERT OR IGNORE INTO decisions (workload, json) VALUES (?, ?)", (workload, decision_json))
@@ -253,6 +263,13 @@ class CorpusDB:
                 except (TypeError, json.JSONDecodeError):
                     raise CorpusError(f"corrupt corpus row: workload {row['workload']} has bad {key}") from None
             out.append(row)
+        return out
+
+    def sources(self) -> dict[str, list[str]]:
+        """Every source (zoo model, generator seed, benchmark) each workload came from."""
+        out: dict[str, list[str]] = {}
+        for key, source in self.conn.execute("SELECT workload, source FROM workload_sources ORDER BY source"):
+            out.setdefault(key, []).append(source)
         return out
 
     def workload_mlir(self, key: str) -> str:

@@ -1,0 +1,180 @@
+"""The learned cost model: three LightGBM boosters over `features.py`'s vectors.
+
+- latency: regression on log latency, boosted from the analytical model's estimate (its
+  log is each row's initial score, so the trees learn the roofline's error, not the scale);
+- rank: LambdaRank within each kernel (a kernel's measured decisions form one query), what
+  search and the compiler rank candidates by;
+- utilization: regression on the measured utilization.
+
+`update(records)` continues boosting from the current trees on the new measurements (a few
+rounds: cheap enough to run between search rounds). Model files are gzip JSON with the
+feature-schema version, the feature names and the three boosters as LightGBM text.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from collections.abc import Sequence
+
+import lightgbm as lgb
+import numpy as np
+
+from tilecraft.corpus.kernels import Kernel
+from tilecraft.costmodel import features
+from tilecraft.costmodel.model import MODEL_FORMAT, CostModelError, Predictions, Record, write_model_file
+from tilecraft.passes.tiling import TileDecision
+
+RELEVANCE_LEVELS = 31  # LambdaRank's default label_gain covers 0..30
+
+PARAMS = {
+    "learning_rate": 0.05,
+    "num_leaves": 63,
+    "min_data_in_leaf": 10,
+    "feature_fraction": 0.8,
+    "bagging_fraction": 0.8,
+    "bagging_freq": 1,
+    "lambda_l2": 1.0,
+    "verbose": -1,
+    "num_threads": 2,
+    "seed": 0,
+    "deterministic": True,
+}
+ROUNDS = {"latency": 600, "rank": 300, "util": 300}
+UPDATE_ROUNDS = 20
+
+
+def relevance(latencies: np.ndarray) -> np.ndarray:
+    """Graded relevance within one kernel: 30 for the fastest, falling with best/latency."""
+    best = latencies.min()
+    return np.clip(np.floor((RELEVANCE_LEVELS - 1) * (best / latencies) ** 2 + 0.5), 0, RELEVANCE_LEVELS - 1)
+
+
+class LightGBMCostModel:
+    kind = "lightgbm"
+
+    def __init__(self, target, *, text: bool = False, params: dict | None = None, rounds: dict | None = None):
+        self.target = target
+        self.text = text
+        self.params = {**PARAMS, **(params or {})}
+        self.rounds = {**ROUNDS, **(rounds or {})}
+        self.boosters: dict[str, lgb.Booster] = {}
+        self.meta: dict = {}
+
+    # ------------------------------------------------------------------ training
+    def _matrix(self, kernel: Kernel, decisions: Sequence[TileDecision]) -> tuple[np.ndarray, np.ndarray]:
+        x = features.matrix([(kernel, d) for d in decisions], self.target, text=self.text)
+        base = x[:, features.feature_names().index("log_analytical_s")] * math.log(2)  # natural log
+        return x, base
+
+    def _dataset(self, records: Sequence[Record]):
+        by_kernel: dict[str, list[Record]] = collections.defaultdict(list)
+        for r in records:
+            by_kernel[r.kernel.key].append(r)
+        xs, bases, lat, util, groups, rel = [], [], [], [], [], []
+        for rs in by_kernel.values():
+            x, base = self._matrix(rs[0].kernel, [r.decision for r in rs])
+            xs.append(x)
+            bases.append(base)
+            t = np.array([r.latency_s for r in rs])
+            lat.append(np.log(t))
+            util.append(np.array([r.utilization for r in rs]))
+            groups.append(len(rs))
+            rel.append(relevance(t))
+        return np.concatenate(xs), np.concatenate(bases), np.concatenate(lat), np.concatenate(util), groups, rel
+
+    def fit(self, records: Sequence[Record]) -> LightGBMCostModel:
+        if not records:
+            raise CostModelError("no measurements to train on")
+        x, base, lat, util, groups, rel = self._dataset(records)
+        names = features.feature_names(text=self.text)
+        p = self.params
+        self.boosters["latency"] = lgb.train(
+            {**p, "objective": "regression"},
+            lgb.Dataset(x, lat, init_score=base, feature_name=names),
+            self.rounds["latency"],
+        )
+        self.boosters["rank"] = lgb.train(
+            {**p, "objective": "lambdarank", "lambdarank_truncation_level": 10, "eval_at": [1, 5]},
+            lgb.Dataset(x, np.concatenate(rel), group=groups, feature_name=names),
+            self.rounds["rank"],
+        )
+        self.boosters["util"] = lgb.train(
+            {**p, "objective": "regression"}, lgb.Dataset(x, util, feature_name=names), self.rounds["util"]
+        )
+        self.meta = {"rows": len(records), "kernels": len(groups)}
+        return self
+
+    def update(self, records: Sequence[Record]) -> None:
+        """Continue boosting on new measurements (search calls this between rounds)."""
+        if not records or not self.boosters:
+            return
+        x, base, lat, util, groups, rel = self._dataset(records)
+        p = {**self.params, "min_data_in_leaf": 2, "learning_rate": 0.2}
+        init_lat = self.boosters["latency"].predict(x) + base
+        self.boosters["latency"] = lgb.train(
+            {**p, "objective": "regression"},
+            lgb.Dataset(x, lat, init_score=init_lat),
+            UPDATE_ROUNDS,
+            init_model=self.boosters["latency"],
+        )
+        if max(groups) > 1:
+            self.boosters["rank"] = lgb.train(
+                {**p, "objective": "lambdarank"},
+                lgb.Dataset(x, np.concatenate(rel), group=groups, init_score=self.boosters["rank"].predict(x)),
+                UPDATE_ROUNDS,
+                init_model=self.boosters["rank"],
+            )
+        self.boosters["util"] = lgb.train(
+            {**p, "objective": "regression"},
+            lgb.Dataset(x, util, init_score=self.boosters["util"].predict(x)),
+            UPDATE_ROUNDS,
+            init_model=self.boosters["util"],
+        )
+
+    # ---------------------------------------------------------------- prediction
+    def predict(self, kernel: Kernel, decisions: Sequence[TileDecision]) -> Predictions:
+        if not self.boosters:
+            raise CostModelError("the model is not trained")
+        x, base = self._matrix(kernel, decisions)
+        latency = np.exp(self.boosters["latency"].predict(x) + base)
+        return Predictions(
+            latency_s=latency,
+            utilization=np.clip(self.boosters["util"].predict(x), 0.0, None),
+            score=self.boosters["rank"].predict(x),
+        )
+
+    # ------------------------------------------------------------------- files
+    def to_doc(self) -> dict:
+        return {
+            "format": MODEL_FORMAT,
+            "kind": self.kind,
+            "schema": features.SCHEMA_VERSION,
+            "text": self.text,
+            "feature_names": features.feature_names(text=self.text),
+            "target": self.target.to_json(),
+            "params": self.params,
+            "rounds": self.rounds,
+            "meta": self.meta,
+            "boosters": {name: b.model_to_string() for name, b in self.boosters.items()},
+        }
+
+    def save(self, path: str) -> None:
+        write_model_file(path, self.to_doc())
+
+    @staticmethod
+    def from_doc(doc: dict, target) -> LightGBMCostModel:
+        m = LightGBMCostModel(target, text=bool(doc.get("text")), params=doc.get("params"), rounds=doc.get("rounds"))
+        if doc.get("feature_names") != features.feature_names(text=m.text):
+            raise CostModelError("model file's feature names differ from this Tilecraft's schema: retrain it")
+        try:
+            m.boosters = {name: lgb.Booster(model_str=s) for name, s in doc["boosters"].items()}
+        except (KeyError, lgb.basic.LightGBMError) as exc:
+            raise CostModelError(f"model file is damaged: {exc}") from None
+        if set(m.boosters) != {"latency", "rank", "util"}:
+            raise CostModelError("model file lacks one of its latency/rank/util boosters")
+        m.meta = dict(doc.get("meta", {}))
+        return m
+
+    def copy(self) -> LightGBMCostModel:
+        return LightGBMCostModel.from_doc(self.to_doc(), self.target)
