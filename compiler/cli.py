@@ -18,6 +18,7 @@ def _errors():
     from tilecraft.backends.cpu.lowering import PipelineError
     from tilecraft.backends.cpu.runtime import CallError
     from tilecraft.corpus.db import CorpusError
+    from tilecraft.costmodel.model import CostModelError
     from tilecraft.driver import DriverError
     from tilecraft.frontend import FrontendError
     from tilecraft.pipeline import PipelineSyntaxError
@@ -31,6 +32,7 @@ def _errors():
         PipelineSyntaxError,
         TargetError,
         CorpusError,
+        CostModelError,
         FileNotFoundError,
     )
 
@@ -73,7 +75,13 @@ def cmd_compile(args) -> int:
     from tilecraft import driver
 
     compiled = driver.compile_model(
-        args.model, target=args.target, emit=args.emit, output=args.output, dump_ir_dir=args.dump_ir_dir
+        args.model,
+        target=args.target,
+        emit=args.emit,
+        output=args.output,
+        dump_ir_dir=args.dump_ir_dir,
+        cost_model=args.cost_model,
+        decisions=_load_decisions(args.decisions),
     )
     if compiled.text is not None and not args.output:
         sys.stdout.write(compiled.text)
@@ -82,6 +90,20 @@ def cmd_compile(args) -> int:
     else:
         print(f"wrote {compiled.path} ({compiled.compile_seconds:.2f} s)", file=sys.stderr)
     return 0
+
+
+def _load_decisions(path: str | None):
+    """A decisions file ({kernel key: TileDecision JSON}, as `tilecraft tune` writes)."""
+    if not path:
+        return None
+    from tilecraft.driver import DriverError
+    from tilecraft.passes.tiling import TileDecision
+
+    try:
+        doc = json.loads(_read(path))
+        return {key: TileDecision.from_json(d) for key, d in doc["decisions"].items()}
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise DriverError(f"{path} is not a decisions file: {exc}") from None
 
 
 def _load_inputs(path: str):
@@ -100,7 +122,13 @@ def cmd_run(args) -> int:
 
     inputs = _load_inputs(args.inputs) if args.inputs else None
     report = driver.run_and_check(
-        args.model, target=args.target, threads=args.threads, inputs=inputs, dump_ir_dir=args.dump_ir_dir
+        args.model,
+        target=args.target,
+        threads=args.threads,
+        inputs=inputs,
+        dump_ir_dir=args.dump_ir_dir,
+        cost_model=args.cost_model,
+        decisions=_load_decisions(args.decisions),
     )
     print(report.table())
     if not report.comparison.ok:
@@ -170,6 +198,52 @@ def cmd_corpus_export(args) -> int:
     return 0
 
 
+def cmd_costmodel_train(args) -> int:
+    from tilecraft.costmodel import train
+
+    s = train.train(args.db, args.out, text=args.text)
+    print(f"trained on {s['rows']} measurements of {s['kernels']} kernels in {s['seconds']:.0f} s -> {s['out']}")
+    return 0
+
+
+def cmd_costmodel_eval(args) -> int:
+    from tilecraft.costmodel import evaluate
+
+    say = None if args.quiet else (lambda msg: print(f"... {msg}", file=sys.stderr))
+    r = evaluate.report(
+        args.db,
+        model_path=args.model,
+        folds=args.folds,
+        out_dir=args.out_dir,
+        ablation=not args.no_ablation,
+        lomo=not args.no_lomo,
+        progress=say,
+    )
+    print(evaluate.format_report(r))
+    if args.json:
+        from tilecraft.driver import atomic_write
+
+        atomic_write(args.json, json.dumps(r, indent=1, default=float).encode())
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from tilecraft.costmodel import tune
+
+    summary = tune.tune(
+        args.model,
+        budget=args.budget,
+        db_path=args.db,
+        cost_model=args.cost_model,
+        target=args.target,
+        decisions_out=args.decisions_out,
+        model_out=args.model_out,
+        progress=not args.quiet,
+    )
+    print(tune.format_summary(summary))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tilecraft", description="Compile PyTorch models to native code through MLIR.")
     p.add_argument("--verbose", action="store_true", help="print tracebacks on errors")
@@ -179,6 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("model", help="zoo name, path/to/file.py:factory, or a linalg-on-tensors .mlir file")
         sp.add_argument("--target", default="cpu", help="cpu, cpu{avx512=false ...} or a target JSON file")
         sp.add_argument("--dump-ir-dir", metavar="DIR", help="write the IR after every stage into DIR")
+        sp.add_argument(
+            "--cost-model",
+            default="lightgbm",
+            help="who picks each kernel's schedule: lightgbm (shipped, default), analytical, heuristic, or a file",
+        )
+        sp.add_argument("--decisions", metavar="JSON", help="pinned decisions (as written by `tilecraft tune`)")
         sp.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="print tracebacks on errors")
 
     c = sub.add_parser("compile", help="compile a model and emit IR or an artifact")
@@ -217,6 +297,36 @@ def build_parser() -> argparse.ArgumentParser:
     ce.add_argument("--db", required=True)
     ce.add_argument("-o", "--output", required=True)
     ce.set_defaults(fn=cmd_corpus_export)
+
+    t = sub.add_parser("tune", help="search each kernel's schedule with the cost model, measuring the top candidates")
+    t.add_argument("model", help="zoo name, path/to/file.py:factory, or a .mlir file")
+    t.add_argument("--budget", type=int, required=True, help="measurements in all (shared by the kernels)")
+    t.add_argument("--db", default="tune.db", help="corpus database the measurements are recorded in")
+    t.add_argument("--cost-model", default="lightgbm", help="lightgbm (shipped), analytical, or a model file")
+    t.add_argument("--model-out", help="write the improved model here")
+    t.add_argument("--decisions-out", help="write the tuned decisions here (default: <model>.decisions.json)")
+    t.add_argument("--target", default="cpu")
+    t.add_argument("--quiet", action="store_true")
+    t.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS)
+    t.set_defaults(fn=cmd_tune)
+
+    cm = sub.add_parser("costmodel", help="train and evaluate cost models")
+    cmsub = cm.add_subparsers(dest="costmodel_command", required=True)
+    ct = cmsub.add_parser("train", help="fit the LightGBM cost model on a corpus")
+    ct.add_argument("--db", required=True)
+    ct.add_argument("--out", required=True, help="model file (.json.gz)")
+    ct.add_argument("--text", action="store_true", help="add the MLIR token n-gram features")
+    ct.set_defaults(fn=cmd_costmodel_train)
+    cv = cmsub.add_parser("eval", help="held-out metrics (split by kernel, leave-one-model-out), search study, PNGs")
+    cv.add_argument("--db", required=True)
+    cv.add_argument("--model", help="model file whose configuration is evaluated (default: the default config)")
+    cv.add_argument("--folds", type=int, default=5)
+    cv.add_argument("--out-dir", default=".", help="where the PNGs go")
+    cv.add_argument("--json", help="also write every number as JSON")
+    cv.add_argument("--no-ablation", action="store_true")
+    cv.add_argument("--no-lomo", action="store_true")
+    cv.add_argument("--quiet", action="store_true")
+    cv.set_defaults(fn=cmd_costmodel_eval)
     return p
 
 

@@ -38,6 +38,7 @@ class Compiled:
     text: str | None = None  # IR or assembly for text emits
     path: str | None = None  # written artifact (obj, so, or text with -o)
     fn: runtime.CompiledFunction | None = None  # for emit="jit"
+    choices: list = dataclasses.field(default_factory=list)  # costmodel.search.Choice per kernel
 
     @property
     def compile_seconds(self) -> float:
@@ -64,11 +65,14 @@ def compile_model(
     output: str | None = None,
     dump_ir_dir: str | None = None,
     decisions: Mapping[int | str, TileDecision] | None = None,
+    cost_model: str | None = "lightgbm",
     vectorize: bool = True,
     tile: bool = True,
 ) -> Compiled:
     """Compile a model spec up to `emit`. `decisions` pins tile decisions (by op id or
-    kernel key); every other op gets the heuristic default."""
+    kernel key); every other op gets the cost model's pick (`cost_model`: `lightgbm`, the
+    shipped pretrained model; `analytical`; a model file; or `heuristic`, the hand-written
+    defaults), chosen with no measurement."""
     target = target if isinstance(target, Target) else Target.parse(target)
     if emit not in EMITS:
         raise DriverError(f"unknown --emit {emit!r} (one of {', '.join(EMITS)})")
@@ -96,6 +100,10 @@ def compile_model(
     timed("linalg", lambda: None)  # (dump only)
     done = Compiled(imported, emit, times)
     with module.context:
+        if wanted("tiled") and tile and vectorize and cost_model not in (None, "heuristic"):
+            done.choices = timed("decide", lambda: choose(module, cost_model, target))  # cost model picks schedules
+            picked = {op: c.decision for c in done.choices for op in c.op_ids}
+            decisions = {**picked, **(decisions or {})}
         if wanted("tiled") and tile:
             timed(
                 "tiled", lambda: lowering.to_tiled(module, decisions, vectorize=vectorize, target=target)
@@ -123,6 +131,18 @@ def compile_model(
         atomic_write(output, done.text.encode())
         done.path = output
     return done
+
+
+def choose(module, cost_model: str, target: Target):
+    """Every kernel's decision from a cost model (zero measurements)."""
+    from tilecraft.costmodel import model as cm
+    from tilecraft.costmodel import search
+
+    try:
+        m = cm.create(cost_model, target)
+    except cm.CostModelError as exc:
+        raise DriverError(str(exc)) from None
+    return search.pick(module, m, target)
 
 
 # ----------------------------------------------------------------------------- checking
@@ -197,6 +217,7 @@ class RunReport:
     compile_s: float
     comparison: Comparison
     reference: str
+    schedules: str = "heuristic"
 
     @property
     def speedup(self) -> float | None:
@@ -210,6 +231,7 @@ class RunReport:
             ("eager median", f"{self.eager_ms:.3f} ms" if self.eager_ms is not None else "n/a"),
             ("tilecraft median", f"{self.compiled_ms:.3f} ms"),
             ("speedup vs eager", f"{self.speedup:.2f}x" if self.speedup else "n/a"),
+            ("schedules", self.schedules),
             ("compile time", f"{self.compile_s:.2f} s"),
             ("max abs error", f"{self.comparison.max_abs:.3e}"),
             ("max rel error", f"{self.comparison.max_rel:.3e}"),
@@ -227,13 +249,17 @@ def run_and_check(
     inputs=None,
     dump_ir_dir: str | None = None,
     budget: float = 1.0,
+    cost_model: str | None = "lightgbm",
+    decisions: Mapping[int | str, TileDecision] | None = None,
 ) -> RunReport:
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     imported = frontend.import_spec(spec)
     import_s = time.perf_counter() - t0
     linalg_text = str(imported.module) if imported.model is None else ""
-    compiled = compile_model(imported, target=target, dump_ir_dir=dump_ir_dir)
+    compiled = compile_model(
+        imported, target=target, dump_ir_dir=dump_ir_dir, cost_model=cost_model, decisions=decisions
+    )
     inputs = tuple(inputs) if inputs is not None else imported.inputs
     outs = compiled.fn(*inputs)
     refs, ref_name = reference_outputs(imported, inputs, linalg_text)
@@ -251,4 +277,16 @@ def run_and_check(
         import_s + compiled.compile_seconds,
         comparison,
         ref_name,
+        _schedules(compiled, cost_model, decisions),
+    )
+
+
+def _schedules(compiled: Compiled, cost_model: str | None, decisions) -> str:
+    if not compiled.choices:
+        return "pinned" if decisions else "heuristic defaults"
+    predicted = sum(c.predicted_s * len(c.op_ids) for c in compiled.choices)
+    pinned = f", {len(decisions)} pinned" if decisions else ""
+    return (
+        f"{cost_model} cost model, no measurement ({len(compiled.choices)} kernels{pinned}; "
+        f"predicted {predicted * 1e3:.3f} ms)"
     )

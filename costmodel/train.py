@@ -1,0 +1,78 @@
+"""Training: corpus database → records → a fitted LightGBM cost model file.
+
+Reads the successful measurements of one target from a corpus database (`corpus/db.py`),
+turns them into `Record`s (kernel, decision, latency, utilization, the models the kernel
+occurs in), fits `LightGBMCostModel` and writes it atomically.
+
+    tilecraft costmodel train --db corpus/data/seed.db.gz --out model.json.gz
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from tilecraft.corpus.db import CorpusDB, CorpusError
+from tilecraft.corpus.kernels import Kernel
+from tilecraft.costmodel.lightgbm_model import LightGBMCostModel
+from tilecraft.costmodel.model import CostModelError, Record
+from tilecraft.passes.tiling import TileDecision
+from tilecraft.target import Target
+
+
+def load_records(db_path: str, *, target: Target | None = None) -> tuple[list[Record], Target]:
+    """The corpus' successful measurements for `target` (default: the target with the most
+    measurements), with each kernel's sources joined into `Record.source` (comma-separated)."""
+    with CorpusDB(db_path, create=False) as db:
+        if target is None:
+            row = db.conn.execute(
+                "SELECT t.json FROM measurements m JOIN targets t ON t.hash = m.target "
+                "GROUP BY m.target ORDER BY COUNT(*) DESC LIMIT 1"
+            ).fetchone()
+            if row is None:
+                raise CostModelError(f"{db_path} holds no measurements")
+            target = Target.from_json(row[0])
+        rows = db.rows(target=target.hash())
+        sources = db.sources()
+        mlir = dict(db.conn.execute("SELECT key, mlir FROM workloads"))
+    kernels: dict[str, Kernel] = {}
+    records = []
+    for r in rows:
+        key = r["workload"]
+        if key not in kernels:
+            kernels[key] = Kernel(
+                key,
+                r["kind"],
+                r["op"],
+                tuple(r["extents"]),
+                tuple(r["dtypes"]),
+                tuple(tuple(s) for s in r["shapes"]),
+                int(r["flops"]),
+                mlir[key],
+            )
+        if not r["median_s"] or r["median_s"] <= 0:
+            raise CorpusError(f"corrupt corpus row: workload {key} has latency {r['median_s']!r}")
+        try:
+            decision = TileDecision.from_json(r["decision"])
+        except (ValueError, json.JSONDecodeError):
+            raise CorpusError(f"corrupt corpus row: workload {key} has decision {r['decision']!r}") from None
+        records.append(
+            Record(
+                kernels[key],
+                decision,
+                float(r["median_s"]),
+                float(r["utilization"] or 0.0),
+                ",".join(sources.get(key, [])),
+            )
+        )
+    return records, target
+
+
+def train(db_path: str, out: str, *, text: bool = False) -> dict:
+    """Fit on every record of the corpus and save; returns a summary."""
+    t0 = time.perf_counter()
+    records, target = load_records(db_path)
+    model = LightGBMCostModel(target, text=text).fit(records)
+    model.meta.update({"db": db_path, "trained_s": round(time.perf_counter() - t0, 1)})
+    model.save(out)
+    return {"rows": len(records), "kernels": model.meta["kernels"], "seconds": model.meta["trained_s"], "out": out}
