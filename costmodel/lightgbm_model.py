@@ -65,6 +65,7 @@ class LightGBMCostModel:
         self.rounds = {**ROUNDS, **(rounds or {})}
         self.boosters: dict[str, lgb.Booster] = {}
         self.meta: dict = {}
+        self.offsets: dict[str, float] = {}  # per-kernel log-latency calibration from `update`
 
     # ------------------------------------------------------------------ training
     def _matrix(self, kernel: Kernel, decisions: Sequence[TileDecision]) -> tuple[np.ndarray, np.ndarray]:
@@ -114,9 +115,21 @@ class LightGBMCostModel:
         """Continue boosting on new measurements (search calls this between rounds)."""
         if not records or not self.boosters:
             return
+        # A kernel's measurements first recalibrate its level (trees cannot learn an offset
+        # shared by every row: no split has gain), then new trees fit what is left.
+        by_kernel: dict[str, list[Record]] = collections.defaultdict(list)
+        for r in records:
+            by_kernel[r.kernel.key].append(r)
+        for key, rs in by_kernel.items():
+            x, base = self._matrix(rs[0].kernel, [r.decision for r in rs])
+            resid = np.log([r.latency_s for r in rs]) - (self.boosters["latency"].predict(x) + base)
+            n_old = self.meta.setdefault("offset_counts", {}).get(key, 0)
+            self.offsets[key] = (self.offsets.get(key, 0.0) * n_old + resid.sum()) / (n_old + len(rs))
+            self.meta["offset_counts"][key] = n_old + len(rs)
         x, base, lat, util, groups, rel = self._dataset(records)
         p = {**self.params, "min_data_in_leaf": 2, "learning_rate": 0.2}
-        init_lat = self.boosters["latency"].predict(x) + base
+        offsets = np.concatenate([np.full(len(rs), self.offsets[key]) for key, rs in by_kernel.items()])
+        init_lat = self.boosters["latency"].predict(x) + base + offsets
         self.boosters["latency"] = lgb.train(
             {**p, "objective": "regression"},
             lgb.Dataset(x, lat, init_score=init_lat),
@@ -142,7 +155,7 @@ class LightGBMCostModel:
         if not self.boosters:
             raise CostModelError("the model is not trained")
         x, base = self._matrix(kernel, decisions)
-        log_latency = self.boosters["latency"].predict(x) + base
+        log_latency = self.boosters["latency"].predict(x) + base + self.offsets.get(kernel.key, 0.0)
         # Rank by the ranker and the latency regressor together (each standardized over the
         # candidates): on held-out kernels the blend orders pairs better than either alone.
         score = _standardized(self.boosters["rank"].predict(x)) + _standardized(-log_latency)
@@ -164,6 +177,7 @@ class LightGBMCostModel:
             "params": self.params,
             "rounds": self.rounds,
             "meta": self.meta,
+            "offsets": self.offsets,
             "boosters": {name: b.model_to_string() for name, b in self.boosters.items()},
         }
 
@@ -182,6 +196,7 @@ class LightGBMCostModel:
         if set(m.boosters) != {"latency", "rank", "util"}:
             raise CostModelError("model file lacks one of its latency/rank/util boosters")
         m.meta = dict(doc.get("meta", {}))
+        m.offsets = {k: float(v) for k, v in doc.get("offsets", {}).items()}
         return m
 
     def copy(self) -> LightGBMCostModel:
