@@ -315,7 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     ct = cmsub.add_parser("train", help="fit the LightGBM cost model on a corpus")
     ct.add_argument("--db", required=True)
     ct.add_argument("--out", required=True, help="model file (.json.gz)")
-    ct.add_argument("--text", action="store_true", help="add the MLIR token n-gram features")
+    ct.add_argument(
+        "--no-text", dest="text", action="store_false", help="leave out the MLIR token n-gram features (ablation)"
+    )
     ct.set_defaults(fn=cmd_costmodel_train)
     cv = cmsub.add_parser("eval", help="held-out metrics (split by kernel, leave-one-model-out), search study, PNGs")
     cv.add_argument("--db", required=True)

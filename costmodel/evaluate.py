@@ -286,7 +286,7 @@ def report(
 
     say = progress or (lambda msg: None)
     records, target = load_records(db_path)
-    config = {"text": False, "params": None}
+    config = {"text": True, "params": None}
     if model_path:
         doc = read_model_file(model_path)
         config = {"text": bool(doc.get("text")), "params": doc.get("params")}

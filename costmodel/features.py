@@ -77,11 +77,13 @@ def access_maps(mlir: str, n_loops: int) -> tuple[tuple[tuple[int, ...], ...], .
         return tuple(tuple(tuple(int(d) for d in re.findall(r"d(\d+)", str(e))) for e in m.results) for m in maps)
 
 
+@functools.lru_cache(maxsize=4096)
 def _body_counts(mlir: str) -> tuple[int, int]:
     """(arith ops, math ops) in the kernel: the work per element beyond loads and stores."""
     return len(re.findall(r"\barith\.(?!constant)\w+", mlir)), len(re.findall(r"\bmath\.\w+", mlir))
 
 
+@functools.lru_cache(maxsize=4096)
 def _text_features(mlir: str) -> np.ndarray:
     """Hashed counts of token unigrams and bigrams (SSA names and numbers normalized)."""
     text = re.sub(r"%[\w.$-]+", "%v", mlir)

@@ -1,6 +1,6 @@
 """The learned cost model: three LightGBM boosters over `features.py`'s vectors.
 
-- latency: regression on log latency, boosted from the analytical model's estimate (its
+- latency: regression (Huber loss) on log latency, boosted from the analytical model's estimate (its
   log is each row's initial score, so the trees learn the roofline's error, not the scale);
 - rank: LambdaRank within each kernel (a kernel's measured decisions form one query), what
   search and the compiler rank candidates by;
@@ -58,7 +58,7 @@ def _standardized(a: np.ndarray) -> np.ndarray:
 class LightGBMCostModel:
     kind = "lightgbm"
 
-    def __init__(self, target, *, text: bool = False, params: dict | None = None, rounds: dict | None = None):
+    def __init__(self, target, *, text: bool = True, params: dict | None = None, rounds: dict | None = None):
         self.target = target
         self.text = text
         self.params = {**PARAMS, **(params or {})}
@@ -96,7 +96,7 @@ class LightGBMCostModel:
         names = features.feature_names(text=self.text)
         p = self.params
         self.boosters["latency"] = lgb.train(
-            {**p, "objective": "regression"},
+            {**p, "objective": "huber", "alpha": 0.3},  # log-space Huber: a few pathological kernels stay outliers
             lgb.Dataset(x, lat, init_score=base, feature_name=names),
             self.rounds["latency"],
         )

@@ -9,7 +9,8 @@ Model-guided search ranks the whole space with the model each round (our spaces 
 most a few hundred decisions, so scoring all of them is exact and takes milliseconds; a
 space past `MAX_SCORED` is sampled), measures the best-ranked candidates not yet
 measured, folds the measurements back into the model (`update`), and stops when the best
-latency has not improved for `patience` rounds or the budget is spent.
+latency has not improved by `min_gain` (1%: below the measurement noise) for `patience`
+rounds, or the budget is spent.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def model_guided(
     *,
     budget: int,
     per_round: int = 4,
-    patience: int = 3,
+    patience: int = 2,
+    min_gain: float = 0.01,
     utilization: Callable[[TileDecision, float], float] | None = None,
     seed: int = 0,
 ) -> SearchResult:
@@ -82,7 +84,7 @@ def model_guided(
                 new.append(Record(kernel, d, t, util))
         model.update(new)
         round_best = min((t for _, t in trace if t is not None), default=float("inf"))
-        stale = 0 if round_best < best * 0.999 else stale + 1
+        stale = 0 if round_best < best * (1 - min_gain) else stale + 1
         best = min(best, round_best)
         if stale >= patience:
             break

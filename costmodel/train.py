@@ -68,7 +68,7 @@ def load_records(db_path: str, *, target: Target | None = None) -> tuple[list[Re
     return records, target
 
 
-def train(db_path: str, out: str, *, text: bool = False) -> dict:
+def train(db_path: str, out: str, *, text: bool = True) -> dict:
     """Fit on every record of the corpus and save; returns a summary."""
     t0 = time.perf_counter()
     records, target = load_records(db_path)

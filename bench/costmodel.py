@@ -1,0 +1,102 @@
+"""Cost-model benchmark: every number of the cost-model issue in one run.
+
+1. Held-out prediction and ranking (5-fold split by kernel; leave-one-model-out): MAPE,
+   Spearman, pairwise-order accuracy, top-1/top-5 — analytical vs LightGBM; the MLIR-text
+   feature ablation.
+2. Search on held-out kernels whose whole space is measured: model-guided vs random.
+3. Zero-measurement compile of the zoo vs the tuned result: for each zoo model, a LightGBM
+   model trained *without that model's kernels* picks every schedule with no measurement;
+   "tuned" pins each kernel to the fastest decision measured in the corpus. Both are
+   compiled, checked against eager and timed (1 thread, medians).
+
+    python bench/costmodel.py [--db corpus/data/seed.db.gz] [--models zoo] [--json bench/results/costmodel.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import warnings
+
+import torch
+from e2e import median_ms  # bench/ is on sys.path when run as a script
+
+from tilecraft import driver, frontend
+from tilecraft.corpus import zoo
+from tilecraft.costmodel import evaluate, search, train
+from tilecraft.costmodel.lightgbm_model import LightGBMCostModel
+
+
+def zero_vs_tuned(db: str, models: list[str], *, runs: int = 20) -> list[dict]:
+    records, target = train.load_records(db)
+    best: dict[str, tuple[float, object]] = {}
+    for r in records:
+        if r.kernel.key not in best or r.latency_s < best[r.kernel.key][0]:
+            best[r.kernel.key] = (r.latency_s, r.decision)
+    rows = []
+    for name in models:
+        tag = f"zoo:{name}"
+        held_out = LightGBMCostModel(target).fit([r for r in records if tag not in r.source.split(",")])
+        imported = frontend.import_spec(name)
+        with imported.module.context:
+            choices = search.pick(imported.module, held_out, target)
+        zero = {op: c.decision for c in choices for op in c.op_ids}
+        tuned = {
+            op: (best[c.kernel.key][1] if c.kernel.key in best else c.decision) for c in choices for op in c.op_ids
+        }
+        covered = sum(c.kernel.key in best for c in choices)
+        row = {"model": name, "kernels": len(choices), "tuned_kernels_measured": covered}
+        torch.set_num_threads(1)
+        inputs = imported.inputs
+        with torch.no_grad():
+            ref = imported.model(*inputs)
+            row["eager_ms"] = median_ms(lambda: imported.model(*inputs), runs)
+        for label, decisions in (("zero", zero), ("tuned", tuned)):
+            compiled = driver.compile_model(frontend.import_spec(name), decisions=decisions, cost_model=None)
+            ok = driver.compare(compiled.fn(*inputs), ref).ok
+            row[f"{label}_ms"] = median_ms(lambda fn=compiled.fn: fn(*inputs), runs)
+            row[f"{label}_ok"] = ok
+            print(f"  {name} {label}: {row[f'{label}_ms']:.3f} ms (matches eager: {ok})", file=sys.stderr)
+        rows.append(row)
+    return rows
+
+
+def main(argv=None) -> int:
+    warnings.filterwarnings("ignore")
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--db", default="corpus/data/seed.db.gz")
+    p.add_argument("--models", default="zoo", help="zoo models for the zero-measurement comparison ('' to skip)")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--out-dir", default="bench/results")
+    p.add_argument("--json", default="bench/results/costmodel.json")
+    args = p.parse_args(argv)
+    say = lambda msg: print(f"... {msg}", file=sys.stderr)  # noqa: E731
+    report = evaluate.report(args.db, folds=args.folds, out_dir=args.out_dir, progress=say)
+    print(evaluate.format_report(report))
+    names = list(zoo.ZOO) if args.models == "zoo" else [m for m in args.models.split(",") if m]
+    if names:
+        say("zero-measurement compile vs tuned")
+        rows = zero_vs_tuned(args.db, names)
+        report["zero_vs_tuned"] = rows
+        print("\nzero-measurement compile (LightGBM trained without the model's kernels) vs tuned (1 thread)")
+        print(f"{'model':<18}{'eager ms':>10}{'zero ms':>10}{'tuned ms':>10}{'zero/tuned':>12}{'correct':>9}")
+        for r in rows:
+            print(
+                f"{r['model']:<18}{r['eager_ms']:>10.3f}{r['zero_ms']:>10.3f}{r['tuned_ms']:>10.3f}"
+                f"{r['zero_ms'] / r['tuned_ms']:>12.3f}{'yes' if r['zero_ok'] and r['tuned_ok'] else 'NO':>9}"
+            )
+        geo = math.exp(sum(math.log(r["zero_ms"] / r["tuned_ms"]) for r in rows) / len(rows))
+        report["zero_over_tuned_geomean"] = geo
+        print(f"geomean zero/tuned latency: {geo:.3f} (target <= 1.15)")
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json + ".tmp", "w") as f:
+        json.dump(report, f, indent=1, default=float)
+    os.replace(args.json + ".tmp", args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
