@@ -138,7 +138,7 @@ def test_killed_collection_resumes_without_loss_or_repeats(tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)  # the collector and its measuring worker
     proc.wait()
     assert 3 <= len(before) < 20, "the collection should be killed mid-run"
-    subprocess.run(cmd, check=True, timeout=600, capture_output=True)
+    subprocess.run([*cmd, "--workers", "2"], check=True, timeout=600, capture_output=True)  # resume, 2 workers
     reference = str(tmp_path / "uninterrupted.db")
     subprocess.run(collect_cmd(reference), check=True, timeout=600, capture_output=True)
     query = "SELECT m.id, m.workload, d.json FROM measurements m JOIN decisions d ON m.decision = d.id"
