@@ -118,8 +118,10 @@ class Choice:
 
 def pick(module, model: CostModel, target) -> list[Choice]:
     """One decision per distinct kernel of a linalg module: the model's best-ranked
-    candidate of the kernel's legal space, with no measurement."""
+    candidate of the kernel's legal space, with no measurement. Kernels the features do
+    not cover keep the heuristic default (they get no Choice)."""
     from tilecraft.corpus import kernels
+    from tilecraft.costmodel.features import FeatureError
     from tilecraft.passes import tiling
 
     infos = tiling.tag_ops(module)
@@ -134,7 +136,10 @@ def pick(module, model: CostModel, target) -> list[Choice]:
             continue
         info = next(i for i in infos if i.key == key)
         space = tiling.space(info, target)
-        p = model.predict(kernel, space)
+        try:
+            p = model.predict(kernel, space)
+        except FeatureError:  # outside the feature schema (a 0-d fill, say): heuristic default
+            continue
         order = np.argsort(-p.score, kind="stable")
         first, second = order[0], (order[1] if len(order) > 1 else None)
         out.append(
