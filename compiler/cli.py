@@ -227,6 +227,23 @@ def cmd_costmodel_eval(args) -> int:
     return 0
 
 
+def cmd_explain(args) -> int:
+    from tilecraft import explain
+    from tilecraft.driver import atomic_write
+
+    r = explain.explain(args.model, cost_model=args.cost_model, target=args.target, measure=args.measure)
+    print(explain.format_table(r))
+    if args.json:
+        doc = {k: v for k, v in r.items() if k != "graph"}
+        doc["edges"] = sorted(r["graph"].edges())
+        atomic_write(args.json, json.dumps(doc, indent=1).encode())
+        print(f"wrote {args.json}")
+    if args.png:
+        explain.draw(r, args.png)
+        print(f"wrote {args.png}")
+    return 0
+
+
 def cmd_tune(args) -> int:
     from tilecraft.costmodel import tune
 
@@ -309,6 +326,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true")
     t.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS)
     t.set_defaults(fn=cmd_tune)
+
+    x = sub.add_parser("explain", help="every kernel's chosen schedule, runner-up and predicted latency")
+    x.add_argument("model", help="zoo name, path/to/file.py:factory, or a .mlir file")
+    x.add_argument("--cost-model", default="lightgbm", help="lightgbm (shipped), analytical, or a model file")
+    x.add_argument("--target", default="cpu")
+    x.add_argument("--measure", action="store_true", help="also measure the chosen and runner-up schedules")
+    x.add_argument("--json", help="write the table as JSON (with the dataflow graph's edges)")
+    x.add_argument("--png", help="draw the dataflow graph")
+    x.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS)
+    x.set_defaults(fn=cmd_explain)
 
     cm = sub.add_parser("costmodel", help="train and evaluate cost models")
     cmsub = cm.add_subparsers(dest="costmodel_command", required=True)
