@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import math
 import re
 
 from torch_mlir import ir
@@ -19,6 +20,7 @@ from torch_mlir import ir
 from tilecraft.passes import tiling
 
 KERNEL_FUNC = "kernel"
+ELEMENT_BYTES = {"f64": 8, "i64": 8, "f32": 4, "i32": 4, "f16": 2, "bf16": 2, "i16": 2, "i8": 1, "i1": 1}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,16 +35,14 @@ class Kernel:
     mlir: str  # a module with func.func @kernel
 
     @property
+    def element_bytes(self) -> list[int]:
+        """Bytes per element of each operand."""
+        return [ELEMENT_BYTES.get(d, 4) for d in self.dtypes]
+
+    @property
     def bytes_moved(self) -> int:
         """Operand bytes touched once (a lower bound on memory traffic)."""
-        sizes = {"f64": 8, "i64": 8, "f32": 4, "i32": 4, "f16": 2, "bf16": 2, "i16": 2, "i8": 1, "i1": 1}
-        total = 0
-        for shape, dtype in zip(self.shapes, self.dtypes):
-            n = 1
-            for d in shape:
-                n *= d
-            total += n * sizes.get(dtype, 4)
-        return total
+        return sum(math.prod(shape) * b for shape, b in zip(self.shapes, self.element_bytes))
 
 
 def _token(name: str) -> re.Pattern:

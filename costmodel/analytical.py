@@ -19,7 +19,6 @@ import numpy as np
 from tilecraft.corpus.kernels import Kernel
 from tilecraft.passes.tiling import TileDecision
 
-_BYTES = {"f64": 8, "i64": 8, "f32": 4, "i32": 4, "f16": 2, "bf16": 2, "i16": 2, "i8": 1, "i1": 1}
 FMA_LATENCY = 4  # cycles; with 2 FMA pipes, 8 independent accumulators keep them busy
 REGISTERS = 32
 LOOP_OVERHEAD_S = 1e-9  # per register-tile iteration (index math, branches)
@@ -27,11 +26,11 @@ LOOP_OVERHEAD_S = 1e-9  # per register-tile iteration (index math, branches)
 
 def estimate(kernel: Kernel, decision: TileDecision, target, *, maps=None) -> float:
     """Predicted latency in seconds."""
-    from tilecraft.costmodel.features import access_maps
+    from tilecraft.costmodel.features import access_maps, footprints
 
     e = list(kernel.extents)
     n = len(e)
-    sizes = [_BYTES.get(d, 4) for d in kernel.dtypes]
+    sizes = kernel.element_bytes
     if maps is None:
         maps = access_maps(kernel.mlir, n) or tuple(tuple((i,) for i in range(n)) for _ in sizes)
     levels = list(decision.tiles) or [tuple(e)]
@@ -54,14 +53,11 @@ def estimate(kernel: Kernel, decision: TileDecision, target, *, maps=None) -> fl
     # Memory: every cache tile reloads the operand footprints it touches.
     trips = math.prod(x / t for x, t in zip(e, cache))
     traffic = 0.0
-    for amap, size in zip(maps, sizes):
-        fp = 1
-        for loops in amap:
-            fp *= (sum(cache[i] for i in loops) - len(loops) + 1) if loops else 1
+    for amap, fp in zip(maps, footprints(maps, cache, sizes)):
         used = {i for loops in amap for i in loops}
         reuse = math.prod(x / t for i, (x, t) in enumerate(zip(e, cache)) if i not in used)
-        traffic += fp * size * trips / max(reuse if decision.pack else 1.0, 1.0)
-    bytes_moved = sum(math.prod(s) * b for s, b in zip(kernel.shapes, sizes))
+        traffic += fp * trips / max(reuse if decision.pack else 1.0, 1.0)
+    bytes_moved = kernel.bytes_moved
     traffic = max(traffic, bytes_moved)
     memory_s = traffic / (target.bandwidth_gbs(bytes_moved) * 1e9)
 
@@ -92,6 +88,4 @@ class AnalyticalCostModel:
 
 
 def roofline_seconds(kernel: Kernel, target) -> float:
-    sizes = [_BYTES.get(d, 4) for d in kernel.dtypes]
-    bytes_moved = sum(math.prod(s) * b for s, b in zip(kernel.shapes, sizes))
-    return kernel.flops / (target.roofline_gflops(kernel.flops, bytes_moved) * 1e9)
+    return kernel.flops / (target.roofline_gflops(kernel.flops, kernel.bytes_moved) * 1e9)

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tilecraft.corpus.kernels import Kernel
+from tilecraft.corpus.kernels import ELEMENT_BYTES, Kernel
 from tilecraft.passes.tiling import TileDecision
 
 SCHEMA_VERSION = 1
@@ -34,7 +34,6 @@ KINDS = ("matmul", "batch_matmul", "conv2d", "depthwise_conv2d", "pooling", "ele
 MAX_LOOPS = 7
 MAX_OPERANDS = 4  # the last operand is the output; extra inputs beyond 3 are folded into the third
 TEXT_BINS = 64
-_BYTES = {"f64": 8, "i64": 8, "f32": 4, "i32": 4, "f16": 2, "bf16": 2, "i16": 2, "i8": 1, "i1": 1}
 _REDUCTION_KINDS = {"matmul": 1, "batch_matmul": 1, "conv2d": 3, "depthwise_conv2d": 2, "pooling": 2}
 
 
@@ -96,7 +95,7 @@ def _text_features(mlir: str) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------ the vector
-def _footprint(maps, tile: Sequence[int], sizes: Sequence[int]) -> list[float]:
+def footprints(maps, tile: Sequence[int], sizes: Sequence[int]) -> list[float]:
     """Bytes of each operand a tile touches: per dim, the span of the loops indexing it
     (a sum of loop indices, as in convolution windows, spans their sum minus the overlap)."""
     out = []
@@ -134,7 +133,7 @@ def feature_names(*, text: bool = False) -> list[str]:
 
 def featurize(kernel: Kernel, decision: TileDecision, target, *, text: bool = False) -> np.ndarray:
     """The feature vector of one (kernel, decision, target), laid out as `feature_names`."""
-    from tilecraft.costmodel.analytical import estimate
+    from tilecraft.costmodel.analytical import estimate, roofline_seconds
 
     e = list(kernel.extents)
     n = len(e)
@@ -142,14 +141,14 @@ def featurize(kernel: Kernel, decision: TileDecision, target, *, text: bool = Fa
         raise FeatureError(f"kernel {kernel.key}: {n} loops (features support 1..{MAX_LOOPS})")
     if kernel.kind not in KINDS:
         raise FeatureError(f"kernel {kernel.key}: unknown op kind {kernel.kind!r}")
-    sizes = [_BYTES.get(d, 4) for d in kernel.dtypes]
+    sizes = kernel.element_bytes
     maps = access_maps(kernel.mlir, n) or tuple(tuple((i,) for i in range(n)) for _ in kernel.dtypes)
     maps = maps[: len(sizes)]
     n_red = _REDUCTION_KINDS.get(kernel.kind, 0)
     if kernel.kind == "reduction":  # loops the output does not index
         out_loops = {i for loops in maps[-1] for i in loops}
         n_red = n - len(out_loops)
-    bytes_moved = sum(math.prod(s) * b for s, b in zip(kernel.shapes, sizes))
+    bytes_moved = kernel.bytes_moved
     f: list[float] = [float(kernel.kind == k) for k in KINDS]
     f += [_log2(x) for x in e] + [0.0] * (MAX_LOOPS - n) + [n, n_red]
     arith, mth = _body_counts(kernel.mlir)
@@ -158,7 +157,7 @@ def featurize(kernel: Kernel, decision: TileDecision, target, *, text: bool = Fa
         _log2(kernel.flops),
         _log2(bytes_moved),
         _log2(kernel.flops / max(bytes_moved, 1)),
-        8 * _BYTES.get(out_dtype, 4),
+        8 * ELEMENT_BYTES.get(out_dtype, 4),
         float(out_dtype.startswith("i")),
         len(kernel.dtypes),
         arith,
@@ -168,7 +167,7 @@ def featurize(kernel: Kernel, decision: TileDecision, target, *, text: bool = Fa
     cache, reg = (levels[0], levels[-1]) if len(levels) > 1 else (tuple(e), levels[0])
     caches = (target.l1d_bytes, target.l2_bytes, target.l3_bytes)
     for tile in (cache, reg):
-        fp = _footprint(maps, tile, sizes)
+        fp = footprints(maps, tile, sizes)
         total = sum(fp)
         partial = sum(1 for t, x in zip(tile, e) if t < x and x % t) / n
         fps = (fp[:-1][: MAX_OPERANDS - 1] + [0.0] * MAX_OPERANDS)[: MAX_OPERANDS - 1] + fp[-1:]
@@ -177,7 +176,7 @@ def featurize(kernel: Kernel, decision: TileDecision, target, *, text: bool = Fa
         f += [_log2(total / c) for c in caches]
         f += [t / x for t, x in zip(tile, e)] + [0.0] * (MAX_LOOPS - n)
     # The register tile as vectors: the output's fastest dim is the vector dim.
-    lanes = target.f32_lanes * 4 // max(_BYTES.get(out_dtype, 4), 1)
+    lanes = target.f32_lanes * 4 // max(ELEMENT_BYTES.get(out_dtype, 4), 1)
     out_fast = maps[-1][-1] if maps and maps[-1] and maps[-1][-1] else (n - 1,)
     inner_loop = out_fast[0]
     inner = reg[inner_loop] if decision.vectorize else 1
@@ -225,8 +224,7 @@ def featurize(kernel: Kernel, decision: TileDecision, target, *, text: bool = Fa
         target.peak_gflops_f32,
         float(target.has("amx")),
     ]
-    roofline_s = kernel.flops / (target.roofline_gflops(kernel.flops, bytes_moved) * 1e9)
-    f += [_log2(roofline_s), _log2(estimate(kernel, decision, target, maps=maps))]
+    f += [_log2(roofline_seconds(kernel, target)), _log2(estimate(kernel, decision, target, maps=maps))]
     vec = np.asarray(f, dtype=np.float64)
     if text:
         vec = np.concatenate([vec, _text_features(kernel.mlir)])
