@@ -112,12 +112,8 @@ def cross_validate(
     """Pooled held-out metrics per model factory: each factory trains on a split's train side."""
     out = {}
     for name, factory in make.items():
-        rows = []
-        for train, test in splits:
-            rows.append((score_model(factory(train), by_kernel(test)), len(by_kernel(test))))
-        total = sum(n for _, n in rows)
-        out[name] = {m: sum(s[m] * n for s, n in rows) / total for m in METRICS}
-        out[name]["kernels"] = total
+        groups = [by_kernel(test) for _, test in splits]
+        out[name] = _pooled([(score_model(factory(train), g), len(g)) for (train, _), g in zip(splits, groups)])
     return out
 
 

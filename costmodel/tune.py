@@ -15,8 +15,11 @@ import os
 import sys
 import time
 
+from torch_mlir import ir
+
 from tilecraft.corpus import measure
 from tilecraft.corpus.db import CorpusDB
+from tilecraft.corpus.kernels import infos_of
 from tilecraft.costmodel import model as cm
 from tilecraft.costmodel import search
 from tilecraft.passes import tiling
@@ -46,6 +49,7 @@ def tune(
     total = sum(c.predicted_s * len(c.op_ids) for c in choices) or 1.0
     choices.sort(key=lambda c: -c.predicted_s * len(c.op_ids))
     t0 = time.perf_counter()
+    ctx = ir.Context()
     rows = []
     with CorpusDB(db_path) as db, measure.MeasureWorker(timeout_s=120) as worker:
         target_hash = db.add_target(target)
@@ -74,7 +78,7 @@ def tune(
 
                 return roofline_seconds(kernel, target) / t
 
-            space = tiling.space(tiling_info(c.kernel), target)
+            space = tiling.space(infos_of(c.kernel.mlir, ctx), target)
             result = (
                 search.model_guided(c.kernel, space, model, run, budget=share, utilization=util)
                 if share > 0
@@ -116,14 +120,6 @@ def tune(
         "decisions_out": decisions_out,
         "model_out": model_out,
     }
-
-
-def tiling_info(kernel):
-    from torch_mlir import ir
-
-    from tilecraft.corpus.kernels import infos_of
-
-    return infos_of(kernel.mlir, ir.Context())
 
 
 def format_summary(s: dict) -> str:
