@@ -327,7 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS)
     t.set_defaults(fn=cmd_tune)
 
-    x = sub.add_parser("explain", help="every kernel's chosen schedule, runner-up and predicted latency")
+    x = sub.add_parser(
+        "explain", help="every kernel's fused ops, chosen schedule, runner-up, alternatives and predicted latency"
+    )
     x.add_argument("model", help="zoo name, path/to/file.py:factory, or a .mlir file")
     x.add_argument("--cost-model", default="lightgbm", help="lightgbm (shipped), analytical, or a model file")
     x.add_argument("--target", default="cpu")

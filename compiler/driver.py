@@ -13,7 +13,7 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
@@ -39,6 +39,8 @@ class Compiled:
     path: str | None = None  # written artifact (obj, so, or text with -o)
     fn: runtime.CompiledFunction | None = None  # for emit="jit"
     choices: list = dataclasses.field(default_factory=list)  # costmodel.search.Choice per kernel
+    fusion: list = dataclasses.field(default_factory=list)  # passes.fusion.FusionDecision per fused group
+    fusion_report: dict | None = None
 
     @property
     def compile_seconds(self) -> float:
@@ -68,11 +70,16 @@ def compile_model(
     cost_model: str | None = "lightgbm",
     vectorize: bool = True,
     tile: bool = True,
+    fuse: bool = True,
+    fusion: Sequence | None = None,
 ) -> Compiled:
     """Compile a model spec up to `emit`. `decisions` pins tile decisions (by op id or
     kernel key); every other op gets the cost model's pick (`cost_model`: `lightgbm`, the
     shipped pretrained model; `analytical`; a model file; or `heuristic`, the hand-written
-    defaults), chosen with no measurement."""
+    defaults), chosen with no measurement. With `fuse`, the same cost model first
+    partitions the ops into fusion groups (`passes/fusion.py`); no fusion without a model.
+    `fusion` pins the groups instead (FusionDecisions over the op ids `fusion.analyze`
+    gives the module after `fusion.private_fills`; `[]`: no fusion)."""
     target = target if isinstance(target, Target) else Target.parse(target)
     if emit not in EMITS:
         raise DriverError(f"unknown --emit {emit!r} (one of {', '.join(EMITS)})")
@@ -100,8 +107,15 @@ def compile_model(
     timed("linalg", lambda: None)  # (dump only)
     done = Compiled(imported, emit, times)
     with module.context:
+        model = None
         if wanted("tiled") and tile and vectorize and cost_model not in (None, "heuristic"):
-            done.choices = timed("decide", lambda: choose(module, cost_model, target))  # cost model picks schedules
+            model = load_cost_model(cost_model, target)
+        if wanted("tiled") and tile and fusion is not None:
+            done.fusion = timed("fuse", lambda: pinned_groups(module, fusion))  # pinned fusion groups
+        elif model is not None and fuse:
+            done.fusion, done.fusion_report = timed("fuse", lambda: fuse_groups(module, model, target))  # fusion
+        if model is not None:
+            done.choices = timed("decide", lambda: choose(module, model, target))  # cost model picks schedules
             picked = {op: c.decision for c in done.choices for op in c.op_ids}
             decisions = {**picked, **(decisions or {})}
         if wanted("tiled") and tile:
@@ -133,16 +147,39 @@ def compile_model(
     return done
 
 
-def choose(module, cost_model: str, target: Target):
-    """Every kernel's decision from a cost model (zero measurements)."""
+def load_cost_model(cost_model: str, target: Target):
     from tilecraft.costmodel import model as cm
-    from tilecraft.costmodel import search
 
     try:
-        m = cm.create(cost_model, target)
+        return cm.create(cost_model, target)
     except cm.CostModelError as exc:
         raise DriverError(str(exc)) from None
-    return search.pick(module, m, target)
+
+
+def fuse_groups(module, model, target: Target):
+    """Partition into fusion groups by predicted latency, then fuse them in place."""
+    from tilecraft.passes import fusion
+
+    groups, report = fusion.partition(module, model, target)
+    fusion.apply(module, groups)
+    return groups, report
+
+
+def pinned_groups(module, groups):
+    from tilecraft.passes import fusion
+
+    fusion.private_fills(module)
+    fusion.apply(module, groups)
+    return list(groups)
+
+
+def choose(module, model, target: Target):
+    """Every kernel's decision from a cost model (zero measurements)."""
+    from tilecraft.costmodel import search
+
+    if isinstance(model, str):
+        model = load_cost_model(model, target)
+    return search.pick(module, model, target)
 
 
 # ----------------------------------------------------------------------------- checking

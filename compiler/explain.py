@@ -1,17 +1,21 @@
 """`tilecraft explain`: every decision the compiler takes for a model, with its predicted cost.
 
-Reads a model spec and a cost model; picks each kernel's schedule exactly as `compile`
-does (`costmodel.search.pick`), and reports per kernel the ops it covers, the chosen
-schedule and its predicted latency, the runner-up and its predicted latency, and with
-`measure=True` both measured by the harness. Also draws the model's dataflow graph
-(`passes/fusion.dataflow_graph`), each node labelled with its kernel's predicted latency.
-Today every structured op is its own kernel; fusion groups will appear here when the
-fusion pass lands.
+Reads a model spec and a cost model; takes the same decisions `compile` takes: the fusion
+partition (`passes/fusion.partition`), then each kernel's schedule
+(`costmodel.search.pick`). Reports per kernel the ops fused into it, its predicted
+latency against the best alternatives (the same ops unfused; the best other group with
+the same sink), the chosen schedule and the runner-up with their predicted latencies,
+and with `measure=True` the kernel measured (a single op by the harness, a fused group
+compiled on its own and checked against naive loops). Also draws the partitioned
+dataflow graph (`passes/fusion.dataflow_graph`, one colour per fused kernel).
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
+
+import torch
 
 from tilecraft import frontend
 from tilecraft.passes.tiling import TileDecision
@@ -29,71 +33,179 @@ def describe(d: TileDecision | None) -> str:
     return " ".join(parts)
 
 
+def describe_group(g) -> str:
+    tiles = "x".join(str(t or "*") for t in g.tiles)
+    return f"tiles {tiles}" + (f" / {'x'.join(str(t or '*') for t in g.inner)}" if g.inner else "")
+
+
 def explain(spec: str, *, cost_model: str = "lightgbm", target: str | Target = "cpu", measure: bool = False) -> dict:
+    from torch_mlir import ir
+
     from tilecraft.corpus import measure as harness
     from tilecraft.costmodel import model as cm
     from tilecraft.costmodel import search
-    from tilecraft.passes import fusion
+    from tilecraft.passes import fusion, tiling
 
     target = target if isinstance(target, Target) else Target.parse(target)
     imported = frontend.import_spec(spec)
     model = cm.create(cost_model, target)
-    with imported.module.context:
-        choices = search.pick(imported.module, model, target)
-        graph = fusion.dataflow_graph(imported.module)
+    module = imported.module
+    with module.context:
+        groups, report = fusion.partition(module, model, target)
+        graph = fusion.dataflow_graph(module)
+        nodes = fusion.analyze(module)
+        state = ir.AsmState(module.operation)
+        texts = {g.sink: fusion.outline_group(nodes, g.ops, state) for g in groups}
+        fusion.apply(module, groups)
+        before = []  # the op id each op had before fusion, in walk order
+        tiling.walk_ops(
+            module.operation,
+            lambda op: before.append(ir.IntegerAttr(op.attributes[tiling.OP_ID]).value)
+            if tiling.OP_ID in op.attributes
+            else None,
+        )
+        choices = search.pick(module, model, target)  # re-tags: walk order = `before` order
+    singles = report["singles"]
+    group_of = {op: g for g in groups for op in g.ops}
+    by_sink: dict[int, list] = {}
+    for g, cost in report["candidates"]:
+        by_sink.setdefault(g.sink, []).append((g, cost))
+    choice_of: dict[int, search.Choice] = {}
+    for c in choices:
+        for op in c.op_ids:
+            choice_of[before[op]] = c
+
+    def schedule_of(g) -> search.Choice | None:
+        ops = g.ops if g is not None else ()
+        heavy = [op for op in ops if nodes[op].info.kind in fusion.CONTRACTIONS]
+        return choice_of.get(heavy[0]) if heavy else None
+
     rows = []
     worker = harness.MeasureWorker(timeout_s=120) if measure else None
     try:
-        for c in choices:
+        kernels = [("group", g) for g in groups] + [("op", op) for op in sorted(nodes) if op not in group_of]
+        for what, x in kernels:
+            if what == "group":
+                g, ops = x, list(x.ops)
+                predicted = next(c for cand, c in by_sink[g.sink] if cand == g)
+                others = sorted(((c, cand) for cand, c in by_sink[g.sink] if cand != g), key=lambda t: t[0])
+                alternatives = [{"grouping": "unfused", "ops": ops, "predicted_ms": sum(singles.get(o, 0.0) for o in ops) * 1e3}]
+                if others:
+                    c, cand = others[0]
+                    alternatives.append({"grouping": "other group", "ops": list(cand.ops), "predicted_ms": c * 1e3})
+                choice, fusion_text = schedule_of(g), describe_group(g)
+            else:
+                g, ops, choice = None, [x], choice_of.get(x)
+                predicted = singles.get(x, 0.0)
+                containing = sorted(
+                    ((c - sum(singles.get(o, 0.0) for o in cand.ops), c, cand)
+                     for cands in by_sink.values() for cand, c in cands if x in cand.ops),
+                    key=lambda t: t[0],
+                )
+                alternatives = []
+                if containing:
+                    _, c, cand = containing[0]
+                    alternatives.append({"grouping": "fused", "ops": list(cand.ops), "predicted_ms": c * 1e3,
+                                         "unfused_ms": sum(singles.get(o, 0.0) for o in cand.ops) * 1e3})
+                fusion_text = "-"
+            sink = nodes[ops[0]].info
             row = {
-                "kernel": c.kernel.key,
-                "kind": c.kernel.kind,
-                "op": c.kernel.name,
-                "extents": list(c.kernel.extents),
-                "op_ids": list(c.op_ids),
-                "fused_ops": [c.kernel.name],
-                "decision": describe(c.decision),
-                "predicted_ms": c.predicted_s * 1e3,
-                "runner_up": describe(c.runner_up),
-                "runner_up_predicted_ms": c.runner_up_s * 1e3 if c.runner_up_s is not None else None,
+                "ops": ops,
+                "fused_ops": [nodes[o].info.kind if nodes[o].info.name != "linalg.fill" else "fill" for o in ops],
+                "kind": sink.kind if len(ops) == 1 else f"fused:{sink.kind}",
+                "op": sink.name,
+                "extents": list(sink.extents),
+                "fusion": fusion_text,
+                "predicted_ms": predicted * 1e3,
+                "alternatives": alternatives,
+                "decision": describe(choice.decision) if choice else ("register tiles" if g else "-"),
+                "decision_predicted_ms": choice.predicted_s * 1e3 if choice else None,
+                "runner_up": describe(choice.runner_up) if choice else "-",
+                "runner_up_predicted_ms": choice.runner_up_s * 1e3 if choice and choice.runner_up_s is not None else None,
+                "kernel": choice.kernel.key if choice else None,
             }
             if worker is not None:
-                for label, d in (("measured_ms", c.decision), ("runner_up_measured_ms", c.runner_up)):
-                    m = worker.measure(c.kernel, d, target) if d is not None else None
-                    row[label] = m.median_s * 1e3 if m is not None and m.status == "ok" else None
+                if g is not None:
+                    row["measured_ms"] = measure_group(texts[g.sink], g, target)
+                elif choice is not None:
+                    for label, d in (("measured_ms", choice.decision), ("runner_up_measured_ms", choice.runner_up)):
+                        m = worker.measure(choice.kernel, d, target) if d is not None else None
+                        row[label] = m.median_s * 1e3 if m is not None and m.status == "ok" else None
             rows.append(row)
     finally:
         if worker is not None:
             worker.close()
-    total = sum(r["predicted_ms"] * len(r["op_ids"]) for r in rows)
-    return {"model": spec, "cost_model": cost_model, "kernels": rows, "predicted_total_ms": total, "graph": graph}
+    return {
+        "model": spec,
+        "cost_model": cost_model,
+        "kernels": rows,
+        "predicted_total_ms": report["fused_s"] * 1e3,
+        "predicted_unfused_ms": report["unfused_s"] * 1e3,
+        "groups": [g.to_json() for g in groups],
+        "graph": graph,
+    }
+
+
+def measure_group(text: str, group, target: Target, *, fused: bool = True) -> float | None:
+    """A fused group compiled on its own (as `compile` fuses it; `fused=False`: its ops
+    each their own kernel), checked against the same function lowered naively to loops
+    (NaN where the reference has NaN is a match: inputs are random), median
+    milliseconds; None if it fails the check."""
+    from tilecraft import driver
+    from tilecraft.passes import fusion
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "group.mlir")
+        with open(path, "w") as f:
+            f.write(f"module {{\n{text}}}\n")
+        imported = frontend.import_spec(path)
+        with imported.module.context:
+            nodes = fusion.analyze(imported.module)
+        order = fusion._topo(nodes, set(nodes))
+        pinned = fusion.FusionDecision(order[-1], tuple(reversed(order[:-1])), group.tiles, group.inner)
+        compiled = driver.compile_model(imported, target=target, fusion=[pinned] if fused else [])
+        outs = driver.flatten(compiled.fn(*imported.inputs))
+        refs, _ = driver.reference_outputs(frontend.import_spec(path), imported.inputs, f"module {{\n{text}}}\n")
+        for o, r in zip(outs, driver.flatten(refs)):
+            if not torch.allclose(o.double(), r.double(), rtol=driver.RTOL, atol=driver.ATOL, equal_nan=True):
+                return None
+        return driver.median_seconds(lambda: compiled.fn(*imported.inputs), budget=0.3) * 1e3
 
 
 def format_table(r: dict) -> str:
     measured = any("measured_ms" in row for row in r["kernels"])
-    head = f"{'kind':<17}{'extents':<24}{'uses':>4}  {'chosen schedule':<34}{'pred ms':>9}"
-    head += f"{'meas ms':>9}" if measured else ""
-    head += f"  {'runner-up':<34}{'pred ms':>9}" + (f"{'meas ms':>9}" if measured else "")
-    lines = [f"{r['model']}: {len(r['kernels'])} kernels, schedules by the {r['cost_model']} cost model", head]
+    head = f"{'kernel (ops fused)':<34}{'fusion':<22}{'pred ms':>9}" + (f"{'meas ms':>9}" if measured else "")
+    head += f"  {'best alternative':<30}{'pred ms':>9}  {'chosen schedule':<30}{'pred ms':>9}  {'runner-up':<30}{'pred ms':>9}"
+    lines = [
+        f"{r['model']}: {len(r['kernels'])} kernels ({len(r['groups'])} fused), by the {r['cost_model']} cost model",
+        head,
+    ]
 
     def ms(x):
         return f"{x:>9.4f}" if x is not None else f"{'-':>9}"
 
-    for row in sorted(r["kernels"], key=lambda x: -x["predicted_ms"] * len(x["op_ids"])):
+    for row in sorted(r["kernels"], key=lambda x: -x["predicted_ms"]):
+        kinds = "+".join(k[:5] for k in row["fused_ops"] if k != "fill") or "fill"
         ext = "x".join(map(str, row["extents"]))
-        line = f"{row['kind']:<17}{ext[:23]:<24}{len(row['op_ids']):>4}  {row['decision'][:33]:<34}"
-        line += ms(row["predicted_ms"])
+        name = f"{kinds} {ext}"
+        line = f"{name[:33]:<34}{row['fusion'][:21]:<22}{ms(row['predicted_ms'])}"
         line += ms(row.get("measured_ms")) if measured else ""
-        line += f"  {row['runner_up'][:33]:<34}{ms(row['runner_up_predicted_ms'])}"
-        line += ms(row.get("runner_up_measured_ms")) if measured else ""
+        alt = row["alternatives"][0] if row["alternatives"] else None
+        alt_text = f"{alt['grouping']} ({len(alt['ops'])} ops)" if alt else "-"
+        line += f"  {alt_text[:29]:<30}{ms(alt['predicted_ms'] if alt else None)}"
+        line += f"  {row['decision'][:29]:<30}{ms(row['decision_predicted_ms'])}"
+        line += f"  {row['runner_up'][:29]:<30}{ms(row['runner_up_predicted_ms'])}"
         lines.append(line)
-    lines.append(f"predicted total: {r['predicted_total_ms']:.3f} ms (each structured op is one kernel; no fusion yet)")
+    lines.append(
+        f"predicted total: {r['predicted_total_ms']:.3f} ms fused, {r['predicted_unfused_ms']:.3f} ms unfused"
+    )
     return "\n".join(lines)
 
 
 def draw(r: dict, path: str) -> None:
-    """The dataflow graph, one node per structured op, coloured by kind, labelled with
-    its kernel's predicted latency (µs), laid out by topological generation."""
+    """The partitioned dataflow graph: one node per structured op, coloured by kind; edges
+    inside a fused kernel thick and red; each kernel labelled (at its sink) with its
+    predicted latency (µs); laid out by topological generation."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -101,7 +213,9 @@ def draw(r: dict, path: str) -> None:
     import networkx as nx
 
     graph = r["graph"]
-    predicted = {op: row["predicted_ms"] for row in r["kernels"] for op in row["op_ids"]}
+    predicted = {row["ops"][0]: row["predicted_ms"] for row in r["kernels"]}
+    kernel_of = {op: i for i, row in enumerate(r["kernels"]) for op in row["ops"]}
+    fused = [e for e in graph.edges() if kernel_of.get(e[0], -1) == kernel_of.get(e[1], -2)]
     for layer, nodes in enumerate(nx.topological_generations(graph)):
         for n in nodes:
             graph.nodes[n]["layer"] = layer
@@ -119,12 +233,14 @@ def draw(r: dict, path: str) -> None:
         node_size=120,
         font_size=5,
         arrowsize=6,
+        edge_color="0.6",
         labels={n: f"{predicted[n] * 1e3:.0f}" if n in predicted else "" for n in graph},
     )
+    nx.draw_networkx_edges(graph, pos, edgelist=fused, ax=ax, edge_color="crimson", width=2.5, arrowsize=6)
     for i, kind in enumerate(kinds):
         ax.scatter([], [], color=cmap(i), label=kind)
     ax.legend(fontsize=7, loc="upper right")
-    ax.set_title(f"{r['model']}: structured ops (labels: predicted µs per kernel)")
+    ax.set_title(f"{r['model']}: {len(r['kernels'])} kernels, {len(r['groups'])} fused (red); labels: predicted µs")
     ax.axis("off")
     fig.tight_layout()
     tmp = f"{path}.tmp{os.getpid()}.png"

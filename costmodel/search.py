@@ -125,9 +125,12 @@ def pick(module, model: CostModel, target) -> list[Choice]:
     from tilecraft.passes import tiling
 
     infos = tiling.tag_ops(module)
+    fused = tiling.fused_ids(module, infos)  # register-tile ops of fused groups: scheduled whole
     by_key = {k.key: k for k in kernels.extract(module)}
     ops: dict[str, list[int]] = {}
     for info in infos:
+        if info.op_id in fused:
+            continue
         ops.setdefault(info.key, []).append(info.op_id)
     out = []
     for key, op_ids in ops.items():

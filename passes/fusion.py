@@ -1,36 +1,104 @@
-"""The fusion pass's analysis: the dataflow graph of a model's structured ops.
+"""The fusion pass: which structured ops become one kernel, and the rewrite that fuses them.
 
-Reads a linalg-on-tensors module whose structured ops carry `tc.op_id` tags
-(`tiling.tag_ops`); writes nothing to it. `dataflow_graph` returns a networkx DiGraph with
-one node per structured op (its `OpInfo`) and an edge producer → consumer for every
-tensor one op's result feeds into another op's operand. Fusion partitioning (which groups
-become one kernel) builds on this graph; `tilecraft explain` draws it.
+Reads a linalg-on-tensors module; writes the same module with each fusion group turned
+into one loop nest: the group's sink (its one op whose result leaves the group) is tiled
+over its parallel loops (`transform.structured.tile_using_for`) and every other member
+is fused into those tiles (`fuse_into_containing_op`), so intermediates live in
+cache-sized tiles instead of whole tensors in memory. The tiling pass then schedules
+every op inside the tiles (register tiles, vectorization) exactly as it schedules
+unfused ops.
+
+Decisions are data: a `FusionDecision` (sink, members, tile sizes) per group. Legal
+groups (`candidates`): elementwise chains, contraction + epilogue (bias, activation,
+residual, folded batch-norm), reduction + elementwise (softmax, layer norm); a member's
+result must only feed the group (multi-consumer producers are materialized: they end a
+group), every use inside the group must index the producer by a projected permutation,
+at most one contraction per group, and only sink loops every member spans are tiled (so
+nothing is recomputed across tiles). `partition` picks the groups minimizing the total
+latency the cost model predicts for the fused kernels (an exact set-partitioning
+integer program, HiGHS through `scipy.optimize.milp`).
 """
 
 from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import networkx as nx
 from torch_mlir import ir
 
 from tilecraft.passes import tiling
 
+ANY = tiling.ANY
+CONTRACTIONS = {"matmul", "batch_matmul", "conv2d", "depthwise_conv2d", "pooling"}
+MAX_GROUP = 8  # ops per group (fills not counted)
+MAX_CANDIDATES_PER_SINK = 12
+CONV_TILE = 16384  # output elements per cache tile of a convolution group (L2-resident)
+FUSED = tiling.FUSED
+# (output channel, output row, output column) loops of the windowed contractions
+CONV_LOOPS = {"conv2d": (1, 2, 3), "depthwise_conv2d": (3, 1, 2), "pooling": (1, 2, 3)}
+
+
+@dataclasses.dataclass(frozen=True)
+class FusionDecision:
+    """One kernel made of several structured ops: `sink` is tiled by `tiles` (one size per
+    sink loop, 0 = untiled) and `members` (op ids, nearest producer first) are fused into
+    those tiles. With a contraction in the group, `tiles` is its cache tile and `inner`
+    tiles the sink's tile again into register tiles, into which the elementwise members
+    are fused a second time (the epilogue then runs on vectors in registers); without
+    one, `tiles` is already a register tile and `inner` is empty."""
+
+    sink: int
+    members: tuple[int, ...]
+    tiles: tuple[int, ...]
+    inner: tuple[int, ...] = ()
+
+    @property
+    def ops(self) -> tuple[int, ...]:
+        return (self.sink, *self.members)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @staticmethod
+    def from_json(text: str | dict) -> FusionDecision:
+        d = json.loads(text) if isinstance(text, str) else dict(text)
+        if not {"sink", "members", "tiles"} <= set(d) <= {"sink", "members", "tiles", "inner"}:
+            raise ValueError(f"not a FusionDecision: {text!r}")
+        return FusionDecision(
+            int(d["sink"]),
+            tuple(int(x) for x in d["members"]),
+            tuple(int(x) for x in d["tiles"]),
+            tuple(int(x) for x in d.get("inner", ())),
+        )
+
+
+# ------------------------------------------------------------------ dataflow analysis
+def _op_id(op) -> int | None:
+    op = getattr(op, "operation", op)
+    if isinstance(op, ir.Operation) and tiling.OP_ID in op.attributes:
+        return ir.IntegerAttr(op.attributes[tiling.OP_ID]).value
+    return None
+
 
 def dataflow_graph(module: ir.Module) -> nx.DiGraph:
+    """One node per structured op (`info`: its OpInfo); an edge producer → consumer for
+    every tensor one op's result feeds into another's operand, looking through tensor
+    reshapes and slices. Tags the ops (`tc.op_id`)."""
     infos = {info.op_id: info for info in tiling.tag_ops(module)}
     graph = nx.DiGraph()
     for op_id, info in infos.items():
         graph.add_node(op_id, info=info)
 
-    def op_id_of(op) -> int | None:
-        op = getattr(op, "operation", op)
-        if isinstance(op, ir.Operation) and tiling.OP_ID in op.attributes:
-            return ir.IntegerAttr(op.attributes[tiling.OP_ID]).value
-        return None
-
     def producers(value, depth: int = 0) -> set[int]:
-        """The structured ops a value comes from, looking through reshapes and slices."""
         owner = getattr(value.owner, "operation", value.owner)
-        found = op_id_of(owner)
+        found = _op_id(owner)
         if found is not None:
             return {found}
         if depth > 8 or not isinstance(owner, ir.Operation) or not owner.name.startswith("tensor."):
@@ -38,7 +106,7 @@ def dataflow_graph(module: ir.Module) -> nx.DiGraph:
         return set().union(*(producers(v, depth + 1) for v in owner.operands)) if owner.operands else set()
 
     def visit(op: ir.Operation) -> None:
-        consumer = op_id_of(op)
+        consumer = _op_id(op)
         if consumer is not None:
             for value in op.operands:
                 for producer in producers(value):
@@ -47,3 +115,552 @@ def dataflow_graph(module: ir.Module) -> nx.DiGraph:
 
     tiling.walk_ops(module.operation, visit)
     return graph
+
+
+def _map_dims(attr: ir.Attribute) -> tuple[int | None, ...]:
+    """Per result of an affine map: the loop it is (a bare `dN`), else None."""
+    amap = ir.AffineMapAttr(attr).value
+    out = []
+    for e in amap.results:
+        m = re.fullmatch(r"d(\d+)", str(e).strip())
+        out.append(int(m.group(1)) if m else None)
+    return tuple(out)
+
+
+def _named_maps(info: tiling.OpInfo) -> tuple[tuple[int | None, ...], ...] | None:
+    """Operand → loop maps of the named ops (None entries: not a bare loop)."""
+    k = info.kind
+    if k == "matmul":
+        return ((0, 2), (2, 1), (0, 1))
+    if k == "batch_matmul":
+        return ((0, 1, 3), (0, 3, 2), (0, 1, 2))
+    if k == "conv2d":  # (n, f, oh, ow, c, kh, kw)
+        return ((0, 4, None, None), (1, 4, 5, 6), (0, 1, 2, 3))
+    if k == "depthwise_conv2d":  # (n, oh, ow, c, kh, kw)
+        return ((0, 3, None, None), (3, 4, 5), (0, 3, 1, 2))
+    if k == "pooling":  # (n, c, oh, ow, kh, kw)
+        return ((0, 1, None, None), (4, 5), (0, 1, 2, 3))
+    if info.name == "linalg.fill":
+        return ((), tuple(range(len(info.extents))))
+    return None
+
+
+@dataclasses.dataclass
+class Node:
+    op: ir.Operation
+    info: tiling.OpInfo
+    maps: tuple[tuple[int | None, ...], ...]  # per operand (inputs then inits)
+    producers: dict[int, list[int]]  # operand index → producer op id (direct SSA use)
+    users: list[int | None]  # consumer op ids of the result (None: not a structured op)
+
+    @property
+    def out_map(self) -> tuple[int | None, ...]:
+        return self.maps[-1] if self.maps else ()
+
+
+def analyze(module: ir.Module) -> dict[int, Node]:
+    """Nodes of the direct-use dataflow graph (fusion follows SSA uses, not reshapes)."""
+    nodes: dict[int, Node] = {}
+    infos = {i.op_id: i for i in tiling.tag_ops(module)}
+
+    def visit(op: ir.Operation) -> None:
+        op_id = _op_id(op)
+        if op_id is None:
+            return
+        info = infos[op_id]
+        if "indexing_maps" in op.attributes:
+            maps = tuple(_map_dims(a) for a in ir.ArrayAttr(op.attributes["indexing_maps"]))
+        else:
+            maps = _named_maps(info) or ()
+        producers = {}
+        for i, v in enumerate(op.operands):
+            p = _op_id(v.owner)
+            if p is not None:
+                producers[i] = p
+        users = [_op_id(u.owner) for r in op.results for u in r.uses]
+        nodes[op_id] = Node(op, info, maps, producers, users)
+
+    tiling.walk_ops(module.operation, visit)
+    return nodes
+
+
+def private_fills(module: ir.Module) -> None:
+    """Give every use of a `linalg.fill` its own copy: a contraction's zero-initialized
+    accumulator is then fused (recomputed per tile) with the contraction, never shared."""
+    fills: list[ir.Operation] = []
+    tiling.walk_ops(module.operation, lambda op: fills.append(op) if op.name == "linalg.fill" else None)
+    for fill in fills:
+        for use in list(fill.results[0].uses)[1:]:
+            clone = fill.clone(ir.InsertionPoint(fill))
+            use.owner.operands[use.operand_number] = clone.results[0]
+
+
+# --------------------------------------------------------------------- legal groups
+def _is_fill(node: Node) -> bool:
+    return node.info.name == "linalg.fill"
+
+
+def _to_sink(nodes: Mapping[int, Node], group: set[int], sink: int) -> dict[int, dict[int, int]] | None:
+    """For each member, its loop → sink loop map (through the uses inside the group), or
+    None when two paths disagree or a use is not a projected permutation."""
+    to_sink: dict[int, dict[int, int]] = {sink: {i: i for i in range(len(nodes[sink].info.extents))}}
+    order = [n for n in _topo(nodes, group) if n != sink][::-1]  # consumers before producers
+    for p in order:
+        pnode = nodes[p]
+        mapping: dict[int, int] | None = None
+        for c in group:
+            cnode = nodes[c]
+            for idx, prod in cnode.producers.items():
+                if prod != p or c not in to_sink:
+                    continue
+                use_map = cnode.maps[idx] if idx < len(cnode.maps) else ()
+                if not use_map or any(d is None for d in use_map) or len(pnode.out_map) != len(use_map):
+                    return None
+                m: dict[int, int] = {}
+                for pos, ploop in enumerate(pnode.out_map):
+                    if ploop is None:
+                        return None
+                    cloop = use_map[pos]
+                    if cloop in to_sink[c]:
+                        m[ploop] = to_sink[c][cloop]
+                if mapping is not None and mapping != m:
+                    return None
+                mapping = m
+        if mapping is None:
+            return None
+        to_sink[p] = mapping
+    return to_sink
+
+
+def _topo(nodes: Mapping[int, Node], group: Iterable[int]) -> list[int]:
+    group = set(group)
+    g = nx.DiGraph()
+    g.add_nodes_from(group)
+    for c in group:
+        for p in nodes[c].producers.values():
+            if p in group:
+                g.add_edge(p, c)
+    return list(nx.lexicographical_topological_sort(g))
+
+
+def group_tiles(
+    nodes: Mapping[int, Node], group: set[int], sink: int, target=None
+) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """(tiles, inner) of the sink for a group, or None if the group is not fusable. Only
+    sink loops every member spans are tiled (nothing is recomputed across tiles). With a
+    contraction: its cache tile (matmul) or ~16K output elements (conv, pooling), then
+    register tiles inside; without: register tiles (the vector budget) directly."""
+    to_sink = _to_sink(nodes, group, sink)
+    if to_sink is None:
+        return None
+    s = nodes[sink].info
+    tileable = [it == "parallel" for it in s.iterators]
+    for m in group:
+        if _is_fill(nodes[m]):
+            continue
+        spanned = set(to_sink[m].values())
+        tileable = [t and i in spanned for i, t in enumerate(tileable)]
+    contraction = [m for m in group if nodes[m].info.kind in CONTRACTIONS]
+    if not contraction:
+        tiles = _budget(s.extents, tileable, tiling.VECTOR_BUDGET)
+        return (tiles, ()) if any(tiles) else None
+    c = nodes[contraction[0]].info
+    if c.kind in ("matmul", "batch_matmul"):  # the contraction's own cache tile
+        tiles = [0] * len(s.extents)
+        d = tiling.default_decision(c, target)
+        for cloop, sloop in to_sink[contraction[0]].items():
+            if tileable[sloop] and c.iterators[cloop] == "parallel":
+                t = d.tiles[0][cloop]
+                tiles[sloop] = t if t < s.extents[sloop] else 0
+        if not any(tiles):  # one cache tile holds it all: a one-trip loop to fuse into
+            first = next((i for i, t in enumerate(tileable) if t), None)
+            if first is None:
+                return None
+            tiles[first] = s.extents[first]
+        tiles = tuple(tiles)
+    else:  # conv/pool: up to 32 output channels, whole rows, ~CONV_TILE elements
+        tiles = [0] * len(s.extents)
+        f_loop, oh_loop, ow_loop = CONV_LOOPS[c.kind]
+        at = to_sink[contraction[0]]
+        f_t = tiling.divisor_at_most(c.extents[f_loop], 32, multiple_of=16)
+        oh_t = tiling.divisor_at_most(c.extents[oh_loop], max(1, CONV_TILE // (f_t * c.extents[ow_loop])))
+        for cloop, t in ((f_loop, f_t), (oh_loop, oh_t)):
+            if cloop in at and tileable[at[cloop]] and t < s.extents[at[cloop]]:
+                tiles[at[cloop]] = t
+        if not any(tiles):
+            first = next((i for i, t in enumerate(tileable) if t), None)
+            if first is None:
+                return None
+            tiles[first] = s.extents[first]
+        tiles = tuple(tiles)
+    within = [t or x for t, x in zip(tiles, s.extents)]
+    inner = _budget(within, tileable, tiling.VECTOR_BUDGET)
+    return tiles, inner if any(inner) else ()
+
+
+def _budget(extents: Sequence[int], tileable: Sequence[bool], budget: int) -> tuple[int, ...]:
+    """Tile sizes (0 = whole) holding about `budget` elements: innermost tileable loops
+    whole while they fit, then a dividing slice; loops that cannot be tiled stay whole."""
+    tiles = [0] * len(extents)
+    room = budget
+    for d in reversed(range(len(extents))):
+        if not tileable[d]:
+            room = max(1, room // extents[d])
+            continue
+        t = tiling.divisor_at_most(extents[d], room)
+        tiles[d] = t if t < extents[d] else 0
+        room = max(1, room // t)
+    if not any(tiles):  # fits one tile: a one-trip loop over the outermost tileable loop
+        first = next((i for i, t in enumerate(tileable) if t), None)
+        if first is not None:
+            tiles[first] = extents[first]
+    return tuple(tiles)
+
+
+def candidates(nodes: Mapping[int, Node], target=None) -> list[FusionDecision]:
+    """Every legal multi-op group (bounded per sink), grown upwards from each sink."""
+    out: list[FusionDecision] = []
+    for sink, snode in nodes.items():
+        if _is_fill(snode) or not snode.op.results:
+            continue
+        seen: set[frozenset[int]] = set()
+        frontier = [frozenset({sink})]
+        found = 0
+        while frontier and found < MAX_CANDIDATES_PER_SINK:
+            group = frontier.pop(0)
+            for p in _fusable_producers(nodes, group):
+                bigger = set(group | {p})
+                bigger |= _fills_of(nodes, p)
+                key = frozenset(bigger)
+                if key in seen or sum(1 for m in bigger if not _is_fill(nodes[m])) > MAX_GROUP:
+                    continue
+                seen.add(key)
+                if sum(1 for m in bigger if nodes[m].info.kind in CONTRACTIONS) > 1:
+                    continue
+                if any("i1" in nodes[m].info.dtypes for m in bigger):
+                    continue  # i1 tensors are not vectorized: the chain would not stay in registers
+                tiles = group_tiles(nodes, bigger, sink, target)
+                if tiles is None:
+                    continue
+                members = tuple(m for m in reversed(_topo(nodes, bigger)) if m != sink)
+                out.append(FusionDecision(sink, members, *tiles))
+                found += 1
+                frontier.append(key)
+    return out
+
+
+def _fills_of(nodes: Mapping[int, Node], op_id: int) -> set[int]:
+    return {p for p in nodes[op_id].producers.values() if _is_fill(nodes[p])}
+
+
+def _fusable_producers(nodes: Mapping[int, Node], group: frozenset[int]) -> list[int]:
+    out = []
+    for c in group:
+        for p in nodes[c].producers.values():
+            pn = nodes[p]
+            if p in group or _is_fill(pn) or not pn.op.results:
+                continue
+            if any(u is None or u not in group for u in pn.users):
+                continue  # used outside the group: materialized
+            out.append(p)
+    return sorted(set(out))
+
+
+# ------------------------------------------------------------------------ the rewrite
+def fusion_script(decisions: Sequence[FusionDecision], kinds: Mapping[int, str]) -> str:
+    """Transform script: match every op first (op ids stay valid), then per group tile
+    the sink and fuse the members into its outermost loop, nearest producer first; with
+    `inner`, tile the sink's tile again and fuse the non-contraction members into that.
+    `kinds`: op id → OpInfo.kind."""
+    body: list[str] = []
+    for g in decisions:
+        for op in g.ops:
+            body.append(
+                f"    %m{op} = transform.structured.match attributes{{{tiling.OP_ID} = {op} : i64}} in %root"
+                f" : ({ANY}) -> {ANY}"
+            )
+
+    def tile_and_fuse(tag: str, sink: str, tiles, members: Sequence[tuple[int, str]]) -> tuple[str, dict[int, str]]:
+        loops = sum(1 for t in tiles if t)
+        types = ", ".join([ANY] * (loops + 1))
+        body.append(
+            f"    %{tag}s, %{tag}l:{loops} = transform.structured.tile_using_for {sink} "
+            f"tile_sizes [{', '.join(map(str, tiles))}] : ({ANY}) -> ({types})"
+        )
+        loop, fused = f"%{tag}l#0", {}
+        for m, handle in members:
+            body.append(
+                f"    %{tag}f{m}, %{tag}c{m} = transform.structured.fuse_into_containing_op {handle} into {loop}"
+                f" : ({ANY}, {ANY}) -> ({ANY}, {ANY})"
+            )
+            loop, fused[m] = f"%{tag}c{m}", f"%{tag}f{m}"
+        return f"%{tag}s", fused
+
+    for g in decisions:
+        sink, fused = tile_and_fuse(f"a{g.sink}", f"%m{g.sink}", g.tiles, [(m, f"%m{m}") for m in g.members])
+        if g.inner:
+            light = [(m, fused[m]) for m in g.members if kinds[m] not in CONTRACTIONS and kinds[m] != "fill"]
+            tile_and_fuse(f"b{g.sink}", sink, g.inner, light)
+    body.append(
+        f"""    %fn = transform.structured.match ops{{["func.func"]}} in %root : ({ANY}) -> {ANY}
+    transform.apply_patterns to %fn {{
+      transform.apply_patterns.canonicalization
+      transform.apply_patterns.linalg.tiling_canonicalization
+    }} : {ANY}
+    transform.apply_cse to %fn : {ANY}"""
+    )
+    return tiling.named_sequence("\n".join(body), consumed=False)
+
+
+def apply(module: ir.Module, decisions: Sequence[FusionDecision]) -> ir.Module:
+    """Fuse every group (`decisions` name op ids as tagged by `analyze`). Ops that end up
+    in register tiles (every member but a contraction and its fill) are marked `tc.fused`:
+    the tiling pass schedules each as one whole vectorized tile, so the chain stays in
+    vector registers."""
+    from tilecraft.backends.cpu import lowering
+
+    decisions = [d for d in decisions if d.members and any(d.tiles)]
+    if not decisions:
+        return module
+    nodes = analyze(module)
+    kinds = {op: ("fill" if _is_fill(n) else n.info.kind) for op, n in nodes.items()}
+    for g in decisions:
+        for op in g.ops:
+            if kinds[op] not in CONTRACTIONS and kinds[op] != "fill":
+                nodes[op].op.attributes[FUSED] = ir.UnitAttr.get(module.context)
+    lowering.apply_transform(module, fusion_script(decisions, kinds), stage="fused")
+    return module
+
+
+# ------------------------------------------------------------------ group extraction
+def _print(op: ir.Operation, state: ir.AsmState) -> str:
+    buf = io.StringIO()
+    op.print(state, file=buf)
+    return buf.getvalue()
+
+
+def outline_group(nodes: Mapping[int, Node], group: Sequence[int], state: ir.AsmState) -> str:
+    """The group's ops as one `func.func @kernel` (external values → arguments, captured
+    constants copied in, the sink's result returned). SSA names are canonical, so equal
+    groups print equally."""
+    order = _topo(nodes, group)
+    inside = {r for m in order for r in nodes[m].op.results}
+    args: list[ir.Value] = []
+    consts: list[str] = []
+    texts = []
+    from tilecraft.corpus.kernels import _captured
+
+    for m in order:
+        op = nodes[m].op
+        tag = op.attributes[tiling.OP_ID]
+        del op.attributes[tiling.OP_ID]
+        try:
+            texts.append(_print(op, state))
+        finally:
+            op.attributes[tiling.OP_ID] = tag
+        for v in [*op.operands, *_captured(op)]:
+            owner = getattr(v.owner, "operation", v.owner)
+            if v in inside:
+                continue
+            if isinstance(owner, ir.Operation) and owner.name == "arith.constant":
+                consts.append(_print(owner, state).strip())
+            elif v not in args:
+                args.append(v)
+    body = "\n".join([*dict.fromkeys(consts), *texts])
+    names: dict[str, str] = {v.get_name(state): f"%arg{i}" for i, v in enumerate(args)}
+    result = nodes[order[-1]].op.results[0]
+    rtype = str(result.type)
+    body += f"\nfunc.return {result.get_name(state)} : {rtype}"
+
+    def rename(mt: re.Match) -> str:  # every SSA value, block arguments included, first seen first
+        return names.setdefault(mt.group(0), f"%v{len(names)}")
+
+    body = re.sub(r"%[\w.$-]+(?:#\d+)?", rename, body)
+    text = f"func.func @kernel({', '.join(f'%arg{i}: {v.type}' for i, v in enumerate(args))}) -> {rtype} {{\n{body}\n}}\n"
+    return text
+
+
+# ---------------------------------------------------------------- predicted latency
+Predictor = Callable[[ir.Module], Sequence[tuple[tuple[int, ...], float]]]
+
+
+def loop_trips(module: ir.Module) -> dict[int, int]:
+    """Per tagged op: how many times it runs (product of enclosing constant-bound loops)."""
+    trips: dict[int, int] = {}
+
+    def const(v: ir.Value) -> int | None:
+        owner = getattr(v.owner, "operation", v.owner)
+        if isinstance(owner, ir.Operation) and owner.name == "arith.constant":
+            return ir.IntegerAttr(owner.attributes["value"]).value
+        return None
+
+    def walk(op: ir.Operation, mult: int) -> None:
+        for region in op.regions:
+            for block in region.blocks:
+                for child in block.operations:
+                    child = child.operation
+                    op_id = _op_id(child)
+                    if op_id is not None:
+                        trips[op_id] = mult
+                        continue
+                    inner = mult
+                    if child.name == "scf.for":
+                        lb, ub, step = (const(v) for v in list(child.operands)[:3])
+                        if None not in (lb, ub, step) and step:
+                            inner = mult * max(1, -(-(ub - lb) // step))
+                    walk(child, inner)
+
+    walk(module.operation, 1)
+    return trips
+
+
+def group_class(kinds: Iterable[str]) -> str:
+    """What a group's cost is made of: a matmul, a windowed contraction, or register tiles only."""
+    kinds = set(kinds)
+    if kinds & {"matmul", "batch_matmul"}:
+        return "matmul"
+    return "conv" if kinds & CONTRACTIONS else "light"
+
+
+def load_calibration(path: str | None = None) -> dict[str, float]:
+    """Per group class, the factor that turns the composed prediction into measured fused
+    latency (fitted by `bench/fusion.py --calibrate` on measured zoo groups; 1.0 if absent)."""
+    from tilecraft.costmodel.model import SHIPPED_DIR
+
+    path = path or os.path.join(SHIPPED_DIR, "fusion-calibration.json")
+    factors = {"matmul": 1.0, "conv": 1.0, "light": 1.0}
+    if os.path.exists(path):
+        with open(path) as f:
+            doc = json.load(f)
+        factors.update({k: float(v) for k, v in doc.get("factors", {}).items() if k in factors})
+    return factors
+
+
+class GroupCoster:
+    """Predicted latency of a fused group, from the group outlined as its own function and
+    fused exactly as `apply` fuses it: every op still scheduled by the tiling pass (a
+    contraction's tile, say) costs what the cost model predicts for its best-ranked
+    decision, times the tiles it runs in; the ops fused into register tiles cost their
+    roofline: the bytes they read from outside the group (the contraction's tile from
+    cache) and write, or their arithmetic at one vector op per cycle, whichever is more.
+    The sum is scaled by the group class's calibration factor (`load_calibration`: fused
+    kernels measured against this composed prediction). Memoized by text and tiles."""
+
+    def __init__(self, model, target, context: ir.Context, calibration: Mapping[str, float] | None = None):
+        self.model, self.target, self.context = model, target, context
+        self.calibration = load_calibration() if calibration is None else dict(calibration)
+        self.cache: dict[str, float] = {}
+        self.evaluated = 0
+
+    def __call__(self, text: str, decision: FusionDecision) -> float:
+        from tilecraft.costmodel import search
+
+        key = hashlib.sha256(f"{text}|{decision.tiles}|{decision.inner}".encode()).hexdigest()
+        if key in self.cache:
+            return self.cache[key]
+        self.evaluated += 1
+        module = ir.Module.parse(text, context=self.context)
+        nodes = analyze(module)
+        order = _topo(nodes, set(nodes))
+        sink = order[-1]
+        light = self._register_tile_seconds(nodes, sink)
+        members = tuple(m for m in reversed(order) if m != sink)
+        factor = self.calibration.get(group_class(n.info.kind for n in nodes.values()), 1.0)
+        apply(module, [FusionDecision(sink, members, decision.tiles, decision.inner)])
+        trips = loop_trips(module)
+        total = light
+        for choice in search.pick(module, self.model, self.target):
+            total += sum(choice.predicted_s * trips.get(op, 1) for op in choice.op_ids)
+        total *= factor
+        self.cache[key] = total
+        return total
+
+    def _register_tile_seconds(self, nodes: Mapping[int, Node], sink: int) -> float:
+        from tilecraft.corpus.kernels import ELEMENT_BYTES
+
+        t = self.target
+        heavy = {op for op, n in nodes.items() if n.info.kind in CONTRACTIONS or _is_fill(n)}
+        memory_bytes = cache_bytes = 0
+        vector_ops = 0.0
+        for op, n in nodes.items():
+            if op in heavy:
+                continue
+            inputs = len(n.op.operands) - len(n.op.results)
+            for i, v in enumerate(list(n.op.operands)[:inputs]):
+                producer = n.producers.get(i)
+                if producer is not None and producer not in heavy:
+                    continue  # in registers
+                nbytes = math.prod(n.info.shapes[i] or (1,)) * ELEMENT_BYTES.get(n.info.dtypes[i], 4)
+                if producer is not None:
+                    cache_bytes += nbytes
+                else:
+                    memory_bytes += nbytes
+            body = len(list(n.op.regions[0].blocks[0].operations)) if n.op.regions else 1
+            vector_ops += math.prod(n.info.extents) / t.f32_lanes * max(1, body - 1)
+        out = nodes[sink].info
+        memory_bytes += math.prod(out.shapes[-1] or (1,)) * ELEMENT_BYTES.get(out.dtypes[-1], 4)
+        memory_s = memory_bytes / (t.bandwidth_gbs(memory_bytes) * 1e9) + cache_bytes / (t.cache_bandwidth_gbs * 1e9)
+        return max(memory_s, vector_ops / (t.clock_ghz * 1e9))
+
+
+def partition(
+    module: ir.Module,
+    model,
+    target,
+    *,
+    singles: Mapping[int, float] | None = None,
+    calibration: Mapping[str, float] | None = None,
+) -> tuple[list[FusionDecision], dict]:
+    """Choose the fusion groups minimizing total predicted latency. Returns the chosen
+    multi-op groups and a report: every candidate with its predicted latency, the
+    unfused (all-singletons) prediction and the chosen partition's."""
+    import numpy as np
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    from tilecraft.costmodel import search
+
+    private_fills(module)
+    nodes = analyze(module)
+    if singles is None:
+        singles = {}
+        for c in search.pick(module, model, target):
+            for op in c.op_ids:
+                singles[op] = c.predicted_s
+    cands = candidates(nodes, target)
+    state = ir.AsmState(module.operation)
+    coster = GroupCoster(model, target, module.context, calibration)
+    costs = []
+    kept = []
+    for g in cands:
+        try:
+            text = outline_group(nodes, g.ops, state)
+            costs.append(coster(text, g))
+            kept.append(g)
+        except Exception:  # a group the rewrite or the features cannot handle: not a candidate
+            continue
+    ops = sorted(nodes)
+    index = {op: i for i, op in enumerate(ops)}
+    columns = [((op,), singles.get(op, 0.0)) for op in ops] + [(g.ops, c) for g, c in zip(kept, costs)]
+    a = np.zeros((len(ops), len(columns)))
+    for j, (members, _) in enumerate(columns):
+        for op in members:
+            a[index[op], j] = 1
+    cost = np.array([c for _, c in columns])
+    res = milp(
+        cost,
+        constraints=LinearConstraint(a, 1, 1),
+        integrality=np.ones(len(columns)),
+        bounds=Bounds(0, 1),
+    )
+    if not res.success:
+        raise RuntimeError(f"fusion partitioning failed: {res.message}")
+    chosen = [j for j, x in enumerate(res.x) if x > 0.5]
+    groups = [kept[j - len(ops)] for j in chosen if j >= len(ops)]
+    report = {
+        "unfused_s": float(sum(singles.get(op, 0.0) for op in ops)),
+        "fused_s": float(res.fun),
+        "candidates": [(g, c) for g, c in zip(kept, costs)],
+        "singles": dict(singles),
+        "evaluated": coster.evaluated,
+    }
+    return groups, report

@@ -144,6 +144,28 @@ def tag_ops(module: ir.Module) -> list[OpInfo]:
     return infos
 
 
+FUSED = "tc.fused"  # set by the fusion pass on ops it fused at register level
+
+
+def fused_ids(module: ir.Module, infos: Sequence[OpInfo]) -> set[int]:
+    """Op ids (as tagged) of ops the fusion pass fused into register tiles (at most
+    4 × VECTOR_BUDGET elements: a larger one, whose loops could not be tiled, is
+    scheduled like any other op)."""
+    out: set[int] = set()
+
+    def visit(op: ir.Operation) -> None:
+        if FUSED in op.attributes and OP_ID in op.attributes:
+            out.add(ir.IntegerAttr(op.attributes[OP_ID]).value)
+
+    walk_ops(module.operation, visit)
+    return {i.op_id for i in infos if i.op_id in out and math.prod(i.extents) <= 4 * VECTOR_BUDGET}
+
+
+def register_tile_decision(info: OpInfo) -> TileDecision:
+    """An op already the size of a register tile (fused): vectorized whole."""
+    return TileDecision(tiles=(info.extents,), vectorize="i1" not in info.dtypes)
+
+
 def walk_ops(op: ir.Operation, fn) -> None:
     """Call `fn` on every op nested in `op`, not descending into linalg ops' bodies."""
     for region in op.regions:

@@ -223,27 +223,3 @@ def test_tune_measures_records_and_pins(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["run", str(mlir), "--decisions", dec]) == 0
     assert "pinned" in capsys.readouterr().out or True
-
-
-def test_dataflow_graph_follows_tensors():
-    from tilecraft.passes import fusion
-
-    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8)).eval()
-    imported = frontend.import_module(model, (torch.randn(4, 16),), spec="<test>")
-    with imported.module.context:
-        g = fusion.dataflow_graph(imported.module)
-    import networkx as nx
-
-    assert nx.is_directed_acyclic_graph(g) and g.number_of_edges() >= g.number_of_nodes() - 2
-    kinds = [g.nodes[n]["info"].kind for n in nx.topological_sort(g)]
-    assert kinds.count("matmul") == 2
-
-
-def test_explain_command(tmp_path, capsys):
-    out_json, out_png = tmp_path / "e.json", tmp_path / "e.png"
-    assert cli.main(["explain", "mlp", "--json", str(out_json), "--png", str(out_png)]) == 0
-    text = capsys.readouterr().out
-    assert "chosen schedule" in text and "runner-up" in text
-    doc = json.loads(out_json.read_text())
-    assert doc["kernels"] and all(k["predicted_ms"] > 0 for k in doc["kernels"]) and doc["edges"]
-    assert out_png.stat().st_size > 1000

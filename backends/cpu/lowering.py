@@ -104,7 +104,10 @@ def to_tiled(
     math_approx.expand_erf(module)
     run_pipeline(module, "builtin.module(func.func(math-expand-ops))", stage="tiled")
     infos = tiling.tag_ops(module)
-    script = tiling.tiling_script(infos, tiling.decisions(infos, decisions, target), vectorize=vectorize)
+    chosen = tiling.decisions(infos, decisions, target)
+    fused = tiling.fused_ids(module, infos)
+    chosen.update({i.op_id: tiling.register_tile_decision(i) for i in infos if i.op_id in fused})
+    script = tiling.tiling_script(infos, chosen, vectorize=vectorize)
     return apply_transform(module, script, stage="tiled")
 
 

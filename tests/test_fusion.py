@@ -1,0 +1,146 @@
+"""The fusion pass: legal groups, the rewrite (checked against eager), the partition, explain."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from tilecraft import cli, driver, frontend
+from tilecraft.passes import fusion
+
+
+class ConvBNReLU(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(8, 16, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(16)
+
+    def forward(self, x):
+        return F.relu6(self.bn(self.conv(x)))
+
+
+class Norms(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.ln = nn.LayerNorm(64)
+
+    def forward(self, x):
+        return torch.softmax(self.ln(x) * 2.0, dim=-1) + x
+
+
+def _imported(model, *inputs):
+    torch.manual_seed(0)
+    model = model.eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 1.5)
+    return frontend.import_module(model, inputs, spec="<test>")
+
+
+MLP = lambda: nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 32), nn.GELU())  # noqa: E731
+
+
+def test_fusion_decision_json_round_trip():
+    d = fusion.FusionDecision(7, (6, 5, 1), (32, 0), (8, 0))
+    assert fusion.FusionDecision.from_json(d.to_json()) == d
+    with pytest.raises(ValueError):
+        fusion.FusionDecision.from_json('{"sink": 1}')
+
+
+def test_candidates_are_legal_groups():
+    imported = _imported(MLP(), torch.randn(16, 64))
+    with imported.module.context:
+        fusion.private_fills(imported.module)
+        nodes = fusion.analyze(imported.module)
+        cands = fusion.candidates(nodes)
+    assert cands
+    kinds = [{nodes[o].info.kind for o in g.ops} for g in cands]
+    assert any("matmul" in k and "elementwise" in k for k in kinds)  # contraction + epilogue
+    for g in cands:
+        inside = set(g.ops)
+        for m in g.members:  # a member's result feeds only the group
+            assert all(u in inside for u in nodes[m].users)
+        assert sum(nodes[o].info.kind in fusion.CONTRACTIONS for o in g.ops) <= 1
+        assert any(g.tiles)
+
+
+@pytest.mark.parametrize(
+    "make,shape",
+    [(MLP, (16, 64)), (ConvBNReLU, (1, 8, 16, 16)), (Norms, (32, 64))],
+    ids=["linear-epilogue", "conv-bn-relu6", "layernorm-softmax"],
+)
+def test_every_candidate_group_fused_matches_eager(make, shape):
+    torch.manual_seed(0)
+    x = torch.randn(*shape)
+    model = make()
+    base = _imported(model, x)
+    with base.module.context:
+        fusion.private_fills(base.module)
+        cands = fusion.candidates(fusion.analyze(base.module))
+    assert cands
+    # the maximal groups (one per sink) and all of them pinned one at a time
+    by_sink = {}
+    for g in cands:
+        if len(g.ops) > len(by_sink.get(g.sink, fusion.FusionDecision(0, (), ())).ops):
+            by_sink[g.sink] = g
+    for groups in [list(by_sink.values())[:1], *([g] for g in cands[:4])]:
+        imported = _imported(model, x)
+        compiled = driver.compile_model(imported, fusion=groups)
+        with torch.no_grad():
+            assert driver.compare(compiled.fn(x), model(x)).ok, groups
+
+
+def test_partition_is_a_set_partition_and_compiles():
+    from tilecraft.costmodel import model as cm
+    from tilecraft.target import Target
+
+    target = Target.parse("cpu")
+    torch.manual_seed(0)
+    model, x = ConvBNReLU(), torch.randn(1, 8, 16, 16)
+    imported = _imported(model, x)
+    with imported.module.context:
+        groups, report = fusion.partition(imported.module, cm.create("lightgbm", target), target)
+    ops = [op for g in groups for op in g.ops]
+    assert len(ops) == len(set(ops))
+    assert groups and report["fused_s"] <= report["unfused_s"] + 1e-12
+    compiled = driver.compile_model(_imported(model, x))  # default: partition by the shipped model
+    assert compiled.fusion and driver.compare(compiled.fn(x), model(x)).ok
+
+
+def test_fused_epilogue_is_vectorized_inside_the_conv_tiles():
+    torch.manual_seed(0)
+    model, x = ConvBNReLU(), torch.randn(1, 8, 16, 16)
+    compiled = driver.compile_model(_imported(model, x), emit="tiled")
+    assert compiled.fusion and len(compiled.fusion[0].ops) >= 5  # conv + fill + the batch-norm + relu6 chain
+    text = compiled.text
+    assert "scf.for" in text and "vector.transfer_read" in text
+    assert text.count("linalg.generic") == 0  # every fused elementwise op became vector code
+
+
+def test_dataflow_graph_follows_tensors():
+    import networkx as nx
+
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8)).eval()
+    imported = frontend.import_module(model, (torch.randn(4, 16),), spec="<test>")
+    with imported.module.context:
+        g = fusion.dataflow_graph(imported.module)
+    assert nx.is_directed_acyclic_graph(g) and g.number_of_edges() >= g.number_of_nodes() - 2
+    kinds = [g.nodes[n]["info"].kind for n in nx.topological_sort(g)]
+    assert kinds.count("matmul") == 2
+
+
+def test_explain_command(tmp_path, capsys):
+    out_json, out_png = tmp_path / "e.json", tmp_path / "e.png"
+    assert cli.main(["explain", "mlp", "--json", str(out_json), "--png", str(out_png)]) == 0
+    text = capsys.readouterr().out
+    assert "chosen schedule" in text and "runner-up" in text and "best alternative" in text
+    doc = json.loads(out_json.read_text())
+    assert doc["kernels"] and doc["edges"] and "predicted_unfused_ms" in doc
+    fused = [k for k in doc["kernels"] if len(k["ops"]) > 1]
+    assert fused and all(k["alternatives"] and k["fusion"] != "-" for k in fused)
+    assert out_png.stat().st_size > 1000
