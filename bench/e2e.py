@@ -1,16 +1,19 @@
-"""End-to-end benchmark: every zoo model (and a 512³ matmul), torch eager vs Tilecraft.
+"""End-to-end benchmark: every zoo model (and a 512³ matmul): torch eager, torch.compile
+(Inductor, CPU, with freezing) and Tilecraft fused and unfused, in one run.
 
 Same process, same inputs; eager at 1 and 2 threads, Tilecraft's code is single-threaded
-(its 2-thread column is the same code). Median of ≥ 30 runs after warm-up. Every compiled
-result is checked against eager before it is timed. Prints a table, saves JSON.
+(its 2-thread column is the same code); Inductor at 1 thread. Median of ≥ 30 runs after
+warm-up. Every compiled result (Tilecraft fused and unfused, Inductor) is checked against
+eager before it is timed. Prints a table with geomeans, saves JSON.
 
-    python bench/e2e.py [--models mlp,resnet18] [--runs 30] [--json bench/results/e2e.json]
+    python bench/e2e.py [--models mlp,resnet18] [--runs 30] [--no-inductor] [--json bench/results/e2e.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -40,19 +43,54 @@ def median_ms(fn, runs: int) -> float:
     return statistics.median(samples) * 1e3
 
 
-def bench_one(name: str, model, inputs, runs: int, *, atol: float = driver.ATOL) -> dict:
-    imported = frontend.import_module(model, inputs, spec=name)
-    compiled = driver.compile_model(imported)
+def bench_one(name: str, model, inputs, runs: int, *, atol: float = driver.ATOL, inductor: bool = True) -> dict:
+    row = {"model": name}
     with torch.no_grad():
         ref = model(*inputs)
-    cmp = driver.compare(compiled.fn(*inputs), ref, atol=atol)
-    row = {"model": name, "compile_s": compiled.compile_seconds, "max_abs": cmp.max_abs, "ok": cmp.ok}
+    ok = True
+    for label, fuse in (("tilecraft", True), ("unfused", False)):
+        compiled = driver.compile_model(frontend.import_module(model, inputs, spec=name), fuse=fuse)
+        cmp = driver.compare(compiled.fn(*inputs), ref, atol=atol)
+        ok = ok and cmp.ok
+        row[f"{label}_compile_s"] = compiled.compile_seconds
+        row[f"{label}_max_abs"] = cmp.max_abs
+        torch.set_num_threads(1)
+        row[f"{label}_ms_1t"] = median_ms(lambda: compiled.fn(*inputs), runs) if cmp.ok else None
+        if fuse:
+            row["fused_groups"] = len(compiled.fusion)
+            torch.set_num_threads(2)
+            row["tilecraft_ms_2t"] = median_ms(lambda: compiled.fn(*inputs), runs) if cmp.ok else None
+    row["ok"], row["compile_s"] = ok, row["tilecraft_compile_s"]
     for threads in (1, 2):
         torch.set_num_threads(threads)
         with torch.no_grad():
             row[f"eager_ms_{threads}t"] = median_ms(lambda: model(*inputs), runs)
-        row[f"tilecraft_ms_{threads}t"] = median_ms(lambda: compiled.fn(*inputs), runs) if cmp.ok else None
+    row["inductor_ms_1t"] = inductor_ms(model, inputs, ref, runs, atol) if inductor else None
     return row
+
+
+def inductor_ms(model, inputs, ref, runs: int, atol: float) -> float | None:
+    """torch.compile (Inductor, CPU, freezing on), 1 thread; None if it fails or is wrong."""
+    import torch._inductor.config as cfg
+
+    torch.set_num_threads(1)
+    cfg.freezing = True
+    torch._dynamo.reset()
+    try:
+        compiled = torch.compile(model)
+        with torch.no_grad():
+            out = compiled(*inputs)
+            if not driver.compare(out, ref, atol=max(atol, 1e-4)).ok:
+                return None
+            return median_ms(lambda: compiled(*inputs), runs)
+    except Exception as exc:  # an Inductor failure is reported, not fatal
+        print(f"inductor failed on {type(model).__name__}: {type(exc).__name__}: {str(exc)[:200]}", file=sys.stderr)
+        return None
+
+
+def geomean(xs) -> float:
+    xs = [x for x in xs if x]
+    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else float("nan")
 
 
 def main(argv=None) -> int:
@@ -61,6 +99,7 @@ def main(argv=None) -> int:
     p.add_argument("--models", default=",".join(["matmul512", *zoo.ZOO]))
     p.add_argument("--runs", type=int, default=30)
     p.add_argument("--json", default="bench/results/e2e.json")
+    p.add_argument("--no-inductor", action="store_true", help="skip torch.compile")
     args = p.parse_args(argv)
     rows = []
     for name in args.models.split(","):
@@ -71,22 +110,37 @@ def main(argv=None) -> int:
             model, inputs = zoo.get(name)
         # A 512-term f32 dot product: elements near zero differ by ~1e-5 between any two
         # summation orders, so the matmul is checked with atol 1e-4 (rtol stays 1e-4).
-        row = bench_one(name, model, inputs, args.runs, atol=1e-4 if name == "matmul512" else driver.ATOL)
-        rows.append(row)
+        atol = 1e-4 if name == "matmul512" else driver.ATOL
+        rows.append(bench_one(name, model, inputs, args.runs, atol=atol, inductor=not args.no_inductor))
         print(f"... {name} done", file=sys.stderr)
+
+    def ratio(a, b):
+        return a / b if a and b else None
+
+    def f(x, spec=">10.3f"):
+        return format(x, spec) if x is not None else f"{'-':>10}"
+
     print(
-        f"{'model':<18}{'ok':>4}{'compile s':>11}{'eager 1t':>10}{'tc 1t':>10}{'ratio 1t':>10}"
-        f"{'eager 2t':>10}{'ratio 2t':>10}"
+        f"{'model':<18}{'ok':>4}{'groups':>7}{'eager 1t':>10}{'unfused':>10}{'fused':>10}{'inductor':>10}"
+        f"{'fused/unf':>10}{'vs eager':>10}{'ind/eager':>10}{'eager 2t':>10}{'vs e 2t':>10}"
     )
     for r in rows:
-        tc = r["tilecraft_ms_1t"]
-        ratio1 = r["eager_ms_1t"] / tc if tc else float("nan")
-        ratio2 = r["eager_ms_2t"] / r["tilecraft_ms_2t"] if r["tilecraft_ms_2t"] else float("nan")
+        r["fusion_speedup"] = ratio(r["unfused_ms_1t"], r["tilecraft_ms_1t"])
+        r["ratio_1t"] = ratio(r["eager_ms_1t"], r["tilecraft_ms_1t"])
+        r["inductor_ratio_1t"] = ratio(r["eager_ms_1t"], r["inductor_ms_1t"])
+        r["ratio_2t"] = ratio(r["eager_ms_2t"], r["tilecraft_ms_2t"])
         print(
-            f"{r['model']:<18}{'yes' if r['ok'] else 'NO':>4}{r['compile_s']:>11.1f}{r['eager_ms_1t']:>10.3f}"
-            f"{(tc or float('nan')):>10.3f}{ratio1:>10.2f}{r['eager_ms_2t']:>10.3f}{ratio2:>10.2f}"
+            f"{r['model']:<18}{'yes' if r['ok'] else 'NO':>4}{r['fused_groups']:>7}{f(r['eager_ms_1t'])}"
+            f"{f(r['unfused_ms_1t'])}{f(r['tilecraft_ms_1t'])}{f(r['inductor_ms_1t'])}{f(r['fusion_speedup'], '>10.2f')}"
+            f"{f(r['ratio_1t'], '>10.2f')}{f(r['inductor_ratio_1t'], '>10.2f')}{f(r['eager_ms_2t'])}{f(r['ratio_2t'], '>10.2f')}"
         )
-    print("ratio = eager median / Tilecraft median (> 1 means Tilecraft is faster)")
+    zoo_rows = [r for r in rows if r["model"] != "matmul512"]
+    print(
+        f"{'geomean (zoo)':<29}{'':>40}{geomean(r['fusion_speedup'] for r in zoo_rows):>10.2f}"
+        f"{geomean(r['ratio_1t'] for r in zoo_rows):>10.2f}{geomean(r['inductor_ratio_1t'] for r in zoo_rows):>10.2f}"
+        f"{'':>10}{geomean(r['ratio_2t'] for r in zoo_rows):>10.2f}"
+    )
+    print("fused/unf = Tilecraft unfused / fused; vs eager, ind/eager = eager / that (> 1: faster than eager)")
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     meta = {
         "torch": torch.__version__,

@@ -11,7 +11,7 @@ one. Prints a table and the share of cases within 5% of the best; saves JSON.
 
 `--calibrate` instead fits the fused-kernel calibration the partitioner uses
 (`costmodel/data/fusion-calibration.json`): candidate groups of the zoo models, each
-compiled and timed fused and unfused; per group class (matmul, conv, light) the median of
+compiled and timed fused and unfused; per group class (matmul, conv, reduction, light) the median of
 (measured fused / measured unfused) / (composed prediction / predicted unfused).
 
     python bench/fusion.py --calibrate [--models mlp,resnet18,...] [--per-class 6]
@@ -212,7 +212,7 @@ def calibrate(models: list[str], per_class: int, out: str) -> int:
     torch.set_num_threads(1)
     target = Target.parse("cpu")
     model_cm = cm.create("lightgbm", target)
-    raw = {"matmul": 1.0, "conv": 1.0, "light": 1.0}
+    raw = {"matmul": 1.0, "conv": 1.0, "reduction": 1.0, "light": 1.0}
     samples: dict[str, list[dict]] = {k: [] for k in raw}
     for name in models:
         imported = frontend.import_spec(name)

@@ -262,7 +262,10 @@ def group_tiles(
         tileable = [t and i in spanned for i, t in enumerate(tileable)]
     contraction = [m for m in group if nodes[m].info.kind in CONTRACTIONS]
     if not contraction:
-        tiles = _budget(s.extents, tileable, tiling.VECTOR_BUDGET)
+        ones = _broadcast_loops(nodes, group, to_sink)
+        if ones is None or any(not tileable[d] for d in ones):
+            return None
+        tiles = _budget(s.extents, tileable, tiling.VECTOR_BUDGET, ones)
         return (tiles, ()) if any(tiles) else None
     c = nodes[contraction[0]].info
     if c.kind in ("matmul", "batch_matmul"):  # the contraction's own cache tile
@@ -294,16 +297,47 @@ def group_tiles(
             tiles[first] = s.extents[first]
         tiles = tuple(tiles)
     within = [t or x for t, x in zip(tiles, s.extents)]
-    inner = _budget(within, tileable, tiling.VECTOR_BUDGET)
+    ones = _broadcast_loops(nodes, group, to_sink)
+    if ones is None or any(not tileable[d] for d in ones):
+        return None
+    inner = _budget(within, tileable, tiling.VECTOR_BUDGET, ones)
     return tiles, inner if any(inner) else ()
 
 
-def _budget(extents: Sequence[int], tileable: Sequence[bool], budget: int) -> tuple[int, ...]:
+def _broadcast_loops(nodes, group, to_sink) -> set[int] | None:
+    """Sink loops a register tile must not span: loops along which some register-tiled
+    member reads an input that is not contiguous along its innermost loop (a per-channel
+    scale, a row's maximum). With those at 1 the input is one value per tile (a cheap
+    broadcast) instead of a shuffle. None when such a loop is not the sink's to tile."""
+    out: set[int] = set()
+    for m in group:
+        n = nodes[m]
+        if n.info.kind in CONTRACTIONS or _is_fill(n):
+            continue
+        loops = len(n.info.extents)
+        for amap in n.maps[: len(n.op.operands) - len(n.op.results)]:
+            if not amap or amap[-1] == loops - 1:
+                continue
+            for d in amap:
+                if d is not None and n.info.extents[d] > 1:
+                    if d not in to_sink[m]:
+                        return None
+                    out.add(to_sink[m][d])
+    return out
+
+
+def _budget(
+    extents: Sequence[int], tileable: Sequence[bool], budget: int, ones: set[int] = frozenset()
+) -> tuple[int, ...]:
     """Tile sizes (0 = whole) holding about `budget` elements: innermost tileable loops
-    whole while they fit, then a dividing slice; loops that cannot be tiled stay whole."""
+    whole while they fit, then a dividing slice; loops that cannot be tiled stay whole;
+    loops in `ones` get tile 1."""
     tiles = [0] * len(extents)
     room = budget
     for d in reversed(range(len(extents))):
+        if d in ones and tileable[d]:
+            tiles[d] = 1 if extents[d] > 1 else 0
+            continue
         if not tileable[d]:
             room = max(1, room // extents[d])
             continue
@@ -515,11 +549,14 @@ def loop_trips(module: ir.Module) -> dict[int, int]:
 
 
 def group_class(kinds: Iterable[str]) -> str:
-    """What a group's cost is made of: a matmul, a windowed contraction, or register tiles only."""
+    """What a group's cost is made of: a matmul, a windowed contraction, or register tiles
+    only (with a reduction or not)."""
     kinds = set(kinds)
     if kinds & {"matmul", "batch_matmul"}:
         return "matmul"
-    return "conv" if kinds & CONTRACTIONS else "light"
+    if kinds & CONTRACTIONS:
+        return "conv"
+    return "reduction" if "reduction" in kinds else "light"
 
 
 def load_calibration(path: str | None = None) -> dict[str, float]:
@@ -528,7 +565,7 @@ def load_calibration(path: str | None = None) -> dict[str, float]:
     from tilecraft.costmodel.model import SHIPPED_DIR
 
     path = path or os.path.join(SHIPPED_DIR, "fusion-calibration.json")
-    factors = {"matmul": 1.0, "conv": 1.0, "light": 1.0}
+    factors = {"matmul": 1.0, "conv": 1.0, "reduction": 1.0, "light": 1.0}
     if os.path.exists(path):
         with open(path) as f:
             doc = json.load(f)
