@@ -39,7 +39,7 @@ ANY = tiling.ANY
 CONTRACTIONS = {"matmul", "batch_matmul", "conv2d", "depthwise_conv2d", "pooling"}
 MAX_GROUP = 8  # ops per group (fills not counted)
 MAX_CANDIDATES_PER_SINK = 12
-CONV_TILE = 16384  # output elements per cache tile of a convolution group (L2-resident)
+CONV_TILE = 131072  # output elements per tile of a convolution group (512 KB: L2-resident)
 FUSED = tiling.FUSED
 # (output channel, output row, output column) loops of the windowed contractions
 CONV_LOOPS = {"conv2d": (1, 2, 3), "depthwise_conv2d": (3, 1, 2), "pooling": (1, 2, 3)}
@@ -248,7 +248,7 @@ def group_tiles(
 ) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
     """(tiles, inner) of the sink for a group, or None if the group is not fusable. Only
     sink loops every member spans are tiled (nothing is recomputed across tiles). With a
-    contraction: its cache tile (matmul) or ~16K output elements (conv, pooling), then
+    contraction: its cache tile (matmul) or ≤ 64 channels of whole rows (conv, pooling), then
     register tiles inside; without: register tiles (the vector budget) directly."""
     to_sink = _to_sink(nodes, group, sink)
     if to_sink is None:
@@ -281,11 +281,11 @@ def group_tiles(
                 return None
             tiles[first] = s.extents[first]
         tiles = tuple(tiles)
-    else:  # conv/pool: up to 32 output channels, whole rows, ~CONV_TILE elements
+    else:  # conv/pool: up to 64 output channels, whole rows while the tile fits CONV_TILE
         tiles = [0] * len(s.extents)
         f_loop, oh_loop, ow_loop = CONV_LOOPS[c.kind]
         at = to_sink[contraction[0]]
-        f_t = tiling.divisor_at_most(c.extents[f_loop], 32, multiple_of=16)
+        f_t = tiling.divisor_at_most(c.extents[f_loop], 64, multiple_of=16)
         oh_t = tiling.divisor_at_most(c.extents[oh_loop], max(1, CONV_TILE // (f_t * c.extents[ow_loop])))
         for cloop, t in ((f_loop, f_t), (oh_loop, oh_t)):
             if cloop in at and tileable[at[cloop]] and t < s.extents[at[cloop]]:
