@@ -32,10 +32,24 @@ def _bool(v: str) -> bool:
     raise ValueError(f"not a boolean: {v!r}")
 
 
+def _fuse(module: ir.Module, cost_model: str) -> None:
+    from tilecraft import driver
+    from tilecraft.target import Target
+
+    target = Target.parse("cpu")
+    driver.fuse_groups(module, driver.load_cost_model(cost_model, target), target)
+
+
 REGISTRY: dict[str, PassSpec] = {
     p.name: p
     for p in (
         PassSpec("expand-erf", lambda m: math_approx.expand_erf(m), {}, "polynomial math.erf"),
+        PassSpec(
+            "fuse",
+            lambda m, cost_model="lightgbm": _fuse(m, cost_model),
+            {"cost-model": str},
+            "partition into fusion groups by predicted latency; tile the sinks, fuse the groups",
+        ),
         PassSpec(
             "cpu-tiled",
             lambda m, vectorize=True: lowering.to_tiled(m, vectorize=vectorize),
