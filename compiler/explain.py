@@ -197,7 +197,8 @@ def format_table(r: dict) -> str:
         line += f"  {row['runner_up'][:29]:<30}{ms(row['runner_up_predicted_ms'])}"
         lines.append(line)
     lines.append(
-        f"predicted total: {r['predicted_total_ms']:.3f} ms fused, {r['predicted_unfused_ms']:.3f} ms unfused"
+        f"predicted total: {r['predicted_total_ms']:.3f} ms fused, {r['predicted_unfused_ms']:.3f} ms unfused "
+        "(a fused kernel's schedule is its contraction's, predicted per tile; 'register tiles': elementwise only)"
     )
     return "\n".join(lines)
 
