@@ -131,8 +131,9 @@ def main(argv=None) -> int:
         r["ratio_2t"] = ratio(r["eager_ms_2t"], r["tilecraft_ms_2t"])
         print(
             f"{r['model']:<18}{'yes' if r['ok'] else 'NO':>4}{r['fused_groups']:>7}{f(r['eager_ms_1t'])}"
-            f"{f(r['unfused_ms_1t'])}{f(r['tilecraft_ms_1t'])}{f(r['inductor_ms_1t'])}{f(r['fusion_speedup'], '>10.2f')}"
-            f"{f(r['ratio_1t'], '>10.2f')}{f(r['inductor_ratio_1t'], '>10.2f')}{f(r['eager_ms_2t'])}{f(r['ratio_2t'], '>10.2f')}"
+            f"{f(r['unfused_ms_1t'])}{f(r['tilecraft_ms_1t'])}{f(r['inductor_ms_1t'])}"
+            f"{f(r['fusion_speedup'], '>10.2f')}{f(r['ratio_1t'], '>10.2f')}{f(r['inductor_ratio_1t'], '>10.2f')}"
+            f"{f(r['eager_ms_2t'])}{f(r['ratio_2t'], '>10.2f')}"
         )
     zoo_rows = [r for r in rows if r["model"] != "matmul512"]
     print(
@@ -148,10 +149,7 @@ def main(argv=None) -> int:
         "runs": args.runs,
         "when": time.strftime("%Y-%m-%d %H:%M"),
     }
-    tmp = args.json + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=1)
-    os.replace(tmp, args.json)
+    driver.atomic_write(args.json, json.dumps({"meta": meta, "rows": rows}, indent=1).encode())
     return 0 if all(r["ok"] for r in rows) else 1
 
 

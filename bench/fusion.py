@@ -240,11 +240,21 @@ def calibrate(models: list[str], per_class: int, out: str) -> int:
                     continue
                 k = (m_fused / m_unfused) / (cost / unfused)
                 samples[cls].append(
-                    {"model": name, "ops": len(g.ops), "measured_fused_ms": m_fused, "measured_unfused_ms": m_unfused,
-                     "predicted_fused_ms": cost * 1e3, "predicted_unfused_ms": unfused * 1e3, "factor": k}
+                    {
+                        "model": name,
+                        "ops": len(g.ops),
+                        "measured_fused_ms": m_fused,
+                        "measured_unfused_ms": m_unfused,
+                        "predicted_fused_ms": cost * 1e3,
+                        "predicted_unfused_ms": unfused * 1e3,
+                        "factor": k,
+                    }
                 )
-                print(f"{name:<18}{cls:<8}{len(g.ops):>3} ops  measured fused/unfused {m_fused / m_unfused:.2f}"
-                      f"  predicted {cost / unfused:.2f}  factor {k:.2f}", file=sys.stderr)
+                print(
+                    f"{name:<18}{cls:<8}{len(g.ops):>3} ops  measured fused/unfused {m_fused / m_unfused:.2f}"
+                    f"  predicted {cost / unfused:.2f}  factor {k:.2f}",
+                    file=sys.stderr,
+                )
     factors = {cls: statistics.median(s["factor"] for s in rows) for cls, rows in samples.items() if rows}
     doc = {
         "factors": factors,
@@ -294,15 +304,13 @@ def main(argv=None) -> int:
         within += ratio <= 1.05
         print(
             f"{r['case']:<26}{r['ops']:>4}{r['partitions']:>6}{r['unfused_ms']:>11.4f}{r['chosen_ms']:>10.4f}"
-            f"{r['best_ms']:>9.4f}{ratio:>12.3f}{r['unfused_ms'] / r['chosen_ms']:>14.2f}  {'yes' if r['all_ok'] else 'NO'}"
+            f"{r['best_ms']:>9.4f}{ratio:>12.3f}{r['unfused_ms'] / r['chosen_ms']:>14.2f}"
+            f"  {'yes' if r['all_ok'] else 'NO'}"
         )
     print(f"chosen partition within 5% of the best measured: {within}/{len(rows)} ({within / len(rows):.0%})")
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     meta = {"torch": torch.__version__, "machine": platform.machine(), "when": time.strftime("%Y-%m-%d %H:%M")}
-    tmp = args.json + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=1)
-    os.replace(tmp, args.json)
+    driver.atomic_write(args.json, json.dumps({"meta": meta, "rows": rows}, indent=1).encode())
     return 0 if all(r["all_ok"] for r in rows) else 1
 
 

@@ -60,9 +60,11 @@ def explain(spec: str, *, cost_model: str = "lightgbm", target: str | Target = "
         before = []  # the op id each op had before fusion, in walk order
         tiling.walk_ops(
             module.operation,
-            lambda op: before.append(ir.IntegerAttr(op.attributes[tiling.OP_ID]).value)
-            if tiling.OP_ID in op.attributes
-            else None,
+            lambda op: (
+                before.append(ir.IntegerAttr(op.attributes[tiling.OP_ID]).value)
+                if tiling.OP_ID in op.attributes
+                else None
+            ),
         )
         choices = search.pick(module, model, target)  # re-tags: walk order = `before` order
     singles = report["singles"]
@@ -89,7 +91,9 @@ def explain(spec: str, *, cost_model: str = "lightgbm", target: str | Target = "
                 g, ops = x, list(x.ops)
                 predicted = next(c for cand, c in by_sink[g.sink] if cand == g)
                 others = sorted(((c, cand) for cand, c in by_sink[g.sink] if cand != g), key=lambda t: t[0])
-                alternatives = [{"grouping": "unfused", "ops": ops, "predicted_ms": sum(singles.get(o, 0.0) for o in ops) * 1e3}]
+                alternatives = [
+                    {"grouping": "unfused", "ops": ops, "predicted_ms": sum(singles.get(o, 0.0) for o in ops) * 1e3}
+                ]
                 if others:
                     c, cand = others[0]
                     alternatives.append({"grouping": "other group", "ops": list(cand.ops), "predicted_ms": c * 1e3})
@@ -98,15 +102,25 @@ def explain(spec: str, *, cost_model: str = "lightgbm", target: str | Target = "
                 g, ops, choice = None, [x], choice_of.get(x)
                 predicted = singles.get(x, 0.0)
                 containing = sorted(
-                    ((c - sum(singles.get(o, 0.0) for o in cand.ops), c, cand)
-                     for cands in by_sink.values() for cand, c in cands if x in cand.ops),
+                    (
+                        (c - sum(singles.get(o, 0.0) for o in cand.ops), c, cand)
+                        for cands in by_sink.values()
+                        for cand, c in cands
+                        if x in cand.ops
+                    ),
                     key=lambda t: t[0],
                 )
                 alternatives = []
                 if containing:
                     _, c, cand = containing[0]
-                    alternatives.append({"grouping": "fused", "ops": list(cand.ops), "predicted_ms": c * 1e3,
-                                         "unfused_ms": sum(singles.get(o, 0.0) for o in cand.ops) * 1e3})
+                    alternatives.append(
+                        {
+                            "grouping": "fused",
+                            "ops": list(cand.ops),
+                            "predicted_ms": c * 1e3,
+                            "unfused_ms": sum(singles.get(o, 0.0) for o in cand.ops) * 1e3,
+                        }
+                    )
                 fusion_text = "-"
             sink = nodes[ops[0]].info
             row = {
@@ -121,7 +135,9 @@ def explain(spec: str, *, cost_model: str = "lightgbm", target: str | Target = "
                 "decision": describe(choice.decision) if choice else ("register tiles" if g else "-"),
                 "decision_predicted_ms": choice.predicted_s * 1e3 if choice else None,
                 "runner_up": describe(choice.runner_up) if choice else "-",
-                "runner_up_predicted_ms": choice.runner_up_s * 1e3 if choice and choice.runner_up_s is not None else None,
+                "runner_up_predicted_ms": choice.runner_up_s * 1e3
+                if choice and choice.runner_up_s is not None
+                else None,
                 "kernel": choice.kernel.key if choice else None,
             }
             if worker is not None:
@@ -175,7 +191,8 @@ def measure_group(text: str, group, target: Target, *, fused: bool = True) -> fl
 def format_table(r: dict) -> str:
     measured = any("measured_ms" in row for row in r["kernels"])
     head = f"{'kernel (ops fused)':<34}{'fusion':<22}{'pred ms':>9}" + (f"{'meas ms':>9}" if measured else "")
-    head += f"  {'best alternative':<30}{'pred ms':>9}  {'chosen schedule':<30}{'pred ms':>9}  {'runner-up':<30}{'pred ms':>9}"
+    head += f"  {'best alternative':<30}{'pred ms':>9}"
+    head += f"  {'chosen schedule':<30}{'pred ms':>9}  {'runner-up':<30}{'pred ms':>9}"
     lines = [
         f"{r['model']}: {len(r['kernels'])} kernels ({len(r['groups'])} fused), by the {r['cost_model']} cost model",
         head,

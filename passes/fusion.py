@@ -510,7 +510,9 @@ def outline_group(nodes: Mapping[int, Node], group: Sequence[int], state: ir.Asm
         return names.setdefault(mt.group(0), f"%v{len(names)}")
 
     body = re.sub(r"%[\w.$-]+(?:#\d+)?", rename, body)
-    text = f"func.func @kernel({', '.join(f'%arg{i}: {v.type}' for i, v in enumerate(args))}) -> {rtype} {{\n{body}\n}}\n"
+    text = (
+        f"func.func @kernel({', '.join(f'%arg{i}: {v.type}' for i, v in enumerate(args))}) -> {rtype} {{\n{body}\n}}\n"
+    )
     return text
 
 
@@ -623,7 +625,7 @@ class GroupCoster:
             if op in heavy:
                 continue
             inputs = len(n.op.operands) - len(n.op.results)
-            for i, v in enumerate(list(n.op.operands)[:inputs]):
+            for i in range(inputs):
                 producer = n.producers.get(i)
                 if producer is not None and producer not in heavy:
                     continue  # in registers
