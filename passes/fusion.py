@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import math
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import networkx as nx
 from torch_mlir import ir
@@ -467,12 +466,6 @@ def apply(module: ir.Module, decisions: Sequence[FusionDecision]) -> ir.Module:
 
 
 # ------------------------------------------------------------------ group extraction
-def _print(op: ir.Operation, state: ir.AsmState) -> str:
-    buf = io.StringIO()
-    op.print(state, file=buf)
-    return buf.getvalue()
-
-
 def outline_group(nodes: Mapping[int, Node], group: Sequence[int], state: ir.AsmState) -> str:
     """The group's ops as one `func.func @kernel` (external values → arguments, captured
     constants copied in, the sink's result returned). SSA names are canonical, so equal
@@ -482,7 +475,7 @@ def outline_group(nodes: Mapping[int, Node], group: Sequence[int], state: ir.Asm
     args: list[ir.Value] = []
     consts: list[str] = []
     texts = []
-    from tilecraft.corpus.kernels import _captured
+    from tilecraft.corpus.kernels import _captured, _print
 
     for m in order:
         op = nodes[m].op
@@ -517,9 +510,6 @@ def outline_group(nodes: Mapping[int, Node], group: Sequence[int], state: ir.Asm
 
 
 # ---------------------------------------------------------------- predicted latency
-Predictor = Callable[[ir.Module], Sequence[tuple[tuple[int, ...], float]]]
-
-
 def loop_trips(module: ir.Module) -> dict[int, int]:
     """Per tagged op: how many times it runs (product of enclosing constant-bound loops)."""
     trips: dict[int, int] = {}
@@ -668,15 +658,14 @@ def partition(
     cands = candidates(nodes, target)
     state = ir.AsmState(module.operation)
     coster = GroupCoster(model, target, module.context, calibration)
-    costs = []
-    kept = []
+    costs, kept, failed = [], [], []
     for g in cands:
         try:
             text = outline_group(nodes, g.ops, state)
             costs.append(coster(text, g))
             kept.append(g)
-        except Exception:  # a group the rewrite or the features cannot handle: not a candidate
-            continue
+        except Exception as exc:  # a group the rewrite or the features cannot handle: not a candidate
+            failed.append((g, f"{type(exc).__name__}: {str(exc)[:200]}"))
     ops = sorted(nodes)
     index = {op: i for i, op in enumerate(ops)}
     columns = [((op,), singles.get(op, 0.0)) for op in ops] + [(g.ops, c) for g, c in zip(kept, costs)]
@@ -701,5 +690,6 @@ def partition(
         "candidates": [(g, c) for g, c in zip(kept, costs)],
         "singles": dict(singles),
         "evaluated": coster.evaluated,
+        "failed": failed,
     }
     return groups, report
