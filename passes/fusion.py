@@ -266,6 +266,8 @@ def group_tiles(
             return None
         tiles = _budget(s.extents, tileable, tiling.VECTOR_BUDGET, ones)
         return (tiles, ()) if any(tiles) else None
+    if _feeds(nodes, group, contraction[0]):
+        return None  # a producer of the contraction's inputs: fused ops are its epilogue only
     c = nodes[contraction[0]].info
     if c.kind in ("matmul", "batch_matmul"):  # the contraction's own cache tile
         tiles = [0] * len(s.extents)
@@ -275,10 +277,10 @@ def group_tiles(
                 t = d.tiles[0][cloop]
                 tiles[sloop] = t if t < s.extents[sloop] else 0
         if not any(tiles):  # one cache tile holds it all: a one-trip loop to fuse into
-            first = next((i for i, t in enumerate(tileable) if t), None)
-            if first is None:
+            split = _split(s.extents, tileable)
+            if split is None:
                 return None
-            tiles[first] = s.extents[first]
+            tiles = list(split)
         tiles = tuple(tiles)
     else:  # conv/pool: up to 64 output channels, whole rows while the tile fits CONV_TILE
         tiles = [0] * len(s.extents)
@@ -290,10 +292,10 @@ def group_tiles(
             if cloop in at and tileable[at[cloop]] and t < s.extents[at[cloop]]:
                 tiles[at[cloop]] = t
         if not any(tiles):
-            first = next((i for i, t in enumerate(tileable) if t), None)
-            if first is None:
+            split = _split(s.extents, tileable)
+            if split is None:
                 return None
-            tiles[first] = s.extents[first]
+            tiles = list(split)
         tiles = tuple(tiles)
     within = [t or x for t, x in zip(tiles, s.extents)]
     ones = _broadcast_loops(nodes, group, to_sink)
@@ -325,6 +327,30 @@ def _broadcast_loops(nodes, group, to_sink) -> set[int] | None:
     return out
 
 
+def _feeds(nodes: Mapping[int, Node], group: set[int], op: int) -> bool:
+    """Whether some member other than a fill is an ancestor of `op` inside the group."""
+    stack, seen = [op], set()
+    while stack:
+        for p in nodes[stack.pop()].producers.values():
+            if p in group and p not in seen:
+                if not _is_fill(nodes[p]):
+                    return True
+                seen.add(p)
+                stack.append(p)
+    return False
+
+
+def _split(extents: Sequence[int], tileable: Sequence[bool]) -> tuple[int, ...] | None:
+    """Two or more tiles along the outermost tileable loop longer than 1 (a loop to fuse
+    into: a tile as large as the loop is folded away), or None if there is none."""
+    for d, t in enumerate(tileable):
+        if t and extents[d] > 1:
+            tiles = [0] * len(extents)
+            tiles[d] = tiling.divisor_at_most(extents[d], extents[d] // 2)
+            return tuple(tiles)
+    return None
+
+
 def _budget(
     extents: Sequence[int], tileable: Sequence[bool], budget: int, ones: set[int] = frozenset()
 ) -> tuple[int, ...]:
@@ -344,9 +370,7 @@ def _budget(
         tiles[d] = t if t < extents[d] else 0
         room = max(1, room // t)
     if not any(tiles):  # fits one tile: a one-trip loop over the outermost tileable loop
-        first = next((i for i, t in enumerate(tileable) if t), None)
-        if first is not None:
-            tiles[first] = extents[first]
+        tiles = list(_split(extents, tileable) or tiles)
     return tuple(tiles)
 
 
