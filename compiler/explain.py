@@ -177,8 +177,7 @@ def measure_group(text: str, group, target: Target, *, fused: bool = True) -> fl
         imported = frontend.import_spec(path)
         with imported.module.context:
             nodes = fusion.analyze(imported.module)
-        order = fusion._topo(nodes, set(nodes))
-        pinned = fusion.FusionDecision(order[-1], tuple(reversed(order[:-1])), group.tiles, group.inner)
+        pinned = fusion.as_outlined(nodes, group)
         compiled = driver.compile_model(imported, target=target, fusion=[pinned] if fused else [])
         outs = driver.flatten(compiled.fn(*imported.inputs))
         refs, _ = driver.reference_outputs(frontend.import_spec(path), imported.inputs, f"module {{\n{text}}}\n")

@@ -259,48 +259,37 @@ def group_tiles(
             continue
         spanned = set(to_sink[m].values())
         tileable = [t and i in spanned for i, t in enumerate(tileable)]
+    ones = _broadcast_loops(nodes, group, to_sink)
+    if ones is None or any(not tileable[d] for d in ones):
+        return None
     contraction = [m for m in group if nodes[m].info.kind in CONTRACTIONS]
     if not contraction:
-        ones = _broadcast_loops(nodes, group, to_sink)
-        if ones is None or any(not tileable[d] for d in ones):
-            return None
         tiles = _budget(s.extents, tileable, tiling.VECTOR_BUDGET, ones)
         return (tiles, ()) if any(tiles) else None
     if _feeds(nodes, group, contraction[0]):
         return None  # a producer of the contraction's inputs: fused ops are its epilogue only
     c = nodes[contraction[0]].info
+    at = to_sink[contraction[0]]
+    tiles = [0] * len(s.extents)
     if c.kind in ("matmul", "batch_matmul"):  # the contraction's own cache tile
-        tiles = [0] * len(s.extents)
         d = tiling.default_decision(c, target)
-        for cloop, sloop in to_sink[contraction[0]].items():
+        for cloop, sloop in at.items():
             if tileable[sloop] and c.iterators[cloop] == "parallel":
                 t = d.tiles[0][cloop]
                 tiles[sloop] = t if t < s.extents[sloop] else 0
-        if not any(tiles):  # one cache tile holds it all: a one-trip loop to fuse into
-            split = _split(s.extents, tileable)
-            if split is None:
-                return None
-            tiles = list(split)
-        tiles = tuple(tiles)
     else:  # conv/pool: up to 64 output channels, whole rows while the tile fits CONV_TILE
-        tiles = [0] * len(s.extents)
         f_loop, oh_loop, ow_loop = CONV_LOOPS[c.kind]
-        at = to_sink[contraction[0]]
         f_t = tiling.divisor_at_most(c.extents[f_loop], 64, multiple_of=16)
         oh_t = tiling.divisor_at_most(c.extents[oh_loop], max(1, CONV_TILE // (f_t * c.extents[ow_loop])))
         for cloop, t in ((f_loop, f_t), (oh_loop, oh_t)):
             if cloop in at and tileable[at[cloop]] and t < s.extents[at[cloop]]:
                 tiles[at[cloop]] = t
-        if not any(tiles):
-            split = _split(s.extents, tileable)
-            if split is None:
-                return None
-            tiles = list(split)
-        tiles = tuple(tiles)
+    if not any(tiles):  # one cache tile holds it all: split it, to have a loop to fuse into
+        tiles = _split(s.extents, tileable)
+        if tiles is None:
+            return None
+    tiles = tuple(tiles)
     within = [t or x for t, x in zip(tiles, s.extents)]
-    ones = _broadcast_loops(nodes, group, to_sink)
-    if ones is None or any(not tileable[d] for d in ones):
-        return None
     inner = _budget(within, tileable, tiling.VECTOR_BUDGET, ones)
     return tiles, inner if any(inner) else ()
 
@@ -533,6 +522,13 @@ def outline_group(nodes: Mapping[int, Node], group: Sequence[int], state: ir.Asm
     return text
 
 
+def as_outlined(nodes: Mapping[int, Node], decision: FusionDecision) -> FusionDecision:
+    """`decision` restated over the op ids of its group outlined as one function
+    (`outline_group`, re-analyzed): the whole function is the group."""
+    order = _topo(nodes, set(nodes))
+    return FusionDecision(order[-1], tuple(reversed(order[:-1])), decision.tiles, decision.inner)
+
+
 # ---------------------------------------------------------------- predicted latency
 def loop_trips(module: ir.Module) -> dict[int, int]:
     """Per tagged op: how many times it runs (product of enclosing constant-bound loops)."""
@@ -614,12 +610,10 @@ class GroupCoster:
         self.evaluated += 1
         module = ir.Module.parse(text, context=self.context)
         nodes = analyze(module)
-        order = _topo(nodes, set(nodes))
-        sink = order[-1]
-        light = self._register_tile_seconds(nodes, sink)
-        members = tuple(m for m in reversed(order) if m != sink)
+        whole = as_outlined(nodes, decision)
+        light = self._register_tile_seconds(nodes, whole.sink)
         factor = self.calibration.get(group_class(n.info.kind for n in nodes.values()), 1.0)
-        apply(module, [FusionDecision(sink, members, decision.tiles, decision.inner)])
+        apply(module, [whole])
         trips = loop_trips(module)
         total = light
         for choice in search.pick(module, self.model, self.target):
