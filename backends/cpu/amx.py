@@ -1,0 +1,325 @@
+"""AMX kernels for low-precision contractions (bf16 → f32, int8 → i32).
+
+Sits in the CPU backend after bufferization. `passes/precision.py` writes each contraction it
+lowers in precision as a `linalg.generic` over VNNI-packed operands, marked `tc.amx` with an
+`AmxSchedule`; the generic's semantics are exact, so the module means the same thing with
+or without this module. `lower_marked` replaces each marked generic (on memrefs, after
+bufferization) by a call to a kernel written here in the `x86.amx` dialect: register
+blocks of `mr × nr` accumulator tiles (16 × 16), A tiles loaded row-major, B tiles loaded
+from the VNNI layout `[K/v, N·v]` (v = 2 for bf16, 4 for int8), the K loop unrolled in
+chunks of `kc`. Edge blocks use smaller static tiles, so no shape needs padding.
+
+The tiles cannot be loop-carried (the scf → cf conversion does not know the tile type), so
+the accumulators are loaded from and stored to C once per K chunk; the kernel therefore
+accumulates into C, exactly as the generic does.
+
+Linux hands out the AMX tile state per process on request: `enable()` asks for it once
+(`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`); running AMX code without it is a
+SIGILL.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import functools
+import json
+import re
+from collections.abc import Iterator
+
+from torch_mlir import ir
+from torch_mlir.dialects import func
+
+AMX = "tc.amx"  # attribute on a VNNI contraction generic: its AmxSchedule as JSON
+
+# Element type → (VNNI factor, K elements per tile row (64 bytes), accumulator type, tile op)
+_TYPES = {"bf16": (2, 32, "f32", "x86.amx.tile_mulf"), "i8": (4, 64, "i32", "x86.amx.tile_muli")}
+
+
+class AmxError(RuntimeError):
+    """AMX is not usable on this machine, or a marked op cannot be lowered."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AmxSchedule:
+    """How an AMX contraction is blocked: `mr × nr` accumulator tiles per register block
+    (at most 8 tiles with the A and B tiles: mr + nr + mr·nr ≤ 8 avoids spills), `kc` K
+    elements per chunk between accumulator loads and stores (a multiple of the tile's K),
+    loop order `ij` (rows outer: a row panel of A stays in cache) or `ji`."""
+
+    mr: int = 2
+    nr: int = 2
+    kc: int = 1024
+    order: str = "ij"
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @staticmethod
+    def from_json(text: str) -> AmxSchedule:
+        return AmxSchedule(**json.loads(text))
+
+
+SPACE = tuple(
+    AmxSchedule(mr, nr, kc, order)
+    for mr, nr in ((2, 2), (1, 3), (3, 1), (1, 2), (2, 1), (1, 1))
+    for kc in (256, 1024)
+    for order in ("ij", "ji")
+)
+
+
+def default_schedule(m: int, n: int, k: int) -> AmxSchedule:
+    """2 × 2 blocks (the best at 1024³: 790 GFLOP/s bf16), fewer where the edge is small."""
+    mr = 2 if m >= 32 else 1
+    nr = 2 if n >= 32 else 1
+    return AmxSchedule(mr, nr, 1024, "ij")
+
+
+# ------------------------------------------------------------------------------ enabling
+@functools.cache
+def available() -> bool:
+    """The CPU has AMX-BF16 and AMX-INT8 and the kernel granted this process the tile state."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    if not {"amx_bf16", "amx_int8", "amx_tile"} <= set(flags):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    arch_prctl, req_xcomp_perm, xtiledata = 158, 0x1023, 18
+    return libc.syscall(arch_prctl, req_xcomp_perm, xtiledata) == 0
+
+
+def enable() -> None:
+    if not available():
+        raise AmxError("AMX is not available on this CPU (needs amx_bf16, amx_int8 and kernel tile permission)")
+
+
+# ------------------------------------------------------------------------------ kernels
+def _split(extent: int, block: int, tile: int) -> tuple[int, list[int]]:
+    """(extent covered by full blocks, the tile sizes of the remainder block)."""
+    full = extent - extent % block
+    rem = extent - full
+    return full, [tile] * (rem // tile) + ([rem % tile] if rem % tile else [])
+
+
+class _Writer:
+    def __init__(self):
+        self.lines: list[str] = []
+        self.consts: set[int] = set()
+        self.n = 0
+
+    def c(self, v: int) -> str:
+        self.consts.add(v)
+        return f"%c{v}"
+
+    def tmp(self, stem: str) -> str:
+        self.n += 1
+        return f"%{stem}{self.n}"
+
+    def __call__(self, line: str) -> None:
+        self.lines.append(line)
+
+
+def kernel_text(name: str, a_type: str, b_type: str, c_type: str, sched: AmxSchedule) -> str:
+    """Private funcs: `@name(%A, %B, %C)` accumulates A × B into C with AMX tiles.
+
+    Types are memref types as printed (any strided layout with unit inner stride):
+    A `[(batch,) M, K]`, B `[(batch,) K/v, N·v]` (VNNI), C `[(batch,) M, N]`. Each register
+    block shape and K chunk gets its own function `@name_bN(A, B, C, i, j, k)`, kept out of
+    line by `no_inline` (after the LLVM conversion): LLVM configures the tile registers once
+    per function, and blocks of different tile shapes in one function run out of them."""
+    a, b, c = (ir.MemRefType(ir.Type.parse(t)) for t in (a_type, b_type, c_type))
+    elem = str(a.element_type)
+    if elem not in _TYPES:
+        raise AmxError(f"AMX kernel: unsupported element type {elem}")
+    v, kt, acc, mul = _TYPES[elem]
+    batched = a.rank == 3
+    *_, m, k = a.shape
+    *_, n = c.shape
+    if k % v:
+        raise AmxError(f"AMX kernel: K={k} is not a multiple of {v}")
+    w = _Writer()
+    blocks: dict[tuple, str] = {}
+    funcs: list[str] = []
+
+    def view(val: str, ty) -> tuple[str, str]:
+        """2-D view of batch %b (rank-reducing subview)."""
+        _, r, cols = ty.shape
+        strides, _ = ty.get_strides_and_offset()
+        if strides[2] != 1:
+            raise AmxError(f"AMX kernel: operand {ty} has a non-unit inner stride")
+        row = "?" if ty.is_dynamic_stride_or_offset(strides[1]) else str(strides[1])
+        out = w.tmp("v")
+        res = f"memref<{r}x{cols}x{ty.element_type}, strided<[{row}, 1], offset: ?>>"
+        w(f"{out} = memref.subview {val}[%b, 0, 0] [1, {r}, {cols}] [1, 1, 1] : {ty} to {res}")
+        return out, res
+
+    def chunk_func(at: str, bt: str, ct: str, rows: tuple, cols: tuple, ktiles: tuple) -> str:
+        """The function adding one K chunk of one register block into C[i:, j:], from K
+        offset k: rows × cols accumulator tiles, K tiles `ktiles` (all of one size)."""
+        key = (at, bt, ct, rows, cols, ktiles)
+        if key in blocks:
+            return blocks[key]
+        fname = blocks[key] = f"{name}_b{len(blocks)}"
+        bw = _Writer()
+        ri = [bw.tmp("i") for _ in rows]
+        cj = [bw.tmp("j") for _ in cols]
+        cjv = [bw.tmp("jv") for _ in cols]
+        for r, off in zip(ri, _offsets(rows)):
+            bw(f"{r} = arith.addi %i, {bw.c(off)} : index")
+        for cc, cv, off in zip(cj, cjv, _offsets(cols)):
+            bw(f"{cc} = arith.addi %j, {bw.c(off)} : index")
+            bw(f"{cv} = arith.muli {cc}, {bw.c(v)} : index")
+        accs = {}
+        for x, (r, rr) in enumerate(zip(rows, ri)):
+            for y, (cc, jj) in enumerate(zip(cols, cj)):
+                accs[x, y] = t = bw.tmp("acc")
+                bw(f"{t} = x86.amx.tile_load %C[{rr}, {jj}] : {ct} into !x86.amx.tile<{r}x{cc}x{acc}>")
+        for kk, koff in zip(ktiles, _offsets(ktiles)):
+            ks, kh = bw.tmp("ks"), bw.tmp("kh")
+            bw(f"{ks} = arith.addi %k, {bw.c(koff)} : index")
+            bw(f"{kh} = arith.divui {ks}, {bw.c(v)} : index")
+            atiles, btiles = [], []
+            for r, rr in zip(rows, ri):
+                atiles.append(t := bw.tmp("a"))
+                bw(f"{t} = x86.amx.tile_load %A[{rr}, {ks}] : {at} into !x86.amx.tile<{r}x{kk}x{elem}>")
+            for cc, jv in zip(cols, cjv):
+                btiles.append(t := bw.tmp("bt"))
+                bw(f"{t} = x86.amx.tile_load %B[{kh}, {jv}] : {bt} into !x86.amx.tile<{kk // v}x{cc * v}x{elem}>")
+            for x, r in enumerate(rows):
+                for y, cc in enumerate(cols):
+                    t = bw.tmp("acc")
+                    bw(
+                        f"{t} = {mul} {atiles[x]}, {btiles[y]}, {accs[x, y]} : !x86.amx.tile<{r}x{kk}x{elem}>, "
+                        f"!x86.amx.tile<{kk // v}x{cc * v}x{elem}>, !x86.amx.tile<{r}x{cc}x{acc}>"
+                    )
+                    accs[x, y] = t
+        for x, rr in enumerate(ri):
+            for y, jj in enumerate(cj):
+                bw(f"x86.amx.tile_store %C[{rr}, {jj}], {accs[x, y]} : {ct}, !x86.amx.tile<{rows[x]}x{cols[y]}x{acc}>")
+        args = f"%A: {at}, %B: {bt}, %C: {ct}, %i: index, %j: index, %k: index"
+        head = [f"func.func private @{fname}({args}) {{"]
+        head += [f"  %c{x} = arith.constant {x} : index" for x in sorted(bw.consts)]
+        funcs.append("\n".join(head + ["  " + line for line in bw.lines] + ["  return", "}"]))
+        return fname
+
+    def block(av: str, at: str, bv: str, bt: str, cv: str, ct: str, i: str, j: str, rows, cols) -> None:
+        """One register block at C[i:, j:]: its K chunks (full chunks in a loop, then the
+        remainder's full tiles, then its last partial tile), each a call."""
+        rows, cols = tuple(rows), tuple(cols)
+        kfull, krem = _split(k, sched.kc, kt)
+        sig = f"({at}, {bt}, {ct}, index, index, index) -> ()"
+        if kfull:
+            f = chunk_func(at, bt, ct, rows, cols, (kt,) * (sched.kc // kt))
+            k0 = w.tmp("k")
+            w(f"scf.for {k0} = {w.c(0)} to {w.c(kfull)} step {w.c(sched.kc)} {{")
+            w(f"  func.call @{f}({av}, {bv}, {cv}, {i}, {j}, {k0}) : {sig}")
+            w("}")
+        whole = tuple(t for t in krem if t == kt)
+        tail = tuple(t for t in krem if t != kt)
+        for part, off in ((whole, kfull), (tail, kfull + kt * len(whole))):
+            if part:
+                f = chunk_func(at, bt, ct, rows, cols, part)
+                w(f"func.call @{f}({av}, {bv}, {cv}, {i}, {j}, {w.c(off)}) : {sig}")
+
+    def body(av: str, at: str, bv: str, bt: str, cv: str, ct: str) -> None:
+        mfull, mrem = _split(m, 16 * sched.mr, 16)
+        nfull, nrem = _split(n, 16 * sched.nr, 16)
+        row_parts = ([("loop", mfull, [16] * sched.mr)] if mfull else []) + ([("rem", mfull, mrem)] if mrem else [])
+        col_parts = ([("loop", nfull, [16] * sched.nr)] if nfull else []) + ([("rem", nfull, nrem)] if nrem else [])
+        outer, inner = (row_parts, col_parts) if sched.order == "ij" else (col_parts, row_parts)
+        for okind, oext, otiles in outer:
+            ov = w.tmp("o")
+            if okind == "loop":
+                w(f"scf.for {ov} = {w.c(0)} to {w.c(oext)} step {w.c(sum(otiles))} {{")
+            else:
+                w(f"{ov} = arith.addi {w.c(oext)}, {w.c(0)} : index")
+            for ikind, iext, itiles in inner:
+                iv = w.tmp("p")
+                if ikind == "loop":
+                    w(f"scf.for {iv} = {w.c(0)} to {w.c(iext)} step {w.c(sum(itiles))} {{")
+                else:
+                    w(f"{iv} = arith.addi {w.c(iext)}, {w.c(0)} : index")
+                if sched.order == "ij":
+                    block(av, at, bv, bt, cv, ct, ov, iv, otiles, itiles)
+                else:
+                    block(av, at, bv, bt, cv, ct, iv, ov, itiles, otiles)
+                if ikind == "loop":
+                    w("}")
+            if okind == "loop":
+                w("}")
+
+    if batched:
+        w(f"scf.for %b = {w.c(0)} to {w.c(a.shape[0])} step {w.c(1)} {{")
+        body(*view("%A", a), *view("%B", b), *view("%C", c))
+        w("}")
+    else:
+        body("%A", a_type, "%B", b_type, "%C", c_type)
+    head = [f"func.func private @{name}(%A: {a_type}, %B: {b_type}, %C: {c_type}) {{"]
+    head += [f"  %c{x} = arith.constant {x} : index" for x in sorted(w.consts)]
+    return "\n\n".join(["\n".join(head + ["  " + line for line in w.lines] + ["  return", "}"]), *funcs])
+
+
+def _offsets(sizes: list[int]) -> Iterator[int]:
+    total = 0
+    for s in sizes:
+        yield total
+        total += s
+
+
+# ------------------------------------------------------------------------------ lowering
+_BLOCK_FUNC = re.compile(r"^__tc_amx_\d+_b\d+$")
+
+
+def keep_blocks_out_of_line(module: ir.Module) -> None:
+    """Mark the kernels' block functions `no_inline` (an LLVM-dialect module): func-to-llvm
+    drops the attribute, so it is set here."""
+    for op in module.body.operations:
+        op = op.operation
+        if op.name == "llvm.func" and _BLOCK_FUNC.match(ir.StringAttr(op.attributes["sym_name"]).value):
+            op.attributes["no_inline"] = ir.UnitAttr.get(module.context)
+
+
+def marked(module: ir.Module) -> list[ir.Operation]:
+    out: list[ir.Operation] = []
+
+    def visit(op: ir.Operation) -> None:
+        for region in op.regions:
+            for blk in region.blocks:
+                for child in blk.operations:
+                    child = child.operation
+                    if AMX in child.attributes:
+                        out.append(child)
+                    else:
+                        visit(child)
+
+    visit(module.operation)
+    return out
+
+
+def lower_marked(module: ir.Module) -> int:
+    """Replace every `tc.amx` generic on memrefs by a call to its AMX kernel; returns how
+    many. Generics still on tensors (not bufferized) are an error."""
+    ops = marked(module)
+    if not ops:
+        return 0
+    ctx = module.context
+    kernels: dict[str, str] = {}
+    for op in ops:
+        types = [str(o.type) for o in op.operands]
+        if len(types) != 3 or not all(t.startswith("memref<") for t in types):
+            raise AmxError(f"AMX contraction at {op.location}: expected 3 memref operands, got {', '.join(types)}")
+        sched = AmxSchedule.from_json(ir.StringAttr(op.attributes[AMX]).value)
+        key = json.dumps([types, sched.to_json()])
+        if key not in kernels:
+            kernels[key] = f"__tc_amx_{len(kernels)}"
+            text = kernel_text(kernels[key], *types, sched)
+            parsed = ir.Module.parse(text, context=ctx)
+            for kop in list(parsed.body.operations):
+                module.body.append(kop.operation)
+        with ir.InsertionPoint(op), op.location:
+            func.CallOp([], ir.FlatSymbolRefAttr.get(kernels[key], context=ctx), list(op.operands))
+        op.erase()
+    return len(ops)
