@@ -75,6 +75,7 @@ def compile_model(
     tile: bool = True,
     fuse: bool = True,
     fusion: Sequence | None = None,
+    precision: Sequence | None = None,
 ) -> Compiled:
     """Compile a model spec up to `emit`. `decisions` pins tile decisions (by op id or
     kernel key); every other op gets the cost model's pick (`cost_model`: `lightgbm`, the
@@ -82,7 +83,9 @@ def compile_model(
     defaults), chosen with no measurement. With `fuse`, the same cost model first
     partitions the ops into fusion groups (`passes/fusion.py`); no fusion without a model.
     `fusion` pins the groups instead (FusionDecisions over the op ids `fusion.analyze`
-    gives the module after `fusion.private_fills`; `[]`: no fusion)."""
+    gives the module after `fusion.private_fills`; `[]`: no fusion). `precision` lists
+    `PrecisionDecision`s (`passes/precision.py`): those layers are rewritten to bf16/int8
+    AMX contractions first, and their packed weights replace the bound f32 ones."""
     target = target if isinstance(target, Target) else Target.parse(target)
     if emit not in EMITS:
         raise DriverError(f"unknown --emit {emit!r} (one of {', '.join(EMITS)})")
@@ -110,6 +113,8 @@ def compile_model(
     timed("linalg", lambda: None)  # (dump only)
     done = Compiled(imported, emit, times)
     with module.context:
+        if precision and any(d.precision != "f32" for d in precision):
+            timed("precision", lambda: lower_precision(imported, precision))  # bf16/int8 layers
         model = None
         if wanted("tiled") and tile and vectorize and cost_model not in (None, "heuristic"):
             model = load_cost_model(cost_model, target)
@@ -148,6 +153,17 @@ def compile_model(
         atomic_write(output, done.text.encode())
         done.path = output
     return done
+
+
+def lower_precision(imported: frontend.Imported, decisions) -> None:
+    """Rewrite the layers `decisions` lower; the bound weights become the packed ones."""
+    from tilecraft.passes import precision
+
+    try:
+        imported.params = precision.rewrite(imported.module, imported.params, decisions)
+    except precision.PrecisionError as exc:
+        raise DriverError(str(exc)) from None
+    imported.signature = runtime.Signature.of_func(imported.module, imported.func_name)
 
 
 def load_cost_model(cost_model: str, target: Target):

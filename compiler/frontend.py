@@ -52,6 +52,7 @@ class Imported:
     params: list[torch.Tensor]  # bound leading arguments: weights, buffers, values folded from them
     inputs: tuple[torch.Tensor, ...]  # example inputs
     model: torch.nn.Module | None = None  # for the eager reference; None for .mlir input
+    fx: torch.fx.GraphModule | None = None  # the exported graph the module came from (bound args first)
     func_name: str = FUNC_NAME
     signature: Signature = dataclasses.field(init=False)  # of the linalg function, before lowering
 
@@ -181,6 +182,7 @@ def import_module(
     try:
         graph, params = fold_weight_only(prog, n_params=len(params), params=params, inputs=inputs)
         importer.import_stateless_graph(graph, func_name=FUNC_NAME)
+        fx = torch.fx.GraphModule(prog.graph_module, graph)
     except Exception as exc:
         raise FrontendError(f"{spec}: FX import failed: {type(exc).__name__}: {_first_line(exc)}") from None
     module = importer.module
@@ -190,7 +192,7 @@ def import_module(
         except ir.MLIRError as exc:
             diags = [f"{d.location}\t{d.message}" for d in exc.error_diagnostics]
             raise FrontendError(f"{spec}: {_explain_lowering_failure(diags, exc)}") from None
-    return Imported(spec=spec, module=module, params=params, inputs=tuple(inputs), model=model)
+    return Imported(spec=spec, module=module, params=params, inputs=tuple(inputs), model=model, fx=fx)
 
 
 _NOT_FOLDED = ("rand", "empty", "dropout", "bernoulli")

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from torch_mlir import ir
 
 OP_ID = "tc.op_id"
+AMX = "tc.amx"  # a contraction `passes/precision.py` hands to the AMX kernels: not tiled here
 
 # Ops tiled and vectorized as "the rest": elementwise, broadcast, reductions, copies.
 _NAMED_KINDS = {
@@ -129,12 +130,13 @@ class TileDecision:
 
 # ----------------------------------------------------------------------------- analysis
 def tag_ops(module: ir.Module) -> list[OpInfo]:
-    """Give every structured op a unique `tc.op_id` attribute and describe it."""
+    """Give every structured op a unique `tc.op_id` attribute and describe it (all but the
+    `tc.amx` contractions, which `backends/cpu/amx.py` lowers whole)."""
     infos: list[OpInfo] = []
 
     def visit(op: ir.Operation) -> None:
         name = op.name
-        if name.startswith("linalg.") and name not in _SKIPPED:
+        if name.startswith("linalg.") and name not in _SKIPPED and AMX not in op.attributes:
             op_id = len(infos)
             i64 = ir.IntegerType.get_signless(64, context=module.context)
             op.attributes[OP_ID] = ir.IntegerAttr.get(i64, op_id)

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from torch_mlir import ir
 from torch_mlir.dialects import func
 
-AMX = "tc.amx"  # attribute on a VNNI contraction generic: its AmxSchedule as JSON
+from tilecraft.passes.tiling import AMX  # attribute on a VNNI contraction generic: its AmxSchedule as JSON
 
 # Element type → (VNNI factor, K elements per tile row (64 bytes), accumulator type, tile op)
 _TYPES = {"bf16": (2, 32, "f32", "x86.amx.tile_mulf"), "i8": (4, 64, "i32", "x86.amx.tile_muli")}
@@ -135,12 +135,18 @@ def kernel_text(name: str, a_type: str, b_type: str, c_type: str, sched: AmxSche
     if elem not in _TYPES:
         raise AmxError(f"AMX kernel: unsupported element type {elem}")
     v, kt, acc, mul = _TYPES[elem]
-    batched = a.rank == 3
+    batched = c.rank == 3
+    w = _Writer()
+    params = (a_type, b_type, c_type)
+    if a.rank == c.rank + 1:  # the generic's operands [.., M, K/v, v] and [.., K/v, N, v]
+        (a_val, a_type), (b_val, b_type) = _collapse_inner(w, "%A", a), _collapse_inner(w, "%B", b)
+        a, b = (ir.MemRefType(ir.Type.parse(t)) for t in (a_type, b_type))
+    else:
+        a_val, b_val = "%A", "%B"
     *_, m, k = a.shape
     *_, n = c.shape
     if k % v:
         raise AmxError(f"AMX kernel: K={k} is not a multiple of {v}")
-    w = _Writer()
     blocks: dict[tuple, str] = {}
     funcs: list[str] = []
 
@@ -253,13 +259,37 @@ def kernel_text(name: str, a_type: str, b_type: str, c_type: str, sched: AmxSche
 
     if batched:
         w(f"scf.for %b = {w.c(0)} to {w.c(a.shape[0])} step {w.c(1)} {{")
-        body(*view("%A", a), *view("%B", b), *view("%C", c))
+        body(*view(a_val, a), *view(b_val, b), *view("%C", c))
         w("}")
     else:
-        body("%A", a_type, "%B", b_type, "%C", c_type)
-    head = [f"func.func private @{name}(%A: {a_type}, %B: {b_type}, %C: {c_type}) {{"]
+        body(a_val, a_type, b_val, b_type, "%C", c_type)
+    head = [f"func.func private @{name}(%A: {params[0]}, %B: {params[1]}, %C: {params[2]}) {{"]
     head += [f"  %c{x} = arith.constant {x} : index" for x in sorted(w.consts)]
     return "\n\n".join(["\n".join(head + ["  " + line for line in w.lines] + ["  return", "}"]), *funcs])
+
+
+def _collapse_inner(w: _Writer, val: str, ty) -> tuple[str, str]:
+    """Collapse the two innermost (contiguous) dims of a memref: (value, type)."""
+    shape = list(ty.shape)
+    strides, offset = ty.get_strides_and_offset()
+    if strides[-1] != 1 or strides[-2] != shape[-1]:
+        raise AmxError(f"AMX kernel: operand {ty} is not contiguous in its two inner dims")
+    new_shape = shape[:-2] + [shape[-2] * shape[-1]]
+    dims = "x".join(map(str, new_shape))
+
+    def fmt(x: int) -> str:
+        return "?" if ty.is_dynamic_stride_or_offset(x) else str(x)
+
+    identity = ", ".join(f"d{i}" for i in range(ty.rank))
+    if str(ty.layout) == f"affine_map<({identity}) -> ({identity})>":
+        res = f"memref<{dims}x{ty.element_type}>"
+    else:
+        layout = f"strided<[{', '.join(map(fmt, strides[:-2] + [1]))}], offset: {fmt(offset)}>"
+        res = f"memref<{dims}x{ty.element_type}, {layout}>"
+    groups = ", ".join([f"[{i}]" for i in range(ty.rank - 2)] + [f"[{ty.rank - 2}, {ty.rank - 1}]"])
+    out = w.tmp("f")
+    w(f"{out} = memref.collapse_shape {val} [{groups}] : {ty} into {res}")
+    return out, res
 
 
 def _offsets(sizes: list[int]) -> Iterator[int]:

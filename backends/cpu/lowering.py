@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from torch_mlir import ir, passmanager
 from torch_mlir.dialects.transform import interpreter
 
-from tilecraft.backends.cpu import math_approx
+from tilecraft.backends.cpu import amx, math_approx
 from tilecraft.passes import tiling
 from tilecraft.passes.tiling import ANY
 
@@ -99,10 +99,11 @@ def to_tiled(
     vectorize: bool = True,
     target=None,
 ) -> ir.Module:
-    """linalg → tiled: expand erf, tag ops, pick schedules, tile (and decompose conv tiles),
+    """linalg → tiled: expand erf and exp, tag ops, pick schedules, tile (and decompose conv tiles),
     and vectorize each register tile (vector ops on tensors; cleaned up by `to_vector`)."""
     math_approx.expand_erf(module)
     run_pipeline(module, "builtin.module(func.func(math-expand-ops))", stage="tiled")
+    math_approx.expand_exp(module)
     infos = tiling.tag_ops(module)
     chosen = tiling.decisions(infos, decisions, target)
     fused = tiling.fused_ids(module, infos)
@@ -140,10 +141,15 @@ def _mark_arguments_read_only(module: ir.Module) -> None:
 
 
 def to_llvm(module: ir.Module) -> ir.Module:
-    """vector → llvm: out-params, loops, deallocation, and conversion to the LLVM dialect."""
+    """vector → llvm: AMX kernels, out-params, loops, deallocation, and conversion to the
+    LLVM dialect."""
     for func in _public_funcs(module):
         func.attributes["llvm.emit_c_interface"] = ir.UnitAttr.get(module.context)
-    return run_pipeline(module, LLVM_PIPELINE, stage="llvm")
+    if amx.lower_marked(module):  # low-precision contractions → AMX kernels
+        amx.enable()
+    run_pipeline(module, LLVM_PIPELINE, stage="llvm")
+    amx.keep_blocks_out_of_line(module)
+    return module
 
 
 def lower(module: ir.Module, until: str = "llvm", *, start: str = "linalg") -> ir.Module:

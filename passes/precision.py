@@ -1,0 +1,607 @@
+"""Mixed precision: which contractions run in bf16 or int8 (on AMX), and the rewrite.
+
+Sits before fusion in the flow (`compiler/driver.py`, stage `precision`). Reads a
+linalg-on-tensors module and its bound weights; writes the module back with each lowered
+layer rewritten, and the weights it packs replaced in the bound arguments.
+
+- `layers(module)`: the contractions (matmul, batch_matmul, conv2d NCHW) and, for each,
+  the precisions it can run in.
+- `rewrite(module, params, decisions)`: a lowered layer becomes a conversion of its
+  activation (bf16 rounding, or int8 quantization with a calibrated per-tensor scale), a
+  VNNI-packed B operand (weights packed once, here; activations packed at run time; a
+  convolution's input gathered im2col-style straight into the packed layout), a
+  `linalg.generic` contraction marked `tc.amx` (lowered by `backends/cpu/amx.py`) and, for
+  int8, a dequantization with per-channel weight scales. Every new op has exact linalg
+  semantics: the module computes the same with or without the AMX lowering.
+- `plan(...)`: per-layer sensitivity (the output error when only that layer runs lower,
+  on calibration inputs), per-layer predicted latency at each precision, and the choice:
+  an integer program (HiGHS through `scipy.optimize.milp`) minimizing predicted latency
+  under an error budget — HAWQ-V3's formulation with a learned latency model instead of
+  bit-operation counts. `PrecisionDecision` records carry the result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch_mlir import ir, passmanager
+from torch_mlir.dialects import func
+
+from tilecraft.backends.cpu.amx import AMX, AmxSchedule, default_schedule
+
+PRECISIONS = ("f32", "bf16", "int8")
+_VNNI = {"bf16": 2, "int8": 4}
+_ELEM = {"bf16": "bf16", "int8": "i8"}
+_CONTRACTIONS = ("linalg.matmul", "linalg.batch_matmul", "linalg.conv_2d_nchw_fchw")
+
+
+class PrecisionError(ValueError):
+    """A precision request that cannot be honoured (unknown layer, ineligible precision)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    """One contraction as a GEMM: C[(batch,) M, N] += A[(batch,) M, K] · B[(batch,) K, N].
+
+    A convolution is W[F, KH·KW·C] · cols[KH·KW·C, OH·OW] (M = F, N = OH·OW)."""
+
+    index: int  # position among the module's contractions (module order)
+    op: str  # linalg op name
+    batch: int  # 1 unless batch_matmul
+    m: int
+    n: int
+    k: int
+    weight: int | None  # bound argument number of the weight operand (None: two activations)
+    eligible: tuple[str, ...]  # precisions it can run in (always f32)
+    why_not: str = ""  # why bf16/int8 are not eligible
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.batch * self.m * self.n * self.k
+
+    @property
+    def name(self) -> str:
+        shape = f"{self.batch}×" if self.batch > 1 else ""
+        return f"{self.op.removeprefix('linalg.')} {shape}{self.m}×{self.n}×{self.k}"
+
+
+@dataclasses.dataclass(frozen=True)
+class PrecisionDecision:
+    """How one layer runs. Scales are the int8 quantization's: `act_scale` per tensor for
+    the activation (and `act_scale_b` for a second activation operand); weights get
+    per-channel scales computed from the weights at rewrite time."""
+
+    layer: int
+    precision: str = "f32"
+    act_scale: float | None = None
+    act_scale_b: float | None = None
+    schedule: AmxSchedule | None = None
+    sensitivity: float | None = None  # relative output error with only this layer lowered
+    f32_s: float | None = None  # predicted latency at f32
+    predicted_s: float | None = None  # predicted latency at `precision`
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["schedule"] = dataclasses.asdict(self.schedule) if self.schedule else None
+        return d
+
+    @staticmethod
+    def from_json(d: Mapping) -> PrecisionDecision:
+        d = dict(d)
+        if d.get("schedule"):
+            d["schedule"] = AmxSchedule(**d["schedule"])
+        return PrecisionDecision(**d)
+
+
+# ------------------------------------------------------------------------------ layers
+def _func(module: ir.Module):
+    return next(op.operation for op in module.body.operations if op.operation.name == "func.func")
+
+
+def _contraction_ops(module: ir.Module) -> list[ir.Operation]:
+    body = _func(module).regions[0].blocks[0]
+    return [op.operation for op in body.operations if op.operation.name in _CONTRACTIONS]
+
+
+def _shape(v: ir.Value) -> tuple[int, ...]:
+    return tuple(ir.ShapedType(v.type).shape)
+
+
+def _elem(v: ir.Value) -> str:
+    return str(ir.ShapedType(v.type).element_type)
+
+
+def _arg_number(v: ir.Value, n_bound: int) -> int | None:
+    """The bound argument number of `v`, if it is one used by one op only."""
+    if not isinstance(v.owner, ir.Block):
+        return None
+    arg = ir.BlockArgument(v)
+    if arg.arg_number >= n_bound or len(list(v.uses)) != 1:
+        return None
+    return arg.arg_number
+
+
+def _dense_attr(op: ir.Operation, name: str) -> list[int]:
+    return [int(x) for x in ir.DenseIntElementsAttr(op.attributes[name])]
+
+
+def describe(op: ir.Operation, index: int, n_bound: int) -> Layer:
+    a, b, c = (op.operands[i] for i in range(3))
+    dtypes = {_elem(a), _elem(b), _elem(c)}
+    why = "" if dtypes == {"f32"} else f"element types {sorted(dtypes)} (f32 only)"
+    if op.name == "linalg.matmul":
+        (m, k), (_, n) = _shape(a), _shape(b)
+        layer = Layer(index, op.name, 1, m, n, k, _arg_number(b, n_bound), ())
+    elif op.name == "linalg.batch_matmul":
+        (bs, m, k), (_, _, n) = _shape(a), _shape(b)
+        layer = Layer(index, op.name, bs, m, n, k, None, ())
+    else:
+        (nb, ch, _, _), (f, _, kh, kw), (_, _, oh, ow) = _shape(a), _shape(b), _shape(c)
+        layer = Layer(index, op.name, 1, f, oh * ow, ch * kh * kw, _arg_number(b, n_bound), ())
+        if nb != 1:
+            why = why or f"batch {nb} (convolutions run low precision at batch 1)"
+        elif _dense_attr(op, "dilations") != [1, 1]:
+            why = why or "dilated convolution"
+        elif layer.weight is None:
+            why = why or "weight is not a bound argument used once"
+    eligible = ["f32"]
+    if not why:
+        ch = _shape(a)[1] if op.name == "linalg.conv_2d_nchw_fchw" else None
+        for p, v in _VNNI.items():
+            if (ch if ch is not None else layer.k) % v == 0:
+                eligible.append(p)
+        if len(eligible) == 1:
+            why = f"{'channels' if ch is not None else 'K'} not a multiple of 2"
+    return dataclasses.replace(layer, eligible=tuple(eligible), why_not=why)
+
+
+def layers(module: ir.Module, n_bound: int) -> list[Layer]:
+    """Every contraction of the module's function, in module order."""
+    return [describe(op, i, n_bound) for i, op in enumerate(_contraction_ops(module))]
+
+
+# ------------------------------------------------------------------------------ rewrite
+def _t(shape: Sequence[int], elem: str) -> str:
+    return f"tensor<{'x'.join(map(str, shape))}x{elem}>"
+
+
+def _map(n: int, results: str) -> str:
+    dims = ", ".join(f"d{i}" for i in range(n))
+    return f"affine_map<({dims}) -> ({results})>"
+
+
+def _generic(
+    res: str,
+    ins: list[tuple[str, str]],
+    out: tuple[str, str],
+    maps: list[str],
+    iters: list[str],
+    body: str,
+    *,
+    attrs: str = "",
+) -> str:
+    ins_v = ", ".join(v for v, _ in ins)
+    ins_t = ", ".join(t for _, t in ins)
+    extra = f", {attrs}" if attrs else ""
+    its = ", ".join(f'"{i}"' for i in iters)
+    return (
+        f"{res} = linalg.generic {{indexing_maps = [{', '.join(maps)}], iterator_types = [{its}]{extra}}} "
+        f"ins({ins_v} : {ins_t}) outs({out[0]} : {out[1]}) {{\n{body}\n}} -> {out[1]}"
+    )
+
+
+def _convert_body(h: _Helper, precision: str, scale: float | None) -> str:
+    """The region converting one f32 to bf16, or to int8 with `scale` (its constants are
+    written to `h` first)."""
+    if precision == "bf16":
+        return "^bb0(%x: f32, %o: bf16):\n  %t = arith.truncf %x : f32 to bf16\n  linalg.yield %t : bf16"
+    inv, lo, hi = h.tmp(), h.tmp(), h.tmp()
+    h(f"{inv} = arith.constant {1.0 / scale!r} : f32")
+    h(f"{lo} = arith.constant -1.270000e+02 : f32")
+    h(f"{hi} = arith.constant 1.270000e+02 : f32")
+    return (
+        f"^bb0(%x: f32, %o: i8):\n  %s = arith.mulf %x, {inv} : f32\n  %r = math.roundeven %s : f32\n"
+        f"  %l = arith.maximumf %r, {lo} : f32\n  %h = arith.minimumf %l, {hi} : f32\n"
+        "  %q = arith.fptosi %h : f32 to i8\n  linalg.yield %q : i8"
+    )
+
+
+def _contract_body(precision: str) -> str:
+    if precision == "bf16":
+        return (
+            "^bb0(%x: bf16, %y: bf16, %z: f32):\n  %xf = arith.extf %x : bf16 to f32\n"
+            "  %yf = arith.extf %y : bf16 to f32\n  %p = arith.mulf %xf, %yf : f32\n"
+            "  %s = arith.addf %z, %p : f32\n  linalg.yield %s : f32"
+        )
+    return (
+        "^bb0(%x: i8, %y: i8, %z: i32):\n  %xi = arith.extsi %x : i8 to i32\n  %yi = arith.extsi %y : i8 to i32\n"
+        "  %p = arith.muli %xi, %yi : i32\n  %s = arith.addi %z, %p : i32\n  linalg.yield %s : i32"
+    )
+
+
+def quantize_per_channel(w: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per-channel quantization along `dim`: (q, scales)."""
+    reduce = [d for d in range(w.dim()) if d != dim]
+    amax = w.abs().amax(dim=reduce) if reduce else w.abs()
+    scales = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
+    shape = [1] * w.dim()
+    shape[dim] = -1
+    q = torch.clamp(torch.round(w / scales.reshape(shape)), -127, 127).to(torch.int8)
+    return q, scales
+
+
+def _pack_vnni(b: torch.Tensor, v: int) -> torch.Tensor:
+    """[(batch,) K, N] → [(batch,) K/v, N, v]: pairs (quads) of consecutive K rows interleaved."""
+    *lead, k, n = b.shape
+    return b.reshape(*lead, k // v, v, n).transpose(-1, -2).contiguous()
+
+
+class _Helper:
+    """Text of one private helper function that replaces one layer."""
+
+    def __init__(self, name: str):
+        self.name, self.args, self.lines, self.n = name, [], [], 0
+
+    def arg(self, ty: str) -> str:
+        v = f"%arg{len(self.args)}"
+        self.args.append((v, ty))
+        return v
+
+    def tmp(self) -> str:
+        self.n += 1
+        return f"%v{self.n}"
+
+    def __call__(self, text: str) -> None:
+        self.lines.append(text)
+
+    def text(self, result: str, rty: str) -> str:
+        args = ", ".join(f"{v}: {t}" for v, t in self.args)
+        body = "\n".join(self.lines + [f"return {result} : {rty}"])
+        return f"func.func private @{self.name}({args}) -> {rty} {{\n{body}\n}}"
+
+
+def _convert(h: _Helper, src: str, shape: Sequence[int], precision: str, scale: float | None) -> str:
+    """Elementwise f32 → bf16/i8 of a whole tensor."""
+    body = _convert_body(h, precision, scale)
+    e, out = h.tmp(), h.tmp()
+    ty = _t(shape, _ELEM[precision])
+    h(f"{e} = tensor.empty() : {ty}")
+    ident = _map(len(shape), ", ".join(f"d{i}" for i in range(len(shape))))
+    h(_generic(out, [(src, _t(shape, "f32"))], (e, ty), [ident, ident], ["parallel"] * len(shape), body))
+    return out
+
+
+def _expand_k(h: _Helper, src: str, lead: Sequence[int], k: int, v: int, elem: str) -> tuple[str, str]:
+    """[lead…, K] → [lead…, K/v, v] (free reshape)."""
+    out = h.tmp()
+    r = len(lead)
+    groups = ", ".join([f"[{i}]" for i in range(r)] + [f"[{r}, {r + 1}]"])
+    ty = _t([*lead, k // v, v], elem)
+    sizes = ", ".join(map(str, [*lead, k // v, v]))
+    h(f"{out} = tensor.expand_shape {src} [{groups}] output_shape [{sizes}] : {_t([*lead, k], elem)} into {ty}")
+    return out, ty
+
+
+def _amx_contract(
+    h: _Helper,
+    a: tuple[str, str],
+    b: tuple[str, str],
+    c: tuple[str, str],
+    batched: bool,
+    precision: str,
+    sched: AmxSchedule,
+) -> str:
+    out = h.tmp()
+    if batched:
+        maps = [_map(5, "d0, d1, d3, d4"), _map(5, "d0, d3, d2, d4"), _map(5, "d0, d1, d2")]
+        iters = ["parallel", "parallel", "parallel", "reduction", "reduction"]
+    else:
+        maps = [_map(4, "d0, d2, d3"), _map(4, "d2, d1, d3"), _map(4, "d0, d1")]
+        iters = ["parallel", "parallel", "reduction", "reduction"]
+    attrs = f"{AMX} = {json.dumps(sched.to_json())}"
+    h(_generic(out, [a, b], c, maps, iters, _contract_body(precision), attrs=attrs))
+    return out
+
+
+def _dequantize(h: _Helper, acc: str, init: str, shape: Sequence[int], scales: torch.Tensor, channel_dim: int) -> str:
+    """init + float(acc) · scale[channel] (f32)."""
+    cst, out = h.tmp(), h.tmp()
+    values = ", ".join(repr(float(x)) for x in scales.tolist())
+    h(f"{cst} = arith.constant dense<[{values}]> : {_t([len(scales)], 'f32')}")
+    r = len(shape)
+    ident = _map(r, ", ".join(f"d{i}" for i in range(r)))
+    body = (
+        "^bb0(%q: i32, %s: f32, %c: f32, %o: f32):\n  %f = arith.sitofp %q : i32 to f32\n"
+        "  %m = arith.mulf %f, %s : f32\n  %a = arith.addf %c, %m : f32\n  linalg.yield %a : f32"
+    )
+    e = h.tmp()
+    h(f"{e} = tensor.empty() : {_t(shape, 'f32')}")
+    ins = [(acc, _t(shape, "i32")), (cst, _t([len(scales)], "f32")), (init, _t(shape, "f32"))]
+    h(
+        _generic(
+            out, ins, (e, _t(shape, "f32")), [ident, _map(r, f"d{channel_dim}"), ident, ident], ["parallel"] * r, body
+        )
+    )
+    return out
+
+
+def _zero_i32(h: _Helper, shape: Sequence[int]) -> str:
+    z, e, out = h.tmp(), h.tmp(), h.tmp()
+    h(f"{z} = arith.constant 0 : i32")
+    h(f"{e} = tensor.empty() : {_t(shape, 'i32')}")
+    h(f"{out} = linalg.fill ins({z} : i32) outs({e} : {_t(shape, 'i32')}) -> {_t(shape, 'i32')}")
+    return out
+
+
+def _rewrite_one(
+    op: ir.Operation, layer: Layer, d: PrecisionDecision, params: list[torch.Tensor], name: str
+) -> tuple[str, list[ir.Value], dict[int, torch.Tensor]]:
+    """(helper func text, call operands, bound weights to replace) for one layer."""
+    p, v = d.precision, _VNNI[d.precision]
+    elem = _ELEM[p]
+    sched = d.schedule or default_schedule(layer.m, layer.n, layer.k)
+    h = _Helper(name)
+    a_val, b_val, c_val = (op.operands[i] for i in range(3))
+    operands: list[ir.Value] = []
+    new_params: dict[int, torch.Tensor] = {}
+    if p == "int8" and d.act_scale is None:
+        raise PrecisionError(f"layer {layer.index} ({layer.name}): int8 needs a calibrated activation scale")
+    acc = "f32" if p == "bf16" else "i32"
+    if op.name in ("linalg.matmul", "linalg.batch_matmul"):
+        batched = op.name == "linalg.batch_matmul"
+        lead = [layer.batch] if batched else []
+        a = h.arg(_t([*lead, layer.m, layer.k], "f32"))
+        operands.append(a_val)
+        al = _convert(h, a, [*lead, layer.m, layer.k], p, d.act_scale)
+        a3 = _expand_k(h, al, [*lead, layer.m], layer.k, v, elem)
+        bty = _t([*lead, layer.k // v, layer.n, v], elem)
+        scales = None
+        if layer.weight is not None:  # packed once, here
+            w = params[layer.weight]
+            if p == "bf16":
+                packed = _pack_vnni(w.to(torch.bfloat16), v)
+            else:
+                q, scales = quantize_per_channel(w, 1)
+                packed = _pack_vnni(q, v)
+            new_params[layer.weight] = packed
+            b3 = h.arg(bty)
+            operands.append(b_val)
+        else:  # packed at run time
+            b = h.arg(_t([*lead, layer.k, layer.n], "f32"))
+            operands.append(b_val)
+            bl = _convert(h, b, [*lead, layer.k, layer.n], p, d.act_scale_b)
+            e, b3 = h.tmp(), h.tmp()
+            h(f"{e} = tensor.empty() : {bty}")
+            r = len(lead)
+            src = ", ".join([*(f"d{i}" for i in range(r)), f"d{r} * {v} + d{r + 2}", f"d{r + 1}"])
+            out_map = _map(r + 3, ", ".join(f"d{i}" for i in range(r + 3)))
+            body = f"^bb0(%x: {elem}, %o: {elem}):\n  linalg.yield %x : {elem}"
+            h(
+                _generic(
+                    b3,
+                    [(bl, _t([*lead, layer.k, layer.n], elem))],
+                    (e, bty),
+                    [_map(r + 3, src), out_map],
+                    ["parallel"] * (r + 3),
+                    body,
+                )
+            )
+            if p == "int8":
+                scales = torch.full((layer.n,), d.act_scale_b)
+        cshape = [*lead, layer.m, layer.n]
+        c = h.arg(_t(cshape, "f32"))
+        operands.append(c_val)
+        init = c if p == "bf16" else _zero_i32(h, cshape)
+        r = _amx_contract(h, (a3[0], a3[1]), (b3, bty), (init, _t(cshape, acc)), batched, p, sched)
+        if p == "int8":
+            r = _dequantize(h, r, c, cshape, scales * d.act_scale, len(cshape) - 1)
+        return h.text(r, _t(cshape, "f32")), operands, new_params
+    # convolution, batch 1: W[F, KH·KW·C] · cols[KH·KW·C, OH·OW]
+    (_, ch, _, _), (f, _, kh, kw), (_, _, oh, ow) = _shape(a_val), _shape(b_val), _shape(c_val)
+    (sh, sw) = _dense_attr(op, "strides")
+    w = params[layer.weight].permute(0, 2, 3, 1).reshape(f, kh * kw * ch)  # K ordered (kh, kw, c)
+    if p == "bf16":
+        wq, scales = w.to(torch.bfloat16), None
+    else:
+        wq, scales = quantize_per_channel(w, 0)
+    new_params[layer.weight] = wq.reshape(f, kh * kw * ch // v, v).contiguous()
+    x = h.arg(_t(_shape(a_val), "f32"))
+    wa = h.arg(_t([f, kh * kw * ch // v, v], elem))
+    c = h.arg(_t(_shape(c_val), "f32"))
+    operands += [a_val, b_val, c_val]
+    cols_shape = [kh, kw, ch // v, oh, ow, v]
+    cbody = _convert_body(h, p, d.act_scale)
+    e, cols = h.tmp(), h.tmp()
+    h(f"{e} = tensor.empty() : {_t(cols_shape, elem)}")
+    src = _map(6, f"0, d2 * {v} + d5, d3 * {sh} + d0, d4 * {sw} + d1")
+    ident = _map(6, "d0, d1, d2, d3, d4, d5")
+    h(_generic(cols, [(x, _t(_shape(a_val), "f32"))], (e, _t(cols_shape, elem)), [src, ident], ["parallel"] * 6, cbody))
+    b3, bty = h.tmp(), _t([kh * kw * ch // v, oh * ow, v], elem)
+    h(f"{b3} = tensor.collapse_shape {cols} [[0, 1, 2], [3, 4], [5]] : {_t(cols_shape, elem)} into {bty}")
+    c2, c2ty = h.tmp(), _t([f, oh * ow], "f32")
+    h(f"{c2} = tensor.collapse_shape {c} [[0, 1], [2, 3]] : {_t(_shape(c_val), 'f32')} into {c2ty}")
+    init = c2 if p == "bf16" else _zero_i32(h, [f, oh * ow])
+    r = _amx_contract(
+        h, (wa, _t([f, kh * kw * ch // v, v], elem)), (b3, bty), (init, _t([f, oh * ow], acc)), False, p, sched
+    )
+    if p == "int8":
+        r = _dequantize(h, r, c2, [f, oh * ow], scales * d.act_scale, 0)
+    out = h.tmp()
+    oty = _t(_shape(c_val), "f32")
+    h(f"{out} = tensor.expand_shape {r} [[0, 1], [2, 3]] output_shape [1, {f}, {oh}, {ow}] : {c2ty} into {oty}")
+    return h.text(out, _t(_shape(c_val), "f32")), operands, new_params
+
+
+def rewrite(
+    module: ir.Module, params: list[torch.Tensor], decisions: Sequence[PrecisionDecision]
+) -> list[torch.Tensor]:
+    """Rewrite every layer whose decision is not f32 (in place); returns the new bound
+    arguments (packed weights replace the f32 ones they came from)."""
+    lowered = [d for d in decisions if d.precision != "f32"]
+    if not lowered:
+        return list(params)
+    ctx = module.context
+    fn = _func(module)
+    ops = _contraction_ops(module)
+    infos = [describe(op, i, len(params)) for i, op in enumerate(ops)]
+    params = list(params)
+    for d in lowered:
+        if not 0 <= d.layer < len(ops):
+            raise PrecisionError(f"no layer {d.layer} (the module has {len(ops)} contractions)")
+        layer = infos[d.layer]
+        if d.precision not in layer.eligible:
+            raise PrecisionError(f"layer {d.layer} ({layer.name}) cannot run in {d.precision}: {layer.why_not}")
+        op = ops[d.layer]
+        name = f"__tc_lp_{d.layer}"
+        text, operands, new_params = _rewrite_one(op, layer, d, params, name)
+        helper = ir.Module.parse(text, context=ctx)
+        for hop in list(helper.body.operations):
+            module.body.append(hop.operation)
+        block = fn.regions[0].blocks[0]
+        for arg_no, tensor in new_params.items():
+            block.arguments[arg_no].set_type(_tensor_type(tensor, ctx))
+            params[arg_no] = tensor
+        with ir.InsertionPoint(op), op.location:
+            call = func.CallOp([op.results[0].type], ir.FlatSymbolRefAttr.get(name, context=ctx), operands)
+        op.results[0].replace_all_uses_with(call.results[0])
+        op.erase()
+    ftype = ir.FunctionType(ir.TypeAttr(fn.attributes["function_type"]).value)
+    inputs = [a.type for a in fn.regions[0].blocks[0].arguments]
+    fn.attributes["function_type"] = ir.TypeAttr.get(ir.FunctionType.get(inputs, ftype.results, context=ctx))
+    passmanager.PassManager.parse("builtin.module(inline, symbol-dce)", context=ctx).run(module.operation)
+    return params
+
+
+_TORCH_ELEM = {torch.float32: "f32", torch.bfloat16: "bf16", torch.int8: "i8"}
+
+
+def _tensor_type(t: torch.Tensor, ctx) -> ir.Type:
+    return ir.Type.parse(_t(list(t.shape), _TORCH_ELEM[t.dtype]), context=ctx)
+
+
+# ------------------------------------------------------------------------------ sensitivity
+_FX_CONTRACTIONS = ("aten.mm.default", "aten.addmm.default", "aten.bmm.default", "aten.convolution.default")
+
+
+def _flatten(x) -> list[torch.Tensor]:
+    if isinstance(x, torch.Tensor):
+        return [x]
+    if isinstance(x, (list, tuple)):
+        return [t for y in x for t in _flatten(y)]
+    if isinstance(x, dict):
+        return [t for y in x.values() for t in _flatten(y)]
+    return []
+
+
+def relative_error(outs, refs) -> float:
+    """‖out − ref‖ / ‖ref‖ over all outputs (L2, as one vector)."""
+    outs, refs = _flatten(outs), _flatten(refs)
+    num = sum(float((o.double() - r.double()).pow(2).sum()) for o, r in zip(outs, refs))
+    den = sum(float(r.double().pow(2).sum()) for r in refs)
+    return math.sqrt(num / den) if den else math.sqrt(num)
+
+
+def _fake_bf16(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.bfloat16).to(x.dtype)
+
+
+def _fake_int8(x: torch.Tensor, scale) -> torch.Tensor:
+    return torch.clamp(torch.round(x / scale), -127, 127) * scale
+
+
+class Emulator:
+    """Runs the model's exported graph in eager PyTorch with chosen layers emulating their
+    lowered precision (operands rounded to bf16, or fake-quantized to int8 exactly as the
+    rewrite quantizes them; accumulation stays exact). Its contraction nodes are the
+    module's layers, in order (checked against `layers` by shape)."""
+
+    def __init__(self, gm: torch.fx.GraphModule, params: Sequence[torch.Tensor], module_layers: Sequence[Layer]):
+        self.gm, self.params = gm, list(params)
+        bound = [n for n in gm.graph.nodes if n.op == "placeholder"][: len(self.params)]
+        self.weights = set(bound)
+        self.nodes = [n for n in gm.graph.nodes if n.op == "call_function" and self._is_layer(n)]
+        if len(self.nodes) != len(module_layers):
+            raise PrecisionError(
+                f"the exported graph has {len(self.nodes)} contractions, the module {len(module_layers)}: "
+                "cannot tell which layer is which"
+            )
+        for node, layer in zip(self.nodes, module_layers):
+            numel = math.prod(node.meta["val"].shape)
+            if numel != layer.batch * layer.m * layer.n:
+                raise PrecisionError(f"layer {layer.index} ({layer.name}) does not match graph node {node.name}")
+
+    @staticmethod
+    def _is_layer(n) -> bool:
+        if str(n.target) not in _FX_CONTRACTIONS:
+            return False
+        return str(n.target) != "aten.convolution.default" or n.args[8] == 1
+
+    def _operands(self, node) -> tuple[int, int]:
+        """Positions of (A, B) in the node's args (addmm: after the bias)."""
+        return (1, 2) if str(node.target) == "aten.addmm.default" else (0, 1)
+
+    def run(self, inputs, lowered: Mapping[int, PrecisionDecision] | None = None, *, record: dict | None = None):
+        """Outputs with `lowered` layers emulated; `record` collects each layer's operand
+        absolute maxima {layer: (max|A|, max|B|)} (max over runs)."""
+        index = {n: i for i, n in enumerate(self.nodes)}
+        lowered = lowered or {}
+        emu = self
+
+        class _Interp(torch.fx.Interpreter):
+            def run_node(self, n):
+                i = index.get(n)
+                if i is None or (i not in lowered and record is None):
+                    return super().run_node(n)
+                args, kwargs = self.fetch_args_kwargs_from_env(n)
+                args = list(args)
+                ia, ib = emu._operands(n)
+                if record is not None:
+                    old = record.get(i, (0.0, 0.0))
+                    record[i] = (max(old[0], float(args[ia].abs().max())), max(old[1], float(args[ib].abs().max())))
+                d = lowered.get(i)
+                if d is not None and d.precision == "bf16":
+                    args[ia], args[ib] = _fake_bf16(args[ia]), _fake_bf16(args[ib])
+                elif d is not None and d.precision == "int8":
+                    args[ia], args[ib] = emu._fake_int8_operands(n, args[ia], args[ib], d)
+                return n.target(*args, **kwargs)
+
+        with torch.no_grad():
+            return _Interp(self.gm).run(*self.params, *inputs)
+
+    def _fake_int8_operands(self, n, a: torch.Tensor, b: torch.Tensor, d: PrecisionDecision):
+        target = str(n.target)
+        ia, ib = self._operands(n)
+        wa, wb = n.args[ia] in self.weights, n.args[ib] in self.weights
+        if target == "aten.convolution.default":  # weight per output channel
+            dim = 1 if n.args[6] else 0  # transposed: [C_in, C_out, …]
+            q, s = quantize_per_channel(b, dim)
+            shape = [1] * b.dim()
+            shape[dim] = -1
+            return _fake_int8(a, d.act_scale), q.float() * s.reshape(shape)
+        if wb:  # mm / addmm with a weight B[K, N]: per column
+            q, s = quantize_per_channel(b, 1)
+            return _fake_int8(a, d.act_scale), q.float() * s
+        del wa
+        return _fake_int8(a, d.act_scale), _fake_int8(b, d.act_scale_b)
+
+
+def calibration_inputs(inputs: Sequence[torch.Tensor], count: int, *, seed: int = 0) -> list[tuple[torch.Tensor, ...]]:
+    """The example inputs and `count - 1` draws like them (floats: same mean and spread;
+    integers: same range)."""
+    g = torch.Generator().manual_seed(seed)
+    out = [tuple(inputs)]
+    for _ in range(count - 1):
+        draw = []
+        for x in inputs:
+            if x.is_floating_point():
+                draw.append(torch.randn(x.shape, generator=g) * x.std() + x.mean())
+            elif x.dtype == torch.bool:
+                draw.append(x.clone())
+            else:
+                draw.append(torch.randint(int(x.min()), int(x.max()) + 1, x.shape, generator=g, dtype=x.dtype))
+        out.append(tuple(draw))
+    return out
