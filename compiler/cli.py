@@ -198,6 +198,37 @@ def cmd_corpus_export(args) -> int:
     return 0
 
 
+def cmd_corpus_collect_amx(args) -> int:
+    from tilecraft.corpus import collect
+    from tilecraft.corpus.db import CorpusDB
+    from tilecraft.costmodel import amx
+    from tilecraft.target import Target
+
+    shapes = (amx.shapes_of_zoo() if args.zoo else []) + amx.generated_shapes(args.random, seed=args.seed)
+    pairs = []
+    for batch, m, n, k, source in shapes:
+        for p in ("bf16", "int8"):
+            if k % (2 if p == "bf16" else 4) == 0:
+                pairs.append((amx.workload(batch, m, n, k, p), source))
+    with CorpusDB(args.db) as db:
+        print(
+            f"{len({k.key for k, _ in pairs})} AMX workloads x {len(amx.SPACE)} schedules -> {args.db}", file=sys.stderr
+        )
+        counts = amx.collect(
+            db, pairs, Target.parse(args.target), progress=None if args.quiet else collect.progress_bar
+        )
+    print(f"measured {counts['measured']} ({counts['failed']} failed); already in the database: skipped")
+    return 0
+
+
+def cmd_costmodel_train_amx(args) -> int:
+    from tilecraft.costmodel import amx
+
+    s = amx.train(args.db, args.out)
+    print(f"trained on {s['rows']} measurements of {s['workloads']} AMX workloads -> {s['out']}")
+    return 0
+
+
 def cmd_costmodel_train(args) -> int:
     from tilecraft.costmodel import train
 
@@ -306,6 +337,14 @@ def build_parser() -> argparse.ArgumentParser:
     cc.add_argument("--workers", type=int, default=1, help="measuring processes side by side, one core each")
     cc.add_argument("--quiet", action="store_true", help="no progress bar")
     cc.set_defaults(fn=cmd_corpus_collect)
+    ca = csub.add_parser("collect-amx", help="measure AMX bf16/int8 contractions x schedules into the database")
+    ca.add_argument("--db", required=True, help="SQLite corpus database (created if missing)")
+    ca.add_argument("--no-zoo", dest="zoo", action="store_false", help="leave out the zoo's layer shapes")
+    ca.add_argument("--random", type=int, default=0, metavar="N", help="also N generated GEMM shapes")
+    ca.add_argument("--seed", type=int, default=0)
+    ca.add_argument("--target", default="cpu")
+    ca.add_argument("--quiet", action="store_true", help="no progress bar")
+    ca.set_defaults(fn=cmd_corpus_collect_amx)
     cs = csub.add_parser("stats", help="counts, coverage and latency spread per op kind")
     cs.add_argument("--db", required=True)
     cs.add_argument("--json", action="store_true")
@@ -348,6 +387,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-text", dest="text", action="store_false", help="leave out the MLIR token n-gram features (ablation)"
     )
     ct.set_defaults(fn=cmd_costmodel_train)
+    cta = cmsub.add_parser("train-amx", help="fit the AMX (bf16/int8) contraction cost model on a corpus")
+    cta.add_argument("--db", required=True)
+    cta.add_argument("--out", default=None, help="model file (default: the shipped costmodel/data/amx-cpu.json)")
+    cta.set_defaults(fn=cmd_costmodel_train_amx)
     cv = cmsub.add_parser("eval", help="held-out metrics (split by kernel, leave-one-model-out), search study, PNGs")
     cv.add_argument("--db", required=True)
     cv.add_argument("--model", help="model file whose configuration is evaluated (default: the default config)")

@@ -75,7 +75,8 @@ def compile_model(
     tile: bool = True,
     fuse: bool = True,
     fusion: Sequence | None = None,
-    precision: Sequence | None = None,
+    precision: str | Sequence | None = None,
+    error_budget: float | None = None,
 ) -> Compiled:
     """Compile a model spec up to `emit`. `decisions` pins tile decisions (by op id or
     kernel key); every other op gets the cost model's pick (`cost_model`: `lightgbm`, the
@@ -83,9 +84,10 @@ def compile_model(
     defaults), chosen with no measurement. With `fuse`, the same cost model first
     partitions the ops into fusion groups (`passes/fusion.py`); no fusion without a model.
     `fusion` pins the groups instead (FusionDecisions over the op ids `fusion.analyze`
-    gives the module after `fusion.private_fills`; `[]`: no fusion). `precision` lists
-    `PrecisionDecision`s (`passes/precision.py`): those layers are rewritten to bf16/int8
-    AMX contractions first, and their packed weights replace the bound f32 ones."""
+    gives the module after `fusion.private_fills`; `[]`: no fusion). `precision` is a mode
+    (`f32`, `bf16`, `int8`, or `auto`: chosen per layer under `error_budget`;
+    `passes/precision.py`) or a list of `PrecisionDecision`s; lowered layers are rewritten
+    to bf16/int8 AMX contractions first, and their packed weights replace the f32 ones."""
     target = target if isinstance(target, Target) else Target.parse(target)
     if emit not in EMITS:
         raise DriverError(f"unknown --emit {emit!r} (one of {', '.join(EMITS)})")
@@ -113,6 +115,11 @@ def compile_model(
     timed("linalg", lambda: None)  # (dump only)
     done = Compiled(imported, emit, times)
     with module.context:
+        if isinstance(precision, str):
+            done.precision = timed(
+                "plan-precision", lambda: plan_precision(imported, precision, error_budget, cost_model, target)
+            )  # sensitivity, latency, integer program
+            precision = done.precision.decisions
         if precision and any(d.precision != "f32" for d in precision):
             timed("precision", lambda: lower_precision(imported, precision))  # bf16/int8 layers
         model = None
@@ -153,6 +160,19 @@ def compile_model(
         atomic_write(output, done.text.encode())
         done.path = output
     return done
+
+
+def plan_precision(imported: frontend.Imported, mode: str, budget: float | None, cost_model, target: Target):
+    """Each layer's precision (`passes/precision.py`), priced by `cost_model` (f32 kernels;
+    the analytical model stands in for `heuristic`) and the AMX model (bf16/int8)."""
+    from tilecraft.costmodel.amx import AmxModelError
+    from tilecraft.passes import precision
+
+    model = load_cost_model(cost_model if cost_model not in (None, "heuristic") else "analytical", target)
+    try:
+        return precision.plan(imported, mode=mode, budget=budget, cost_model=model, target=target)
+    except (precision.PrecisionError, AmxModelError) as exc:
+        raise DriverError(str(exc)) from None
 
 
 def lower_precision(imported: frontend.Imported, decisions) -> None:

@@ -39,6 +39,8 @@ def load_records(db_path: str, *, target: Target | None = None) -> tuple[list[Re
     records = []
     for r in rows:
         key = r["workload"]
+        if r["kind"].startswith("amx_"):  # AMX contractions: their own model (costmodel/amx.py)
+            continue
         if key not in kernels:
             kernels[key] = Kernel(
                 key,

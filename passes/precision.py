@@ -199,14 +199,16 @@ def _convert_body(h: _Helper, precision: str, scale: float | None) -> str:
     written to `h` first)."""
     if precision == "bf16":
         return "^bb0(%x: f32, %o: bf16):\n  %t = arith.truncf %x : f32 to bf16\n  linalg.yield %t : bf16"
-    inv, lo, hi = h.tmp(), h.tmp(), h.tmp()
+    inv, lo, hi, magic = h.tmp(), h.tmp(), h.tmp(), h.tmp()
     h(f"{inv} = arith.constant {1.0 / scale!r} : f32")
     h(f"{lo} = arith.constant -1.270000e+02 : f32")
     h(f"{hi} = arith.constant 1.270000e+02 : f32")
+    h(f"{magic} = arith.constant 0x4B400000 : f32")  # 1.5 · 2^23: adding it rounds to nearest even
     return (
-        f"^bb0(%x: f32, %o: i8):\n  %s = arith.mulf %x, {inv} : f32\n  %r = math.roundeven %s : f32\n"
-        f"  %l = arith.maximumf %r, {lo} : f32\n  %h = arith.minimumf %l, {hi} : f32\n"
-        "  %q = arith.fptosi %h : f32 to i8\n  linalg.yield %q : i8"
+        f"^bb0(%x: f32, %o: i8):\n  %s = arith.mulf %x, {inv} : f32\n"
+        f"  %l = arith.maximumf %s, {lo} : f32\n  %h = arith.minimumf %l, {hi} : f32\n"
+        f"  %m = arith.addf %h, {magic} : f32\n  %r = arith.subf %m, {magic} : f32\n"
+        "  %q = arith.fptosi %r : f32 to i8\n  linalg.yield %q : i8"
     )
 
 
@@ -605,3 +607,254 @@ def calibration_inputs(inputs: Sequence[torch.Tensor], count: int, *, seed: int 
                 draw.append(torch.randint(int(x.min()), int(x.max()) + 1, x.shape, generator=g, dtype=x.dtype))
         out.append(tuple(draw))
     return out
+
+
+# ------------------------------------------------------------------------------ choosing
+DEFAULT_BUDGET = 0.01  # relative L2 error of the model output
+MODES = ("f32", "bf16", "int8", "auto")
+# Conversion, packing and dequantization around a lowered contraction are streaming
+# elementwise ops, priced at this rate (bytes read + written): resnet18's 64-channel 3×3
+# conv spends 0.30 ms around its AMX kernel on 10.8 MB (im2col from f32 into bf16).
+STREAM_BYTES_PER_S = 30e9
+
+
+@dataclasses.dataclass
+class PrecisionPlan:
+    """The per-layer choice and everything it was made from."""
+
+    mode: str
+    budget: float | None
+    layers: list[Layer]
+    decisions: list[PrecisionDecision]
+    error: float | None = None  # emulated output error of the whole plan (max over calibration inputs)
+    message: str = ""  # why the plan fell back to f32, if it did
+
+    @property
+    def lowered(self) -> list[PrecisionDecision]:
+        return [d for d in self.decisions if d.precision != "f32"]
+
+    @property
+    def predicted_f32_s(self) -> float:
+        return sum(d.f32_s or 0.0 for d in self.decisions)
+
+    @property
+    def predicted_s(self) -> float:
+        return sum((d.predicted_s if d.predicted_s is not None else d.f32_s) or 0.0 for d in self.decisions)
+
+    def to_json(self) -> dict:
+        return {
+            "mode": self.mode,
+            "budget": self.budget,
+            "error": self.error,
+            "message": self.message,
+            "predicted_f32_s": self.predicted_f32_s,
+            "predicted_s": self.predicted_s,
+            "layers": [dataclasses.asdict(x) for x in self.layers],
+            "decisions": [d.to_json() for d in self.decisions],
+        }
+
+    def table(self) -> str:
+        rows = [("layer", "precision", "sensitivity", "f32 pred ms", "pred ms", "saving ms", "note")]
+        for layer, d in zip(self.layers, self.decisions):
+            pred = d.predicted_s if d.predicted_s is not None else d.f32_s
+            saving = (d.f32_s - pred) if d.f32_s is not None and pred is not None else None
+            rows.append(
+                (
+                    f"{layer.index:>2} {layer.name}",
+                    d.precision,
+                    f"{d.sensitivity:.1e}" if d.sensitivity is not None else "-",
+                    f"{d.f32_s * 1e3:.3f}" if d.f32_s is not None else "-",
+                    f"{pred * 1e3:.3f}" if pred is not None else "-",
+                    f"{saving * 1e3:.3f}" if saving is not None else "-",
+                    layer.why_not,
+                )
+            )
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        err = f"{self.error:.2e}" if self.error is not None else "-"
+        budget = f"{self.budget:g}" if self.budget is not None else "none"
+        f32, pred = self.predicted_f32_s, self.predicted_s
+        ratio = f"{f32 / pred:.2f}x" if pred else "-"
+        lines.append(
+            f"precision {self.mode}: {len(self.lowered)}/{len(self.layers)} layers lowered; "
+            f"output error {err} (budget {budget}); "
+            f"contractions predicted {f32 * 1e3:.2f} -> {pred * 1e3:.2f} ms ({ratio})"
+        )
+        if self.message:
+            lines.append(self.message)
+        return "\n".join(lines)
+
+
+def overhead_bytes(layer: Layer, precision: str) -> int:
+    """Bytes the conversions around a lowered layer read and write."""
+    e = 2 if precision == "bf16" else 1
+    b, m, n, k = layer.batch, layer.m, layer.n, layer.k
+    if layer.op == "linalg.conv_2d_nchw_fchw":
+        total = k * n * (4 + e)  # im2col straight into the packed layout
+    else:
+        total = b * m * k * (4 + e)  # the activation
+        if layer.weight is None:
+            total += b * k * n * (4 + 3 * e)  # the second activation: converted, then packed
+    if precision == "int8":
+        total += b * m * n * (4 + 4 + 4)  # dequantize
+    return total
+
+
+def f32_latencies(module: ir.Module, model, target) -> list[float | None]:
+    """Each layer's predicted latency at f32: the cost model's best-ranked schedule."""
+    from tilecraft.corpus import kernels
+    from tilecraft.costmodel.features import FeatureError
+    from tilecraft.costmodel.model import best_decision
+    from tilecraft.passes import tiling
+
+    infos = {i.op_id: i for i in tiling.tag_ops(module)}
+    by_key = {k.key: k for k in kernels.extract(module)}
+    out: list[float | None] = []
+    for op in _contraction_ops(module):
+        info = infos[ir.IntegerAttr(op.attributes[tiling.OP_ID]).value]
+        kernel = by_key.get(info.key)
+        try:
+            out.append(best_decision(model, kernel, tiling.space(info, target))[1] if kernel else None)
+        except FeatureError:
+            out.append(None)
+    return out
+
+
+def low_latency(layer: Layer, precision: str, amx_model) -> tuple[AmxSchedule, float]:
+    """Predicted latency of a lowered layer: the AMX model's best schedule, plus its conversions."""
+    from tilecraft.costmodel import amx as amx_cost
+
+    kernel = amx_cost.workload(layer.batch, layer.m, layer.n, layer.k, precision)
+    sched, seconds = amx_model.best(kernel)
+    return sched, seconds + overhead_bytes(layer, precision) / STREAM_BYTES_PER_S
+
+
+def solve(options: Mapping[int, Mapping[str, tuple[float, float]]], budget: float) -> dict[int, str]:
+    """Minimize Σ latency subject to Σ sensitivity ≤ budget, one precision per layer.
+
+    `options[layer][precision] = (latency_s, sensitivity)`; f32 must be present with
+    sensitivity 0. HiGHS through `scipy.optimize.milp`."""
+    import numpy as np
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    keys = [(layer, p) for layer, ps in options.items() for p in ps]
+    if not keys:
+        return {}
+    cost = np.array([options[layer][p][0] for layer, p in keys])
+    sens = np.array([options[layer][p][1] for layer, p in keys])
+    layer_ids = list(options)
+    one = np.zeros((len(layer_ids), len(keys)))
+    for j, (layer, _) in enumerate(keys):
+        one[layer_ids.index(layer), j] = 1.0
+    constraints = [LinearConstraint(one, 1, 1), LinearConstraint(sens[None, :], -np.inf, budget)]
+    res = milp(cost, constraints=constraints, integrality=np.ones(len(keys)), bounds=Bounds(0, 1))
+    if res.x is None:  # infeasible cannot happen with f32 at zero sensitivity, but be explicit
+        return {layer: "f32" for layer in layer_ids}
+    return {keys[j][0]: keys[j][1] for j in range(len(keys)) if res.x[j] > 0.5}
+
+
+def plan(
+    imported,
+    *,
+    mode: str,
+    budget: float | None,
+    cost_model,
+    target,
+    amx_model=None,
+    calibration: int = 2,
+) -> PrecisionPlan:
+    """Choose every layer's precision (see the module docstring). `mode`: f32, bf16 or int8
+    (every eligible layer; with a budget, a plan over it falls back to f32), or auto (the
+    integer program under `budget`, default 1%). A plan whose output error exceeds the
+    budget never runs: it falls back to f32 and says why."""
+    from tilecraft.backends.cpu import amx as amx_backend
+    from tilecraft.costmodel import amx as amx_cost
+
+    if mode not in MODES:
+        raise PrecisionError(f"unknown precision {mode!r} (one of {', '.join(MODES)})")
+    if budget is not None and not budget > 0:
+        raise PrecisionError(f"the error budget must be positive, got {budget}")
+    n_bound = len(imported.params)
+    all_layers = layers(imported.module, n_bound)
+    f32_only = [PrecisionDecision(x.index) for x in all_layers]
+    if mode == "f32" or not all_layers:
+        return PrecisionPlan(mode, budget, all_layers, f32_only)
+    if mode == "auto" and budget is None:
+        budget = DEFAULT_BUDGET
+    if not amx_backend.available():
+        return PrecisionPlan(mode, budget, all_layers, f32_only, message="AMX is not available here: running f32")
+    if imported.fx is None or imported.model is None:
+        raise PrecisionError(
+            f"{imported.spec}: low precision needs the PyTorch model (for calibration), not MLIR input"
+        )
+    amx_model = amx_model or amx_cost.AmxCostModel.load()
+    emu = Emulator(imported.fx, imported.params, all_layers)
+    inputs = calibration_inputs(imported.inputs, calibration)
+    amax: dict = {}
+    refs = [emu.run(x, record=amax) for x in inputs]
+
+    def error(lowered: Mapping[int, PrecisionDecision]) -> float:
+        return max(relative_error(emu.run(x, lowered), r) for x, r in zip(inputs, refs))
+
+    f32_s = f32_latencies(imported.module, cost_model, target)
+    candidates: dict[int, dict[str, PrecisionDecision]] = {}
+    for layer in all_layers:
+        a_max, b_max = amax.get(layer.index, (0.0, 0.0))
+        options = {"f32": PrecisionDecision(layer.index, "f32", sensitivity=0.0, f32_s=f32_s[layer.index])}
+        wanted = [p for p in layer.eligible if p != "f32" and (mode == "auto" or p == mode)]
+        for p in wanted:
+            sched, seconds = low_latency(layer, p, amx_model)
+            d = PrecisionDecision(
+                layer.index,
+                p,
+                act_scale=max(a_max, 1e-12) / 127.0 if p == "int8" else None,
+                act_scale_b=max(b_max, 1e-12) / 127.0 if p == "int8" else None,
+                schedule=sched,
+                f32_s=f32_s[layer.index],
+                predicted_s=seconds,
+            )
+            options[p] = dataclasses.replace(d, sensitivity=error({layer.index: d}))
+        candidates[layer.index] = options
+
+    def fallback(message: str, err: float | None = None) -> PrecisionPlan:
+        decisions = [candidates[x.index]["f32"] for x in all_layers]
+        return PrecisionPlan(mode, budget, all_layers, decisions, error=err, message=message)
+
+    if mode in ("bf16", "int8"):
+        chosen = {i: opts.get(mode, opts["f32"]) for i, opts in candidates.items()}
+        lowered = {i: d for i, d in chosen.items() if d.precision != "f32"}
+        err = error(lowered)
+        if budget is not None and err > budget:
+            return fallback(
+                f"{mode} everywhere gives output error {err:.2e} > budget {budget:g}: running f32 "
+                f"(try --precision auto, or a larger --error-budget)",
+                err,
+            )
+        return PrecisionPlan(mode, budget, all_layers, [chosen[x.index] for x in all_layers], error=err)
+
+    # auto: the integer program, tightened until the combined error (not just the sum of
+    # per-layer sensitivities) fits the budget
+    target_budget = budget
+    for _ in range(8):
+        table = {
+            i: {
+                p: ((d.predicted_s if d.predicted_s is not None else d.f32_s) or 0.0, d.sensitivity or 0.0)
+                for p, d in opts.items()
+                if d.f32_s is not None or p == "f32"
+            }
+            for i, opts in candidates.items()
+        }
+        choice = solve(table, target_budget)
+        chosen = {i: candidates[i][p] for i, p in choice.items()}
+        lowered = {i: d for i, d in chosen.items() if d.precision != "f32"}
+        if not lowered:
+            least = min(
+                (d.sensitivity for o in candidates.values() for d in o.values() if d.precision != "f32"), default=None
+            )
+            why = f"the least sensitive layer alone errs {least:.2e}" if least is not None else "no layer can run lower"
+            return fallback(f"error budget {budget:g} is too small for any speedup ({why}): running f32")
+        err = error(lowered)
+        if err <= budget:
+            return PrecisionPlan(mode, budget, all_layers, [chosen[x.index] for x in all_layers], error=err)
+        target_budget *= 0.8 * budget / err
+    return fallback(f"no plan within error budget {budget:g} found (last tried errs {err:.2e}): running f32", err)
