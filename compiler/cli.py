@@ -82,7 +82,11 @@ def cmd_compile(args) -> int:
         dump_ir_dir=args.dump_ir_dir,
         cost_model=args.cost_model,
         decisions=_load_decisions(args.decisions),
+        precision=args.precision if args.precision != "f32" else None,
+        error_budget=args.error_budget,
     )
+    if compiled.precision is not None:
+        print(compiled.precision.table(), file=sys.stderr)
     if compiled.text is not None and not args.output:
         sys.stdout.write(compiled.text)
     elif args.emit == "jit":
@@ -129,7 +133,12 @@ def cmd_run(args) -> int:
         dump_ir_dir=args.dump_ir_dir,
         cost_model=args.cost_model,
         decisions=_load_decisions(args.decisions),
+        precision=args.precision,
+        error_budget=args.error_budget,
     )
+    if report.precision is not None:
+        print(report.precision.table())
+        print()
     print(report.table())
     if not report.comparison.ok:
         print(f"error: compiled output does not match {report.reference}", file=sys.stderr)
@@ -262,10 +271,17 @@ def cmd_explain(args) -> int:
     from tilecraft import explain
     from tilecraft.driver import atomic_write
 
-    r = explain.explain(args.model, cost_model=args.cost_model, target=args.target, measure=args.measure)
+    r = explain.explain(
+        args.model,
+        cost_model=args.cost_model,
+        target=args.target,
+        measure=args.measure,
+        precision=args.precision,
+        error_budget=args.error_budget,
+    )
     print(explain.format_table(r))
     if args.json:
-        doc = {k: v for k, v in r.items() if k != "graph"}
+        doc = {k: v for k, v in r.items() if k not in ("graph", "precision_table")}
         doc["edges"] = sorted(r["graph"].edges())
         atomic_write(args.json, json.dumps(doc, indent=1).encode())
         print(f"wrote {args.json}")
@@ -292,6 +308,23 @@ def cmd_tune(args) -> int:
     return 0
 
 
+def precision_options(sp) -> None:
+    sp.add_argument(
+        "--precision",
+        default="f32",
+        choices=["f32", "bf16", "int8", "auto"],
+        help="contraction precision: every eligible layer in bf16 or int8 (AMX), or auto: chosen per layer "
+        "by predicted latency under --error-budget",
+    )
+    sp.add_argument(
+        "--error-budget",
+        type=float,
+        default=None,
+        metavar="REL",
+        help="largest relative L2 output error allowed (auto: default 0.01); a plan over it runs f32 instead",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tilecraft", description="Compile PyTorch models to native code through MLIR.")
     p.add_argument("--verbose", action="store_true", help="print tracebacks on errors")
@@ -307,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
             help="who picks each kernel's schedule: lightgbm (shipped, default), analytical, heuristic, or a file",
         )
         sp.add_argument("--decisions", metavar="JSON", help="pinned decisions (as written by `tilecraft tune`)")
+        precision_options(sp)
         sp.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="print tracebacks on errors")
 
     c = sub.add_parser("compile", help="compile a model and emit IR or an artifact")
@@ -375,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--measure", action="store_true", help="also measure the chosen and runner-up schedules")
     x.add_argument("--json", help="write the table as JSON (with the dataflow graph's edges)")
     x.add_argument("--png", help="draw the dataflow graph")
+    precision_options(x)
     x.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS)
     x.set_defaults(fn=cmd_explain)
 

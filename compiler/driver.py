@@ -294,6 +294,8 @@ class RunReport:
     comparison: Comparison
     reference: str
     schedules: str = "heuristic"
+    precision: object = None  # passes.precision.PrecisionPlan, when low precision was asked for
+    relative_error: float | None = None  # ‖out − ref‖ / ‖ref‖ (checked against the budget when lowered)
 
     @property
     def speedup(self) -> float | None:
@@ -311,10 +313,35 @@ class RunReport:
             ("compile time", f"{self.compile_s:.2f} s"),
             ("max abs error", f"{self.comparison.max_abs:.3e}"),
             ("max rel error", f"{self.comparison.max_rel:.3e}"),
-            ("matches reference", f"{'yes' if self.comparison.ok else 'NO'} (rtol {RTOL:g}, atol {ATOL:g})"),
+            ("matches reference", self._match()),
         ]
+        if self.precision is not None:
+            rows.insert(6, ("precision", self._precision()))
         w = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
+
+    def _lowered(self) -> bool:
+        return self.precision is not None and bool(self.precision.lowered)
+
+    def _match(self) -> str:
+        verdict = "yes" if self.comparison.ok else "NO"
+        if self._lowered():
+            return f"{verdict} (relative L2 error {self.relative_error:.2e}, budget {self.tolerance:g})"
+        return f"{verdict} (rtol {RTOL:g}, atol {ATOL:g})"
+
+    def _precision(self) -> str:
+        p = self.precision
+        counts = {x: sum(d.precision == x for d in p.decisions) for x in ("bf16", "int8", "f32")}
+        return f"{p.mode}: " + ", ".join(f"{n} {x}" for x, n in counts.items() if n)
+
+    @property
+    def tolerance(self) -> float:
+        from tilecraft.passes.precision import DEFAULT_BUDGET
+
+        return self.precision.budget if self.precision is not None and self.precision.budget else DEFAULT_BUDGET
+
+
+DEFAULT_PRECISION_BUDGET = 0.01  # = passes.precision.DEFAULT_BUDGET (kept here to import lazily)
 
 
 def run_and_check(
@@ -327,19 +354,37 @@ def run_and_check(
     budget: float = 1.0,
     cost_model: str | None = "lightgbm",
     decisions: Mapping[int | str, TileDecision] | None = None,
+    precision: str = "f32",
+    error_budget: float | None = None,
 ) -> RunReport:
+    """Compile, run, check against the reference and time both. A low-precision compile is
+    checked by its relative L2 error against the error budget (default 1%) instead of the
+    f32 tolerances."""
+    from tilecraft.passes.precision import relative_error
+
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     imported = frontend.import_spec(spec)
     import_s = time.perf_counter() - t0
     linalg_text = str(imported.module) if imported.model is None else ""
     compiled = compile_model(
-        imported, target=target, dump_ir_dir=dump_ir_dir, cost_model=cost_model, decisions=decisions
+        imported,
+        target=target,
+        dump_ir_dir=dump_ir_dir,
+        cost_model=cost_model,
+        decisions=decisions,
+        precision=precision if precision != "f32" else None,
+        error_budget=error_budget,
     )
     inputs = tuple(inputs) if inputs is not None else imported.inputs
     outs = compiled.fn(*inputs)
     refs, ref_name = reference_outputs(imported, inputs, linalg_text)
     comparison = compare(outs, refs)
+    rel = relative_error(outs, refs)
+    plan = compiled.precision
+    if plan is not None and plan.lowered:
+        tol = plan.budget or DEFAULT_PRECISION_BUDGET
+        comparison = dataclasses.replace(comparison, ok=rel <= tol)
     compiled_s = median_seconds(lambda: compiled.fn(*inputs), budget=budget)
     eager_s = None
     if imported.model is not None:
@@ -354,6 +399,8 @@ def run_and_check(
         comparison,
         ref_name,
         _schedules(compiled, cost_model, decisions),
+        plan,
+        rel,
     )
 
 

@@ -17,7 +17,7 @@ import tempfile
 
 import torch
 
-from tilecraft import frontend
+from tilecraft import driver, frontend
 from tilecraft.passes.tiling import TileDecision
 from tilecraft.target import Target
 
@@ -38,7 +38,17 @@ def describe_group(g) -> str:
     return f"tiles {tiles}" + (f" / {'x'.join(str(t or '*') for t in g.inner)}" if g.inner else "")
 
 
-def explain(spec: str, *, cost_model: str = "lightgbm", target: str | Target = "cpu", measure: bool = False) -> dict:
+def explain(
+    spec: str,
+    *,
+    cost_model: str = "lightgbm",
+    target: str | Target = "cpu",
+    measure: bool = False,
+    precision: str = "f32",
+    error_budget: float | None = None,
+) -> dict:
+    """The kernels `compile` would make (with `precision`, the layers lowered first, and
+    each layer's precision, sensitivity and predicted saving under "precision")."""
     from torch_mlir import ir
 
     from tilecraft.corpus import measure as harness
@@ -50,6 +60,11 @@ def explain(spec: str, *, cost_model: str = "lightgbm", target: str | Target = "
     imported = frontend.import_spec(spec)
     model = cm.create(cost_model, target)
     module = imported.module
+    plan = None
+    if precision != "f32":
+        with module.context:
+            plan = driver.plan_precision(imported, precision, error_budget, cost_model, target)
+            driver.lower_precision(imported, plan.decisions)
     with module.context:
         groups, report = fusion.partition(module, model, target)
         graph = fusion.dataflow_graph(module)
@@ -159,6 +174,8 @@ def explain(spec: str, *, cost_model: str = "lightgbm", target: str | Target = "
         "predicted_unfused_ms": report["unfused_s"] * 1e3,
         "groups": [g.to_json() for g in groups],
         "graph": graph,
+        "precision": plan.to_json() if plan else None,
+        "precision_table": plan.table() if plan else None,
     }
 
 
@@ -216,6 +233,8 @@ def format_table(r: dict) -> str:
         f"predicted total: {r['predicted_total_ms']:.3f} ms fused, {r['predicted_unfused_ms']:.3f} ms unfused "
         "(a fused kernel's schedule is its contraction's, predicted per tile; 'register tiles': elementwise only)"
     )
+    if r.get("precision_table"):
+        lines += ["", "layers (the AMX contractions are not kernels above):", r["precision_table"]]
     return "\n".join(lines)
 
 
