@@ -40,10 +40,29 @@ def _fuse(module: ir.Module, cost_model: str) -> None:
     driver.fuse_groups(module, driver.load_cost_model(cost_model, target), target)
 
 
+def _precision(module: ir.Module, mode: str) -> None:
+    """Every eligible contraction in `mode` (bf16; int8 needs calibrated scales: `compile`).
+    Weights are not bound values here, so B operands are packed at run time."""
+    from tilecraft.passes import precision
+
+    if mode != "bf16":
+        raise ValueError(f"precision{{mode={mode}}}: tilecraft-opt lowers to bf16 only (int8 needs calibration)")
+    layers = precision.layers(module, 0)
+    decisions = [precision.PrecisionDecision(x.index, "bf16") for x in layers if "bf16" in x.eligible]
+    precision.rewrite(module, [], decisions)
+
+
 REGISTRY: dict[str, PassSpec] = {
     p.name: p
     for p in (
         PassSpec("expand-erf", lambda m: math_approx.expand_erf(m), {}, "polynomial math.erf"),
+        PassSpec("expand-exp", lambda m: math_approx.expand_exp(m), {}, "polynomial math.exp (f32)"),
+        PassSpec(
+            "precision",
+            lambda m, mode="bf16": _precision(m, mode),
+            {"mode": str},
+            "every eligible contraction → bf16 AMX contraction (tc.amx generic; lowered by cpu-llvm)",
+        ),
         PassSpec(
             "fuse",
             lambda m, cost_model="lightgbm": _fuse(m, cost_model),

@@ -192,10 +192,12 @@ def collect(
 
     amx.enable()
     th = db.add_target(target)
-    todo = []
+    todo, seen = [], set()
     for kernel, source in kernels:
-        db.add_workload(kernel, source=source)
-        todo += [(kernel, s) for s in schedules if not db.has_measurement(kernel.key, s.to_json(), th)]
+        db.add_workload(kernel, source=source)  # every source is recorded, each workload measured once
+        if kernel.key not in seen:
+            seen.add(kernel.key)
+            todo += [(kernel, s) for s in schedules if not db.has_measurement(kernel.key, s.to_json(), th)]
     counts = {"measured": 0, "failed": 0}
     t0 = time.perf_counter()
     for i, (kernel, sched) in enumerate(todo):

@@ -375,17 +375,16 @@ def _rewrite_one(
         else:  # packed at run time
             b = h.arg(_t([*lead, layer.k, layer.n], "f32"))
             operands.append(b_val)
-            bl = _convert(h, b, [*lead, layer.k, layer.n], p, d.act_scale_b)
+            body = _convert_body(h, p, d.act_scale_b)  # converted and packed in one pass
             e, b3 = h.tmp(), h.tmp()
             h(f"{e} = tensor.empty() : {bty}")
             r = len(lead)
             src = ", ".join([*(f"d{i}" for i in range(r)), f"d{r} * {v} + d{r + 2}", f"d{r + 1}"])
             out_map = _map(r + 3, ", ".join(f"d{i}" for i in range(r + 3)))
-            body = f"^bb0(%x: {elem}, %o: {elem}):\n  linalg.yield %x : {elem}"
             h(
                 _generic(
                     b3,
-                    [(bl, _t([*lead, layer.k, layer.n], elem))],
+                    [(b, _t([*lead, layer.k, layer.n], "f32"))],
                     (e, bty),
                     [_map(r + 3, src), out_map],
                     ["parallel"] * (r + 3),
@@ -694,7 +693,7 @@ def overhead_bytes(layer: Layer, precision: str) -> int:
     else:
         total = b * m * k * (4 + e)  # the activation
         if layer.weight is None:
-            total += b * k * n * (4 + 3 * e)  # the second activation: converted, then packed
+            total += b * k * n * (4 + e)  # the second activation, converted into the packed layout
     if precision == "int8":
         total += b * m * n * (4 + 4 + 4)  # dequantize
     return total

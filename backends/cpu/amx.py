@@ -303,6 +303,15 @@ def _offsets(sizes: list[int]) -> Iterator[int]:
 _BLOCK_FUNC = re.compile(r"^__tc_amx_\d+_b\d+$")
 
 
+def uses_amx(module: ir.Module) -> bool:
+    """The (LLVM-dialect) module contains AMX kernels."""
+    return any(
+        _BLOCK_FUNC.match(ir.StringAttr(op.attributes["sym_name"]).value)
+        for op in module.body.operations
+        if "sym_name" in op.attributes
+    )
+
+
 def keep_blocks_out_of_line(module: ir.Module) -> None:
     """Mark the kernels' block functions `no_inline` (an LLVM-dialect module): func-to-llvm
     drops the attribute, so it is set here."""

@@ -145,8 +145,7 @@ def to_llvm(module: ir.Module) -> ir.Module:
     LLVM dialect."""
     for func in _public_funcs(module):
         func.attributes["llvm.emit_c_interface"] = ir.UnitAttr.get(module.context)
-    if amx.lower_marked(module):  # low-precision contractions → AMX kernels
-        amx.enable()
+    amx.lower_marked(module)  # low-precision contractions → AMX kernels
     run_pipeline(module, LLVM_PIPELINE, stage="llvm")
     amx.keep_blocks_out_of_line(module)
     return module
@@ -209,8 +208,12 @@ def vectorize_script(*, vectorize: bool = True) -> str:
 
 # ---------------------------------------------------------------------- llvm → machine
 def jit(module: ir.Module, *, opt_level: int = 3):
+    """JIT for the host. Code with AMX kernels first asks Linux for the tile state (this
+    process only; a shared library's user must do the same, see `backends/cpu/amx.py`)."""
     from torch_mlir.execution_engine import ExecutionEngine
 
+    if amx.uses_amx(module):
+        amx.enable()
     return ExecutionEngine(module, opt_level=opt_level)
 
 

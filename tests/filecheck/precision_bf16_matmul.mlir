@@ -1,0 +1,31 @@
+// RUN: tilecraft-opt %s -p "precision{mode=bf16}" | filecheck %s --check-prefix=REWRITE
+// RUN: tilecraft-opt %s -p "precision{mode=bf16},cpu-lower" | filecheck %s --check-prefix=AMX
+
+// A bf16 matmul: the f32 activation is rounded to bf16, the B operand is packed into the
+// VNNI layout (K/2 × N × 2) at run time (its weight is not a bound value here), and the
+// contraction becomes a `tc.amx` generic over the packed operands, accumulating in f32.
+// REWRITE-LABEL: func.func @mm
+// REWRITE: arith.truncf %{{.*}} : f32 to bf16
+// REWRITE: tensor.expand_shape {{.*}} into tensor<32x64x2xbf16>
+// REWRITE: arith.truncf %{{.*}} : f32 to bf16
+// REWRITE: } -> tensor<64x48x2xbf16>
+// REWRITE: linalg.generic {{.*}} ins(%{{.*}}, %{{.*}} : tensor<32x64x2xbf16>, tensor<64x48x2xbf16>) outs(%{{.*}} : tensor<32x48xf32>)
+// REWRITE-SAME: tc.amx
+// REWRITE: arith.extf
+// REWRITE: return
+// REWRITE-NOT: linalg.matmul
+
+// Lowered, the contraction is a call to the AMX kernel, whose blocks are AMX tile ops.
+// AMX-LABEL: llvm.func @mm
+// AMX: llvm.call @__tc_amx_0(
+// AMX-LABEL: llvm.func @__tc_amx_0_b0(
+// AMX: tileloadd64
+// AMX: tdpbf16ps
+// AMX: tilestored64
+func.func @mm(%a: tensor<32x128xf32>, %b: tensor<128x48xf32>) -> tensor<32x48xf32> {
+  %cst = arith.constant 0.000000e+00 : f32
+  %e = tensor.empty() : tensor<32x48xf32>
+  %z = linalg.fill ins(%cst : f32) outs(%e : tensor<32x48xf32>) -> tensor<32x48xf32>
+  %r = linalg.matmul ins(%a, %b : tensor<32x128xf32>, tensor<128x48xf32>) outs(%z : tensor<32x48xf32>) -> tensor<32x48xf32>
+  return %r : tensor<32x48xf32>
+}
