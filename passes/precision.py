@@ -847,11 +847,19 @@ def plan(
         chosen = {i: candidates[i][p] for i, p in choice.items()}
         lowered = {i: d for i, d in chosen.items() if d.precision != "f32"}
         if not lowered:
-            least = min(
-                (d.sensitivity for o in candidates.values() for d in o.values() if d.precision != "f32"), default=None
+            faster = [
+                d
+                for o in candidates.values()
+                for d in o.values()
+                if d.precision != "f32" and d.f32_s is not None and d.predicted_s < d.f32_s
+            ]
+            if not faster:
+                return fallback("no layer is predicted faster in bf16 or int8 here: running f32")
+            least = min(d.sensitivity for d in faster)
+            return fallback(
+                f"error budget {budget:g} is too small for any speedup (the least sensitive layer that would "
+                f"be faster errs {least:.2e} alone): running f32"
             )
-            why = f"the least sensitive layer alone errs {least:.2e}" if least is not None else "no layer can run lower"
-            return fallback(f"error budget {budget:g} is too small for any speedup ({why}): running f32")
         err = error(lowered)
         if err <= budget:
             return PrecisionPlan(mode, budget, all_layers, [chosen[x.index] for x in all_layers], error=err)

@@ -1,0 +1,174 @@
+"""Mixed precision: AMX kernels, the precision rewrite, the emulator, the integer program,
+the plan's fallbacks and the CLI. Tests that run AMX code skip on CPUs without it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tilecraft import driver, frontend
+from tilecraft.backends.cpu import amx
+from tilecraft.costmodel import amx as amx_cost
+from tilecraft.passes import precision
+
+needs_amx = pytest.mark.skipif(not amx.available(), reason="needs AMX (amx_bf16, amx_int8) and tile permission")
+
+
+class _Block(torch.nn.Module):
+    """Conv (64 channels) → ReLU → flatten → Linear, and an attention-like batched matmul."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(8, 16, 3, padding=1)
+        self.fc = torch.nn.Linear(16 * 6 * 6, 40)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x)).flatten(1)
+        z = self.fc(y).reshape(1, 4, 10)
+        return torch.bmm(z, z.transpose(1, 2))
+
+
+class _Mlp(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(256, 512), torch.nn.Linear(512, 256)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return frontend.import_module(_Mlp(), (torch.randn(64, 256),), spec="mlp2")
+
+
+def _imported():
+    torch.manual_seed(0)
+    return frontend.import_module(_Block(), (torch.randn(1, 8, 6, 6),), spec="block")
+
+
+@needs_amx
+@pytest.mark.parametrize("dtype", ["bf16", "int8"])
+@pytest.mark.parametrize(
+    ("batch", "m", "n", "k", "sched"),
+    [
+        (1, 64, 64, 128, amx.AmxSchedule()),
+        (1, 33, 50, 72, amx.AmxSchedule(2, 2, 256, "ij")),  # edge tiles in every dimension
+        (1, 7, 8, 20, amx.AmxSchedule(1, 3, 1024, "ji")),
+        (3, 40, 24, 64, amx.AmxSchedule()),
+    ],
+)
+def test_amx_kernel_matches_exact_reference(dtype, batch, m, n, k, sched):
+    if k % (2 if dtype == "bf16" else 4):
+        pytest.skip("K not a multiple of the VNNI factor")
+    kernel = amx_cost.workload(batch, m, n, k, dtype)
+    result = amx_cost.measure(kernel, sched, budget_s=0.0, min_runs=2)
+    assert result.status == "ok", result.error
+
+
+def test_amx_schedule_and_decision_json_roundtrip():
+    s = amx.AmxSchedule(1, 3, 256, "ji")
+    assert amx.AmxSchedule.from_json(s.to_json()) == s
+    d = precision.PrecisionDecision(3, "int8", act_scale=0.5, act_scale_b=0.25, schedule=s, sensitivity=1e-3)
+    assert precision.PrecisionDecision.from_json(d.to_json()) == d
+
+
+def test_layers_and_eligibility():
+    imp = _imported()
+    layers = precision.layers(imp.module, len(imp.params))
+    assert [x.op for x in layers] == ["linalg.conv_2d_nchw_fchw", "linalg.matmul", "linalg.batch_matmul"]
+    conv, fc, bmm = layers
+    assert (conv.m, conv.n, conv.k) == (16, 36, 72) and conv.weight is not None
+    assert (fc.m, fc.n, fc.k) == (1, 40, 576) and fc.weight is not None
+    assert bmm.weight is None and bmm.batch == 1
+    assert conv.eligible == ("f32", "bf16", "int8")
+    assert bmm.eligible == ("f32", "bf16")  # K = 10: not a multiple of 4
+    assert "multiple" in bmm.why_not or bmm.why_not == ""
+
+
+def test_emulator_maps_layers_and_matches_eager():
+    imp = _imported()
+    layers = precision.layers(imp.module, len(imp.params))
+    emu = precision.Emulator(imp.fx, imp.params, layers)
+    amax = {}
+    out = emu.run(imp.inputs, record=amax)
+    assert precision.relative_error(out, imp.reference()) < 1e-6
+    assert set(amax) == {0, 1, 2} and all(a > 0 for a, _ in amax.values())
+
+
+@needs_amx
+@pytest.mark.parametrize("mode", ["bf16", "int8"])
+def test_lowered_compile_matches_its_emulation(mode):
+    """Every layer lowered: the compiled output equals the emulated one (same rounding,
+    same quantization), and stays near eager f32."""
+    imp = _imported()
+    layers = precision.layers(imp.module, len(imp.params))
+    emu = precision.Emulator(imp.fx, imp.params, layers)
+    amax = {}
+    emu.run(imp.inputs, record=amax)
+    decisions = [
+        precision.PrecisionDecision(
+            x.index,
+            mode if mode in x.eligible else "bf16",
+            act_scale=amax[x.index][0] / 127,
+            act_scale_b=amax[x.index][1] / 127,
+        )
+        for x in layers
+    ]
+    emulated = emu.run(imp.inputs, {d.layer: d for d in decisions})
+    compiled = driver.compile_model(imp, cost_model="heuristic", precision=decisions)
+    out = compiled.fn(*imp.inputs)
+    assert precision.relative_error(out, emulated) < 2e-3
+    assert precision.relative_error(out, imp.reference()) < (2e-2 if mode == "bf16" else 5e-2)
+    # the packed weights replaced the f32 ones they came from
+    assert any(p.dtype in (torch.bfloat16, torch.int8) for p in imp.params)
+
+
+def test_solve_minimizes_latency_under_the_budget():
+    options = {
+        0: {"f32": (10.0, 0.0), "bf16": (4.0, 0.004), "int8": (2.0, 0.02)},
+        1: {"f32": (6.0, 0.0), "bf16": (3.0, 0.003)},
+        2: {"f32": (1.0, 0.0), "bf16": (0.9, 0.009)},
+    }
+    assert precision.solve(options, 0.01) == {0: "bf16", 1: "bf16", 2: "f32"}
+    assert precision.solve(options, 0.03) == {0: "int8", 1: "bf16", 2: "f32"}
+    assert precision.solve(options, 1e-6) == {0: "f32", 1: "f32", 2: "f32"}
+
+
+@needs_amx
+def test_plan_auto_within_budget_and_fallback():
+    imp = _mlp()
+    model = driver.load_cost_model("analytical", driver.Target.parse("cpu"))
+    plan = precision.plan(imp, mode="auto", budget=0.05, cost_model=model, target=driver.Target.parse("cpu"))
+    assert plan.lowered and plan.error <= 0.05 and not plan.message
+    assert all(d.sensitivity is not None for d in plan.decisions)
+    tiny = precision.plan(imp, mode="auto", budget=1e-9, cost_model=model, target=driver.Target.parse("cpu"))
+    assert not tiny.lowered and "too small" in tiny.message
+    int8 = precision.plan(imp, mode="int8", budget=1e-9, cost_model=model, target=driver.Target.parse("cpu"))
+    assert not int8.lowered and "running f32" in int8.message
+
+
+def test_plan_rejects_bad_requests():
+    imp = _imported()
+    model = driver.load_cost_model("analytical", driver.Target.parse("cpu"))
+    with pytest.raises(precision.PrecisionError, match="budget must be positive"):
+        precision.plan(imp, mode="auto", budget=0.0, cost_model=model, target=driver.Target.parse("cpu"))
+    with pytest.raises(precision.PrecisionError, match="unknown precision"):
+        precision.plan(imp, mode="fp8", budget=None, cost_model=model, target=driver.Target.parse("cpu"))
+    with pytest.raises(precision.PrecisionError, match="cannot run in int8"):
+        precision.rewrite(imp.module, imp.params, [precision.PrecisionDecision(2, "int8", act_scale=1.0)])
+
+
+@needs_amx
+def test_cli_run_precision_auto_and_budget_errors(tmp_path):
+    run = [sys.executable, "-m", "tilecraft.cli", "run", "mlp", "--cost-model", "heuristic"]
+    ok = subprocess.run([*run, "--precision", "auto"], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "precision auto:" in ok.stdout and "relative L2 error" in ok.stdout
+    tiny = subprocess.run([*run, "--precision", "auto", "--error-budget", "1e-9"], capture_output=True, text=True)
+    assert tiny.returncode == 0 and "too small for any speedup" in tiny.stdout
+    bad = subprocess.run([*run, "--precision", "auto", "--error-budget", "-1"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: the error budget must be positive")
