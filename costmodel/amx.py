@@ -373,3 +373,38 @@ def train(db_path: str, out: str | None = None) -> dict:
     model = AmxCostModel().fit(records)
     model.save(out)
     return {"rows": len(records), "workloads": model.meta["workloads"], "out": out}
+
+
+def evaluate(db_path: str, *, folds: int = 5, seed: int = 0) -> dict:
+    """Held-out quality, split by workload: median absolute percentage error of latency,
+    and the regret of the schedule the model ranks first (its measured latency over the
+    best measured one), per workload."""
+    from tilecraft.corpus.db import CorpusDB
+
+    with CorpusDB(db_path, create=False) as db:
+        records = load_records(db)
+    keys = sorted({k.key for k, _, _ in records})
+    rng = np.random.default_rng(seed)
+    rng.shuffle(keys)
+    fold_of = {key: i % folds for i, key in enumerate(keys)}
+    ape, regret = [], []
+    for f in range(folds):
+        train_rows = [r for r in records if fold_of[r[0].key] != f]
+        test_rows = [r for r in records if fold_of[r[0].key] == f]
+        model = AmxCostModel().fit(train_rows)
+        by_key: dict[str, list] = {}
+        for r in test_rows:
+            by_key.setdefault(r[0].key, []).append(r)
+        for rows in by_key.values():
+            kernel = rows[0][0]
+            pred = model.predict(kernel, [s for _, s, _ in rows])
+            meas = np.array([t for _, _, t in rows])
+            ape += list(np.abs(pred - meas) / meas)
+            regret.append(meas[int(np.argmin(pred))] / meas.min())
+    return {
+        "rows": len(records),
+        "workloads": len(keys),
+        "median_ape": float(np.median(ape)),
+        "mean_regret": float(np.mean(regret)),
+        "top1_within_5pct": float(np.mean(np.array(regret) <= 1.05)),
+    }
