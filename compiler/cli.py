@@ -215,10 +215,10 @@ def cmd_corpus_collect_amx(args) -> int:
 
     shapes = (amx.shapes_of_zoo() if args.zoo else []) + amx.generated_shapes(args.random, seed=args.seed)
     pairs = []
-    for batch, m, n, k, source in shapes:
+    for batch, m, n, k, source, blocked in shapes:
         for p in ("bf16", "int8"):
             if k % (2 if p == "bf16" else 4) == 0:
-                pairs.append((amx.workload(batch, m, n, k, p), source))
+                pairs.append((amx.workload(batch, m, n, k, p, blocked=blocked), source))
     with CorpusDB(args.db) as db:
         print(
             f"{len({k.key for k, _ in pairs})} AMX workloads x {len(amx.SPACE)} schedules -> {args.db}", file=sys.stderr

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from tilecraft.backends.cpu.amx import AMX, SPACE, AmxSchedule
+from tilecraft.backends.cpu.amx import AMX, SPACE, AmxSchedule, generic_maps
 from tilecraft.corpus.kernels import Kernel
 from tilecraft.corpus.measure import Measurement
 
@@ -42,26 +42,22 @@ class AmxModelError(RuntimeError):
 
 
 # ------------------------------------------------------------------------------ workloads
-def workload(batch: int, m: int, n: int, k: int, precision: str) -> Kernel:
-    """The AMX contraction of one GEMM shape as a corpus kernel (`func.func @kernel`)."""
+def workload(batch: int, m: int, n: int, k: int, precision: str, *, blocked: bool | None = None) -> Kernel:
+    """The AMX contraction of one GEMM shape as a corpus kernel (`func.func @kernel`), with
+    B plain or blocked (default: blocked when N % 16 == 0, as the precision pass packs a
+    matmul's B; a convolution's im2col B is plain)."""
     elem, acc = _ELEM[precision]
     v = _VNNI[precision]
     if k % v:
         raise AmxModelError(f"K={k} is not a multiple of {v}")
+    blocked = n % 16 == 0 if blocked is None else blocked
     lead = [batch] if batch > 1 else []
-    shapes = ([*lead, m, k // v, v], [*lead, k // v, n, v], [*lead, m, n])
+    if blocked:
+        shapes = ([*lead, m, k // v, v], [*lead, n // 16, k // v, 16, v], [*lead, m, n // 16, 16])
+    else:
+        shapes = ([*lead, m, k // v, v], [*lead, k // v, n, v], [*lead, m, n])
     types = [_t(s, e) for s, e in zip(shapes, (elem, elem, acc))]
-    r = len(lead)
-    d = [f"d{i}" for i in range(r + 4)]
-    lead_d = d[:r]
-    mm, nn, kk, vv = d[r:]
-    maps = [
-        [*lead_d, mm, kk, vv],
-        [*lead_d, kk, nn, vv],
-        [*lead_d, mm, nn],
-    ]
-    maps_txt = ", ".join(f"affine_map<({', '.join(d)}) -> ({', '.join(x)})>" for x in maps)
-    iters = ", ".join(['"parallel"'] * (r + 2) + ['"reduction"'] * 2)
+    maps, iters = generic_maps(len(lead), blocked=blocked)
     if precision == "bf16":
         body = (
             "^bb0(%x: bf16, %y: bf16, %z: f32):\n      %xf = arith.extf %x : bf16 to f32\n"
@@ -74,14 +70,16 @@ def workload(batch: int, m: int, n: int, k: int, precision: str) -> Kernel:
             "      %yi = arith.extsi %y : i8 to i32\n      %p = arith.muli %xi, %yi : i32\n"
             "      %s = arith.addi %z, %p : i32\n      linalg.yield %s : i32"
         )
+    its = ", ".join(f'"{i}"' for i in iters)
     mlir = (
         f"func.func @kernel(%a: {types[0]}, %b: {types[1]}, %c: {types[2]}) -> {types[2]} {{\n"
-        f'  %r = linalg.generic {{indexing_maps = [{maps_txt}], iterator_types = [{iters}], {AMX} = ""}} '
+        f'  %r = linalg.generic {{indexing_maps = [{", ".join(maps)}], iterator_types = [{its}], {AMX} = ""}} '
         f"ins(%a, %b : {types[0]}, {types[1]}) outs(%c : {types[2]}) {{\n    {body}\n  }} -> {types[2]}\n"
         f"  return %r : {types[2]}\n}}\n"
     )
     extents = (batch, m, n, k)
-    key = hashlib.sha256(json.dumps([KINDS[precision], extents]).encode()).hexdigest()[:16]
+    key_doc = [KINDS[precision], extents] + (["blocked"] if blocked else [])
+    key = hashlib.sha256(json.dumps(key_doc).encode()).hexdigest()[:16]
     return Kernel(
         key=key,
         kind=KINDS[precision],
@@ -92,6 +90,10 @@ def workload(batch: int, m: int, n: int, k: int, precision: str) -> Kernel:
         flops=2 * batch * m * n * k,
         mlir=mlir,
     )
+
+
+def is_blocked(kernel: Kernel) -> bool:
+    return len(kernel.shapes[1]) - len(kernel.shapes[0]) == 1
 
 
 def _t(shape: Sequence[int], elem: str) -> str:
@@ -134,7 +136,7 @@ def _inputs(kernel: Kernel, seed: int = 0):
 
 def reference(kernel: Kernel, a, b, c) -> torch.Tensor:
     """C + A · B from the VNNI operands, exactly (int8) or in f64 (bf16)."""
-    eq = "...mkv,...knv->...mn"
+    eq = "...mkv,...bknv->...mbn" if is_blocked(kernel) else "...mkv,...knv->...mn"
     if kernel.kind == KINDS["bf16"]:
         return c.double() + torch.einsum(eq, a.double(), b.double())
     return c.long() + torch.einsum(eq, a.long(), b.long())
@@ -210,8 +212,8 @@ def collect(
     return counts
 
 
-def shapes_of_zoo() -> list[tuple[int, int, int, int, str]]:
-    """(batch, m, n, k, source) of every zoo layer that can run in low precision."""
+def shapes_of_zoo() -> list[tuple[int, int, int, int, str, bool]]:
+    """(batch, m, n, k, source, blocked B) of every zoo layer that can run in low precision."""
     from tilecraft import frontend
     from tilecraft.corpus import zoo
     from tilecraft.passes import precision
@@ -221,11 +223,12 @@ def shapes_of_zoo() -> list[tuple[int, int, int, int, str]]:
         imp = frontend.import_spec(name)
         for layer in precision.layers(imp.module, len(imp.params)):
             if len(layer.eligible) > 1:
-                out.append((layer.batch, layer.m, layer.n, layer.k, name))
+                out.append((layer.batch, layer.m, layer.n, layer.k, name, layer.blocked))
     return out
 
 
-def generated_shapes(count: int, *, seed: int = 0) -> list[tuple[int, int, int, int, str]]:
+def generated_shapes(count: int, *, seed: int = 0) -> list[tuple[int, int, int, int, str, bool]]:
+    """Random GEMM shapes, B blocked where N allows (as for a matmul)."""
     rng = np.random.default_rng(seed)
     sizes = [8, 16, 24, 32, 48, 64, 96, 128, 196, 256, 384, 512, 768, 1024, 2048, 3136]
     out = []
@@ -234,7 +237,7 @@ def generated_shapes(count: int, *, seed: int = 0) -> list[tuple[int, int, int, 
         if m * n * k > 2**31:
             continue
         batch = int(rng.choice([1, 1, 1, 4, 12]))
-        out.append((batch, m, n, k, f"generated:{seed}"))
+        out.append((batch, m, n, k, f"generated:{seed}", n % 16 == 0))
     return out
 
 
@@ -257,6 +260,7 @@ FEATURES = (
     "log_flops",
     "log_bytes",
     "log_roofline_s",
+    "blocked",
 )
 
 
@@ -289,6 +293,7 @@ def features(kernel: Kernel, sched: AmxSchedule) -> list[float]:
         math.log2(kernel.flops),
         math.log2(nbytes),
         math.log2(roofline),
+        float(is_blocked(kernel)),
     ]
 
 
@@ -359,7 +364,8 @@ def load_records(db) -> list[tuple[Kernel, AmxSchedule, float]]:
         if row["kind"] not in KINDS.values():
             continue
         batch, m, n, k = row["extents"]
-        kernel = workload(batch, m, n, k, "bf16" if row["kind"] == KINDS["bf16"] else "int8")
+        blocked = len(row["shapes"][1]) - len(row["shapes"][0]) == 1
+        kernel = workload(batch, m, n, k, "bf16" if row["kind"] == KINDS["bf16"] else "int8", blocked=blocked)
         out.append((kernel, AmxSchedule.from_json(row["decision"]), row["median_s"]))
     return out
 

@@ -31,7 +31,8 @@ import torch
 from torch_mlir import ir, passmanager
 from torch_mlir.dialects import func
 
-from tilecraft.backends.cpu.amx import AMX, AmxSchedule, default_schedule
+from tilecraft.backends.cpu.amx import AMX, AmxSchedule, default_schedule, generic_maps
+from tilecraft.passes.tiling import AMX_INIT
 
 PRECISIONS = ("f32", "bf16", "int8")
 _VNNI = {"bf16": 2, "int8": 4}
@@ -62,6 +63,12 @@ class Layer:
     @property
     def flops(self) -> int:
         return 2 * self.batch * self.m * self.n * self.k
+
+    @property
+    def blocked(self) -> bool:
+        """B is packed blocked (`backends/cpu/amx.py`): a matmul's with N % 16 == 0 (a
+        convolution's im2col B stays plain)."""
+        return self.op != "linalg.conv_2d_nchw_fchw" and self.n % 16 == 0
 
     @property
     def name(self) -> str:
@@ -288,6 +295,25 @@ def _expand_k(h: _Helper, src: str, lead: Sequence[int], k: int, v: int, elem: s
     return out, ty
 
 
+def _split_n(h: _Helper, val: str, shape: Sequence[int], elem: str) -> str:
+    """[.., M, N] → [.., M, N/16, 16] (free reshape)."""
+    out, r = h.tmp(), len(shape)
+    groups = ", ".join([f"[{i}]" for i in range(r - 1)] + [f"[{r - 1}, {r}]"])
+    new = [*shape[:-1], shape[-1] // 16, 16]
+    sizes = ", ".join(map(str, new))
+    h(f"{out} = tensor.expand_shape {val} [{groups}] output_shape [{sizes}] : {_t(shape, elem)} into {_t(new, elem)}")
+    return out
+
+
+def _join_n(h: _Helper, val: str, shape: Sequence[int], elem: str) -> str:
+    """[.., M, N/16, 16] → [.., M, N]."""
+    out, r = h.tmp(), len(shape)
+    groups = ", ".join([f"[{i}]" for i in range(r - 1)] + [f"[{r - 1}, {r}]"])
+    new = [*shape[:-1], shape[-1] // 16, 16]
+    h(f"{out} = tensor.collapse_shape {val} [{groups}] : {_t(new, elem)} into {_t(shape, elem)}")
+    return out
+
+
 def _amx_contract(
     h: _Helper,
     a: tuple[str, str],
@@ -296,47 +322,71 @@ def _amx_contract(
     batched: bool,
     precision: str,
     sched: AmxSchedule,
+    *,
+    blocked: bool = False,
 ) -> str:
     out = h.tmp()
-    if batched:
-        maps = [_map(5, "d0, d1, d3, d4"), _map(5, "d0, d3, d2, d4"), _map(5, "d0, d1, d2")]
-        iters = ["parallel", "parallel", "parallel", "reduction", "reduction"]
-    else:
-        maps = [_map(4, "d0, d2, d3"), _map(4, "d2, d1, d3"), _map(4, "d0, d1")]
-        iters = ["parallel", "parallel", "reduction", "reduction"]
+    maps, iters = generic_maps(1 if batched else 0, blocked=blocked)
     attrs = f"{AMX} = {json.dumps(sched.to_json())}"
     h(_generic(out, [a, b], c, maps, iters, _contract_body(precision), attrs=attrs))
     return out
 
 
-def _dequantize(h: _Helper, acc: str, init: str, shape: Sequence[int], scales: torch.Tensor, channel_dim: int) -> str:
-    """init + float(acc) · scale[channel] (f32)."""
+def _dequantize(
+    h: _Helper, acc: str, init: str | None, shape: Sequence[int], scales: torch.Tensor, channel_dim: int
+) -> str:
+    """init + float(acc) · scale[channel] (f32; no init: a zero one)."""
     cst, out = h.tmp(), h.tmp()
     values = ", ".join(repr(float(x)) for x in scales.tolist())
     h(f"{cst} = arith.constant dense<[{values}]> : {_t([len(scales)], 'f32')}")
     r = len(shape)
     ident = _map(r, ", ".join(f"d{i}" for i in range(r)))
-    body = (
-        "^bb0(%q: i32, %s: f32, %c: f32, %o: f32):\n  %f = arith.sitofp %q : i32 to f32\n"
-        "  %m = arith.mulf %f, %s : f32\n  %a = arith.addf %c, %m : f32\n  linalg.yield %a : f32"
-    )
     e = h.tmp()
     h(f"{e} = tensor.empty() : {_t(shape, 'f32')}")
-    ins = [(acc, _t(shape, "i32")), (cst, _t([len(scales)], "f32")), (init, _t(shape, "f32"))]
-    h(
-        _generic(
-            out, ins, (e, _t(shape, "f32")), [ident, _map(r, f"d{channel_dim}"), ident, ident], ["parallel"] * r, body
+    ins = [(acc, _t(shape, "i32")), (cst, _t([len(scales)], "f32"))]
+    maps = [ident, _map(r, f"d{channel_dim}")]
+    if init is None:
+        body = (
+            "^bb0(%q: i32, %s: f32, %o: f32):\n  %f = arith.sitofp %q : i32 to f32\n"
+            "  %m = arith.mulf %f, %s : f32\n  linalg.yield %m : f32"
         )
-    )
+    else:
+        ins.append((init, _t(shape, "f32")))
+        maps.append(ident)
+        body = (
+            "^bb0(%q: i32, %s: f32, %c: f32, %o: f32):\n  %f = arith.sitofp %q : i32 to f32\n"
+            "  %m = arith.mulf %f, %s : f32\n  %a = arith.addf %c, %m : f32\n  linalg.yield %a : f32"
+        )
+    h(_generic(out, ins, (e, _t(shape, "f32")), [*maps, ident], ["parallel"] * r, body))
     return out
 
 
-def _zero_i32(h: _Helper, shape: Sequence[int]) -> str:
+def _zeros(h: _Helper, shape: Sequence[int], elem: str) -> str:
+    """The accumulator's zero fill, marked for the AMX kernel to start from zero tiles
+    instead (`tc.amx_init`: not tiled, erased when the kernel replaces the contraction)."""
     z, e, out = h.tmp(), h.tmp(), h.tmp()
-    h(f"{z} = arith.constant 0 : i32")
-    h(f"{e} = tensor.empty() : {_t(shape, 'i32')}")
-    h(f"{out} = linalg.fill ins({z} : i32) outs({e} : {_t(shape, 'i32')}) -> {_t(shape, 'i32')}")
+    zero = "0" if elem.startswith("i") else "0.000000e+00"
+    h(f"{z} = arith.constant {zero} : {elem}")
+    h(f"{e} = tensor.empty() : {_t(shape, elem)}")
+    # the layer's name as the value: CSE must not merge two layers' fills into one buffer
+    mark = f'{AMX_INIT} = "{h.name}"'
+    h(f"{out} = linalg.fill {{{mark}}} ins({z} : {elem}) outs({e} : {_t(shape, elem)}) -> {_t(shape, elem)}")
     return out
+
+
+def _is_zero_fill(v: ir.Value) -> bool:
+    """`v` is a `linalg.fill` of the constant 0."""
+    owner = getattr(v.owner, "operation", v.owner)
+    if not isinstance(owner, ir.Operation) or owner.name != "linalg.fill":
+        return False
+    cst = getattr(owner.operands[0].owner, "operation", owner.operands[0].owner)
+    if not isinstance(cst, ir.Operation) or cst.name != "arith.constant":
+        return False
+    value = cst.attributes["value"]
+    try:
+        return ir.FloatAttr(value).value == 0.0
+    except ValueError:
+        return ir.IntegerAttr(value).value == 0
 
 
 def _rewrite_one(
@@ -360,7 +410,10 @@ def _rewrite_one(
         operands.append(a_val)
         al = _convert(h, a, [*lead, layer.m, layer.k], p, d.act_scale)
         a3 = _expand_k(h, al, [*lead, layer.m], layer.k, v, elem)
-        bty = _t([*lead, layer.k // v, layer.n, v], elem)
+        blocked = layer.blocked  # B tiles contiguous: [N/16, K/v, 16, v]
+        kv, n = layer.k // v, layer.n
+        bshape = [*lead, n // 16, kv, 16, v] if blocked else [*lead, kv, n, v]
+        bty = _t(bshape, elem)
         scales = None
         if layer.weight is not None:  # packed once, here
             w = params[layer.weight]
@@ -369,35 +422,44 @@ def _rewrite_one(
             else:
                 q, scales = quantize_per_channel(w, 1)
                 packed = _pack_vnni(q, v)
+            if blocked:
+                packed = packed.reshape(kv, n // 16, 16, v).permute(1, 0, 2, 3).contiguous()
             new_params[layer.weight] = packed
             b3 = h.arg(bty)
             operands.append(b_val)
-        else:  # packed at run time
-            b = h.arg(_t([*lead, layer.k, layer.n], "f32"))
+        else:  # converted and packed at run time, in one pass
+            b = h.arg(_t([*lead, layer.k, n], "f32"))
             operands.append(b_val)
-            body = _convert_body(h, p, d.act_scale_b)  # converted and packed in one pass
+            body = _convert_body(h, p, d.act_scale_b)
             e, b3 = h.tmp(), h.tmp()
             h(f"{e} = tensor.empty() : {bty}")
             r = len(lead)
-            src = ", ".join([*(f"d{i}" for i in range(r)), f"d{r} * {v} + d{r + 2}", f"d{r + 1}"])
-            out_map = _map(r + 3, ", ".join(f"d{i}" for i in range(r + 3)))
-            h(
-                _generic(
-                    b3,
-                    [(b, _t([*lead, layer.k, layer.n], "f32"))],
-                    (e, bty),
-                    [_map(r + 3, src), out_map],
-                    ["parallel"] * (r + 3),
-                    body,
-                )
-            )
+            ld = [f"d{i}" for i in range(r)]
+            if blocked:  # loops (lead, nb, k, ni, vv)
+                src = [*ld, f"d{r + 1} * {v} + d{r + 3}", f"d{r} * 16 + d{r + 2}"]
+            else:  # loops (lead, k, n, vv)
+                src = [*ld, f"d{r} * {v} + d{r + 2}", f"d{r + 1}"]
+            rank = len(bshape)
+            out_map = _map(rank, ", ".join(f"d{i}" for i in range(rank)))
+            ins = [(b, _t([*lead, layer.k, n], "f32"))]
+            h(_generic(b3, ins, (e, bty), [_map(rank, ", ".join(src)), out_map], ["parallel"] * rank, body))
             if p == "int8":
-                scales = torch.full((layer.n,), d.act_scale_b)
-        cshape = [*lead, layer.m, layer.n]
-        c = h.arg(_t(cshape, "f32"))
-        operands.append(c_val)
-        init = c if p == "bf16" else _zero_i32(h, cshape)
-        r = _amx_contract(h, (a3[0], a3[1]), (b3, bty), (init, _t(cshape, acc)), batched, p, sched)
+                scales = torch.full((n,), d.act_scale_b)
+        cshape = [*lead, layer.m, n]
+        zero = _is_zero_fill(c_val)  # the usual case: the kernel starts from zero tiles
+        c = None
+        if not zero:
+            c = h.arg(_t(cshape, "f32"))
+            operands.append(c_val)
+        split = [*lead, layer.m, n // 16, 16] if blocked else cshape
+        if p == "bf16" and not zero:
+            init = _split_n(h, c, cshape, acc) if blocked else c
+        else:  # zeros in the contraction's own layout (a fill behind a reshape is rewritten without its mark)
+            init = _zeros(h, split, acc)
+        cty = _t(split, acc)
+        r = _amx_contract(h, (a3[0], a3[1]), (b3, bty), (init, cty), batched, p, sched, blocked=blocked)
+        if blocked:
+            r = _join_n(h, r, cshape, acc)
         if p == "int8":
             r = _dequantize(h, r, c, cshape, scales * d.act_scale, len(cshape) - 1)
         return h.text(r, _t(cshape, "f32")), operands, new_params
@@ -412,8 +474,12 @@ def _rewrite_one(
     new_params[layer.weight] = wq.reshape(f, kh * kw * ch // v, v).contiguous()
     x = h.arg(_t(_shape(a_val), "f32"))
     wa = h.arg(_t([f, kh * kw * ch // v, v], elem))
-    c = h.arg(_t(_shape(c_val), "f32"))
-    operands += [a_val, b_val, c_val]
+    zero = _is_zero_fill(c_val)
+    operands += [a_val, b_val]
+    c = None
+    if not zero:
+        c = h.arg(_t(_shape(c_val), "f32"))
+        operands.append(c_val)
     cols_shape = [kh, kw, ch // v, oh, ow, v]
     cbody = _convert_body(h, p, d.act_scale)
     e, cols = h.tmp(), h.tmp()
@@ -423,9 +489,11 @@ def _rewrite_one(
     h(_generic(cols, [(x, _t(_shape(a_val), "f32"))], (e, _t(cols_shape, elem)), [src, ident], ["parallel"] * 6, cbody))
     b3, bty = h.tmp(), _t([kh * kw * ch // v, oh * ow, v], elem)
     h(f"{b3} = tensor.collapse_shape {cols} [[0, 1, 2], [3, 4], [5]] : {_t(cols_shape, elem)} into {bty}")
-    c2, c2ty = h.tmp(), _t([f, oh * ow], "f32")
-    h(f"{c2} = tensor.collapse_shape {c} [[0, 1], [2, 3]] : {_t(_shape(c_val), 'f32')} into {c2ty}")
-    init = c2 if p == "bf16" else _zero_i32(h, [f, oh * ow])
+    c2, c2ty = None, _t([f, oh * ow], "f32")
+    if c is not None:
+        c2 = h.tmp()
+        h(f"{c2} = tensor.collapse_shape {c} [[0, 1], [2, 3]] : {_t(_shape(c_val), 'f32')} into {c2ty}")
+    init = c2 if p == "bf16" and c2 is not None else _zeros(h, [f, oh * ow], acc)
     r = _amx_contract(
         h, (wa, _t([f, kh * kw * ch // v, v], elem)), (b3, bty), (init, _t([f, oh * ow], acc)), False, p, sched
     )
@@ -468,13 +536,31 @@ def rewrite(
             params[arg_no] = tensor
         with ir.InsertionPoint(op), op.location:
             call = func.CallOp([op.results[0].type], ir.FlatSymbolRefAttr.get(name, context=ctx), operands)
+        init = op.operands[2].owner
         op.results[0].replace_all_uses_with(call.results[0])
         op.erase()
+        _erase_if_dead(init)
     ftype = ir.FunctionType(ir.TypeAttr(fn.attributes["function_type"]).value)
     inputs = [a.type for a in fn.regions[0].blocks[0].arguments]
     fn.attributes["function_type"] = ir.TypeAttr.get(ir.FunctionType.get(inputs, ftype.results, context=ctx))
-    passmanager.PassManager.parse("builtin.module(inline, symbol-dce)", context=ctx).run(module.operation)
+    # inline without the default canonicalization (it rewrites a marked fill behind a reshape)
+    inline = "builtin.module(inline{default-pipeline=}, symbol-dce)"
+    passmanager.PassManager.parse(inline, context=ctx).run(module.operation)
     return params
+
+
+def _erase_if_dead(op) -> None:
+    """Erase an op whose results are unused (a replaced contraction's fill), and then its
+    operands' producers that became dead (the fill's `tensor.empty`)."""
+    op = getattr(op, "operation", op)
+    if not isinstance(op, ir.Operation) or op.name not in ("linalg.fill", "tensor.empty"):
+        return
+    if any(len(list(r.uses)) for r in op.results):
+        return
+    producers = [v.owner for v in op.operands]
+    op.erase()
+    for p in producers:
+        _erase_if_dead(p)
 
 
 _TORCH_ELEM = {torch.float32: "f32", torch.bfloat16: "bf16", torch.int8: "i8"}
@@ -723,7 +809,7 @@ def low_latency(layer: Layer, precision: str, amx_model) -> tuple[AmxSchedule, f
     """Predicted latency of a lowered layer: the AMX model's best schedule, plus its conversions."""
     from tilecraft.costmodel import amx as amx_cost
 
-    kernel = amx_cost.workload(layer.batch, layer.m, layer.n, layer.k, precision)
+    kernel = amx_cost.workload(layer.batch, layer.m, layer.n, layer.k, precision, blocked=layer.blocked)
     sched, seconds = amx_model.best(kernel)
     return sched, seconds + overhead_bytes(layer, precision) / STREAM_BYTES_PER_S
 

@@ -25,6 +25,7 @@ from torch_mlir import ir
 
 OP_ID = "tc.op_id"
 AMX = "tc.amx"  # a contraction `passes/precision.py` hands to the AMX kernels: not tiled here
+AMX_INIT = "tc.amx_init"  # the zero fill of such a contraction's accumulator: folded into the kernel
 
 # Ops tiled and vectorized as "the rest": elementwise, broadcast, reductions, copies.
 _NAMED_KINDS = {
@@ -136,7 +137,12 @@ def tag_ops(module: ir.Module) -> list[OpInfo]:
 
     def visit(op: ir.Operation) -> None:
         name = op.name
-        if name.startswith("linalg.") and name not in _SKIPPED and AMX not in op.attributes:
+        if (
+            name.startswith("linalg.")
+            and name not in _SKIPPED
+            and AMX not in op.attributes
+            and AMX_INIT not in op.attributes
+        ):
             op_id = len(infos)
             i64 = ir.IntegerType.get_signless(64, context=module.context)
             op.attributes[OP_ID] = ir.IntegerAttr.get(i64, op_id)

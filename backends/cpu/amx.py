@@ -24,13 +24,14 @@ import ctypes
 import dataclasses
 import functools
 import json
+import math
 import re
 from collections.abc import Iterator
 
 from torch_mlir import ir
 from torch_mlir.dialects import func
 
-from tilecraft.passes.tiling import AMX  # attribute on a VNNI contraction generic: its AmxSchedule as JSON
+from tilecraft.passes.tiling import AMX, AMX_INIT  # attributes: contraction (its AmxSchedule JSON), its zero fill
 
 # Element type → (VNNI factor, K elements per tile row (64 bytes), accumulator type, tile op)
 _TYPES = {"bf16": (2, 32, "f32", "x86.amx.tile_mulf"), "i8": (4, 64, "i32", "x86.amx.tile_muli")}
@@ -58,6 +59,24 @@ class AmxSchedule:
     @staticmethod
     def from_json(text: str) -> AmxSchedule:
         return AmxSchedule(**json.loads(text))
+
+
+def generic_maps(lead: int, *, blocked: bool) -> tuple[list[str], list[str]]:
+    """(indexing maps, iterator types) of the `tc.amx` generic over A `[lead.., M, K/v, v]`,
+    B `[lead.., K/v, N, v]` and C `[lead.., M, N]`, or blocked B `[lead.., N/16, K/v, 16,
+    v]` and C `[lead.., M, N/16, 16]`. Loops: lead.., m, n (blocked: nb, ni), k, vv."""
+    ld = [f"d{i}" for i in range(lead)]
+    if blocked:
+        m, nb, ni, k, vv = (f"d{lead + i}" for i in range(5))
+        dims = [*ld, m, nb, ni, k, vv]
+        results = [[*ld, m, k, vv], [*ld, nb, k, ni, vv], [*ld, m, nb, ni]]
+    else:
+        m, n, k, vv = (f"d{lead + i}" for i in range(4))
+        dims = [*ld, m, n, k, vv]
+        results = [[*ld, m, k, vv], [*ld, k, n, vv], [*ld, m, n]]
+    maps = [f"affine_map<({', '.join(dims)}) -> ({', '.join(r)})>" for r in results]
+    iters = ["parallel"] * (len(dims) - 2) + ["reduction"] * 2
+    return maps, iters
 
 
 SPACE = tuple(
@@ -122,29 +141,45 @@ class _Writer:
         self.lines.append(line)
 
 
-def kernel_text(name: str, a_type: str, b_type: str, c_type: str, sched: AmxSchedule) -> str:
+def kernel_text(
+    name: str, a_type: str, b_type: str, c_type: str, sched: AmxSchedule, *, zero_init: bool = False
+) -> str:
     """Private funcs: `@name(%A, %B, %C)` accumulates A × B into C with AMX tiles.
 
-    Types are memref types as printed (any strided layout with unit inner stride):
-    A `[(batch,) M, K]`, B `[(batch,) K/v, N·v]` (VNNI), C `[(batch,) M, N]`. Each register
-    block shape and K chunk gets its own function `@name_bN(A, B, C, i, j, k)`, kept out of
-    line by `no_inline` (after the LLVM conversion): LLVM configures the tile registers once
-    per function, and blocks of different tile shapes in one function run out of them."""
+    Types are memref types as printed (any strided layout with unit inner stride), the
+    operands of a `tc.amx` generic: A `[(batch,) M, K/v, v]`; B VNNI-packed, either plain
+    `[(batch,) K/v, N, v]` or blocked `[(batch,) N/16, K/v, 16, v]` (each B tile one
+    contiguous KB: plain rows are N·v elements apart, which for large N maps a tile's 16
+    rows onto a few cache sets); C `[(batch,) M, N]`, or `[(batch,) M, N/16, 16]` with a
+    blocked B. Each register block shape and K chunk gets its own function
+    `@name_bN(A, B, C, i, j, k)`, kept out of line by `no_inline` (after the LLVM
+    conversion): LLVM configures the tile registers once per function, and blocks of
+    different tile shapes in one function run out of them. With `zero_init` the first K
+    chunk starts from zero tiles instead of loading C (C's contents are ignored)."""
     a, b, c = (ir.MemRefType(ir.Type.parse(t)) for t in (a_type, b_type, c_type))
     elem = str(a.element_type)
     if elem not in _TYPES:
         raise AmxError(f"AMX kernel: unsupported element type {elem}")
     v, kt, acc, mul = _TYPES[elem]
-    batched = c.rank == 3
+    lead = a.rank - 3
+    if lead not in (0, 1) or b.rank - lead not in (3, 4):
+        raise AmxError(f"AMX kernel: unexpected operand types {a_type}, {b_type}, {c_type}")
+    batched, blocked = lead == 1, b.rank - lead == 4
     w = _Writer()
     params = (a_type, b_type, c_type)
-    if a.rank == c.rank + 1:  # the generic's operands [.., M, K/v, v] and [.., K/v, N, v]
-        (a_val, a_type), (b_val, b_type) = _collapse_inner(w, "%A", a), _collapse_inner(w, "%B", b)
-        a, b = (ir.MemRefType(ir.Type.parse(t)) for t in (a_type, b_type))
+    keep = [[i] for i in range(lead)]
+    a_val, a_type = _collapse(w, "%A", a, [*keep, [lead], [lead + 1, lead + 2]])
+    if blocked:
+        b_val, b_type = _collapse(w, "%B", b, [*keep, [lead, lead + 1], [lead + 2, lead + 3]])
+        c_val, c_type = _collapse(w, "%C", c, [*keep, [lead], [lead + 1, lead + 2]])
     else:
-        a_val, b_val = "%A", "%B"
+        b_val, b_type = _collapse(w, "%B", b, [*keep, [lead], [lead + 1, lead + 2]])
+        c_val = "%C"
+    a, b, c = (ir.MemRefType(ir.Type.parse(t)) for t in (a_type, b_type, c_type))
     *_, m, k = a.shape
     *_, n = c.shape
+    if blocked and n % 16:
+        raise AmxError(f"AMX kernel: a blocked B needs N % 16 == 0, got N={n}")
     if k % v:
         raise AmxError(f"AMX kernel: K={k} is not a multiple of {v}")
     blocks: dict[tuple, str] = {}
@@ -162,10 +197,11 @@ def kernel_text(name: str, a_type: str, b_type: str, c_type: str, sched: AmxSche
         w(f"{out} = memref.subview {val}[%b, 0, 0] [1, {r}, {cols}] [1, 1, 1] : {ty} to {res}")
         return out, res
 
-    def chunk_func(at: str, bt: str, ct: str, rows: tuple, cols: tuple, ktiles: tuple) -> str:
+    def chunk_func(at: str, bt: str, ct: str, rows: tuple, cols: tuple, ktiles: tuple, zero: bool = False) -> str:
         """The function adding one K chunk of one register block into C[i:, j:], from K
-        offset k: rows × cols accumulator tiles, K tiles `ktiles` (all of one size)."""
-        key = (at, bt, ct, rows, cols, ktiles)
+        offset k: rows × cols accumulator tiles, K tiles `ktiles` (all of one size);
+        `zero`: the accumulators start at zero rather than at C."""
+        key = (at, bt, ct, rows, cols, ktiles, zero)
         if key in blocks:
             return blocks[key]
         fname = blocks[key] = f"{name}_b{len(blocks)}"
@@ -182,7 +218,10 @@ def kernel_text(name: str, a_type: str, b_type: str, c_type: str, sched: AmxSche
         for x, (r, rr) in enumerate(zip(rows, ri)):
             for y, (cc, jj) in enumerate(zip(cols, cj)):
                 accs[x, y] = t = bw.tmp("acc")
-                bw(f"{t} = x86.amx.tile_load %C[{rr}, {jj}] : {ct} into !x86.amx.tile<{r}x{cc}x{acc}>")
+                if zero:
+                    bw(f"{t} = x86.amx.tile_zero : !x86.amx.tile<{r}x{cc}x{acc}>")
+                else:
+                    bw(f"{t} = x86.amx.tile_load %C[{rr}, {jj}] : {ct} into !x86.amx.tile<{r}x{cc}x{acc}>")
         for kk, koff in zip(ktiles, _offsets(ktiles)):
             ks, kh = bw.tmp("ks"), bw.tmp("kh")
             bw(f"{ks} = arith.addi %k, {bw.c(koff)} : index")
@@ -191,9 +230,17 @@ def kernel_text(name: str, a_type: str, b_type: str, c_type: str, sched: AmxSche
             for r, rr in zip(rows, ri):
                 atiles.append(t := bw.tmp("a"))
                 bw(f"{t} = x86.amx.tile_load %A[{rr}, {ks}] : {at} into !x86.amx.tile<{r}x{kk}x{elem}>")
-            for cc, jv in zip(cols, cjv):
+            for cc, jj, jv in zip(cols, cj, cjv):
                 btiles.append(t := bw.tmp("bt"))
-                bw(f"{t} = x86.amx.tile_load %B[{kh}, {jv}] : {bt} into !x86.amx.tile<{kk // v}x{cc * v}x{elem}>")
+                if blocked:  # row (j / 16) · K/v + k/v of the [N/16 · K/v, 16·v] view
+                    jb, jr, row = bw.tmp("jb"), bw.tmp("jr"), bw.tmp("row")
+                    bw(f"{jb} = arith.divui {jj}, {bw.c(16)} : index")
+                    bw(f"{jr} = arith.muli {jb}, {bw.c(k // v)} : index")
+                    bw(f"{row} = arith.addi {jr}, {kh} : index")
+                    idx = f"{row}, {bw.c(0)}"
+                else:
+                    idx = f"{kh}, {jv}"
+                bw(f"{t} = x86.amx.tile_load %B[{idx}] : {bt} into !x86.amx.tile<{kk // v}x{cc * v}x{elem}>")
             for x, r in enumerate(rows):
                 for y, cc in enumerate(cols):
                     t = bw.tmp("acc")
@@ -217,18 +264,29 @@ def kernel_text(name: str, a_type: str, b_type: str, c_type: str, sched: AmxSche
         rows, cols = tuple(rows), tuple(cols)
         kfull, krem = _split(k, sched.kc, kt)
         sig = f"({at}, {bt}, {ct}, index, index, index) -> ()"
-        if kfull:
-            f = chunk_func(at, bt, ct, rows, cols, (kt,) * (sched.kc // kt))
+        first = zero_init  # the next chunk called is the first: it starts from zero tiles
+
+        def call(part: tuple, off: str) -> None:
+            nonlocal first
+            f = chunk_func(at, bt, ct, rows, cols, part, first)
+            first = False
+            w(f"func.call @{f}({av}, {bv}, {cv}, {i}, {j}, {off}) : {sig}")
+
+        full = (kt,) * (sched.kc // kt)
+        start = 0
+        if kfull and first:
+            call(full, w.c(0))
+            start = sched.kc
+        if start < kfull:
             k0 = w.tmp("k")
-            w(f"scf.for {k0} = {w.c(0)} to {w.c(kfull)} step {w.c(sched.kc)} {{")
-            w(f"  func.call @{f}({av}, {bv}, {cv}, {i}, {j}, {k0}) : {sig}")
+            w(f"scf.for {k0} = {w.c(start)} to {w.c(kfull)} step {w.c(sched.kc)} {{")
+            call(full, k0)
             w("}")
         whole = tuple(t for t in krem if t == kt)
         tail = tuple(t for t in krem if t != kt)
         for part, off in ((whole, kfull), (tail, kfull + kt * len(whole))):
             if part:
-                f = chunk_func(at, bt, ct, rows, cols, part)
-                w(f"func.call @{f}({av}, {bv}, {cv}, {i}, {j}, {w.c(off)}) : {sig}")
+                call(part, w.c(off))
 
     def body(av: str, at: str, bv: str, bt: str, cv: str, ct: str) -> None:
         mfull, mrem = _split(m, 16 * sched.mr, 16)
@@ -259,36 +317,39 @@ def kernel_text(name: str, a_type: str, b_type: str, c_type: str, sched: AmxSche
 
     if batched:
         w(f"scf.for %b = {w.c(0)} to {w.c(a.shape[0])} step {w.c(1)} {{")
-        body(*view(a_val, a), *view(b_val, b), *view("%C", c))
+        body(*view(a_val, a), *view(b_val, b), *view(c_val, c))
         w("}")
     else:
-        body(a_val, a_type, b_val, b_type, "%C", c_type)
+        body(a_val, a_type, b_val, b_type, c_val, c_type)
     head = [f"func.func private @{name}(%A: {params[0]}, %B: {params[1]}, %C: {params[2]}) {{"]
     head += [f"  %c{x} = arith.constant {x} : index" for x in sorted(w.consts)]
     return "\n\n".join(["\n".join(head + ["  " + line for line in w.lines] + ["  return", "}"]), *funcs])
 
 
-def _collapse_inner(w: _Writer, val: str, ty) -> tuple[str, str]:
-    """Collapse the two innermost (contiguous) dims of a memref: (value, type)."""
+def _collapse(w: _Writer, val: str, ty, groups: list[list[int]]) -> tuple[str, str]:
+    """`memref.collapse_shape` of `val` by `groups` (each group contiguous): (value, type)."""
+    if all(len(g) == 1 for g in groups):
+        return val, str(ty)
     shape = list(ty.shape)
     strides, offset = ty.get_strides_and_offset()
-    if strides[-1] != 1 or strides[-2] != shape[-1]:
-        raise AmxError(f"AMX kernel: operand {ty} is not contiguous in its two inner dims")
-    new_shape = shape[:-2] + [shape[-2] * shape[-1]]
-    dims = "x".join(map(str, new_shape))
 
     def fmt(x: int) -> str:
         return "?" if ty.is_dynamic_stride_or_offset(x) else str(x)
 
+    for g in groups:
+        for outer, inner in zip(g, g[1:]):
+            if ty.is_dynamic_stride_or_offset(strides[outer]) or strides[outer] != strides[inner] * shape[inner]:
+                raise AmxError(f"AMX kernel: operand {ty} is not contiguous in dims {g}")
+    dims = "x".join(str(math.prod(shape[i] for i in g)) for g in groups)
     identity = ", ".join(f"d{i}" for i in range(ty.rank))
     if str(ty.layout) == f"affine_map<({identity}) -> ({identity})>":
         res = f"memref<{dims}x{ty.element_type}>"
     else:
-        layout = f"strided<[{', '.join(map(fmt, strides[:-2] + [1]))}], offset: {fmt(offset)}>"
+        layout = f"strided<[{', '.join(fmt(strides[g[-1]]) for g in groups)}], offset: {fmt(offset)}>"
         res = f"memref<{dims}x{ty.element_type}, {layout}>"
-    groups = ", ".join([f"[{i}]" for i in range(ty.rank - 2)] + [f"[{ty.rank - 2}, {ty.rank - 1}]"])
+    text = ", ".join("[" + ", ".join(map(str, g)) + "]" for g in groups)
     out = w.tmp("f")
-    w(f"{out} = memref.collapse_shape {val} [{groups}] : {ty} into {res}")
+    w(f"{out} = memref.collapse_shape {val} [{text}] : {ty} into {res}")
     return out, res
 
 
@@ -338,6 +399,46 @@ def marked(module: ir.Module) -> list[ir.Operation]:
     return out
 
 
+_VIEWS = ("memref.expand_shape", "memref.collapse_shape")
+
+
+def _zero_fill_of(op: ir.Operation) -> ir.Operation | None:
+    """The `tc.amx_init` zero fill of the buffer under `op`'s C (through reshapes), if
+    nothing else touches the buffer before `op` (then the kernel may start from zero tiles
+    and the fill may go). `op` sits directly in its function's body."""
+    root = op.operands[2]
+    while isinstance(root.owner, ir.Operation) and root.owner.name in _VIEWS:
+        root = root.owner.operands[0]
+    fills, others = [], []
+
+    def collect(v: ir.Value) -> None:
+        for use in v.uses:
+            user = use.owner
+            if user.name in _VIEWS:
+                collect(user.results[0])
+            elif user.name == "linalg.fill" and AMX_INIT in user.attributes:
+                fills.append(user)
+            elif user != op:
+                others.append(user)
+
+    collect(root)
+    if len(fills) != 1:
+        return None
+    body = list(op.parent.regions[0].blocks[0].operations)
+
+    def position(x: ir.Operation) -> int | None:
+        while x.parent is not None and x.parent != op.parent:
+            x = x.parent
+        return next((i for i, y in enumerate(body) if y.operation == x), None)
+
+    here = position(op)
+    for user in others:  # any other user must come after the contraction (reading its result)
+        pos = position(user)
+        if pos is None or here is None or pos < here:
+            return None
+    return fills[0]
+
+
 def lower_marked(module: ir.Module) -> int:
     """Replace every `tc.amx` generic on memrefs by a call to its AMX kernel; returns how
     many. Generics still on tensors (not bufferized) are an error."""
@@ -351,10 +452,13 @@ def lower_marked(module: ir.Module) -> int:
         if len(types) != 3 or not all(t.startswith("memref<") for t in types):
             raise AmxError(f"AMX contraction at {op.location}: expected 3 memref operands, got {', '.join(types)}")
         sched = AmxSchedule.from_json(ir.StringAttr(op.attributes[AMX]).value)
-        key = json.dumps([types, sched.to_json()])
+        fill = _zero_fill_of(op)
+        if fill is not None:  # the kernel starts from zero tiles: the fill's pass over C is saved
+            fill.erase()
+        key = json.dumps([types, sched.to_json(), fill is not None])
         if key not in kernels:
             kernels[key] = f"__tc_amx_{len(kernels)}"
-            text = kernel_text(kernels[key], *types, sched)
+            text = kernel_text(kernels[key], *types, sched, zero_init=fill is not None)
             parsed = ir.Module.parse(text, context=ctx)
             for kop in list(parsed.body.operations):
                 module.body.append(kop.operation)
