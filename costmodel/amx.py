@@ -30,6 +30,7 @@ import torch
 from tilecraft.backends.cpu.amx import AMX, SPACE, AmxSchedule, generic_maps
 from tilecraft.corpus.kernels import Kernel
 from tilecraft.corpus.measure import Measurement
+from tilecraft.passes.tiling import AMX_INIT
 
 MODEL_PATH = os.path.join(os.path.dirname(__file__), "data", "amx-cpu.json")
 KINDS = {"bf16": "amx_bf16", "int8": "amx_int8"}
@@ -101,20 +102,38 @@ def _t(shape: Sequence[int], elem: str) -> str:
 
 
 # ------------------------------------------------------------------------------ measuring
-def compile_workload(kernel: Kernel, sched: AmxSchedule):
-    """JIT the workload with `sched`: a callable(a, b, c) that accumulates into c."""
+def fresh_output(kernel: Kernel) -> str:
+    """The workload as a layer runs it: C starts from zero (the kernel's zero tiles), so the
+    function is `@kernel(a, b) -> c`, like `a @ b` in PyTorch. (The corpus measures the
+    accumulating form, `@kernel(a, b, c)`: C is an input there.)"""
+    c_type = kernel.mlir.split("%c: ", 1)[1].split(")", 1)[0]
+    elem = c_type.rsplit("x", 1)[1].rstrip(">")
+    zero = "0" if elem.startswith("i") else "0.000000e+00"
+    return kernel.mlir.replace(f", %c: {c_type})", ")").replace(
+        "  %r = linalg.generic",
+        f"  %zero = arith.constant {zero} : {elem}\n  %empty = tensor.empty() : {c_type}\n"
+        f'  %c = linalg.fill {{{AMX_INIT} = "kernel"}} ins(%zero : {elem}) outs(%empty : {c_type}) -> {c_type}\n'
+        "  %r = linalg.generic",
+    )
+
+
+def compile_workload(kernel: Kernel, sched: AmxSchedule, *, accumulate: bool = True):
+    """JIT the workload with `sched`: a callable(a, b, c) returning c + a·b, or with
+    `accumulate=False` a callable(a, b) returning a·b (`fresh_output`)."""
     from tilecraft import frontend
     from tilecraft.backends.cpu import lowering, runtime
 
-    text = kernel.mlir.replace(f'{AMX} = ""', f"{AMX} = {json.dumps(sched.to_json())}")
+    text = kernel.mlir if accumulate else fresh_output(kernel)
+    text = text.replace(f'{AMX} = ""', f"{AMX} = {json.dumps(sched.to_json())}")
     ctx = frontend.new_context()
     module = frontend.parse_mlir(text, context=ctx, source=f"amx workload {kernel.key}")
     with ctx:
         lowering.to_vector(module, vectorize=True)
         lowering.to_llvm(module)
         engine = lowering.jit(module)
+        n_in = 3 if accumulate else 2
         sig = runtime.Signature(
-            tuple(runtime.TensorSpec(tuple(s), d) for s, d in zip(kernel.shapes, kernel.dtypes)),
+            tuple(runtime.TensorSpec(tuple(s), d) for s, d in list(zip(kernel.shapes, kernel.dtypes))[:n_in]),
             (runtime.TensorSpec(tuple(kernel.shapes[2]), kernel.dtypes[2]),),
         )
     return runtime.from_engine(engine, "kernel", sig)
