@@ -41,6 +41,7 @@ class Compiled:
     choices: list = dataclasses.field(default_factory=list)  # costmodel.search.Choice per kernel
     fusion: list = dataclasses.field(default_factory=list)  # passes.fusion.FusionDecision per fused group
     fusion_report: dict | None = None
+    precision: object = None  # passes.precision.PrecisionPlan when a precision mode was asked for
 
     @property
     def compile_seconds(self) -> float:

@@ -143,6 +143,111 @@ def _random_input(spec) -> torch.Tensor:
     return torch.randint(0, 16, spec.shape, generator=g, dtype=spec.torch_dtype)
 
 
+def drop_dead_results(module: ir.Module) -> int:
+    """Drop the unused results of multi-result `linalg.generic`s whose computation feeds
+    nothing else: torch-mlir takes a row maximum (softmax, `amax`) with `max.dim`, which
+    also computes arg-max indices — an i64 reduction beside the f32 one that nobody reads,
+    and that keeps the reduction from vectorizing. Returns how many results were dropped."""
+    from torch_mlir.dialects import linalg
+
+    dropped = 0
+    for op in _generics(module):
+        dead = [i for i, r in enumerate(op.results) if not list(r.uses)]
+        if not dead or len(dead) == len(op.results):
+            continue
+        body = op.regions[0].blocks[0]
+        n_in = len(op.operands) - len(op.results)
+        yield_op = list(body.operations)[-1]
+        keep = [i for i in range(len(op.results)) if i not in dead]
+        removable = _private_chain(body, yield_op, [yield_op.operands[i] for i in dead], [n_in + i for i in dead])
+        if removable is None:
+            continue
+        maps = list(ir.ArrayAttr(op.attributes["indexing_maps"]))
+        with ir.InsertionPoint(op), op.location:
+            new = linalg.GenericOp(
+                [op.results[i].type for i in keep],
+                list(op.operands)[:n_in],
+                [op.operands[n_in + i] for i in keep],
+                ir.ArrayAttr.get(maps[:n_in] + [maps[n_in + i] for i in keep]),
+                op.attributes["iterator_types"],
+            )
+            arg_types = [a.type for a in body.arguments]
+            kept_args = list(range(n_in)) + [n_in + i for i in keep]
+            new_body = new.regions[0].blocks.append(*[arg_types[a] for a in kept_args])
+        for old_i, new_arg in zip(kept_args, new_body.arguments):
+            body.arguments[old_i].replace_all_uses_with(new_arg)
+        values = [yield_op.operands[i] for i in keep]
+        for child in list(body.operations)[:-1]:
+            if not any(child == r for r in removable):
+                new_body.append(child.operation)
+        with ir.InsertionPoint(new_body), op.location:
+            linalg.YieldOp(values)
+        for i, r in zip(keep, new.results):
+            op.results[i].replace_all_uses_with(r)
+        inits = [op.operands[n_in + i].owner for i in dead]
+        op.erase()
+        for init in inits:
+            _erase_if_unused(init)
+        dropped += len(dead)
+    return dropped
+
+
+def _erase_if_unused(op) -> None:
+    """Erase a dead `linalg.fill` / `tensor.empty` (a dropped result's init), then its dead producers."""
+    op = getattr(op, "operation", op)
+    if isinstance(op, ir.Block) or op.name not in ("linalg.fill", "tensor.empty", "arith.constant"):
+        return
+    if any(list(r.uses) for r in op.results):
+        return
+    producers = [v.owner for v in op.operands]
+    op.erase()
+    for p in producers:
+        _erase_if_unused(p)
+
+
+def _generics(module: ir.Module) -> list[ir.Operation]:
+    out: list[ir.Operation] = []
+
+    def walk(op: ir.Operation) -> None:
+        for region in op.regions:
+            for block in region.blocks:
+                for child in block.operations:
+                    if child.operation.name == "linalg.generic" and len(child.operation.results) > 1:
+                        out.append(child.operation)
+                    else:
+                        walk(child.operation)
+
+    walk(module.operation)
+    return out
+
+
+def _private_chain(body, yield_op, roots: list, dead_args: list[int]) -> list | None:
+    """The body ops that compute only `roots` (the dead results' yielded values), or None
+    if any of them (or the dead results' output arguments) feed something else."""
+
+    def producer(v):
+        owner = v.owner
+        return None if isinstance(owner, ir.Block) else getattr(owner, "operation", owner)
+
+    chain: list = []
+    frontier = [p for p in map(producer, roots) if p is not None]
+    while frontier:
+        op = frontier.pop()
+        if any(op == c for c in chain):
+            continue
+        chain.append(op)
+        frontier += [p for p in map(producer, op.operands) if p is not None]
+    allowed = [*chain, yield_op]
+    for op in chain:
+        for r in op.results:
+            if any(not any(u.owner == a for a in allowed) for u in r.uses):
+                return None
+    for a in dead_args:
+        if any(not any(u.owner == c for c in chain) for u in body.arguments[a].uses):
+            return None
+    return chain
+
+
 class _Lifted(torch.nn.Module):
     """`model` with its weights as leading forward arguments."""
 
@@ -192,6 +297,8 @@ def import_module(
         except ir.MLIRError as exc:
             diags = [f"{d.location}\t{d.message}" for d in exc.error_diagnostics]
             raise FrontendError(f"{spec}: {_explain_lowering_failure(diags, exc)}") from None
+    with ctx, ir.Location.unknown():
+        drop_dead_results(module)  # softmax's unused arg-max
     return Imported(spec=spec, module=module, params=params, inputs=tuple(inputs), model=model, fx=fx)
 
 
