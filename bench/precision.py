@@ -28,6 +28,7 @@ import torch
 
 from tilecraft import driver, frontend
 from tilecraft.backends.cpu import amx
+from tilecraft.corpus import amx as amx_workloads
 from tilecraft.costmodel import amx as amx_cost
 from tilecraft.passes import precision
 
@@ -46,9 +47,9 @@ def gemm_rows(n: int = 1024) -> list[dict]:
     a = torch.randn(n, n).to(torch.bfloat16)
     b = torch.randn(n, n).to(torch.bfloat16)
     eager_bf16 = _time(lambda: a @ b)
-    kernel = amx_cost.workload(1, n, n, n, "bf16")  # B blocked: [N/16, K/2, 16, 2]
+    kernel = amx_workloads.workload(1, n, n, n, "bf16")  # B blocked: [N/16, K/2, 16, 2]
     sched, _ = model.best(kernel)
-    fn = amx_cost.compile_workload(kernel, sched, accumulate=False)
+    fn = amx_workloads.compile_workload(kernel, sched, accumulate=False)
     a3 = a.reshape(n, n // 2, 2)
     bp = b.reshape(n // 2, 2, n // 16, 16).permute(2, 0, 3, 1).contiguous()
     out = fn(a3, bp).reshape(n, n)
@@ -63,9 +64,9 @@ def gemm_rows(n: int = 1024) -> list[dict]:
     ai = torch.randint(-127, 128, (n, n), dtype=torch.int8)
     bi = torch.randint(-127, 128, (n, n), dtype=torch.int8)
     eager_i8 = _time(lambda: torch._int_mm(ai, bi))
-    kernel = amx_cost.workload(1, n, n, n, "int8")
+    kernel = amx_workloads.workload(1, n, n, n, "int8")
     sched, _ = model.best(kernel)
-    fn = amx_cost.compile_workload(kernel, sched, accumulate=False)
+    fn = amx_workloads.compile_workload(kernel, sched, accumulate=False)
     a3 = ai.reshape(n, n // 4, 4)
     bp = bi.reshape(n // 4, 4, n // 16, 16).permute(2, 0, 3, 1).contiguous()
     out = fn(a3, bp).reshape(n, n)

@@ -208,12 +208,16 @@ def cmd_corpus_export(args) -> int:
 
 
 def cmd_corpus_collect_amx(args) -> int:
-    from tilecraft.corpus import collect
+    from tilecraft import frontend
+    from tilecraft.corpus import amx, collect, zoo
     from tilecraft.corpus.db import CorpusDB
-    from tilecraft.costmodel import amx
     from tilecraft.target import Target
 
-    shapes = (amx.shapes_of_zoo() if args.zoo else []) + amx.generated_shapes(args.random, seed=args.seed)
+    modules = {}
+    for name in zoo.ZOO if args.zoo else []:
+        imported = frontend.import_spec(name)
+        modules[name] = (imported.module, len(imported.params))
+    shapes = amx.shapes_of_modules(modules) + amx.generated_shapes(args.random, seed=args.seed)
     pairs = []
     for batch, m, n, k, source, blocked in shapes:
         for p in ("bf16", "int8"):

@@ -166,12 +166,14 @@ def compile_model(
 def plan_precision(imported: frontend.Imported, mode: str, budget: float | None, cost_model, target: Target):
     """Each layer's precision (`passes/precision.py`), priced by `cost_model` (f32 kernels;
     the analytical model stands in for `heuristic`) and the AMX model (bf16/int8)."""
-    from tilecraft.costmodel.amx import AmxModelError
+    from tilecraft.backends.cpu import amx
+    from tilecraft.costmodel.amx import AmxModelError, LayerPrices
     from tilecraft.passes import precision
 
     model = load_cost_model(cost_model if cost_model not in (None, "heuristic") else "analytical", target)
     try:
-        return precision.plan(imported, mode=mode, budget=budget, cost_model=model, target=target)
+        prices = LayerPrices(imported.module, model, target)
+        return precision.plan(imported, mode=mode, budget=budget, price=prices, amx_available=amx.available())
     except (precision.PrecisionError, AmxModelError) as exc:
         raise DriverError(str(exc)) from None
 

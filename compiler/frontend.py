@@ -52,8 +52,8 @@ class Imported:
     params: list[torch.Tensor]  # bound leading arguments: weights, buffers, values folded from them
     inputs: tuple[torch.Tensor, ...]  # example inputs
     model: torch.nn.Module | None = None  # for the eager reference; None for .mlir input
-    fx: torch.fx.GraphModule | None = None  # the exported graph the module came from (bound args first)
     func_name: str = FUNC_NAME
+    fx: torch.fx.GraphModule | None = None  # the exported graph the module came from (bound args first)
     signature: Signature = dataclasses.field(init=False)  # of the linalg function, before lowering
 
     def __post_init__(self):

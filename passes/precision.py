@@ -31,8 +31,7 @@ import torch
 from torch_mlir import ir, passmanager
 from torch_mlir.dialects import func
 
-from tilecraft.backends.cpu.amx import AMX, AmxSchedule, default_schedule, generic_maps
-from tilecraft.passes.tiling import AMX_INIT
+from tilecraft.passes.tiling import AMX, AMX_INIT
 
 PRECISIONS = ("f32", "bf16", "int8")
 _VNNI = {"bf16": 2, "int8": 4}
@@ -42,6 +41,59 @@ _CONTRACTIONS = ("linalg.matmul", "linalg.batch_matmul", "linalg.conv_2d_nchw_fc
 
 class PrecisionError(ValueError):
     """A precision request that cannot be honoured (unknown layer, ineligible precision)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AmxSchedule:
+    """How an AMX contraction is blocked: `mr × nr` accumulator tiles per register block
+    (at most 8 tiles with the A and B tiles: mr + nr + mr·nr ≤ 8 avoids spills), `kc` K
+    elements per chunk between accumulator loads and stores (a multiple of the tile's K),
+    loop order `ij` (rows outer: a row panel of A stays in cache) or `ji`."""
+
+    mr: int = 2
+    nr: int = 2
+    kc: int = 1024
+    order: str = "ij"
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @staticmethod
+    def from_json(text: str) -> AmxSchedule:
+        return AmxSchedule(**json.loads(text))
+
+
+def generic_maps(lead: int, *, blocked: bool) -> tuple[list[str], list[str]]:
+    """(indexing maps, iterator types) of the `tc.amx` generic over A `[lead.., M, K/v, v]`,
+    B `[lead.., K/v, N, v]` and C `[lead.., M, N]`, or blocked B `[lead.., N/16, K/v, 16,
+    v]` and C `[lead.., M, N/16, 16]`. Loops: lead.., m, n (blocked: nb, ni), k, vv."""
+    ld = [f"d{i}" for i in range(lead)]
+    if blocked:
+        m, nb, ni, k, vv = (f"d{lead + i}" for i in range(5))
+        dims = [*ld, m, nb, ni, k, vv]
+        results = [[*ld, m, k, vv], [*ld, nb, k, ni, vv], [*ld, m, nb, ni]]
+    else:
+        m, n, k, vv = (f"d{lead + i}" for i in range(4))
+        dims = [*ld, m, n, k, vv]
+        results = [[*ld, m, k, vv], [*ld, k, n, vv], [*ld, m, n]]
+    maps = [f"affine_map<({', '.join(dims)}) -> ({', '.join(r)})>" for r in results]
+    iters = ["parallel"] * (len(dims) - 2) + ["reduction"] * 2
+    return maps, iters
+
+
+SPACE = tuple(
+    AmxSchedule(mr, nr, kc, order)
+    for mr, nr in ((2, 2), (1, 3), (3, 1), (1, 2), (2, 1), (1, 1))
+    for kc in (256, 1024)
+    for order in ("ij", "ji")
+)
+
+
+def default_schedule(m: int, n: int, k: int) -> AmxSchedule:
+    """2 × 2 blocks (the best at 1024³: 790 GFLOP/s bf16), fewer where the edge is small."""
+    mr = 2 if m >= 32 else 1
+    nr = 2 if n >= 32 else 1
+    return AmxSchedule(mr, nr, 1024, "ij")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +161,7 @@ def _func(module: ir.Module):
     return next(op.operation for op in module.body.operations if op.operation.name == "func.func")
 
 
-def _contraction_ops(module: ir.Module) -> list[ir.Operation]:
+def contraction_ops(module: ir.Module) -> list[ir.Operation]:
     body = _func(module).regions[0].blocks[0]
     return [op.operation for op in body.operations if op.operation.name in _CONTRACTIONS]
 
@@ -168,7 +220,7 @@ def describe(op: ir.Operation, index: int, n_bound: int) -> Layer:
 
 def layers(module: ir.Module, n_bound: int) -> list[Layer]:
     """Every contraction of the module's function, in module order."""
-    return [describe(op, i, n_bound) for i, op in enumerate(_contraction_ops(module))]
+    return [describe(op, i, n_bound) for i, op in enumerate(contraction_ops(module))]
 
 
 # ------------------------------------------------------------------------------ rewrite
@@ -515,7 +567,7 @@ def rewrite(
         return list(params)
     ctx = module.context
     fn = _func(module)
-    ops = _contraction_ops(module)
+    ops = contraction_ops(module)
     infos = [describe(op, i, len(params)) for i, op in enumerate(ops)]
     params = list(params)
     for d in lowered:
@@ -697,10 +749,6 @@ def calibration_inputs(inputs: Sequence[torch.Tensor], count: int, *, seed: int 
 # ------------------------------------------------------------------------------ choosing
 DEFAULT_BUDGET = 0.01  # relative L2 error of the model output
 MODES = ("f32", "bf16", "int8", "auto")
-# Conversion, packing and dequantization around a lowered contraction are streaming
-# elementwise ops, priced at this rate (bytes read + written): resnet18's 64-channel 3×3
-# conv spends 0.30 ms around its AMX kernel on 10.8 MB (im2col from f32 into bf16).
-STREAM_BYTES_PER_S = 30e9
 
 
 @dataclasses.dataclass
@@ -770,50 +818,6 @@ class PrecisionPlan:
         return "\n".join(lines)
 
 
-def overhead_bytes(layer: Layer, precision: str) -> int:
-    """Bytes the conversions around a lowered layer read and write."""
-    e = 2 if precision == "bf16" else 1
-    b, m, n, k = layer.batch, layer.m, layer.n, layer.k
-    if layer.op == "linalg.conv_2d_nchw_fchw":
-        total = k * n * (4 + e)  # im2col straight into the packed layout
-    else:
-        total = b * m * k * (4 + e)  # the activation
-        if layer.weight is None:
-            total += b * k * n * (4 + e)  # the second activation, converted into the packed layout
-    if precision == "int8":
-        total += b * m * n * (4 + 4 + 4)  # dequantize
-    return total
-
-
-def f32_latencies(module: ir.Module, model, target) -> list[float | None]:
-    """Each layer's predicted latency at f32: the cost model's best-ranked schedule."""
-    from tilecraft.corpus import kernels
-    from tilecraft.costmodel.features import FeatureError
-    from tilecraft.costmodel.model import best_decision
-    from tilecraft.passes import tiling
-
-    infos = {i.op_id: i for i in tiling.tag_ops(module)}
-    by_key = {k.key: k for k in kernels.extract(module)}
-    out: list[float | None] = []
-    for op in _contraction_ops(module):
-        info = infos[ir.IntegerAttr(op.attributes[tiling.OP_ID]).value]
-        kernel = by_key.get(info.key)
-        try:
-            out.append(best_decision(model, kernel, tiling.space(info, target))[1] if kernel else None)
-        except FeatureError:
-            out.append(None)
-    return out
-
-
-def low_latency(layer: Layer, precision: str, amx_model) -> tuple[AmxSchedule, float]:
-    """Predicted latency of a lowered layer: the AMX model's best schedule, plus its conversions."""
-    from tilecraft.costmodel import amx as amx_cost
-
-    kernel = amx_cost.workload(layer.batch, layer.m, layer.n, layer.k, precision, blocked=layer.blocked)
-    sched, seconds = amx_model.best(kernel)
-    return sched, seconds + overhead_bytes(layer, precision) / STREAM_BYTES_PER_S
-
-
 def solve(options: Mapping[int, Mapping[str, tuple[float, float]]], budget: float) -> dict[int, str]:
     """Minimize Σ latency subject to Σ sensitivity ≤ budget, one precision per layer.
 
@@ -843,18 +847,15 @@ def plan(
     *,
     mode: str,
     budget: float | None,
-    cost_model,
-    target,
-    amx_model=None,
+    price,
+    amx_available: bool = True,
     calibration: int = 2,
 ) -> PrecisionPlan:
     """Choose every layer's precision (see the module docstring). `mode`: f32, bf16 or int8
     (every eligible layer; with a budget, a plan over it falls back to f32), or auto (the
-    integer program under `budget`, default 1%). A plan whose output error exceeds the
-    budget never runs: it falls back to f32 and says why."""
-    from tilecraft.backends.cpu import amx as amx_backend
-    from tilecraft.costmodel import amx as amx_cost
-
+    integer program under `budget`, default 1%). `price(layer, precision)` → (AMX schedule,
+    predicted seconds) is the latency model (`costmodel/amx.py: LayerPrices`). A plan whose
+    output error exceeds the budget never runs: it falls back to f32 and says why."""
     if mode not in MODES:
         raise PrecisionError(f"unknown precision {mode!r} (one of {', '.join(MODES)})")
     if budget is not None and not budget > 0:
@@ -866,13 +867,12 @@ def plan(
         return PrecisionPlan(mode, budget, all_layers, f32_only)
     if mode == "auto" and budget is None:
         budget = DEFAULT_BUDGET
-    if not amx_backend.available():
+    if not amx_available:
         return PrecisionPlan(mode, budget, all_layers, f32_only, message="AMX is not available here: running f32")
     if imported.fx is None or imported.model is None:
         raise PrecisionError(
             f"{imported.spec}: low precision needs the PyTorch model (for calibration), not MLIR input"
         )
-    amx_model = amx_model or amx_cost.AmxCostModel.load()
     emu = Emulator(imported.fx, imported.params, all_layers)
     inputs = calibration_inputs(imported.inputs, calibration)
     amax: dict = {}
@@ -881,14 +881,14 @@ def plan(
     def error(lowered: Mapping[int, PrecisionDecision]) -> float:
         return max(relative_error(emu.run(x, lowered), r) for x, r in zip(inputs, refs))
 
-    f32_s = f32_latencies(imported.module, cost_model, target)
+    f32_s = {x.index: price(x, "f32")[1] for x in all_layers}
     candidates: dict[int, dict[str, PrecisionDecision]] = {}
     for layer in all_layers:
         a_max, b_max = amax.get(layer.index, (0.0, 0.0))
         options = {"f32": PrecisionDecision(layer.index, "f32", sensitivity=0.0, f32_s=f32_s[layer.index])}
         wanted = [p for p in layer.eligible if p != "f32" and (mode == "auto" or p == mode)]
         for p in wanted:
-            sched, seconds = low_latency(layer, p, amx_model)
+            sched, seconds = price(layer, p)
             d = PrecisionDecision(
                 layer.index,
                 p,

@@ -11,7 +11,8 @@ import torch
 
 from tilecraft import driver, frontend
 from tilecraft.backends.cpu import amx
-from tilecraft.costmodel import amx as amx_cost
+from tilecraft.corpus import amx as amx_workloads
+from tilecraft.costmodel.amx import LayerPrices
 from tilecraft.passes import precision
 
 needs_amx = pytest.mark.skipif(not amx.available(), reason="needs AMX (amx_bf16, amx_int8) and tile permission")
@@ -55,23 +56,23 @@ def _imported():
 @pytest.mark.parametrize(
     ("batch", "m", "n", "k", "sched"),
     [
-        (1, 64, 64, 128, amx.AmxSchedule()),
-        (1, 33, 50, 72, amx.AmxSchedule(2, 2, 256, "ij")),  # edge tiles in every dimension
-        (1, 7, 8, 20, amx.AmxSchedule(1, 3, 1024, "ji")),
-        (3, 40, 24, 64, amx.AmxSchedule()),
+        (1, 64, 64, 128, precision.AmxSchedule()),
+        (1, 33, 50, 72, precision.AmxSchedule(2, 2, 256, "ij")),  # edge tiles in every dimension
+        (1, 7, 8, 20, precision.AmxSchedule(1, 3, 1024, "ji")),
+        (3, 40, 24, 64, precision.AmxSchedule()),
     ],
 )
 def test_amx_kernel_matches_exact_reference(dtype, batch, m, n, k, sched):
     if k % (2 if dtype == "bf16" else 4):
         pytest.skip("K not a multiple of the VNNI factor")
-    kernel = amx_cost.workload(batch, m, n, k, dtype)
-    result = amx_cost.measure(kernel, sched, budget_s=0.0, min_runs=2)
+    kernel = amx_workloads.workload(batch, m, n, k, dtype)
+    result = amx_workloads.measure(kernel, sched, budget_s=0.0, min_runs=2)
     assert result.status == "ok", result.error
 
 
 def test_amx_schedule_and_decision_json_roundtrip():
-    s = amx.AmxSchedule(1, 3, 256, "ji")
-    assert amx.AmxSchedule.from_json(s.to_json()) == s
+    s = precision.AmxSchedule(1, 3, 256, "ji")
+    assert precision.AmxSchedule.from_json(s.to_json()) == s
     d = precision.PrecisionDecision(3, "int8", act_scale=0.5, act_scale_b=0.25, schedule=s, sensitivity=1e-3)
     assert precision.PrecisionDecision.from_json(d.to_json()) == d
 
@@ -141,23 +142,25 @@ def test_solve_minimizes_latency_under_the_budget():
 @needs_amx
 def test_plan_auto_within_budget_and_fallback():
     imp = _mlp()
-    model = driver.load_cost_model("analytical", driver.Target.parse("cpu"))
-    plan = precision.plan(imp, mode="auto", budget=0.05, cost_model=model, target=driver.Target.parse("cpu"))
+    target = driver.Target.parse("cpu")
+    prices = LayerPrices(imp.module, driver.load_cost_model("analytical", target), target)
+    plan = precision.plan(imp, mode="auto", budget=0.05, price=prices)
     assert plan.lowered and plan.error <= 0.05 and not plan.message
     assert all(d.sensitivity is not None for d in plan.decisions)
-    tiny = precision.plan(imp, mode="auto", budget=1e-9, cost_model=model, target=driver.Target.parse("cpu"))
+    tiny = precision.plan(imp, mode="auto", budget=1e-9, price=prices)
     assert not tiny.lowered and "too small" in tiny.message
-    int8 = precision.plan(imp, mode="int8", budget=1e-9, cost_model=model, target=driver.Target.parse("cpu"))
+    int8 = precision.plan(imp, mode="int8", budget=1e-9, price=prices)
     assert not int8.lowered and "running f32" in int8.message
 
 
 def test_plan_rejects_bad_requests():
     imp = _imported()
-    model = driver.load_cost_model("analytical", driver.Target.parse("cpu"))
+    target = driver.Target.parse("cpu")
+    prices = LayerPrices(imp.module, driver.load_cost_model("analytical", target), target)
     with pytest.raises(precision.PrecisionError, match="budget must be positive"):
-        precision.plan(imp, mode="auto", budget=0.0, cost_model=model, target=driver.Target.parse("cpu"))
+        precision.plan(imp, mode="auto", budget=0.0, price=prices)
     with pytest.raises(precision.PrecisionError, match="unknown precision"):
-        precision.plan(imp, mode="fp8", budget=None, cost_model=model, target=driver.Target.parse("cpu"))
+        precision.plan(imp, mode="fp8", budget=None, price=prices)
     with pytest.raises(precision.PrecisionError, match="cannot run in int8"):
         precision.rewrite(imp.module, imp.params, [precision.PrecisionDecision(2, "int8", act_scale=1.0)])
 

@@ -21,7 +21,6 @@ SIGILL.
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import functools
 import json
 import math
@@ -31,6 +30,7 @@ from collections.abc import Iterator
 from torch_mlir import ir
 from torch_mlir.dialects import func
 
+from tilecraft.passes.precision import AmxSchedule
 from tilecraft.passes.tiling import AMX, AMX_INIT  # attributes: contraction (its AmxSchedule JSON), its zero fill
 
 # Element type → (VNNI factor, K elements per tile row (64 bytes), accumulator type, tile op)
@@ -39,59 +39,6 @@ _TYPES = {"bf16": (2, 32, "f32", "x86.amx.tile_mulf"), "i8": (4, 64, "i32", "x86
 
 class AmxError(RuntimeError):
     """AMX is not usable on this machine, or a marked op cannot be lowered."""
-
-
-@dataclasses.dataclass(frozen=True)
-class AmxSchedule:
-    """How an AMX contraction is blocked: `mr × nr` accumulator tiles per register block
-    (at most 8 tiles with the A and B tiles: mr + nr + mr·nr ≤ 8 avoids spills), `kc` K
-    elements per chunk between accumulator loads and stores (a multiple of the tile's K),
-    loop order `ij` (rows outer: a row panel of A stays in cache) or `ji`."""
-
-    mr: int = 2
-    nr: int = 2
-    kc: int = 1024
-    order: str = "ij"
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-    @staticmethod
-    def from_json(text: str) -> AmxSchedule:
-        return AmxSchedule(**json.loads(text))
-
-
-def generic_maps(lead: int, *, blocked: bool) -> tuple[list[str], list[str]]:
-    """(indexing maps, iterator types) of the `tc.amx` generic over A `[lead.., M, K/v, v]`,
-    B `[lead.., K/v, N, v]` and C `[lead.., M, N]`, or blocked B `[lead.., N/16, K/v, 16,
-    v]` and C `[lead.., M, N/16, 16]`. Loops: lead.., m, n (blocked: nb, ni), k, vv."""
-    ld = [f"d{i}" for i in range(lead)]
-    if blocked:
-        m, nb, ni, k, vv = (f"d{lead + i}" for i in range(5))
-        dims = [*ld, m, nb, ni, k, vv]
-        results = [[*ld, m, k, vv], [*ld, nb, k, ni, vv], [*ld, m, nb, ni]]
-    else:
-        m, n, k, vv = (f"d{lead + i}" for i in range(4))
-        dims = [*ld, m, n, k, vv]
-        results = [[*ld, m, k, vv], [*ld, k, n, vv], [*ld, m, n]]
-    maps = [f"affine_map<({', '.join(dims)}) -> ({', '.join(r)})>" for r in results]
-    iters = ["parallel"] * (len(dims) - 2) + ["reduction"] * 2
-    return maps, iters
-
-
-SPACE = tuple(
-    AmxSchedule(mr, nr, kc, order)
-    for mr, nr in ((2, 2), (1, 3), (3, 1), (1, 2), (2, 1), (1, 1))
-    for kc in (256, 1024)
-    for order in ("ij", "ji")
-)
-
-
-def default_schedule(m: int, n: int, k: int) -> AmxSchedule:
-    """2 × 2 blocks (the best at 1024³: 790 GFLOP/s bf16), fewer where the edge is small."""
-    mr = 2 if m >= 32 else 1
-    nr = 2 if n >= 32 else 1
-    return AmxSchedule(mr, nr, 1024, "ij")
 
 
 # ------------------------------------------------------------------------------ enabling

@@ -5,8 +5,8 @@ Runs on the linalg-on-tensors module before tiling (first step of the CPU `tiled
 vector lane. It is replaced by Abramowitz & Stegun 7.1.26 (|error| ≤ 1.5e-7), built from
 arith and `math.exp`. `math.exp` lowers to `llvm.intr.exp`, which x86 also scalarizes into
 one `expf` call per lane (softmax, GELU, SiLU); `expand_exp` replaces it (f32) by Cephes'
-range reduction and degree-6 polynomial (≤ 2 ulp on [-87.3, 88.4], clamped outside),
-built from arith ops and `math.roundeven`, which all vectorize.
+range reduction and degree-6 polynomial (≤ 2 ulp on [-87, 88.4]; 0 below, never a
+subnormal), built from arith ops and `math.roundeven`, which all vectorize.
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ def _exp(x: ir.Value) -> ir.Value:
     def c(v: float) -> ir.Value:
         return arith.constant(t, v)
 
-    x = arith.minimumf(arith.maximumf(x, c(-87.3)), c(88.37626))
+    small = arith.cmpf(arith.CmpFPredicate.OLT, x, c(-87.0))
+    x = arith.minimumf(arith.maximumf(x, c(-87.0)), c(88.37626))
     k = math.roundeven(arith.mulf(x, c(_LOG2E)))
     r = arith.subf(arith.subf(x, arith.mulf(k, c(_LN2_HI))), arith.mulf(k, c(_LN2_LO)))
     poly = c(_EXP_P[0])
@@ -68,7 +69,9 @@ def _exp(x: ir.Value) -> ir.Value:
         poly = arith.addf(arith.mulf(poly, r), c(a))
     p = arith.addf(arith.addf(arith.mulf(poly, arith.mulf(r, r)), r), c(1.0))
     bits = arith.shli(arith.addi(arith.fptosi(i32, k), arith.constant(i32, 127)), arith.constant(i32, 23))
-    return arith.mulf(p, arith.bitcast(t, bits))
+    # below -87 the result would be subnormal (2^-126 · p): flush to 0, as subnormal
+    # arithmetic downstream (a masked softmax's sum and P·V) runs at microcode speed
+    return arith.select(small, c(0.0), arith.mulf(p, arith.bitcast(t, bits)))
 
 
 def _erf(x: ir.Value) -> ir.Value:
