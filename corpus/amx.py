@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
 
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 
 from tilecraft.corpus.kernels import Kernel
-from tilecraft.corpus.measure import Measurement
+from tilecraft.corpus.measure import Measurement, timed
 from tilecraft.passes.precision import SPACE, AmxSchedule, generic_maps, layers
 from tilecraft.passes.tiling import AMX, AMX_INIT
 
@@ -180,20 +179,7 @@ def measure(kernel: Kernel, sched: AmxSchedule, *, budget_s: float = 0.1, min_ru
         t = time.perf_counter()
         fn(a, b, c)
         times.append(time.perf_counter() - t)
-    med = statistics.median(times)
-    q = statistics.quantiles(times, n=4)
-    return Measurement(
-        kernel.key,
-        decision,
-        "ok",
-        median_s=med,
-        min_s=min(times),
-        iqr_s=q[2] - q[0],
-        runs=len(times),
-        gflops=kernel.flops / med / 1e9,
-        utilization=None,
-        compile_s=compile_s,
-    )
+    return timed(kernel, decision, times, compile_s=compile_s)
 
 
 def collect(

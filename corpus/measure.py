@@ -136,20 +136,25 @@ def measure_in_process(kernel: Kernel, decision: TileDecision | None, target, op
                 break
             if time.perf_counter() - start > options.max_seconds:
                 break
-    q = statistics.quantiles(samples, n=4) if len(samples) >= 2 else [samples[0]] * 3
-    median = statistics.median(samples)
-    gflops = kernel.flops / median / 1e9
+    gflops = kernel.flops / statistics.median(samples) / 1e9
     # achieved / attainable (roofline: compute peak or bandwidth of the level holding the data)
     utilization = gflops / target.roofline_gflops(kernel.flops, kernel.bytes_moved) if target is not None else None
+    return timed(kernel, dec_json, samples, compile_s=compile_s, utilization=utilization)
+
+
+def timed(kernel: Kernel, decision: str, samples: list[float], *, compile_s: float, utilization=None) -> Measurement:
+    """The `ok` record of a kernel's timing samples (seconds): median, min, IQR, GFLOP/s."""
+    q = statistics.quantiles(samples, n=4) if len(samples) >= 2 else [samples[0]] * 3
+    median = statistics.median(samples)
     return Measurement(
         kernel.key,
-        dec_json,
+        decision,
         "ok",
         median_s=median,
         min_s=min(samples),
         iqr_s=q[2] - q[0],
         runs=len(samples),
-        gflops=gflops,
+        gflops=kernel.flops / median / 1e9,
         utilization=utilization,
         compile_s=compile_s,
     )

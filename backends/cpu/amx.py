@@ -241,18 +241,20 @@ def kernel_text(
         row_parts = ([("loop", mfull, [16] * sched.mr)] if mfull else []) + ([("rem", mfull, mrem)] if mrem else [])
         col_parts = ([("loop", nfull, [16] * sched.nr)] if nfull else []) + ([("rem", nfull, nrem)] if nrem else [])
         outer, inner = (row_parts, col_parts) if sched.order == "ij" else (col_parts, row_parts)
-        for okind, oext, otiles in outer:
-            ov = w.tmp("o")
-            if okind == "loop":
-                w(f"scf.for {ov} = {w.c(0)} to {w.c(oext)} step {w.c(sum(otiles))} {{")
+
+        def start(kind: str, ext: int, tiles: list[int], stem: str) -> str:
+            """A loop over the full blocks, or the one remainder block's offset."""
+            var = w.tmp(stem)
+            if kind == "loop":
+                w(f"scf.for {var} = {w.c(0)} to {w.c(ext)} step {w.c(sum(tiles))} {{")
             else:
-                w(f"{ov} = arith.addi {w.c(oext)}, {w.c(0)} : index")
+                w(f"{var} = arith.addi {w.c(ext)}, {w.c(0)} : index")
+            return var
+
+        for okind, oext, otiles in outer:
+            ov = start(okind, oext, otiles, "o")
             for ikind, iext, itiles in inner:
-                iv = w.tmp("p")
-                if ikind == "loop":
-                    w(f"scf.for {iv} = {w.c(0)} to {w.c(iext)} step {w.c(sum(itiles))} {{")
-                else:
-                    w(f"{iv} = arith.addi {w.c(iext)}, {w.c(0)} : index")
+                iv = start(ikind, iext, itiles, "p")
                 if sched.order == "ij":
                     block(av, at, bv, bt, cv, ct, ov, iv, otiles, itiles)
                 else:
