@@ -104,7 +104,9 @@ def _row(what, peer, peer_s, ours_s, flops, sched, err) -> dict:
 
 
 def dataclasses_str(sched) -> str:
-    return f"{sched.mr}x{sched.nr} kc {sched.kc} {sched.order}" if sched else "compiled model"
+    if sched is None:
+        return "compiled model"
+    return f"{sched.mr}x{sched.nr} kc {sched.kc} {sched.order}" + (f" nc {sched.nc}" if sched.nc else "")
 
 
 def model_rows(names: list[str]) -> list[dict]:

@@ -50,6 +50,8 @@ FEATURES = (
     "log_bytes",
     "log_roofline_s",
     "blocked",
+    "log_nc",
+    "panels",
 )
 
 
@@ -58,6 +60,7 @@ def features(kernel: Kernel, sched: AmxSchedule) -> list[float]:
     int8 = kernel.kind == KINDS["int8"]
     kt = 64 if int8 else 32
     bm, bn = 16 * sched.mr, 16 * sched.nr
+    nc = min(sched.nc, n) if sched.nc and sched.order == "ij" else n  # columns per cache panel
     blocks = batch * math.ceil(m / bm) * math.ceil(n / bn)
     calls = blocks * (math.ceil(k / sched.kc) + (1 if k % kt else 0))
     elem = 1 if int8 else 2
@@ -83,6 +86,8 @@ def features(kernel: Kernel, sched: AmxSchedule) -> list[float]:
         math.log2(nbytes),
         math.log2(roofline),
         float(is_blocked(kernel)),
+        math.log2(nc),
+        math.ceil(n / nc),
     ]
 
 

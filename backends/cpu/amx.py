@@ -235,27 +235,31 @@ def kernel_text(
             if part:
                 call(part, w.c(off))
 
-    def body(av: str, at: str, bv: str, bt: str, cv: str, ct: str) -> None:
-        mfull, mrem = _split(m, 16 * sched.mr, 16)
-        nfull, nrem = _split(n, 16 * sched.nr, 16)
-        row_parts = ([("loop", mfull, [16] * sched.mr)] if mfull else []) + ([("rem", mfull, mrem)] if mrem else [])
-        col_parts = ([("loop", nfull, [16] * sched.nr)] if nfull else []) + ([("rem", nfull, nrem)] if nrem else [])
-        outer, inner = (row_parts, col_parts) if sched.order == "ij" else (col_parts, row_parts)
+    def start(kind: str, lo: str, ext: int, step: int, stem: str) -> str:
+        """A loop over full blocks from `lo` (`ext` elements), or the remainder block's offset."""
+        var = w.tmp(stem)
+        if kind == "loop":
+            hi = w.tmp("hi")
+            w(f"{hi} = arith.addi {lo}, {w.c(ext)} : index")
+            w(f"scf.for {var} = {lo} to {hi} step {w.c(step)} {{")
+        else:
+            w(f"{var} = arith.addi {lo}, {w.c(ext)} : index")
+        return var
 
-        def start(kind: str, ext: int, tiles: list[int], stem: str) -> str:
-            """A loop over the full blocks, or the one remainder block's offset."""
-            var = w.tmp(stem)
-            if kind == "loop":
-                w(f"scf.for {var} = {w.c(0)} to {w.c(ext)} step {w.c(sum(tiles))} {{")
-            else:
-                w(f"{var} = arith.addi {w.c(ext)}, {w.c(0)} : index")
-            return var
+    def parts(extent: int, per_block: int) -> list[tuple[str, int, list[int]]]:
+        """(kind, extent of full blocks or offset of the remainder, tile sizes)."""
+        full, rem = _split(extent, 16 * per_block, 16)
+        return ([("loop", full, [16] * per_block)] if full else []) + ([("rem", full, rem)] if rem else [])
 
-        for okind, oext, otiles in outer:
-            ov = start(okind, oext, otiles, "o")
-            for ikind, iext, itiles in inner:
-                iv = start(ikind, iext, itiles, "p")
-                if sched.order == "ij":
+    def sweep(av: str, at: str, bv: str, bt: str, cv: str, ct: str, jc: str, width: int) -> None:
+        """Every register block of the columns [jc, jc + width)."""
+        row_parts, col_parts = parts(m, sched.mr), parts(width, sched.nr)
+        ij = sched.order == "ij"
+        for okind, oext, otiles in row_parts if ij else col_parts:
+            ov = start(okind, w.c(0) if ij else jc, oext, sum(otiles), "o")
+            for ikind, iext, itiles in col_parts if ij else row_parts:
+                iv = start(ikind, jc if ij else w.c(0), iext, sum(itiles), "p")
+                if ij:
                     block(av, at, bv, bt, cv, ct, ov, iv, otiles, itiles)
                 else:
                     block(av, at, bv, bt, cv, ct, iv, ov, itiles, otiles)
@@ -263,6 +267,21 @@ def kernel_text(
                     w("}")
             if okind == "loop":
                 w("}")
+
+    def body(av: str, at: str, bv: str, bt: str, cv: str, ct: str) -> None:
+        nc = sched.nc if sched.order == "ij" and 0 < sched.nc < n else n
+        nc -= nc % (16 * sched.nr) if nc < n else 0  # a panel holds whole register blocks
+        nc = nc or n
+        full, rem = n - n % nc, n % nc
+        if full == nc:
+            sweep(av, at, bv, bt, cv, ct, w.c(0), nc)
+        elif full:
+            jc = w.tmp("jc")
+            w(f"scf.for {jc} = {w.c(0)} to {w.c(full)} step {w.c(nc)} {{")
+            sweep(av, at, bv, bt, cv, ct, jc, nc)
+            w("}")
+        if rem:
+            sweep(av, at, bv, bt, cv, ct, w.c(full), rem)
 
     if batched:
         w(f"scf.for %b = {w.c(0)} to {w.c(a.shape[0])} step {w.c(1)} {{")
