@@ -33,7 +33,6 @@ from torch_mlir.dialects import func
 
 from tilecraft.passes.tiling import AMX, AMX_INIT
 
-PRECISIONS = ("f32", "bf16", "int8")
 _VNNI = {"bf16": 2, "int8": 4}
 _ELEM = {"bf16": "bf16", "int8": "i8"}
 _CONTRACTIONS = ("linalg.matmul", "linalg.batch_matmul", "linalg.conv_2d_nchw_fchw")
@@ -950,16 +949,16 @@ def plan(
 
     # auto: the integer program, tightened until the combined error (not just the sum of
     # per-layer sensitivities) fits the budget
+    table = {  # (predicted seconds, sensitivity); a layer the f32 model cannot price stays f32
+        i: {
+            p: ((d.predicted_s if d.predicted_s is not None else d.f32_s) or 0.0, d.sensitivity or 0.0)
+            for p, d in opts.items()
+            if d.f32_s is not None or p == "f32"
+        }
+        for i, opts in candidates.items()
+    }
     target_budget = budget
     for _ in range(8):
-        table = {
-            i: {
-                p: ((d.predicted_s if d.predicted_s is not None else d.f32_s) or 0.0, d.sensitivity or 0.0)
-                for p, d in opts.items()
-                if d.f32_s is not None or p == "f32"
-            }
-            for i, opts in candidates.items()
-        }
         choice = solve(table, target_budget)
         chosen = {i: candidates[i][p] for i, p in choice.items()}
         lowered = {i: d for i, d in chosen.items() if d.precision != "f32"}
