@@ -206,18 +206,13 @@ def _erase_if_unused(op) -> None:
 
 
 def _generics(module: ir.Module) -> list[ir.Operation]:
+    """The module's multi-result `linalg.generic`s."""
+    from tilecraft.passes.tiling import walk_ops
+
     out: list[ir.Operation] = []
-
-    def walk(op: ir.Operation) -> None:
-        for region in op.regions:
-            for block in region.blocks:
-                for child in block.operations:
-                    if child.operation.name == "linalg.generic" and len(child.operation.results) > 1:
-                        out.append(child.operation)
-                    else:
-                        walk(child.operation)
-
-    walk(module.operation)
+    walk_ops(
+        module.operation, lambda op: out.append(op) if op.name == "linalg.generic" and len(op.results) > 1 else None
+    )
     return out
 
 

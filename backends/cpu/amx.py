@@ -31,7 +31,7 @@ from torch_mlir import ir
 from torch_mlir.dialects import func
 
 from tilecraft.passes.precision import AmxSchedule
-from tilecraft.passes.tiling import AMX, AMX_INIT  # attributes: contraction (its AmxSchedule JSON), its zero fill
+from tilecraft.passes.tiling import AMX, AMX_INIT, walk_ops  # attributes: contraction (its schedule), its zero fill
 
 # Element type → (VNNI factor, K elements per tile row (64 bytes), accumulator type, tile op)
 _TYPES = {"bf16": (2, 32, "f32", "x86.amx.tile_mulf"), "i8": (4, 64, "i32", "x86.amx.tile_muli")}
@@ -351,19 +351,9 @@ def keep_blocks_out_of_line(module: ir.Module) -> None:
 
 
 def marked(module: ir.Module) -> list[ir.Operation]:
+    """The `tc.amx` contractions of a module."""
     out: list[ir.Operation] = []
-
-    def visit(op: ir.Operation) -> None:
-        for region in op.regions:
-            for blk in region.blocks:
-                for child in blk.operations:
-                    child = child.operation
-                    if AMX in child.attributes:
-                        out.append(child)
-                    else:
-                        visit(child)
-
-    visit(module.operation)
+    walk_ops(module.operation, lambda op: out.append(op) if AMX in op.attributes else None)
     return out
 
 
