@@ -118,7 +118,69 @@ def to_vector(module: ir.Module, *, vectorize: bool = True) -> ir.Module:
     Arguments are marked read-only for bufferization: compiled code never writes into the
     caller's inputs or the bound weights (an in-place update gets a copy instead)."""
     _mark_arguments_read_only(module)
-    return apply_transform(module, vectorize_script(vectorize=vectorize), stage="vector")
+    apply_transform(module, vectorize_script(vectorize=vectorize), stage="vector")
+    copies = tidy_copies(module) if vectorize else []
+    return apply_transform(module, lower_vectors_script(copies), stage="vector")
+
+
+COPY_ID = "tc.copy_id"
+
+
+def tidy_copies(module: ir.Module) -> list[tuple[int, tuple[int, ...]]]:
+    """The buffer copies bufferization left: erase the ones that copy a buffer onto itself
+    (a fused tile written back into the subview it was computed in), and tag the rest with
+    `tc.copy_id` for `lower_vectors_script` to vectorize (else each is a scalar loop nest).
+    Returns (copy id, register tile) per tagged copy."""
+    out: list[tuple[int, tuple[int, ...]]] = []
+    dead: list[ir.Operation] = []
+
+    def visit(op: ir.Operation) -> None:
+        if op.name != "linalg.copy":
+            return
+        src, dst = op.operands[0], op.operands[1]
+        if _same_buffer(src, dst):
+            dead.append(op)
+            return
+        t = ir.MemRefType(dst.type)
+        if str(t.element_type) == "i1" or any(d < 0 for d in t.shape):
+            return  # i1 buffers stay scalar (packed bits), dynamic shapes are not tiled here
+        i64 = ir.IntegerType.get_signless(64, context=module.context)
+        op.attributes[COPY_ID] = ir.IntegerAttr.get(i64, len(out))
+        shape = list(t.shape)
+        out.append((len(out), tuple(0 if r >= x else r for r, x in zip(tiling.budget_tile(shape), shape))))
+
+    tiling.walk_ops(module.operation, visit)
+    for op in dead:
+        op.erase()
+    return out
+
+
+def _alias_root(v: ir.Value) -> ir.Value:
+    """Follow an `scf.for` result back to its init operand while the loop yields the
+    iteration argument unchanged (the same buffer)."""
+    owner = getattr(v.owner, "operation", v.owner)
+    while isinstance(owner, ir.Operation) and owner.name == "scf.for":
+        i = ir.OpResult(v).result_number
+        body = owner.regions[0].blocks[0]
+        yielded = list(body.operations)[-1].operands[i]
+        if yielded != body.arguments[1 + i]:
+            break
+        v = owner.operands[3 + i]
+        owner = getattr(v.owner, "operation", v.owner)
+    return v
+
+
+def _same_buffer(a: ir.Value, b: ir.Value) -> bool:
+    a, b = _alias_root(a), _alias_root(b)
+    if a == b:
+        return True
+    oa, ob = (getattr(v.owner, "operation", v.owner) for v in (a, b))
+    if not all(isinstance(o, ir.Operation) and o.name == "memref.subview" for o in (oa, ob)):
+        return False
+    if _alias_root(oa.operands[0]) != _alias_root(ob.operands[0]) or list(oa.operands)[1:] != list(ob.operands)[1:]:
+        return False
+    keys = ("static_offsets", "static_sizes", "static_strides")
+    return all(str(oa.attributes[k]) == str(ob.attributes[k]) for k in keys) and a.type == b.type
 
 
 def _public_funcs(module: ir.Module):
@@ -184,8 +246,34 @@ def vectorize_script(*, vectorize: bool = True) -> str:
     return tiling.named_sequence(
         vec
         + f"""    %b = transform.bufferization.one_shot_bufferize layout{{IdentityLayoutMap}} %root
-        {{bufferize_function_boundaries = true, memcpy_op = "linalg.copy"}} : ({ANY}) -> {ANY}
-    %g = transform.structured.match ops{{["func.func"]}} in %b : ({ANY}) -> {ANY}
+        {{bufferize_function_boundaries = true, memcpy_op = "linalg.copy"}} : ({ANY}) -> {ANY}""",
+        consumed=True,
+    )
+
+
+def lower_vectors_script(copies=()) -> str:
+    """After bufferization: vectorize the tagged buffer copies (each tiled to its register
+    tile first), then lower vector ops to the 1-D, LLVM-friendly form."""
+    body = []
+    for cid, tile in copies:
+        h = f"%c{cid}"
+        body.append(
+            f"    {h} = transform.structured.match attributes{{{COPY_ID} = {cid} : i64}} in %root : ({ANY}) -> {ANY}"
+        )
+        loops = sum(1 for t in tile if t)
+        t_h = h
+        if loops:
+            types = ", ".join([ANY] * (loops + 1))
+            body.append(
+                f"    {h}t, {h}l:{loops} = transform.structured.tile_using_for {h} "
+                f"tile_sizes [{', '.join(map(str, tile))}] : ({ANY}) -> ({types})"
+            )
+            t_h = f"{h}t"
+        body.append(f"    transform.structured.vectorize {t_h} : {ANY}")
+    return tiling.named_sequence(
+        "\n".join(body)
+        + f"""
+    %g = transform.structured.match ops{{["func.func"]}} in %root : ({ANY}) -> {ANY}
     transform.apply_patterns to %g {{
       transform.apply_patterns.vector.lower_contraction lowering_strategy = "outerproduct"
       transform.apply_patterns.vector.transfer_permutation_patterns
@@ -202,7 +290,7 @@ def vectorize_script(*, vectorize: bool = True) -> str:
       transform.apply_patterns.vector.lower_transpose lowering_strategy = "shuffle_1d"
     }} : {ANY}
 """,
-        consumed=True,
+        consumed=False,
     )
 
 
