@@ -271,11 +271,14 @@ def group_tiles(
     c = nodes[contraction[0]].info
     at = to_sink[contraction[0]]
     tiles = [0] * len(s.extents)
-    if c.kind in ("matmul", "batch_matmul"):  # the contraction's own cache tile
+    if c.kind in ("matmul", "batch_matmul"):  # the contraction's own cache tile, up to 256 columns wide
         d = tiling.default_decision(c, target)
+        n_loop = len(c.extents) - 2
         for cloop, sloop in at.items():
             if tileable[sloop] and c.iterators[cloop] == "parallel":
                 t = d.tiles[0][cloop]
+                if cloop == n_loop:  # wider tiles: fewer passes over A (measured: 256 beats 128)
+                    t = tiling.divisor_at_most(c.extents[cloop], 256, multiple_of=16)
                 tiles[sloop] = t if t < s.extents[sloop] else 0
     else:  # conv/pool: up to 64 output channels, whole rows while the tile fits CONV_TILE
         f_loop, oh_loop, ow_loop = CONV_LOOPS[c.kind]
@@ -284,6 +287,12 @@ def group_tiles(
         for cloop, t in ((f_loop, f_t), (oh_loop, oh_t)):
             if cloop in at and tileable[at[cloop]] and t < s.extents[at[cloop]]:
                 tiles[at[cloop]] = t
+    if not any(tiles) and c.kind not in ("matmul", "batch_matmul"):
+        # one cache tile holds the whole convolution: split its rows (not its channels, which
+        # its register tiles block), to have a loop to fuse into
+        oh = CONV_LOOPS[c.kind][1]
+        if oh in at and tileable[at[oh]] and c.extents[oh] > 1:
+            tiles[at[oh]] = tiling.divisor_at_most(c.extents[oh], c.extents[oh] // 2)
     if not any(tiles):  # one cache tile holds it all: split it, to have a loop to fuse into
         tiles = _split(s.extents, tileable)
         if tiles is None:
@@ -392,6 +401,24 @@ def candidates(nodes: Mapping[int, Node], target=None) -> list[FusionDecision]:
                 out.append(FusionDecision(sink, members, *tiles))
                 found += 1
                 frontier.append(key)
+    return out
+
+
+def maximal(nodes: Mapping[int, Node], target=None) -> list[FusionDecision]:
+    """Without a cost model: the largest legal group of each sink, taken from the last op
+    backwards, skipping groups that overlap ones already taken (what the rewrite does to
+    every fusable chain; for tests and for inspecting the rewrite)."""
+    by_sink: dict[int, FusionDecision] = {}
+    for g in candidates(nodes, target):
+        if len(g.ops) > len(by_sink.get(g.sink, FusionDecision(g.sink, (), ())).ops):
+            by_sink[g.sink] = g
+    taken: set[int] = set()
+    out = []
+    for sink in reversed(_topo(nodes, set(nodes))):
+        g = by_sink.get(sink)
+        if g is not None and not taken & set(g.ops):
+            out.append(g)
+            taken |= set(g.ops)
     return out
 
 
@@ -587,13 +614,15 @@ def load_calibration(path: str | None = None) -> dict[str, float]:
 
 class GroupCoster:
     """Predicted latency of a fused group, from the group outlined as its own function and
-    fused exactly as `apply` fuses it: every op still scheduled by the tiling pass (a
+    fused exactly as `apply` fuses it. Every op still scheduled by the tiling pass (a
     contraction's tile, say) costs what the cost model predicts for its best-ranked
-    decision, times the tiles it runs in; the ops fused into register tiles cost their
-    roofline: the bytes they read from outside the group (the contraction's tile from
-    cache) and write, or their arithmetic at one vector op per cycle, whichever is more.
-    The sum is scaled by the group class's calibration factor (`load_calibration`: fused
-    kernels measured against this composed prediction). Memoized by text and tiles."""
+    decision, times the tiles it runs in, scaled by the group class's calibration factor
+    (`load_calibration`: fused kernels measured against this prediction). The ops fused
+    into register tiles are priced on the scale the unfused alternative is priced by:
+    their own unfused predictions times the ratio of their roofline fused (inputs from
+    the group read from registers or cache) to the sum of their rooflines alone (`light`;
+    for reduction groups, whose ops are not priced alone, their roofline scaled by the
+    factor). Memoized by text and tiles."""
 
     def __init__(self, model, target, context: ir.Context, calibration: Mapping[str, float] | None = None):
         self.model, self.target, self.context = model, target, context
@@ -601,28 +630,64 @@ class GroupCoster:
         self.cache: dict[str, float] = {}
         self.evaluated = 0
 
-    def __call__(self, text: str, decision: FusionDecision) -> float:
+    def __call__(
+        self, text: str, decision: FusionDecision, epilogue: tuple[Sequence[str], float] | None = None
+    ) -> float:
+        """`epilogue`, for a contraction's group: its register-tile ops, each outlined alone,
+        and their summed unfused prediction. They are then priced on the unfused scale
+        (as `light` prices a group of light ops, their input from the contraction read
+        from cache), and the calibration factor scales the contraction's part only."""
         from tilecraft.costmodel import search
 
-        key = hashlib.sha256(f"{text}|{decision.tiles}|{decision.inner}".encode()).hexdigest()
+        key = hashlib.sha256(f"{text}|{decision.tiles}|{decision.inner}|{epilogue}".encode()).hexdigest()
         if key in self.cache:
             return self.cache[key]
         self.evaluated += 1
         module = ir.Module.parse(text, context=self.context)
         nodes = analyze(module)
         whole = as_outlined(nodes, decision)
-        light = self._register_tile_seconds(nodes, whole.sink)
         factor = self.calibration.get(group_class(n.info.kind for n in nodes.values()), 1.0)
+        if epilogue is None:
+            light, light_factor = self._register_tile_seconds(nodes, whole.sink), factor
+        else:
+            texts, singles_s = epilogue
+            alone = sum(self.roofline(t) for t in texts)
+            fused = self._register_tile_seconds(nodes, whole.sink, self.target.mem_bandwidth_gbs)
+            light, light_factor = (singles_s * fused / alone if alone > 0 else singles_s), 1.0
         apply(module, [whole])
         trips = loop_trips(module)
-        total = light
+        heavy = 0.0
         for choice in search.pick(module, self.model, self.target):
-            total += sum(choice.predicted_s * trips.get(op, 1) for op in choice.op_ids)
-        total *= factor
+            heavy += sum(choice.predicted_s * trips.get(op, 1) for op in choice.op_ids)
+        total = light * light_factor + heavy * factor
         self.cache[key] = total
         return total
 
-    def _register_tile_seconds(self, nodes: Mapping[int, Node], sink: int) -> float:
+    def roofline(self, text: str) -> float:
+        """Register-tile roofline of an outlined group of light ops (memoized by text)."""
+        key = "roofline|" + hashlib.sha256(text.encode()).hexdigest()
+        if key not in self.cache:
+            module = ir.Module.parse(text, context=self.context)  # alive while its ops are read
+            nodes = analyze(module)
+            # one bandwidth for the group and for its ops alone: the ratio compares traffic, not
+            # which cache level a smaller working set would happen to fit
+            dram = self.target.mem_bandwidth_gbs
+            self.cache[key] = self._register_tile_seconds(nodes, _topo(nodes, set(nodes))[-1], dram)
+        return self.cache[key]
+
+    def light(self, texts: Sequence[str], singles_s: float, text: str) -> float:
+        """Predicted latency of a fused group of light ops (elementwise, no contraction or
+        reduction): the cost model's prediction for its ops unfused (`singles_s`, the
+        same numbers the unfused alternative is priced by), scaled by the ratio of the
+        fused group's roofline to the sum of its ops' rooflines (`texts`: each op outlined
+        alone). Fused and unfused are then priced on one scale: what fusion saves is the
+        memory traffic and loop overhead the rooflines count. The ratio is scaled by the
+        light class's calibration factor (measured fused/unfused over predicted)."""
+        alone = sum(self.roofline(t) for t in texts)
+        ratio = self.roofline(text) / alone if alone > 0 else 1.0
+        return singles_s * ratio * self.calibration.get("light", 1.0)
+
+    def _register_tile_seconds(self, nodes: Mapping[int, Node], sink: int, bandwidth_gbs: float | None = None) -> float:
         from tilecraft.corpus.kernels import ELEMENT_BYTES
 
         t = self.target
@@ -646,7 +711,8 @@ class GroupCoster:
             vector_ops += math.prod(n.info.extents) / t.f32_lanes * max(1, body - 1)
         out = nodes[sink].info
         memory_bytes += math.prod(out.shapes[-1] or (1,)) * ELEMENT_BYTES.get(out.dtypes[-1], 4)
-        memory_s = memory_bytes / (t.bandwidth_gbs(memory_bytes) * 1e9) + cache_bytes / (t.cache_bandwidth_gbs * 1e9)
+        bandwidth = bandwidth_gbs or t.bandwidth_gbs(memory_bytes)
+        memory_s = memory_bytes / (bandwidth * 1e9) + cache_bytes / (t.cache_bandwidth_gbs * 1e9)
         return max(memory_s, vector_ops / (t.clock_ghz * 1e9))
 
 
@@ -680,7 +746,16 @@ def partition(
     for g in cands:
         try:
             text = outline_group(nodes, g.ops, state)
-            costs.append(coster(text, g))
+            cls = group_class(nodes[o].info.kind for o in g.ops)
+            tiles = [o for o in g.ops if nodes[o].info.kind not in CONTRACTIONS and not _is_fill(nodes[o])]
+            priced = all(o in singles for o in tiles)
+            alone = [outline_group(nodes, (o,), state) for o in tiles] if priced and cls != "reduction" else []
+            if cls == "light" and alone:
+                costs.append(coster.light(alone, sum(singles[o] for o in tiles), text))
+            elif cls in ("matmul", "conv") and alone:
+                costs.append(coster(text, g, (alone, sum(singles[o] for o in tiles))))
+            else:
+                costs.append(coster(text, g))
             kept.append(g)
         except Exception as exc:  # a group the rewrite or the features cannot handle: not a candidate
             failed.append((g, f"{type(exc).__name__}: {str(exc)[:200]}"))

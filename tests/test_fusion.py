@@ -144,3 +144,43 @@ def test_explain_command(tmp_path, capsys):
     fused = [k for k in doc["kernels"] if len(k["ops"]) > 1]
     assert fused and all(k["alternatives"] and k["fusion"] != "-" for k in fused)
     assert out_png.stat().st_size > 1000
+
+
+class SiLUMul(nn.Module):
+    def forward(self, x, y):
+        return F.silu(x) * y + x
+
+
+def test_light_groups_are_priced_on_the_unfused_scale():
+    """A group of elementwise ops costs its ops' unfused predictions scaled by the ratio of
+    rooflines: never more than unfused, and the whole chain (one read of x and y, one
+    write) is the cheapest partition."""
+    from tilecraft.costmodel import model as cm
+    from tilecraft.target import Target
+
+    target = Target.parse("cpu")
+    x, y = torch.randn(64, 256), torch.randn(64, 256)
+    imported = frontend.import_module(SiLUMul(), (x, y), spec="<test>")
+    with imported.module.context:
+        groups, report = fusion.partition(imported.module, cm.create("lightgbm", target), target)
+        nodes = fusion.analyze(imported.module)
+    singles = report["singles"]
+    assert all(cost > 0 for _, cost in report["candidates"])
+    assert [set(g.ops) for g in groups] == [set(nodes)]
+    assert report["fused_s"] < 0.8 * sum(singles[o] for o in nodes)
+    compiled = driver.compile_model(frontend.import_module(SiLUMul(), (x, y), spec="<test>"))
+    assert driver.compare(compiled.fn(x, y), SiLUMul()(x, y)).ok
+
+
+def test_buffer_copies_are_dropped_or_vectorized():
+    """Bufferization's copies of fused tiles onto themselves are erased and the rest become
+    vector code: no scalar `linalg.copy` loop nest reaches the LLVM stage."""
+    from tilecraft.backends.cpu import lowering
+
+    torch.manual_seed(0)
+    model, x = MLP().eval(), torch.randn(16, 64)
+    compiled = driver.compile_model(_imported(model, x), emit="vector")
+    assert compiled.fusion and "linalg.copy" not in compiled.text
+    with torch.no_grad():
+        assert driver.compare(driver.compile_model(_imported(model, x)).fn(x), model(x)).ok
+    assert lowering.COPY_ID  # copies that remain are tagged, tiled and vectorized by `lower_vectors_script`
