@@ -32,12 +32,19 @@ def _bool(v: str) -> bool:
     raise ValueError(f"not a boolean: {v!r}")
 
 
-def _fuse(module: ir.Module, cost_model: str) -> None:
+def _fuse(module: ir.Module, cost_model: str, strategy: str) -> None:
     from tilecraft import driver
+    from tilecraft.passes import fusion
     from tilecraft.target import Target
 
     target = Target.parse("cpu")
-    driver.fuse_groups(module, driver.load_cost_model(cost_model, target), target)
+    if strategy == "maximal":
+        fusion.private_fills(module)
+        fusion.apply(module, fusion.maximal(fusion.analyze(module), target))
+    elif strategy == "cost":
+        driver.fuse_groups(module, driver.load_cost_model(cost_model, target), target)
+    else:
+        raise ValueError(f"fuse{{strategy={strategy}}}: one of cost, maximal")
 
 
 def _precision(module: ir.Module, mode: str) -> None:
@@ -65,9 +72,10 @@ REGISTRY: dict[str, PassSpec] = {
         ),
         PassSpec(
             "fuse",
-            lambda m, cost_model="lightgbm": _fuse(m, cost_model),
-            {"cost-model": str},
-            "partition into fusion groups by predicted latency; tile the sinks, fuse the groups",
+            lambda m, cost_model="lightgbm", strategy="cost": _fuse(m, cost_model, strategy),
+            {"cost-model": str, "strategy": str},
+            "partition into fusion groups by predicted latency (strategy=maximal: every sink's largest"
+            " legal group, no model); tile the sinks, fuse the groups",
         ),
         PassSpec(
             "cpu-tiled",

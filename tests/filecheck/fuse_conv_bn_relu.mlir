@@ -1,6 +1,7 @@
-// RUN: tilecraft-opt %s -p "fuse" | filecheck %s
+// RUN: tilecraft-opt %s -p "fuse{strategy=maximal}" | filecheck %s
 
-// A convolution and its batch-norm + ReLU epilogue become one loop nest: the ReLU is tiled
+// The rewrite (the largest legal group, no cost model): a convolution and its batch-norm +
+// ReLU epilogue become one loop nest: the ReLU is tiled
 // over output channels, the conv (with its zero fill) and the epilogue are fused into the
 // tiles, and the epilogue again into register tiles (one channel at a time).
 // CHECK-LABEL: func.func @conv_bn_relu
