@@ -184,3 +184,16 @@ def test_buffer_copies_are_dropped_or_vectorized():
     with torch.no_grad():
         assert driver.compare(driver.compile_model(_imported(model, x)).fn(x), model(x)).ok
     assert lowering.COPY_ID  # copies that remain are tagged, tiled and vectorized by `lower_vectors_script`
+
+
+def test_small_conv_group_is_split_along_rows():
+    """A convolution whose whole output is one cache tile is split along its rows (its
+    output channels stay whole for its register tiles), to have a loop to fuse into."""
+    imported = _imported(ConvBNReLU(), torch.randn(1, 8, 16, 16))
+    with imported.module.context:
+        fusion.private_fills(imported.module)
+        nodes = fusion.analyze(imported.module)
+        conv_groups = [g for g in fusion.candidates(nodes) if any(nodes[o].info.kind == "conv2d" for o in g.ops)]
+    assert conv_groups
+    for g in conv_groups:
+        assert g.tiles == (0, 0, 8, 0)
