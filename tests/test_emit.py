@@ -84,3 +84,19 @@ def test_cli_run_prints_report():
     ):
         assert key in proc.stdout
     assert "matches reference  yes" in proc.stdout
+
+
+def test_prepared_run_keeps_its_output_buffers_alive():
+    """A timing loop that drops `prepare`'s outputs must not have the kernel write into
+    freed memory (it corrupted the heap: flaky `free(): invalid next size`)."""
+    import gc
+    import weakref
+
+    x, ids = torch.randn(4, 8), torch.randint(0, 9, (5, 3))
+    fn = driver.compile_model(frontend.import_module(TwoInTwoOut(), (x, ids))).fn
+    run, outs = fn.prepare(x, ids)
+    alive = [weakref.ref(o) for o in outs]
+    del outs
+    gc.collect()
+    assert all(r() is not None for r in alive)
+    run()

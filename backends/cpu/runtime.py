@@ -140,7 +140,8 @@ class CompiledFunction:
     def prepare(self, *inputs):
         """A zero-argument callable that runs the kernel on fixed inputs into fixed output
         buffers: no allocation or argument checking per call (for timing loops).
-        Returns `(run, outputs)`."""
+        Returns `(run, outputs)`; `run` keeps the inputs and outputs alive (a caller that
+        drops `outputs` must not leave the kernel writing into freed memory)."""
         tensors = [t.detach().contiguous() for t in inputs]
         for i, t in enumerate(tensors, start=len(self._bound)):
             self._check(i, t)
@@ -150,7 +151,7 @@ class CompiledFunction:
         args = (ctypes.c_void_p * n)(*[ctypes.addressof(d) for d in descs])
         packed = (ctypes.c_void_p * n)(*[ctypes.addressof(args) + i * ctypes.sizeof(ctypes.c_void_p) for i in range(n)])
         fn = self._fn
-        keep = (tensors, descs, args, self)
+        keep = (tensors, outs, descs, args, self)
 
         def run():
             fn(packed)
