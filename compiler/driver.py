@@ -78,6 +78,7 @@ def compile_model(
     fusion: Sequence | None = None,
     precision: str | Sequence | None = None,
     error_budget: float | None = None,
+    im2col: bool | None = None,
 ) -> Compiled:
     """Compile a model spec up to `emit`. `decisions` pins tile decisions (by op id or
     kernel key); every other op gets the cost model's pick (`cost_model`: `lightgbm`, the
@@ -88,7 +89,10 @@ def compile_model(
     gives the module after `fusion.private_fills`; `[]`: no fusion). `precision` is a mode
     (`f32`, `bf16`, `int8`, or `auto`: chosen per layer under `error_budget`;
     `passes/precision.py`) or a list of `PrecisionDecision`s; lowered layers are rewritten
-    to bf16/int8 AMX contractions first, and their packed weights replace the f32 ones."""
+    to bf16/int8 AMX contractions first, and their packed weights replace the f32 ones.
+    `im2col` rewrites the f32 convolutions with a window as GEMMs (`passes/im2col.py`; their
+    packed filters replace the bound ones); the default, None, does so unless `fusion`
+    pins groups (pinned groups name the op ids of the module as imported)."""
     target = target if isinstance(target, Target) else Target.parse(target)
     if emit not in EMITS:
         raise DriverError(f"unknown --emit {emit!r} (one of {', '.join(EMITS)})")
@@ -123,6 +127,8 @@ def compile_model(
             precision = done.precision.decisions
         if precision and any(d.precision != "f32" for d in precision):
             timed("precision", lambda: lower_precision(imported, precision))  # bf16/int8 layers
+        if im2col or (im2col is None and fusion is None and tile):
+            timed("im2col", lambda: convolutions_as_gemms(imported))  # conv → gather + matmul + transpose
         model = None
         if wanted("tiled") and tile and vectorize and cost_model not in (None, "heuristic"):
             model = load_cost_model(cost_model, target)
@@ -186,6 +192,14 @@ def lower_precision(imported: frontend.Imported, decisions) -> None:
         imported.params = precision.rewrite(imported.module, imported.params, decisions)
     except precision.PrecisionError as exc:
         raise DriverError(str(exc)) from None
+    imported.signature = runtime.Signature.of_func(imported.module, imported.func_name)
+
+
+def convolutions_as_gemms(imported: frontend.Imported) -> None:
+    """im2col + GEMM for every eligible convolution; packed filters become the bound ones."""
+    from tilecraft.passes import im2col
+
+    imported.params, _ = im2col.rewrite(imported.module, imported.params)
     imported.signature = runtime.Signature.of_func(imported.module, imported.func_name)
 
 

@@ -66,6 +66,7 @@ def explain(
             plan = driver.plan_precision(imported, precision, error_budget, cost_model, target)
             driver.lower_precision(imported, plan.decisions)
     with module.context:
+        driver.convolutions_as_gemms(imported)  # as `compile` does
         groups, report = fusion.partition(module, model, target)
         graph = fusion.dataflow_graph(module)
         nodes = fusion.analyze(module)

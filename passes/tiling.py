@@ -339,7 +339,7 @@ def space(info: OpInfo, target=None) -> list[TileDecision]:
             _divisors(m, (32, 64, 128)), _divisors(n, (128, 256)), _divisors(k, (64, 256))
         ):
             for mr, nr in reg_tiles:
-                mr, nr = math.gcd(mr, mc), math.gcd(nr, nc)  # small or odd extents: shrink
+                mr, nr = divisor_at_most(mc, mr), math.gcd(nr, nc)  # small or odd extents: shrink (49 rows: 7)
                 tiles = ((*b, mc, nc, kc), (*b, mr, nr, 1))
                 for order in orders:
                     out.append(TileDecision(tiles=tiles, interchange=order))

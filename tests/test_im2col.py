@@ -1,0 +1,41 @@
+"""Convolutions as GEMMs (`passes/im2col.py`): which layers are rewritten, and the
+rewritten model matches eager (strides, bias as a non-zero accumulator init, batch > 1)."""
+
+import pytest
+import torch
+
+from tilecraft import driver, frontend
+from tilecraft.passes import im2col
+
+
+def _imported(model, x):
+    return frontend.import_module(model.eval(), (x,), spec="<test>")
+
+
+@pytest.mark.parametrize(
+    "c, f, k, stride, bias, n, h",
+    [(16, 32, 3, 1, False, 1, 14), (32, 16, 3, 2, True, 1, 15), (16, 16, 5, 1, True, 2, 9), (3, 16, 3, 1, False, 1, 8)],
+)
+def test_rewritten_convolution_matches_eager(c, f, k, stride, bias, n, h):
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(c, f, k, stride=stride, padding=1, bias=bias)
+    x = torch.randn(n, c, h, h)
+    imported = _imported(model, x)
+    with imported.module.context:
+        params, done = im2col.rewrite(imported.module, imported.params)
+    assert len(done) == 1 and done[0].gemm == (n * done[0].oh * done[0].ow, f, c * k * k)
+    text = str(imported.module)
+    assert im2col.CONV not in text and "linalg.matmul" in text
+    assert any(tuple(p.shape) == (c * k * k, f) for p in params)  # filter packed [C·KH·KW, F]
+    compiled = driver.compile_model(_imported(model, x))  # default: rewritten, fused, tiled
+    with torch.no_grad():
+        assert driver.compare(compiled.fn(x), model(x)).ok
+
+
+def test_layers_that_stay_direct():
+    thin = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 7, stride=2, padding=3), torch.nn.Conv2d(64, 8, 1))
+    imported = _imported(thin, torch.randn(1, 3, 224, 224))
+    with imported.module.context:
+        found = im2col.layers(imported.module, len(imported.params))
+    assert [bool(x.why_not) for x in found] == [True, True]
+    assert "transpose" in found[0].why_not and "1x1" in found[1].why_not
