@@ -14,11 +14,17 @@ def _imported(model, x):
 
 @pytest.mark.parametrize(
     "c, f, k, stride, bias, n, h",
-    [(16, 32, 3, 1, False, 1, 14), (32, 16, 3, 2, True, 1, 15), (16, 16, 5, 1, True, 2, 9), (3, 16, 3, 1, False, 1, 8)],
+    [
+        (16, 32, 3, 1, False, 1, 14),
+        (32, 16, 3, 2, True, 1, 15),
+        (16, 16, 5, 1, True, 2, 9),
+        (3, 16, 3, 1, False, 1, 8),
+        (24, 40, 1, 1, True, 1, 8),  # pointwise: a GEMM on the input as it stands
+    ],
 )
 def test_rewritten_convolution_matches_eager(c, f, k, stride, bias, n, h):
     torch.manual_seed(0)
-    model = torch.nn.Conv2d(c, f, k, stride=stride, padding=1, bias=bias)
+    model = torch.nn.Conv2d(c, f, k, stride=stride, padding=k // 2, bias=bias)
     x = torch.randn(n, c, h, h)
     imported = _imported(model, x)
     with imported.module.context:
@@ -26,16 +32,17 @@ def test_rewritten_convolution_matches_eager(c, f, k, stride, bias, n, h):
     assert len(done) == 1 and done[0].gemm == (n * done[0].oh * done[0].ow, f, c * k * k)
     text = str(imported.module)
     assert im2col.CONV not in text and "linalg.matmul" in text
-    assert any(tuple(p.shape) == (c * k * k, f) for p in params)  # filter packed [C·KH·KW, F]
+    packed = (f, c) if k == 1 else (c * k * k, f)  # [F, C] or [C·KH·KW, F]
+    assert any(tuple(p.shape) == packed for p in params)
     compiled = driver.compile_model(_imported(model, x))  # default: rewritten, fused, tiled
     with torch.no_grad():
         assert driver.compare(compiled.fn(x), model(x)).ok
 
 
 def test_layers_that_stay_direct():
-    thin = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 7, stride=2, padding=3), torch.nn.Conv2d(64, 8, 1))
+    thin = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 7, stride=2, padding=3), torch.nn.Conv2d(64, 8, 1, stride=2))
     imported = _imported(thin, torch.randn(1, 3, 224, 224))
     with imported.module.context:
         found = im2col.layers(imported.module, len(imported.params))
     assert [bool(x.why_not) for x in found] == [True, True]
-    assert "transpose" in found[0].why_not and "1x1" in found[1].why_not
+    assert "transpose" in found[0].why_not and "strided" in found[1].why_not
