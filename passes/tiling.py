@@ -316,6 +316,12 @@ def _divisors(n: int, candidates) -> list[int]:
     return sorted({c for c in candidates if 0 < c <= n and n % c == 0} | ({n} if n <= max(candidates) else set()))
 
 
+def _kc_candidates(k: int) -> list[int]:
+    """Reduction cache tiles: 64, 256, and the whole K up to 1,152 (an im2col GEMM's
+    K = 9·C: 576 whole runs 1.24 ms against 1.62 ms in 64-slices on 3136×64×576)."""
+    return sorted(set(_divisors(k, (64, 256))) | ({k} if k <= 1152 else set()))
+
+
 def space(info: OpInfo, target=None) -> list[TileDecision]:
     """The legal decisions for an op (every one passes `validate`), heuristic first.
 
@@ -335,9 +341,7 @@ def space(info: OpInfo, target=None) -> list[TileDecision]:
         # Cache tiles x register tiles x loop orders (3 plain, 1 packed): small enough to
         # measure exhaustively (240 decisions for 512^3), wide enough to span 5-50x.
         reg_tiles = ((1, lanes), (4, 2 * lanes), (4, 4 * lanes), (8, 2 * lanes), (16, 2 * lanes))
-        for mc, nc, kc in itertools.product(
-            _divisors(m, (32, 64, 128)), _divisors(n, (128, 256)), _divisors(k, (64, 256))
-        ):
+        for mc, nc, kc in itertools.product(_divisors(m, (32, 64, 128)), _divisors(n, (128, 256)), _kc_candidates(k)):
             for mr, nr in reg_tiles:
                 mr, nr = divisor_at_most(mc, mr), math.gcd(nr, nc)  # small or odd extents: shrink (49 rows: 7)
                 tiles = ((*b, mc, nc, kc), (*b, mr, nr, 1))
