@@ -2,7 +2,9 @@
 (Inductor, CPU, with freezing) and Tilecraft fused and unfused, in one run.
 
 Same process, same inputs; eager at 1 and 2 threads, Tilecraft's code is single-threaded
-(its 2-thread column is the same code); Inductor at 1 thread. Median of ≥ 30 runs after
+(its 2-thread column is the same code); Inductor at 1 thread. The 1-thread eager, fused and
+unfused columns are timed in 5 interleaved rounds (median of the rounds' medians) so that
+the shared machine's drift hits them alike; the others are medians of ≥ 30 runs after
 warm-up. Every compiled result (Tilecraft fused and unfused, Inductor) is checked against
 eager before it is timed. Prints a table with geomeans, saves JSON.
 
@@ -43,28 +45,44 @@ def median_ms(fn, runs: int) -> float:
     return statistics.median(samples) * 1e3
 
 
+ROUNDS = 5  # the 1-thread columns are timed in interleaved rounds: drift hits them alike
+
+
 def bench_one(name: str, model, inputs, runs: int, *, atol: float = driver.ATOL, inductor: bool = True) -> dict:
     row = {"model": name}
     with torch.no_grad():
         ref = model(*inputs)
     ok = True
+    fns = {}
     for label, fuse in (("tilecraft", True), ("unfused", False)):
         compiled = driver.compile_model(frontend.import_module(model, inputs, spec=name), fuse=fuse)
         cmp = driver.compare(compiled.fn(*inputs), ref, atol=atol)
         ok = ok and cmp.ok
         row[f"{label}_compile_s"] = compiled.compile_seconds
         row[f"{label}_max_abs"] = cmp.max_abs
-        torch.set_num_threads(1)
-        row[f"{label}_ms_1t"] = median_ms(lambda: compiled.fn(*inputs), runs) if cmp.ok else None
+        row[f"{label}_ms_1t"] = None
+        if cmp.ok:
+            fns[label] = compiled.fn
         if fuse:
             row["fused_groups"] = len(compiled.fusion)
-            torch.set_num_threads(2)
-            row["tilecraft_ms_2t"] = median_ms(lambda: compiled.fn(*inputs), runs) if cmp.ok else None
     row["ok"], row["compile_s"] = ok, row["tilecraft_compile_s"]
-    for threads in (1, 2):
-        torch.set_num_threads(threads)
+
+    def eager():
         with torch.no_grad():
-            row[f"eager_ms_{threads}t"] = median_ms(lambda: model(*inputs), runs)
+            return model(*inputs)
+
+    timed = {f"{label}_ms_1t": (lambda f=f: f(*inputs)) for label, f in fns.items()}
+    timed["eager_ms_1t"] = eager
+    torch.set_num_threads(1)
+    samples = {k: [] for k in timed}
+    per_round = max(3, runs // ROUNDS)
+    for _ in range(ROUNDS):
+        for key, fn in timed.items():
+            samples[key].append(median_ms(fn, per_round))
+    row.update({k: statistics.median(v) for k, v in samples.items()})
+    torch.set_num_threads(2)
+    row["eager_ms_2t"] = median_ms(eager, runs)
+    row["tilecraft_ms_2t"] = median_ms(lambda: fns["tilecraft"](*inputs), runs) if "tilecraft" in fns else None
     row["inductor_ms_1t"] = inductor_ms(model, inputs, ref, runs, atol) if inductor else None
     return row
 
