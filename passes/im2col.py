@@ -95,46 +95,52 @@ def layers(module: ir.Module, n_bound: int) -> list[ConvLayer]:
     return [describe(op, i, n_bound) for i, op in enumerate(conv_ops(module))]
 
 
+_IDENT4 = "affine_map<(n, f, y, x) -> (n, f, y, x)>"
+
+
+def _nchw_result(src: str, src_t: str, src_map: str, o_t: str, *, zero_init: bool) -> str:
+    """`%o`, the NCHW result: `src` read through `src_map`, plus the convolution's
+    accumulator init (`%init`) unless that was a zero fill."""
+    par = ", ".join(['"parallel"'] * 4)
+    if zero_init:
+        maps, ins, args = [src_map, _IDENT4], f"{src} : {src_t}", "%a: f32, %b: f32"
+        body = "    linalg.yield %a : f32"
+    else:
+        maps, ins, args = [src_map, _IDENT4, _IDENT4], f"{src}, %init : {src_t}, {o_t}", "%a: f32, %i: f32, %b: f32"
+        body = "    %s = arith.addf %a, %i : f32\n    linalg.yield %s : f32"
+    return (
+        f"  %eo = tensor.empty() : {o_t}\n"
+        f"  %o = linalg.generic {{indexing_maps = [{', '.join(maps)}], iterator_types = [{par}]}}"
+        f" ins({ins}) outs(%eo : {o_t}) {{\n  ^bb0({args}):\n{body}\n  }} -> {o_t}\n"
+    )
+
+
 def _helper(layer: ConvLayer, x_shape: Sequence[int], zero_init: bool, name: str) -> str:
     n, c, f, kh, kw, oh, ow = layer.n, layer.c, layer.f, layer.kh, layer.kw, layer.oh, layer.ow
     sh, sw = layer.strides
     m, _, k = layer.gemm
     x_t, w_t, o_t = _t(x_shape, "f32"), _t([k, f], "f32"), _t([n, f, oh, ow], "f32")
     col_t, nhwf_t = _t([n, oh, ow, c, kh, kw], "f32"), _t([n, oh, ow, f], "f32")
+    a_t, r_t = _t([m, k], "f32"), _t([m, f], "f32")
     gather = f"affine_map<(n, y, x, c, i, j) -> (n, c, y * {sh} + i, x * {sw} + j)>"
     ident6 = "affine_map<(n, y, x, c, i, j) -> (n, y, x, c, i, j)>"
     to_nchw = "affine_map<(n, f, y, x) -> (n, y, x, f)>"
-    ident4 = "affine_map<(n, f, y, x) -> (n, f, y, x)>"
-    par = lambda r: ", ".join(['"parallel"'] * r)  # noqa: E731
+    par6 = ", ".join(['"parallel"'] * 6)
     init_arg = "" if zero_init else f", %init: {o_t}"
-    if zero_init:
-        transpose = (
-            f"  %o = linalg.generic {{indexing_maps = [{to_nchw}, {ident4}], iterator_types = [{par(4)}]}}"
-            f" ins(%r4 : {nhwf_t}) outs(%eo : {o_t}) {{\n  ^bb0(%a: f32, %b: f32):\n"
-            f"    linalg.yield %a : f32\n  }} -> {o_t}"
-        )
-    else:
-        transpose = (
-            f"  %o = linalg.generic {{indexing_maps = [{to_nchw}, {ident4}, {ident4}], iterator_types = [{par(4)}]}}"
-            f" ins(%r4, %init : {nhwf_t}, {o_t}) outs(%eo : {o_t}) {{\n  ^bb0(%a: f32, %i: f32, %b: f32):\n"
-            f"    %s = arith.addf %a, %i : f32\n    linalg.yield %s : f32\n  }} -> {o_t}"
-        )
     return f"""func.func private @{name}(%x: {x_t}, %w: {w_t}{init_arg}) -> {o_t} {{
   %z = arith.constant 0.0 : f32
   %e0 = tensor.empty() : {col_t}
-  %col = linalg.generic {{indexing_maps = [{gather}, {ident6}], iterator_types = [{par(6)}]}}
+  %col = linalg.generic {{indexing_maps = [{gather}, {ident6}], iterator_types = [{par6}]}}
       ins(%x : {x_t}) outs(%e0 : {col_t}) {{
   ^bb0(%a: f32, %b: f32):
     linalg.yield %a : f32
   }} -> {col_t}
-  %a2 = tensor.collapse_shape %col [[0, 1, 2], [3, 4, 5]] : {col_t} into {_t([m, k], "f32")}
-  %e1 = tensor.empty() : {_t([m, f], "f32")}
-  %acc = linalg.fill ins(%z : f32) outs(%e1 : {_t([m, f], "f32")}) -> {_t([m, f], "f32")}
-  %r = linalg.matmul ins(%a2, %w : {_t([m, k], "f32")}, {w_t}) outs(%acc : {_t([m, f], "f32")}) -> {_t([m, f], "f32")}
-  %r4 = tensor.expand_shape %r [[0, 1, 2], [3]] output_shape [{n}, {oh}, {ow}, {f}] : {_t([m, f], "f32")} into {nhwf_t}
-  %eo = tensor.empty() : {o_t}
-{transpose}
-  return %o : {o_t}
+  %a2 = tensor.collapse_shape %col [[0, 1, 2], [3, 4, 5]] : {col_t} into {a_t}
+  %e1 = tensor.empty() : {r_t}
+  %acc = linalg.fill ins(%z : f32) outs(%e1 : {r_t}) -> {r_t}
+  %r = linalg.matmul ins(%a2, %w : {a_t}, {w_t}) outs(%acc : {r_t}) -> {r_t}
+  %r4 = tensor.expand_shape %r [[0, 1, 2], [3]] output_shape [{n}, {oh}, {ow}, {f}] : {r_t} into {nhwf_t}
+{_nchw_result("%r4", nhwf_t, to_nchw, o_t, zero_init=zero_init)}  return %o : {o_t}
 }}"""
 
 
@@ -143,25 +149,17 @@ def _helper_pointwise(layer: ConvLayer, zero_init: bool, name: str) -> str:
     as it stands (reshapes only; the register tile's vectors run along H·W)."""
     c, f, p = layer.c, layer.f, layer.oh * layer.ow
     x_t, o_t, w_t = _t([1, c, layer.oh, layer.ow], "f32"), _t([1, f, layer.oh, layer.ow], "f32"), _t([f, c], "f32")
-    r_t = _t([f, p], "f32")
-    ident4 = "affine_map<(n, f, y, x) -> (n, f, y, x)>"
-    par = ", ".join(['"parallel"'] * 4)
-    init_arg, result, tail = "", "%o", ""
-    if not zero_init:
-        init_arg, result = f", %init: {o_t}", "%o2"
-        tail = (
-            f"  %o2 = linalg.generic {{indexing_maps = [{ident4}, {ident4}], iterator_types = [{par}]}}"
-            f" ins(%init : {o_t}) outs(%o : {o_t}) {{\n  ^bb0(%i: f32, %a: f32):\n"
-            f"    %s = arith.addf %a, %i : f32\n    linalg.yield %s : f32\n  }} -> {o_t}\n"
-        )
+    b_t, r_t = _t([c, p], "f32"), _t([f, p], "f32")
+    init_arg = "" if zero_init else f", %init: {o_t}"
+    tail = "" if zero_init else _nchw_result("%r4", o_t, _IDENT4, o_t, zero_init=False)
     return f"""func.func private @{name}(%x: {x_t}, %w: {w_t}{init_arg}) -> {o_t} {{
   %z = arith.constant 0.0 : f32
-  %b = tensor.collapse_shape %x [[0, 1], [2, 3]] : {x_t} into {_t([c, p], "f32")}
+  %xb = tensor.collapse_shape %x [[0, 1], [2, 3]] : {x_t} into {b_t}
   %e = tensor.empty() : {r_t}
   %acc = linalg.fill ins(%z : f32) outs(%e : {r_t}) -> {r_t}
-  %r = linalg.matmul ins(%w, %b : {w_t}, {_t([c, p], "f32")}) outs(%acc : {r_t}) -> {r_t}
-  %o = tensor.expand_shape %r [[0, 1], [2, 3]] output_shape [1, {f}, {layer.oh}, {layer.ow}] : {r_t} into {o_t}
-{tail}  return {result} : {o_t}
+  %r = linalg.matmul ins(%w, %xb : {w_t}, {b_t}) outs(%acc : {r_t}) -> {r_t}
+  %r4 = tensor.expand_shape %r [[0, 1], [2, 3]] output_shape [1, {f}, {layer.oh}, {layer.ow}] : {r_t} into {o_t}
+{tail}  return {"%r4" if zero_init else "%o"} : {o_t}
 }}"""
 
 
