@@ -32,9 +32,18 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch_mlir import ir, passmanager
-from torch_mlir.dialects import func
 
-from tilecraft.passes.precision import _arg_number, _dense_attr, _elem, _erase_if_dead, _func, _shape, _t
+from tilecraft.passes.precision import (
+    _arg_number,
+    _dense_attr,
+    _elem,
+    _erase_if_dead,
+    _func,
+    _shape,
+    _t,
+    call_helper,
+    inline_helpers,
+)
 
 CONV = "linalg.conv_2d_nchw_fchw"
 # Measured (1 thread): ResNet-18's 3-channel 7×7 stem runs 2.6 ms direct, 6.6 ms as a GEMM
@@ -202,20 +211,14 @@ def rewrite(
         else:
             params[layer.weight] = w.reshape(layer.f, -1).t().contiguous()  # [C·KH·KW, F]
             text = _helper(layer, _shape(x_val), zero, name)
-        helper = ir.Module.parse(text, context=ctx)
-        for hop in list(helper.body.operations):
-            module.body.append(hop.operation)
         block = fn.regions[0].blocks[0]
         block.arguments[layer.weight].set_type(ir.Type.parse(_t(params[layer.weight].shape, "f32"), context=ctx))
-        operands = [x_val, w_val] + ([] if zero else [init_val])
-        with ir.InsertionPoint(op), op.location:
-            call = func.CallOp([op.results[0].type], ir.FlatSymbolRefAttr.get(name, context=ctx), operands)
-        op.results[0].replace_all_uses_with(call.results[0])
-        op.erase()
+        call_helper(module, op, text, name, [x_val, w_val] + ([] if zero else [init_val]))
         _erase_if_dead(init_val.owner)
         done.append(layer)
-    if not done:
-        return params, done
+    if done:
+        inline_helpers(module)
+    return params, done
     ftype = ir.FunctionType(ir.TypeAttr(fn.attributes["function_type"]).value)
     inputs = [a.type for a in fn.regions[0].blocks[0].arguments]
     fn.attributes["function_type"] = ir.TypeAttr.get(ir.FunctionType.get(inputs, ftype.results, context=ctx))

@@ -585,26 +585,40 @@ def rewrite(
         op = ops[d.layer]
         name = f"__tc_lp_{d.layer}"
         text, operands, new_params = _rewrite_one(op, layer, d, params, name)
-        helper = ir.Module.parse(text, context=ctx)
-        for hop in list(helper.body.operations):
-            module.body.append(hop.operation)
         block = fn.regions[0].blocks[0]
         for arg_no, tensor in new_params.items():
             block.arguments[arg_no].set_type(_tensor_type(tensor, ctx))
             params[arg_no] = tensor
-        with ir.InsertionPoint(op), op.location:
-            call = func.CallOp([op.results[0].type], ir.FlatSymbolRefAttr.get(name, context=ctx), operands)
         init = op.operands[2].owner
-        op.results[0].replace_all_uses_with(call.results[0])
-        op.erase()
+        call_helper(module, op, text, name, operands)
         _erase_if_dead(init)
+    inline_helpers(module)
+    return params
+
+
+def call_helper(module: ir.Module, op: ir.Operation, text: str, name: str, operands: Sequence[ir.Value]) -> None:
+    """Replace `op` (one result) by a call to `name`, the private function `text` defines
+    (appended to the module; `inline_helpers` inlines it)."""
+    ctx = module.context
+    helper = ir.Module.parse(text, context=ctx)
+    for hop in list(helper.body.operations):
+        module.body.append(hop.operation)
+    with ir.InsertionPoint(op), op.location:
+        call = func.CallOp([op.results[0].type], ir.FlatSymbolRefAttr.get(name, context=ctx), list(operands))
+    op.results[0].replace_all_uses_with(call.results[0])
+    op.erase()
+
+
+def inline_helpers(module: ir.Module) -> None:
+    """The function's type from its (re-typed) arguments; the helper calls inlined."""
+    ctx = module.context
+    fn = _func(module)
     ftype = ir.FunctionType(ir.TypeAttr(fn.attributes["function_type"]).value)
     inputs = [a.type for a in fn.regions[0].blocks[0].arguments]
     fn.attributes["function_type"] = ir.TypeAttr.get(ir.FunctionType.get(inputs, ftype.results, context=ctx))
     # inline without the default canonicalization (it rewrites a marked fill behind a reshape)
     inline = "builtin.module(inline{default-pipeline=}, symbol-dce)"
     passmanager.PassManager.parse(inline, context=ctx).run(module.operation)
-    return params
 
 
 def _erase_if_dead(op) -> None:
