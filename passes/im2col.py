@@ -39,6 +39,7 @@ from tilecraft.passes.precision import (
     _elem,
     _erase_if_dead,
     _func,
+    _is_zero_fill,
     _shape,
     _t,
     call_helper,
@@ -170,22 +171,6 @@ def _helper_pointwise(layer: ConvLayer, zero_init: bool, name: str) -> str:
   %r4 = tensor.expand_shape %r [[0, 1], [2, 3]] output_shape [1, {f}, {layer.oh}, {layer.ow}] : {r_t} into {o_t}
 {tail}  return {"%r4" if zero_init else "%o"} : {o_t}
 }}"""
-
-
-def _is_zero_fill(v: ir.Value) -> bool:
-    op = v.owner
-    if not isinstance(op, ir.OpView) and not isinstance(op, ir.Operation):
-        return False
-    op = getattr(op, "operation", op)
-    if op.name != "linalg.fill":
-        return False
-    cst = op.operands[0].owner
-    cst = getattr(cst, "operation", cst)
-    return (
-        isinstance(cst, ir.Operation)
-        and cst.name == "arith.constant"
-        and str(cst.attributes["value"]).startswith(("0.0", "-0.0"))
-    )
 
 
 def rewrite(
