@@ -99,10 +99,12 @@ def to_tiled(
     vectorize: bool = True,
     target=None,
 ) -> ir.Module:
-    """linalg → tiled: expand erf and exp, tag ops, pick schedules, tile (and decompose conv tiles),
-    and vectorize each register tile (vector ops on tensors; cleaned up by `to_vector`)."""
+    """linalg → tiled: divisions by constants as products, expand erf and exp, tag ops, pick
+    schedules, tile (and decompose conv tiles), and vectorize each register tile (vector
+    ops on tensors; cleaned up by `to_vector`)."""
+    math_approx.reciprocal_constants(module)
+    run_pipeline(module, "builtin.module(func.func(math-expand-ops))", stage="tiled")  # (would expand math.fma)
     math_approx.expand_erf(module)
-    run_pipeline(module, "builtin.module(func.func(math-expand-ops))", stage="tiled")
     math_approx.expand_exp(module)
     infos = tiling.tag_ops(module)
     chosen = tiling.decisions(infos, decisions, target)
@@ -157,13 +159,13 @@ def tidy_copies(module: ir.Module) -> list[tuple[int, tuple[int, ...]]]:
 
 def _alias_root(v: ir.Value) -> ir.Value:
     """Follow an `scf.for` result back to its init operand while the loop yields the
-    iteration argument unchanged (the same buffer)."""
+    iteration argument unchanged (the same buffer, possibly through inner loops)."""
     owner = getattr(v.owner, "operation", v.owner)
     while isinstance(owner, ir.Operation) and owner.name == "scf.for":
         i = ir.OpResult(v).result_number
         body = owner.regions[0].blocks[0]
         yielded = list(body.operations)[-1].operands[i]
-        if yielded != body.arguments[1 + i]:
+        if _alias_root(yielded) != body.arguments[1 + i]:  # (through nested loops too)
             break
         v = owner.operands[3 + i]
         owner = getattr(v.owner, "operation", v.owner)
@@ -239,6 +241,10 @@ def vectorize_script(*, vectorize: bool = True) -> str:
     %loops = transform.structured.match ops{{["scf.for"]}} in %root : ({ANY}) -> {ANY}
     transform.apply_licm to %loops : {ANY}
     transform.loop.hoist_loop_invariant_subsets %loops : {ANY}
+    transform.apply_patterns to %fv {{  // a read of a hoisted accumulator's last write: forwarded
+      transform.apply_patterns.canonicalization
+    }} : {ANY}
+    transform.apply_cse to %fv : {ANY}
 """
         if vectorize
         else ""

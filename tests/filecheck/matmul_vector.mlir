@@ -3,7 +3,7 @@
 // After bufferization the function works on memrefs; the contraction is lowered to
 // FMAs on 32-wide rows and the accumulator is carried through the k loop in registers.
 // CHECK-LABEL: func.func @mm(%{{.*}}: memref<64x64xf32>, %{{.*}}: memref<64x64xf32>) -> memref<64x64xf32>
-// CHECK: scf.for {{.*}} iter_args({{.*}}) -> (memref<64x64xf32>, vector<8x32xf32>)
+// CHECK: scf.for {{.*}} iter_args({{.*}}) -> (vector<8x32xf32>)
 // CHECK: vector.fma {{.*}} : vector<32xf32>
 // CHECK-NOT: tensor.
 func.func @mm(%a: tensor<64x64xf32>, %b: tensor<64x64xf32>) -> tensor<64x64xf32> {
