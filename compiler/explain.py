@@ -34,8 +34,10 @@ def describe(d: TileDecision | None) -> str:
 
 
 def describe_group(g) -> str:
+    """`tiles MxN / mxn`; `/ mxn regs`: the matmul's accumulator tiles live in registers."""
     tiles = "x".join(str(t or "*") for t in g.tiles)
-    return f"tiles {tiles}" + (f" / {'x'.join(str(t or '*') for t in g.inner)}" if g.inner else "")
+    inner = f" / {'x'.join(str(t or '*') for t in g.inner)}" if g.inner else ""
+    return f"tiles {tiles}{inner}" + (" regs" if g.registers else "")
 
 
 def explain(

@@ -37,6 +37,9 @@ from tilecraft.passes import tiling
 ANY = tiling.ANY
 CONTRACTIONS = {"matmul", "batch_matmul", "conv2d", "depthwise_conv2d", "pooling"}
 MAX_GROUP = 8  # ops per group (fills not counted)
+# (rows, columns) of a matmul's accumulator tile held in registers (16 zmm, as the tiling
+# pass's own 8x32 register tiles)
+MATMUL_REGISTERS = (8, 32)
 MAX_CANDIDATES_PER_SINK = 12
 CONV_TILE = 131072  # output elements per tile of a convolution group (512 KB: L2-resident)
 FUSED = tiling.FUSED
@@ -51,12 +54,16 @@ class FusionDecision:
     those tiles. With a contraction in the group, `tiles` is its cache tile and `inner`
     tiles the sink's tile again into register tiles, into which the elementwise members
     are fused a second time (the epilogue then runs on vectors in registers); without
-    one, `tiles` is already a register tile and `inner` is empty."""
+    one, `tiles` is already a register tile and `inner` is empty. `registers`: the
+    contraction (a matmul) and its zero fill are fused into the register tiles too, so
+    each accumulator tile is computed over the whole K in vector registers and the
+    epilogue consumes it there (nothing but the sink's result is stored)."""
 
     sink: int
     members: tuple[int, ...]
     tiles: tuple[int, ...]
     inner: tuple[int, ...] = ()
+    registers: bool = False
 
     @property
     def ops(self) -> tuple[int, ...]:
@@ -68,13 +75,14 @@ class FusionDecision:
     @staticmethod
     def from_json(text: str | dict) -> FusionDecision:
         d = json.loads(text) if isinstance(text, str) else dict(text)
-        if not {"sink", "members", "tiles"} <= set(d) <= {"sink", "members", "tiles", "inner"}:
+        if not {"sink", "members", "tiles"} <= set(d) <= {"sink", "members", "tiles", "inner", "registers"}:
             raise ValueError(f"not a FusionDecision: {text!r}")
         return FusionDecision(
             int(d["sink"]),
             tuple(int(x) for x in d["members"]),
             tuple(int(x) for x in d["tiles"]),
             tuple(int(x) for x in d.get("inner", ())),
+            bool(d.get("registers", False)),
         )
 
 
@@ -184,14 +192,22 @@ def analyze(module: ir.Module) -> dict[int, Node]:
 
 
 def private_fills(module: ir.Module) -> None:
-    """Give every use of a `linalg.fill` its own copy: a contraction's zero-initialized
-    accumulator is then fused (recomputed per tile) with the contraction, never shared."""
+    """Give every use of a `linalg.fill` its own copy, filling its own empty tensor: a
+    contraction's zero-initialized accumulator is then fused (recomputed per tile) with
+    the contraction, never shared, and aliases no other op's output (an accumulator tile
+    fused into registers is then never stored)."""
     fills: list[ir.Operation] = []
     tiling.walk_ops(module.operation, lambda op: fills.append(op) if op.name == "linalg.fill" else None)
-    for fill in fills:
+    for fill in list(fills):
         for use in list(fill.results[0].uses)[1:]:
             clone = fill.clone(ir.InsertionPoint(fill))
             use.owner.operands[use.operand_number] = clone.results[0]
+            fills.append(clone)
+    for fill in fills:
+        init = fill.operands[1]
+        owner = getattr(init.owner, "operation", init.owner)
+        if isinstance(owner, ir.Operation) and owner.name == "tensor.empty" and len(list(init.uses)) > 1:
+            fill.operands[1] = owner.clone(ir.InsertionPoint(fill)).results[0]
 
 
 # --------------------------------------------------------------------- legal groups
@@ -244,11 +260,12 @@ def _topo(nodes: Mapping[int, Node], group: Iterable[int]) -> list[int]:
 
 def group_tiles(
     nodes: Mapping[int, Node], group: set[int], sink: int, target=None
-) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
-    """(tiles, inner) of the sink for a group, or None if the group is not fusable. Only
-    sink loops every member spans are tiled (nothing is recomputed across tiles). With a
-    contraction: its cache tile (matmul) or ≤ 64 channels of whole rows (conv, pooling), then
-    register tiles inside; without: register tiles (the vector budget) directly."""
+) -> tuple[tuple[int, ...], tuple[int, ...], bool] | None:
+    """(tiles, inner, registers) of the sink for a group (see `FusionDecision`), or None if
+    the group is not fusable. Only sink loops every member spans are tiled (nothing is
+    recomputed across tiles). With a contraction: its cache tile (matmul) or ≤ 64 channels
+    of whole rows (conv, pooling), then register tiles inside (a matmul's accumulator
+    tiles, when `_in_registers`); without: register tiles (the vector budget) directly."""
     to_sink = _to_sink(nodes, group, sink)
     if to_sink is None:
         return None
@@ -265,7 +282,7 @@ def group_tiles(
     contraction = [m for m in group if nodes[m].info.kind in CONTRACTIONS]
     if not contraction:
         tiles = _budget(s.extents, tileable, tiling.VECTOR_BUDGET, ones)
-        return (tiles, ()) if any(tiles) else None
+        return (tiles, (), False) if any(tiles) else None
     if _feeds(nodes, group, contraction[0]):
         return None  # a producer of the contraction's inputs: fused ops are its epilogue only
     c = nodes[contraction[0]].info
@@ -299,8 +316,27 @@ def group_tiles(
             return None
     tiles = tuple(tiles)
     within = [t or x for t, x in zip(tiles, s.extents)]
+    if _in_registers(c, at, tileable, target):
+        inner = [0] * len(s.extents)
+        for cloop, regs in zip((0, 1), MATMUL_REGISTERS):
+            t = tiling.divisor_at_most(within[at[cloop]], regs, multiple_of=tiling.LANES if cloop else 1)
+            inner[at[cloop]] = t if t < s.extents[at[cloop]] else 0
+        if any(inner):
+            return tiles, tuple(inner), True
     inner = _budget(within, tileable, tiling.VECTOR_BUDGET, ones)
-    return tiles, inner if any(inner) else ()
+    return tiles, inner if any(inner) else (), False
+
+
+def _in_registers(c: tiling.OpInfo, at: Mapping[int, int], tileable: Sequence[bool], target) -> bool:
+    """Whether a matmul group keeps its accumulator tiles in registers over the whole K:
+    both parallel loops tileable in the sink, and B (K x N) fits L2 (the condition under
+    which the tiling pass leaves B unpacked; a register tile then reads its K x 32 panel
+    of B from L2. 64x512 @ 512x2048, whose 8 KB-strided rows conflict in L1 and L2 alike,
+    ran 1.6 ms this way against 0.94 ms unfused and packed)."""
+    if c.kind != "matmul" or not all(loop in at and tileable[at[loop]] for loop in (0, 1)):
+        return False
+    _, n, k = c.extents
+    return k * n * 4 <= getattr(target, "l2_bytes", 1 << 20)
 
 
 def _broadcast_loops(nodes, group, to_sink) -> set[int] | None:
@@ -444,7 +480,7 @@ def fusion_script(decisions: Sequence[FusionDecision], kinds: Mapping[int, str])
     """Transform script: match every op first (op ids stay valid), then per group tile
     the sink and fuse the members into its outermost loop, nearest producer first; with
     `inner`, tile the sink's tile again and fuse the non-contraction members into that.
-    `kinds`: op id → OpInfo.kind."""
+    (`registers`: every member, the contraction included). `kinds`: op id → OpInfo.kind."""
     body: list[str] = []
     for g in decisions:
         for op in g.ops:
@@ -472,7 +508,9 @@ def fusion_script(decisions: Sequence[FusionDecision], kinds: Mapping[int, str])
     for g in decisions:
         sink, fused = tile_and_fuse(f"a{g.sink}", f"%m{g.sink}", g.tiles, [(m, f"%m{m}") for m in g.members])
         if g.inner:
-            light = [(m, fused[m]) for m in g.members if kinds[m] not in CONTRACTIONS and kinds[m] != "fill"]
+            light = [
+                (m, fused[m]) for m in g.members if g.registers or (kinds[m] not in CONTRACTIONS and kinds[m] != "fill")
+            ]
             tile_and_fuse(f"b{g.sink}", sink, g.inner, light)
     body.append(
         f"""    %fn = transform.structured.match ops{{["func.func"]}} in %root : ({ANY}) -> {ANY}
@@ -487,9 +525,9 @@ def fusion_script(decisions: Sequence[FusionDecision], kinds: Mapping[int, str])
 
 def apply(module: ir.Module, decisions: Sequence[FusionDecision]) -> ir.Module:
     """Fuse every group (`decisions` name op ids as tagged by `analyze`). Ops that end up
-    in register tiles (every member but a contraction and its fill) are marked `tc.fused`:
-    the tiling pass schedules each as one whole vectorized tile, so the chain stays in
-    vector registers."""
+    in register tiles (every member but a contraction and its fill, unless `registers`)
+    are marked `tc.fused`: the tiling pass schedules each as one whole vectorized tile
+    (a matmul: its k loop around one), so the chain stays in vector registers."""
     from tilecraft.backends.cpu import lowering
 
     decisions = [d for d in decisions if d.members and any(d.tiles)]
@@ -499,7 +537,7 @@ def apply(module: ir.Module, decisions: Sequence[FusionDecision]) -> ir.Module:
     kinds = {op: ("fill" if _is_fill(n) else n.info.kind) for op, n in nodes.items()}
     for g in decisions:
         for op in g.ops:
-            if kinds[op] not in CONTRACTIONS and kinds[op] != "fill":
+            if g.registers or (kinds[op] not in CONTRACTIONS and kinds[op] != "fill"):
                 nodes[op].op.attributes[FUSED] = ir.UnitAttr.get(module.context)
     lowering.apply_transform(module, fusion_script(decisions, kinds), stage="fused")
     return module
@@ -553,7 +591,7 @@ def as_outlined(nodes: Mapping[int, Node], decision: FusionDecision) -> FusionDe
     """`decision` restated over the op ids of its group outlined as one function
     (`outline_group`, re-analyzed): the whole function is the group."""
     order = _topo(nodes, set(nodes))
-    return FusionDecision(order[-1], tuple(reversed(order[:-1])), decision.tiles, decision.inner)
+    return dataclasses.replace(decision, sink=order[-1], members=tuple(reversed(order[:-1])))
 
 
 # ---------------------------------------------------------------- predicted latency
@@ -622,7 +660,9 @@ class GroupCoster:
     their own unfused predictions times the ratio of their roofline fused (inputs from
     the group read from registers or cache) to the sum of their rooflines alone (`light`;
     for reduction groups, whose ops are not priced alone, their roofline scaled by the
-    factor). Memoized by text and tiles."""
+    factor). A group whose matmul runs in registers (`FusionDecision.registers`) costs the
+    matmul's own unfused prediction plus its epilogue so priced. Memoized by text and
+    decision."""
 
     def __init__(self, model, target, context: ir.Context, calibration: Mapping[str, float] | None = None):
         self.model, self.target, self.context = model, target, context
@@ -639,7 +679,7 @@ class GroupCoster:
         from cache), and the calibration factor scales the contraction's part only."""
         from tilecraft.costmodel import search
 
-        key = hashlib.sha256(f"{text}|{decision.tiles}|{decision.inner}|{epilogue}".encode()).hexdigest()
+        key = hashlib.sha256(f"{text}|{decision}|{epilogue}".encode()).hexdigest()
         if key in self.cache:
             return self.cache[key]
         self.evaluated += 1
@@ -654,6 +694,16 @@ class GroupCoster:
             alone = sum(self.roofline(t) for t in texts)
             fused = self._register_tile_seconds(nodes, whole.sink, self.target.mem_bandwidth_gbs)
             light, light_factor = (singles_s * fused / alone if alone > 0 else singles_s), 1.0
+        if decision.registers:
+            # the accumulator tiles run at about the matmul's own speed unfused (128x256 @
+            # 256x1024 + bias: 0.39-0.40 ms fused, 0.40 for the matmul and its bias
+            # kernel): the matmul's unfused prediction, on the unfused scale
+            contraction = {op for op, n in nodes.items() if n.info.kind in CONTRACTIONS}
+            picks = search.pick(module, self.model, self.target)
+            heavy = sum(c.predicted_s for c in picks if contraction & set(c.op_ids))
+            total = light * light_factor + heavy
+            self.cache[key] = total
+            return total
         apply(module, [whole])
         trips = loop_trips(module)
         heavy = 0.0

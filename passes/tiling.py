@@ -166,11 +166,21 @@ def fused_ids(module: ir.Module, infos: Sequence[OpInfo]) -> set[int]:
             out.add(ir.IntegerAttr(op.attributes[OP_ID]).value)
 
     walk_ops(module.operation, visit)
-    return {i.op_id for i in infos if i.op_id in out and math.prod(i.extents) <= 4 * VECTOR_BUDGET}
+    return {i.op_id for i in infos if i.op_id in out and _register_elements(i) <= 4 * VECTOR_BUDGET}
+
+
+def _register_elements(info: OpInfo) -> int:
+    """Elements a register tile of the op holds (a matmul's: its accumulator)."""
+    if info.kind == "matmul":
+        return math.prod(e for e, it in zip(info.extents, info.iterators) if it == "parallel")
+    return math.prod(info.extents)
 
 
 def register_tile_decision(info: OpInfo) -> TileDecision:
-    """An op already the size of a register tile (fused): vectorized whole."""
+    """An op already the size of a register tile (fused): vectorized whole (a matmul: one
+    rank-1 update per step of its k loop; the accumulator is hoisted into registers)."""
+    if info.kind == "matmul":
+        return TileDecision(tiles=((*info.extents[:-1], 1),))
     return TileDecision(tiles=(info.extents,), vectorize="i1" not in info.dtypes)
 
 

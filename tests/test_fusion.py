@@ -48,6 +48,8 @@ MLP = lambda: nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 32), n
 def test_fusion_decision_json_round_trip():
     d = fusion.FusionDecision(7, (6, 5, 1), (32, 0), (8, 0))
     assert fusion.FusionDecision.from_json(d.to_json()) == d
+    r = fusion.FusionDecision(7, (6, 5, 1), (32, 0), (8, 32), registers=True)
+    assert fusion.FusionDecision.from_json(r.to_json()) == r
     with pytest.raises(ValueError):
         fusion.FusionDecision.from_json('{"sink": 1}')
 
@@ -120,6 +122,23 @@ def test_fused_epilogue_is_vectorized_inside_the_conv_tiles():
     text = compiled.text
     assert "scf.for" in text and "vector.transfer_read" in text
     assert text.count("linalg.generic") == 0  # every fused elementwise op became vector code
+
+
+def test_matmul_epilogue_consumes_its_accumulator_in_registers():
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Linear(64, 128), nn.GELU()).eval(), torch.randn(32, 64)
+    imported = _imported(model, x)
+    with imported.module.context:
+        fusion.private_fills(imported.module)
+        nodes = fusion.analyze(imported.module)
+        group = max(fusion.candidates(nodes), key=lambda g: len(g.ops))
+    assert group.registers and group.inner == (8, 32)  # one accumulator tile of the matmul
+    compiled = driver.compile_model(_imported(model, x), fusion=[group])
+    with torch.no_grad():
+        assert driver.compare(compiled.fn(x), model(x)).ok
+    text = driver.compile_model(_imported(model, x), fusion=[group], emit="vector").text
+    assert "iter_args" in text and "-> (vector<8x32xf32>)" in text  # the k loop carries registers
+    assert text.count("memref.alloc") == 1 and "linalg.copy" not in text  # only the result is stored
 
 
 def test_dataflow_graph_follows_tensors():
