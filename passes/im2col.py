@@ -18,7 +18,11 @@ bound argument used once) becomes
 
 A 1×1 convolution (batch 1, stride 1, H·W a multiple of 16) needs no gather: it becomes
 out[F, H·W] = filter[F, C] × x[C, H·W] on the tensors as they stand (MobileNet-V2's
-pointwise layers: 1.3–2× faster than direct).
+pointwise layers: 1.3–2× faster than direct). Its result's `expand_shape` back to NCHW is
+then moved below the elementwise ops that follow (`sink_expand_shapes`: batch norm and
+activation restated on [F, H·W]), so that fusion sees the GEMM and its epilogue as one
+chain: 16→96 channels at 112² with batch norm and ReLU6, 1.02 ms fused against 1.16 ms
+direct and 1.08 ms eager.
 
 Every new op has exact linalg semantics; the tiling pass and the cost model schedule them
 like any other matmul and elementwise op. Measured (1 thread, each layer compiled alone): ResNet-18's
@@ -28,10 +32,12 @@ like any other matmul and elementwise op. Measured (1 thread, each layer compile
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 
 import torch
-from torch_mlir import ir, passmanager
+from torch_mlir import ir
+from torch_mlir.dialects import tensor
 
 from tilecraft.passes.precision import (
     _arg_number,
@@ -203,10 +209,132 @@ def rewrite(
         done.append(layer)
     if done:
         inline_helpers(module)
+        sink_expand_shapes(module)
     return params, done
-    ftype = ir.FunctionType(ir.TypeAttr(fn.attributes["function_type"]).value)
-    inputs = [a.type for a in fn.regions[0].blocks[0].arguments]
-    fn.attributes["function_type"] = ir.TypeAttr.get(ir.FunctionType.get(inputs, ftype.results, context=ctx))
-    inline = "builtin.module(inline{default-pipeline=}, symbol-dce)"
-    passmanager.PassManager.parse(inline, context=ctx).run(module.operation)
-    return params, done
+
+
+# ------------------------------------------------------------- reshapes out of the way
+def _owner(v: ir.Value):
+    o = getattr(v.owner, "operation", v.owner)
+    return o if isinstance(o, ir.Operation) else None
+
+
+def _reassociation(op: ir.Operation) -> list[list[int]]:
+    return [[ir.IntegerAttr(d).value for d in group] for group in ir.ArrayAttr(op.attributes["reassociation"])]
+
+
+def _collapsed_map(amap: ir.AffineMap, groups: list[list[int]], extents: Sequence[int], ctx) -> ir.AffineMap | None:
+    """`amap` over the generic's loops restated over the collapsed loops (one per group),
+    or None: identity → identity; a dim that is its group's only non-unit loop → that
+    group's loop; constants stay."""
+    if amap.n_dims != len(extents):
+        return None
+    if list(amap.results) == [ir.AffineDimExpr.get(d, ctx) for d in range(len(extents))]:
+        return ir.AffineMap.get_identity(len(groups), ctx)
+    group_of = {d: g for g, dims in enumerate(groups) for d in dims}
+    results = []
+    for expr in amap.results:
+        expr = expr.maybe_downcast()
+        if isinstance(expr, ir.AffineConstantExpr):
+            results.append(expr)
+            continue
+        if not isinstance(expr, ir.AffineDimExpr):
+            return None
+        d = expr.position
+        g = group_of[d]
+        if any(extents[o] != 1 for o in groups[g] if o != d):
+            return None
+        results.append(ir.AffineDimExpr.get(g, ctx))
+    return ir.AffineMap.get(len(groups), 0, results, ctx)
+
+
+def sink_expand_shapes(module: ir.Module) -> int:
+    """Move each `tensor.expand_shape` below the elementwise ops that read it (all-parallel
+    `linalg.generic`s, identity output): they are restated on the collapsed loops
+    (a pointwise GEMM's [F, H·W] instead of [1, F, H, W]) and the expand moves to their
+    result, until an op that cannot be restated (a depthwise convolution) reads it. The
+    GEMM and its batch-norm/activation chain are then one dataflow chain that fusion can
+    make one kernel of; a reshape in between would keep them apart. Returns how many ops
+    were restated."""
+    ctx = module.context
+    fn = _func(module)
+    body = fn.regions[0].blocks[0]
+    work = [op.operation for op in body.operations if op.operation.name == "tensor.expand_shape"]
+    moved = 0
+    while work:
+        expand = work.pop()
+        for use in list(expand.results[0].uses):
+            with ir.Location.unknown(ctx):
+                new_expand = _restate(use.owner, expand, ctx)
+            if new_expand is not None:
+                moved += 1
+                work.append(new_expand)
+        if not list(expand.results[0].uses):
+            expand.erase()
+    for op in [op.operation for op in body.operations if op.operation.name == "tensor.collapse_shape"]:
+        src = _owner(op.operands[0])  # collapse(expand(x)) with one reassociation: x
+        if src is not None and src.name == "tensor.expand_shape" and _reassociation(src) == _reassociation(op):
+            if src.operands[0].type == op.results[0].type:
+                op.results[0].replace_all_uses_with(src.operands[0])
+                op.erase()
+                if not list(src.results[0].uses):
+                    src.erase()
+    return moved
+
+
+def _restate(op, expand: ir.Operation, ctx) -> ir.Operation | None:
+    """Restate `op` (reading `expand`'s result) on the collapsed loops; returns the
+    expand_shape of its new result (the old op is erased), or None if it cannot be."""
+    op = getattr(op, "operation", op)
+    if op.name != "linalg.generic" or len(op.results) != 1:
+        return None
+    iterators = [str(a) for a in ir.ArrayAttr(op.attributes["iterator_types"])]
+    maps = [ir.AffineMapAttr(a).value for a in ir.ArrayAttr(op.attributes["indexing_maps"])]
+    n_in = len(op.operands) - 1
+    out_t = ir.RankedTensorType(op.results[0].type)
+    groups = _reassociation(expand)
+    extents = list(out_t.shape)
+    if any("parallel" not in it for it in iterators) or len(extents) != sum(len(g) for g in groups):
+        return None
+    if any(o.name == "linalg.index" for o in op.regions[0].blocks[0].operations):
+        return None
+    identity = ir.AffineMap.get_identity(len(extents), ctx)
+    if maps[-1] != identity or ir.RankedTensorType(expand.results[0].type).shape != extents:
+        return None
+    new_maps = [_collapsed_map(m, groups, extents, ctx) for m in maps]
+    if any(m is None for m in new_maps):
+        return None
+    collapsed = [math.prod(extents[d] for d in g) for g in groups]
+    new_t = ir.RankedTensorType.get(collapsed, out_t.element_type)
+    reassoc = ir.ArrayAttr.get(
+        [ir.ArrayAttr.get([ir.IntegerAttr.get(ir.IntegerType.get_signless(64, ctx), d) for d in g]) for g in groups]
+    )
+    with ir.InsertionPoint(op), op.location:
+        operands = []
+        for i in range(n_in):
+            v = op.operands[i]
+            if maps[i] != identity:
+                operands.append(v)
+                continue
+            src = _owner(v)
+            if src is not None and src.name == "tensor.expand_shape" and _reassociation(src) == groups:
+                operands.append(src.operands[0])
+            else:
+                operands.append(tensor.collapse_shape(new_t, v, reassoc))
+        operands.append(tensor.empty(collapsed, out_t.element_type))
+        new = op.clone()
+        for i, v in enumerate(operands):
+            new.operands[i] = v
+        new.attributes["indexing_maps"] = ir.ArrayAttr.get([ir.AffineMapAttr.get(m) for m in new_maps])
+        new.attributes["iterator_types"] = ir.ArrayAttr.get(
+            [ir.Attribute.parse("#linalg.iterator_type<parallel>", ctx)] * len(groups)
+        )
+        new.results[0].set_type(new_t)
+        back = expand.clone()
+        back.operands[0] = new.results[0]
+    op.results[0].replace_all_uses_with(back.results[0])
+    init = _owner(op.operands[n_in])
+    op.erase()
+    if init is not None and init.name == "tensor.empty" and not list(init.results[0].uses):
+        init.erase()
+    return back

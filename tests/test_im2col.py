@@ -46,3 +46,27 @@ def test_layers_that_stay_direct():
         found = im2col.layers(imported.module, len(imported.params))
     assert [bool(x.why_not) for x in found] == [True, True]
     assert "transpose" in found[0].why_not and "strided" in found[1].why_not
+
+
+def test_pointwise_gemm_and_its_batch_norm_chain_become_one_group():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(16, 32, 1, bias=False), torch.nn.BatchNorm2d(32), torch.nn.ReLU6(), torch.nn.Conv2d(32, 8, 3)
+    ).eval()
+    model[1].running_mean.uniform_(-0.5, 0.5)
+    model[1].running_var.uniform_(0.5, 1.5)
+    x = torch.randn(1, 16, 16, 16)
+    imported = _imported(model, x)
+    with imported.module.context:
+        im2col.rewrite(imported.module, imported.params)
+    text = str(imported.module)
+    # the chain runs on the GEMM's [F, H·W]; the GEMM's expand_shape moved below it, to the 3×3 conv
+    expands = [line for line in text.splitlines() if "tensor<32x256xf32> into tensor<1x32x16x16xf32>" in line]
+    assert len(expands) == 1
+    chain = text.split(expands[0])[0].split("linalg.matmul")[-1]
+    assert chain.count("linalg.generic") == 6 and chain.count('iterator_types = ["parallel", "parallel"]') == 6
+    compiled = driver.compile_model(_imported(model, x))
+    groups = [g for g in compiled.fusion if len(g.ops) >= 6]  # fill + matmul + 4 ops of bn, 2 of relu6
+    assert groups
+    with torch.no_grad():
+        assert driver.compare(compiled.fn(x), model(x)).ok
