@@ -18,8 +18,10 @@ bound argument used once) becomes
 
 A 1×1 convolution (batch 1, stride 1, H·W a multiple of 16) needs no gather: it becomes
 out[F, H·W] = filter[F, C] × x[C, H·W] on the tensors as they stand (MobileNet-V2's
-pointwise layers: 1.3–2× faster than direct). Its result's `expand_shape` back to NCHW is
-then moved below the elementwise ops that follow (`sink_expand_shapes`: batch norm and
+pointwise layers: 1.3–2× faster than direct). Other unstrided 1×1 convolutions
+(MobileNet-V2's at 14² and 7²) take the im2col path, whose gather is then a transpose:
+the blocks they are in went from 0.6–0.8× eager to 0.8–1.2×. The pointwise GEMM's
+`expand_shape` back to NCHW is then moved below the elementwise ops that follow (`sink_expand_shapes`: batch norm and
 activation restated on [F, H·W]), so that fusion sees the GEMM and its epilogue as one
 chain: 16→96 channels at 112² with batch norm and ReLU6, 1.02 ms fused against 1.16 ms
 direct and 1.08 ms eager.
@@ -78,6 +80,13 @@ class ConvLayer:
     why_not: str = ""
 
     @property
+    def pointwise(self) -> bool:
+        """A 1×1 convolution that runs as filter[F, C] × x[C, H·W] on NCHW as it stands
+        (batch 1, H·W a multiple of 16: the register tile's vectors run along H·W); other
+        1×1 convolutions take the im2col path, whose gather is then a transpose."""
+        return self.kh * self.kw == 1 and self.n == 1 and (self.oh * self.ow) % 16 == 0
+
+    @property
     def gemm(self) -> tuple[int, int, int]:
         """(M, N, K) of the matmul it becomes."""
         return self.n * self.oh * self.ow, self.f, self.c * self.kh * self.kw
@@ -98,8 +107,8 @@ def describe(op: ir.Operation, index: int, n_bound: int) -> ConvLayer:
         why = "not f32"
     elif _dense_attr(op, "dilations") != [1, 1]:
         why = "dilated"
-    elif kh * kw == 1 and not (n == 1 and strides == (1, 1) and (oh * ow) % 16 == 0):
-        why = "1x1 window, strided, batched or with a spatial size not a multiple of 16"
+    elif kh * kw == 1 and strides != (1, 1):
+        why = "1x1 window, strided"
     elif c < MIN_CHANNELS and f * oh * ow > MAX_THIN_OUTPUT:
         why = f"{c} input channels and {f * oh * ow} outputs (its transpose costs more than it saves)"
     elif layer.weight is None:
@@ -196,7 +205,7 @@ def rewrite(
         zero = _is_zero_fill(init_val)
         name = f"__tc_im2col_{layer.index}"
         w = params[layer.weight]
-        if layer.kh * layer.kw == 1:
+        if layer.pointwise:
             params[layer.weight] = w.reshape(layer.f, layer.c).contiguous()  # [F, C]
             text = _helper_pointwise(layer, zero, name)
         else:

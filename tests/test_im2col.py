@@ -20,6 +20,7 @@ def _imported(model, x):
         (16, 16, 5, 1, True, 2, 9),
         (3, 16, 3, 1, False, 1, 8),
         (24, 40, 1, 1, True, 1, 8),  # pointwise: a GEMM on the input as it stands
+        (24, 40, 1, 1, False, 1, 7),  # 7x7 pixels: the im2col path (its gather a transpose)
     ],
 )
 def test_rewritten_convolution_matches_eager(c, f, k, stride, bias, n, h):
@@ -32,7 +33,8 @@ def test_rewritten_convolution_matches_eager(c, f, k, stride, bias, n, h):
     assert len(done) == 1 and done[0].gemm == (n * done[0].oh * done[0].ow, f, c * k * k)
     text = str(imported.module)
     assert im2col.CONV not in text and "linalg.matmul" in text
-    packed = (f, c) if k == 1 else (c * k * k, f)  # [F, C] or [C·KH·KW, F]
+    packed = (f, c) if done[0].pointwise else (c * k * k, f)  # [F, C] or [C·KH·KW, F]
+    assert done[0].pointwise == (k == 1 and h % 4 == 0)
     assert any(tuple(p.shape) == packed for p in params)
     compiled = driver.compile_model(_imported(model, x))  # default: rewritten, fused, tiled
     with torch.no_grad():
