@@ -72,3 +72,17 @@ def test_pointwise_gemm_and_its_batch_norm_chain_become_one_group():
     assert groups
     with torch.no_grad():
         assert driver.compare(compiled.fn(x), model(x)).ok
+
+
+def test_weight_columns_are_padded_to_whole_vectors():
+    torch.manual_seed(0)
+    model, x = torch.nn.Linear(64, 1000).eval(), torch.randn(1, 64)
+    imported = _imported(model, x)
+    with imported.module.context:
+        params, padded = im2col.pad_weight_columns(imported.module, imported.params)
+    assert padded == 1 and any(tuple(p.shape) == (64, 1008) for p in params)
+    text = str(imported.module)
+    assert "linalg.matmul" in text and "tensor<1x1008xf32> to tensor<1x1000xf32>" in text
+    compiled = driver.compile_model(_imported(model, x))
+    with torch.no_grad():
+        assert driver.compare(compiled.fn(x), model(x)).ok
