@@ -216,3 +216,18 @@ def test_small_conv_group_is_split_along_rows():
     assert conv_groups
     for g in conv_groups:
         assert g.tiles == (0, 0, 8, 0)
+
+
+def test_transposed_epilogue_gets_two_dimensional_register_tiles():
+    """An im2col GEMM's [N, OH, OW, F] result read as NCHW by its batch norm: register tiles
+    of 16 channels by a run of columns, not single elements."""
+    torch.manual_seed(0)
+    model, x = ConvBNReLU(), torch.randn(1, 8, 16, 16)
+    model.conv = nn.Conv2d(16, 16, 3, padding=1, bias=False)
+    x = torch.randn(1, 16, 16, 16)
+    compiled = driver.compile_model(_imported(model, x))  # im2col: C = 16
+    light = [g for g in compiled.fusion if len(g.tiles) == 4]
+    assert light and all(g.tiles[1] == 0 or g.tiles[1] == 16 for g in light)
+    assert any(g.tiles[3] > 1 for g in light)
+    with torch.no_grad():
+        assert driver.compare(compiled.fn(x), model.eval()(x)).ok
