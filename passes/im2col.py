@@ -218,7 +218,6 @@ def rewrite(
         done.append(layer)
     if done:
         inline_helpers(module)
-        sink_expand_shapes(module)
     return params, done
 
 
@@ -353,7 +352,7 @@ def _restate(op, expand: ir.Operation, ctx) -> ir.Operation | None:
     if any(o.name == "linalg.index" for o in op.regions[0].blocks[0].operations):
         return None
     identity = ir.AffineMap.get_identity(len(extents), ctx)
-    if maps[-1] != identity or ir.RankedTensorType(expand.results[0].type).shape != extents:
+    if maps[-1] != identity or expand.results[0].type != out_t:  # (the expand is reused for the result)
         return None
     new_maps = [_collapsed_map(m, groups, extents, ctx) for m in maps]
     if any(m is None for m in new_maps):

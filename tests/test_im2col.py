@@ -61,6 +61,7 @@ def test_pointwise_gemm_and_its_batch_norm_chain_become_one_group():
     imported = _imported(model, x)
     with imported.module.context:
         im2col.rewrite(imported.module, imported.params)
+        im2col.sink_expand_shapes(imported.module)
     text = str(imported.module)
     # the chain runs on the GEMM's [F, H·W]; the GEMM's expand_shape moved below it, to the 3×3 conv
     expands = [line for line in text.splitlines() if "tensor<32x256xf32> into tensor<1x32x16x16xf32>" in line]
