@@ -318,7 +318,7 @@ def group_tiles(
             return None
     tiles = tuple(tiles)
     within = [t or x for t, x in zip(tiles, s.extents)]
-    if _in_registers(c, at, tileable, target) and not ones & {at[0], at[1]}:
+    if _in_registers(c, at, tileable, ones, target):
         inner = [0] * len(s.extents)
         for cloop, regs in zip((0, 1), MATMUL_REGISTERS):
             t = tiling.divisor_at_most(within[at[cloop]], regs, multiple_of=tiling.LANES if cloop else 1)
@@ -329,7 +329,7 @@ def group_tiles(
     return tiles, inner if any(inner) else (), False
 
 
-def _in_registers(c: tiling.OpInfo, at: Mapping[int, int], tileable: Sequence[bool], target) -> bool:
+def _in_registers(c: tiling.OpInfo, at: Mapping[int, int], tileable: Sequence[bool], ones: set[int], target) -> bool:
     """Whether a matmul group keeps its accumulator tiles in registers over the whole K:
     both parallel loops tileable in the sink (and neither a broadcast loop of the epilogue:
     a per-row scale, as a pointwise convolution's per-channel batch norm, measured 1.07 ms
@@ -338,7 +338,7 @@ def _in_registers(c: tiling.OpInfo, at: Mapping[int, int], tileable: Sequence[bo
     which the tiling pass leaves B unpacked; a register tile then reads its K x 32 panel
     of B from L2. 64x512 @ 512x2048, whose 8 KB-strided rows conflict in L1 and L2 alike,
     ran 1.6 ms this way against 0.94 ms unfused and packed)."""
-    if c.kind != "matmul" or not all(loop in at and tileable[at[loop]] for loop in (0, 1)):
+    if c.kind != "matmul" or not all(loop in at and tileable[at[loop]] and at[loop] not in ones for loop in (0, 1)):
         return False
     _, n, k = c.extents
     return k * n * 4 <= getattr(target, "l2_bytes", 1 << 20)
@@ -715,7 +715,8 @@ class GroupCoster:
         from cache), and the calibration factor scales the contraction's part only."""
         from tilecraft.costmodel import search
 
-        key = hashlib.sha256(f"{text}|{decision}|{epilogue}".encode()).hexdigest()
+        shape = (decision.tiles, decision.inner, decision.registers)  # (op ids differ between equal groups)
+        key = hashlib.sha256(f"{text}|{shape}|{epilogue}".encode()).hexdigest()
         if key in self.cache:
             return self.cache[key]
         self.evaluated += 1

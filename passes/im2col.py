@@ -20,11 +20,14 @@ A 1×1 convolution (batch 1, stride 1, H·W a multiple of 16) needs no gather: i
 out[F, H·W] = filter[F, C] × x[C, H·W] on the tensors as they stand (MobileNet-V2's
 pointwise layers: 1.3–2× faster than direct). Other unstrided 1×1 convolutions
 (MobileNet-V2's at 14² and 7²) take the im2col path, whose gather is then a transpose:
-the blocks they are in went from 0.6–0.8× eager to 0.8–1.2×. The pointwise GEMM's
-`expand_shape` back to NCHW is then moved below the elementwise ops that follow (`sink_expand_shapes`: batch norm and
-activation restated on [F, H·W]), so that fusion sees the GEMM and its epilogue as one
-chain: 16→96 channels at 112² with batch norm and ReLU6, 1.02 ms fused against 1.16 ms
-direct and 1.08 ms eager.
+the blocks they are in went from 0.6–0.8× eager to 0.8–1.2×.
+
+Two more rewrites run in this stage (`driver.convolutions_as_gemms`), for every model:
+`pad_weight_columns` pads a bound matmul weight to a multiple of 16 columns, and
+`sink_expand_shapes` moves a reshape below the elementwise ops that read it (a pointwise
+GEMM's batch norm and activation restated on [F, H·W], a Linear's GELU on its 2-D
+result), so that fusion sees a GEMM and its epilogue as one chain: 16→96 channels at 112²
+with batch norm and ReLU6, 1.02 ms fused against 1.16 ms direct and 1.08 ms eager.
 
 Every new op has exact linalg semantics; the tiling pass and the cost model schedule them
 like any other matmul and elementwise op. Measured (1 thread, each layer compiled alone): ResNet-18's
@@ -53,6 +56,7 @@ from tilecraft.passes.precision import (
     call_helper,
     inline_helpers,
 )
+from tilecraft.passes.tiling import LANES
 
 CONV = "linalg.conv_2d_nchw_fchw"
 # Measured (1 thread): ResNet-18's 3-channel 7×7 stem runs 2.6 ms direct, 6.6 ms as a GEMM
@@ -222,9 +226,6 @@ def rewrite(
 
 
 # --------------------------------------------------------------- weight columns padded
-LANES = 16  # f32 lanes of a zmm register
-
-
 def pad_weight_columns(module: ir.Module, params: list[torch.Tensor]) -> tuple[list[torch.Tensor], int]:
     """Every f32 `linalg.matmul` whose B is a bound weight [K, N] used once, N not a multiple
     of 16, and whose accumulator is a zero fill: B is padded once, here, with zero columns
