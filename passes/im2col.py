@@ -373,8 +373,9 @@ def _restate(op, expand: ir.Operation, ctx) -> ir.Operation | None:
             src = _owner(v)
             if src is not None and src.name == "tensor.expand_shape" and _reassociation(src) == groups:
                 operands.append(src.operands[0])
-            else:
-                operands.append(tensor.collapse_shape(new_t, v, reassoc))
+            else:  # (an input's element type may differ from the result's: a select's mask)
+                in_t = ir.RankedTensorType.get(collapsed, ir.RankedTensorType(v.type).element_type)
+                operands.append(tensor.collapse_shape(in_t, v, reassoc))
         operands.append(tensor.empty(collapsed, out_t.element_type))
         new = op.clone()
         for i, v in enumerate(operands):

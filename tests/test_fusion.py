@@ -222,7 +222,7 @@ def test_transposed_epilogue_gets_two_dimensional_register_tiles():
     """An im2col GEMM's [N, OH, OW, F] result read as NCHW by its batch norm: register tiles
     of 16 channels by a run of columns, not single elements."""
     torch.manual_seed(0)
-    model, x = ConvBNReLU(), torch.randn(1, 8, 16, 16)
+    model = ConvBNReLU()
     model.conv = nn.Conv2d(16, 16, 3, padding=1, bias=False)
     x = torch.randn(1, 16, 16, 16)
     compiled = driver.compile_model(_imported(model, x))  # im2col: C = 16

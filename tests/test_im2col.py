@@ -87,3 +87,19 @@ def test_weight_columns_are_padded_to_whole_vectors():
     compiled = driver.compile_model(_imported(model, x))
     with torch.no_grad():
         assert driver.compare(compiled.fn(x), model(x)).ok
+
+
+def test_reshape_sinks_below_an_op_with_inputs_of_another_element_type():
+    class Masked(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(16, 16, 1, bias=False)
+
+        def forward(self, x, mask):
+            return torch.where(mask, self.conv(x), 0.0)  # an i1 mask beside the f32 GEMM result
+
+    torch.manual_seed(0)
+    model, x, mask = Masked().eval(), torch.randn(1, 16, 8, 8), torch.rand(1, 16, 8, 8) > 0.5
+    compiled = driver.compile_model(frontend.import_module(model, (x, mask), spec="<test>"))
+    with torch.no_grad():
+        assert driver.compare(compiled.fn(x, mask), model(x, mask)).ok
