@@ -13,8 +13,10 @@ groups (`candidates`): elementwise chains, contraction + epilogue (bias, activat
 residual, folded batch-norm), reduction + elementwise (softmax, layer norm); a member's
 result must only feed the group (multi-consumer producers are materialized: they end a
 group), every use inside the group must index the producer by a projected permutation,
-at most one contraction per group, and only sink loops every member spans are tiled (so
-nothing is recomputed across tiles). `partition` picks the groups minimizing the total
+at most one contraction per group and no reduction beside it, and only sink loops every
+member spans are tiled (so nothing is recomputed across tiles). Unit dims are folded
+first (`fold_unit_dims`), so that a reduction's [S] result is indexed by loops, not an
+[S, 1] one by a constant. `partition` picks the groups minimizing the total
 latency the cost model predicts for the fused kernels (an exact set-partitioning
 integer program, HiGHS through `scipy.optimize.milp`).
 """
@@ -37,6 +39,7 @@ from tilecraft.passes import tiling
 ANY = tiling.ANY
 CONTRACTIONS = {"matmul", "batch_matmul", "conv2d", "depthwise_conv2d", "pooling"}
 MAX_GROUP = 8  # ops per group (fills not counted)
+MAX_CLOSURE = 24  # ops per group grown greedily (`_closure`)
 # (rows, columns) of a matmul's accumulator tile held in registers (16 zmm, as the tiling
 # pass's own 8x32 register tiles)
 MATMUL_REGISTERS = (8, 32)
@@ -191,6 +194,27 @@ def analyze(module: ir.Module) -> dict[int, Node]:
     return nodes
 
 
+def fold_unit_dims(module: ir.Module) -> ir.Module:
+    """Drop the unit dims of every generic (`linalg-fold-unit-extent-dims`), broadcasts and
+    transposes generalized first so they lose theirs too. A layer norm over [1, S, D] then
+    reduces [S, D] into [S] instead of keeping [S, 1] rows (a result indexed by a constant:
+    no tile of it maps back onto the loops, and `_to_sink` rejects it), a batch-1 bias
+    broadcast is read without a reshape between it and the add, and a transformer's
+    [1, S, D] activations meet its [S, D] GEMMs without reshapes. The unfused compile gets
+    the same module (one stage: `driver.convolutions_as_gemms`)."""
+    from tilecraft.backends.cpu import lowering
+
+    script = tiling.named_sequence(
+        f"""    %n = transform.structured.match ops{{["linalg.broadcast", "linalg.transpose"]}} in %root
+      : ({ANY}) -> {ANY}
+    %g = transform.structured.generalize %n : ({ANY}) -> {ANY}""",
+        consumed=False,
+    )
+    lowering.apply_transform(module, script, stage="im2col")
+    pipeline = "builtin.module(func.func(linalg-fold-unit-extent-dims,canonicalize,cse))"
+    return lowering.run_pipeline(module, pipeline, stage="im2col")
+
+
 def private_fills(module: ir.Module) -> None:
     """Give every use of a `linalg.fill` its own copy, filling its own empty tensor: a
     contraction's zero-initialized accumulator is then fused (recomputed per tile) with
@@ -238,9 +262,9 @@ def _to_sink(nodes: Mapping[int, Node], group: set[int], sink: int) -> dict[int,
                     cloop = use_map[pos]
                     if cloop in to_sink[c]:
                         m[ploop] = to_sink[c][cloop]
-                if mapping is not None and mapping != m:
+                if mapping is not None and any(mapping.get(k, v) != v for k, v in m.items()):
                     return None
-                mapping = m
+                mapping = {**(mapping or {}), **m}  # (a path through a reduction maps fewer loops)
         if mapping is None:
             return None
         to_sink[p] = mapping
@@ -285,6 +309,11 @@ def group_tiles(
         if tiles is None:
             tiles = _budget(s.extents, tileable, tiling.VECTOR_BUDGET, ones)
         return (tiles, (), False) if any(tiles) else None
+    if any(nodes[m].info.kind == "reduction" for m in group):
+        # a reduction along the contraction's columns makes its cache tile span them all:
+        # bert_mini, 6.79 ms with matmul + layer norm and batch matmul + softmax groups,
+        # 6.57 without (one run, interleaved)
+        return None
     if _feeds(nodes, group, contraction[0]):
         return None  # a producer of the contraction's inputs: fused ops are its epilogue only
     c = nodes[contraction[0]].info
@@ -445,7 +474,9 @@ def _budget(
 
 
 def candidates(nodes: Mapping[int, Node], target=None) -> list[FusionDecision]:
-    """Every legal multi-op group (bounded per sink), grown upwards from each sink."""
+    """Every legal multi-op group (bounded per sink), grown upwards from each sink, and per
+    sink its closure (`_closure`: every producer that can join, a layer norm's whole
+    two-pass chain)."""
     out: list[FusionDecision] = []
     for sink, snode in nodes.items():
         if _is_fill(snode) or not snode.op.results:
@@ -462,18 +493,54 @@ def candidates(nodes: Mapping[int, Node], target=None) -> list[FusionDecision]:
                 if key in seen or sum(1 for m in bigger if not _is_fill(nodes[m])) > MAX_GROUP:
                     continue
                 seen.add(key)
-                if sum(1 for m in bigger if nodes[m].info.kind in CONTRACTIONS) > 1:
+                decision = _decision(nodes, bigger, sink, target)
+                if decision is None:
                     continue
-                if any("i1" in nodes[m].info.dtypes for m in bigger):
-                    continue  # i1 tensors are not vectorized: the chain would not stay in registers
-                tiles = group_tiles(nodes, bigger, sink, target)
-                if tiles is None:
-                    continue
-                members = tuple(m for m in reversed(_topo(nodes, bigger)) if m != sink)
-                out.append(FusionDecision(sink, members, *tiles))
+                out.append(decision)
                 found += 1
                 frontier.append(key)
+        closure = _closure(nodes, sink, target)
+        if closure is not None and frozenset(closure.ops) not in seen:
+            out.append(closure)
     return out
+
+
+def _decision(nodes: Mapping[int, Node], group: set[int], sink: int, target) -> FusionDecision | None:
+    """The group as a `FusionDecision`, or None when it is not a legal group."""
+    if sum(1 for m in group if nodes[m].info.kind in CONTRACTIONS) > 1:
+        return None
+    if any("i1" in nodes[m].info.dtypes for m in group):
+        return None  # i1 tensors are not vectorized: the chain would not stay in registers
+    tiles = group_tiles(nodes, group, sink, target)
+    if tiles is None:
+        return None
+    members = tuple(m for m in reversed(_topo(nodes, group)) if m != sink)
+    return FusionDecision(sink, members, *tiles)
+
+
+def _closure(nodes: Mapping[int, Node], sink: int, target) -> FusionDecision | None:
+    """The sink's largest group grown greedily: every fusable producer that keeps the group
+    legal joins, until none does (up to MAX_CLOSURE ops). Reaches the groups the bounded
+    search above cannot: a layer norm is 16 ops (two reductions, its f64 variance) that
+    only as one group read their row once."""
+    group = {sink}
+    rejected: set[int] = set()
+    decision = None
+    while True:
+        grown = False
+        for p in _fusable_producers(nodes, frozenset(group)):
+            if p in rejected:
+                continue
+            bigger = group | {p} | _fills_of(nodes, p)
+            d = None
+            if sum(1 for m in bigger if not _is_fill(nodes[m])) <= MAX_CLOSURE:
+                d = _decision(nodes, bigger, sink, target)
+            if d is None:
+                rejected.add(p)
+                continue
+            group, decision, grown = bigger, d, True
+        if not grown:
+            return decision
 
 
 def maximal(nodes: Mapping[int, Node], target=None) -> list[FusionDecision]:
@@ -694,9 +761,8 @@ class GroupCoster:
     (`load_calibration`: fused kernels measured against this prediction). The ops fused
     into register tiles are priced on the scale the unfused alternative is priced by:
     their own unfused predictions times the ratio of their roofline fused (inputs from
-    the group read from registers or cache) to the sum of their rooflines alone (`light`;
-    for reduction groups, whose ops are not priced alone, their roofline scaled by the
-    factor). A group whose matmul runs in registers (`FusionDecision.registers`) costs the
+    the group read from registers or cache) to the sum of their rooflines alone (`light`,
+    which also prices groups of reductions and elementwise ops: softmax, layer norm). A group whose matmul runs in registers (`FusionDecision.registers`) costs the
     matmul's own unfused prediction plus its epilogue so priced. Memoized by text and
     decision."""
 
@@ -836,8 +902,8 @@ def partition(
             cls = group_class(nodes[o].info.kind for o in g.ops)
             tiles = [o for o in g.ops if nodes[o].info.kind not in CONTRACTIONS and not _is_fill(nodes[o])]
             priced = all(o in singles for o in tiles)
-            alone = [outline_group(nodes, (o,), state) for o in tiles] if priced and cls != "reduction" else []
-            if cls == "light" and alone:
+            alone = [outline_group(nodes, (o,), state) for o in tiles] if priced else []
+            if cls in ("light", "reduction") and alone:
                 costs.append(coster.light(alone, sum(singles[o] for o in tiles), text))
             elif cls in ("matmul", "conv") and alone:
                 costs.append(coster(text, g, (alone, sum(singles[o] for o in tiles))))

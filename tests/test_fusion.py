@@ -226,8 +226,28 @@ def test_transposed_epilogue_gets_two_dimensional_register_tiles():
     model.conv = nn.Conv2d(16, 16, 3, padding=1, bias=False)
     x = torch.randn(1, 16, 16, 16)
     compiled = driver.compile_model(_imported(model, x))  # im2col: C = 16
-    light = [g for g in compiled.fusion if len(g.tiles) == 4]
-    assert light and all(g.tiles[1] == 0 or g.tiles[1] == 16 for g in light)
-    assert any(g.tiles[3] > 1 for g in light)
+    light = [g for g in compiled.fusion if len(g.tiles) >= 3]  # [(N,) F, OH, OW]: N = 1 is folded away
+    assert light and all(g.tiles[-3] in (0, 16) for g in light)
+    assert any(g.tiles[-1] > 1 for g in light)
     with torch.no_grad():
         assert driver.compare(compiled.fn(x), model.eval()(x)).ok
+
+
+def test_layer_norm_is_one_kernel_over_folded_rows():
+    """[1, S, D] layer norm: unit dims folded (rows reduce into [S], not [S, 1]), the whole
+    two-pass chain (16 ops, its f64 variance) one group by its closure, tiled by rows."""
+    model = nn.LayerNorm(64)
+    x = torch.randn(1, 32, 64)
+    imported = _imported(model, x)
+    with imported.module.context:
+        fusion.fold_unit_dims(imported.module)
+        assert "x1xf" not in str(imported.module)  # no [S, 1] keepdim rows left
+        fusion.private_fills(imported.module)
+        nodes = fusion.analyze(imported.module)
+        work = {op for op, n in nodes.items() if n.info.name != "linalg.fill"}
+        closures = [g for g in fusion.candidates(nodes) if work <= set(g.ops)]
+        assert closures and closures[0].tiles[0] >= 1 and closures[0].tiles[1] == 0
+    compiled = driver.compile_model(_imported(model, x))
+    assert [len(g.ops) for g in compiled.fusion] == [len(nodes)]
+    with torch.no_grad():
+        assert driver.compare(compiled.fn(x), model(x)).ok

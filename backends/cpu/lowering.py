@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from torch_mlir import ir, passmanager
 from torch_mlir.dialects.transform import interpreter
 
-from tilecraft.backends.cpu import amx, math_approx
+from tilecraft.backends.cpu import amx, math_approx, reductions
 from tilecraft.passes import tiling
 from tilecraft.passes.tiling import ANY
 
@@ -122,6 +122,7 @@ def to_vector(module: ir.Module, *, vectorize: bool = True) -> ir.Module:
     _mark_arguments_read_only(module)
     apply_transform(module, vectorize_script(vectorize=vectorize), stage="vector")
     copies = tidy_copies(module) if vectorize else []
+    reductions.split_row_reductions(module)  # rows reduced a register at a time, not a lane
     return apply_transform(module, lower_vectors_script(copies), stage="vector")
 
 
