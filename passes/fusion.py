@@ -762,8 +762,9 @@ class GroupCoster:
     into register tiles are priced on the scale the unfused alternative is priced by:
     their own unfused predictions times the ratio of their roofline fused (inputs from
     the group read from registers or cache) to the sum of their rooflines alone (`light`,
-    which also prices groups of reductions and elementwise ops: softmax, layer norm). A group whose matmul runs in registers (`FusionDecision.registers`) costs the
-    matmul's own unfused prediction plus its epilogue so priced. Memoized by text and
+    which also prices groups of reductions and elementwise ops: softmax, layer norm). A
+    group whose matmul runs in registers (`FusionDecision.registers`) costs the matmul's
+    own unfused prediction plus its epilogue so priced. Memoized by text and
     decision."""
 
     def __init__(self, model, target, context: ir.Context, calibration: Mapping[str, float] | None = None):
