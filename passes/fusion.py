@@ -14,10 +14,11 @@ residual, folded batch-norm), reduction + elementwise (softmax, layer norm); a m
 result must only feed the group (multi-consumer producers are materialized: they end a
 group), every use inside the group must index the producer by a projected permutation,
 at most one contraction per group and no reduction beside it, and only sink loops every
-member spans are tiled (so nothing is recomputed across tiles). Unit dims are folded
-first (`fold_unit_dims`), so that a reduction's [S] result is indexed by loops, not an
-[S, 1] one by a constant. `partition` picks the groups minimizing the total
-latency the cost model predicts for the fused kernels (an exact set-partitioning
+member spans are tiled (so nothing is recomputed across tiles). A contraction with no
+epilogue still takes its zero fill when its accumulators stay in registers. Unit dims
+are folded first (`fold_unit_dims`), so that a reduction's [S] result is indexed by
+loops, not an [S, 1] one by a constant. `partition` picks the groups minimizing the
+total latency the cost model predicts for the fused kernels (an exact set-partitioning
 integer program, HiGHS through `scipy.optimize.milp`).
 """
 
@@ -200,10 +201,15 @@ def fold_unit_dims(module: ir.Module) -> ir.Module:
     reduces [S, D] into [S] instead of keeping [S, 1] rows (a result indexed by a constant:
     no tile of it maps back onto the loops, and `_to_sink` rejects it), a batch-1 bias
     broadcast is read without a reshape between it and the add, and a transformer's
-    [1, S, D] activations meet its [S, D] GEMMs without reshapes. The unfused compile gets
-    the same module (one stage: `driver.convolutions_as_gemms`)."""
+    [1, S, D] activations meet its [S, D] GEMMs without reshapes. Not done while a named
+    convolution or pooling is left (`_windowed`): it keeps its batch dim, and its folded
+    epilogue would read it through a reshape, which no group crosses (mobilenet_v2 lost
+    its depthwise + batch norm + ReLU6 groups). The unfused compile gets the same module
+    (one stage: `driver.convolutions_as_gemms`)."""
     from tilecraft.backends.cpu import lowering
 
+    if _windowed(module):
+        return module
     script = tiling.named_sequence(
         f"""    %n = transform.structured.match ops{{["linalg.broadcast", "linalg.transpose"]}} in %root
       : ({ANY}) -> {ANY}
@@ -213,6 +219,26 @@ def fold_unit_dims(module: ir.Module) -> ir.Module:
     lowering.apply_transform(module, script, stage="im2col")
     pipeline = "builtin.module(func.func(linalg-fold-unit-extent-dims,canonicalize,cse))"
     return lowering.run_pipeline(module, pipeline, stage="im2col")
+
+
+WINDOWED = {name for name, kind in tiling._NAMED_KINDS.items() if kind in ("conv2d", "depthwise_conv2d", "pooling")}
+
+
+def _windowed(module: ir.Module) -> bool:
+    """Whether a named windowed op (convolution, pooling) is left: `fold_unit_dims` would
+    put a reshape between its [1, C, H, W] result and its folded epilogue."""
+    found = []
+
+    def walk(op: ir.Operation) -> None:
+        for region in op.regions:
+            for block in region.blocks:
+                for child in block.operations:
+                    if child.operation.name in WINDOWED:
+                        found.append(child.operation.name)
+                    walk(child.operation)
+
+    walk(module.operation)
+    return bool(found)
 
 
 def private_fills(module: ir.Module) -> None:
@@ -499,6 +525,14 @@ def candidates(nodes: Mapping[int, Node], target=None) -> list[FusionDecision]:
                 out.append(decision)
                 found += 1
                 frontier.append(key)
+        if snode.info.kind in CONTRACTIONS and _fills_of(nodes, sink):
+            # a matmul and its zero fill alone, when its accumulator tiles stay in registers:
+            # each starts at zero there instead of a pass over the whole result (64→64 at
+            # 56², im2col: 1.88 ms against 1.91; with the fill at each cache tile instead,
+            # 512→512 at 7²: 1.69 against 1.45, so only in registers)
+            own = _decision(nodes, {sink} | _fills_of(nodes, sink), sink, target)
+            if own is not None and own.registers:
+                out.append(own)
         closure = _closure(nodes, sink, target)
         if closure is not None and frozenset(closure.ops) not in seen:
             out.append(closure)
@@ -609,6 +643,21 @@ def fusion_script(decisions: Sequence[FusionDecision], kinds: Mapping[int, str])
         return f"%{tag}s", fused
 
     for g in decisions:
+        if kinds[g.sink] in CONTRACTIONS:
+            # a contraction and its zero fill: the fill is its destination, which only
+            # `structured.fuse` follows (through the loops' iter_args) into the tiles
+            handle = f"%m{g.sink}"
+            for tag, tiles in (("a", g.tiles), ("b", g.inner if g.registers else ())):
+                loops = sum(1 for t in tiles if t)
+                if not loops:
+                    continue
+                types = ", ".join([ANY] * (loops + 1))
+                body.append(
+                    f"    %{tag}{g.sink}s, %{tag}{g.sink}l:{loops} = transform.structured.fuse {handle} "
+                    f"tile_sizes [{', '.join(map(str, tiles))}] : ({ANY}) -> ({types})"
+                )
+                handle = f"%{tag}{g.sink}s"
+            continue
         sink, fused = tile_and_fuse(f"a{g.sink}", f"%m{g.sink}", g.tiles, [(m, f"%m{m}") for m in g.members])
         if g.inner:
             light = [

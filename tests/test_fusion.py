@@ -226,7 +226,8 @@ def test_transposed_epilogue_gets_two_dimensional_register_tiles():
     model.conv = nn.Conv2d(16, 16, 3, padding=1, bias=False)
     x = torch.randn(1, 16, 16, 16)
     compiled = driver.compile_model(_imported(model, x))  # im2col: C = 16
-    light = [g for g in compiled.fusion if len(g.tiles) >= 3]  # [(N,) F, OH, OW]: N = 1 is folded away
+    light = [g for g in compiled.fusion if not g.registers]  # (the GEMM and its fill: registers)
+    assert light and all(len(g.tiles) == 3 for g in light)  # [F, OH, OW]: N = 1 is folded away
     assert light and all(g.tiles[-3] in (0, 16) for g in light)
     assert any(g.tiles[-1] > 1 for g in light)
     with torch.no_grad():
@@ -251,3 +252,32 @@ def test_layer_norm_is_one_kernel_over_folded_rows():
     assert [len(g.ops) for g in compiled.fusion] == [len(nodes)]
     with torch.no_grad():
         assert driver.compare(compiled.fn(x), model(x)).ok
+
+
+def test_matmul_and_its_fill_fuse_into_register_tiles():
+    """A matmul with no epilogue to take (an im2col GEMM, whose epilogue reads it through a
+    reshape) still zeroes its accumulator in registers: {matmul, fill} is one group."""
+    torch.manual_seed(0)
+    model = ConvBNReLU()
+    model.conv = nn.Conv2d(16, 16, 3, padding=1, bias=False)
+    x = torch.randn(1, 16, 16, 16)
+    compiled = driver.compile_model(_imported(model, x))
+    assert [g for g in compiled.fusion if g.registers and len(g.ops) == 2]
+    with torch.no_grad():
+        assert driver.compare(compiled.fn(x), model.eval()(x)).ok
+
+
+def test_unit_dims_are_kept_beside_named_convolutions():
+    """A depthwise convolution's [1, C, H, W] result keeps its batch dim in its epilogue
+    (folding it would put a reshape between the two), so they still fuse."""
+    model = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False), nn.BatchNorm2d(16), nn.ReLU6())
+    x = torch.randn(1, 16, 16, 16)
+    imported = _imported(model, x)
+    before = str(imported.module)
+    with imported.module.context:
+        fusion.fold_unit_dims(imported.module)
+    assert str(imported.module) == before
+    compiled = driver.compile_model(_imported(model, x))
+    assert any(len(g.ops) > 3 for g in compiled.fusion)
+    with torch.no_grad():
+        assert driver.compare(compiled.fn(x), model.eval()(x)).ok
