@@ -221,23 +221,14 @@ def fold_unit_dims(module: ir.Module) -> ir.Module:
     return lowering.run_pipeline(module, pipeline, stage="im2col")
 
 
-WINDOWED = {name for name, kind in tiling._NAMED_KINDS.items() if kind in ("conv2d", "depthwise_conv2d", "pooling")}
+WINDOWED = {name for name, kind in tiling.NAMED_KINDS.items() if kind in ("conv2d", "depthwise_conv2d", "pooling")}
 
 
 def _windowed(module: ir.Module) -> bool:
     """Whether a named windowed op (convolution, pooling) is left: `fold_unit_dims` would
     put a reshape between its [1, C, H, W] result and its folded epilogue."""
-    found = []
-
-    def walk(op: ir.Operation) -> None:
-        for region in op.regions:
-            for block in region.blocks:
-                for child in block.operations:
-                    if child.operation.name in WINDOWED:
-                        found.append(child.operation.name)
-                    walk(child.operation)
-
-    walk(module.operation)
+    found: list[str] = []
+    tiling.walk_ops(module.operation, lambda op: found.append(op.name) if op.name in WINDOWED else None)
     return bool(found)
 
 

@@ -28,7 +28,7 @@ AMX = "tc.amx"  # a contraction `passes/precision.py` hands to the AMX kernels: 
 AMX_INIT = "tc.amx_init"  # the zero fill of such a contraction's accumulator: folded into the kernel
 
 # Ops tiled and vectorized as "the rest": elementwise, broadcast, reductions, copies.
-_NAMED_KINDS = {
+NAMED_KINDS = {
     "linalg.matmul": "matmul",
     "linalg.batch_matmul": "batch_matmul",
     "linalg.conv_2d_nchw_fchw": "conv2d",
@@ -215,7 +215,7 @@ def _normalized_body(op: ir.Operation) -> str:
 def describe(op: ir.Operation, op_id: int) -> OpInfo:
     """Loop extents and iterator types of a structured op with static shapes."""
     name = op.name
-    kind = _NAMED_KINDS.get(name)
+    kind = NAMED_KINDS.get(name)
     operands = list(op.operands)
     out = _shape(operands[-1]) if operands else []
     strides: tuple[int, ...] = ()

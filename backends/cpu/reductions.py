@@ -16,6 +16,8 @@ from __future__ import annotations
 from torch_mlir import ir
 from torch_mlir.dialects import arith, vector
 
+from tilecraft.passes import tiling
+
 REGISTER_BITS = 512
 MAX_CHUNKS = 64  # registers per row combined as a tree (longer rows are left alone)
 
@@ -83,14 +85,5 @@ def _split(op: ir.Operation) -> ir.Value:
 
 def _ops(module: ir.Module, name: str) -> list[ir.Operation]:
     found: list[ir.Operation] = []
-
-    def walk(op: ir.Operation) -> None:
-        for region in op.regions:
-            for block in region.blocks:
-                for child in block.operations:
-                    if child.operation.name == name:
-                        found.append(child.operation)
-                    walk(child.operation)
-
-    walk(module.operation)
+    tiling.walk_ops(module.operation, lambda op: found.append(op) if op.name == name else None)
     return found
