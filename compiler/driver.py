@@ -429,8 +429,15 @@ def run_and_check(
 def _schedules(compiled: Compiled, cost_model: str | None, decisions) -> str:
     if not compiled.choices:
         return "pinned" if decisions else "heuristic defaults"
-    predicted = sum(c.predicted_s * len(c.op_ids) for c in compiled.choices)
     pinned = f", {len(decisions)} pinned" if decisions else ""
+    if compiled.fusion_report:  # the partition's total: a fused group's ops are priced per tile
+        groups = len(compiled.fusion or [])
+        return (
+            f"{cost_model} cost model, no measurement ({groups} fusion groups{pinned}; "
+            f"predicted {compiled.fusion_report['fused_s'] * 1e3:.3f} ms, "
+            f"{compiled.fusion_report['unfused_s'] * 1e3:.3f} unfused)"
+        )
+    predicted = sum(c.predicted_s * len(c.op_ids) for c in compiled.choices)
     return (
         f"{cost_model} cost model, no measurement ({len(compiled.choices)} kernels{pinned}; "
         f"predicted {predicted * 1e3:.3f} ms)"
