@@ -88,7 +88,7 @@ class ConvLayer:
         """A 1×1 convolution that runs as filter[F, C] × x[C, H·W] on NCHW as it stands
         (batch 1, H·W a multiple of 16: the register tile's vectors run along H·W); other
         1×1 convolutions take the im2col path, whose gather is then a transpose."""
-        return self.kh * self.kw == 1 and self.n == 1 and (self.oh * self.ow) % 16 == 0
+        return self.kh * self.kw == 1 and self.n == 1 and (self.oh * self.ow) % LANES == 0
 
     @property
     def gemm(self) -> tuple[int, int, int]:
