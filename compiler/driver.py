@@ -196,12 +196,14 @@ def lower_precision(imported: frontend.Imported, decisions) -> None:
 
 
 def convolutions_as_gemms(imported: frontend.Imported) -> None:
-    """im2col + GEMM for every eligible convolution, and matmul weights padded to whole
-    vectors (packed filters and padded weights become the bound ones); then reshapes
+    """im2col + GEMM for every eligible convolution, depthwise convolutions as sums of
+    shifted slices, and matmul weights padded to whole vectors (packed filters and padded
+    weights become the bound ones); then reshapes
     moved below the elementwise ops that read them, and unit dims dropped."""
-    from tilecraft.passes import fusion, im2col
+    from tilecraft.passes import depthwise, fusion, im2col
 
     imported.params, _ = im2col.rewrite(imported.module, imported.params)
+    depthwise.rewrite(imported.module)  # depthwise convolutions: elementwise sums of shifted slices
     imported.params, _ = im2col.pad_weight_columns(imported.module, imported.params)
     im2col.sink_expand_shapes(imported.module)  # GEMMs and their epilogues, one chain
     fusion.fold_unit_dims(imported.module)  # [1, S, D] → [S, D]: reductions, broadcasts

@@ -1,0 +1,56 @@
+"""Depthwise convolutions as sums of shifted slices (`passes/depthwise.py`)."""
+
+import pytest
+import torch
+from torch import nn
+
+from tilecraft import driver, frontend
+from tilecraft.passes import depthwise, tiling
+
+
+def _block(c: int, stride: int, bias: bool) -> nn.Module:
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(c, c, 3, stride, 1, groups=c, bias=bias), nn.BatchNorm2d(c), nn.ReLU6()).eval()
+    m[1].running_mean.normal_()
+    m[1].running_var.uniform_(0.5, 2.0)
+    return m
+
+
+def _names(module) -> list[str]:
+    names = []
+    tiling.walk_ops(module.operation, lambda op: names.append(op.name))
+    return names
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_stride_one_depthwise_becomes_one_elementwise_op_and_matches_eager(bias):
+    model, x = _block(32, 1, bias), torch.randn(1, 32, 14, 14)
+    imported = frontend.import_module(model, (x,), spec="<test>")
+    assert depthwise.rewrite(imported.module) == 1
+    names = _names(imported.module)
+    assert depthwise.DEPTHWISE not in names
+    assert names.count("tensor.extract_slice") == 18  # 9 taps of the input, 9 of the filter
+    if not bias:  # the zero fill is gone with the accumulator
+        assert "linalg.fill" not in names
+    with torch.no_grad():
+        ref = model(x)
+    for fuse in (True, False):
+        compiled = driver.compile_model(frontend.import_module(model, (x,), spec="<test>"), fuse=fuse)
+        assert driver.compare(compiled.fn(x), ref).ok
+
+
+def test_fused_depthwise_group_takes_one_vector_register_tiles():
+    model, x = _block(32, 1, False), torch.randn(1, 32, 56, 56)
+    compiled = driver.compile_model(frontend.import_module(model, (x,), spec="<test>"))
+    (group,) = compiled.fusion
+    assert len(group.members) == 6  # the depthwise op, batch norm's four, and the clamp's producer
+    assert group.tiles == (1, 1, 14)  # [C, H, W] after unit dims fold: a quarter row, one vector
+    with torch.no_grad():
+        assert driver.compare(compiled.fn(x), model(x)).ok
+
+
+def test_strided_depthwise_keeps_the_named_op():
+    model, x = _block(16, 2, False), torch.randn(1, 16, 16, 16)
+    imported = frontend.import_module(model, (x,), spec="<test>")
+    assert depthwise.rewrite(imported.module) == 0
+    assert depthwise.DEPTHWISE in _names(imported.module)
