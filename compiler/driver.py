@@ -198,8 +198,8 @@ def lower_precision(imported: frontend.Imported, decisions) -> None:
 def convolutions_as_gemms(imported: frontend.Imported) -> None:
     """im2col + GEMM for every eligible convolution, depthwise convolutions as sums of
     shifted slices, and matmul weights padded to whole vectors (packed filters and padded
-    weights become the bound ones); then reshapes
-    moved below the elementwise ops that read them, and unit dims dropped."""
+    weights become the bound ones); then reshapes moved below the elementwise ops that
+    read them, and unit dims dropped."""
     from tilecraft.passes import depthwise, fusion, im2col
 
     imported.params, _ = im2col.rewrite(imported.module, imported.params)

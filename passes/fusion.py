@@ -47,13 +47,13 @@ MATMUL_REGISTERS = (8, 32)
 MAX_CANDIDATES_PER_SINK = 12
 CONV_TILE = 131072  # output elements per tile of a convolution group (512 KB: L2-resident)
 FUSED = tiling.FUSED
-# (output channel, output row, output column) loops of the windowed contractions
 # A light group with a member reading more tensors than this (a depthwise convolution's
 # taps, `passes/depthwise.py`) takes register tiles of one vector: each tap is a vector of
 # the tile, live until its product is summed. The depthwise + batch norm + ReLU6 group,
 # 96 channels at 112²: 1.28 ms in 16-element tiles against 1.64 in 8×112 (the vector
 # budget); 192 channels at 28², 0.145 against 0.185.
 MANY_OPERANDS = 8
+# (output channel, output row, output column) loops of the windowed contractions
 CONV_LOOPS = {"conv2d": (1, 2, 3), "depthwise_conv2d": (3, 1, 2), "pooling": (1, 2, 3)}
 
 
