@@ -54,3 +54,23 @@ def test_strided_depthwise_keeps_the_named_op():
     imported = frontend.import_module(model, (x,), spec="<test>")
     assert depthwise.rewrite(imported.module) == 0
     assert depthwise.DEPTHWISE in _names(imported.module)
+
+
+@pytest.mark.parametrize(
+    "c, k, pad, n, hw",
+    [(8, 5, 2, 1, (12, 20)), (16, 3, 0, 2, (10, 9)), (4, (3, 1), (1, 0), 1, (7, 7))],
+    ids=["5x5-bias", "batch2-unpadded", "3x1"],
+)
+def test_other_windows_and_batches_match_eager(c, k, pad, n, hw):
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(c, c, k, 1, pad, groups=c), nn.ReLU()).eval()
+    x = torch.randn(n, c, *hw)
+    assert depthwise.rewrite(frontend.import_module(model, (x,), spec="<test>").module) == 1
+    compiled = driver.compile_model(frontend.import_module(model, (x,), spec="<test>"))
+    with torch.no_grad():
+        assert driver.compare(compiled.fn(x), model(x)).ok
+
+
+def test_a_window_over_the_tap_limit_keeps_the_named_op():
+    model, x = nn.Conv2d(8, 8, 7, 1, 3, groups=8, bias=False).eval(), torch.randn(1, 8, 14, 14)
+    assert depthwise.rewrite(frontend.import_module(model, (x,), spec="<test>").module) == 0
