@@ -59,23 +59,21 @@ def _why_not(op: ir.Operation) -> str:
     return ""
 
 
-def _helper(x_shape, w_shape, o_shape, strides, zero_init: bool, name: str) -> str:
+def _helper(x_shape, w_shape, o_shape, zero_init: bool, name: str) -> str:
     n, c, oh, ow = o_shape
     _, kh, kw = w_shape
-    sh, sw = strides
     x_t, w_t, o_t, c_t = _t(x_shape, "f32"), _t(w_shape, "f32"), _t(o_shape, "f32"), _t([c], "f32")
     taps = [(i, j) for i in range(kh) for j in range(kw)]
+    n_taps = len(taps)
     lines = []
     for t, (i, j) in enumerate(taps):
         lines.append(
-            f"  %x{t} = tensor.extract_slice %x[0, 0, {i}, {j}] [{n}, {c}, {oh}, {ow}] [1, 1, {sh}, {sw}]"
-            f" : {x_t} to {o_t}"
+            f"  %x{t} = tensor.extract_slice %x[0, 0, {i}, {j}] [{n}, {c}, {oh}, {ow}] [1, 1, 1, 1] : {x_t} to {o_t}"
         )
         lines.append(f"  %w{t} = tensor.extract_slice %w[0, {i}, {j}] [{c}, 1, 1] [1, 1, 1] : {w_t} to {c_t}")
     ident = "affine_map<(n, c, y, x) -> (n, c, y, x)>"
     chan = "affine_map<(n, c, y, x) -> (c)>"
-    maps = [ident] * len(taps) + [chan] * len(taps) + [ident]
-    n_taps = len(taps)
+    maps = [ident] * n_taps + [chan] * n_taps + [ident]
     ins = ", ".join([f"%x{t}" for t in range(n_taps)] + [f"%w{t}" for t in range(n_taps)])
     in_ts = ", ".join([o_t] * n_taps + [c_t] * n_taps)
     args = ", ".join([f"%a{t}: f32" for t in range(n_taps)] + [f"%b{t}: f32" for t in range(n_taps)] + ["%acc: f32"])
@@ -116,7 +114,7 @@ def rewrite(module: ir.Module) -> int:
         x, w, init = (op.operands[i] for i in range(3))
         zero = _is_zero_fill(init)
         name = f"__tc_depthwise_{k}"
-        text = _helper(_shape(x), _shape(w), _shape(init), tuple(_dense_attr(op, "strides")), zero, name)
+        text = _helper(_shape(x), _shape(w), _shape(init), zero, name)  # (stride 1: `_why_not`)
         call_helper(module, op, text, name, [x, w] + ([] if zero else [init]))
         _erase_if_dead(init.owner)
         done += 1
