@@ -8,9 +8,15 @@ arguments by the packed one.
 A `linalg.conv_2d_nchw_fchw` (f32, dilation 1, a window larger than 1×1, its filter a
 bound argument used once) becomes
 
-- a gather (`linalg.generic`, all parallel) of the input windows into a
-  [N·OH·OW, C·KH·KW] matrix,
-- a `linalg.matmul` of that matrix with the filter packed once, here, as [C·KH·KW, F]
+- a gather of the input windows into a [N·OH·OW, K] matrix, K = C·KH·KW: at stride 1
+  with channels a multiple of 16, tap by tap (K ordered (kh, kw, c)): each tap's block
+  of columns is a transpose of a window slice, [N, C, OH, OW] → [N, OH, OW, C], which
+  vectorizes; otherwise one `linalg.generic` reading x[n, c, y·s + i, x·s + j]
+  (K ordered (c, kh, kw)), which the vectorizer rejects (its map is not a permutation) and
+  which then runs scalar: ResNet-18's 64-channel 3×3 layer at 56², convolution + batch
+  norm + ReLU fused, went from 1.81 to 1.26 ms by taps (eager 1.12; AMD EPYC, 1 thread);
+  the whole model from 31.8 to 27.5 ms fused, 34.6 to 30.3 unfused,
+- a `linalg.matmul` of that matrix with the filter packed once, here, as [K, F]
   (output channels contiguous: the register tile's vectors run along them, whatever the
   spatial size; NCHW's direct convolution vectorizes along OW, 7 of 16 lanes at 7×7),
 - a transpose (`linalg.generic`) of the [N, OH, OW, F] result back to NCHW, which fusion
@@ -91,6 +97,15 @@ class ConvLayer:
         return self.kh * self.kw == 1 and self.n == 1 and (self.oh * self.ow) % LANES == 0
 
     @property
+    def by_taps(self) -> bool:
+        """Gathered tap by tap, K ordered (kh, kw, c): each tap's block of the column
+        matrix is a transpose of a window slice, which vectorizes (16 channels per vector);
+        the one gather reading x[n, c, y + i, x + j] (K ordered (c, kh, kw)) does not, and
+        stays scalar. Stride 1 only (a strided slice is a strided vector read), and
+        channels a multiple of 16 (fewer fill part of a vector)."""
+        return self.strides == (1, 1) and self.kh * self.kw > 1 and self.c % LANES == 0
+
+    @property
     def gemm(self) -> tuple[int, int, int]:
         """(M, N, K) of the matmul it becomes."""
         return self.n * self.oh * self.ow, self.f, self.c * self.kh * self.kw
@@ -144,26 +159,61 @@ def _nchw_result(src: str, src_t: str, src_map: str, o_t: str, *, zero_init: boo
     )
 
 
-def _helper(layer: ConvLayer, x_shape: Sequence[int], zero_init: bool, name: str) -> str:
-    n, c, f, kh, kw, oh, ow = layer.n, layer.c, layer.f, layer.kh, layer.kw, layer.oh, layer.ow
+def _gather(layer: ConvLayer, x_t: str, col_t: str) -> str:
+    """`%col` [N, OH, OW, C, KH, KW]: one gather of every window element."""
     sh, sw = layer.strides
-    m, _, k = layer.gemm
-    x_t, w_t, o_t = _t(x_shape, "f32"), _t([k, f], "f32"), _t([n, f, oh, ow], "f32")
-    col_t, nhwf_t = _t([n, oh, ow, c, kh, kw], "f32"), _t([n, oh, ow, f], "f32")
-    a_t, r_t = _t([m, k], "f32"), _t([m, f], "f32")
     gather = f"affine_map<(n, y, x, c, i, j) -> (n, c, y * {sh} + i, x * {sw} + j)>"
     ident6 = "affine_map<(n, y, x, c, i, j) -> (n, y, x, c, i, j)>"
-    to_nchw = "affine_map<(n, f, y, x) -> (n, y, x, f)>"
     par6 = ", ".join(['"parallel"'] * 6)
-    init_arg = "" if zero_init else f", %init: {o_t}"
-    return f"""func.func private @{name}(%x: {x_t}, %w: {w_t}{init_arg}) -> {o_t} {{
-  %z = arith.constant 0.0 : f32
-  %e0 = tensor.empty() : {col_t}
+    return f"""  %e0 = tensor.empty() : {col_t}
   %col = linalg.generic {{indexing_maps = [{gather}, {ident6}], iterator_types = [{par6}]}}
       ins(%x : {x_t}) outs(%e0 : {col_t}) {{
   ^bb0(%a: f32, %b: f32):
     linalg.yield %a : f32
-  }} -> {col_t}
+  }} -> {col_t}"""
+
+
+def _tap_gather(layer: ConvLayer, x_t: str, col_t: str) -> str:
+    """`%col` [N, OH, OW, KH, KW, C] (stride 1): per tap (i, j), the window slice
+    x[:, :, i:i+OH, j:j+OW] transposed from [N, C, OH, OW] into the tap's [N, OH, OW, C]
+    block of the column matrix (inserted in place: one buffer, no copies)."""
+    n, c, oh, ow = layer.n, layer.c, layer.oh, layer.ow
+    tap_t, blk_t = _t([n, c, oh, ow], "f32"), _t([n, oh, ow, c], "f32")
+    maps = "affine_map<(n, y, x, c) -> (n, c, y, x)>, affine_map<(n, y, x, c) -> (n, y, x, c)>"
+    par4 = ", ".join(['"parallel"'] * 4)
+    lines = [f"  %col0 = tensor.empty() : {col_t}"]
+    for t, (i, j) in enumerate((i, j) for i in range(layer.kh) for j in range(layer.kw)):
+        at = f"[0, 0, 0, {i}, {j}, 0] [{n}, {oh}, {ow}, 1, 1, {c}] [1, 1, 1, 1, 1, 1]"
+        window = f"[0, 0, {i}, {j}] [{n}, {c}, {oh}, {ow}] [1, 1, 1, 1]"
+        lines.append(f"""  %tap{t} = tensor.extract_slice %x{window} : {x_t} to {tap_t}
+  %dst{t} = tensor.extract_slice %col{t}{at} : {col_t} to {blk_t}
+  %blk{t} = linalg.generic {{indexing_maps = [{maps}], iterator_types = [{par4}]}}
+      ins(%tap{t} : {tap_t}) outs(%dst{t} : {blk_t}) {{
+  ^bb0(%a: f32, %b: f32):
+    linalg.yield %a : f32
+  }} -> {blk_t}
+  %col{t + 1} = tensor.insert_slice %blk{t} into %col{t}{at} : {blk_t} into {col_t}""")
+    lines.append(f"  %col = tensor.cast %col{layer.kh * layer.kw} : {col_t} to {col_t}")  # (a fixed name)
+    return "\n".join(lines)
+
+
+def _helper(layer: ConvLayer, x_shape: Sequence[int], zero_init: bool, name: str) -> str:
+    n, c, f, kh, kw, oh, ow = layer.n, layer.c, layer.f, layer.kh, layer.kw, layer.oh, layer.ow
+    m, _, k = layer.gemm
+    x_t, w_t, o_t = _t(x_shape, "f32"), _t([k, f], "f32"), _t([n, f, oh, ow], "f32")
+    nhwf_t = _t([n, oh, ow, f], "f32")
+    a_t, r_t = _t([m, k], "f32"), _t([m, f], "f32")
+    to_nchw = "affine_map<(n, f, y, x) -> (n, y, x, f)>"
+    init_arg = "" if zero_init else f", %init: {o_t}"
+    if layer.by_taps:
+        col_t = _t([n, oh, ow, kh, kw, c], "f32")
+        gather = _tap_gather(layer, x_t, col_t)
+    else:
+        col_t = _t([n, oh, ow, c, kh, kw], "f32")
+        gather = _gather(layer, x_t, col_t)
+    return f"""func.func private @{name}(%x: {x_t}, %w: {w_t}{init_arg}) -> {o_t} {{
+  %z = arith.constant 0.0 : f32
+{gather}
   %a2 = tensor.collapse_shape %col [[0, 1, 2], [3, 4, 5]] : {col_t} into {a_t}
   %e1 = tensor.empty() : {r_t}
   %acc = linalg.fill ins(%z : f32) outs(%e1 : {r_t}) -> {r_t}
@@ -213,7 +263,9 @@ def rewrite(
             params[layer.weight] = w.reshape(layer.f, layer.c).contiguous()  # [F, C]
             text = _helper_pointwise(layer, zero, name)
         else:
-            params[layer.weight] = w.reshape(layer.f, -1).t().contiguous()  # [C·KH·KW, F]
+            if layer.by_taps:
+                w = w.permute(0, 2, 3, 1)  # K ordered (kh, kw, c), as the taps fill the columns
+            params[layer.weight] = w.reshape(layer.f, -1).t().contiguous()  # [K, F]
             text = _helper(layer, _shape(x_val), zero, name)
         block = fn.regions[0].blocks[0]
         block.arguments[layer.weight].set_type(ir.Type.parse(_t(params[layer.weight].shape, "f32"), context=ctx))

@@ -1,5 +1,6 @@
 """Convolutions as GEMMs (`passes/im2col.py`): which layers are rewritten, and the
-rewritten model matches eager (strides, bias as a non-zero accumulator init, batch > 1)."""
+rewritten model matches eager (strides, bias as a non-zero accumulator init, batch > 1,
+gathered tap by tap or in one gather)."""
 
 import pytest
 import torch
@@ -33,7 +34,10 @@ def test_rewritten_convolution_matches_eager(c, f, k, stride, bias, n, h):
     assert len(done) == 1 and done[0].gemm == (n * done[0].oh * done[0].ow, f, c * k * k)
     text = str(imported.module)
     assert im2col.CONV not in text and "linalg.matmul" in text
-    packed = (f, c) if done[0].pointwise else (c * k * k, f)  # [F, C] or [C·KH·KW, F]
+    # stride 1 and whole vectors of channels: gathered tap by tap, one transpose per tap
+    assert done[0].by_taps == (stride == 1 and k > 1 and c % 16 == 0)
+    assert text.count("tensor.insert_slice") == (k * k if done[0].by_taps else 0)
+    packed = (f, c) if done[0].pointwise else (c * k * k, f)  # [F, C] or [K, F]
     assert done[0].pointwise == (k == 1 and h % 4 == 0)
     assert any(tuple(p.shape) == packed for p in params)
     compiled = driver.compile_model(_imported(model, x))  # default: rewritten, fused, tiled
