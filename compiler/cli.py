@@ -147,14 +147,20 @@ def cmd_run(args) -> int:
 
 
 def cmd_corpus_collect(args) -> int:
-    from tilecraft import frontend
+    from tilecraft import driver, frontend
     from tilecraft.corpus import collect, zoo
     from tilecraft.corpus.db import CorpusDB
     from tilecraft.target import Target
 
     target = Target.parse(args.target)
     names = list(zoo.ZOO) if args.models == "zoo" else [m for m in args.models.split(",") if m]
-    modules = {name: frontend.import_spec(name).module for name in names}
+    modules = {}
+    for name in names:
+        imported = frontend.import_spec(name)
+        if args.as_compiled:  # the kernels the compiler schedules: convolutions as GEMMs, gathers, taps
+            with imported.module.context:
+                driver.convolutions_as_gemms(imported)
+        modules[name] = imported.module
     pairs = collect.gather(modules, args.random, seed=args.seed)
     if args.kinds:
         pairs = [(k, src) for k, src in pairs if k.kind in args.kinds.split(",")]
@@ -245,7 +251,7 @@ def cmd_costmodel_train_amx(args) -> int:
 def cmd_costmodel_train(args) -> int:
     from tilecraft.costmodel import train
 
-    s = train.train(args.db, args.out, text=args.text)
+    s = train.train(args.db, args.out, text=args.text, all_targets=args.all_targets)
     print(f"trained on {s['rows']} measurements of {s['kernels']} kernels in {s['seconds']:.0f} s -> {s['out']}")
     return 0
 
@@ -368,6 +374,11 @@ def build_parser() -> argparse.ArgumentParser:
     cc.add_argument("--random", type=int, default=0, metavar="N", help="also N generated random kernels")
     cc.add_argument("--decisions-per-kernel", type=int, default=8, metavar="M", help="0: the whole space")
     cc.add_argument("--kinds", default="", help="only these op kinds (comma-separated, e.g. matmul,conv2d)")
+    cc.add_argument(
+        "--as-compiled",
+        action="store_true",
+        help="zoo kernels as the compiler schedules them (after the im2col stage), not as imported",
+    )
     cc.add_argument("--db", required=True, help="SQLite corpus database (created if missing)")
     cc.add_argument("--seed", type=int, default=0)
     cc.add_argument("--timeout", type=float, default=120.0, help="seconds per candidate before it counts as hung")
@@ -424,6 +435,11 @@ def build_parser() -> argparse.ArgumentParser:
     ct.add_argument("--out", required=True, help="model file (.json.gz)")
     ct.add_argument(
         "--no-text", dest="text", action="store_false", help="leave out the MLIR token n-gram features (ablation)"
+    )
+    ct.add_argument(
+        "--all-targets",
+        action="store_true",
+        help="train on every machine's measurements (the target features tell them apart), not only the main one's",
     )
     ct.set_defaults(fn=cmd_costmodel_train)
     cta = cmsub.add_parser("train-amx", help="fit the AMX (bf16/int8) contraction cost model on a corpus")

@@ -68,18 +68,20 @@ class LightGBMCostModel:
         self.offsets: dict[str, float] = {}  # per-kernel log-latency calibration from `update`
 
     # ------------------------------------------------------------------ training
-    def _matrix(self, kernel: Kernel, decisions: Sequence[TileDecision]) -> tuple[np.ndarray, np.ndarray]:
-        x = features.matrix([(kernel, d) for d in decisions], self.target, text=self.text)
+    def _matrix(self, kernel: Kernel, decisions: Sequence[TileDecision], target=None) -> tuple[np.ndarray, np.ndarray]:
+        x = features.matrix([(kernel, d) for d in decisions], target or self.target, text=self.text)
         base = x[:, features.feature_names().index("log_analytical_s")] * math.log(2)  # natural log
         return x, base
 
     def _dataset(self, records: Sequence[Record]):
-        by_kernel: dict[str, list[Record]] = collections.defaultdict(list)
+        # one ranking group per kernel and machine: each record featurized with the target
+        # it was measured on (the target features let one model serve several machines)
+        by_kernel: dict[tuple, list[Record]] = collections.defaultdict(list)
         for r in records:
-            by_kernel[r.kernel.key].append(r)
+            by_kernel[(r.kernel.key, r.target.hash() if r.target is not None else "")].append(r)
         xs, bases, lat, util, groups, rel = [], [], [], [], [], []
         for rs in by_kernel.values():
-            x, base = self._matrix(rs[0].kernel, [r.decision for r in rs])
+            x, base = self._matrix(rs[0].kernel, [r.decision for r in rs], rs[0].target)
             xs.append(x)
             bases.append(base)
             t = np.array([r.latency_s for r in rs])

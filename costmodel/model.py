@@ -45,6 +45,7 @@ class Record:
     latency_s: float
     utilization: float
     source: str = ""
+    target: object = None  # the machine it was measured on (None: the model's own target)
 
 
 class CostModel(Protocol):

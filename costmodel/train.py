@@ -20,10 +20,17 @@ from tilecraft.passes.tiling import TileDecision
 from tilecraft.target import Target
 
 
-def load_records(db_path: str, *, target: Target | None = None) -> tuple[list[Record], Target]:
+def load_records(
+    db_path: str, *, target: Target | None = None, all_targets: bool = False
+) -> tuple[list[Record], Target]:
     """The corpus' successful measurements for `target` (default: the target with the most
-    measurements), with each kernel's sources joined into `Record.source` (comma-separated)."""
+    measurements), with each kernel's sources joined into `Record.source` (comma-separated).
+    With `all_targets`, every machine's measurements, each record carrying its target
+    (`Record.target`); the target returned is still the one with the most."""
+    targets: dict[str, Target] = {}
     with CorpusDB(db_path, create=False) as db:
+        if all_targets:
+            targets = {h: Target.from_json(j) for h, j in db.conn.execute("SELECT hash, json FROM targets")}
         if target is None:
             row = db.conn.execute(
                 "SELECT t.json FROM measurements m JOIN targets t ON t.hash = m.target "
@@ -32,7 +39,7 @@ def load_records(db_path: str, *, target: Target | None = None) -> tuple[list[Re
             if row is None:
                 raise CostModelError(f"{db_path} holds no measurements")
             target = Target.from_json(row[0])
-        rows = db.rows(target=target.hash())
+        rows = db.rows(target=None if all_targets else target.hash())
         sources = db.sources()
         mlir = dict(db.conn.execute("SELECT key, mlir FROM workloads"))
     kernels: dict[str, Kernel] = {}
@@ -65,16 +72,23 @@ def load_records(db_path: str, *, target: Target | None = None) -> tuple[list[Re
                 float(r["median_s"]),
                 float(r["utilization"] or 0.0),
                 ",".join(sources.get(key, [])),
+                targets.get(r["target"]),
             )
         )
     return records, target
 
 
-def train(db_path: str, out: str, *, text: bool = True) -> dict:
-    """Fit on every record of the corpus and save; returns a summary."""
+def train(db_path: str, out: str, *, text: bool = True, all_targets: bool = False) -> dict:
+    """Fit on every record of the corpus (of its main target, or of every machine with
+    `all_targets`) and save; returns a summary."""
     t0 = time.perf_counter()
-    records, target = load_records(db_path)
+    records, target = load_records(db_path, all_targets=all_targets)
     model = LightGBMCostModel(target, text=text).fit(records)
     model.meta.update({"db": db_path, "trained_s": round(time.perf_counter() - t0, 1)})
+    if all_targets:
+        counts: dict[str, int] = {}
+        for r in records:
+            counts[r.target.cpu_name] = counts.get(r.target.cpu_name, 0) + 1
+        model.meta["targets"] = counts
     model.save(out)
     return {"rows": len(records), "kernels": model.meta["kernels"], "seconds": model.meta["trained_s"], "out": out}

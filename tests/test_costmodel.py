@@ -4,6 +4,7 @@ from a hidden function of the decision) so the learning tests are fast and exact
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import math
@@ -137,8 +138,8 @@ def test_search_strategies(synthetic):
     assert rnd.measurements == 5 and list(rnd.curve()) == sorted(rnd.curve(), reverse=True)
 
 
-def _synthetic_db(path: str, records) -> None:
-    target = host()
+def _synthetic_db(path: str, records, target=None) -> None:
+    target = target or host()
     with CorpusDB(path) as db:
         th = db.add_target(target)
         for r in records:
@@ -188,6 +189,29 @@ def test_costmodel_train_and_eval_commands(synthetic, tmp_path, capsys):
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["heldout"]["lightgbm"]["kernels"] == len(SHAPES)
     assert cli.main(["costmodel", "eval", "--db", str(tmp_path / "none.db")]) == 2
+
+
+def test_train_on_every_machine(synthetic, tmp_path):
+    """`--all-targets` pools the measurements of two machines, each featurized with its
+    own target; the default keeps the main machine's (the one with most rows)."""
+    _, records = synthetic
+    a = host()
+    b = dataclasses.replace(a, cpu_name="second machine", l2_bytes=4 * a.l2_bytes, clock_ghz=2 * a.clock_ghz)
+    db = str(tmp_path / "two.db")
+    _synthetic_db(db, records, a)
+    few = records[: len(records) // 3]
+    _synthetic_db(db, [dataclasses.replace(r, latency_s=r.latency_s / 2) for r in few], b)
+    one, both = str(tmp_path / "one.json.gz"), str(tmp_path / "both.json.gz")
+    assert cli.main(["costmodel", "train", "--db", db, "--out", one]) == 0
+    assert cli.main(["costmodel", "train", "--db", db, "--out", both, "--all-targets"]) == 0
+    assert cm.load(one, a).meta["rows"] == len(records)
+    pooled = cm.load(both, a).meta
+    assert pooled["rows"] == len(records) + len(few)
+    assert pooled["targets"] == {a.cpu_name: len(records), "second machine": len(few)}
+    k, ds = few[0].kernel, [r.decision for r in few if r.kernel.key == few[0].kernel.key]
+    on_a = cm.load(both, a).predict(k, ds).latency_s
+    on_b = cm.load(both, b).predict(k, ds).latency_s
+    assert np.median(on_b / on_a) < 0.8  # the second machine's rows: half the latency
 
 
 @pytest.mark.parametrize("cost_model", ["heuristic", "analytical", "lightgbm"])
