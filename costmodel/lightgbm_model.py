@@ -78,7 +78,7 @@ class LightGBMCostModel:
         # it was measured on (the target features let one model serve several machines)
         by_kernel: dict[tuple, list[Record]] = collections.defaultdict(list)
         for r in records:
-            by_kernel[(r.kernel.key, r.target.hash() if r.target is not None else "")].append(r)
+            by_kernel[(r.kernel.key, r.target)].append(r)  # (a Target is frozen: hashable)
         xs, bases, lat, util, groups, rel = [], [], [], [], [], []
         for rs in by_kernel.values():
             x, base = self._matrix(rs[0].kernel, [r.decision for r in rs], rs[0].target)

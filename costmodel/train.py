@@ -9,6 +9,7 @@ occurs in), fits `LightGBMCostModel` and writes it atomically.
 
 from __future__ import annotations
 
+import collections
 import json
 import time
 
@@ -86,9 +87,6 @@ def train(db_path: str, out: str, *, text: bool = True, all_targets: bool = Fals
     model = LightGBMCostModel(target, text=text).fit(records)
     model.meta.update({"db": db_path, "trained_s": round(time.perf_counter() - t0, 1)})
     if all_targets:
-        counts: dict[str, int] = {}
-        for r in records:
-            counts[r.target.cpu_name] = counts.get(r.target.cpu_name, 0) + 1
-        model.meta["targets"] = counts
+        model.meta["targets"] = dict(collections.Counter(r.target.cpu_name for r in records))
     model.save(out)
     return {"rows": len(records), "kernels": model.meta["kernels"], "seconds": model.meta["trained_s"], "out": out}
