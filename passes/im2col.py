@@ -5,17 +5,22 @@ stage `im2col`). Reads a linalg-on-tensors module and its bound weights; writes 
 back with each rewritten convolution replaced, and its weight replaced in the bound
 arguments by the packed one.
 
-A `linalg.conv_2d_nchw_fchw` (f32, dilation 1, a window larger than 1×1, its filter a
-bound argument used once) becomes
+A `linalg.conv_2d_nchw_fchw` (f32, dilation 1, a window larger than 1×1 or a stride, its
+filter a bound argument used once) becomes
 
-- a gather of the input windows into a [N·OH·OW, K] matrix, K = C·KH·KW: at stride 1
-  with channels a multiple of 16, tap by tap (K ordered (kh, kw, c)): each tap's block
-  of columns is a transpose of a window slice, [N, C, OH, OW] → [N, OH, OW, C], which
-  vectorizes; otherwise one `linalg.generic` reading x[n, c, y·s + i, x·s + j]
-  (K ordered (c, kh, kw)), which the vectorizer rejects (its map is not a permutation) and
-  which then runs scalar: ResNet-18's 64-channel 3×3 layer at 56², convolution + batch
-  norm + ReLU fused, went from 1.81 to 1.26 ms by taps (eager 1.12; AMD EPYC, 1 thread);
-  the whole model from 31.8 to 27.5 ms fused, 34.6 to 30.3 unfused,
+- a gather of the input windows into a [N·OH·OW, K] matrix, K = C·KH·KW. With channels a
+  multiple of 16, tap by tap (K ordered (kh, kw, c)): the (padded) input is transposed
+  once to [N, H, W, C], and each tap's block of columns is a copy of its (strided) window
+  slice, whole vectors of channels. Otherwise one `linalg.generic` reading
+  x[n, c, y·s + i, x·s + j] (K ordered (c, kh, kw)), which the vectorizer rejects (its map
+  is not a permutation) and which then runs scalar. Measured (AMD EPYC, 1 thread, median
+  of interleaved rounds): ResNet-18's 64-channel 3×3 layer at 56², convolution + batch
+  norm + ReLU fused, 1.81 ms by the one gather, 1.41 ms with a transpose per tap, 1.15 ms
+  with one transpose and a copy per tap (eager 1.10). The whole model, fused, in A/B
+  runs: 31.8 → 27.5 ms (taps), 26.4 → 25.8 (one transpose; unfused 30.0 → 28.6), and
+  24.2 → 23.8 (its strided 3×3 layers by taps, and its 1×1 downsample layers, which ran
+  direct before, as GEMMs). An unstrided 1×1 keeps the one gather (itself a transpose):
+  by a transpose to [N, H, W, C] MobileNet-V2 ran 8.5 → 10.0 ms,
 - a `linalg.matmul` of that matrix with the filter packed once, here, as [K, F]
   (output channels contiguous: the register tile's vectors run along them, whatever the
   spatial size; NCHW's direct convolution vectorizes along OW, 7 of 16 lanes at 7×7),
@@ -94,16 +99,16 @@ class ConvLayer:
         """A 1×1 convolution that runs as filter[F, C] × x[C, H·W] on NCHW as it stands
         (batch 1, H·W a multiple of 16: the register tile's vectors run along H·W); other
         1×1 convolutions take the im2col path, whose gather is then a transpose."""
-        return self.kh * self.kw == 1 and self.n == 1 and (self.oh * self.ow) % LANES == 0
+        return self.kh * self.kw == 1 and self.strides == (1, 1) and self.n == 1 and (self.oh * self.ow) % LANES == 0
 
     @property
     def by_taps(self) -> bool:
-        """Gathered tap by tap, K ordered (kh, kw, c): each tap's block of the column
-        matrix is a transpose of a window slice, which vectorizes (16 channels per vector);
-        the one gather reading x[n, c, y + i, x + j] (K ordered (c, kh, kw)) does not, and
-        stays scalar. Stride 1 only (a strided slice is a strided vector read), and
-        channels a multiple of 16 (fewer fill part of a vector)."""
-        return self.strides == (1, 1) and self.kh * self.kw > 1 and self.c % LANES == 0
+        """Gathered tap by tap, K ordered (kh, kw, c), from the input transposed once to
+        [N, H, W, C]: each tap's block of the column matrix is a copy of a (strided) window
+        slice of it, whole vectors of channels, which vectorizes. Channels a multiple of 16
+        (fewer fill part of a vector, and the per-tap copies cost more than they save: the
+        one gather reading x[n, c, y·s + i, x·s + j], K ordered (c, kh, kw), runs scalar)."""
+        return self.c % LANES == 0 and (self.kh * self.kw > 1 or self.strides != (1, 1))
 
     @property
     def gemm(self) -> tuple[int, int, int]:
@@ -126,8 +131,8 @@ def describe(op: ir.Operation, index: int, n_bound: int) -> ConvLayer:
         why = "not f32"
     elif _dense_attr(op, "dilations") != [1, 1]:
         why = "dilated"
-    elif kh * kw == 1 and strides != (1, 1):
-        why = "1x1 window, strided"
+    elif kh * kw == 1 and strides != (1, 1) and c % LANES:
+        why = f"1x1 window, strided, {c} channels (not whole vectors)"
     elif c < MIN_CHANNELS and f * oh * ow > MAX_THIN_OUTPUT:
         why = f"{c} input channels and {f * oh * ow} outputs (its transpose costs more than it saves)"
     elif layer.weight is None:
@@ -173,26 +178,30 @@ def _gather(layer: ConvLayer, x_t: str, col_t: str) -> str:
   }} -> {col_t}"""
 
 
-def _tap_gather(layer: ConvLayer, x_t: str, col_t: str) -> str:
-    """`%col` [N, OH, OW, KH, KW, C] (stride 1): per tap (i, j), the window slice
-    x[:, :, i:i+OH, j:j+OW] transposed from [N, C, OH, OW] into the tap's [N, OH, OW, C]
-    block of the column matrix (inserted in place: one buffer, no copies)."""
+def _tap_gather(layer: ConvLayer, x_t: str, col_t: str, x_shape: Sequence[int]) -> str:
+    """`%col` [N, OH, OW, KH, KW, C]: the (padded) input transposed once to [N, H, W, C];
+    then per tap (i, j), the window slice xt[:, i::sh, j::sw, :] (C contiguous) copied into
+    the tap's [N, OH, OW, C] block of the column matrix (inserted in place: one buffer)."""
     n, c, oh, ow = layer.n, layer.c, layer.oh, layer.ow
-    tap_t, blk_t = _t([n, c, oh, ow], "f32"), _t([n, oh, ow, c], "f32")
+    (sh, sw), (_, _, h, w) = layer.strides, x_shape
+    xt_t, blk_t = _t([n, h, w, c], "f32"), _t([n, oh, ow, c], "f32")
     maps = "affine_map<(n, y, x, c) -> (n, c, y, x)>, affine_map<(n, y, x, c) -> (n, y, x, c)>"
     par4 = ", ".join(['"parallel"'] * 4)
-    lines = [f"  %col0 = tensor.empty() : {col_t}"]
-    for t, (i, j) in enumerate((i, j) for i in range(layer.kh) for j in range(layer.kw)):
-        at = f"[0, 0, 0, {i}, {j}, 0] [{n}, {oh}, {ow}, 1, 1, {c}] [1, 1, 1, 1, 1, 1]"
-        window = f"[0, 0, {i}, {j}] [{n}, {c}, {oh}, {ow}] [1, 1, 1, 1]"
-        lines.append(f"""  %tap{t} = tensor.extract_slice %x{window} : {x_t} to {tap_t}
-  %dst{t} = tensor.extract_slice %col{t}{at} : {col_t} to {blk_t}
-  %blk{t} = linalg.generic {{indexing_maps = [{maps}], iterator_types = [{par4}]}}
-      ins(%tap{t} : {tap_t}) outs(%dst{t} : {blk_t}) {{
+    lines = [
+        f"""  %xt0 = tensor.empty() : {xt_t}
+  %xt = linalg.generic {{indexing_maps = [{maps}], iterator_types = [{par4}]}}
+      ins(%x : {x_t}) outs(%xt0 : {xt_t}) {{
   ^bb0(%a: f32, %b: f32):
     linalg.yield %a : f32
-  }} -> {blk_t}
-  %col{t + 1} = tensor.insert_slice %blk{t} into %col{t}{at} : {blk_t} into {col_t}""")
+  }} -> {xt_t}""",
+        f"  %col0 = tensor.empty() : {col_t}",
+    ]
+
+    for t, (i, j) in enumerate((i, j) for i in range(layer.kh) for j in range(layer.kw)):
+        at = f"[0, 0, 0, {i}, {j}, 0] [{n}, {oh}, {ow}, 1, 1, {c}] [1, 1, 1, 1, 1, 1]"
+        window = f"[0, {i}, {j}, 0] [{n}, {oh}, {ow}, {c}] [1, {sh}, {sw}, 1]"
+        lines.append(f"""  %tap{t} = tensor.extract_slice %xt{window} : {xt_t} to {blk_t}
+  %col{t + 1} = tensor.insert_slice %tap{t} into %col{t}{at} : {blk_t} into {col_t}""")
     lines.append(f"  %col = tensor.cast %col{layer.kh * layer.kw} : {col_t} to {col_t}")  # (a fixed name)
     return "\n".join(lines)
 
@@ -207,7 +216,7 @@ def _helper(layer: ConvLayer, x_shape: Sequence[int], zero_init: bool, name: str
     init_arg = "" if zero_init else f", %init: {o_t}"
     if layer.by_taps:
         col_t = _t([n, oh, ow, kh, kw, c], "f32")
-        gather = _tap_gather(layer, x_t, col_t)
+        gather = _tap_gather(layer, x_t, col_t, x_shape)
     else:
         col_t = _t([n, oh, ow, c, kh, kw], "f32")
         gather = _gather(layer, x_t, col_t)

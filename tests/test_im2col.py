@@ -22,6 +22,8 @@ def _imported(model, x):
         (3, 16, 3, 1, False, 1, 8),
         (24, 40, 1, 1, True, 1, 8),  # pointwise: a GEMM on the input as it stands
         (24, 40, 1, 1, False, 1, 7),  # 7x7 pixels: the im2col path (its gather a transpose)
+        (16, 40, 1, 1, False, 1, 7),  # ... whole vectors of channels too (the gather is a transpose)
+        (32, 16, 1, 2, True, 1, 14),  # a strided 1×1 (ResNet's downsample): one strided tap
     ],
 )
 def test_rewritten_convolution_matches_eager(c, f, k, stride, bias, n, h):
@@ -34,11 +36,11 @@ def test_rewritten_convolution_matches_eager(c, f, k, stride, bias, n, h):
     assert len(done) == 1 and done[0].gemm == (n * done[0].oh * done[0].ow, f, c * k * k)
     text = str(imported.module)
     assert im2col.CONV not in text and "linalg.matmul" in text
-    # stride 1 and whole vectors of channels: gathered tap by tap, one transpose per tap
-    assert done[0].by_taps == (stride == 1 and k > 1 and c % 16 == 0)
+    # whole vectors of channels: gathered tap by tap, each tap a copy from the input transposed once
+    assert done[0].pointwise == (k == 1 and stride == 1 and h % 4 == 0)
+    assert done[0].by_taps == (c % 16 == 0 and (k > 1 or stride > 1))
     assert text.count("tensor.insert_slice") == (k * k if done[0].by_taps else 0)
     packed = (f, c) if done[0].pointwise else (c * k * k, f)  # [F, C] or [K, F]
-    assert done[0].pointwise == (k == 1 and h % 4 == 0)
     assert any(tuple(p.shape) == packed for p in params)
     compiled = driver.compile_model(_imported(model, x))  # default: rewritten, fused, tiled
     with torch.no_grad():
@@ -46,12 +48,14 @@ def test_rewritten_convolution_matches_eager(c, f, k, stride, bias, n, h):
 
 
 def test_layers_that_stay_direct():
-    thin = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 7, stride=2, padding=3), torch.nn.Conv2d(64, 8, 1, stride=2))
+    thin = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 64, 7, stride=2, padding=3), torch.nn.Conv2d(64, 24, 1), torch.nn.Conv2d(24, 8, 1, stride=2)
+    )
     imported = _imported(thin, torch.randn(1, 3, 224, 224))
     with imported.module.context:
         found = im2col.layers(imported.module, len(imported.params))
-    assert [bool(x.why_not) for x in found] == [True, True]
-    assert "transpose" in found[0].why_not and "strided" in found[1].why_not
+    assert [bool(x.why_not) for x in found] == [True, False, True]
+    assert "transpose" in found[0].why_not and "strided" in found[2].why_not
 
 
 def test_pointwise_gemm_and_its_batch_norm_chain_become_one_group():
