@@ -128,7 +128,8 @@ def compile_model(
         if precision and any(d.precision != "f32" for d in precision):
             timed("precision", lambda: lower_precision(imported, precision))  # bf16/int8 layers
         if im2col or (im2col is None and fusion is None and tile):
-            timed("im2col", lambda: convolutions_as_gemms(imported))  # conv → gather + matmul + transpose
+            fusing = fuse and vectorize and cost_model not in (None, "heuristic")
+            timed("im2col", lambda: convolutions_as_gemms(imported, fusing=fusing))  # conv → gather + GEMM + transpose
         model = None
         if wanted("tiled") and tile and vectorize and cost_model not in (None, "heuristic"):
             model = load_cost_model(cost_model, target)
@@ -195,14 +196,15 @@ def lower_precision(imported: frontend.Imported, decisions) -> None:
     imported.signature = runtime.Signature.of_func(imported.module, imported.func_name)
 
 
-def convolutions_as_gemms(imported: frontend.Imported) -> None:
+def convolutions_as_gemms(imported: frontend.Imported, *, fusing: bool = True) -> None:
     """im2col + GEMM for every eligible convolution, depthwise convolutions as sums of
     shifted slices, and matmul weights padded to whole vectors (packed filters and padded
     weights become the bound ones); then reshapes moved below the elementwise ops that
-    read them, and unit dims dropped."""
+    read them, and unit dims dropped. `fusing`: fusion follows (thin convolutions with
+    many outputs run as GEMMs only then: their output transpose is folded)."""
     from tilecraft.passes import depthwise, fusion, im2col
 
-    imported.params, _ = im2col.rewrite(imported.module, imported.params)
+    imported.params, _ = im2col.rewrite(imported.module, imported.params, thin=fusing)
     depthwise.rewrite(imported.module)  # depthwise convolutions: elementwise sums of shifted slices
     imported.params, _ = im2col.pad_weight_columns(imported.module, imported.params)
     im2col.sink_expand_shapes(imported.module)  # GEMMs and their epilogues, one chain

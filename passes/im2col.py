@@ -70,12 +70,15 @@ from tilecraft.passes.precision import (
 from tilecraft.passes.tiling import LANES
 
 CONV = "linalg.conv_2d_nchw_fchw"
-# Measured (1 thread): ResNet-18's 3-channel 7×7 stem runs 2.6 ms direct, 6.6 ms as a GEMM
-# (its 800K-element transpose and gather outweigh the GEMM); the autoencoder's 3-channel
-# 3×3 (64K outputs) and every 64+ channel 3×3 layer are faster as GEMMs (7×7×512: 1.6 ms
-# against 4.0 ms direct).
+# A thin layer (fewer than MIN_CHANNELS input channels) with many outputs runs as a GEMM
+# only when fusion folds its output transpose into the epilogue (`thin=True`); alone, that
+# transpose outweighs the GEMM's gain. Measured (AMD EPYC, 1 thread, convolution + batch
+# norm + activation, interleaved medians): ResNet-18's 3-channel 7×7/2 stem 2.25 ms direct,
+# 1.35 ms as a GEMM, fused (eager 1.25); MobileNet-V2's 3×3/2 stem 0.34 against 0.28 fused,
+# but 0.53 against 0.76 unfused. (The autoencoder's 3-channel 3×3, 64K outputs, and every
+# 64+ channel 3×3 layer are faster as GEMMs either way: 7×7×512, 1.6 ms against 4.0 direct.)
 MIN_CHANNELS = 16
-MAX_THIN_OUTPUT = 1 << 18  # outputs of a convolution with fewer channels than that
+MAX_THIN_OUTPUT = 1 << 18  # outputs of a thin convolution rewritten even without fusion
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +124,7 @@ def conv_ops(module: ir.Module) -> list[ir.Operation]:
     return [op.operation for op in body.operations if op.operation.name == CONV]
 
 
-def describe(op: ir.Operation, index: int, n_bound: int) -> ConvLayer:
+def describe(op: ir.Operation, index: int, n_bound: int, *, thin: bool = False) -> ConvLayer:
     x, w, out = (op.operands[i] for i in range(3))
     (n, c, _, _), (f, _, kh, kw), (_, _, oh, ow) = _shape(x), _shape(w), _shape(out)
     strides = tuple(_dense_attr(op, "strides"))
@@ -133,15 +136,15 @@ def describe(op: ir.Operation, index: int, n_bound: int) -> ConvLayer:
         why = "dilated"
     elif kh * kw == 1 and strides != (1, 1) and c % LANES:
         why = f"1x1 window, strided, {c} channels (not whole vectors)"
-    elif c < MIN_CHANNELS and f * oh * ow > MAX_THIN_OUTPUT:
-        why = f"{c} input channels and {f * oh * ow} outputs (its transpose costs more than it saves)"
+    elif c < MIN_CHANNELS and f * oh * ow > MAX_THIN_OUTPUT and not thin:
+        why = f"{c} input channels and {f * oh * ow} outputs (unfused, its transpose costs more than it saves)"
     elif layer.weight is None:
         why = "filter is not a bound argument used once"
     return dataclasses.replace(layer, why_not=why)
 
 
-def layers(module: ir.Module, n_bound: int) -> list[ConvLayer]:
-    return [describe(op, i, n_bound) for i, op in enumerate(conv_ops(module))]
+def layers(module: ir.Module, n_bound: int, *, thin: bool = False) -> list[ConvLayer]:
+    return [describe(op, i, n_bound, thin=thin) for i, op in enumerate(conv_ops(module))]
 
 
 _IDENT4 = "affine_map<(n, f, y, x) -> (n, f, y, x)>"
@@ -252,16 +255,21 @@ def _helper_pointwise(layer: ConvLayer, zero_init: bool, name: str) -> str:
 
 
 def rewrite(
-    module: ir.Module, params: list[torch.Tensor], *, select: Callable[[ConvLayer], bool] | None = None
+    module: ir.Module,
+    params: list[torch.Tensor],
+    *,
+    select: Callable[[ConvLayer], bool] | None = None,
+    thin: bool = False,
 ) -> tuple[list[torch.Tensor], list[ConvLayer]]:
     """Rewrite every eligible convolution (that `select` accepts) as im2col + GEMM, in
     place; returns the new bound arguments (packed filters replace the originals) and the
-    layers rewritten."""
+    layers rewritten. `thin`: thin layers with many outputs too (fusion will fold their
+    output transpose into the epilogue)."""
     ctx = module.context
     fn = _func(module)
     params = list(params)
     done = []
-    for op, layer in zip(conv_ops(module), layers(module, len(params))):
+    for op, layer in zip(conv_ops(module), layers(module, len(params), thin=thin)):
         if layer.why_not or (select is not None and not select(layer)):
             continue
         x_val, w_val, init_val = (op.operands[i] for i in range(3))

@@ -56,6 +56,9 @@ def test_layers_that_stay_direct():
         found = im2col.layers(imported.module, len(imported.params))
     assert [bool(x.why_not) for x in found] == [True, False, True]
     assert "transpose" in found[0].why_not and "strided" in found[2].why_not
+    with imported.module.context:  # fusing: the thin stem's output transpose folds into its epilogue
+        found = im2col.layers(imported.module, len(imported.params), thin=True)
+    assert [bool(x.why_not) for x in found] == [False, False, True]
 
 
 def test_pointwise_gemm_and_its_batch_norm_chain_become_one_group():
