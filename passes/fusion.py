@@ -13,8 +13,9 @@ groups (`candidates`): elementwise chains, contraction + epilogue (bias, activat
 residual, folded batch-norm), reduction + elementwise (softmax, layer norm); a member's
 result must only feed the group (multi-consumer producers are materialized: they end a
 group), every use inside the group must index the producer by a projected permutation,
-at most one contraction per group and no reduction beside it, and only sink loops every
-member spans are tiled (so nothing is recomputed across tiles). A contraction with no
+at most one contraction per group (or an accumulation chain: matmuls of one shape each
+accumulating into the next, `passes/im2col.py`'s tap chains) and no reduction beside it,
+and only sink loops every member spans are tiled (so nothing is recomputed across tiles). A contraction with no
 epilogue still takes its zero fill when its accumulators stay in registers. Unit dims
 are folded first (`fold_unit_dims`), so that a reduction's [S] result is indexed by
 loops, not an [S, 1] one by a constant. `partition` picks the groups minimizing the
@@ -338,7 +339,7 @@ def group_tiles(
         # bert_mini, 6.79 ms with matmul + layer norm and batch matmul + softmax groups,
         # 6.57 without (one run, interleaved)
         return None
-    if _feeds(nodes, group, contraction[0]):
+    if any(_feeds(nodes, group, c) for c in contraction):
         return None  # a producer of the contraction's inputs: fused ops are its epilogue only
     c = nodes[contraction[0]].info
     at = to_sink[contraction[0]]
@@ -351,6 +352,8 @@ def group_tiles(
                 t = d.tiles[0][cloop]
                 if cloop == n_loop:  # wider tiles: fewer passes over A (measured: 256 beats 128)
                     t = tiling.divisor_at_most(c.extents[cloop], 256, multiple_of=16)
+                elif cloop == n_loop - 1:  # rows: whole register tiles (a tap chain's 3248: 56, not 58)
+                    t = tiling.divisor_at_most(c.extents[cloop], t, multiple_of=MATMUL_REGISTERS[0])
                 tiles[sloop] = t if t < s.extents[sloop] else 0
     else:  # conv/pool: up to 64 output channels, whole rows while the tile fits CONV_TILE
         f_loop, oh_loop, ow_loop = CONV_LOOPS[c.kind]
@@ -451,16 +454,41 @@ def _broadcast_loops(nodes, group, to_sink) -> set[int] | None:
 
 
 def _feeds(nodes: Mapping[int, Node], group: set[int], op: int) -> bool:
-    """Whether some member other than a fill is an ancestor of `op` inside the group."""
+    """Whether some member other than a fill, or a matmul accumulating into `op` (an
+    accumulation chain, `_accumulation_chain`), is an ancestor of `op` inside the group."""
     stack, seen = [op], set()
     while stack:
-        for p in nodes[stack.pop()].producers.values():
+        node = nodes[stack.pop()]
+        for idx, p in node.producers.items():
             if p in group and p not in seen:
-                if not _is_fill(nodes[p]):
+                if not (_is_fill(nodes[p]) or _accumulates(node, idx, nodes[p])):
                     return True
                 seen.add(p)
                 stack.append(p)
     return False
+
+
+def _accumulates(consumer: Node, operand: int, producer: Node) -> bool:
+    """Whether `producer` is a matmul whose result is `consumer`'s accumulator (`consumer`
+    a matmul too, `operand` its init)."""
+    return consumer.info.kind == producer.info.kind == "matmul" and operand == 2
+
+
+def _accumulation_chain(nodes: Mapping[int, Node], group: set[int], contractions: Sequence[int]) -> bool:
+    """Whether the group's contractions are matmuls of one shape each accumulating into the
+    next (the last one's result leaves the chain; `passes/im2col.py`'s tap chains): their
+    accumulator tiles then stay in registers across the whole chain."""
+    if any(
+        nodes[c].info.kind != "matmul" or nodes[c].info.extents != nodes[contractions[0]].info.extents
+        for c in contractions
+    ):
+        return False
+    fed = [
+        c
+        for c in contractions
+        if any(_accumulates(nodes[c], i, nodes[p]) for i, p in nodes[c].producers.items() if p in group)
+    ]
+    return len(fed) == len(contractions) - 1
 
 
 def _split(extents: Sequence[int], tileable: Sequence[bool]) -> tuple[int, ...] | None:
@@ -503,7 +531,7 @@ def candidates(nodes: Mapping[int, Node], target=None) -> list[FusionDecision]:
     two-pass chain)."""
     out: list[FusionDecision] = []
     for sink, snode in nodes.items():
-        if _is_fill(snode) or not snode.op.results:
+        if _is_fill(snode) or not snode.op.results or _chain_link(nodes, sink):
             continue
         seen: set[frozenset[int]] = set()
         frontier = [frozenset({sink})]
@@ -511,6 +539,8 @@ def candidates(nodes: Mapping[int, Node], target=None) -> list[FusionDecision]:
         while frontier and found < MAX_CANDIDATES_PER_SINK:
             group = frontier.pop(0)
             for p in _fusable_producers(nodes, group):
+                if nodes[p].info.kind in CONTRACTIONS and any(nodes[m].info.kind in CONTRACTIONS for m in group):
+                    continue  # accumulation chains: whole, as the sink's closure below
                 bigger = set(group | {p})
                 bigger |= _fills_of(nodes, p)
                 key = frozenset(bigger)
@@ -537,9 +567,23 @@ def candidates(nodes: Mapping[int, Node], target=None) -> list[FusionDecision]:
     return out
 
 
+def _chain_link(nodes: Mapping[int, Node], op: int) -> bool:
+    """Whether `op` is a matmul whose result only accumulates into other matmuls (not a
+    chain's last link: no group ends there)."""
+    users = [u for u in nodes[op].users if u is not None]
+    return (
+        bool(users)
+        and len(users) == len(nodes[op].users)
+        and all(
+            any(_accumulates(nodes[u], i, nodes[op]) for i, p in nodes[u].producers.items() if p == op) for u in users
+        )
+    )
+
+
 def _decision(nodes: Mapping[int, Node], group: set[int], sink: int, target) -> FusionDecision | None:
     """The group as a `FusionDecision`, or None when it is not a legal group."""
-    if sum(1 for m in group if nodes[m].info.kind in CONTRACTIONS) > 1:
+    contractions = [m for m in group if nodes[m].info.kind in CONTRACTIONS]
+    if len(contractions) > 1 and not _accumulation_chain(nodes, group, contractions):
         return None
     if any("i1" in nodes[m].info.dtypes for m in group):
         return None  # i1 tensors are not vectorized: the chain would not stay in registers
@@ -800,6 +844,17 @@ def load_calibration(path: str | None = None) -> dict[str, float]:
     return factors
 
 
+def _matmul_text(m: int, n: int, k: int) -> str:
+    a, b, r = f"tensor<{m}x{k}xf32>", f"tensor<{k}x{n}xf32>", f"tensor<{m}x{n}xf32>"
+    return f"""func.func @kernel(%a: {a}, %b: {b}) -> {r} {{
+  %z = arith.constant 0.0 : f32
+  %e = tensor.empty() : {r}
+  %f = linalg.fill ins(%z : f32) outs(%e : {r}) -> {r}
+  %r = linalg.matmul ins(%a, %b : {a}, {b}) outs(%f : {r}) -> {r}
+  return %r : {r}
+}}"""
+
+
 class GroupCoster:
     """Predicted latency of a fused group, from the group outlined as its own function and
     fused exactly as `apply` fuses it. Every op still scheduled by the tiling pass (a
@@ -850,8 +905,11 @@ class GroupCoster:
             # 256x1024 + bias: 0.39-0.40 ms fused, 0.40 for the matmul and its bias
             # kernel): the matmul's unfused prediction, on the unfused scale
             contraction = {op for op, n in nodes.items() if n.info.kind in CONTRACTIONS}
+            if len(contraction) > 1:  # an accumulation chain: one matmul over the chain's whole K
+                m, n, k = nodes[min(contraction)].info.extents
+                module = ir.Module.parse(_matmul_text(m, n, k * len(contraction)), context=self.context)
             picks = search.pick(module, self.model, self.target)
-            heavy = sum(c.predicted_s for c in picks if contraction & set(c.op_ids))
+            heavy = sum(c.predicted_s for c in picks if c.kernel.kind in CONTRACTIONS)
             total = light * light_factor + heavy
             self.cache[key] = total
             return total

@@ -24,6 +24,8 @@ def _imported(model, x):
         (24, 40, 1, 1, False, 1, 7),  # 7x7 pixels: the im2col path (its gather a transpose)
         (16, 40, 1, 1, False, 1, 7),  # ... whole vectors of channels too (the gather is a transpose)
         (32, 16, 1, 2, True, 1, 14),  # a strided 1×1 (ResNet's downsample): one strided tap
+        (16, 32, 3, 1, True, 1, 28),  # wide rows: a chain of 9 tap matmuls, no gather
+        (32, 16, 5, 1, False, 1, 52),  # ... of 25
     ],
 )
 def test_rewritten_convolution_matches_eager(c, f, k, stride, bias, n, h):
@@ -39,8 +41,11 @@ def test_rewritten_convolution_matches_eager(c, f, k, stride, bias, n, h):
     # whole vectors of channels: gathered tap by tap, each tap a copy from the input transposed once
     assert done[0].pointwise == (k == 1 and stride == 1 and h % 4 == 0)
     assert done[0].by_taps == (c % 16 == 0 and (k > 1 or stride > 1))
-    assert text.count("tensor.insert_slice") == (k * k if done[0].by_taps else 0)
-    packed = (f, c) if done[0].pointwise else (c * k * k, f)  # [F, C] or [K, F]
+    wide = k - 1 <= im2col.MAX_CHAIN_WASTE * h and f % 16 == 0
+    assert done[0].by_chain == (c % 16 == 0 and k > 1 and stride == 1 and n == 1 and wide)
+    assert text.count("tensor.insert_slice") == (k * k if done[0].by_taps and not done[0].by_chain else 0)
+    assert text.count("linalg.matmul") == (k * k if done[0].by_chain else 1)
+    packed = (f, c) if done[0].pointwise else (k * k, c, f) if done[0].by_chain else (c * k * k, f)
     assert any(tuple(p.shape) == packed for p in params)
     compiled = driver.compile_model(_imported(model, x))  # default: rewritten, fused, tiled
     with torch.no_grad():
@@ -114,3 +119,20 @@ def test_reshape_sinks_below_an_op_with_inputs_of_another_element_type():
     compiled = driver.compile_model(frontend.import_module(model, (x, mask), spec="<test>"))
     with torch.no_grad():
         assert driver.compare(compiled.fn(x, mask), model(x, mask)).ok
+
+
+def test_tap_chain_fuses_into_one_register_tiled_kernel():
+    """A 3×3 layer on 32-wide rows is nine tap matmuls chained through their accumulator:
+    fused, one group (the chain and its zero fill) whose accumulator tiles stay in
+    registers across the taps, in whole 8-row register tiles."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(16, 32, 3, padding=1, bias=False), torch.nn.ReLU()).eval()
+    x = torch.randn(1, 16, 32, 32)
+    compiled = driver.compile_model(_imported(model, x))
+    chains = [g for g in compiled.fusion if g.registers and len(g.ops) == 10]  # 9 matmuls + their fill
+    assert len(chains) == 1 and chains[0].inner[0] == 8
+    with torch.no_grad():
+        assert driver.compare(compiled.fn(x), model(x)).ok
+    unfused = driver.compile_model(_imported(model, x), fuse=False)  # nine GEMMs of their own
+    with torch.no_grad():
+        assert driver.compare(unfused.fn(x), model(x)).ok
