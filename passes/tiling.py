@@ -437,6 +437,25 @@ def _pack_rhs(handle: str, info: OpInfo, out: list[str]) -> str:
     return tag
 
 
+def _as_matmul(handle: str, op_id: int, out: list[str]) -> str:
+    """A batched matmul's cache tile (batch 1) restated as a `linalg.matmul`: generalized,
+    its unit batch dim folded away (rank-reducing slices), specialized back. Register tiles
+    of the batched op keep the unit dim, and vectorized so their accumulator's read and
+    write fold into different tensors: it was loaded and stored at every step of the k loop
+    (4x128x128x64: 49 against 65 GFLOP/s as a matmul)."""
+    g, loop, m = f"%bg{op_id}", f"%bl{op_id}", f"%bm{op_id}"
+    out.append(
+        f"""    {g} = transform.structured.generalize {handle} : ({ANY}) -> {ANY}
+    {loop} = transform.get_parent_op {g} {{op_name = "scf.for"}} : ({ANY}) -> {ANY}
+    transform.apply_patterns to {loop} {{
+      transform.apply_patterns.linalg.fold_unit_extent_dims_via_slices
+    }} : {ANY}
+    %bf{op_id} = transform.structured.match ops{{["linalg.generic"]}} in {loop} : ({ANY}) -> {ANY}
+    {m} = transform.structured.specialize %bf{op_id} : ({ANY}) -> {ANY}"""
+    )
+    return m
+
+
 def tiling_script(infos: Sequence[OpInfo], scheds: Mapping[int, TileDecision], *, vectorize: bool = False) -> str:
     """Transform script that tiles every op by its schedule (and decomposes conv tiles);
     with `vectorize`, each register tile is vectorized right after it is formed."""
@@ -449,11 +468,16 @@ def tiling_script(infos: Sequence[OpInfo], scheds: Mapping[int, TileDecision], *
             f" : ({ANY}) -> {ANY}"
         )
         extents = list(info.extents)
+        batch = 0  # leading batch dims still on the op
         for level, sizes in enumerate(s.tiles):
+            sizes = sizes[batch:]
             h = _tile_level(h, sizes, extents, s.interchange if level == 0 else (), f"t{info.op_id}_{level}", body)
             if level == 0 and s.pack:
                 h = _pack_rhs(h, info, body)
             extents = [min(t, x) if t else x for t, x in zip(sizes, extents)]
+            if level == 0 and info.kind == "batch_matmul" and len(s.tiles) > 1 and not s.pack and vectorize:
+                h, batch = _as_matmul(h, info.op_id, body), len(extents) - 3
+                extents = extents[batch:]
         if s.decompose:
             body.append(f"    %d{info.op_id} = transform.structured.decompose {h} : ({ANY}) -> {ANY}")
             h = f"%d{info.op_id}"
