@@ -192,6 +192,43 @@ def drop_dead_results(module: ir.Module) -> int:
     return dropped
 
 
+def bool_weights_as_bytes(module: ir.Module, params: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Bound i1 tensors (a causal mask, folded at compile time) become i8 bytes, truncated to
+    i1 inside each `linalg.generic` that reads them: an i1 memref holds a byte per element,
+    but a vector load of i1 reads packed bits, so an op reading i1 from memory stays scalar
+    and no fusion group takes it. Only arguments every use of which is a generic's input.
+    Returns the bound values (the widened ones as int8)."""
+    from torch_mlir.dialects import arith
+
+    fn = next(op.operation for op in module.body.operations if op.operation.name == "func.func")
+    block = fn.regions[0].blocks[0]
+    params = list(params)
+    i8 = ir.IntegerType.get_signless(8)
+    for i, value in enumerate(params):
+        arg = block.arguments[i]
+        t = ir.RankedTensorType(arg.type)
+        if str(t.element_type) != "i1":
+            continue
+        uses = [(u.owner, u.operand_number) for u in arg.uses]
+        if not uses or any(o.name != "linalg.generic" or n >= len(o.operands) - len(o.results) for o, n in uses):
+            continue
+        arg.set_type(ir.RankedTensorType.get(t.shape, i8))
+        for owner, n in uses:
+            body = owner.regions[0].blocks[0]
+            byte = body.arguments[n]
+            users = [(u.owner, u.operand_number) for u in byte.uses]
+            byte.set_type(i8)
+            with ir.InsertionPoint.at_block_begin(body), owner.location:
+                bit = arith.trunci(ir.IntegerType.get_signless(1), byte)
+            for user, m in users:
+                user.operands[m] = bit
+        params[i] = value.to(torch.int8)
+    ftype = ir.FunctionType(ir.TypeAttr(fn.attributes["function_type"]).value)
+    inputs = [a.type for a in block.arguments]
+    fn.attributes["function_type"] = ir.TypeAttr.get(ir.FunctionType.get(inputs, ftype.results))
+    return params
+
+
 def _erase_if_unused(op) -> None:
     """Erase a dead `linalg.fill` / `tensor.empty` (a dropped result's init), then its dead producers."""
     op = getattr(op, "operation", op)
@@ -294,6 +331,7 @@ def import_module(
             raise FrontendError(f"{spec}: {_explain_lowering_failure(diags, exc)}") from None
     with ctx, ir.Location.unknown():
         drop_dead_results(module)  # softmax's unused arg-max
+        params = bool_weights_as_bytes(module, params)  # a folded causal mask: vectorizable
     return Imported(spec=spec, module=module, params=params, inputs=tuple(inputs), model=model, fx=fx)
 
 
@@ -328,9 +366,11 @@ def fold_weight_only(prog, *, n_params: int, params: list[torch.Tensor], inputs)
             values[node] = prog.state_dict[ispec.target]
     const = set(values)
     for node in graph.nodes:
-        if node.op == "call_function" and node.all_input_nodes and all(i in const for i in node.all_input_nodes):
-            if not any(word in str(node.target) for word in _NOT_FOLDED):
-                const.add(node)
+        if node.op != "call_function" or any(word in str(node.target) for word in _NOT_FOLDED):
+            continue
+        shaped = any(f"aten.{name}_like" in str(node.target) for name in ("full", "zeros", "ones"))
+        if (shaped or all(i in const for i in node.all_input_nodes)) and not _scalar_constructor(node):
+            const.add(node)  # (a `full_like` reads only its input's shape)
     frontier = [
         n for n in graph.nodes if n in const and n.op == "call_function" and any(u not in const for u in n.users)
     ]
@@ -364,6 +404,14 @@ def fold_weight_only(prog, *, n_params: int, params: list[torch.Tensor], inputs)
     graph.lint()
     bound = [values[n] for n in graph.nodes if n.op == "placeholder" and n in values]
     return graph, bound
+
+
+def _scalar_constructor(node) -> bool:
+    """A tensor made from nothing (a constructor) of one element: it stays a literal in the
+    IR (a division by it becomes a product); larger ones are folded like weights (a causal
+    mask built from `arange` and `ones` is evaluated once)."""
+    val = node.meta.get("val")
+    return not node.all_input_nodes and (not isinstance(val, torch.Tensor) or val.numel() <= 1)
 
 
 def _first_line(exc: Exception) -> str:

@@ -67,3 +67,22 @@ def test_division_by_a_constant_becomes_a_multiplication():
     text = str(imp.module)
     assert text.count("arith.divf") == 1 and "arith.mulf" in text
     del ir
+
+
+class _Causal(torch.nn.Module):
+    def forward(self, x):
+        mask = torch.triu(torch.ones(x.shape[-2], x.shape[-1], dtype=torch.bool), diagonal=1)
+        return torch.softmax(x.masked_fill(mask, float("-inf")), -1)
+
+
+def test_causal_mask_is_folded_into_a_byte_weight_and_fused_with_the_softmax():
+    x = torch.randn(4, 64, 64)
+    imp = frontend.import_module(_Causal(), (x,), spec="causal")
+    text = str(imp.module)
+    assert "xi1>" not in text.split("{")[0] and "64x64xi8>" in text  # a bound byte mask, no arange
+    assert "linalg.index" not in text
+    assert [tuple(p.shape) for p in imp.params if p.dtype == torch.int8] == [(64, 64)]
+    compiled = driver.compile_model(imp)
+    assert [len(g.ops) for g in compiled.fusion] and max(len(g.ops) for g in compiled.fusion) >= 6
+    assert torch.equal(compiled.fn(x).isnan(), torch.zeros(4, 64, 64, dtype=torch.bool))
+    assert driver.compare(compiled.fn(x), _Causal()(x)).ok
