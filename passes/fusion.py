@@ -15,8 +15,9 @@ result must only feed the group (multi-consumer producers are materialized: they
 group), every use inside the group must index the producer by a projected permutation,
 at most one contraction per group (or an accumulation chain: matmuls of one shape each
 accumulating into the next, `passes/im2col.py`'s tap chains) and no reduction beside it,
-and only sink loops every member spans are tiled (so nothing is recomputed across tiles). A contraction with no
-epilogue still takes its zero fill when its accumulators stay in registers. Unit dims
+and only sink loops every member spans are tiled (so nothing is recomputed across tiles).
+A contraction with no epilogue still takes its zero fill when its accumulators stay in
+registers. Unit dims
 are folded first (`fold_unit_dims`), so that a reduction's [S] result is indexed by
 loops, not an [S, 1] one by a constant. `partition` picks the groups minimizing the
 total latency the cost model predicts for the fused kernels (an exact set-partitioning
@@ -570,13 +571,10 @@ def candidates(nodes: Mapping[int, Node], target=None) -> list[FusionDecision]:
 def _chain_link(nodes: Mapping[int, Node], op: int) -> bool:
     """Whether `op` is a matmul whose result only accumulates into other matmuls (not a
     chain's last link: no group ends there)."""
-    users = [u for u in nodes[op].users if u is not None]
-    return (
-        bool(users)
-        and len(users) == len(nodes[op].users)
-        and all(
-            any(_accumulates(nodes[u], i, nodes[op]) for i, p in nodes[u].producers.items() if p == op) for u in users
-        )
+    users = nodes[op].users
+    return bool(users) and all(
+        u is not None and any(_accumulates(nodes[u], i, nodes[op]) for i, p in nodes[u].producers.items() if p == op)
+        for u in users
     )
 
 
