@@ -471,13 +471,15 @@ def tiling_script(infos: Sequence[OpInfo], scheds: Mapping[int, TileDecision], *
         batch = 0  # leading batch dims still on the op
         for level, sizes in enumerate(s.tiles):
             sizes = sizes[batch:]
+            looped = any(t < x for t, x in zip(sizes, extents))
             h = _tile_level(h, sizes, extents, s.interchange if level == 0 else (), f"t{info.op_id}_{level}", body)
             if level == 0 and s.pack:
                 h = _pack_rhs(h, info, body)
             extents = [min(t, x) if t else x for t, x in zip(sizes, extents)]
             if level == 0 and info.kind == "batch_matmul" and len(s.tiles) > 1 and not s.pack and vectorize:
-                h, batch = _as_matmul(h, info.op_id, body), len(extents) - 3
-                extents = extents[batch:]
+                if looped and all(x == 1 for x in extents[:-3]):  # (inside a loop, batch 1)
+                    h, batch = _as_matmul(h, info.op_id, body), len(extents) - 3
+                    extents = extents[batch:]
         if s.decompose:
             body.append(f"    %d{info.op_id} = transform.structured.decompose {h} : ({ANY}) -> {ANY}")
             h = f"%d{info.op_id}"

@@ -1,10 +1,14 @@
 """Property tests: random shapes of matmul, conv, elementwise and reductions match eager."""
 
+import re
+
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import compile_and_compare
+from tilecraft import driver, frontend
 
 SETTINGS = settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 
@@ -82,3 +86,18 @@ def test_reduction(shape, op, dim_seed):
     torch.manual_seed(0)
     d = dim_seed % len(shape)
     _check(Fn(lambda x: REDUCTIONS[op](x, d)), (torch.randn(*shape),))
+
+
+@pytest.mark.parametrize(
+    "shapes", [((1, 32, 64), (1, 64, 64)), ((4, 128, 64), (4, 64, 128)), ((3, 100, 40), (3, 40, 48))]
+)
+def test_batched_matmul_tiles_run_as_matmuls(shapes):
+    """A batched matmul's cache tile is restated as a matmul (its unit batch dim folded), so
+    the register tile's k loop carries the accumulator in vectors; one that fits a single
+    tile (no loop to restate it in) stays batched. Both match eager."""
+    torch.manual_seed(0)
+    a, b = (torch.randn(*s) for s in shapes)
+    _check(Fn(torch.matmul), (a, b))
+    text = driver.compile_model(frontend.import_module(Fn(torch.matmul), (a, b)), emit="vector").text
+    if shapes[0][0] > 1:  # the accumulator, hoisted out of the k loop
+        assert re.search(r"iter_args\(.*\) -> \(vector<\d+x\d+xf32>\)", text)
