@@ -204,6 +204,7 @@ def bool_weights_as_bytes(module: ir.Module, params: list[torch.Tensor]) -> list
     block = fn.regions[0].blocks[0]
     params = list(params)
     i8 = ir.IntegerType.get_signless(8)
+    widened = False
     for i, value in enumerate(params):
         arg = block.arguments[i]
         t = ir.RankedTensorType(arg.type)
@@ -223,6 +224,9 @@ def bool_weights_as_bytes(module: ir.Module, params: list[torch.Tensor]) -> list
             for user, m in users:
                 user.operands[m] = bit
         params[i] = value.to(torch.int8)
+        widened = True
+    if not widened:
+        return params
     ftype = ir.FunctionType(ir.TypeAttr(fn.attributes["function_type"]).value)
     inputs = [a.type for a in block.arguments]
     fn.attributes["function_type"] = ir.TypeAttr.get(ir.FunctionType.get(inputs, ftype.results))

@@ -17,9 +17,8 @@ at most one contraction per group (or an accumulation chain: matmuls of one shap
 accumulating into the next, `passes/im2col.py`'s tap chains) and no reduction beside it,
 and only sink loops every member spans are tiled (so nothing is recomputed across tiles).
 A contraction with no epilogue still takes its zero fill when its accumulators stay in
-registers. Unit dims
-are folded first (`fold_unit_dims`), so that a reduction's [S] result is indexed by
-loops, not an [S, 1] one by a constant. `partition` picks the groups minimizing the
+registers. Unit dims are folded first (`fold_unit_dims`), so that a reduction's [S]
+result is indexed by loops, not an [S, 1] one by a constant. `partition` picks the groups minimizing the
 total latency the cost model predicts for the fused kernels (an exact set-partitioning
 integer program, HiGHS through `scipy.optimize.milp`).
 """
@@ -842,17 +841,6 @@ def load_calibration(path: str | None = None) -> dict[str, float]:
     return factors
 
 
-def _matmul_text(m: int, n: int, k: int) -> str:
-    a, b, r = f"tensor<{m}x{k}xf32>", f"tensor<{k}x{n}xf32>", f"tensor<{m}x{n}xf32>"
-    return f"""func.func @kernel(%a: {a}, %b: {b}) -> {r} {{
-  %z = arith.constant 0.0 : f32
-  %e = tensor.empty() : {r}
-  %f = linalg.fill ins(%z : f32) outs(%e : {r}) -> {r}
-  %r = linalg.matmul ins(%a, %b : {a}, {b}) outs(%f : {r}) -> {r}
-  return %r : {r}
-}}"""
-
-
 class GroupCoster:
     """Predicted latency of a fused group, from the group outlined as its own function and
     fused exactly as `apply` fuses it. Every op still scheduled by the tiling pass (a
@@ -880,6 +868,7 @@ class GroupCoster:
         and their summed unfused prediction. They are then priced on the unfused scale
         (as `light` prices a group of light ops, their input from the contraction read
         from cache), and the calibration factor scales the contraction's part only."""
+        from tilecraft.corpus import generator
         from tilecraft.costmodel import search
 
         shape = (decision.tiles, decision.inner, decision.registers)  # (op ids differ between equal groups)
@@ -905,7 +894,7 @@ class GroupCoster:
             contraction = {op for op, n in nodes.items() if n.info.kind in CONTRACTIONS}
             if len(contraction) > 1:  # an accumulation chain: one matmul over the chain's whole K
                 m, n, k = nodes[min(contraction)].info.extents
-                module = ir.Module.parse(_matmul_text(m, n, k * len(contraction)), context=self.context)
+                module = ir.Module.parse(generator.matmul(m, n, k * len(contraction)), context=self.context)
             picks = search.pick(module, self.model, self.target)
             heavy = sum(c.predicted_s for c in picks if c.kernel.kind in CONTRACTIONS)
             total = light * light_factor + heavy

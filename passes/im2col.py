@@ -208,6 +208,18 @@ def _gather(layer: ConvLayer, x_t: str, col_t: str) -> str:
   }} -> {col_t}"""
 
 
+def _to_nhwc(src: str, src_t: str, xt_t: str) -> str:
+    """`%xt`: `src` [N, C, H, W] transposed to [N, H, W, C] (one `linalg.generic`)."""
+    maps = "affine_map<(n, y, x, c) -> (n, c, y, x)>, affine_map<(n, y, x, c) -> (n, y, x, c)>"
+    par4 = ", ".join(['"parallel"'] * 4)
+    return f"""  %xt0 = tensor.empty() : {xt_t}
+  %xt = linalg.generic {{indexing_maps = [{maps}], iterator_types = [{par4}]}}
+      ins({src} : {src_t}) outs(%xt0 : {xt_t}) {{
+  ^bb0(%a: f32, %b: f32):
+    linalg.yield %a : f32
+  }} -> {xt_t}"""
+
+
 def _tap_gather(layer: ConvLayer, x_t: str, col_t: str, x_shape: Sequence[int]) -> str:
     """`%col` [N, OH, OW, KH, KW, C]: the (padded) input transposed once to [N, H, W, C];
     then per tap (i, j), the window slice xt[:, i::sh, j::sw, :] (C contiguous) copied into
@@ -215,17 +227,7 @@ def _tap_gather(layer: ConvLayer, x_t: str, col_t: str, x_shape: Sequence[int]) 
     n, c, oh, ow = layer.n, layer.c, layer.oh, layer.ow
     (sh, sw), (_, _, h, w) = layer.strides, x_shape
     xt_t, blk_t = _t([n, h, w, c], "f32"), _t([n, oh, ow, c], "f32")
-    maps = "affine_map<(n, y, x, c) -> (n, c, y, x)>, affine_map<(n, y, x, c) -> (n, y, x, c)>"
-    par4 = ", ".join(['"parallel"'] * 4)
-    lines = [
-        f"""  %xt0 = tensor.empty() : {xt_t}
-  %xt = linalg.generic {{indexing_maps = [{maps}], iterator_types = [{par4}]}}
-      ins(%x : {x_t}) outs(%xt0 : {xt_t}) {{
-  ^bb0(%a: f32, %b: f32):
-    linalg.yield %a : f32
-  }} -> {xt_t}""",
-        f"  %col0 = tensor.empty() : {col_t}",
-    ]
+    lines = [_to_nhwc("%x", x_t, xt_t), f"  %col0 = tensor.empty() : {col_t}"]
 
     for t, (i, j) in enumerate((i, j) for i in range(layer.kh) for j in range(layer.kw)):
         at = f"[0, 0, 0, {i}, {j}, 0] [{n}, {oh}, {ow}, 1, 1, {c}] [1, 1, 1, 1, 1, 1]"
@@ -282,8 +284,6 @@ def _helper_chain(layer: ConvLayer, x_shape: Sequence[int], zero_init: bool, nam
     flat_t, a_t, b_t, r_t = _t([rows, c], "f32"), _t([m, c], "f32"), _t([c, f], "f32"), _t([m, f], "f32")
     w_t, o_t = _t([kh * kw, c, f], "f32"), _t([1, f, oh, ow], "f32")
     nhwf_t, r3_t = _t([1, oh, ow, f], "f32"), _t([1, oh, w, f], "f32")
-    to_nhwc = "affine_map<(n, y, x, c) -> (n, c, y, x)>, affine_map<(n, y, x, c) -> (n, y, x, c)>"
-    par4 = ", ".join(['"parallel"'] * 4)
     init_arg = "" if zero_init else f", %init: {o_t}"
     lines = [
         f"""func.func private @{name}(%x: {x_t}, %w: {w_t}{init_arg}) -> {o_t} {{
@@ -292,12 +292,7 @@ def _helper_chain(layer: ConvLayer, x_shape: Sequence[int], zero_init: bool, nam
   ^bb0(%i0: index, %i1: index, %i2: index, %i3: index):
     tensor.yield %z : f32
   }} : {x_t} to {xp_t}
-  %xt0 = tensor.empty() : {xt_t}
-  %xt = linalg.generic {{indexing_maps = [{to_nhwc}], iterator_types = [{par4}]}}
-      ins(%xp : {xp_t}) outs(%xt0 : {xt_t}) {{
-  ^bb0(%a: f32, %b: f32):
-    linalg.yield %a : f32
-  }} -> {xt_t}
+{_to_nhwc("%xp", xp_t, xt_t)}
   %flat = tensor.collapse_shape %xt [[0, 1, 2], [3]] : {xt_t} into {flat_t}
   %e = tensor.empty() : {r_t}
   %acc0 = linalg.fill ins(%z : f32) outs(%e : {r_t}) -> {r_t}"""
