@@ -41,7 +41,7 @@ from tilecraft.passes import tiling
 ANY = tiling.ANY
 CONTRACTIONS = {"matmul", "batch_matmul", "conv2d", "depthwise_conv2d", "pooling"}
 MAX_GROUP = 8  # ops per group (fills not counted)
-MAX_CLOSURE = 24  # ops per group grown greedily (`_closure`)
+MAX_CLOSURE = 24  # ops per group grown greedily (`_closure`; a tap chain's links count as one)
 # (rows, columns) of a matmul's accumulator tile held in registers (16 zmm, as the tiling
 # pass's own 8x32 register tiles)
 MATMUL_REGISTERS = (8, 32)
@@ -606,7 +606,7 @@ def _closure(nodes: Mapping[int, Node], sink: int, target) -> FusionDecision | N
                 continue
             bigger = group | {p} | _fills_of(nodes, p)
             d = None
-            if sum(1 for m in bigger if not _is_fill(nodes[m])) <= MAX_CLOSURE:
+            if _closure_size(nodes, bigger) <= MAX_CLOSURE:
                 d = _decision(nodes, bigger, sink, target)
             if d is None:
                 rejected.add(p)
@@ -614,6 +614,15 @@ def _closure(nodes: Mapping[int, Node], sink: int, target) -> FusionDecision | N
             group, decision, grown = bigger, d, True
         if not grown:
             return decision
+
+
+def _closure_size(nodes: Mapping[int, Node], group: set[int]) -> int:
+    """Ops in a group, fills not counted and an accumulation chain's matmuls counted as
+    one (a 7×7 stem is a chain of 49: split, its accumulator tiles would leave registers
+    between the parts)."""
+    ops = [m for m in group if not _is_fill(nodes[m])]
+    links = sum(1 for m in ops if nodes[m].info.kind in CONTRACTIONS)
+    return len(ops) - max(0, links - 1)
 
 
 def maximal(nodes: Mapping[int, Node], target=None) -> list[FusionDecision]:

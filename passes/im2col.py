@@ -35,6 +35,12 @@ computed and dropped). Unfused, each tap is a GEMM; fused, the chain's accumulat
 stay in registers over all taps. Measured (1 thread, interleaved medians, this host at
 ~100 GFLOP/s per core): 64→64 at 56² with batch norm and ReLU, fused, 3.49 → 2.30 ms
 (eager 2.27), unfused 3.74 → 2.76; ResNet-18 fused 50.0 → 45.4 ms, unfused 55.0 → 51.1.
+When fusing, a thin layer (its one gather runs scalar) is a chain too, at any stride: its
+input is split into stride phase planes, and each tap reads one of them. ResNet-18's
+3-channel 7×7/2 stem with batch norm and ReLU, fused: 3.17 ms (gather + K = 147 GEMM)
+→ 2.72 (chain cut in 3 by the closure's size cap) → 2.59 (one chain of 49 taps; eager
+2.57); MobileNet-V2's 3×3/2 stem 0.47 → 0.41 ms (eager 0.45); the autoencoder 1.06 →
+1.02 ms; ResNet-18 44.1 → 43.6 ms (7 interleaved rounds).
 
 A 1×1 convolution (batch 1, stride 1, H·W a multiple of 16) needs no gather: it becomes
 out[F, H·W] = filter[F, C] × x[C, H·W] on the tensors as they stand (MobileNet-V2's
@@ -108,6 +114,7 @@ class ConvLayer:
     strides: tuple[int, int]
     weight: int | None  # bound argument number of the filter
     why_not: str = ""
+    fusing: bool = False  # fusion follows: a chain's taps fuse into one register-tiled GEMM
 
     @property
     def pointwise(self) -> bool:
@@ -128,17 +135,28 @@ class ConvLayer:
     @property
     def by_chain(self) -> bool:
         """No gather at all: a chain of KH·KW matmuls accumulating into one result, each
-        reading its tap straight from the padded input transposed once to [H, W, C] and
-        flattened to [H·W, C] (see `_helper_chain`). Stride 1, batch 1, channels and
-        filters whole vectors, and output rows wide enough that the KW - 1 extra columns
-        computed per row (the flattened rows wrap around) cost little."""
+        reading its tap straight from the padded input transposed once to [H, W, C] (split
+        into its stride phases) and flattened to rows of C channels (see `_helper_chain`).
+        Batch 1, filters whole vectors, and output rows wide enough that the extra columns
+        computed per row (the flattened rows wrap around) cost little. Channels whole
+        vectors: stride 1 (a strided layer's tap copies are cheap, and its one GEMM over
+        K = KH·KW·C ran faster than the chain: ResNet-18's 64→128 3×3/2 at 56², fused,
+        1.21 ms against 1.37). Thin (channels not whole vectors; their one gather runs
+        scalar): any stride, only when fusing (unfused, each tap is a K = C GEMM of its own,
+        and each pass over the accumulator costs more than the gather saves)."""
         return (
-            self.by_taps
-            and self.strides == (1, 1)
-            and self.n == 1
+            self.n == 1
+            and self.kh * self.kw > 1
             and self.f % LANES == 0
-            and (self.kw - 1) <= MAX_CHAIN_WASTE * self.ow
+            and (self.strides == (1, 1) if self.by_taps else self.fusing)
+            and self.phase_width - self.ow <= MAX_CHAIN_WASTE * self.ow
         )
+
+    @property
+    def phase_width(self) -> int:
+        """Columns of a chain's phase plane (its output row pitch): OW plus the columns its
+        window reaches past the last output pixel, (KW - 1) // SW."""
+        return self.ow + (self.kw - 1) // self.strides[1]
 
     @property
     def gemm(self) -> tuple[int, int, int]:
@@ -155,7 +173,7 @@ def describe(op: ir.Operation, index: int, n_bound: int, *, thin: bool = False) 
     x, w, out = (op.operands[i] for i in range(3))
     (n, c, _, _), (f, _, kh, kw), (_, _, oh, ow) = _shape(x), _shape(w), _shape(out)
     strides = tuple(_dense_attr(op, "strides"))
-    layer = ConvLayer(index, n, c, f, kh, kw, oh, ow, strides, _arg_number(w, n_bound))
+    layer = ConvLayer(index, n, c, f, kh, kw, oh, ow, strides, _arg_number(w, n_bound), fusing=thin)
     why = ""
     if {_elem(x), _elem(w), _elem(out)} != {"f32"}:
         why = "not f32"
@@ -265,43 +283,64 @@ def _helper(layer: ConvLayer, x_shape: Sequence[int], zero_init: bool, name: str
 
 
 def _helper_chain(layer: ConvLayer, x_shape: Sequence[int], zero_init: bool, name: str) -> str:
-    """A stride-1 convolution as KH·KW matmuls accumulating into one [OH·W, F] result.
+    """A convolution as KH·KW matmuls accumulating into one [OH·W', F] result.
 
-    The padded input [1, C, H, W] is transposed once to [H + 1, W, C] (one zero row more)
-    and flattened to rows of C channels. Output pixel (y, x) of tap (i, j) reads row
-    (y + i)·W + x + j = y·W + x + (i·W + j): over the output pixels laid out with the
-    input's row pitch W, each tap's operand is one contiguous slice of rows, offset by
-    i·W + j, and its filter is the [C, F] slice of the filter packed [KH·KW, C, F]. The
-    W - OW wrapped-around columns of each output row are computed and dropped (they read
-    the next row's first pixels; the extra zero row keeps the last ones in bounds). No
-    column matrix is written: unfused, each tap is a GEMM of its own; fused
-    (`passes/fusion.py`, an accumulation chain), the chain's accumulator tiles stay in
-    registers across all taps, as one GEMM over K = KH·KW·C reading the input in place."""
+    The padded input [1, C, H, W] is cut or padded to [1, C, SH·H', SW·W'] and transposed
+    once to [SH·H', SW·W', C]; a strided layer's is then split into its SH·SW phase planes
+    [H', W', C] (plane (a, b) holds the pixels (SH·y + a, SW·x + b)), and the planes are
+    flattened to rows of C channels. Output pixel (y, x) of tap (i, j) reads row
+    (y + i // SH)·W' + x + j // SW of plane (i % SH, j % SW): over the output pixels laid
+    out with the plane's row pitch W', each tap's operand is one contiguous slice of rows,
+    and its filter is the [C, F] slice of the filter packed [KH·KW, C, F]. The W' - OW
+    wrapped-around columns of each output row are computed and dropped (they read the next
+    row's first pixels; one zero row more keeps the last ones in bounds). No column matrix
+    is written: unfused, each tap is a GEMM of its own; fused (`passes/fusion.py`, an
+    accumulation chain), the chain's accumulator tiles stay in registers across all taps,
+    as one GEMM over K = KH·KW·C reading the input in place."""
     c, f, kh, kw, oh, ow = layer.c, layer.f, layer.kh, layer.kw, layer.oh, layer.ow
-    _, _, h, w = x_shape
-    rows, m = (h + 1) * w, oh * w
-    x_t, xp_t, xt_t = _t(x_shape, "f32"), _t([1, c, h + 1, w], "f32"), _t([1, h + 1, w, c], "f32")
+    (sh, sw), (_, _, h, w) = layer.strides, x_shape
+    wp, hp = layer.phase_width, oh + (kh - 1) // sh + 1
+    ht, wt = sh * hp, sw * wp  # the input cut or padded to whole phase planes
+    hc, wc = min(h, ht), min(w, wt)
+    phases, plane = sh * sw, hp * wp
+    rows, m = phases * plane, oh * wp
+    x_t, xc_t, xp_t = _t(x_shape, "f32"), _t([1, c, hc, wc], "f32"), _t([1, c, ht, wt], "f32")
+    xt_t, pl_t, ph_t = _t([1, ht, wt, c], "f32"), _t([phases, hp, wp, c], "f32"), _t([1, hp, wp, c], "f32")
     flat_t, a_t, b_t, r_t = _t([rows, c], "f32"), _t([m, c], "f32"), _t([c, f], "f32"), _t([m, f], "f32")
     w_t, o_t = _t([kh * kw, c, f], "f32"), _t([1, f, oh, ow], "f32")
-    nhwf_t, r3_t = _t([1, oh, ow, f], "f32"), _t([1, oh, w, f], "f32")
+    nhwf_t, r3_t = _t([1, oh, ow, f], "f32"), _t([1, oh, wp, f], "f32")
     init_arg = "" if zero_init else f", %init: {o_t}"
+    cut = (
+        ""
+        if (hc, wc) == (h, w)
+        else f"  %xc = tensor.extract_slice %x[0, 0, 0, 0] [1, {c}, {hc}, {wc}] [1, 1, 1, 1] : {x_t} to {xc_t}\n"
+    )
+    src = "%xc" if cut else "%x"
     lines = [
         f"""func.func private @{name}(%x: {x_t}, %w: {w_t}{init_arg}) -> {o_t} {{
   %z = arith.constant 0.0 : f32
-  %xp = tensor.pad %x low[0, 0, 0, 0] high[0, 0, 1, 0] {{
+{cut}  %xp = tensor.pad {src} low[0, 0, 0, 0] high[0, 0, {ht - hc}, {wt - wc}] {{
   ^bb0(%i0: index, %i1: index, %i2: index, %i3: index):
     tensor.yield %z : f32
-  }} : {x_t} to {xp_t}
-{_to_nhwc("%xp", xp_t, xt_t)}
-  %flat = tensor.collapse_shape %xt [[0, 1, 2], [3]] : {xt_t} into {flat_t}
-  %e = tensor.empty() : {r_t}
-  %acc0 = linalg.fill ins(%z : f32) outs(%e : {r_t}) -> {r_t}"""
+  }} : {xc_t} to {xp_t}
+{_to_nhwc("%xp", xp_t, xt_t)}"""
     ]
+    if phases == 1:
+        lines.append(f"  %flat = tensor.collapse_shape %xt [[0, 1, 2], [3]] : {xt_t} into {flat_t}")
+    else:
+        lines.append(f"  %pl0 = tensor.empty() : {pl_t}")
+        for p, (a, b) in enumerate((a, b) for a in range(sh) for b in range(sw)):
+            lines.append(f"""  %ph{p} = tensor.extract_slice %xt[0, {a}, {b}, 0] [1, {hp}, {wp}, {c}] [1, {sh}, {sw}, 1] : {xt_t} to {ph_t}
+  %pl{p + 1} = tensor.insert_slice %ph{p} into %pl{p}[{p}, 0, 0, 0] [1, {hp}, {wp}, {c}] [1, 1, 1, 1] : {ph_t} into {pl_t}""")
+        lines.append(f"  %flat = tensor.collapse_shape %pl{phases} [[0, 1, 2], [3]] : {pl_t} into {flat_t}")
+    lines.append(f"""  %e = tensor.empty() : {r_t}
+  %acc0 = linalg.fill ins(%z : f32) outs(%e : {r_t}) -> {r_t}""")
     for t, (i, j) in enumerate((i, j) for i in range(kh) for j in range(kw)):
-        lines.append(f"""  %a{t} = tensor.extract_slice %flat[{i * w + j}, 0] [{m}, {c}] [1, 1] : {flat_t} to {a_t}
+        at = ((i % sh) * sw + j % sw) * plane + (i // sh) * wp + j // sw
+        lines.append(f"""  %a{t} = tensor.extract_slice %flat[{at}, 0] [{m}, {c}] [1, 1] : {flat_t} to {a_t}
   %w{t} = tensor.extract_slice %w[{t}, 0, 0] [1, {c}, {f}] [1, 1, 1] : {w_t} to {b_t}
   %acc{t + 1} = linalg.matmul ins(%a{t}, %w{t} : {a_t}, {b_t}) outs(%acc{t} : {r_t}) -> {r_t}""")
-    shape = f"[1, {oh}, {w}, {f}]"
+    shape = f"[1, {oh}, {wp}, {f}]"
     lines.append(f"""  %r3 = tensor.expand_shape %acc{kh * kw} [[0, 1, 2], [3]] output_shape {shape} : {r_t} into {r3_t}
   %r4 = tensor.extract_slice %r3[0, 0, 0, 0] [1, {oh}, {ow}, {f}] [1, 1, 1, 1] : {r3_t} to {nhwf_t}
 {_nchw_result("%r4", nhwf_t, "affine_map<(n, f, y, x) -> (n, y, x, f)>", o_t, zero_init=zero_init)}  return %o : {o_t}

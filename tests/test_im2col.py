@@ -2,6 +2,8 @@
 rewritten model matches eager (strides, bias as a non-zero accumulator init, batch > 1,
 gathered tap by tap or in one gather)."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -48,6 +50,37 @@ def test_rewritten_convolution_matches_eager(c, f, k, stride, bias, n, h):
     packed = (f, c) if done[0].pointwise else (k * k, c, f) if done[0].by_chain else (c * k * k, f)
     assert any(tuple(p.shape) == packed for p in params)
     compiled = driver.compile_model(_imported(model, x))  # default: rewritten, fused, tiled
+    with torch.no_grad():
+        assert driver.compare(compiled.fn(x), model(x)).ok
+
+
+@pytest.mark.parametrize(
+    "c, f, k, stride, pad, h",
+    [
+        (3, 16, 7, 2, 3, 112),  # ResNet's stem: 4 phase planes, 49 taps of K = 3
+        (3, 32, 3, 2, 1, 31),  # MobileNet's: odd input, planes padded
+        (3, 16, 2, 2, 0, 15),  # the input's last column cut (no window reaches it)
+        (3, 16, 3, 1, 1, 40),  # thin at stride 1: one plane
+    ],
+)
+def test_thin_convolution_runs_as_a_tap_chain_when_fusing(c, f, k, stride, pad, h):
+    """Fusing, a thin layer (its one gather would run scalar) is a chain of tap matmuls
+    over its stride phases; unfused, it keeps the gather (one K = C GEMM per tap would
+    pass over the accumulator KH·KW times)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(c, f, k, stride=stride, padding=pad, bias=False), torch.nn.BatchNorm2d(f), torch.nn.ReLU()
+    ).eval()
+    x = torch.randn(1, c, h, h)
+    imported = _imported(model, x)
+    with imported.module.context:
+        _, done = im2col.rewrite(imported.module, imported.params, thin=True)  # thin: fusion follows
+    assert done[0].by_chain and not dataclasses.replace(done[0], fusing=False).by_chain
+    assert str(imported.module).count("linalg.matmul") == k * k
+    planes = stride * stride if stride > 1 else 0
+    assert str(imported.module).count("tensor.insert_slice") == planes
+    compiled = driver.compile_model(_imported(model, x))  # fused: the chain, one kernel
+    assert any(len(d.members) + 1 >= k * k for d in compiled.fusion)
     with torch.no_grad():
         assert driver.compare(compiled.fn(x), model(x)).ok
 
