@@ -49,11 +49,16 @@ MAX_CANDIDATES_PER_SINK = 12
 CONV_TILE = 131072  # output elements per tile of a convolution group (512 KB: L2-resident)
 FUSED = tiling.FUSED
 # A light group with a member reading more tensors than this (a depthwise convolution's
-# taps, `passes/depthwise.py`) takes register tiles of one vector: each tap is a vector of
-# the tile, live until its product is summed. The depthwise + batch norm + ReLU6 group,
-# 96 channels at 112²: 1.28 ms in 16-element tiles against 1.64 in 8×112 (the vector
-# budget); 192 channels at 28², 0.145 against 0.185.
+# taps, `passes/depthwise.py`) takes small register tiles: each tap is a vector of the
+# tile, live until its product is summed. Rows a multiple of 16: one vector (96 channels
+# at 112², depthwise + batch norm + ReLU6: 1.28 ms in 16-element tiles against 1.64 in
+# 8×112, the vector budget). Other rows: whole rows, about MANY_OPERANDS_BUDGET elements
+# (a 16-element budget cut a 56-wide row in 14s, each a vector of 8 + 4 + 2 lanes).
+# Measured (AMD EPYC, 1 thread, interleaved medians; eager in brackets): 144 channels at
+# 56², 0.392 → 0.289 ms (0.442); 192 at 28², 0.135 → 0.102 (0.218); 576 at 14², 0.090 →
+# 0.074 (0.199); 960 at 7², 0.061 → 0.043 (0.152); 32 at 112² unchanged, 0.207 (0.400).
 MANY_OPERANDS = 8
+MANY_OPERANDS_BUDGET = 128
 # (output channel, output row, output column) loops of the windowed contractions
 CONV_LOOPS = {"conv2d": (1, 2, 3), "depthwise_conv2d": (3, 1, 2), "pooling": (1, 2, 3)}
 
@@ -332,7 +337,10 @@ def group_tiles(
         tiles = _transposed_tiles(nodes, group, to_sink, s, tileable)
         if tiles is None:
             many = any(len(nodes[m].op.operands) > MANY_OPERANDS for m in group)
-            tiles = _budget(s.extents, tileable, tiling.LANES if many else tiling.VECTOR_BUDGET, ones)
+            budget = tiling.VECTOR_BUDGET
+            if many:
+                budget = tiling.LANES if s.extents[-1] % tiling.LANES == 0 else MANY_OPERANDS_BUDGET
+            tiles = _budget(s.extents, tileable, budget, ones)
         return (tiles, (), False) if any(tiles) else None
     if any(nodes[m].info.kind == "reduction" for m in group):
         # a reduction along the contraction's columns makes its cache tile span them all:

@@ -39,12 +39,15 @@ def test_stride_one_depthwise_becomes_one_elementwise_op_and_matches_eager(bias)
         assert driver.compare(compiled.fn(x), ref).ok
 
 
-def test_fused_depthwise_group_takes_one_vector_register_tiles():
-    model, x = _block(32, 1, False), torch.randn(1, 32, 56, 56)
+@pytest.mark.parametrize("hw, tiles", [(64, (1, 1, 16)), (56, (1, 2, 0)), (7, (1, 0, 0))])
+def test_fused_depthwise_group_takes_small_register_tiles(hw, tiles):
+    """Rows of whole vectors: one vector per tile; other rows: whole rows, about
+    MANY_OPERANDS_BUDGET elements (not 14-wide quarter rows of 8 + 4 + 2 lanes)."""
+    model, x = _block(32, 1, False), torch.randn(1, 32, hw, hw)
     compiled = driver.compile_model(frontend.import_module(model, (x,), spec="<test>"))
     (group,) = compiled.fusion
     assert len(group.members) == 6  # the depthwise op, batch norm's four, and the clamp's producer
-    assert group.tiles == (1, 1, 14)  # [C, H, W] after unit dims fold: a quarter row, one vector
+    assert group.tiles == tiles  # [C, H, W] after unit dims fold
     with torch.no_grad():
         assert driver.compare(compiled.fn(x), model(x)).ok
 
