@@ -330,8 +330,10 @@ def _helper_chain(layer: ConvLayer, x_shape: Sequence[int], zero_init: bool, nam
     else:
         lines.append(f"  %pl0 = tensor.empty() : {pl_t}")
         for p, (a, b) in enumerate((a, b) for a in range(sh) for b in range(sw)):
-            lines.append(f"""  %ph{p} = tensor.extract_slice %xt[0, {a}, {b}, 0] [1, {hp}, {wp}, {c}] [1, {sh}, {sw}, 1] : {xt_t} to {ph_t}
-  %pl{p + 1} = tensor.insert_slice %ph{p} into %pl{p}[{p}, 0, 0, 0] [1, {hp}, {wp}, {c}] [1, 1, 1, 1] : {ph_t} into {pl_t}""")
+            sizes = f"[1, {hp}, {wp}, {c}]"
+            phase = f"%xt[0, {a}, {b}, 0] {sizes} [1, {sh}, {sw}, 1]"
+            lines.append(f"""  %ph{p} = tensor.extract_slice {phase} : {xt_t} to {ph_t}
+  %pl{p + 1} = tensor.insert_slice %ph{p} into %pl{p}[{p}, 0, 0, 0] {sizes} [1, 1, 1, 1] : {ph_t} into {pl_t}""")
         lines.append(f"  %flat = tensor.collapse_shape %pl{phases} [[0, 1, 2], [3]] : {pl_t} into {flat_t}")
     lines.append(f"""  %e = tensor.empty() : {r_t}
   %acc0 = linalg.fill ins(%z : f32) outs(%e : {r_t}) -> {r_t}""")

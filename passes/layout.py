@@ -1,0 +1,405 @@
+"""Channels-last between convolutions: transposes sunk through elementwise ops and cancelled.
+
+Sits in the `im2col` stage (`compiler/driver.py`), after the convolution rewrites and
+before the reshapes are sunk. Each convolution `passes/im2col.py` rewrites computes
+[N, OH, OW, F] and transposes it back to NCHW; the next one pads its input and transposes
+it to [N, H, W, C] again. Between the two sit elementwise ops (batch norm, activation,
+residual add) that do not care about the layout. `sink_transposes` moves each NHWC → NCHW
+transpose below the elementwise ops that read it (each restated over the loops in the
+transpose's source order: it reads the NHWC tensor through the identity map and writes
+NHWC, its other operands read through the permuted maps), and cancels it against an
+NCHW → NHWC transpose that reads it through `tensor.pad`s (the pads restated on NHWC).
+A transpose that meets anything else (a pooling, a depthwise convolution's slices, the
+result) stays, once, where it is first needed.
+
+Then a convolution's epilogue reads its GEMM's [N·OH·OW, F] result through the identity
+(after `im2col.sink_expand_shapes`), like a Linear's: fusion makes the GEMM, batch norm,
+activation and residual add one kernel, and no transpose is left between two
+convolutions, fused or not.
+"""
+
+from __future__ import annotations
+
+from torch_mlir import ir
+from torch_mlir.dialects import tensor
+
+from tilecraft.passes.precision import _func, _t, call_helper, inline_helpers
+
+
+def _maps(op: ir.Operation) -> list[ir.AffineMap]:
+    return [ir.AffineMapAttr(a).value for a in ir.ArrayAttr(op.attributes["indexing_maps"])]
+
+
+def _positions(amap: ir.AffineMap) -> list[int] | None:
+    """The loop each result of a permutation map reads, or None."""
+    out = []
+    for expr in amap.results:
+        expr = expr.maybe_downcast()
+        if not isinstance(expr, ir.AffineDimExpr):
+            return None
+        out.append(expr.position)
+    return out if sorted(out) == list(range(amap.n_dims)) else None
+
+
+def _owner(v: ir.Value) -> ir.Operation | None:
+    o = getattr(v.owner, "operation", v.owner)
+    return o if isinstance(o, ir.Operation) else None
+
+
+def _elementwise(op: ir.Operation) -> bool:
+    """An all-parallel generic with one result, its output read through the identity and
+    its output value unused in the body (it can be given a fresh init)."""
+    if op.name != "linalg.generic" or len(op.results) != 1:
+        return False
+    if any("parallel" not in str(a) for a in ir.ArrayAttr(op.attributes["iterator_types"])):
+        return False
+    maps = _maps(op)
+    if maps[-1] != ir.AffineMap.get_identity(maps[-1].n_dims, op.context):
+        return False
+    block = op.regions[0].blocks[0]
+    if list(block.arguments[len(block.arguments) - 1].uses):
+        return False
+    return not any(o.name == "linalg.index" for o in block.operations)
+
+
+def transpose_of(op: ir.Operation) -> list[int] | None:
+    """`perm` if `op` is a pure transpose (a generic yielding its one input, read through a
+    permutation map that is not the identity), else None: its input's dim k is its loop
+    (= result dim) perm[k]."""
+    if not _elementwise(op) or len(op.operands) != 2:
+        return None
+    block = op.regions[0].blocks[0]
+    ops = list(block.operations)
+    if len(ops) != 1 or ops[0].operation.name != "linalg.yield" or ops[0].operands[0] != block.arguments[0]:
+        return None
+    perm = _positions(_maps(op)[0])
+    if perm is None or perm == list(range(len(perm))):
+        return None
+    return perm
+
+
+def _substitute(amap: ir.AffineMap, new_dim: list[int], ctx) -> ir.AffineMap | None:
+    """`amap` with old loop i renamed new_dim[i] (dims and constants only)."""
+    results = []
+    for expr in amap.results:
+        expr = expr.maybe_downcast()
+        if isinstance(expr, ir.AffineDimExpr):
+            results.append(ir.AffineDimExpr.get(new_dim[expr.position], ctx))
+        elif isinstance(expr, ir.AffineConstantExpr):
+            results.append(expr)
+        else:
+            return None
+    return ir.AffineMap.get(amap.n_dims, 0, results, ctx)
+
+
+def _restate(g: ir.Operation, t: ir.Operation, perm: list[int]) -> ir.Operation | None:
+    """Restate elementwise `g` (reading transpose `t`'s result through the identity) over
+    the loops in `t`'s source order; returns the transpose of its new result (a clone of
+    `t`), which replaces `g`'s uses, or None if it cannot be."""
+    ctx = g.context
+    if not _elementwise(g):
+        return None
+    maps = _maps(g)
+    n_in = len(g.operands) - 1
+    t_out = ir.RankedTensorType(t.results[0].type)
+    if ir.RankedTensorType(g.results[0].type).shape != t_out.shape:
+        return None
+    identity = ir.AffineMap.get_identity(len(perm), ctx)
+    new_dim = [0] * len(perm)  # old loop perm[k] is new loop k
+    for k, p in enumerate(perm):
+        new_dim[p] = k
+    src = t.operands[0]
+    operands, new_maps = [], []
+    for i in range(n_in):
+        v = g.operands[i]
+        other = _owner(v)
+        if maps[i] == identity and (v == t.results[0] or (other is not None and transpose_of(other) == perm)):
+            operands.append(other.operands[0])  # a transpose's source, read as it is
+            new_maps.append(identity)
+            continue
+        m = _substitute(maps[i], new_dim, ctx)
+        if m is None:
+            return None
+        operands.append(v)
+        new_maps.append(m)
+    elem = ir.RankedTensorType(g.results[0].type).element_type
+    out_t = ir.RankedTensorType.get(ir.RankedTensorType(src.type).shape, elem)
+    with ir.InsertionPoint(g), g.location:
+        operands.append(tensor.empty(out_t.shape, out_t.element_type))
+        new = g.clone()
+        for i, v in enumerate(operands):
+            new.operands[i] = v
+        new.attributes["indexing_maps"] = ir.ArrayAttr.get([ir.AffineMapAttr.get(m) for m in new_maps + [identity]])
+        new.results[0].set_type(out_t)
+        back_init = tensor.empty(t_out.shape, out_t.element_type)
+        back = t.clone()
+        back.operands[0] = new.results[0]
+        back.operands[1] = back_init
+        back.results[0].set_type(ir.RankedTensorType.get(t_out.shape, out_t.element_type))
+    g.results[0].replace_all_uses_with(back.results[0])
+    init = _owner(g.operands[n_in])
+    g.erase()
+    if init is not None and init.name == "tensor.empty" and not list(init.results[0].uses):
+        init.erase()
+    return back
+
+
+def _pad_value(pad: ir.Operation) -> float | None:
+    block = pad.regions[0].blocks[0]
+    v = list(block.operations)[-1].operands[0]
+    o = _owner(v)
+    if o is None or o.name != "arith.constant":
+        return None
+    return ir.FloatAttr(o.attributes["value"]).value
+
+
+def _static(pad: ir.Operation, name: str) -> list[int]:
+    return list(ir.DenseI64ArrayAttr(pad.attributes[name]))
+
+
+def _cancel(u: ir.Operation, module: ir.Module, done: list) -> bool:
+    """`u` (NCHW → NHWC) reading, through pads, an NHWC → NCHW transpose of x: replaced by
+    the pads restated on x."""
+    perm_u = transpose_of(u)
+    if perm_u is None:
+        return False
+    pads = []
+    v = u.operands[0]
+    while True:
+        o = _owner(v)
+        if o is None:
+            return False
+        if o.name == "tensor.pad" and len(list(o.results[0].uses)) == 1 and len(o.operands) == 1:
+            if _pad_value(o) != 0.0:
+                return False
+            pads.append(o)
+            v = o.operands[0]
+            continue
+        perm_t = transpose_of(o)
+        if perm_t is None:
+            return False
+        break
+    t = o
+    # u's input dim k is u's loop perm_u[k]; x dim k is t's loop (t's output dim) perm_t[k]:
+    # u(t(x)) is x when perm_u[perm_t[k]] = k for every k.
+    if len(perm_u) != len(perm_t) or any(perm_u[perm_t[k]] != k for k in range(len(perm_t))):
+        return False
+    x = t.operands[0]
+    shape = list(ir.RankedTensorType(x.type).shape)
+    name = f"__tc_layout_{len(done)}"
+    lines = [
+        f"func.func private @{name}(%x0: {_t(shape, 'f32')}) -> {u.results[0].type} {{",
+        "  %z = arith.constant 0.0 : f32",
+    ]
+    for n, pad in enumerate(reversed(pads)):  # innermost (nearest t) first
+        low, high = _static(pad, "static_low"), _static(pad, "static_high")
+        lo = [low[perm_t[k]] for k in range(len(shape))]  # x dim k is the pad's dim perm_t[k]
+        hi = [high[perm_t[k]] for k in range(len(shape))]
+        new_shape = [s + a + b for s, a, b in zip(shape, lo, hi)]
+        idx = ", ".join(f"%i{d}: index" for d in range(len(shape)))
+        lines.append(
+            f"  %x{n + 1} = tensor.pad %x{n} low{lo} high{hi} {{\n  ^bb0({idx}):\n    tensor.yield %z : f32\n"
+            f"  }} : {_t(shape, 'f32')} to {_t(new_shape, 'f32')}"
+        )
+        shape = new_shape
+    if _t(shape, "f32") != str(u.results[0].type):
+        return False
+    lines.append(f"  return %x{len(pads)} : {u.results[0].type}\n}}")
+    call_helper(module, u, "\n".join(lines), name, [x])
+    for pad in pads:  # outermost first: each the only user of the next
+        if not list(pad.results[0].uses):
+            pad.erase()
+    done.append(name)
+    if not list(t.results[0].uses):
+        init = _owner(t.operands[1])
+        t.erase()
+        if init is not None and init.name == "tensor.empty" and not list(init.results[0].uses):
+            init.erase()
+    return True
+
+
+def sink_transposes(module: ir.Module) -> int:
+    """Sink every pure transpose of the function below the elementwise ops that read it,
+    and cancel it against the inverse transposes (through pads) it reaches; returns how
+    many ops were restated or cancelled."""
+    with ir.Location.unknown(module.context):
+        return _sink_transposes(module)
+
+
+def _sink_transposes(module: ir.Module) -> int:
+    body = _func(module).regions[0].blocks[0]
+    changed, cancelled = 0, []
+    work = [op.operation for op in body.operations if transpose_of(op.operation) is not None]
+    while work:
+        t = work.pop()
+        perm = transpose_of(t)
+        if perm is None or not _is_live(t) or not _reaches_inverse(t.results[0], perm, 0):
+            continue
+        for use in list(t.results[0].uses):
+            user = _owner_op(use.owner)
+            if user is None:
+                continue
+            if transpose_of(user) is None and user.name == "linalg.generic" and _elementwise(user):
+                if not _reaches_inverse(user.results[0], perm, 1):
+                    continue  # (a last residual add: it reads the transpose in place)
+                back = _restate(user, t, perm)
+                if back is not None:
+                    changed += 1
+                    work.append(back)
+        for use in list(t.results[0].uses):
+            user = _owner_op(use.owner)
+            u = user
+            while u is not None and u.name == "tensor.pad" and len(list(u.results[0].uses)) == 1:
+                u = _owner_op(next(iter(u.results[0].uses)).owner)
+            if u is not None and _cancel(u, module, cancelled):
+                changed += 1
+        if _is_live(t) and not list(t.results[0].uses):
+            t.erase()
+    if cancelled:
+        inline_helpers(module)
+    return changed
+
+
+MAX_SINK_DEPTH = 32  # elementwise ops searched below a transpose for its inverse
+
+
+def _reaches_inverse(v: ir.Value, perm: list[int], depth: int) -> bool:
+    """Whether `v` (a transpose's result, or an elementwise op's below it) reaches the
+    inverse transpose through elementwise ops and pads. Sunk without one, a transpose
+    would only move below the epilogue that reads it vectorized in place (an im2col
+    GEMM's transposing batch norm) and run alone, worse (ResNet-18's stem into its max
+    pooling: 3.48 → 5.37 ms)."""
+    if depth > MAX_SINK_DEPTH:
+        return False
+    for use in v.uses:
+        user = _owner_op(use.owner)
+        if user is None:
+            continue
+        u = user
+        while u is not None and u.name == "tensor.pad" and len(list(u.results[0].uses)) == 1:
+            u = _owner_op(next(iter(u.results[0].uses)).owner)
+        inv = transpose_of(u) if u is not None else None
+        if inv is not None and len(inv) == len(perm) and all(inv[perm[k]] == k for k in range(len(perm))):
+            return True
+        if user.name == "linalg.generic" and inv is None and _elementwise(user):
+            if _reaches_inverse(user.results[0], perm, depth + 1):
+                return True
+    return False
+
+
+def _owner_op(o) -> ir.Operation | None:
+    o = getattr(o, "operation", o)
+    return o if isinstance(o, ir.Operation) else None
+
+
+def _is_live(op: ir.Operation) -> bool:
+    try:
+        return op.parent is not None
+    except Exception:  # an erased op
+        return False
+
+
+# ----------------------------------------------------------------- slices out of the way
+MAX_SLICE_WASTE = 0.1  # extra elements an op restated over a slice's source may compute
+
+
+def _static_slice(op: ir.Operation) -> tuple[list[int], list[int], list[int]]:
+    keys = ("static_offsets", "static_sizes", "static_strides")
+    return tuple(list(ir.DenseI64ArrayAttr(op.attributes[k])) for k in keys)
+
+
+def _sinkable_slice(s: ir.Operation) -> list[int] | None:
+    """The sliced dims of `s` if it is a slice worth sinking: static, offsets 0, unit
+    strides, not rank-reducing, of a computed tensor at most MAX_SLICE_WASTE larger (a tap
+    chain's output rows with their wrapped-around columns, `passes/im2col.py`)."""
+    if s.name != "tensor.extract_slice" or len(s.operands) != 1:
+        return None
+    offsets, sizes, strides = _static_slice(s)
+    src_shape = list(ir.RankedTensorType(s.operands[0].type).shape)
+    out_shape = list(ir.RankedTensorType(s.results[0].type).shape)
+    if any(offsets) or any(x != 1 for x in strides) or out_shape != sizes or len(src_shape) != len(sizes):
+        return None
+    src = _owner(s.operands[0])
+    if src is None or src.name not in ("tensor.expand_shape", "linalg.generic"):
+        return None
+    n_src, n_out = 1, 1
+    for a, b in zip(src_shape, sizes):
+        n_src, n_out = n_src * a, n_out * b
+    if n_src > (1 + MAX_SLICE_WASTE) * n_out:
+        return None
+    return [d for d, (a, b) in enumerate(zip(src_shape, sizes)) if a != b]
+
+
+def sink_extract_slices(module: ir.Module) -> int:
+    """Move each such slice below the elementwise ops that read it through the identity
+    (their other operands broadcast along the sliced dims): they compute the whole source
+    and the slice moves to their result. A tap chain's batch norm and activation then read
+    the chain's accumulator as it is, and fusion can make them its epilogue. Returns how
+    many ops were restated."""
+    with ir.Location.unknown(module.context):
+        return _sink_extract_slices(module)
+
+
+def _sink_extract_slices(module: ir.Module) -> int:
+    body = _func(module).regions[0].blocks[0]
+    work = [op.operation for op in body.operations if _sinkable_slice(op.operation) is not None]
+    moved = 0
+    while work:
+        s = work.pop()
+        sliced = _sinkable_slice(s)
+        if sliced is None or not _is_live(s):
+            continue
+        src = s.operands[0]
+        src_t = ir.RankedTensorType(src.type)
+        for use in list(s.results[0].uses):
+            g = _owner_op(use.owner)
+            if g is None or not _elementwise(g):
+                continue
+            maps = _maps(g)
+            n_in = len(g.operands) - 1
+            identity = ir.AffineMap.get_identity(maps[-1].n_dims, g.context)
+            if ir.RankedTensorType(g.results[0].type).shape != ir.RankedTensorType(s.results[0].type).shape:
+                continue
+            if ir.RankedTensorType(g.results[0].type).element_type != src_t.element_type:
+                continue
+            ok = True
+            for i in range(n_in):
+                if g.operands[i] == s.results[0]:
+                    ok = ok and maps[i] == identity
+                else:
+                    used = _positions_any(maps[i])
+                    ok = ok and used is not None and not set(used) & set(sliced)
+            if not ok:
+                continue
+            with ir.InsertionPoint(g), g.location:
+                init = tensor.empty(src_t.shape, src_t.element_type)
+                new = g.clone()
+                for i in range(n_in):
+                    if g.operands[i] == s.results[0]:
+                        new.operands[i] = src
+                new.operands[n_in] = init
+                new.results[0].set_type(src_t)
+                back = s.clone()
+                back.operands[0] = new.results[0]
+            g.results[0].replace_all_uses_with(back.results[0])
+            old_init = _owner(g.operands[n_in])
+            g.erase()
+            if old_init is not None and old_init.name == "tensor.empty" and not list(old_init.results[0].uses):
+                old_init.erase()
+            moved += 1
+            work.append(back)
+        if not list(s.results[0].uses):
+            s.erase()
+    return moved
+
+
+def _positions_any(amap: ir.AffineMap) -> list[int] | None:
+    """The loops a map of dims and constants reads, or None."""
+    out = []
+    for expr in amap.results:
+        expr = expr.maybe_downcast()
+        if isinstance(expr, ir.AffineDimExpr):
+            out.append(expr.position)
+        elif not isinstance(expr, ir.AffineConstantExpr):
+            return None
+    return out

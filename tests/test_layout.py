@@ -1,0 +1,80 @@
+"""Channels-last between convolutions (`passes/layout.py`): transposes sunk through the
+elementwise ops between two convolutions and cancelled; a tap chain's slice sunk below its
+epilogue; the result matches eager, fused or not."""
+
+import pytest
+import torch
+
+from tilecraft import driver, frontend
+from tilecraft.corpus.zoo import BasicBlock
+from tilecraft.passes import layout
+
+
+def _block_pair(c: int, hw: int):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(BasicBlock(c, c, 1), BasicBlock(c, c, 1)).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 1.5)
+    return model, torch.randn(1, c, hw, hw)
+
+
+def _transposes(module) -> int:
+    body = layout._func(module).regions[0].blocks[0]
+    return sum(1 for op in body.operations if layout.transpose_of(op.operation) is not None)
+
+
+def test_transposes_between_convolutions_cancel():
+    model, x = _block_pair(16, 28)
+    with_layout = frontend.import_module(model, (x,), spec="<test>")
+    before = frontend.import_module(model, (x,), spec="<test>")
+    try:
+        driver.LAYOUT = False
+        with before.module.context:
+            driver.convolutions_as_gemms(before, fusing=True)
+    finally:
+        driver.LAYOUT = True
+    with with_layout.module.context:
+        driver.convolutions_as_gemms(with_layout, fusing=True)
+    # 4 convolutions: each transposed its input in and its result out (8). Now: the
+    # pair's input in; the last convolution's result out (nothing below it wants NHWC);
+    # and the first block's result out, once, for the second block's residual add
+    assert _transposes(before.module) == 8
+    assert _transposes(with_layout.module) == 3
+    for fuse in (True, False):
+        compiled = driver.compile_model(frontend.import_module(model, (x,), spec="<test>"), fuse=fuse)
+        with torch.no_grad():
+            assert driver.compare(compiled.fn(x), model(x)).ok
+
+
+def test_chain_epilogue_joins_the_chain_in_registers():
+    """The tap chain's wrapped-around columns are sliced off after its batch norm and
+    ReLU, so fusion makes chain + epilogue one kernel, accumulators in registers."""
+    model, x = _block_pair(16, 28)
+    compiled = driver.compile_model(frontend.import_module(model, (x,), spec="<test>"))
+    chains = [d for d in compiled.fusion if d.registers and len(d.members) >= 13]
+    assert len(chains) == 3  # all but the last (its epilogue ends in the NCHW result)
+    with torch.no_grad():
+        assert driver.compare(compiled.fn(x), model(x)).ok
+
+
+@pytest.mark.parametrize("pool", [True, False])
+def test_a_transpose_with_no_inverse_below_stays_put(pool):
+    """Into a pooling (or the result), sinking would only move the transpose out of the
+    epilogue that reads it vectorized: it stays, and the epilogue with it."""
+    torch.manual_seed(0)
+    tail = [torch.nn.MaxPool2d(2)] if pool else []
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(16, 16, 3, padding=1, bias=False), torch.nn.BatchNorm2d(16), torch.nn.ReLU(), *tail
+    ).eval()
+    x = torch.randn(1, 16, 28, 28)
+    imported = frontend.import_module(model, (x,), spec="<test>")
+    with imported.module.context:
+        from tilecraft.passes import im2col
+
+        imported.params, _ = im2col.rewrite(imported.module, imported.params, thin=True)
+        assert layout.sink_transposes(imported.module) == 0
+    compiled = driver.compile_model(frontend.import_module(model, (x,), spec="<test>"))
+    with torch.no_grad():
+        assert driver.compare(compiled.fn(x), model(x)).ok
