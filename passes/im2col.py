@@ -24,8 +24,9 @@ filter a bound argument used once) becomes
 - a `linalg.matmul` of that matrix with the filter packed once, here, as [K, F]
   (output channels contiguous: the register tile's vectors run along them, whatever the
   spatial size; NCHW's direct convolution vectorizes along OW, 7 of 16 lanes at 7×7),
-- a transpose (`linalg.generic`) of the [N, OH, OW, F] result back to NCHW, which fusion
-  folds into the epilogue that follows (batch norm, activation).
+- a transpose (`linalg.generic`) of the [N, OH, OW, F] result back to NCHW, which
+  `passes/layout.py` cancels against the next convolution's transpose in, or fusion folds
+  into the epilogue that follows (batch norm, activation).
 
 A stride-1 layer at batch 1 whose output rows are wide (≥ 25 pixels for a 3×3 window) needs
 no gather either (`_helper_chain`): it is KH·KW matmuls accumulating into one result, each

@@ -15,7 +15,13 @@ result) stays, once, where it is first needed.
 Then a convolution's epilogue reads its GEMM's [N·OH·OW, F] result through the identity
 (after `im2col.sink_expand_shapes`), like a Linear's: fusion makes the GEMM, batch norm,
 activation and residual add one kernel, and no transpose is left between two
-convolutions, fused or not.
+convolutions, fused or not. A transpose is only sunk along paths that reach its inverse:
+into a pooling or the result it stays where it was, fused into the epilogue that reads it.
+
+Measured (AMD EPYC, 1 thread, interleaved medians over 9 rounds, A/B in one process):
+ResNet-18 unfused 49.4 → 47.3 ms; fused 43.9 → 44.1 (its stages alone, fused: two basic
+blocks of 64 channels at 56², 9.28 → 8.97 ms; 64→128, 8.83 → 8.55; 128→256, 9.33 → 9.14;
+256→512, 11.47 → 11.48); the other zoo models do not change (no transposes meet).
 """
 
 from __future__ import annotations
