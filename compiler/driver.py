@@ -24,7 +24,6 @@ from tilecraft.target import Target
 
 EMITS = ("linalg", "tiled", "vector", "llvm", "asm", "obj", "so", "jit")
 RTOL, ATOL = 1e-4, 1e-5
-LAYOUT = True  # (A/B switch)
 
 
 class DriverError(ValueError):
@@ -197,19 +196,21 @@ def lower_precision(imported: frontend.Imported, decisions) -> None:
     imported.signature = runtime.Signature.of_func(imported.module, imported.func_name)
 
 
-def convolutions_as_gemms(imported: frontend.Imported, *, fusing: bool = True) -> None:
+def convolutions_as_gemms(imported: frontend.Imported, *, fusing: bool = True, layout: bool = True) -> None:
     """im2col + GEMM for every eligible convolution, depthwise convolutions as sums of
     shifted slices, and matmul weights padded to whole vectors (packed filters and padded
     weights become the bound ones); then reshapes moved below the elementwise ops that
     read them, and unit dims dropped. `fusing`: fusion follows (thin convolutions with
-    many outputs run as GEMMs only then: their output transpose is folded)."""
-    from tilecraft.passes import depthwise, fusion, im2col, layout
+    many outputs run as GEMMs only then: their output transpose is folded). `layout`: NHWC
+    between convolutions (`passes/layout.py`; off only to compare)."""
+    from tilecraft.passes import depthwise, fusion, im2col
+    from tilecraft.passes import layout as layouts
 
     imported.params, _ = im2col.rewrite(imported.module, imported.params, thin=fusing)
     depthwise.rewrite(imported.module)  # depthwise convolutions: elementwise sums of shifted slices
-    if LAYOUT:
-        layout.sink_transposes(imported.module)  # NHWC between convolutions: no transposes
-        layout.sink_extract_slices(imported.module)  # a tap chain's epilogue on its accumulator
+    if layout:
+        layouts.sink_transposes(imported.module)  # NHWC between convolutions: no transposes
+        layouts.sink_extract_slices(imported.module)  # a tap chain's epilogue on its accumulator
     imported.params, _ = im2col.pad_weight_columns(imported.module, imported.params)
     im2col.sink_expand_shapes(imported.module)  # GEMMs and their epilogues, one chain
     fusion.fold_unit_dims(imported.module)  # [1, S, D] → [S, D]: reductions, broadcasts

@@ -29,12 +29,8 @@ def test_transposes_between_convolutions_cancel():
     model, x = _block_pair(16, 28)
     with_layout = frontend.import_module(model, (x,), spec="<test>")
     before = frontend.import_module(model, (x,), spec="<test>")
-    try:
-        driver.LAYOUT = False
-        with before.module.context:
-            driver.convolutions_as_gemms(before, fusing=True)
-    finally:
-        driver.LAYOUT = True
+    with before.module.context:
+        driver.convolutions_as_gemms(before, fusing=True, layout=False)
     with with_layout.module.context:
         driver.convolutions_as_gemms(with_layout, fusing=True)
     # 4 convolutions: each transposed its input in and its result out (8). Now: the
