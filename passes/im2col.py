@@ -461,6 +461,16 @@ def _owner(v: ir.Value):
     return o if isinstance(o, ir.Operation) else None
 
 
+def _replace_op(op: ir.Operation, value: ir.Value | None = None) -> None:
+    """Erase a one-result generic (its uses moved to `value` first), and its init when that
+    was a `tensor.empty` nothing else uses."""
+    init = op.operands[len(op.operands) - 1]
+    if value is not None:
+        op.results[0].replace_all_uses_with(value)
+    op.erase()
+    _erase_if_dead(init.owner)
+
+
 def _reassociation(op: ir.Operation) -> list[list[int]]:
     return [[ir.IntegerAttr(d).value for d in group] for group in ir.ArrayAttr(op.attributes["reassociation"])]
 
@@ -575,9 +585,5 @@ def _restate(op, expand: ir.Operation, ctx) -> ir.Operation | None:
         new.results[0].set_type(new_t)
         back = expand.clone()
         back.operands[0] = new.results[0]
-    op.results[0].replace_all_uses_with(back.results[0])
-    init = _owner(op.operands[n_in])
-    op.erase()
-    if init is not None and init.name == "tensor.empty" and not list(init.results[0].uses):
-        init.erase()
+    _replace_op(op, back.results[0])
     return back

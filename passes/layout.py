@@ -29,6 +29,7 @@ from __future__ import annotations
 from torch_mlir import ir
 from torch_mlir.dialects import tensor
 
+from tilecraft.passes.im2col import _owner, _replace_op
 from tilecraft.passes.precision import _func, _t, call_helper, inline_helpers
 
 
@@ -38,18 +39,33 @@ def _maps(op: ir.Operation) -> list[ir.AffineMap]:
 
 def _positions(amap: ir.AffineMap) -> list[int] | None:
     """The loop each result of a permutation map reads, or None."""
+    out = _positions_any(amap)
+    return out if out is not None and sorted(out) == list(range(amap.n_dims)) else None
+
+
+def _positions_any(amap: ir.AffineMap) -> list[int] | None:
+    """The loops a map of dims and constants reads, or None."""
     out = []
     for expr in amap.results:
         expr = expr.maybe_downcast()
-        if not isinstance(expr, ir.AffineDimExpr):
+        if isinstance(expr, ir.AffineDimExpr):
+            out.append(expr.position)
+        elif not isinstance(expr, ir.AffineConstantExpr):
             return None
-        out.append(expr.position)
-    return out if sorted(out) == list(range(amap.n_dims)) else None
+    return out
 
 
-def _owner(v: ir.Value) -> ir.Operation | None:
-    o = getattr(v.owner, "operation", v.owner)
-    return o if isinstance(o, ir.Operation) else None
+def _inverts(perm_u: list[int], perm_t: list[int]) -> bool:
+    """Whether transpose `perm_u` undoes transpose `perm_t` (u's input dim k is its loop
+    perm_u[k]; t's source dim k is its loop perm_t[k]): u(t(x)) is x."""
+    return len(perm_u) == len(perm_t) and all(perm_u[perm_t[k]] == k for k in range(len(perm_t)))
+
+
+def _through_pads(op: ir.Operation | None) -> ir.Operation | None:
+    """`op`, or the op a chain of single-use pads starting at it feeds."""
+    while op is not None and op.name == "tensor.pad" and len(list(op.results[0].uses)) == 1:
+        op = _owner(next(iter(op.results[0].uses)))
+    return op
 
 
 def _elementwise(op: ir.Operation) -> bool:
@@ -142,11 +158,7 @@ def _restate(g: ir.Operation, t: ir.Operation, perm: list[int]) -> ir.Operation 
         back.operands[0] = new.results[0]
         back.operands[1] = back_init
         back.results[0].set_type(ir.RankedTensorType.get(t_out.shape, out_t.element_type))
-    g.results[0].replace_all_uses_with(back.results[0])
-    init = _owner(g.operands[n_in])
-    g.erase()
-    if init is not None and init.name == "tensor.empty" and not list(init.results[0].uses):
-        init.erase()
+    _replace_op(g, back.results[0])
     return back
 
 
@@ -186,9 +198,7 @@ def _cancel(u: ir.Operation, module: ir.Module, done: list) -> bool:
             return False
         break
     t = o
-    # u's input dim k is u's loop perm_u[k]; x dim k is t's loop (t's output dim) perm_t[k]:
-    # u(t(x)) is x when perm_u[perm_t[k]] = k for every k.
-    if len(perm_u) != len(perm_t) or any(perm_u[perm_t[k]] != k for k in range(len(perm_t))):
+    if not _inverts(perm_u, perm_t):
         return False
     x = t.operands[0]
     shape = list(ir.RankedTensorType(x.type).shape)
@@ -217,10 +227,7 @@ def _cancel(u: ir.Operation, module: ir.Module, done: list) -> bool:
             pad.erase()
     done.append(name)
     if not list(t.results[0].uses):
-        init = _owner(t.operands[1])
-        t.erase()
-        if init is not None and init.name == "tensor.empty" and not list(init.results[0].uses):
-            init.erase()
+        _replace_op(t)
     return True
 
 
@@ -242,7 +249,7 @@ def _sink_transposes(module: ir.Module) -> int:
         if perm is None or not _is_live(t) or not _reaches_inverse(t.results[0], perm, 0):
             continue
         for use in list(t.results[0].uses):
-            user = _owner_op(use.owner)
+            user = _owner(use)
             if user is None:
                 continue
             if transpose_of(user) is None and user.name == "linalg.generic" and _elementwise(user):
@@ -253,14 +260,11 @@ def _sink_transposes(module: ir.Module) -> int:
                     changed += 1
                     work.append(back)
         for use in list(t.results[0].uses):
-            user = _owner_op(use.owner)
-            u = user
-            while u is not None and u.name == "tensor.pad" and len(list(u.results[0].uses)) == 1:
-                u = _owner_op(next(iter(u.results[0].uses)).owner)
+            u = _through_pads(_owner(use))
             if u is not None and _cancel(u, module, cancelled):
                 changed += 1
         if _is_live(t) and not list(t.results[0].uses):
-            t.erase()
+            _replace_op(t)
     if cancelled:
         inline_helpers(module)
     return changed
@@ -278,24 +282,17 @@ def _reaches_inverse(v: ir.Value, perm: list[int], depth: int) -> bool:
     if depth > MAX_SINK_DEPTH:
         return False
     for use in v.uses:
-        user = _owner_op(use.owner)
+        user = _owner(use)
         if user is None:
             continue
-        u = user
-        while u is not None and u.name == "tensor.pad" and len(list(u.results[0].uses)) == 1:
-            u = _owner_op(next(iter(u.results[0].uses)).owner)
+        u = _through_pads(user)
         inv = transpose_of(u) if u is not None else None
-        if inv is not None and len(inv) == len(perm) and all(inv[perm[k]] == k for k in range(len(perm))):
+        if inv is not None and _inverts(inv, perm):
             return True
         if user.name == "linalg.generic" and inv is None and _elementwise(user):
             if _reaches_inverse(user.results[0], perm, depth + 1):
                 return True
     return False
-
-
-def _owner_op(o) -> ir.Operation | None:
-    o = getattr(o, "operation", o)
-    return o if isinstance(o, ir.Operation) else None
 
 
 def _is_live(op: ir.Operation) -> bool:
@@ -358,7 +355,7 @@ def _sink_extract_slices(module: ir.Module) -> int:
         src = s.operands[0]
         src_t = ir.RankedTensorType(src.type)
         for use in list(s.results[0].uses):
-            g = _owner_op(use.owner)
+            g = _owner(use)
             if g is None or not _elementwise(g):
                 continue
             maps = _maps(g)
@@ -387,25 +384,9 @@ def _sink_extract_slices(module: ir.Module) -> int:
                 new.results[0].set_type(src_t)
                 back = s.clone()
                 back.operands[0] = new.results[0]
-            g.results[0].replace_all_uses_with(back.results[0])
-            old_init = _owner(g.operands[n_in])
-            g.erase()
-            if old_init is not None and old_init.name == "tensor.empty" and not list(old_init.results[0].uses):
-                old_init.erase()
+            _replace_op(g, back.results[0])
             moved += 1
             work.append(back)
         if not list(s.results[0].uses):
             s.erase()
     return moved
-
-
-def _positions_any(amap: ir.AffineMap) -> list[int] | None:
-    """The loops a map of dims and constants reads, or None."""
-    out = []
-    for expr in amap.results:
-        expr = expr.maybe_downcast()
-        if isinstance(expr, ir.AffineDimExpr):
-            out.append(expr.position)
-        elif not isinstance(expr, ir.AffineConstantExpr):
-            return None
-    return out
