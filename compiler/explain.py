@@ -71,7 +71,7 @@ def explain(
         graph = fusion.dataflow_graph(module)
         nodes = fusion.analyze(module)
         state = ir.AsmState(module.operation)
-        texts = {g.sink: fusion.outline_group(nodes, g.ops, state) for g in groups}
+        texts = {g.sink: fusion.outline_group(nodes, g.ops, state, views=True) for g in groups}  # as run
         fusion.apply(module, groups)
         before = []  # the op id each op had before fusion, in walk order
         tiling.walk_ops(

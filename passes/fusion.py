@@ -759,10 +759,16 @@ def apply(module: ir.Module, decisions: Sequence[FusionDecision]) -> ir.Module:
 
 
 # ------------------------------------------------------------------ group extraction
-def outline_group(nodes: Mapping[int, Node], group: Sequence[int], state: ir.AsmState) -> str:
+VIEW_OPS = ("tensor.extract_slice", "tensor.collapse_shape", "tensor.expand_shape")
+
+
+def outline_group(nodes: Mapping[int, Node], group: Sequence[int], state: ir.AsmState, *, views: bool = False) -> str:
     """The group's ops as one `func.func @kernel` (external values → arguments, captured
     constants copied in, the sink's result returned). SSA names are canonical, so equal
-    groups print equally."""
+    groups print equally. With `views`, operands that are views (slices, reshapes) of
+    another value are outlined with their views, so the function takes what they view: a
+    tap chain then reads its taps from one input, as in the model (without, each tap is
+    an argument of its own; the cost model's features are computed that way)."""
     order = _topo(nodes, group)
     inside = {r for m in order for r in nodes[m].op.results}
     args: list[ir.Value] = []
@@ -770,14 +776,7 @@ def outline_group(nodes: Mapping[int, Node], group: Sequence[int], state: ir.Asm
     texts = []
     from tilecraft.corpus.kernels import _captured, _print
 
-    for m in order:
-        op = nodes[m].op
-        tag = op.attributes[tiling.OP_ID]
-        del op.attributes[tiling.OP_ID]
-        try:
-            texts.append(_print(op, state))
-        finally:
-            op.attributes[tiling.OP_ID] = tag
+    def take(op: ir.Operation) -> None:
         for v in [*op.operands, *_captured(op)]:
             owner = getattr(v.owner, "operation", v.owner)
             if v in inside:
@@ -786,6 +785,34 @@ def outline_group(nodes: Mapping[int, Node], group: Sequence[int], state: ir.Asm
                 consts.append(_print(owner, state).strip())
             elif v not in args:
                 args.append(v)
+
+    if views:
+        pulled: list[ir.Operation] = []
+
+        def pull(v: ir.Value) -> None:
+            owner = getattr(v.owner, "operation", v.owner)
+            if v in inside or not isinstance(owner, ir.Operation) or owner.name not in VIEW_OPS:
+                return
+            for x in owner.operands:
+                pull(x)
+            inside.update(owner.results)
+            pulled.append(owner)
+
+        for m in order:
+            for v in nodes[m].op.operands:
+                pull(v)
+        for owner in pulled:
+            texts.append(_print(owner, state))
+            take(owner)
+    for m in order:
+        op = nodes[m].op
+        tag = op.attributes[tiling.OP_ID]
+        del op.attributes[tiling.OP_ID]
+        try:
+            texts.append(_print(op, state))
+        finally:
+            op.attributes[tiling.OP_ID] = tag
+        take(op)
     body = "\n".join([*dict.fromkeys(consts), *texts])
     names: dict[str, str] = {v.get_name(state): f"%arg{i}" for i, v in enumerate(args)}
     result = nodes[order[-1]].op.results[0]
