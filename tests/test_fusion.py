@@ -219,6 +219,16 @@ def test_light_groups_are_priced_on_the_unfused_scale():
     assert driver.compare(compiled.fn(x, y), SiLUMul()(x, y)).ok
 
 
+def test_light_groups_take_register_tiles_that_do_not_spill():
+    """A group of elementwise ops computes about LIGHT_BUDGET elements per tile (8 zmm per
+    value), not the whole vector budget: 64 registers per value spilled."""
+    x, y = torch.randn(256, 1024), torch.randn(256, 1024)
+    compiled = driver.compile_model(frontend.import_module(SiLUMul(), (x, y), spec="<test>"))
+    (group,) = compiled.fusion
+    assert group.tiles == (1, fusion.LIGHT_BUDGET) and fusion.LIGHT_BUDGET <= 256
+    assert driver.compare(compiled.fn(x, y), SiLUMul()(x, y)).ok
+
+
 def test_buffer_copies_are_dropped_or_vectorized():
     """Bufferization's copies of fused tiles onto themselves are erased and the rest become
     vector code: no scalar `linalg.copy` loop nest reaches the LLVM stage."""
