@@ -74,3 +74,36 @@ def test_a_transpose_with_no_inverse_below_stays_put(pool):
     compiled = driver.compile_model(frontend.import_module(model, (x,), spec="<test>"))
     with torch.no_grad():
         assert driver.compare(compiled.fn(x), model(x)).ok
+
+
+def test_max_pooling_between_convolutions_runs_on_nhwc():
+    """A stem into a max pooling into a basic block: the pooling is restated on NHWC (the
+    max of its window's strided slices), so its transpose sinks below it and cancels
+    against the block's; the -inf padding survives the move."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 7, 2, 3, bias=False),
+        torch.nn.BatchNorm2d(16),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(3, 2, 1),
+        BasicBlock(16, 16, 1),
+    ).eval()
+    x = torch.randn(1, 3, 56, 56) - 2.0  # mostly negative: a zero-padded pooling would differ
+    counts = {}
+    for poolings in ((), layout.POOLINGS):
+        imported = frontend.import_module(model, (x,), spec="<test>")
+        saved, layout.POOLINGS = layout.POOLINGS, poolings
+        try:
+            with imported.module.context:
+                driver.convolutions_as_gemms(imported, fusing=True)
+        finally:
+            layout.POOLINGS = saved
+        text = str(imported.module)
+        counts[bool(poolings)] = (_transposes(imported.module), "pooling_nchw_max" in text)
+    # NCHW pooling: the input's, the stem's result into the pooling, the block's result.
+    # NHWC: the stem's result no longer goes back to NCHW, and no named pooling is left
+    assert counts == {False: (3, True), True: (2, False)}
+    for fuse in (True, False):
+        compiled = driver.compile_model(frontend.import_module(model, (x,), spec="<test>"), fuse=fuse)
+        with torch.no_grad():
+            assert driver.compare(compiled.fn(x), model(x)).ok
