@@ -107,3 +107,39 @@ def test_max_pooling_between_convolutions_runs_on_nhwc():
         compiled = driver.compile_model(frontend.import_module(model, (x,), spec="<test>"), fuse=fuse)
         with torch.no_grad():
             assert driver.compare(compiled.fn(x), model(x)).ok
+
+
+def test_a_read_through_the_inverse_permutation_takes_the_source():
+    """A downsampling block: its second convolution's batch norm ran on NCHW while the
+    residual add (restated on NHWC for the shortcut) read it through the inverse
+    permutation. The transpose now sinks below the batch norm, the add reads its NHWC
+    result through the identity, and GEMM, batch norm, add and ReLU are one kernel with
+    its accumulators in registers."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(BasicBlock(16, 32, 2), BasicBlock(32, 32, 1)).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 1.5)
+    x = torch.randn(1, 16, 56, 56)
+    transposes, in_registers = {}, {}
+    saved = layout._reads_through_inverse
+    for fold in (False, True):
+        if not fold:
+            layout._reads_through_inverse = lambda *a: False
+        try:
+            imported = frontend.import_module(model, (x,), spec="<test>")
+            with imported.module.context:
+                driver.convolutions_as_gemms(imported, fusing=True)
+            transposes[fold] = _transposes(imported.module)
+            compiled = driver.compile_model(frontend.import_module(model, (x,), spec="<test>"))
+        finally:
+            layout._reads_through_inverse = saved
+        in_registers[fold] = sum(len(d.members) for d in compiled.fusion if d.registers)
+        with torch.no_grad():
+            assert driver.compare(compiled.fn(x), model(x)).ok
+    assert transposes == {False: 5, True: 4}
+    assert in_registers[True] > in_registers[False]
+    compiled = driver.compile_model(frontend.import_module(model, (x,), spec="<test>"), fuse=False)
+    with torch.no_grad():
+        assert driver.compare(compiled.fn(x), model(x)).ok
