@@ -187,59 +187,69 @@ def _static(pad: ir.Operation, name: str) -> list[int]:
     return list(ir.DenseI64ArrayAttr(pad.attributes[name]))
 
 
-def _cancel(u: ir.Operation, module: ir.Module, done: list) -> bool:
-    """`u` (NCHW → NHWC) reading, through pads, an NHWC → NCHW transpose of x: replaced by
-    the pads restated on x."""
-    perm_u = transpose_of(u)
-    if perm_u is None:
-        return False
+def _pads_above(v: ir.Value) -> tuple[list[ir.Operation], ir.Operation | None]:
+    """The chain of single-use constant pads `v` is the result of (outermost first), and
+    the op above them (None: a block argument, or a pad of another kind)."""
     pads = []
-    v = u.operands[0]
     while True:
         o = _owner(v)
-        if o is None:
-            return False
-        if o.name == "tensor.pad" and len(list(o.results[0].uses)) == 1 and len(o.operands) == 1:
-            if _pad_value(o) != 0.0:
-                return False
-            pads.append(o)
-            v = o.operands[0]
-            continue
-        perm_t = transpose_of(o)
-        if perm_t is None:
-            return False
-        break
-    t = o
-    if not _inverts(perm_u, perm_t):
-        return False
-    x = t.operands[0]
-    shape = list(ir.RankedTensorType(x.type).shape)
-    name = f"__tc_layout_{len(done)}"
-    lines = [
-        f"func.func private @{name}(%x0: {_t(shape, 'f32')}) -> {u.results[0].type} {{",
-        "  %z = arith.constant 0.0 : f32",
-    ]
-    for n, pad in enumerate(reversed(pads)):  # innermost (nearest t) first
+        if o is None or o.name != "tensor.pad":
+            return pads, o
+        if len(list(o.results[0].uses)) != 1 or len(o.operands) != 1 or _pad_value(o) is None:
+            return pads, None
+        pads.append(o)
+        v = o.operands[0]
+
+
+def _restated_pads(pads: list[ir.Operation], perm: list[int], shape: list[int]) -> tuple[list[str], list[int]]:
+    """`pads` (outermost first, over a transpose `perm` of %x0) restated on %x0, as helper
+    lines from %x1 on, innermost first; and the padded shape."""
+    lines = []
+    for n, pad in enumerate(reversed(pads)):
         low, high = _static(pad, "static_low"), _static(pad, "static_high")
-        lo = [low[perm_t[k]] for k in range(len(shape))]  # x dim k is the pad's dim perm_t[k]
-        hi = [high[perm_t[k]] for k in range(len(shape))]
-        new_shape = [s + a + b for s, a, b in zip(shape, lo, hi)]
+        lo = [low[perm[k]] for k in range(len(shape))]  # x dim k is the pad's dim perm[k]
+        hi = [high[perm[k]] for k in range(len(shape))]
+        new_shape = [d + a + b for d, a, b in zip(shape, lo, hi)]
         idx = ", ".join(f"%i{d}: index" for d in range(len(shape)))
         lines.append(
-            f"  %x{n + 1} = tensor.pad %x{n} low{lo} high{hi} {{\n  ^bb0({idx}):\n    tensor.yield %z : f32\n"
+            f"  %z{n} = arith.constant {_f32_hex(_pad_value(pad))} : f32\n"
+            f"  %x{n + 1} = tensor.pad %x{n} low{lo} high{hi} {{\n  ^bb0({idx}):\n    tensor.yield %z{n} : f32\n"
             f"  }} : {_t(shape, 'f32')} to {_t(new_shape, 'f32')}"
         )
         shape = new_shape
-    if _t(shape, "f32") != str(u.results[0].type):
-        return False
-    lines.append(f"  return %x{len(pads)} : {u.results[0].type}\n}}")
-    call_helper(module, u, "\n".join(lines), name, [x])
+    return lines, shape
+
+
+def _replace_through(op: ir.Operation, module: ir.Module, text: str, name: str, t: ir.Operation, pads, done: list):
+    """Replace `op` by a call to helper `text` on transpose `t`'s source; the pads between
+    them and `t` go when nothing else reads them."""
+    call_helper(module, op, text, name, [t.operands[0]])
     for pad in pads:  # outermost first: each the only user of the next
         if not list(pad.results[0].uses):
             pad.erase()
     done.append(name)
     if not list(t.results[0].uses):
         _replace_op(t)
+
+
+def _cancel(u: ir.Operation, module: ir.Module, done: list) -> bool:
+    """`u` (NCHW → NHWC) reading, through pads, an NHWC → NCHW transpose of x: replaced by
+    the pads restated on x."""
+    perm_u = transpose_of(u)
+    if perm_u is None:
+        return False
+    pads, t = _pads_above(u.operands[0])
+    perm_t = transpose_of(t) if t is not None else None
+    if perm_t is None or any(_pad_value(p) != 0.0 for p in pads) or not _inverts(perm_u, perm_t):
+        return False
+    shape = list(ir.RankedTensorType(t.operands[0].type).shape)
+    name = f"__tc_layout_{len(done)}"
+    lines, shape = _restated_pads(pads, perm_t, shape)
+    if _t(shape, "f32") != str(u.results[0].type):
+        return False
+    head = f"func.func private @{name}(%x0: {t.operands[0].type}) -> {u.results[0].type} {{"
+    tail = f"  return %x{len(pads)} : {u.results[0].type}\n}}"
+    _replace_through(u, module, "\n".join([head, *lines, tail]), name, t, pads, done)
     return True
 
 
@@ -264,37 +274,14 @@ def _pool_nhwc(pool: ir.Operation, module: ir.Module, done: list) -> bool:
     if any(d != 1 for d in ir.DenseIntElementsAttr(pool.attributes["dilations"])):
         return False
     strides = [int(d) for d in ir.DenseIntElementsAttr(pool.attributes["strides"])]
-    pads, v = [], pool.operands[0]
-    while True:
-        o = _owner(v)
-        if o is None:
-            return False
-        if o.name == "tensor.pad" and len(list(o.results[0].uses)) == 1 and len(o.operands) == 1:
-            if _pad_value(o) is None:
-                return False
-            pads.append(o)
-            v = o.operands[0]
-            continue
-        break
-    t, perm = o, transpose_of(o)
+    pads, t = _pads_above(pool.operands[0])
+    perm = transpose_of(t) if t is not None else None
     if perm != NCHW_FROM_NHWC or str(ir.RankedTensorType(pool.results[0].type).element_type) != "f32":
         return False
-    x = t.operands[0]
-    shape = list(ir.RankedTensorType(x.type).shape)
     name = f"__tc_layout_{len(done)}"
-    lines = [f"func.func private @{name}(%x0: {_t(shape, 'f32')}) -> {pool.results[0].type} {{"]
-    for n, pad in enumerate(reversed(pads)):  # innermost (nearest t) first
-        low, high = _static(pad, "static_low"), _static(pad, "static_high")
-        lo = [low[perm[k]] for k in range(4)]
-        hi = [high[perm[k]] for k in range(4)]
-        new_shape = [d + a + b for d, a, b in zip(shape, lo, hi)]
-        idx = ", ".join(f"%i{d}: index" for d in range(4))
-        lines.append(
-            f"  %z{n} = arith.constant {_f32_hex(_pad_value(pad))} : f32\n"
-            f"  %x{n + 1} = tensor.pad %x{n} low{lo} high{hi} {{\n  ^bb0({idx}):\n    tensor.yield %z{n} : f32\n"
-            f"  }} : {_t(shape, 'f32')} to {_t(new_shape, 'f32')}"
-        )
-        shape = new_shape
+    lines = [f"func.func private @{name}(%x0: {t.operands[0].type}) -> {pool.results[0].type} {{"]
+    pad_lines, shape = _restated_pads(pads, perm, list(ir.RankedTensorType(t.operands[0].type).shape))
+    lines += pad_lines
     n_, c, oh, ow = ir.RankedTensorType(pool.results[0].type).shape
     kh, kw = ir.RankedTensorType(pool.operands[1].type).shape
     sh, sw = strides
@@ -313,8 +300,7 @@ def _pool_nhwc(pool: ir.Operation, module: ir.Module, done: list) -> bool:
     ident = "affine_map<(d0, d1, d2, d3) -> (d0, d1, d2, d3)>"
     par = ", ".join(['"parallel"'] * 4)
     args = ", ".join(f"%a{k}: f32" for k in range(len(taps)))
-    body = ["    %m0 = arith.maximumf %a0, %a0 : f32"] if len(taps) == 1 else []
-    acc = "%a0"
+    body, acc = [], "%a0"
     for k in range(1, len(taps)):
         body.append(f"    %m{k} = arith.maximumf {acc}, %a{k} : f32")
         acc = f"%m{k}"
@@ -325,7 +311,7 @@ def _pool_nhwc(pool: ir.Operation, module: ir.Module, done: list) -> bool:
         f" ins({', '.join(taps)} : {', '.join([_t(out, 'f32')] * len(taps))}) outs(%e : {_t(out, 'f32')}) {{",
         f"  ^bb0({args}, %o: f32):",
         *body,
-        f"    linalg.yield {acc if len(taps) > 1 else '%m0'} : f32",
+        f"    linalg.yield {acc} : f32",
         f"  }} -> {_t(out, 'f32')}",
         f"  %e2 = tensor.empty() : {pool.results[0].type}",
         "  %back = linalg.generic {indexing_maps = [affine_map<(d0, d1, d2, d3) -> (d0, d2, d3, d1)>, "
@@ -336,15 +322,9 @@ def _pool_nhwc(pool: ir.Operation, module: ir.Module, done: list) -> bool:
         f"  return %back : {pool.results[0].type}\n}}",
     ]
     init, window = pool.operands[2], pool.operands[1]
-    call_helper(module, pool, "\n".join(lines), name, [x])
+    _replace_through(pool, module, "\n".join(lines), name, t, pads, done)
     _erase_if_dead(init.owner)
     _erase_if_dead(window.owner)
-    for pad in pads:  # outermost first: each the only user of the next
-        if not list(pad.results[0].uses):
-            pad.erase()
-    done.append(name)
-    if not list(t.results[0].uses):
-        _replace_op(t)
     return True
 
 
