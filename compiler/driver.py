@@ -208,12 +208,14 @@ def convolutions_as_gemms(imported: frontend.Imported, *, fusing: bool = True, l
 
     imported.params, _ = im2col.rewrite(imported.module, imported.params, thin=fusing)
     depthwise.rewrite(imported.module)  # depthwise convolutions: elementwise sums of shifted slices
+    layouts.inline_broadcasts(imported.module)  # a bias read where it is added, not spread first
     if layout:
         layouts.sink_transposes(imported.module)  # NHWC between convolutions: no transposes
         layouts.sink_extract_slices(imported.module)  # a tap chain's epilogue on its accumulator
     imported.params, _ = im2col.pad_weight_columns(imported.module, imported.params)
     im2col.sink_expand_shapes(imported.module)  # GEMMs and their epilogues, one chain
     fusion.fold_unit_dims(imported.module)  # [1, S, D] → [S, D]: reductions, broadcasts
+    im2col.sink_expand_shapes(imported.module)  # (again: those only unit dims kept apart)
     imported.signature = runtime.Signature.of_func(imported.module, imported.func_name)
 
 

@@ -515,9 +515,14 @@ def sink_expand_shapes(module: ir.Module) -> int:
     moved = 0
     while work:
         expand = work.pop()
-        for use in list(expand.results[0].uses):
+        owners: list[ir.Operation] = []  # each reader once (one may read it twice)
+        for use in expand.results[0].uses:
+            owner = getattr(use.owner, "operation", use.owner)
+            if not any(owner == o for o in owners):
+                owners.append(owner)
+        for owner in owners:
             with ir.Location.unknown(ctx):
-                new_expand = _restate(use.owner, expand, ctx)
+                new_expand = _restate(owner, expand, ctx) or _restate_permuted(owner, expand, ctx)
             if new_expand is not None:
                 moved += 1
                 work.append(new_expand)
@@ -532,6 +537,124 @@ def sink_expand_shapes(module: ir.Module) -> int:
                 if not list(src.results[0].uses):
                     src.erase()
     return moved
+
+
+def _restate_permuted(op, expand: ir.Operation, ctx) -> ir.Operation | None:
+    """Like `_restate`, for an op that reads `expand`'s result through a permutation (a
+    convolution's bias and activation writing NCHW from its GEMM's [H·W, F] rows): each
+    group of loops the expand splits must be contiguous and in order wherever it is read
+    (or all but one of them unit). The op is restated over the collapsed loops in its
+    output's order (reading the GEMM's result transposed, [F, H·W]) and an expand of its
+    result, with the output's own groups, replaces it."""
+    op = getattr(op, "operation", op)
+    if op.name != "linalg.generic" or len(op.results) != 1:
+        return None
+    if any("parallel" not in str(a) for a in ir.ArrayAttr(op.attributes["iterator_types"])):
+        return None
+    body = list(op.regions[0].blocks[0].operations)
+    if any(o.name == "linalg.index" for o in body):
+        return None
+    if len(body) == 1:  # a bare transpose: left as it is (a transformer's K, 3-D: 2-D ran slower)
+        return None
+    maps = [ir.AffineMapAttr(a).value for a in ir.ArrayAttr(op.attributes["indexing_maps"])]
+    n_in = len(op.operands) - 1
+    out_t = ir.RankedTensorType(op.results[0].type)
+    extents = list(out_t.shape)
+    if maps[-1] != ir.AffineMap.get_identity(len(extents), ctx):
+        return None
+    reads = [i for i in range(n_in) if op.operands[i] == expand.results[0]]
+    dims = _dims(maps[reads[0]]) if reads else None
+    if dims is None or sorted(dims) != list(range(len(extents))):
+        return None
+    loop_groups = sorted([dims[d] for d in g] for g in _reassociation(expand))
+    if [d for g in loop_groups for d in g] != list(range(len(extents))):
+        return None  # a group's loops out of order or apart in the output
+    group_of = {d: k for k, g in enumerate(loop_groups) for d in g}
+    collapsed = [math.prod(extents[d] for d in g) for g in loop_groups]
+    plans = []  # per input: (new map, reassociation of its dims or None)
+    for i in range(n_in):
+        plan = _collapse_read(maps[i], loop_groups, group_of, extents, ctx)
+        if plan is None:
+            return None
+        plans.append(plan)
+    i64 = ir.IntegerType.get_signless(64, ctx)
+
+    def attr(groups):
+        return ir.ArrayAttr.get([ir.ArrayAttr.get([ir.IntegerAttr.get(i64, d) for d in g]) for g in groups])
+
+    with ir.InsertionPoint(op), op.location:
+        operands = []
+        for i, (_, reassoc) in enumerate(plans):
+            v = op.operands[i]
+            if reassoc is None:
+                operands.append(v)
+                continue
+            src = _owner(v)
+            if src is not None and src.name == "tensor.expand_shape" and _reassociation(src) == reassoc:
+                operands.append(src.operands[0])
+                continue
+            shape = ir.RankedTensorType(v.type).shape
+            in_t = ir.RankedTensorType.get(
+                [math.prod(shape[d] for d in g) for g in reassoc], ir.RankedTensorType(v.type).element_type
+            )
+            operands.append(tensor.collapse_shape(in_t, v, attr(reassoc)))
+        new_t = ir.RankedTensorType.get(collapsed, out_t.element_type)
+        operands.append(tensor.empty(collapsed, out_t.element_type))
+        new = op.clone()
+        for i, v in enumerate(operands):
+            new.operands[i] = v
+        identity = ir.AffineMap.get_identity(len(loop_groups), ctx)
+        new.attributes["indexing_maps"] = ir.ArrayAttr.get(
+            [ir.AffineMapAttr.get(m) for m, _ in plans] + [ir.AffineMapAttr.get(identity)]
+        )
+        new.attributes["iterator_types"] = ir.ArrayAttr.get(
+            [ir.Attribute.parse("#linalg.iterator_type<parallel>", ctx)] * len(loop_groups)
+        )
+        new.results[0].set_type(new_t)
+        back = tensor.expand_shape(out_t, new.results[0], attr(loop_groups), [], extents)
+    _replace_op(op, back)
+    return back.owner
+
+
+def _dims(amap: ir.AffineMap) -> list[int] | None:
+    """The loop each result of `amap` is, or None if one is not a bare loop."""
+    out = []
+    for expr in amap.results:
+        expr = expr.maybe_downcast()
+        if not isinstance(expr, ir.AffineDimExpr):
+            return None
+        out.append(expr.position)
+    return out
+
+
+def _collapse_read(amap, loop_groups, group_of, extents, ctx):
+    """(`amap` over the collapsed loops, the reassociation of the operand's dims, None if
+    it keeps them) or None: each run of results must be a whole loop group in order, a
+    group's one non-unit loop, or a constant."""
+    results, reassoc, k = [], [], 0
+    exprs = [e.maybe_downcast() for e in amap.results]
+    while k < len(exprs):
+        e = exprs[k]
+        if isinstance(e, ir.AffineConstantExpr):
+            results.append(e)
+            reassoc.append([k])
+            k += 1
+            continue
+        if not isinstance(e, ir.AffineDimExpr):
+            return None
+        g = loop_groups[group_of[e.position]]
+        run = [x.position if isinstance(x, ir.AffineDimExpr) else None for x in exprs[k : k + len(g)]]
+        if run == g:
+            reassoc.append(list(range(k, k + len(g))))
+            k += len(g)
+        elif all(extents[o] == 1 for o in g if o != e.position):
+            reassoc.append([k])
+            k += 1
+        else:
+            return None
+        results.append(ir.AffineDimExpr.get(group_of[e.position], ctx))
+    keep = all(len(r) == 1 for r in reassoc)
+    return ir.AffineMap.get(len(loop_groups), 0, results, ctx), (None if keep else reassoc)
 
 
 def _restate(op, expand: ir.Operation, ctx) -> ir.Operation | None:

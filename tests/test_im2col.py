@@ -3,6 +3,7 @@ rewritten model matches eager (strides, bias as a non-zero accumulator init, bat
 gathered tap by tap or in one gather)."""
 
 import dataclasses
+import re
 
 import pytest
 import torch
@@ -167,5 +168,37 @@ def test_tap_chain_fuses_into_one_register_tiled_kernel():
     with torch.no_grad():
         assert driver.compare(compiled.fn(x), model(x)).ok
     unfused = driver.compile_model(_imported(model, x), fuse=False)  # nine GEMMs of their own
+    with torch.no_grad():
+        assert driver.compare(unfused.fn(x), model(x)).ok
+
+
+def test_bias_and_activation_writing_nchw_read_the_gemm_rows_transposed():
+    """A strided convolution with a bias, its NCHW result read by an upsampling (no inverse
+    transpose to cancel against): the bias is read where it is added, not spread over
+    [F, OH, OW] first, and the bias + ReLU run over [F, OH·OW], reading the GEMM's
+    [OH·OW, F] rows transposed, with one reshape after them."""
+
+    class Down(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(16, 32, 3, stride=2, padding=1)
+
+        def forward(self, x):
+            y = torch.relu(self.conv(x))
+            return torch.nn.functional.interpolate(y, scale_factor=2.0, mode="nearest")
+
+    torch.manual_seed(0)
+    model, x = Down().eval(), torch.randn(1, 16, 32, 32)
+    imported = _imported(model, x)
+    with imported.module.context:
+        driver.convolutions_as_gemms(imported)
+    text = str(imported.module)
+    assert not re.search(r"ins\(%\w+ : tensor<32xf32>\) outs\(%\w+ : tensor<32x16x16xf32>\)", text)  # no spread bias
+    assert "-> tensor<32x256xf32>" in text
+    assert "affine_map<(d0, d1) -> (d1, d0)>" in text  # the GEMM's rows read transposed
+    compiled = driver.compile_model(_imported(model, x))
+    with torch.no_grad():
+        assert driver.compare(compiled.fn(x), model(x)).ok
+    unfused = driver.compile_model(_imported(model, x), fuse=False)
     with torch.no_grad():
         assert driver.compare(unfused.fn(x), model(x)).ok
