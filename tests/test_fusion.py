@@ -193,6 +193,19 @@ def test_measured_tap_chain_reads_its_taps_from_one_input():
     assert explain.measure_group(as_run, chain, target) is not None  # checked against loops
 
 
+def test_explain_measure_sums_its_kernels():
+    """`explain --measure` reports the measured kernels' sum and the part in kernels with a
+    contraction (what `bench/fusion_ceiling.py` bounds fusion's gain by)."""
+    from tilecraft import explain
+
+    r = explain.explain("mlp", measure=True)
+    measured = [k["measured_ms"] for k in r["kernels"] if k.get("measured_ms") is not None]
+    assert measured and r["unmeasured_kernels"] == len(r["kernels"]) - len(measured)
+    assert r["measured_total_ms"] == pytest.approx(sum(measured))
+    assert 0 < r["measured_contraction_ms"] <= r["measured_total_ms"]  # every mlp kernel holds its GEMM
+    assert "measured total:" in explain.format_table(r)
+
+
 class SiLUMul(nn.Module):
     def forward(self, x, y):
         return F.silu(x) * y + x
