@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -31,18 +30,10 @@ import torch
 from tilecraft import driver, explain, frontend
 from tilecraft.corpus import zoo
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from e2e import geomean, median_ms  # noqa: E402  (a script beside this one)
+
 ROUNDS = 5
-
-
-def median_ms(fn, runs: int) -> float:
-    for _ in range(3):
-        fn()
-    samples = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples) * 1e3
 
 
 def one(name: str, runs: int) -> dict:
@@ -72,11 +63,6 @@ def one(name: str, runs: int) -> dict:
     gap = row["unfused_ms"] - row["contraction_ms"]  # under 5% of unfused: within the noise, no share
     row["won"] = (row["unfused_ms"] - row["fused_ms"]) / gap if gap > 0.05 * row["unfused_ms"] else None
     return row
-
-
-def geomean(xs) -> float:
-    xs = [x for x in xs if x]
-    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else float("nan")
 
 
 def main(argv=None) -> int:

@@ -96,15 +96,20 @@ def _elementwise(op: ir.Operation) -> bool:
     return not any(o.name == "linalg.index" for o in block.operations)
 
 
+def _yields_its_input(op: ir.Operation) -> bool:
+    """An elementwise generic of one input whose body yields that input unchanged."""
+    if not _elementwise(op) or len(op.operands) != 2:
+        return False
+    block = op.regions[0].blocks[0]
+    ops = list(block.operations)
+    return len(ops) == 1 and ops[0].operation.name == "linalg.yield" and ops[0].operands[0] == block.arguments[0]
+
+
 def transpose_of(op: ir.Operation) -> list[int] | None:
     """`perm` if `op` is a pure transpose (a generic yielding its one input, read through a
     permutation map that is not the identity), else None: its input's dim k is its loop
     (= result dim) perm[k]."""
-    if not _elementwise(op) or len(op.operands) != 2:
-        return None
-    block = op.regions[0].blocks[0]
-    ops = list(block.operations)
-    if len(ops) != 1 or ops[0].operation.name != "linalg.yield" or ops[0].operands[0] != block.arguments[0]:
+    if not _yields_its_input(op):
         return None
     perm = _positions(_maps(op)[0])
     if perm is None or perm == list(range(len(perm))):
@@ -541,11 +546,7 @@ def _broadcast_source(op: ir.Operation) -> ir.AffineMap | None:
         rank = ir.RankedTensorType(op.results[0].type).rank
         dims = [ir.AffineDimExpr.get(d, op.context) for d in range(rank) if d not in added]
         return ir.AffineMap.get(rank, 0, dims, op.context)
-    if not _elementwise(op) or len(op.operands) != 2:
-        return None
-    block = op.regions[0].blocks[0]
-    ops = list(block.operations)
-    if len(ops) != 1 or ops[0].operation.name != "linalg.yield" or ops[0].operands[0] != block.arguments[0]:
+    if not _yields_its_input(op):
         return None
     if ir.RankedTensorType(op.operands[0].type).element_type != ir.RankedTensorType(op.results[0].type).element_type:
         return None
