@@ -475,31 +475,6 @@ def _reassociation(op: ir.Operation) -> list[list[int]]:
     return [[ir.IntegerAttr(d).value for d in group] for group in ir.ArrayAttr(op.attributes["reassociation"])]
 
 
-def _collapsed_map(amap: ir.AffineMap, groups: list[list[int]], extents: Sequence[int], ctx) -> ir.AffineMap | None:
-    """`amap` over the generic's loops restated over the collapsed loops (one per group),
-    or None: identity → identity; a dim that is its group's only non-unit loop → that
-    group's loop; constants stay."""
-    if amap.n_dims != len(extents):
-        return None
-    if list(amap.results) == [ir.AffineDimExpr.get(d, ctx) for d in range(len(extents))]:
-        return ir.AffineMap.get_identity(len(groups), ctx)
-    group_of = {d: g for g, dims in enumerate(groups) for d in dims}
-    results = []
-    for expr in amap.results:
-        expr = expr.maybe_downcast()
-        if isinstance(expr, ir.AffineConstantExpr):
-            results.append(expr)
-            continue
-        if not isinstance(expr, ir.AffineDimExpr):
-            return None
-        d = expr.position
-        g = group_of[d]
-        if any(extents[o] != 1 for o in groups[g] if o != d):
-            return None
-        results.append(ir.AffineDimExpr.get(g, ctx))
-    return ir.AffineMap.get(len(groups), 0, results, ctx)
-
-
 def sink_expand_shapes(module: ir.Module) -> int:
     """Move each `tensor.expand_shape` below the elementwise ops that read it (all-parallel
     `linalg.generic`s, identity output): they are restated on the collapsed loops
@@ -522,7 +497,7 @@ def sink_expand_shapes(module: ir.Module) -> int:
                 owners.append(owner)
         for owner in owners:
             with ir.Location.unknown(ctx):
-                new_expand = _restate(owner, expand, ctx) or _restate_permuted(owner, expand, ctx)
+                new_expand = _restate(owner, expand, ctx)
             if new_expand is not None:
                 moved += 1
                 work.append(new_expand)
@@ -539,13 +514,14 @@ def sink_expand_shapes(module: ir.Module) -> int:
     return moved
 
 
-def _restate_permuted(op, expand: ir.Operation, ctx) -> ir.Operation | None:
-    """Like `_restate`, for an op that reads `expand`'s result through a permutation (a
-    convolution's bias and activation writing NCHW from its GEMM's [H·W, F] rows): each
-    group of loops the expand splits must be contiguous and in order wherever it is read
-    (or all but one of them unit). The op is restated over the collapsed loops in its
-    output's order (reading the GEMM's result transposed, [F, H·W]) and an expand of its
-    result, with the output's own groups, replaces it."""
+def _restate(op, expand: ir.Operation, ctx) -> ir.Operation | None:
+    """Restate `op` (an all-parallel generic reading `expand`'s result through a
+    permutation: the identity, or a convolution's bias and activation writing NCHW from its
+    GEMM's [H·W, F] rows) over the collapsed loops: each group of loops the expand splits
+    must be contiguous and in order wherever it is read (or all but one of them unit). The
+    loops collapse in its output's order (an NCHW epilogue reads the GEMM's result
+    transposed, [F, H·W]); an expand of its result, with the output's own groups, replaces
+    it. Returns that expand, or None if `op` cannot be restated."""
     op = getattr(op, "operation", op)
     if op.name != "linalg.generic" or len(op.results) != 1:
         return None
@@ -554,18 +530,19 @@ def _restate_permuted(op, expand: ir.Operation, ctx) -> ir.Operation | None:
     body = list(op.regions[0].blocks[0].operations)
     if any(o.name == "linalg.index" for o in body):
         return None
-    if len(body) == 1:  # a bare transpose: left as it is (a transformer's K, 3-D: 2-D ran slower)
-        return None
     maps = [ir.AffineMapAttr(a).value for a in ir.ArrayAttr(op.attributes["indexing_maps"])]
     n_in = len(op.operands) - 1
     out_t = ir.RankedTensorType(op.results[0].type)
     extents = list(out_t.shape)
-    if maps[-1] != ir.AffineMap.get_identity(len(extents), ctx):
+    identity = ir.AffineMap.get_identity(len(extents), ctx)
+    if maps[-1] != identity:
         return None
     reads = [i for i in range(n_in) if op.operands[i] == expand.results[0]]
     dims = _dims(maps[reads[0]]) if reads else None
     if dims is None or sorted(dims) != list(range(len(extents))):
         return None
+    if len(body) == 1 and maps[reads[0]] != identity:
+        return None  # a bare transpose: left as it is (a transformer's K, 3-D: 2-D ran slower)
     loop_groups = sorted([dims[d] for d in g] for g in _reassociation(expand))
     if [d for g in loop_groups for d in g] != list(range(len(extents))):
         return None  # a group's loops out of order or apart in the output
@@ -603,9 +580,9 @@ def _restate_permuted(op, expand: ir.Operation, ctx) -> ir.Operation | None:
         new = op.clone()
         for i, v in enumerate(operands):
             new.operands[i] = v
-        identity = ir.AffineMap.get_identity(len(loop_groups), ctx)
         new.attributes["indexing_maps"] = ir.ArrayAttr.get(
-            [ir.AffineMapAttr.get(m) for m, _ in plans] + [ir.AffineMapAttr.get(identity)]
+            [ir.AffineMapAttr.get(m) for m, _ in plans]
+            + [ir.AffineMapAttr.get(ir.AffineMap.get_identity(len(loop_groups), ctx))]
         )
         new.attributes["iterator_types"] = ir.ArrayAttr.get(
             [ir.Attribute.parse("#linalg.iterator_type<parallel>", ctx)] * len(loop_groups)
@@ -655,58 +632,3 @@ def _collapse_read(amap, loop_groups, group_of, extents, ctx):
         results.append(ir.AffineDimExpr.get(group_of[e.position], ctx))
     keep = all(len(r) == 1 for r in reassoc)
     return ir.AffineMap.get(len(loop_groups), 0, results, ctx), (None if keep else reassoc)
-
-
-def _restate(op, expand: ir.Operation, ctx) -> ir.Operation | None:
-    """Restate `op` (reading `expand`'s result) on the collapsed loops; returns the
-    expand_shape of its new result (the old op is erased), or None if it cannot be."""
-    op = getattr(op, "operation", op)
-    if op.name != "linalg.generic" or len(op.results) != 1:
-        return None
-    iterators = [str(a) for a in ir.ArrayAttr(op.attributes["iterator_types"])]
-    maps = [ir.AffineMapAttr(a).value for a in ir.ArrayAttr(op.attributes["indexing_maps"])]
-    n_in = len(op.operands) - 1
-    out_t = ir.RankedTensorType(op.results[0].type)
-    groups = _reassociation(expand)
-    extents = list(out_t.shape)
-    if any("parallel" not in it for it in iterators) or len(extents) != sum(len(g) for g in groups):
-        return None
-    if any(o.name == "linalg.index" for o in op.regions[0].blocks[0].operations):
-        return None
-    identity = ir.AffineMap.get_identity(len(extents), ctx)
-    if maps[-1] != identity or expand.results[0].type != out_t:  # (the expand is reused for the result)
-        return None
-    new_maps = [_collapsed_map(m, groups, extents, ctx) for m in maps]
-    if any(m is None for m in new_maps):
-        return None
-    collapsed = [math.prod(extents[d] for d in g) for g in groups]
-    new_t = ir.RankedTensorType.get(collapsed, out_t.element_type)
-    reassoc = ir.ArrayAttr.get(
-        [ir.ArrayAttr.get([ir.IntegerAttr.get(ir.IntegerType.get_signless(64, ctx), d) for d in g]) for g in groups]
-    )
-    with ir.InsertionPoint(op), op.location:
-        operands = []
-        for i in range(n_in):
-            v = op.operands[i]
-            if maps[i] != identity:
-                operands.append(v)
-                continue
-            src = _owner(v)
-            if src is not None and src.name == "tensor.expand_shape" and _reassociation(src) == groups:
-                operands.append(src.operands[0])
-            else:  # (an input's element type may differ from the result's: a select's mask)
-                in_t = ir.RankedTensorType.get(collapsed, ir.RankedTensorType(v.type).element_type)
-                operands.append(tensor.collapse_shape(in_t, v, reassoc))
-        operands.append(tensor.empty(collapsed, out_t.element_type))
-        new = op.clone()
-        for i, v in enumerate(operands):
-            new.operands[i] = v
-        new.attributes["indexing_maps"] = ir.ArrayAttr.get([ir.AffineMapAttr.get(m) for m in new_maps])
-        new.attributes["iterator_types"] = ir.ArrayAttr.get(
-            [ir.Attribute.parse("#linalg.iterator_type<parallel>", ctx)] * len(groups)
-        )
-        new.results[0].set_type(new_t)
-        back = expand.clone()
-        back.operands[0] = new.results[0]
-    _replace_op(op, back.results[0])
-    return back

@@ -567,7 +567,7 @@ def inline_broadcasts(module: ir.Module) -> int:
     body = _func(module).regions[0].blocks[0]
     moved = 0
     for b in [op.operation for op in body.operations]:
-        in_map = _broadcast_source(b) if b.name in ("linalg.generic", "linalg.broadcast") else None
+        in_map = _broadcast_source(b)
         if in_map is None:
             continue
         for use in list(b.results[0].uses):
