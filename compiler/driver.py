@@ -198,8 +198,8 @@ def lower_precision(imported: frontend.Imported, decisions) -> None:
 
 def convolutions_as_gemms(imported: frontend.Imported, *, fusing: bool = True, layout: bool = True) -> None:
     """im2col + GEMM for every eligible convolution, depthwise convolutions as sums of
-    shifted slices, and matmul weights padded to whole vectors (packed filters and padded
-    weights become the bound ones); then reshapes moved below the elementwise ops that
+    shifted slices, and matmul weights padded to whole vectors and off row strides that
+    thrash the L1 (packed filters and padded weights become the bound ones); then reshapes moved below the elementwise ops that
     read them, and unit dims dropped. `fusing`: fusion follows (thin convolutions with
     many outputs run as GEMMs only then: their output transpose is folded). `layout`: NHWC
     between convolutions (`passes/layout.py`; off only to compare)."""
@@ -212,7 +212,7 @@ def convolutions_as_gemms(imported: frontend.Imported, *, fusing: bool = True, l
     if layout:
         layouts.sink_transposes(imported.module)  # NHWC between convolutions: no transposes
         layouts.sink_extract_slices(imported.module)  # a tap chain's epilogue on its accumulator
-    imported.params, _ = im2col.pad_weight_columns(imported.module, imported.params)
+    imported.params, _ = im2col.pad_weights(imported.module, imported.params)  # B: whole vectors, rows ≠ k·1 KB
     im2col.sink_expand_shapes(imported.module)  # GEMMs and their epilogues, one chain
     fusion.fold_unit_dims(imported.module)  # [1, S, D] → [S, D]: reductions, broadcasts
     im2col.sink_expand_shapes(imported.module)  # (again: those only unit dims kept apart)

@@ -130,10 +130,31 @@ def test_weight_columns_are_padded_to_whole_vectors():
     model, x = torch.nn.Linear(64, 1000).eval(), torch.randn(1, 64)
     imported = _imported(model, x)
     with imported.module.context:
-        params, padded = im2col.pad_weight_columns(imported.module, imported.params)
+        params, padded = im2col.pad_weights(imported.module, imported.params)
     assert padded == 1 and any(tuple(p.shape) == (64, 1008) for p in params)
     text = str(imported.module)
     assert "linalg.matmul" in text and "tensor<1x1008xf32> to tensor<1x1000xf32>" in text
+    compiled = driver.compile_model(_imported(model, x))
+    with torch.no_grad():
+        assert driver.compare(compiled.fn(x), model(x)).ok
+
+
+@pytest.mark.parametrize(
+    "n, stored, computed",
+    [(512, 528, 512), (1020, 1040, 1024)],  # rows 2 KB apart; 1020 columns: 1024 computed, 4 KB apart
+)
+def test_weight_rows_are_stored_off_a_multiple_of_1kb_apart(n, stored, computed):
+    """The matmul reads a [K, N] slice of a weight stored 16 columns wider: its rows no
+    longer fall into the same few L1 sets."""
+    torch.manual_seed(0)
+    model, x = torch.nn.Linear(64, n).eval(), torch.randn(8, 64)
+    imported = _imported(model, x)
+    with imported.module.context:
+        params, padded = im2col.pad_weights(imported.module, imported.params)
+    assert padded == 1 and any(tuple(p.shape) == (64, stored) for p in params)
+    text = str(imported.module)
+    assert f"tensor<64x{stored}xf32> to tensor<64x{computed}xf32>" in text
+    assert f"-> tensor<8x{computed}xf32>" in text
     compiled = driver.compile_model(_imported(model, x))
     with torch.no_grad():
         assert driver.compare(compiled.fn(x), model(x)).ok
