@@ -199,10 +199,10 @@ def lower_precision(imported: frontend.Imported, decisions) -> None:
 def convolutions_as_gemms(imported: frontend.Imported, *, fusing: bool = True, layout: bool = True) -> None:
     """im2col + GEMM for every eligible convolution, depthwise convolutions as sums of
     shifted slices, and matmul weights padded to whole vectors and off row strides that
-    thrash the L1 (packed filters and padded weights become the bound ones); then reshapes moved below the elementwise ops that
-    read them, and unit dims dropped. `fusing`: fusion follows (thin convolutions with
-    many outputs run as GEMMs only then: their output transpose is folded). `layout`: NHWC
-    between convolutions (`passes/layout.py`; off only to compare)."""
+    thrash the L1 (packed filters and padded weights become the bound ones); then
+    reshapes moved below the elementwise ops that read them, and unit dims dropped.
+    `fusing`: fusion follows (thin convolutions with many outputs run as GEMMs only then:
+    their output transpose is folded). `layout`: NHWC between convolutions (`passes/layout.py`; off only to compare)."""
     from tilecraft.passes import depthwise, fusion, im2col
     from tilecraft.passes import layout as layouts
 
