@@ -454,9 +454,7 @@ def pad_weights(module: ir.Module, params: list[torch.Tensor]) -> tuple[list[tor
         params[arg] = torch.nn.functional.pad(params[arg], (0, stride - n)).contiguous()
         block.arguments[arg].set_type(ir.Type.parse(_t([k, stride], "f32"), context=ctx))
         name = f"__tc_padded_{padded}"
-        a_t, s_t, b_t, r_t, o_t = (
-            _t(shape, "f32") for shape in ([m, k], [k, stride], [k, cols], [m, cols], [m, n])
-        )
+        a_t, s_t, b_t, r_t, o_t = (_t(shape, "f32") for shape in ([m, k], [k, stride], [k, cols], [m, cols], [m, n]))
         read_b = f"%b = tensor.extract_slice %s[0, 0] [{k}, {cols}] [1, 1] : {s_t} to {b_t}" if stride > cols else ""
         if widen:
             body = f"""%z = arith.constant 0.0 : f32
