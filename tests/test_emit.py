@@ -122,6 +122,8 @@ def test_a_padded_input_is_written_in_place_by_its_producer(monkeypatch):
     assert "linalg.map" in before and "linalg.map" not in text  # the pad's fill-then-copy is gone
     assert in_place <= copied - 2
     assert re.search(r"iter_args\(%\w+ = %subview_\d+\) -> \(memref<16x64x64xf32, strided<\[4356, 66, 1\]", text)
+    # the pads' fills are vectorized (`lowering.VECTORIZE_FILLS`), not left as scalar loops
+    assert not re.search(r"linalg\.fill (?!\{tc\.op_id)", text)
     compiled = driver.compile_model(frontend.import_module(model, inputs, spec="<test>"))
     with torch.no_grad():
         assert driver.compare(compiled.fn(*inputs), model(*inputs)).ok

@@ -136,22 +136,30 @@ def to_vector(module: ir.Module, *, vectorize: bool = True) -> ir.Module:
 
 
 COPY_ID = "tc.copy_id"
+VECTORIZE_FILLS = True  # fills made after tiling vectorized like copies (off only to compare)
 
 
 def tidy_copies(module: ir.Module) -> list[tuple[int, tuple[int, ...]]]:
     """The buffer copies bufferization left: erase the ones that copy a buffer onto itself
     (a fused tile written back into the subview it was computed in), and tag the rest with
     `tc.copy_id` for `lower_vectors_script` to vectorize (else each is a scalar loop nest).
-    Returns (copy id, register tile) per tagged copy."""
+    Fills made after tiling (a pad's border value, written in place) are tagged alike: as
+    scalar loops, LLVM vectorized ResNet-18's 114×114×64 pad fill across rows, with
+    scatters (0.96 ms). Returns (copy id, register tile) per tagged op."""
     out: list[tuple[int, tuple[int, ...]]] = []
     dead: list[ir.Operation] = []
 
     def visit(op: ir.Operation) -> None:
-        if op.name != "linalg.copy":
+        if op.name == "linalg.fill" and VECTORIZE_FILLS and tiling.OP_ID not in op.attributes:
+            dst = op.operands[1]
+        elif op.name == "linalg.copy":
+            src, dst = op.operands[0], op.operands[1]
+            if _same_buffer(src, dst):
+                dead.append(op)
+                return
+        else:
             return
-        src, dst = op.operands[0], op.operands[1]
-        if _same_buffer(src, dst):
-            dead.append(op)
+        if not isinstance(dst.type, ir.MemRefType):
             return
         t = ir.MemRefType(dst.type)
         if str(t.element_type) == "i1" or any(d < 0 for d in t.shape):
