@@ -216,6 +216,7 @@ def convolutions_as_gemms(imported: frontend.Imported, *, fusing: bool = True, l
     im2col.sink_expand_shapes(imported.module)  # GEMMs and their epilogues, one chain
     fusion.fold_unit_dims(imported.module)  # [1, S, D] → [S, D]: reductions, broadcasts
     im2col.sink_expand_shapes(imported.module)  # (again: those only unit dims kept apart)
+    im2col.drop_unit_reads(imported.module)  # a [C, 1, 1] scale read as (c, 0, 0): [C] through (c)
     imported.signature = runtime.Signature.of_func(imported.module, imported.func_name)
 
 

@@ -405,16 +405,27 @@ def group_tiles(
     return tiles, inner if any(inner) else (), False
 
 
+ROW_BROADCASTS_IN_REGISTERS = True  # per-row epilogue inputs in accumulator tiles (off only to compare)
+
+
 def _in_registers(c: tiling.OpInfo, at: Mapping[int, int], tileable: Sequence[bool], ones: set[int], target) -> bool:
     """Whether a matmul group keeps its accumulator tiles in registers over the whole K:
-    both parallel loops tileable in the sink (and neither a broadcast loop of the epilogue:
-    a per-row scale, as a pointwise convolution's per-channel batch norm, measured 1.07 ms
-    in 1-row register tiles after the matmul's tile against 1.71 in 8x32 accumulator
-    tiles, 16→96 channels at 112²), and B (K x N) fits L2 (the condition under
-    which the tiling pass leaves B unpacked; a register tile then reads its K x 32 panel
-    of B from L2. 64x512 @ 512x2048, whose 8 KB-strided rows conflict in L1 and L2 alike,
-    ran 1.6 ms this way against 0.94 ms unfused and packed)."""
-    if c.kind != "matmul" or not all(loop in at and tileable[at[loop]] and at[loop] not in ones for loop in (0, 1)):
+    both parallel loops tileable in the sink, the columns not a broadcast loop of the
+    epilogue (`_broadcast_loops`: an input read across them would be a shuffle), and B
+    (K x N) fits L2 (the condition under which the tiling pass leaves B unpacked; a
+    register tile then reads its K x 32 panel of B from L2. 64x512 @ 512x2048, whose 8
+    KB-strided rows conflict in L1 and L2 alike, ran 1.6 ms this way against 0.94 ms
+    unfused and packed).
+
+    The rows may be a broadcast loop: a per-row input (a pointwise convolution's
+    per-channel batch norm on [F, H·W]) is one value per accumulator row. 16→96 channels
+    at 112² with batch norm and ReLU6: 0.71 ms in 1-row tiles after the matmul's cache
+    tile, 0.56 in 8×32 accumulator tiles; 24→144 at 56², 0.303 → 0.258; 32→192 at 28²,
+    0.132 → 0.113 (an earlier lowering had measured 1.07 against 1.71 the other way)."""
+    rows_ok = ROW_BROADCASTS_IN_REGISTERS
+    if c.kind != "matmul" or not all(loop in at and tileable[at[loop]] for loop in (0, 1)):
+        return False
+    if at[1] in ones or (at[0] in ones and not rows_ok):
         return False
     _, n, k = c.extents
     return k * n * 4 <= getattr(target, "l2_bytes", 1 << 20)

@@ -84,7 +84,7 @@ from tilecraft.passes.precision import (
     call_helper,
     inline_helpers,
 )
-from tilecraft.passes.tiling import LANES
+from tilecraft.passes.tiling import LANES, walk_ops
 
 CONV = "linalg.conv_2d_nchw_fchw"
 # A thin layer (fewer than MIN_CHANNELS input channels) with many outputs runs as a GEMM
@@ -615,6 +615,51 @@ def _restate(op, expand: ir.Operation, ctx) -> ir.Operation | None:
         back = tensor.expand_shape(out_t, new.results[0], attr(loop_groups), [], extents)
     _replace_op(op, back)
     return back.owner
+
+
+def drop_unit_reads(module: ir.Module) -> int:
+    """An elementwise generic's input read with trailing constant indices into unit dims
+    (a per-channel scale [C, 1, 1] read as (c, 0, 0) by an epilogue restated over
+    [C, H·W]) is read collapsed instead: [C] through (c). Maps with constants are not
+    projected permutations, so the vectorizer left such an op scalar; a pointwise GEMM's
+    batch norm in registers then ran as scalar loops on its accumulator tile in memory.
+    Returns how many reads were rewritten."""
+    ctx = module.context
+    i64 = ir.IntegerType.get_signless(64, context=ctx)
+    done = 0
+    ops: list[ir.Operation] = []
+    walk_ops(module.operation, lambda op: ops.append(op) if op.name == "linalg.generic" else None)
+    for op in ops:
+        maps = [ir.AffineMapAttr(a).value for a in ir.ArrayAttr(op.attributes["indexing_maps"])]
+        n_in = len(op.operands) - len(op.results)
+        new_maps = list(maps)
+        for i in range(n_in):
+            v = op.operands[i]
+            if not isinstance(v.type, ir.RankedTensorType):
+                continue
+            shape = list(ir.RankedTensorType(v.type).shape)
+            results = list(maps[i].results)
+            keep = len(results)
+            while keep > 1 and _is_zero(results[keep - 1]) and shape[keep - 1] == 1:
+                keep -= 1
+            if keep == len(results):
+                continue
+            groups = [[d] for d in range(keep)]
+            groups[-1] += list(range(keep, len(results)))
+            with ir.InsertionPoint(op), op.location:
+                collapsed_t = ir.RankedTensorType.get(shape[:keep], ir.RankedTensorType(v.type).element_type)
+                reassoc = ir.ArrayAttr.get([ir.ArrayAttr.get([ir.IntegerAttr.get(i64, d) for d in g]) for g in groups])
+                op.operands[i] = tensor.collapse_shape(collapsed_t, v, reassoc)
+            new_maps[i] = ir.AffineMap.get(maps[i].n_dims, maps[i].n_symbols, results[:keep], ctx)
+            done += 1
+        if new_maps != maps:
+            op.attributes["indexing_maps"] = ir.ArrayAttr.get([ir.AffineMapAttr.get(m) for m in new_maps])
+    return done
+
+
+def _is_zero(expr) -> bool:
+    expr = expr.maybe_downcast()
+    return isinstance(expr, ir.AffineConstantExpr) and expr.value == 0
 
 
 def _dims(amap: ir.AffineMap) -> list[int] | None:

@@ -125,6 +125,34 @@ def test_pointwise_gemm_and_its_batch_norm_chain_become_one_group():
         assert driver.compare(compiled.fn(x), model(x)).ok
 
 
+def test_pointwise_gemm_batch_norm_runs_in_its_accumulator_registers():
+    """The per-channel batch norm of a pointwise GEMM on [F, H·W] reads one value per row:
+    its [F, 1, 1] scales are read as [F] (`drop_unit_reads`: a map with constants is not
+    vectorized), the group keeps its 8×32 accumulator tiles in registers
+    (`fusion.ROW_BROADCASTS_IN_REGISTERS`), and each row's scale is one broadcast, not a
+    transpose of a broadcast (`backends/cpu/broadcasts.py`)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(16, 64, 1, bias=False), torch.nn.BatchNorm2d(64), torch.nn.ReLU6(), torch.nn.Conv2d(64, 8, 3)
+    ).eval()
+    model[1].running_mean.uniform_(-0.5, 0.5)
+    model[1].running_var.uniform_(0.5, 1.5)
+    model[1].weight.data.uniform_(0.5, 1.5)
+    x = torch.randn(1, 16, 32, 32)
+    imported = _imported(model, x)
+    with imported.module.context:
+        driver.convolutions_as_gemms(imported)
+    text = str(imported.module)
+    assert "tensor<64x1x1xf32> into tensor<64xf32>" in text and not re.search(r"-> \(d0, 0, 0\)>", text)
+    compiled = driver.compile_model(_imported(model, x), emit="vector")
+    groups = [g for g in compiled.fusion if len(g.ops) >= 6]
+    assert groups and groups[0].registers and groups[0].inner == (8, 32)
+    assert "vector.transpose" not in compiled.text and "vector.shuffle" not in compiled.text
+    compiled = driver.compile_model(_imported(model, x))
+    with torch.no_grad():
+        assert driver.compare(compiled.fn(x), model(x)).ok
+
+
 def test_weight_columns_are_padded_to_whole_vectors():
     torch.manual_seed(0)
     model, x = torch.nn.Linear(64, 1000).eval(), torch.randn(1, 64)

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from torch_mlir import ir, passmanager
 from torch_mlir.dialects.transform import interpreter
 
-from tilecraft.backends.cpu import amx, math_approx, reductions
+from tilecraft.backends.cpu import amx, broadcasts, math_approx, reductions
 from tilecraft.passes import tiling
 from tilecraft.passes.tiling import ANY
 
@@ -132,6 +132,7 @@ def to_vector(module: ir.Module, *, vectorize: bool = True) -> ir.Module:
     apply_transform(module, vectorize_script(vectorize=vectorize), stage="vector")
     copies = tidy_copies(module) if vectorize else []
     reductions.split_row_reductions(module)  # rows reduced a register at a time, not a lane
+    broadcasts.rows_without_transposes(module)  # a per-row value: one broadcast per row, no shuffle
     return apply_transform(module, lower_vectors_script(copies), stage="vector")
 
 
