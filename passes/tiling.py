@@ -485,9 +485,22 @@ def tiling_script(infos: Sequence[OpInfo], scheds: Mapping[int, TileDecision], *
             h = f"%d{info.op_id}"
         if s.vectorize and vectorize:
             # An op the vectorizer rejects stays scalar (lowered to loops later).
+            one_row = info.kind == "matmul" and extents[0] == 1 and len(s.tiles) > 1 and s.tiles[-1][-1] == 1
+            contract = ""
+            if one_row:
+                # One row: its mul + reduction made a contraction before the unit dims are
+                # cast away, else the accumulator is loaded and stored at every k (a
+                # classifier's 1×1280 @ 1280×1008: 0.28 ms against 0.072; eager 0.094).
+                contract = (
+                    f'      %pl{info.op_id} = transform.get_parent_op {h} {{op_name = "scf.for"}} : ({ANY}) -> {ANY}\n'
+                    f"      transform.structured.vectorize {h} {{vectorize_nd_extract}} : {ANY}\n"
+                    f"      transform.apply_patterns to %pl{info.op_id} {{\n"
+                    f"        transform.apply_patterns.vector.reduction_to_contract\n      }} : {ANY}\n"
+                )
             body.append(
                 f"    transform.sequence %root : {ANY} failures(suppress) {{\n    ^bb0(%r{info.op_id}: {ANY}):\n"
-                f"      transform.structured.vectorize {h} {{vectorize_nd_extract}} : {ANY}\n    }}"
+                + (contract or f"      transform.structured.vectorize {h} {{vectorize_nd_extract}} : {ANY}\n")
+                + "    }"
             )
     return named_sequence("\n".join(body), consumed=False)
 

@@ -127,3 +127,16 @@ def test_a_padded_input_is_written_in_place_by_its_producer(monkeypatch):
     compiled = driver.compile_model(frontend.import_module(model, inputs, spec="<test>"))
     with torch.no_grad():
         assert driver.compare(compiled.fn(*inputs), model(*inputs)).ok
+
+
+def test_a_one_row_matmul_keeps_its_accumulator_in_registers():
+    """A classifier's 1×K @ K×N: the register tile's mul + reduction becomes a contraction
+    before its unit dims are cast away, so its k loop carries the accumulator as a vector
+    (before, it was loaded and stored at every k: 1×1280 @ 1280×1008, 0.28 ms against 0.072)."""
+    torch.manual_seed(0)
+    model, x = torch.nn.Linear(512, 1000).eval(), torch.randn(1, 512)
+    text = driver.compile_model(frontend.import_module(model, (x,), spec="<test>"), emit="vector").text
+    assert re.search(r"scf\.for .* iter_args\(%\w+ = %\w+\) -> \(vector<\d+xf32>\)", text)
+    compiled = driver.compile_model(frontend.import_module(model, (x,), spec="<test>"))
+    with torch.no_grad():
+        assert driver.compare(compiled.fn(x), model(x)).ok
