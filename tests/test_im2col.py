@@ -100,14 +100,20 @@ def test_layers_that_stay_direct():
     assert [bool(x.why_not) for x in found] == [False, False, True]
 
 
-def test_pointwise_gemm_and_its_batch_norm_chain_become_one_group():
+def _pointwise_bn_relu6(f: int, hw: int):
+    """16 → f channels 1×1 with batch norm (non-trivial statistics) and ReLU6, then a 3×3."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(
-        torch.nn.Conv2d(16, 32, 1, bias=False), torch.nn.BatchNorm2d(32), torch.nn.ReLU6(), torch.nn.Conv2d(32, 8, 3)
+        torch.nn.Conv2d(16, f, 1, bias=False), torch.nn.BatchNorm2d(f), torch.nn.ReLU6(), torch.nn.Conv2d(f, 8, 3)
     ).eval()
     model[1].running_mean.uniform_(-0.5, 0.5)
     model[1].running_var.uniform_(0.5, 1.5)
-    x = torch.randn(1, 16, 16, 16)
+    model[1].weight.data.uniform_(0.5, 1.5)
+    return model, torch.randn(1, 16, hw, hw)
+
+
+def test_pointwise_gemm_and_its_batch_norm_chain_become_one_group():
+    model, x = _pointwise_bn_relu6(32, 16)
     imported = _imported(model, x)
     with imported.module.context:
         im2col.rewrite(imported.module, imported.params)
@@ -131,14 +137,7 @@ def test_pointwise_gemm_batch_norm_runs_in_its_accumulator_registers():
     vectorized), the group keeps its 8×32 accumulator tiles in registers
     (`fusion.ROW_BROADCASTS_IN_REGISTERS`), and each row's scale is one broadcast, not a
     transpose of a broadcast (`backends/cpu/broadcasts.py`)."""
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(
-        torch.nn.Conv2d(16, 64, 1, bias=False), torch.nn.BatchNorm2d(64), torch.nn.ReLU6(), torch.nn.Conv2d(64, 8, 3)
-    ).eval()
-    model[1].running_mean.uniform_(-0.5, 0.5)
-    model[1].running_var.uniform_(0.5, 1.5)
-    model[1].weight.data.uniform_(0.5, 1.5)
-    x = torch.randn(1, 16, 32, 32)
+    model, x = _pointwise_bn_relu6(64, 32)
     imported = _imported(model, x)
     with imported.module.context:
         driver.convolutions_as_gemms(imported)
