@@ -202,7 +202,8 @@ def convolutions_as_gemms(imported: frontend.Imported, *, fusing: bool = True, l
     thrash the L1 (packed filters and padded weights become the bound ones); then
     reshapes moved below the elementwise ops that read them, and unit dims dropped.
     `fusing`: fusion follows (thin convolutions with many outputs run as GEMMs only then:
-    their output transpose is folded). `layout`: NHWC between convolutions (`passes/layout.py`; off only to compare)."""
+    their output transpose is folded). `layout`: NHWC between convolutions
+    (`passes/layout.py`; off only to compare)."""
     from tilecraft.passes import depthwise, fusion, im2col
     from tilecraft.passes import layout as layouts
 

@@ -84,7 +84,7 @@ from tilecraft.passes.precision import (
     call_helper,
     inline_helpers,
 )
-from tilecraft.passes.tiling import LANES, walk_ops
+from tilecraft.passes.tiling import LANES, ops_named
 
 CONV = "linalg.conv_2d_nchw_fchw"
 # A thin layer (fewer than MIN_CHANNELS input channels) with many outputs runs as a GEMM
@@ -578,11 +578,6 @@ def _restate(op, expand: ir.Operation, ctx) -> ir.Operation | None:
         if plan is None:
             return None
         plans.append(plan)
-    i64 = ir.IntegerType.get_signless(64, ctx)
-
-    def attr(groups):
-        return ir.ArrayAttr.get([ir.ArrayAttr.get([ir.IntegerAttr.get(i64, d) for d in g]) for g in groups])
-
     with ir.InsertionPoint(op), op.location:
         operands = []
         for i, (_, reassoc) in enumerate(plans):
@@ -598,7 +593,7 @@ def _restate(op, expand: ir.Operation, ctx) -> ir.Operation | None:
             in_t = ir.RankedTensorType.get(
                 [math.prod(shape[d] for d in g) for g in reassoc], ir.RankedTensorType(v.type).element_type
             )
-            operands.append(tensor.collapse_shape(in_t, v, attr(reassoc)))
+            operands.append(tensor.collapse_shape(in_t, v, _reassociation_attr(reassoc, ctx)))
         new_t = ir.RankedTensorType.get(collapsed, out_t.element_type)
         operands.append(tensor.empty(collapsed, out_t.element_type))
         new = op.clone()
@@ -612,7 +607,7 @@ def _restate(op, expand: ir.Operation, ctx) -> ir.Operation | None:
             [ir.Attribute.parse("#linalg.iterator_type<parallel>", ctx)] * len(loop_groups)
         )
         new.results[0].set_type(new_t)
-        back = tensor.expand_shape(out_t, new.results[0], attr(loop_groups), [], extents)
+        back = tensor.expand_shape(out_t, new.results[0], _reassociation_attr(loop_groups, ctx), [], extents)
     _replace_op(op, back)
     return back.owner
 
@@ -625,11 +620,8 @@ def drop_unit_reads(module: ir.Module) -> int:
     batch norm in registers then ran as scalar loops on its accumulator tile in memory.
     Returns how many reads were rewritten."""
     ctx = module.context
-    i64 = ir.IntegerType.get_signless(64, context=ctx)
     done = 0
-    ops: list[ir.Operation] = []
-    walk_ops(module.operation, lambda op: ops.append(op) if op.name == "linalg.generic" else None)
-    for op in ops:
+    for op in ops_named(module.operation, "linalg.generic"):
         maps = [ir.AffineMapAttr(a).value for a in ir.ArrayAttr(op.attributes["indexing_maps"])]
         n_in = len(op.operands) - len(op.results)
         new_maps = list(maps)
@@ -648,13 +640,17 @@ def drop_unit_reads(module: ir.Module) -> int:
             groups[-1] += list(range(keep, len(results)))
             with ir.InsertionPoint(op), op.location:
                 collapsed_t = ir.RankedTensorType.get(shape[:keep], ir.RankedTensorType(v.type).element_type)
-                reassoc = ir.ArrayAttr.get([ir.ArrayAttr.get([ir.IntegerAttr.get(i64, d) for d in g]) for g in groups])
-                op.operands[i] = tensor.collapse_shape(collapsed_t, v, reassoc)
+                op.operands[i] = tensor.collapse_shape(collapsed_t, v, _reassociation_attr(groups, ctx))
             new_maps[i] = ir.AffineMap.get(maps[i].n_dims, maps[i].n_symbols, results[:keep], ctx)
             done += 1
         if new_maps != maps:
             op.attributes["indexing_maps"] = ir.ArrayAttr.get([ir.AffineMapAttr.get(m) for m in new_maps])
     return done
+
+
+def _reassociation_attr(groups: Sequence[Sequence[int]], ctx) -> ir.ArrayAttr:
+    i64 = ir.IntegerType.get_signless(64, ctx)
+    return ir.ArrayAttr.get([ir.ArrayAttr.get([ir.IntegerAttr.get(i64, d) for d in g]) for g in groups])
 
 
 def _is_zero(expr) -> bool:

@@ -20,10 +20,8 @@ from tilecraft.passes import tiling
 def rows_without_transposes(module: ir.Module) -> int:
     """Rewrite every `vector.transpose [1, 0]` of a broadcast of a 1-D vector<N> to
     vector<M x N> as the broadcast of vector<N x 1> to vector<N x M>; returns how many."""
-    found: list[ir.Operation] = []
-    tiling.walk_ops(module.operation, lambda op: found.append(op) if op.name == "vector.transpose" else None)
     done = 0
-    for op in found:
+    for op in tiling.ops_named(module.operation, "vector.transpose"):
         src = op.operands[0]
         owner = getattr(src.owner, "operation", src.owner)
         if not isinstance(owner, ir.Operation) or owner.name != "vector.broadcast":

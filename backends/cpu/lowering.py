@@ -145,14 +145,15 @@ def tidy_copies(module: ir.Module) -> list[tuple[int, tuple[int, ...]]]:
     (a fused tile written back into the subview it was computed in), and tag the rest with
     `tc.copy_id` for `lower_vectors_script` to vectorize (else each is a scalar loop nest).
     Fills made after tiling (a pad's border value, written in place; not an AMX kernel's
-    zero fill, which the kernel folds) are tagged alike: as
-    scalar loops, LLVM vectorized ResNet-18's 114×114×64 pad fill across rows, with
-    scatters (0.96 ms). Returns (copy id, register tile) per tagged op."""
+    zero fill, which the kernel folds) are tagged alike: as scalar loops, LLVM vectorized
+    ResNet-18's 114×114×64 pad fill across rows, with scatters (0.96 ms). Returns (copy
+    id, register tile) per tagged op."""
     out: list[tuple[int, tuple[int, ...]]] = []
     dead: list[ir.Operation] = []
 
     def visit(op: ir.Operation) -> None:
-        if op.name == "linalg.fill" and VECTORIZE_FILLS and not {tiling.OP_ID, tiling.AMX_INIT} & _names(op):
+        tagged = any(a in op.attributes for a in (tiling.OP_ID, tiling.AMX_INIT))  # scheduled, or AMX's
+        if op.name == "linalg.fill" and VECTORIZE_FILLS and not tagged:
             dst = op.operands[1]
         elif op.name == "linalg.copy":
             src, dst = op.operands[0], op.operands[1]
@@ -175,10 +176,6 @@ def tidy_copies(module: ir.Module) -> list[tuple[int, tuple[int, ...]]]:
     for op in dead:
         op.erase()
     return out
-
-
-def _names(op: ir.Operation) -> set[str]:
-    return {op.attributes[i].name for i in range(len(op.attributes))}
 
 
 def _alias_root(v: ir.Value) -> ir.Value:

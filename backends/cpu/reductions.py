@@ -35,7 +35,7 @@ _COMBINE = {
 def split_row_reductions(module: ir.Module) -> int:
     """Rewrite every eligible `vector.multi_reduction` (float, over the innermost dim only,
     leading dims all 1, row a whole number of registers, more than one); returns how many."""
-    found = [op for op in _ops(module, "vector.multi_reduction") if _eligible(op)]
+    found = [op for op in tiling.ops_named(module.operation, "vector.multi_reduction") if _eligible(op)]
     for op in found:
         with ir.InsertionPoint(op), op.location:
             result = _split(op)
@@ -81,9 +81,3 @@ def _split(op: ir.Operation) -> ir.Value:
     if isinstance(op.results[0].type, ir.VectorType):
         return vector.broadcast(op.results[0].type, reduced)
     return reduced
-
-
-def _ops(module: ir.Module, name: str) -> list[ir.Operation]:
-    found: list[ir.Operation] = []
-    tiling.walk_ops(module.operation, lambda op: found.append(op) if op.name == name else None)
-    return found
