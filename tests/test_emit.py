@@ -140,3 +140,20 @@ def test_a_one_row_matmul_keeps_its_accumulator_in_registers():
     compiled = driver.compile_model(frontend.import_module(model, (x,), spec="<test>"))
     with torch.no_grad():
         assert driver.compare(compiled.fn(x), model(x)).ok
+
+
+def test_a_read_along_a_strided_last_dim_is_contiguous_loads_and_a_shuffle():
+    """`x[..., ::2]` reads its register tiles through a stride on the last dimension: per
+    row, one contiguous load and a shuffle (`backends/cpu/strided.py`), not a scalar load
+    and a dynamic-index insert per element (7.2 ms against 0.33 for a [96, 114, 114] input)."""
+
+    class EvenOdd(torch.nn.Module):
+        def forward(self, x):
+            return x[:, :, :, 0::2] * 2.0, x[:, :, 1:, 1::3] + 1.0
+
+    x = torch.randn(1, 4, 10, 38)
+    text = driver.compile_model(frontend.import_module(EvenOdd(), (x,), spec="<test>"), emit="vector").text
+    assert "vector.shuffle" in text
+    assert not re.search(r"memref\.load %\w+\[[^\]]*\] : memref<[^>]*strided<\[[^\]]*, [2-9]\]", text)
+    compiled = driver.compile_model(frontend.import_module(EvenOdd(), (x,), spec="<test>"))
+    assert driver.compare(compiled.fn(x), EvenOdd()(x)).ok

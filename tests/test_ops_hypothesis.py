@@ -52,6 +52,19 @@ def test_conv2d(cin, cout, k, stride, hw, depthwise):
     _check(conv, (torch.randn(1, cin, hw, hw),))
 
 
+@SETTINGS
+@given(
+    shape=st.lists(st.integers(1, 40), min_size=1, max_size=3),
+    start=st.integers(0, 3),
+    step=st.integers(2, 5),
+)
+def test_strided_last_dim_slice(shape, start, step):
+    """Reads through a stride on the last dimension (`backends/cpu/strided.py`)."""
+    torch.manual_seed(0)
+    shape[-1] += start + 1
+    _check(Fn(lambda x: x[..., start::step] * 2.0 + 1.0), (torch.randn(*shape),))
+
+
 ELEMENTWISE = {
     "add_relu": lambda a, b: torch.relu(a + b),
     "gelu_mul": lambda a, b: torch.nn.functional.gelu(a) * b,

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from torch_mlir import ir, passmanager
 from torch_mlir.dialects.transform import interpreter
 
-from tilecraft.backends.cpu import amx, broadcasts, math_approx, reductions
+from tilecraft.backends.cpu import amx, broadcasts, math_approx, reductions, strided
 from tilecraft.passes import tiling
 from tilecraft.passes.tiling import ANY
 
@@ -133,10 +133,13 @@ def to_vector(module: ir.Module, *, vectorize: bool = True) -> ir.Module:
     copies = tidy_copies(module) if vectorize else []
     reductions.split_row_reductions(module)  # rows reduced a register at a time, not a lane
     broadcasts.rows_without_transposes(module)  # a per-row value: one broadcast per row, no shuffle
+    if STRIDED_READS:
+        strided.contiguous_strided_reads(module)  # a strided last-dim read: loads and shuffles
     return apply_transform(module, lower_vectors_script(copies), stage="vector")
 
 
 COPY_ID = "tc.copy_id"
+STRIDED_READS = True  # strided last-dim reads as loads and shuffles (`backends/cpu/strided.py`); off only to compare
 VECTORIZE_FILLS = True  # fills made after tiling vectorized like copies (off only to compare)
 
 
