@@ -46,6 +46,19 @@ def test_decision_json_roundtrip_and_validation():
         tiling.TileDecision.from_json('{"tile": []}')
 
 
+@pytest.mark.parametrize("k, n", [(1280, 1008), (512, 1000), (100, 24)])
+def test_a_one_row_matmul_streams_whole_rows_of_its_right_operand(k, n):
+    """x[1, K] @ B[K, N] (a classifier at batch 1): its default decision (and the space's
+    one-row candidates) take all of N and a few rows of K per cache tile
+    (`tiling.ONE_ROW_K`), so B is read row by row."""
+    info = tiling.OpInfo(0, "linalg.matmul", "matmul", (1, n, k), ("parallel", "parallel", "reduction"))
+    one_row = [d for d in tiling.space(info, host()) if d.tiles[0][1] == n and d.tiles[0][2] <= tiling.ONE_ROW_K]
+    assert tiling.default_decision(info, host()) == one_row[0]
+    assert one_row[0].tiles[0][2] == tiling.divisor_at_most(k, tiling.ONE_ROW_K)
+    for d in one_row:
+        d.validate(info)
+
+
 @settings(max_examples=25, deadline=None, derandomize=True)
 @given(seed=st.integers(0, 10_000))
 def test_every_decision_in_the_space_is_legal(seed):
