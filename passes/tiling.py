@@ -310,12 +310,12 @@ def default_decision(info: OpInfo, target=None) -> TileDecision:
         mc, nc, kc = divisor_at_most(m, 64), divisor_at_most(n, 128, multiple_of=lanes), divisor_at_most(k, 128)
         mr, nr = divisor_at_most(mc, 8), divisor_at_most(nc, 32, multiple_of=lanes)
         b = [1] * len(batch)
+        if m == 1 and ONE_ROW_STREAM:  # one row: stream B a few whole rows at a time
+            return _one_row(len(batch), n, divisor_at_most(k, ONE_ROW_K), lanes)
         # Pack B's cache tile once it no longer fits L2 (strided rows thrash the caches) and
         # more than one row tile reads it (1×1280 @ 1280×1008: 0.46 ms packed, 0.21 not);
         # then order the cache loops (n, k, m) so the pack is hoisted out of the m loop.
         l2 = getattr(target, "l2_bytes", 1 << 20)
-        if m == 1 and ONE_ROW_STREAM:  # one row: stream B a few whole rows at a time (`ONE_ROW_K`)
-            return TileDecision(tiles=((*b, 1, n, divisor_at_most(k, ONE_ROW_K)), (*b, 1, math.gcd(lanes, n), 1)))
         if k * n * 4 > l2 and m > mc:
             nc, kc = divisor_at_most(n, 256, multiple_of=lanes), divisor_at_most(k, 256)
             nb = len(batch)
@@ -338,6 +338,13 @@ def default_decision(info: OpInfo, target=None) -> TileDecision:
         return TileDecision(tiles=((1, 1, ow, 1, kh, kw),), vectorize=False)
     # i1 memrefs hold a byte per element, but vector loads of i1 read packed bits: stay scalar.
     return TileDecision(tiles=(budget_tile(e),), vectorize="i1" not in info.dtypes)
+
+
+def _one_row(batch: int, n: int, kc: int, lanes: int) -> TileDecision:
+    """A one-row matmul's decision: cache tile all of N and `kc` rows of K (`ONE_ROW_K`),
+    register tile one vector."""
+    b = (1,) * batch
+    return TileDecision(tiles=((*b, 1, n, kc), (*b, 1, math.gcd(lanes, n), 1)))
 
 
 def _divisors(n: int, candidates) -> list[int]:
@@ -370,8 +377,7 @@ def space(info: OpInfo, target=None) -> list[TileDecision]:
         # measure exhaustively (240 decisions for 512^3), wide enough to span 5-50x.
         reg_tiles = ((1, lanes), (4, 2 * lanes), (4, 4 * lanes), (8, 2 * lanes), (16, 2 * lanes))
         if m == 1 and ONE_ROW_STREAM:  # one row: whole rows of B, a few at a time
-            for kc in _divisors(k, (4, ONE_ROW_K)):
-                out.append(TileDecision(tiles=((*b, 1, n, kc), (*b, 1, math.gcd(lanes, n), 1))))
+            out += [_one_row(nb, n, kc, lanes) for kc in _divisors(k, (4, ONE_ROW_K))]
         for mc, nc, kc in itertools.product(_divisors(m, (32, 64, 128)), _divisors(n, (128, 256)), _kc_candidates(k)):
             for mr, nr in reg_tiles:
                 mr, nr = divisor_at_most(mc, mr), math.gcd(nr, nc)  # small or odd extents: shrink (49 rows: 7)

@@ -68,8 +68,9 @@ def _helper(name: str, mt: ir.MemRefType, strides: list[int], shape: list[int]) 
         f"  %at = affine.apply affine_map<(o, {dims}) -> ({linear})>(%off, {', '.join(idx)})",
         f"  %flat = memref.reinterpret_cast %base to offset: [%at], sizes: [{extent}], strides: [1]",
         f"      : memref<f32> to {flat_t}",
-        f"  %r0 = arith.constant dense<0.0> : {vec_t}",
     ]
+    if len(shape) > 1:  # (the rows are inserted into it)
+        lines.append(f"  %r0 = arith.constant dense<0.0> : {vec_t}")
     keep = ", ".join(str(step * i) for i in range(n))
     rows = list(itertools.product(*[range(k) for k in shape[:-1]]))
     for k, at in enumerate(rows):
@@ -97,9 +98,8 @@ def contiguous_strided_reads(module: ir.Module) -> int:
         if found is None:
             continue
         name = f"__tc_strided_read_{k}"
-        call_helper(
-            module, op, _helper(name, *found), name, [op.operands[0], *list(op.operands)[1 : 1 + found[0].rank]]
-        )
+        memref_and_indices = list(op.operands)[: 1 + found[0].rank]
+        call_helper(module, op, _helper(name, *found), name, memref_and_indices)
         done += 1
     if done:
         with module.context:
