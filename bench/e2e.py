@@ -4,9 +4,10 @@
 Same process, same inputs; eager at 1 and 2 threads, Tilecraft's code is single-threaded
 (its 2-thread column is the same code); Inductor at 1 thread. The 1-thread eager, fused and
 unfused columns are timed in 5 interleaved rounds (median of the rounds' medians) so that
-the shared machine's drift hits them alike; the others are medians of ≥ 30 runs after
-warm-up. Every compiled result (Tilecraft fused and unfused, Inductor) is checked against
-eager before it is timed. Prints a table with geomeans, saves JSON.
+the shared machine's drift hits them alike; the others are medians of ≥ 30 samples after
+warm-up. A sample is one call, or for a model under 5 ms the mean of the back-to-back
+calls that fill 5 ms (`median_ms`). Every compiled result (Tilecraft fused and unfused,
+Inductor) is checked against eager before it is timed. Prints a table with geomeans, saves JSON.
 
     python bench/e2e.py [--models mlp,resnet18] [--runs 30] [--no-inductor] [--json bench/results/e2e.json]
 """
@@ -34,14 +35,24 @@ class MatMul512(torch.nn.Module):
         return a @ b
 
 
+MIN_SAMPLE_S = 0.005  # a sample times back-to-back calls for at least this long
+
+
 def median_ms(fn, runs: int) -> float:
+    """Median over `runs` samples of one call's milliseconds. A sample times as many
+    back-to-back calls as fill MIN_SAMPLE_S (one, for a model of 5 ms or more), so that a
+    sub-millisecond model (mlp: 0.25 ms) is not timed one call at a time, where the
+    timer's and the scheduler's jitter are as large as what is compared."""
+    t0 = time.perf_counter()
     for _ in range(3):
         fn()
+    reps = max(1, math.ceil(MIN_SAMPLE_S / max((time.perf_counter() - t0) / 3, 1e-9)))
     samples = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
+        for _ in range(reps):
+            fn()
+        samples.append((time.perf_counter() - t0) / reps)
     return statistics.median(samples) * 1e3
 
 
