@@ -4,7 +4,7 @@ For each case (a PyTorch snippet of ≤ 12 structured ops: a linear layer and it
 conv + batch-norm + activation, softmax, layer norm, attention scores, …) every legal
 partition into fusion groups is compiled and timed (1 thread, median), each output
 checked against eager. The partitions within 15% of the fastest, and the one the
-compiler picks with no measurement (`passes/fusion.partition`, shipped LightGBM model),
+compiler picks with no measurement (`costmodel/fusion_plan.partition`, shipped LightGBM model),
 are then timed again in interleaved rounds (median over rounds), and the pick is compared
 with the best of them; a pick over 5% slower than the best is timed again against it
 alone, in twice the rounds, and that head-to-head decides. Prints a table and the share of cases within 5% of the best;
@@ -36,8 +36,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from tilecraft import driver, frontend
+from tilecraft.backends.cpu.target import Target
+from tilecraft.costmodel import fusion_plan
 from tilecraft.passes import fusion
-from tilecraft.target import Target
 
 MAX_PARTITIONS = 64
 CLOSE = 1.15  # partitions within 15% of the best on the first pass are timed again, interleaved
@@ -196,7 +197,7 @@ def retime(model, inputs, contenders: list[dict], budget: float, rounds: int = R
 def bench_case(name, model, inputs, target, model_cm, budget: float) -> dict:
     imported = frontend.import_module(model, inputs, spec=name)
     with imported.module.context:
-        chosen, report = fusion.partition(imported.module, model_cm, target)
+        chosen, report = fusion_plan.partition(imported.module, model_cm, target)
         nodes = fusion.analyze(imported.module)
     ops = sorted(nodes)
     cands = [g for g, _ in report["candidates"]]
@@ -262,7 +263,7 @@ def calibrate(models: list[str], per_class: int, out: str) -> int:
     for name in models:
         imported = frontend.import_spec(name)
         with imported.module.context:
-            _, report = fusion.partition(imported.module, model_cm, target, calibration=raw)
+            _, report = fusion_plan.partition(imported.module, model_cm, target, calibration=raw)
             nodes = fusion.analyze(imported.module)
             state = ir.AsmState(imported.module.operation)
             by_class: dict[str, list] = {k: [] for k in raw}
@@ -275,7 +276,7 @@ def calibrate(models: list[str], per_class: int, out: str) -> int:
                 unfused = sum(report["singles"].get(o, 0.0) for o in g.ops)
                 if unfused < MIN_CALIBRATION_S:
                     continue  # timed through Python, a tiny group is all call overhead
-                by_class[fusion.group_class(nodes[o].info.kind for o in g.ops)].append((g, cost, unfused, text))
+                by_class[fusion_plan.group_class(nodes[o].info.kind for o in g.ops)].append((g, cost, unfused, text))
         rng = random.Random(0)
         for cls, items in by_class.items():
             for g, cost, unfused, text in rng.sample(items, min(per_class, len(items))):

@@ -30,7 +30,7 @@ from tilecraft import driver, frontend
 from tilecraft.backends.cpu import amx
 from tilecraft.corpus import amx as amx_workloads
 from tilecraft.costmodel import amx as amx_cost
-from tilecraft.passes import precision
+from tilecraft.costmodel import precision_plan
 
 
 def _time(fn) -> float:
@@ -85,7 +85,7 @@ def _linear(n: int, mode: str) -> tuple[float, float]:
     compiled = driver.compile_model(imp, precision=mode)
     out = compiled.fn(x)
     with torch.no_grad():
-        err = precision.relative_error(out, lin(x))
+        err = precision_plan.relative_error(out, lin(x))
     return _time(lambda: compiled.fn(x)), err
 
 
@@ -117,12 +117,12 @@ def model_rows(names: list[str]) -> list[dict]:
             eager_s = _time(lambda: imp.model(*imp.inputs))
             ref = imp.model(*imp.inputs)
         f32 = driver.compile_model(imp)
-        f32_err = precision.relative_error(f32.fn(*imp.inputs), ref)
+        f32_err = precision_plan.relative_error(f32.fn(*imp.inputs), ref)
         f32_s = _time(lambda: f32.fn(*imp.inputs))
         imp = frontend.import_spec(name)  # fresh module: compiling rewrites it in place
         low = driver.compile_model(imp, precision="auto")
         plan = low.precision
-        low_err = precision.relative_error(low.fn(*imp.inputs), ref)
+        low_err = precision_plan.relative_error(low.fn(*imp.inputs), ref)
         low_s = _time(lambda: low.fn(*imp.inputs))
         print(f"\n{name} --precision auto:\n{plan.table()}", file=sys.stderr)
         rows.append(

@@ -15,14 +15,14 @@ import traceback
 
 
 def _errors():
-    from tilecraft.backends.cpu.lowering import PipelineError
     from tilecraft.backends.cpu.runtime import CallError
+    from tilecraft.backends.cpu.target import TargetError
     from tilecraft.corpus.db import CorpusError
     from tilecraft.costmodel.model import CostModelError
+    from tilecraft.dialects.irutil import PipelineError
     from tilecraft.driver import DriverError
     from tilecraft.frontend import FrontendError
     from tilecraft.pipeline import PipelineSyntaxError
-    from tilecraft.target import TargetError
 
     return (
         FrontendError,
@@ -148,9 +148,9 @@ def cmd_run(args) -> int:
 
 def cmd_corpus_collect(args) -> int:
     from tilecraft import driver, frontend
+    from tilecraft.backends.cpu.target import Target
     from tilecraft.corpus import collect, zoo
     from tilecraft.corpus.db import CorpusDB
-    from tilecraft.target import Target
 
     target = Target.parse(args.target)
     names = list(zoo.ZOO) if args.models == "zoo" else [m for m in args.models.split(",") if m]
@@ -215,9 +215,9 @@ def cmd_corpus_export(args) -> int:
 
 def cmd_corpus_collect_amx(args) -> int:
     from tilecraft import frontend
+    from tilecraft.backends.cpu.target import Target
     from tilecraft.corpus import amx, collect, zoo
     from tilecraft.corpus.db import CorpusDB
-    from tilecraft.target import Target
 
     modules = {}
     for name in zoo.ZOO if args.zoo else []:
@@ -302,7 +302,7 @@ def cmd_explain(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from tilecraft.costmodel import tune
+    from tilecraft import tune
 
     summary = tune.tune(
         args.model,

@@ -19,8 +19,8 @@ import torch
 
 from tilecraft import frontend
 from tilecraft.backends.cpu import lowering, runtime
+from tilecraft.backends.cpu.target import Target
 from tilecraft.passes.tiling import TileDecision
-from tilecraft.target import Target
 
 EMITS = ("linalg", "tiled", "vector", "llvm", "asm", "obj", "so", "jit")
 RTOL, ATOL = 1e-4, 1e-5
@@ -41,7 +41,7 @@ class Compiled:
     choices: list = dataclasses.field(default_factory=list)  # costmodel.search.Choice per kernel
     fusion: list = dataclasses.field(default_factory=list)  # passes.fusion.FusionDecision per fused group
     fusion_report: dict | None = None
-    precision: object = None  # passes.precision.PrecisionPlan when a precision mode was asked for
+    precision: object = None  # costmodel.precision_plan.PrecisionPlan when a precision mode was asked for
 
     @property
     def compile_seconds(self) -> float:
@@ -174,13 +174,14 @@ def plan_precision(imported: frontend.Imported, mode: str, budget: float | None,
     """Each layer's precision (`passes/precision.py`), priced by `cost_model` (f32 kernels;
     the analytical model stands in for `heuristic`) and the AMX model (bf16/int8)."""
     from tilecraft.backends.cpu import amx
+    from tilecraft.costmodel import precision_plan
     from tilecraft.costmodel.amx import AmxModelError, LayerPrices
     from tilecraft.passes import precision
 
     model = load_cost_model(cost_model if cost_model not in (None, "heuristic") else "analytical", target)
     try:
         prices = LayerPrices(imported.module, model, target)
-        return precision.plan(imported, mode=mode, budget=budget, price=prices, amx_available=amx.available())
+        return precision_plan.plan(imported, mode=mode, budget=budget, price=prices, amx_available=amx.available())
     except (precision.PrecisionError, AmxModelError) as exc:
         raise DriverError(str(exc)) from None
 
@@ -232,9 +233,10 @@ def load_cost_model(cost_model: str, target: Target):
 
 def fuse_groups(module, model, target: Target):
     """Partition into fusion groups by predicted latency, then fuse them in place."""
+    from tilecraft.costmodel import fusion_plan
     from tilecraft.passes import fusion
 
-    groups, report = fusion.partition(module, model, target)
+    groups, report = fusion_plan.partition(module, model, target)
     fusion.apply(module, groups)
     return groups, report
 
@@ -329,9 +331,11 @@ class RunReport:
     comparison: Comparison
     reference: str
     schedules: str = "heuristic"
-    precision: object = None  # passes.precision.PrecisionPlan, when low precision was asked for
+    precision: object = None  # costmodel.precision_plan.PrecisionPlan, when low precision was asked for
     relative_error: float | None = None  # ‖out − ref‖ / ‖ref‖ (checked against the budget when lowered)
     atol: float = ATOL  # for MLIR input: scaled by the reference's largest magnitude
+    import_s: float = 0.0  # the frontend (`compile_s` is the rest, up to a callable)
+    cache: str | None = None  # what the compile cache did ("cache hit", …); None when not asked
 
     @property
     def speedup(self) -> float | None:
@@ -346,7 +350,8 @@ class RunReport:
             ("tilecraft median", f"{self.compiled_ms:.3f} ms"),
             ("speedup vs eager", f"{self.speedup:.2f}x" if self.speedup else "n/a"),
             ("schedules", self.schedules),
-            ("compile time", f"{self.compile_s:.2f} s"),
+            ("import time", f"{self.import_s:.2f} s"),
+            ("compile time", f"{self.compile_s:.2f} s" + (f" ({self.cache})" if self.cache else "")),
             ("max abs error", f"{self.comparison.max_abs:.3e}"),
             ("max rel error", f"{self.comparison.max_rel:.3e}"),
             ("matches reference", self._match()),
@@ -372,12 +377,12 @@ class RunReport:
 
     @property
     def tolerance(self) -> float:
-        from tilecraft.passes.precision import DEFAULT_BUDGET
+        from tilecraft.costmodel.precision_plan import DEFAULT_BUDGET
 
         return self.precision.budget if self.precision is not None and self.precision.budget else DEFAULT_BUDGET
 
 
-DEFAULT_PRECISION_BUDGET = 0.01  # = passes.precision.DEFAULT_BUDGET (kept here to import lazily)
+DEFAULT_PRECISION_BUDGET = 0.01  # = costmodel.precision_plan.DEFAULT_BUDGET (kept here to import lazily)
 
 
 def run_and_check(
@@ -396,7 +401,7 @@ def run_and_check(
     """Compile, run, check against the reference and time both. A low-precision compile is
     checked by its relative L2 error against the error budget (default 1%) instead of the
     f32 tolerances."""
-    from tilecraft.passes.precision import relative_error
+    from tilecraft.costmodel.precision_plan import relative_error
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()

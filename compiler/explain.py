@@ -1,7 +1,7 @@
 """`tilecraft explain`: every decision the compiler takes for a model, with its predicted cost.
 
 Reads a model spec and a cost model; takes the same decisions `compile` takes: the fusion
-partition (`passes/fusion.partition`), then each kernel's schedule
+partition (`costmodel/fusion_plan.partition`), then each kernel's schedule
 (`costmodel.search.pick`). Reports per kernel the ops fused into it, its predicted
 latency against the best alternatives (the same ops unfused; the best other group with
 the same sink), the chosen schedule and the runner-up with their predicted latencies,
@@ -16,8 +16,8 @@ import os
 import tempfile
 
 from tilecraft import driver, frontend
+from tilecraft.backends.cpu.target import Target
 from tilecraft.passes.tiling import TileDecision
-from tilecraft.target import Target
 
 
 def describe(d: TileDecision | None) -> str:
@@ -52,8 +52,8 @@ def explain(
     from torch_mlir import ir
 
     from tilecraft.corpus import measure as harness
+    from tilecraft.costmodel import fusion_plan, search
     from tilecraft.costmodel import model as cm
-    from tilecraft.costmodel import search
     from tilecraft.passes import fusion, tiling
 
     target = target if isinstance(target, Target) else Target.parse(target)
@@ -67,7 +67,7 @@ def explain(
             driver.lower_precision(imported, plan.decisions)
     with module.context:
         driver.convolutions_as_gemms(imported)  # as `compile` does
-        groups, report = fusion.partition(module, model, target)
+        groups, report = fusion_plan.partition(module, model, target)
         graph = fusion.dataflow_graph(module)
         nodes = fusion.analyze(module)
         state = ir.AsmState(module.operation)

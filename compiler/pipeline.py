@@ -34,8 +34,8 @@ def _bool(v: str) -> bool:
 
 def _fuse(module: ir.Module, cost_model: str, strategy: str) -> None:
     from tilecraft import driver
+    from tilecraft.backends.cpu.target import Target
     from tilecraft.passes import fusion
-    from tilecraft.target import Target
 
     target = Target.parse("cpu")
     if strategy == "maximal":

@@ -11,12 +11,12 @@ so the same layer in two models is one workload.
 from __future__ import annotations
 
 import dataclasses
-import io
 import math
 import re
 
 from torch_mlir import ir
 
+from tilecraft.dialects.irutil import captured, print_op
 from tilecraft.passes import tiling
 
 KERNEL_FUNC = "kernel"
@@ -49,32 +49,6 @@ def _token(name: str) -> re.Pattern:
     return re.compile(re.escape(name) + r"(?![\w.$-])")
 
 
-def _captured(op: ir.Operation) -> list[ir.Value]:
-    """Values used inside the op's regions but defined outside it."""
-    inside: set = set()
-    uses: list[ir.Value] = []
-
-    def walk(o: ir.Operation) -> None:
-        for region in o.regions:
-            for block in region.blocks:
-                for arg in block.arguments:
-                    inside.add(arg)
-                for child in block.operations:
-                    child = child.operation
-                    for r in child.results:
-                        inside.add(r)
-                    uses.extend(child.operands)
-                    walk(child)
-
-    walk(op)
-    seen, out = set(), []
-    for v in uses:
-        if v not in inside and v not in seen:
-            seen.add(v)
-            out.append(v)
-    return out
-
-
 def extract(module: ir.Module) -> list[Kernel]:
     """One kernel per distinct structured op of the module (first occurrence kept)."""
     infos = {info.op_id: info for info in tiling.tag_ops(module)}
@@ -100,12 +74,12 @@ def _outline(op: ir.Operation, info: tiling.OpInfo, state: ir.AsmState) -> Kerne
     tag = op.attributes[tiling.OP_ID]
     del op.attributes[tiling.OP_ID]
     try:
-        text = _print(op, state)
+        text = print_op(op, state)
         consts, extra = [], []
-        for v in _captured(op):
+        for v in captured(op):
             owner = getattr(v.owner, "operation", v.owner)
             if isinstance(owner, ir.Operation) and owner.name == "arith.constant":
-                consts.append(_print(owner, state).strip())
+                consts.append(print_op(owner, state).strip())
             else:
                 extra.append(v)
     finally:
@@ -114,7 +88,7 @@ def _outline(op: ir.Operation, info: tiling.OpInfo, state: ir.AsmState) -> Kerne
     for v in [*op.operands, *extra]:
         owner = getattr(v.owner, "operation", v.owner)
         if isinstance(owner, ir.Operation) and owner.name == "arith.constant":
-            consts.append(_print(owner, state).strip())  # a scalar fill value, say
+            consts.append(print_op(owner, state).strip())  # a scalar fill value, say
             continue
         text = _token(v.get_name(state)).sub(f"%kernel_arg{len(args)}", text)
         args.append(f"%kernel_arg{len(args)}: {v.type}")
@@ -127,12 +101,6 @@ def _outline(op: ir.Operation, info: tiling.OpInfo, state: ir.AsmState) -> Kerne
         f"{body}\n    func.return {', '.join(results)} : {', '.join(rtypes)}\n}}\n"
     )
     return Kernel(info.key, info.kind, info.name, info.extents, info.dtypes, info.shapes, info.flops, mlir)
-
-
-def _print(op: ir.Operation, state: ir.AsmState) -> str:
-    buf = io.StringIO()
-    op.print(state, file=buf)
-    return buf.getvalue()
 
 
 def infos_of(kernel_text: str, context: ir.Context) -> tiling.OpInfo:

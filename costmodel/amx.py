@@ -255,7 +255,7 @@ def f32_latencies(module: ir.Module, model, target) -> list[float | None]:
 
 class LayerPrices:
     """`prices(layer, precision)` → (AMX schedule or None, predicted seconds or None): the
-    callback `passes/precision.plan` prices layers with."""
+    callback `costmodel/precision_plan.plan` prices layers with."""
 
     def __init__(self, module: ir.Module, cost_model, target, amx_model: AmxCostModel | None = None):
         self.f32 = f32_latencies(module, cost_model, target)

@@ -30,16 +30,16 @@ from __future__ import annotations
 
 from torch_mlir import ir
 
-from tilecraft.passes.precision import (
-    _dense_attr,
-    _elem,
-    _erase_if_dead,
-    _func,
-    _is_zero_fill,
-    _shape,
-    _t,
+from tilecraft.dialects.irutil import (
     call_helper,
+    element_type_of,
+    entry_func,
+    erase_if_dead,
     inline_helpers,
+    int_list_attr,
+    is_zero_fill,
+    shape_of,
+    tensor_t,
 )
 
 DEPTHWISE = "linalg.depthwise_conv_2d_nchw_chw"
@@ -47,13 +47,13 @@ MAX_TAPS = 25  # a 5×5 window: 50 operands; larger windows keep the named op
 
 
 def _why_not(op: ir.Operation) -> str:
-    if {_elem(op.operands[i]) for i in range(3)} != {"f32"}:
+    if {element_type_of(op.operands[i]) for i in range(3)} != {"f32"}:
         return "not f32"
-    if _dense_attr(op, "dilations") != [1, 1]:
+    if int_list_attr(op, "dilations") != [1, 1]:
         return "dilated"
-    if _dense_attr(op, "strides") != [1, 1]:
+    if int_list_attr(op, "strides") != [1, 1]:
         return "strided"
-    _, kh, kw = _shape(op.operands[1])
+    _, kh, kw = shape_of(op.operands[1])
     if kh * kw > MAX_TAPS:
         return f"{kh}x{kw} window (more than {MAX_TAPS} taps)"
     return ""
@@ -62,7 +62,12 @@ def _why_not(op: ir.Operation) -> str:
 def _helper(x_shape, w_shape, o_shape, zero_init: bool, name: str) -> str:
     n, c, oh, ow = o_shape
     _, kh, kw = w_shape
-    x_t, w_t, o_t, c_t = _t(x_shape, "f32"), _t(w_shape, "f32"), _t(o_shape, "f32"), _t([c], "f32")
+    x_t, w_t, o_t, c_t = (
+        tensor_t(x_shape, "f32"),
+        tensor_t(w_shape, "f32"),
+        tensor_t(o_shape, "f32"),
+        tensor_t([c], "f32"),
+    )
     taps = [(i, j) for i in range(kh) for j in range(kw)]
     n_taps = len(taps)
     lines = []
@@ -105,18 +110,18 @@ def _helper(x_shape, w_shape, o_shape, zero_init: bool, name: str) -> str:
 def rewrite(module: ir.Module) -> int:
     """Restate every eligible depthwise convolution as one elementwise op over shifted
     slices, in place; returns how many were rewritten."""
-    body = _func(module).regions[0].blocks[0]
+    body = entry_func(module).regions[0].blocks[0]
     ops = [op.operation for op in body.operations if op.operation.name == DEPTHWISE]
     done = 0
     for k, op in enumerate(ops):
         if _why_not(op):
             continue
         x, w, init = (op.operands[i] for i in range(3))
-        zero = _is_zero_fill(init)
+        zero = is_zero_fill(init)
         name = f"__tc_depthwise_{k}"
-        text = _helper(_shape(x), _shape(w), _shape(init), zero, name)  # (stride 1: `_why_not`)
+        text = _helper(shape_of(x), shape_of(w), shape_of(init), zero, name)  # (stride 1: `_why_not`)
         call_helper(module, op, text, name, [x, w] + ([] if zero else [init]))
-        _erase_if_dead(init.owner)
+        erase_if_dead(init.owner)
         done += 1
     if done:
         with module.context:

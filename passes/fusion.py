@@ -26,16 +26,14 @@ integer program, HiGHS through `scipy.optimize.milp`).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import math
-import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
 import networkx as nx
 from torch_mlir import ir
 
+from tilecraft.dialects.irutil import apply_transform, captured, print_op, run_pipeline
 from tilecraft.passes import tiling
 
 ANY = tiling.ANY
@@ -225,8 +223,6 @@ def fold_unit_dims(module: ir.Module) -> ir.Module:
     epilogue would read it through a reshape, which no group crosses (mobilenet_v2 lost
     its depthwise + batch norm + ReLU6 groups). The unfused compile gets the same module
     (one stage: `driver.convolutions_as_gemms`)."""
-    from tilecraft.backends.cpu import lowering
-
     if _windowed(module):
         return module
     script = tiling.named_sequence(
@@ -235,9 +231,9 @@ def fold_unit_dims(module: ir.Module) -> ir.Module:
     %g = transform.structured.generalize %n : ({ANY}) -> {ANY}""",
         consumed=False,
     )
-    lowering.apply_transform(module, script, stage="im2col")
+    apply_transform(module, script, stage="im2col")
     pipeline = "builtin.module(func.func(linalg-fold-unit-extent-dims,canonicalize,cse))"
-    return lowering.run_pipeline(module, pipeline, stage="im2col")
+    return run_pipeline(module, pipeline, stage="im2col")
 
 
 WINDOWED = {name for name, kind in tiling.NAMED_KINDS.items() if kind in ("conv2d", "depthwise_conv2d", "pooling")}
@@ -271,7 +267,7 @@ def private_fills(module: ir.Module) -> None:
 
 
 # --------------------------------------------------------------------- legal groups
-def _is_fill(node: Node) -> bool:
+def is_fill(node: Node) -> bool:
     return node.info.name == "linalg.fill"
 
 
@@ -279,7 +275,7 @@ def _to_sink(nodes: Mapping[int, Node], group: set[int], sink: int) -> dict[int,
     """For each member, its loop → sink loop map (through the uses inside the group), or
     None when two paths disagree or a use is not a projected permutation."""
     to_sink: dict[int, dict[int, int]] = {sink: {i: i for i in range(len(nodes[sink].info.extents))}}
-    order = [n for n in _topo(nodes, group) if n != sink][::-1]  # consumers before producers
+    order = [n for n in topo_order(nodes, group) if n != sink][::-1]  # consumers before producers
     for p in order:
         pnode = nodes[p]
         mapping: dict[int, int] | None = None
@@ -307,7 +303,7 @@ def _to_sink(nodes: Mapping[int, Node], group: set[int], sink: int) -> dict[int,
     return to_sink
 
 
-def _topo(nodes: Mapping[int, Node], group: Iterable[int]) -> list[int]:
+def topo_order(nodes: Mapping[int, Node], group: Iterable[int]) -> list[int]:
     group = set(group)
     g = nx.DiGraph()
     g.add_nodes_from(group)
@@ -332,7 +328,7 @@ def group_tiles(
     s = nodes[sink].info
     tileable = [it == "parallel" for it in s.iterators]
     for m in group:
-        if _is_fill(nodes[m]):
+        if is_fill(nodes[m]):
             continue
         spanned = set(to_sink[m].values())
         tileable = [t and i in spanned for i, t in enumerate(tileable)]
@@ -441,7 +437,7 @@ def _transposed_tiles(nodes, group, to_sink, s: tiling.OpInfo, tileable) -> tupl
     inner = len(s.extents) - 1
     for m in group:
         n = nodes[m]
-        if n.info.kind in CONTRACTIONS or _is_fill(n):
+        if n.info.kind in CONTRACTIONS or is_fill(n):
             continue
         loops = len(n.info.extents)
         for i, amap in enumerate(n.maps[: len(n.op.operands) - len(n.op.results)]):
@@ -469,7 +465,7 @@ def _broadcast_loops(nodes, group, to_sink) -> set[int] | None:
     out: set[int] = set()
     for m in group:
         n = nodes[m]
-        if n.info.kind in CONTRACTIONS or _is_fill(n):
+        if n.info.kind in CONTRACTIONS or is_fill(n):
             continue
         loops = len(n.info.extents)
         for amap in n.maps[: len(n.op.operands) - len(n.op.results)]:
@@ -493,7 +489,7 @@ def _feeds(nodes: Mapping[int, Node], group: set[int], op: int) -> bool:
         node = nodes[stack.pop()]
         for idx, p in node.producers.items():
             if p in group and p not in seen:
-                if not (_is_fill(nodes[p]) or _accumulates(node, idx, nodes[p])):
+                if not (is_fill(nodes[p]) or _accumulates(node, idx, nodes[p])):
                     return True
                 seen.add(p)
                 stack.append(p)
@@ -563,7 +559,7 @@ def candidates(nodes: Mapping[int, Node], target=None) -> list[FusionDecision]:
     two-pass chain)."""
     out: list[FusionDecision] = []
     for sink, snode in nodes.items():
-        if _is_fill(snode) or not snode.op.results or _chain_link(nodes, sink):
+        if is_fill(snode) or not snode.op.results or _chain_link(nodes, sink):
             continue
         seen: set[frozenset[int]] = set()
         frontier = [frozenset({sink})]
@@ -576,7 +572,7 @@ def candidates(nodes: Mapping[int, Node], target=None) -> list[FusionDecision]:
                 bigger = set(group | {p})
                 bigger |= _fills_of(nodes, p)
                 key = frozenset(bigger)
-                if key in seen or sum(1 for m in bigger if not _is_fill(nodes[m])) > MAX_GROUP:
+                if key in seen or sum(1 for m in bigger if not is_fill(nodes[m])) > MAX_GROUP:
                     continue
                 seen.add(key)
                 decision = _decision(nodes, bigger, sink, target)
@@ -619,7 +615,7 @@ def _decision(nodes: Mapping[int, Node], group: set[int], sink: int, target) -> 
     tiles = group_tiles(nodes, group, sink, target)
     if tiles is None:
         return None
-    members = tuple(m for m in reversed(_topo(nodes, group)) if m != sink)
+    members = tuple(m for m in reversed(topo_order(nodes, group)) if m != sink)
     return FusionDecision(sink, members, *tiles)
 
 
@@ -652,7 +648,7 @@ def _closure_size(nodes: Mapping[int, Node], group: set[int]) -> int:
     """Ops in a group, fills not counted and an accumulation chain's matmuls counted as
     one (a 7×7 stem is a chain of 49: split, its accumulator tiles would leave registers
     between the parts)."""
-    ops = [m for m in group if not _is_fill(nodes[m])]
+    ops = [m for m in group if not is_fill(nodes[m])]
     links = sum(1 for m in ops if nodes[m].info.kind in CONTRACTIONS)
     return len(ops) - max(0, links - 1)
 
@@ -667,7 +663,7 @@ def maximal(nodes: Mapping[int, Node], target=None) -> list[FusionDecision]:
             by_sink[g.sink] = g
     taken: set[int] = set()
     out = []
-    for sink in reversed(_topo(nodes, set(nodes))):
+    for sink in reversed(topo_order(nodes, set(nodes))):
         g = by_sink.get(sink)
         if g is not None and not taken & set(g.ops):
             out.append(g)
@@ -676,7 +672,7 @@ def maximal(nodes: Mapping[int, Node], target=None) -> list[FusionDecision]:
 
 
 def _fills_of(nodes: Mapping[int, Node], op_id: int) -> set[int]:
-    return {p for p in nodes[op_id].producers.values() if _is_fill(nodes[p])}
+    return {p for p in nodes[op_id].producers.values() if is_fill(nodes[p])}
 
 
 def _fusable_producers(nodes: Mapping[int, Node], group: frozenset[int]) -> list[int]:
@@ -684,7 +680,7 @@ def _fusable_producers(nodes: Mapping[int, Node], group: frozenset[int]) -> list
     for c in group:
         for p in nodes[c].producers.values():
             pn = nodes[p]
-            if p in group or _is_fill(pn) or not pn.op.results:
+            if p in group or is_fill(pn) or not pn.op.results:
                 continue
             if any(u is None or u not in group for u in pn.users):
                 continue  # used outside the group: materialized
@@ -760,18 +756,16 @@ def apply(module: ir.Module, decisions: Sequence[FusionDecision]) -> ir.Module:
     in register tiles (every member but a contraction and its fill, unless `registers`)
     are marked `tc.fused`: the tiling pass schedules each as one whole vectorized tile
     (a matmul: its k loop around one), so the chain stays in vector registers."""
-    from tilecraft.backends.cpu import lowering
-
     decisions = [d for d in decisions if d.members and any(d.tiles)]
     if not decisions:
         return module
     nodes = analyze(module)
-    kinds = {op: ("fill" if _is_fill(n) else n.info.kind) for op, n in nodes.items()}
+    kinds = {op: ("fill" if is_fill(n) else n.info.kind) for op, n in nodes.items()}
     for g in decisions:
         for op in g.ops:
             if g.registers or (kinds[op] not in CONTRACTIONS and kinds[op] != "fill"):
                 nodes[op].op.attributes[FUSED] = ir.UnitAttr.get(module.context)
-    lowering.apply_transform(module, fusion_script(decisions, kinds), stage="fused")
+    apply_transform(module, fusion_script(decisions, kinds), stage="fused")
     return module
 
 
@@ -786,20 +780,19 @@ def outline_group(nodes: Mapping[int, Node], group: Sequence[int], state: ir.Asm
     another value are outlined with their views, so the function takes what they view: a
     tap chain then reads its taps from one input, as in the model (without, each tap is
     an argument of its own; the cost model's features are computed that way)."""
-    order = _topo(nodes, group)
+    order = topo_order(nodes, group)
     inside = {r for m in order for r in nodes[m].op.results}
     args: list[ir.Value] = []
     consts: list[str] = []
     texts = []
-    from tilecraft.corpus.kernels import _captured, _print
 
     def take(op: ir.Operation) -> None:
-        for v in [*op.operands, *_captured(op)]:
+        for v in [*op.operands, *captured(op)]:
             owner = getattr(v.owner, "operation", v.owner)
             if v in inside:
                 continue
             if isinstance(owner, ir.Operation) and owner.name == "arith.constant":
-                consts.append(_print(owner, state).strip())
+                consts.append(print_op(owner, state).strip())
             elif v not in args:
                 args.append(v)
 
@@ -819,14 +812,14 @@ def outline_group(nodes: Mapping[int, Node], group: Sequence[int], state: ir.Asm
             for v in nodes[m].op.operands:
                 pull(v)
         for owner in pulled:
-            texts.append(_print(owner, state))
+            texts.append(print_op(owner, state))
             take(owner)
     for m in order:
         op = nodes[m].op
         tag = op.attributes[tiling.OP_ID]
         del op.attributes[tiling.OP_ID]
         try:
-            texts.append(_print(op, state))
+            texts.append(print_op(op, state))
         finally:
             op.attributes[tiling.OP_ID] = tag
         take(op)
@@ -849,7 +842,7 @@ def outline_group(nodes: Mapping[int, Node], group: Sequence[int], state: ir.Asm
 def as_outlined(nodes: Mapping[int, Node], decision: FusionDecision) -> FusionDecision:
     """`decision` restated over the op ids of its group outlined as one function
     (`outline_group`, re-analyzed): the whole function is the group."""
-    order = _topo(nodes, set(nodes))
+    order = topo_order(nodes, set(nodes))
     return dataclasses.replace(decision, sink=order[-1], members=tuple(reversed(order[:-1])))
 
 
@@ -882,221 +875,3 @@ def loop_trips(module: ir.Module) -> dict[int, int]:
 
     walk(module.operation, 1)
     return trips
-
-
-def group_class(kinds: Iterable[str]) -> str:
-    """What a group's cost is made of: a matmul, a windowed contraction, or register tiles
-    only (with a reduction or not)."""
-    kinds = set(kinds)
-    if kinds & {"matmul", "batch_matmul"}:
-        return "matmul"
-    if kinds & CONTRACTIONS:
-        return "conv"
-    return "reduction" if "reduction" in kinds else "light"
-
-
-def load_calibration(path: str | None = None) -> dict[str, float]:
-    """Per group class, the factor that turns the composed prediction into measured fused
-    latency (fitted by `bench/fusion.py --calibrate` on measured zoo groups; 1.0 if absent)."""
-    from tilecraft.costmodel.model import SHIPPED_DIR
-
-    path = path or os.path.join(SHIPPED_DIR, "fusion-calibration.json")
-    factors = {"matmul": 1.0, "conv": 1.0, "reduction": 1.0, "light": 1.0}
-    if os.path.exists(path):
-        with open(path) as f:
-            doc = json.load(f)
-        factors.update({k: float(v) for k, v in doc.get("factors", {}).items() if k in factors})
-    return factors
-
-
-class GroupCoster:
-    """Predicted latency of a fused group, from the group outlined as its own function and
-    fused exactly as `apply` fuses it. Every op still scheduled by the tiling pass (a
-    contraction's tile, say) costs what the cost model predicts for its best-ranked
-    decision, times the tiles it runs in, scaled by the group class's calibration factor
-    (`load_calibration`: fused kernels measured against this prediction). The ops fused
-    into register tiles are priced on the scale the unfused alternative is priced by:
-    their own unfused predictions times the ratio of their roofline fused (inputs from
-    the group read from registers or cache) to the sum of their rooflines alone (`light`,
-    which also prices groups of reductions and elementwise ops: softmax, layer norm). A
-    group whose matmul runs in registers (`FusionDecision.registers`) costs the matmul's
-    own unfused prediction plus its epilogue so priced. Memoized by text and
-    decision."""
-
-    def __init__(self, model, target, context: ir.Context, calibration: Mapping[str, float] | None = None):
-        self.model, self.target, self.context = model, target, context
-        self.calibration = load_calibration() if calibration is None else dict(calibration)
-        self.cache: dict[str, float] = {}
-        self.evaluated = 0
-
-    def __call__(
-        self, text: str, decision: FusionDecision, epilogue: tuple[Sequence[str], float] | None = None
-    ) -> float:
-        """`epilogue`, for a contraction's group: its register-tile ops, each outlined alone,
-        and their summed unfused prediction. They are then priced on the unfused scale
-        (as `light` prices a group of light ops, their input from the contraction read
-        from cache), and the calibration factor scales the contraction's part only."""
-        from tilecraft.corpus import generator
-        from tilecraft.costmodel import search
-
-        shape = (decision.tiles, decision.inner, decision.registers)  # (op ids differ between equal groups)
-        key = hashlib.sha256(f"{text}|{shape}|{epilogue}".encode()).hexdigest()
-        if key in self.cache:
-            return self.cache[key]
-        self.evaluated += 1
-        module = ir.Module.parse(text, context=self.context)
-        nodes = analyze(module)
-        whole = as_outlined(nodes, decision)
-        factor = self.calibration.get(group_class(n.info.kind for n in nodes.values()), 1.0)
-        if epilogue is None:
-            light, light_factor = self._register_tile_seconds(nodes, whole.sink), factor
-        else:
-            texts, singles_s = epilogue
-            alone = sum(self.roofline(t) for t in texts)
-            fused = self._register_tile_seconds(nodes, whole.sink, self.target.mem_bandwidth_gbs)
-            light, light_factor = (singles_s * fused / alone if alone > 0 else singles_s), 1.0
-        if decision.registers:
-            # the accumulator tiles run at about the matmul's own speed unfused (128x256 @
-            # 256x1024 + bias: 0.39-0.40 ms fused, 0.40 for the matmul and its bias
-            # kernel): the matmul's unfused prediction, on the unfused scale
-            contraction = {op for op, n in nodes.items() if n.info.kind in CONTRACTIONS}
-            if len(contraction) > 1:  # an accumulation chain: one matmul over the chain's whole K
-                m, n, k = nodes[min(contraction)].info.extents
-                module = ir.Module.parse(generator.matmul(m, n, k * len(contraction)), context=self.context)
-            picks = search.pick(module, self.model, self.target)
-            heavy = sum(c.predicted_s for c in picks if c.kernel.kind in CONTRACTIONS)
-            total = light * light_factor + heavy
-            self.cache[key] = total
-            return total
-        apply(module, [whole])
-        trips = loop_trips(module)
-        heavy = 0.0
-        for choice in search.pick(module, self.model, self.target):
-            heavy += sum(choice.predicted_s * trips.get(op, 1) for op in choice.op_ids)
-        total = light * light_factor + heavy * factor
-        self.cache[key] = total
-        return total
-
-    def roofline(self, text: str) -> float:
-        """Register-tile roofline of an outlined group of light ops (memoized by text)."""
-        key = "roofline|" + hashlib.sha256(text.encode()).hexdigest()
-        if key not in self.cache:
-            module = ir.Module.parse(text, context=self.context)  # alive while its ops are read
-            nodes = analyze(module)
-            # one bandwidth for the group and for its ops alone: the ratio compares traffic, not
-            # which cache level a smaller working set would happen to fit
-            dram = self.target.mem_bandwidth_gbs
-            self.cache[key] = self._register_tile_seconds(nodes, _topo(nodes, set(nodes))[-1], dram)
-        return self.cache[key]
-
-    def light(self, texts: Sequence[str], singles_s: float, text: str) -> float:
-        """Predicted latency of a fused group of light ops (elementwise, no contraction or
-        reduction): the cost model's prediction for its ops unfused (`singles_s`, the
-        same numbers the unfused alternative is priced by), scaled by the ratio of the
-        fused group's roofline to the sum of its ops' rooflines (`texts`: each op outlined
-        alone). Fused and unfused are then priced on one scale: what fusion saves is the
-        memory traffic and loop overhead the rooflines count. The ratio is scaled by the
-        light class's calibration factor (measured fused/unfused over predicted)."""
-        alone = sum(self.roofline(t) for t in texts)
-        ratio = self.roofline(text) / alone if alone > 0 else 1.0
-        return singles_s * ratio * self.calibration.get("light", 1.0)
-
-    def _register_tile_seconds(self, nodes: Mapping[int, Node], sink: int, bandwidth_gbs: float | None = None) -> float:
-        from tilecraft.corpus.kernels import ELEMENT_BYTES
-
-        t = self.target
-        heavy = {op for op, n in nodes.items() if n.info.kind in CONTRACTIONS or _is_fill(n)}
-        memory_bytes = cache_bytes = 0
-        vector_ops = 0.0
-        for op, n in nodes.items():
-            if op in heavy:
-                continue
-            inputs = len(n.op.operands) - len(n.op.results)
-            for i in range(inputs):
-                producer = n.producers.get(i)
-                if producer is not None and producer not in heavy:
-                    continue  # in registers
-                nbytes = math.prod(n.info.shapes[i] or (1,)) * ELEMENT_BYTES.get(n.info.dtypes[i], 4)
-                if producer is not None:
-                    cache_bytes += nbytes
-                else:
-                    memory_bytes += nbytes
-            body = len(list(n.op.regions[0].blocks[0].operations)) if n.op.regions else 1
-            vector_ops += math.prod(n.info.extents) / t.f32_lanes * max(1, body - 1)
-        out = nodes[sink].info
-        memory_bytes += math.prod(out.shapes[-1] or (1,)) * ELEMENT_BYTES.get(out.dtypes[-1], 4)
-        bandwidth = bandwidth_gbs or t.bandwidth_gbs(memory_bytes)
-        memory_s = memory_bytes / (bandwidth * 1e9) + cache_bytes / (t.cache_bandwidth_gbs * 1e9)
-        return max(memory_s, vector_ops / (t.clock_ghz * 1e9))
-
-
-def partition(
-    module: ir.Module,
-    model,
-    target,
-    *,
-    singles: Mapping[int, float] | None = None,
-    calibration: Mapping[str, float] | None = None,
-) -> tuple[list[FusionDecision], dict]:
-    """Choose the fusion groups minimizing total predicted latency. Returns the chosen
-    multi-op groups and a report: every candidate with its predicted latency, the
-    unfused (all-singletons) prediction and the chosen partition's."""
-    import numpy as np
-    from scipy.optimize import Bounds, LinearConstraint, milp
-
-    from tilecraft.costmodel import search
-
-    private_fills(module)
-    nodes = analyze(module)
-    if singles is None:
-        singles = {}
-        for c in search.pick(module, model, target):
-            for op in c.op_ids:
-                singles[op] = c.predicted_s
-    cands = candidates(nodes, target)
-    state = ir.AsmState(module.operation)
-    coster = GroupCoster(model, target, module.context, calibration)
-    costs, kept, failed = [], [], []
-    for g in cands:
-        try:
-            text = outline_group(nodes, g.ops, state)
-            cls = group_class(nodes[o].info.kind for o in g.ops)
-            tiles = [o for o in g.ops if nodes[o].info.kind not in CONTRACTIONS and not _is_fill(nodes[o])]
-            priced = all(o in singles for o in tiles)
-            alone = [outline_group(nodes, (o,), state) for o in tiles] if priced else []
-            if cls in ("light", "reduction") and alone:
-                costs.append(coster.light(alone, sum(singles[o] for o in tiles), text))
-            elif cls in ("matmul", "conv") and alone:
-                costs.append(coster(text, g, (alone, sum(singles[o] for o in tiles))))
-            else:
-                costs.append(coster(text, g))
-            kept.append(g)
-        except Exception as exc:  # a group the rewrite or the features cannot handle: not a candidate
-            failed.append((g, f"{type(exc).__name__}: {str(exc)[:200]}"))
-    ops = sorted(nodes)
-    index = {op: i for i, op in enumerate(ops)}
-    columns = [((op,), singles.get(op, 0.0)) for op in ops] + [(g.ops, c) for g, c in zip(kept, costs)]
-    a = np.zeros((len(ops), len(columns)))
-    for j, (members, _) in enumerate(columns):
-        for op in members:
-            a[index[op], j] = 1
-    cost = np.array([c for _, c in columns])
-    res = milp(
-        cost,
-        constraints=LinearConstraint(a, 1, 1),
-        integrality=np.ones(len(columns)),
-        bounds=Bounds(0, 1),
-    )
-    if not res.success:
-        raise RuntimeError(f"fusion partitioning failed: {res.message}")
-    chosen = [j for j, x in enumerate(res.x) if x > 0.5]
-    groups = [kept[j - len(ops)] for j in chosen if j >= len(ops)]
-    report = {
-        "unfused_s": float(sum(singles.get(op, 0.0) for op in ops)),
-        "fused_s": float(res.fun),
-        "candidates": [(g, c) for g, c in zip(kept, costs)],
-        "singles": dict(singles),
-        "evaluated": coster.evaluated,
-        "failed": failed,
-    }
-    return groups, report

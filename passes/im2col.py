@@ -72,17 +72,19 @@ import torch
 from torch_mlir import ir
 from torch_mlir.dialects import tensor
 
-from tilecraft.passes.precision import (
-    _arg_number,
-    _dense_attr,
-    _elem,
-    _erase_if_dead,
-    _func,
-    _is_zero_fill,
-    _shape,
-    _t,
+from tilecraft.dialects.irutil import (
+    bound_arg_number,
     call_helper,
+    element_type_of,
+    entry_func,
+    erase_if_dead,
     inline_helpers,
+    int_list_attr,
+    is_zero_fill,
+    owner_op,
+    replace_op,
+    shape_of,
+    tensor_t,
 )
 from tilecraft.passes.tiling import LANES, ops_named
 
@@ -167,19 +169,19 @@ class ConvLayer:
 
 
 def conv_ops(module: ir.Module) -> list[ir.Operation]:
-    body = _func(module).regions[0].blocks[0]
+    body = entry_func(module).regions[0].blocks[0]
     return [op.operation for op in body.operations if op.operation.name == CONV]
 
 
 def describe(op: ir.Operation, index: int, n_bound: int, *, thin: bool = False) -> ConvLayer:
     x, w, out = (op.operands[i] for i in range(3))
-    (n, c, _, _), (f, _, kh, kw), (_, _, oh, ow) = _shape(x), _shape(w), _shape(out)
-    strides = tuple(_dense_attr(op, "strides"))
-    layer = ConvLayer(index, n, c, f, kh, kw, oh, ow, strides, _arg_number(w, n_bound), fusing=thin)
+    (n, c, _, _), (f, _, kh, kw), (_, _, oh, ow) = shape_of(x), shape_of(w), shape_of(out)
+    strides = tuple(int_list_attr(op, "strides"))
+    layer = ConvLayer(index, n, c, f, kh, kw, oh, ow, strides, bound_arg_number(w, n_bound), fusing=thin)
     why = ""
-    if {_elem(x), _elem(w), _elem(out)} != {"f32"}:
+    if {element_type_of(x), element_type_of(w), element_type_of(out)} != {"f32"}:
         why = "not f32"
-    elif _dense_attr(op, "dilations") != [1, 1]:
+    elif int_list_attr(op, "dilations") != [1, 1]:
         why = "dilated"
     elif kh * kw == 1 and strides != (1, 1) and c % LANES:
         why = f"1x1 window, strided, {c} channels (not whole vectors)"
@@ -246,7 +248,7 @@ def _tap_gather(layer: ConvLayer, x_t: str, col_t: str, x_shape: Sequence[int]) 
     the tap's [N, OH, OW, C] block of the column matrix (inserted in place: one buffer)."""
     n, c, oh, ow = layer.n, layer.c, layer.oh, layer.ow
     (sh, sw), (_, _, h, w) = layer.strides, x_shape
-    xt_t, blk_t = _t([n, h, w, c], "f32"), _t([n, oh, ow, c], "f32")
+    xt_t, blk_t = tensor_t([n, h, w, c], "f32"), tensor_t([n, oh, ow, c], "f32")
     lines = [_to_nhwc("%x", x_t, xt_t), f"  %col0 = tensor.empty() : {col_t}"]
 
     for t, (i, j) in enumerate((i, j) for i in range(layer.kh) for j in range(layer.kw)):
@@ -261,16 +263,20 @@ def _tap_gather(layer: ConvLayer, x_t: str, col_t: str, x_shape: Sequence[int]) 
 def _helper(layer: ConvLayer, x_shape: Sequence[int], zero_init: bool, name: str) -> str:
     n, c, f, kh, kw, oh, ow = layer.n, layer.c, layer.f, layer.kh, layer.kw, layer.oh, layer.ow
     m, _, k = layer.gemm
-    x_t, w_t, o_t = _t(x_shape, "f32"), _t([k, f], "f32"), _t([n, f, oh, ow], "f32")
-    nhwf_t = _t([n, oh, ow, f], "f32")
-    a_t, r_t = _t([m, k], "f32"), _t([m, f], "f32")
+    x_t, w_t, o_t = (
+        tensor_t(x_shape, "f32"),
+        tensor_t([k, f], "f32"),
+        tensor_t([n, f, oh, ow], "f32"),
+    )
+    nhwf_t = tensor_t([n, oh, ow, f], "f32")
+    a_t, r_t = tensor_t([m, k], "f32"), tensor_t([m, f], "f32")
     to_nchw = "affine_map<(n, f, y, x) -> (n, y, x, f)>"
     init_arg = "" if zero_init else f", %init: {o_t}"
     if layer.by_taps:
-        col_t = _t([n, oh, ow, kh, kw, c], "f32")
+        col_t = tensor_t([n, oh, ow, kh, kw, c], "f32")
         gather = _tap_gather(layer, x_t, col_t, x_shape)
     else:
-        col_t = _t([n, oh, ow, c, kh, kw], "f32")
+        col_t = tensor_t([n, oh, ow, c, kh, kw], "f32")
         gather = _gather(layer, x_t, col_t)
     return f"""func.func private @{name}(%x: {x_t}, %w: {w_t}{init_arg}) -> {o_t} {{
   %z = arith.constant 0.0 : f32
@@ -306,11 +312,24 @@ def _helper_chain(layer: ConvLayer, x_shape: Sequence[int], zero_init: bool, nam
     hc, wc = min(h, ht), min(w, wt)
     phases, plane = sh * sw, hp * wp
     rows, m = phases * plane, oh * wp
-    x_t, xc_t, xp_t = _t(x_shape, "f32"), _t([1, c, hc, wc], "f32"), _t([1, c, ht, wt], "f32")
-    xt_t, pl_t, ph_t = _t([1, ht, wt, c], "f32"), _t([phases, hp, wp, c], "f32"), _t([1, hp, wp, c], "f32")
-    flat_t, a_t, b_t, r_t = _t([rows, c], "f32"), _t([m, c], "f32"), _t([c, f], "f32"), _t([m, f], "f32")
-    w_t, o_t = _t([kh * kw, c, f], "f32"), _t([1, f, oh, ow], "f32")
-    nhwf_t, r3_t = _t([1, oh, ow, f], "f32"), _t([1, oh, wp, f], "f32")
+    x_t, xc_t, xp_t = (
+        tensor_t(x_shape, "f32"),
+        tensor_t([1, c, hc, wc], "f32"),
+        tensor_t([1, c, ht, wt], "f32"),
+    )
+    xt_t, pl_t, ph_t = (
+        tensor_t([1, ht, wt, c], "f32"),
+        tensor_t([phases, hp, wp, c], "f32"),
+        tensor_t([1, hp, wp, c], "f32"),
+    )
+    flat_t, a_t, b_t, r_t = (
+        tensor_t([rows, c], "f32"),
+        tensor_t([m, c], "f32"),
+        tensor_t([c, f], "f32"),
+        tensor_t([m, f], "f32"),
+    )
+    w_t, o_t = tensor_t([kh * kw, c, f], "f32"), tensor_t([1, f, oh, ow], "f32")
+    nhwf_t, r3_t = tensor_t([1, oh, ow, f], "f32"), tensor_t([1, oh, wp, f], "f32")
     init_arg = "" if zero_init else f", %init: {o_t}"
     cut = (
         ""
@@ -356,8 +375,12 @@ def _helper_pointwise(layer: ConvLayer, zero_init: bool, name: str) -> str:
     """A 1×1 convolution at batch 1, stride 1: out[F, H·W] = filter[F, C] × x[C, H·W], NCHW
     as it stands (reshapes only; the register tile's vectors run along H·W)."""
     c, f, p = layer.c, layer.f, layer.oh * layer.ow
-    x_t, o_t, w_t = _t([1, c, layer.oh, layer.ow], "f32"), _t([1, f, layer.oh, layer.ow], "f32"), _t([f, c], "f32")
-    b_t, r_t = _t([c, p], "f32"), _t([f, p], "f32")
+    x_t, o_t, w_t = (
+        tensor_t([1, c, layer.oh, layer.ow], "f32"),
+        tensor_t([1, f, layer.oh, layer.ow], "f32"),
+        tensor_t([f, c], "f32"),
+    )
+    b_t, r_t = tensor_t([c, p], "f32"), tensor_t([f, p], "f32")
     init_arg = "" if zero_init else f", %init: {o_t}"
     tail = "" if zero_init else _nchw_result("%r4", o_t, _IDENT4, o_t, zero_init=False)
     return f"""func.func private @{name}(%x: {x_t}, %w: {w_t}{init_arg}) -> {o_t} {{
@@ -383,14 +406,14 @@ def rewrite(
     layers rewritten. `thin`: thin layers with many outputs too (fusion will fold their
     output transpose into the epilogue)."""
     ctx = module.context
-    fn = _func(module)
+    fn = entry_func(module)
     params = list(params)
     done = []
     for op, layer in zip(conv_ops(module), layers(module, len(params), thin=thin)):
         if layer.why_not or (select is not None and not select(layer)):
             continue
         x_val, w_val, init_val = (op.operands[i] for i in range(3))
-        zero = _is_zero_fill(init_val)
+        zero = is_zero_fill(init_val)
         name = f"__tc_im2col_{layer.index}"
         w = params[layer.weight]
         if layer.pointwise:
@@ -398,16 +421,16 @@ def rewrite(
             text = _helper_pointwise(layer, zero, name)
         elif layer.by_chain:
             params[layer.weight] = w.permute(2, 3, 1, 0).reshape(-1, layer.c, layer.f).contiguous()  # [KH·KW, C, F]
-            text = _helper_chain(layer, _shape(x_val), zero, name)
+            text = _helper_chain(layer, shape_of(x_val), zero, name)
         else:
             if layer.by_taps:
                 w = w.permute(0, 2, 3, 1)  # K ordered (kh, kw, c), as the taps fill the columns
             params[layer.weight] = w.reshape(layer.f, -1).t().contiguous()  # [K, F]
-            text = _helper(layer, _shape(x_val), zero, name)
+            text = _helper(layer, shape_of(x_val), zero, name)
         block = fn.regions[0].blocks[0]
-        block.arguments[layer.weight].set_type(ir.Type.parse(_t(params[layer.weight].shape, "f32"), context=ctx))
+        block.arguments[layer.weight].set_type(ir.Type.parse(tensor_t(params[layer.weight].shape, "f32"), context=ctx))
         call_helper(module, op, text, name, [x_val, w_val] + ([] if zero else [init_val]))
-        _erase_if_dead(init_val.owner)
+        erase_if_dead(init_val.owner)
         done.append(layer)
     if done:
         inline_helpers(module)
@@ -436,25 +459,27 @@ def pad_weights(module: ir.Module, params: list[torch.Tensor]) -> tuple[list[tor
 
     Returns the new bound arguments and how many matmuls were changed."""
     ctx = module.context
-    fn = _func(module)
+    fn = entry_func(module)
     block = fn.regions[0].blocks[0]
     params = list(params)
     padded = 0
     for op in [o.operation for o in block.operations if o.operation.name == "linalg.matmul"]:
         a, b, init = (op.operands[i] for i in range(3))
-        (m, k), (_, n) = _shape(a), _shape(b)
-        arg = _arg_number(b, len(params))
-        if arg is None or {_elem(a), _elem(b), _elem(init)} != {"f32"}:
+        (m, k), (_, n) = shape_of(a), shape_of(b)
+        arg = bound_arg_number(b, len(params))
+        if arg is None or {element_type_of(a), element_type_of(b), element_type_of(init)} != {"f32"}:
             continue
-        widen = n % LANES != 0 and n >= LANES and _is_zero_fill(init)
+        widen = n % LANES != 0 and n >= LANES and is_zero_fill(init)
         cols = -(-n // LANES) * LANES if widen else n  # columns the matmul computes
         stride = cols + LANES if (cols * 4) % STRIDE_PERIOD == 0 else cols  # columns stored
         if stride == n:
             continue
         params[arg] = torch.nn.functional.pad(params[arg], (0, stride - n)).contiguous()
-        block.arguments[arg].set_type(ir.Type.parse(_t([k, stride], "f32"), context=ctx))
+        block.arguments[arg].set_type(ir.Type.parse(tensor_t([k, stride], "f32"), context=ctx))
         name = f"__tc_padded_{padded}"
-        a_t, s_t, b_t, r_t, o_t = (_t(shape, "f32") for shape in ([m, k], [k, stride], [k, cols], [m, cols], [m, n]))
+        a_t, s_t, b_t, r_t, o_t = (
+            tensor_t(shape, "f32") for shape in ([m, k], [k, stride], [k, cols], [m, cols], [m, n])
+        )
         read_b = f"%b = tensor.extract_slice %s[0, 0] [{k}, {cols}] [1, 1] : {s_t} to {b_t}" if stride > cols else ""
         if widen:
             body = f"""%z = arith.constant 0.0 : f32
@@ -472,7 +497,7 @@ def pad_weights(module: ir.Module, params: list[torch.Tensor]) -> tuple[list[tor
   return %o : {o_t}
 }}"""
         call_helper(module, op, text, name, [a, b] if widen else [a, b, init])
-        _erase_if_dead(init.owner)
+        erase_if_dead(init.owner)
         padded += 1
     if padded:
         inline_helpers(module)
@@ -480,21 +505,6 @@ def pad_weights(module: ir.Module, params: list[torch.Tensor]) -> tuple[list[tor
 
 
 # ------------------------------------------------------------- reshapes out of the way
-def _owner(v: ir.Value):
-    o = getattr(v.owner, "operation", v.owner)
-    return o if isinstance(o, ir.Operation) else None
-
-
-def _replace_op(op: ir.Operation, value: ir.Value | None = None) -> None:
-    """Erase a one-result generic (its uses moved to `value` first), and its init when that
-    was a `tensor.empty` nothing else uses."""
-    init = op.operands[len(op.operands) - 1]
-    if value is not None:
-        op.results[0].replace_all_uses_with(value)
-    op.erase()
-    _erase_if_dead(init.owner)
-
-
 def _reassociation(op: ir.Operation) -> list[list[int]]:
     return [[ir.IntegerAttr(d).value for d in group] for group in ir.ArrayAttr(op.attributes["reassociation"])]
 
@@ -508,7 +518,7 @@ def sink_expand_shapes(module: ir.Module) -> int:
     make one kernel of; a reshape in between would keep them apart. Returns how many ops
     were restated."""
     ctx = module.context
-    fn = _func(module)
+    fn = entry_func(module)
     body = fn.regions[0].blocks[0]
     work = [op.operation for op in body.operations if op.operation.name == "tensor.expand_shape"]
     moved = 0
@@ -528,7 +538,7 @@ def sink_expand_shapes(module: ir.Module) -> int:
         if not list(expand.results[0].uses):
             expand.erase()
     for op in [op.operation for op in body.operations if op.operation.name == "tensor.collapse_shape"]:
-        src = _owner(op.operands[0])  # collapse(expand(x)) with one reassociation: x
+        src = owner_op(op.operands[0])  # collapse(expand(x)) with one reassociation: x
         if src is not None and src.name == "tensor.expand_shape" and _reassociation(src) == _reassociation(op):
             if src.operands[0].type == op.results[0].type:
                 op.results[0].replace_all_uses_with(src.operands[0])
@@ -585,7 +595,7 @@ def _restate(op, expand: ir.Operation, ctx) -> ir.Operation | None:
             if reassoc is None:
                 operands.append(v)
                 continue
-            src = _owner(v)
+            src = owner_op(v)
             if src is not None and src.name == "tensor.expand_shape" and _reassociation(src) == reassoc:
                 operands.append(src.operands[0])
                 continue
@@ -608,7 +618,7 @@ def _restate(op, expand: ir.Operation, ctx) -> ir.Operation | None:
         )
         new.results[0].set_type(new_t)
         back = tensor.expand_shape(out_t, new.results[0], _reassociation_attr(loop_groups, ctx), [], extents)
-    _replace_op(op, back)
+    replace_op(op, back)
     return back.owner
 
 

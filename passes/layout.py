@@ -41,8 +41,15 @@ import struct
 from torch_mlir import ir
 from torch_mlir.dialects import tensor
 
-from tilecraft.passes.im2col import _owner, _replace_op
-from tilecraft.passes.precision import _erase_if_dead, _func, _t, call_helper, inline_helpers
+from tilecraft.dialects.irutil import (
+    call_helper,
+    entry_func,
+    erase_if_dead,
+    inline_helpers,
+    owner_op,
+    replace_op,
+    tensor_t,
+)
 
 
 def _maps(op: ir.Operation) -> list[ir.AffineMap]:
@@ -76,7 +83,7 @@ def _inverts(perm_u: list[int], perm_t: list[int]) -> bool:
 def _through_pads(op: ir.Operation | None) -> ir.Operation | None:
     """`op`, or the op a chain of single-use pads starting at it feeds."""
     while op is not None and op.name == "tensor.pad" and len(list(op.results[0].uses)) == 1:
-        op = _owner(next(iter(op.results[0].uses)))
+        op = owner_op(next(iter(op.results[0].uses)))
     return op
 
 
@@ -151,7 +158,7 @@ def _restate(g: ir.Operation, t: ir.Operation, perm: list[int]) -> ir.Operation 
     operands, new_maps = [], []
     for i in range(n_in):
         v = g.operands[i]
-        other = _owner(v)
+        other = owner_op(v)
         if maps[i] == identity and (v == t.results[0] or (other is not None and transpose_of(other) == perm)):
             operands.append(other.operands[0])  # a transpose's source, read as it is
             new_maps.append(identity)
@@ -175,14 +182,14 @@ def _restate(g: ir.Operation, t: ir.Operation, perm: list[int]) -> ir.Operation 
         back.operands[0] = new.results[0]
         back.operands[1] = back_init
         back.results[0].set_type(ir.RankedTensorType.get(t_out.shape, out_t.element_type))
-    _replace_op(g, back.results[0])
+    replace_op(g, back.results[0])
     return back
 
 
 def _pad_value(pad: ir.Operation) -> float | None:
     block = pad.regions[0].blocks[0]
     v = list(block.operations)[-1].operands[0]
-    o = _owner(v)
+    o = owner_op(v)
     if o is None or o.name != "arith.constant":
         return None
     return ir.FloatAttr(o.attributes["value"]).value
@@ -197,7 +204,7 @@ def _pads_above(v: ir.Value) -> tuple[list[ir.Operation], ir.Operation | None]:
     the op above them (None: a block argument, or a pad of another kind)."""
     pads = []
     while True:
-        o = _owner(v)
+        o = owner_op(v)
         if o is None or o.name != "tensor.pad":
             return pads, o
         if len(list(o.results[0].uses)) != 1 or len(o.operands) != 1 or _pad_value(o) is None:
@@ -219,7 +226,7 @@ def _restated_pads(pads: list[ir.Operation], perm: list[int], shape: list[int]) 
         lines.append(
             f"  %z{n} = arith.constant {_f32_hex(_pad_value(pad))} : f32\n"
             f"  %x{n + 1} = tensor.pad %x{n} low{lo} high{hi} {{\n  ^bb0({idx}):\n    tensor.yield %z{n} : f32\n"
-            f"  }} : {_t(shape, 'f32')} to {_t(new_shape, 'f32')}"
+            f"  }} : {tensor_t(shape, 'f32')} to {tensor_t(new_shape, 'f32')}"
         )
         shape = new_shape
     return lines, shape
@@ -234,7 +241,7 @@ def _replace_through(op: ir.Operation, module: ir.Module, text: str, name: str, 
             pad.erase()
     done.append(name)
     if not list(t.results[0].uses):
-        _replace_op(t)
+        replace_op(t)
 
 
 def _cancel(u: ir.Operation, module: ir.Module, done: list) -> bool:
@@ -250,7 +257,7 @@ def _cancel(u: ir.Operation, module: ir.Module, done: list) -> bool:
     shape = list(ir.RankedTensorType(t.operands[0].type).shape)
     name = f"__tc_layout_{len(done)}"
     lines, shape = _restated_pads(pads, perm_t, shape)
-    if _t(shape, "f32") != str(u.results[0].type):
+    if tensor_t(shape, "f32") != str(u.results[0].type):
         return False
     head = f"func.func private @{name}(%x0: {t.operands[0].type}) -> {u.results[0].type} {{"
     tail = f"  return %x{len(pads)} : {u.results[0].type}\n}}"
@@ -293,6 +300,7 @@ def _pool_nhwc(pool: ir.Operation, module: ir.Module, done: list) -> bool:
     if (oh - 1) * sh + kh > shape[1] or (ow - 1) * sw + kw > shape[2] or shape[0] != n_ or shape[3] != c:
         return False
     out = [n_, oh, ow, c]
+    out_t = tensor_t(out, "f32")
     src = f"%x{len(pads)}"
     taps = []
     for i in range(kh):
@@ -300,7 +308,7 @@ def _pool_nhwc(pool: ir.Operation, module: ir.Module, done: list) -> bool:
             taps.append(f"%s{len(taps)}")
             lines.append(
                 f"  {taps[-1]} = tensor.extract_slice {src}[0, {i}, {j}, 0] {out} [1, {sh}, {sw}, 1] :"
-                f" {_t(shape, 'f32')} to {_t(out, 'f32')}"
+                f" {tensor_t(shape, 'f32')} to {tensor_t(out, 'f32')}"
             )
     ident = "affine_map<(d0, d1, d2, d3) -> (d0, d1, d2, d3)>"
     par = ", ".join(['"parallel"'] * 4)
@@ -310,17 +318,17 @@ def _pool_nhwc(pool: ir.Operation, module: ir.Module, done: list) -> bool:
         body.append(f"    %m{k} = arith.maximumf {acc}, %a{k} : f32")
         acc = f"%m{k}"
     lines += [
-        f"  %e = tensor.empty() : {_t(out, 'f32')}",
+        f"  %e = tensor.empty() : {tensor_t(out, 'f32')}",
         f"  %max = linalg.generic {{indexing_maps = [{', '.join([ident] * (len(taps) + 1))}], "
         f"iterator_types = [{par}]}}"
-        f" ins({', '.join(taps)} : {', '.join([_t(out, 'f32')] * len(taps))}) outs(%e : {_t(out, 'f32')}) {{",
+        f" ins({', '.join(taps)} : {', '.join([out_t] * len(taps))}) outs(%e : {out_t}) {{",
         f"  ^bb0({args}, %o: f32):",
         *body,
         f"    linalg.yield {acc} : f32",
-        f"  }} -> {_t(out, 'f32')}",
+        f"  }} -> {tensor_t(out, 'f32')}",
         f"  %e2 = tensor.empty() : {pool.results[0].type}",
         "  %back = linalg.generic {indexing_maps = [affine_map<(d0, d1, d2, d3) -> (d0, d2, d3, d1)>, "
-        f"{ident}], iterator_types = [{par}]}} ins(%max : {_t(out, 'f32')}) outs(%e2 : {pool.results[0].type}) {{",
+        f"{ident}], iterator_types = [{par}]}} ins(%max : {out_t}) outs(%e2 : {pool.results[0].type}) {{",
         "  ^bb0(%in: f32, %o2: f32):",
         "    linalg.yield %in : f32",
         f"  }} -> {pool.results[0].type}",
@@ -328,8 +336,8 @@ def _pool_nhwc(pool: ir.Operation, module: ir.Module, done: list) -> bool:
     ]
     init, window = pool.operands[2], pool.operands[1]
     _replace_through(pool, module, "\n".join(lines), name, t, pads, done)
-    _erase_if_dead(init.owner)
-    _erase_if_dead(window.owner)
+    erase_if_dead(init.owner)
+    erase_if_dead(window.owner)
     return True
 
 
@@ -348,7 +356,7 @@ def sink_transposes(module: ir.Module) -> int:
 
 
 def _sink_transposes(module: ir.Module) -> tuple[int, int]:
-    body = _func(module).regions[0].blocks[0]
+    body = entry_func(module).regions[0].blocks[0]
     changed, pooled, cancelled = 0, 0, []
     work = [op.operation for op in body.operations if transpose_of(op.operation) is not None]
     while work:
@@ -357,7 +365,7 @@ def _sink_transposes(module: ir.Module) -> tuple[int, int]:
         if perm is None or not _is_live(t) or not _reaches_inverse(t.results[0], perm, 0):
             continue
         for use in list(t.results[0].uses):
-            user = _owner(use)
+            user = owner_op(use)
             if user is None:
                 continue
             if transpose_of(user) is None and user.name == "linalg.generic" and _elementwise(user):
@@ -369,7 +377,7 @@ def _sink_transposes(module: ir.Module) -> tuple[int, int]:
                     work.append(back)
         changed += _fold_into_reads(t, perm)
         for use in list(t.results[0].uses):
-            u = _through_pads(_owner(use))
+            u = _through_pads(owner_op(use))
             if u is not None and _cancel(u, module, cancelled):
                 changed += 1
             elif u is not None and u.name in POOLINGS and _reaches_inverse(u.results[0], perm, 1):
@@ -377,7 +385,7 @@ def _sink_transposes(module: ir.Module) -> tuple[int, int]:
                     changed += 1
                     pooled += 1
         if _is_live(t) and not list(t.results[0].uses):
-            _replace_op(t)
+            replace_op(t)
     if cancelled:
         inline_helpers(module)
     return changed, pooled
@@ -398,7 +406,7 @@ def _fold_into_reads(t: ir.Operation, perm: list[int]) -> int:
     identity; returns how many reads were folded."""
     folded = 0
     for use in list(t.results[0].uses):
-        g = _owner(use)
+        g = owner_op(use)
         if g is None or not _elementwise(g) or not _reads_through_inverse(g, use.operand_number, perm):
             continue
         maps = _maps(g)
@@ -421,7 +429,7 @@ def _reaches_inverse(v: ir.Value, perm: list[int], depth: int) -> bool:
     if depth > MAX_SINK_DEPTH:
         return False
     for use in v.uses:
-        user = _owner(use)
+        user = owner_op(use)
         if user is None:
             continue
         u = _through_pads(user)
@@ -466,7 +474,7 @@ def _sinkable_slice(s: ir.Operation) -> list[int] | None:
     out_shape = list(ir.RankedTensorType(s.results[0].type).shape)
     if any(offsets) or any(x != 1 for x in strides) or out_shape != sizes or len(src_shape) != len(sizes):
         return None
-    src = _owner(s.operands[0])
+    src = owner_op(s.operands[0])
     if src is None or src.name not in ("tensor.expand_shape", "linalg.generic"):
         return None
     n_src, n_out = 1, 1
@@ -488,7 +496,7 @@ def sink_extract_slices(module: ir.Module) -> int:
 
 
 def _sink_extract_slices(module: ir.Module) -> int:
-    body = _func(module).regions[0].blocks[0]
+    body = entry_func(module).regions[0].blocks[0]
     work = [op.operation for op in body.operations if _sinkable_slice(op.operation) is not None]
     moved = 0
     while work:
@@ -499,7 +507,7 @@ def _sink_extract_slices(module: ir.Module) -> int:
         src = s.operands[0]
         src_t = ir.RankedTensorType(src.type)
         for use in list(s.results[0].uses):
-            g = _owner(use)
+            g = owner_op(use)
             if g is None or not _elementwise(g):
                 continue
             maps = _maps(g)
@@ -528,7 +536,7 @@ def _sink_extract_slices(module: ir.Module) -> int:
                 new.results[0].set_type(src_t)
                 back = s.clone()
                 back.operands[0] = new.results[0]
-            _replace_op(g, back.results[0])
+            replace_op(g, back.results[0])
             moved += 1
             work.append(back)
         if not list(s.results[0].uses):
@@ -564,14 +572,14 @@ def inline_broadcasts(module: ir.Module) -> int:
     reader's loops: the reader can be restated over the GEMM's own rows and channels
     (`im2col.sink_expand_shapes`, `sink_extract_slices`), and fusion makes it the GEMM's
     epilogue. Returns how many reads were redirected."""
-    body = _func(module).regions[0].blocks[0]
+    body = entry_func(module).regions[0].blocks[0]
     moved = 0
     for b in [op.operation for op in body.operations]:
         in_map = _broadcast_source(b)
         if in_map is None:
             continue
         for use in list(b.results[0].uses):
-            g = _owner(use)
+            g = owner_op(use)
             if g is None or g.name != "linalg.generic" or use.operand_number >= len(g.operands) - 1:
                 continue
             maps = _maps(g)
@@ -587,5 +595,5 @@ def inline_broadcasts(module: ir.Module) -> int:
             g.attributes["indexing_maps"] = ir.ArrayAttr.get([ir.AffineMapAttr.get(m) for m in maps])
             moved += 1
         if not list(b.results[0].uses):
-            _replace_op(b)
+            replace_op(b)
     return moved

@@ -24,13 +24,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from collections.abc import Mapping, Sequence
 
 import torch
-from torch_mlir import ir, passmanager
-from torch_mlir.dialects import func
+from torch_mlir import ir
 
+from tilecraft.dialects.irutil import (
+    bound_arg_number,
+    call_helper,
+    element_type_of,
+    entry_func,
+    erase_if_dead,
+    inline_helpers,
+    int_list_attr,
+    is_zero_fill,
+    shape_of,
+    tensor_t,
+)
 from tilecraft.passes.tiling import AMX, AMX_INIT
 
 _VNNI = {"bf16": 2, "int8": 4}
@@ -163,59 +173,33 @@ class PrecisionDecision:
 
 
 # ------------------------------------------------------------------------------ layers
-def _func(module: ir.Module):
-    return next(op.operation for op in module.body.operations if op.operation.name == "func.func")
-
-
 def contraction_ops(module: ir.Module) -> list[ir.Operation]:
-    body = _func(module).regions[0].blocks[0]
+    body = entry_func(module).regions[0].blocks[0]
     return [op.operation for op in body.operations if op.operation.name in _CONTRACTIONS]
-
-
-def _shape(v: ir.Value) -> tuple[int, ...]:
-    return tuple(ir.ShapedType(v.type).shape)
-
-
-def _elem(v: ir.Value) -> str:
-    return str(ir.ShapedType(v.type).element_type)
-
-
-def _arg_number(v: ir.Value, n_bound: int) -> int | None:
-    """The bound argument number of `v`, if it is one used by one op only."""
-    if not isinstance(v.owner, ir.Block):
-        return None
-    arg = ir.BlockArgument(v)
-    if arg.arg_number >= n_bound or len(list(v.uses)) != 1:
-        return None
-    return arg.arg_number
-
-
-def _dense_attr(op: ir.Operation, name: str) -> list[int]:
-    return [int(x) for x in ir.DenseIntElementsAttr(op.attributes[name])]
 
 
 def describe(op: ir.Operation, index: int, n_bound: int) -> Layer:
     a, b, c = (op.operands[i] for i in range(3))
-    dtypes = {_elem(a), _elem(b), _elem(c)}
+    dtypes = {element_type_of(a), element_type_of(b), element_type_of(c)}
     why = "" if dtypes == {"f32"} else f"element types {sorted(dtypes)} (f32 only)"
     if op.name == "linalg.matmul":
-        (m, k), (_, n) = _shape(a), _shape(b)
-        layer = Layer(index, op.name, 1, m, n, k, _arg_number(b, n_bound), ())
+        (m, k), (_, n) = shape_of(a), shape_of(b)
+        layer = Layer(index, op.name, 1, m, n, k, bound_arg_number(b, n_bound), ())
     elif op.name == "linalg.batch_matmul":
-        (bs, m, k), (_, _, n) = _shape(a), _shape(b)
+        (bs, m, k), (_, _, n) = shape_of(a), shape_of(b)
         layer = Layer(index, op.name, bs, m, n, k, None, ())
     else:
-        (nb, ch, _, _), (f, _, kh, kw), (_, _, oh, ow) = _shape(a), _shape(b), _shape(c)
-        layer = Layer(index, op.name, 1, f, oh * ow, ch * kh * kw, _arg_number(b, n_bound), ())
+        (nb, ch, _, _), (f, _, kh, kw), (_, _, oh, ow) = shape_of(a), shape_of(b), shape_of(c)
+        layer = Layer(index, op.name, 1, f, oh * ow, ch * kh * kw, bound_arg_number(b, n_bound), ())
         if nb != 1:
             why = why or f"batch {nb} (convolutions run low precision at batch 1)"
-        elif _dense_attr(op, "dilations") != [1, 1]:
+        elif int_list_attr(op, "dilations") != [1, 1]:
             why = why or "dilated convolution"
         elif layer.weight is None:
             why = why or "weight is not a bound argument used once"
     eligible = ["f32"]
     if not why:
-        ch = _shape(a)[1] if op.name == "linalg.conv_2d_nchw_fchw" else None
+        ch = shape_of(a)[1] if op.name == "linalg.conv_2d_nchw_fchw" else None
         for p, v in _VNNI.items():
             if (ch if ch is not None else layer.k) % v == 0:
                 eligible.append(p)
@@ -230,10 +214,6 @@ def layers(module: ir.Module, n_bound: int) -> list[Layer]:
 
 
 # ------------------------------------------------------------------------------ rewrite
-def _t(shape: Sequence[int], elem: str) -> str:
-    return f"tensor<{'x'.join(map(str, shape))}x{elem}>"
-
-
 def _map(n: int, results: str) -> str:
     dims = ", ".join(f"d{i}" for i in range(n))
     return f"affine_map<({dims}) -> ({results})>"
@@ -335,10 +315,10 @@ def _convert(h: _Helper, src: str, shape: Sequence[int], precision: str, scale: 
     """Elementwise f32 → bf16/i8 of a whole tensor."""
     body = _convert_body(h, precision, scale)
     e, out = h.tmp(), h.tmp()
-    ty = _t(shape, _ELEM[precision])
+    ty = tensor_t(shape, _ELEM[precision])
     h(f"{e} = tensor.empty() : {ty}")
     ident = _map(len(shape), ", ".join(f"d{i}" for i in range(len(shape))))
-    h(_generic(out, [(src, _t(shape, "f32"))], (e, ty), [ident, ident], ["parallel"] * len(shape), body))
+    h(_generic(out, [(src, tensor_t(shape, "f32"))], (e, ty), [ident, ident], ["parallel"] * len(shape), body))
     return out
 
 
@@ -347,9 +327,9 @@ def _expand_k(h: _Helper, src: str, lead: Sequence[int], k: int, v: int, elem: s
     out = h.tmp()
     r = len(lead)
     groups = ", ".join([f"[{i}]" for i in range(r)] + [f"[{r}, {r + 1}]"])
-    ty = _t([*lead, k // v, v], elem)
+    ty = tensor_t([*lead, k // v, v], elem)
     sizes = ", ".join(map(str, [*lead, k // v, v]))
-    h(f"{out} = tensor.expand_shape {src} [{groups}] output_shape [{sizes}] : {_t([*lead, k], elem)} into {ty}")
+    h(f"{out} = tensor.expand_shape {src} [{groups}] output_shape [{sizes}] : {tensor_t([*lead, k], elem)} into {ty}")
     return out, ty
 
 
@@ -359,7 +339,10 @@ def _split_n(h: _Helper, val: str, shape: Sequence[int], elem: str) -> str:
     groups = ", ".join([f"[{i}]" for i in range(r - 1)] + [f"[{r - 1}, {r}]"])
     new = [*shape[:-1], shape[-1] // 16, 16]
     sizes = ", ".join(map(str, new))
-    h(f"{out} = tensor.expand_shape {val} [{groups}] output_shape [{sizes}] : {_t(shape, elem)} into {_t(new, elem)}")
+    h(
+        f"{out} = tensor.expand_shape {val} [{groups}] output_shape [{sizes}] : "
+        f"{tensor_t(shape, elem)} into {tensor_t(new, elem)}"
+    )
     return out
 
 
@@ -368,7 +351,7 @@ def _join_n(h: _Helper, val: str, shape: Sequence[int], elem: str) -> str:
     out, r = h.tmp(), len(shape)
     groups = ", ".join([f"[{i}]" for i in range(r - 1)] + [f"[{r - 1}, {r}]"])
     new = [*shape[:-1], shape[-1] // 16, 16]
-    h(f"{out} = tensor.collapse_shape {val} [{groups}] : {_t(new, elem)} into {_t(shape, elem)}")
+    h(f"{out} = tensor.collapse_shape {val} [{groups}] : {tensor_t(new, elem)} into {tensor_t(shape, elem)}")
     return out
 
 
@@ -396,12 +379,12 @@ def _dequantize(
     """init + float(acc) · scale[channel] (f32; no init: a zero one)."""
     cst, out = h.tmp(), h.tmp()
     values = ", ".join(repr(float(x)) for x in scales.tolist())
-    h(f"{cst} = arith.constant dense<[{values}]> : {_t([len(scales)], 'f32')}")
+    h(f"{cst} = arith.constant dense<[{values}]> : {tensor_t([len(scales)], 'f32')}")
     r = len(shape)
     ident = _map(r, ", ".join(f"d{i}" for i in range(r)))
     e = h.tmp()
-    h(f"{e} = tensor.empty() : {_t(shape, 'f32')}")
-    ins = [(acc, _t(shape, "i32")), (cst, _t([len(scales)], "f32"))]
+    h(f"{e} = tensor.empty() : {tensor_t(shape, 'f32')}")
+    ins = [(acc, tensor_t(shape, "i32")), (cst, tensor_t([len(scales)], "f32"))]
     maps = [ident, _map(r, f"d{channel_dim}")]
     if init is None:
         body = (
@@ -409,13 +392,13 @@ def _dequantize(
             "  %m = arith.mulf %f, %s : f32\n  linalg.yield %m : f32"
         )
     else:
-        ins.append((init, _t(shape, "f32")))
+        ins.append((init, tensor_t(shape, "f32")))
         maps.append(ident)
         body = (
             "^bb0(%q: i32, %s: f32, %c: f32, %o: f32):\n  %f = arith.sitofp %q : i32 to f32\n"
             "  %m = arith.mulf %f, %s : f32\n  %a = arith.addf %c, %m : f32\n  linalg.yield %a : f32"
         )
-    h(_generic(out, ins, (e, _t(shape, "f32")), [*maps, ident], ["parallel"] * r, body))
+    h(_generic(out, ins, (e, tensor_t(shape, "f32")), [*maps, ident], ["parallel"] * r, body))
     return out
 
 
@@ -425,26 +408,14 @@ def _zeros(h: _Helper, shape: Sequence[int], elem: str) -> str:
     z, e, out = h.tmp(), h.tmp(), h.tmp()
     zero = "0" if elem.startswith("i") else "0.000000e+00"
     h(f"{z} = arith.constant {zero} : {elem}")
-    h(f"{e} = tensor.empty() : {_t(shape, elem)}")
+    h(f"{e} = tensor.empty() : {tensor_t(shape, elem)}")
     # the layer's name as the value: CSE must not merge two layers' fills into one buffer
     mark = f'{AMX_INIT} = "{h.name}"'
-    h(f"{out} = linalg.fill {{{mark}}} ins({z} : {elem}) outs({e} : {_t(shape, elem)}) -> {_t(shape, elem)}")
+    h(
+        f"{out} = linalg.fill {{{mark}}} ins({z} : {elem}) outs({e} : {tensor_t(shape, elem)}) "
+        f"-> {tensor_t(shape, elem)}"
+    )
     return out
-
-
-def _is_zero_fill(v: ir.Value) -> bool:
-    """`v` is a `linalg.fill` of the constant 0."""
-    owner = getattr(v.owner, "operation", v.owner)
-    if not isinstance(owner, ir.Operation) or owner.name != "linalg.fill":
-        return False
-    cst = getattr(owner.operands[0].owner, "operation", owner.operands[0].owner)
-    if not isinstance(cst, ir.Operation) or cst.name != "arith.constant":
-        return False
-    value = cst.attributes["value"]
-    try:
-        return ir.FloatAttr(value).value == 0.0
-    except ValueError:
-        return ir.IntegerAttr(value).value == 0
 
 
 def _rewrite_one(
@@ -464,14 +435,14 @@ def _rewrite_one(
     if op.name in ("linalg.matmul", "linalg.batch_matmul"):
         batched = op.name == "linalg.batch_matmul"
         lead = [layer.batch] if batched else []
-        a = h.arg(_t([*lead, layer.m, layer.k], "f32"))
+        a = h.arg(tensor_t([*lead, layer.m, layer.k], "f32"))
         operands.append(a_val)
         al = _convert(h, a, [*lead, layer.m, layer.k], p, d.act_scale)
         a3 = _expand_k(h, al, [*lead, layer.m], layer.k, v, elem)
         blocked = layer.blocked  # B tiles contiguous: [N/16, K/v, 16, v]
         kv, n = layer.k // v, layer.n
         bshape = [*lead, n // 16, kv, 16, v] if blocked else [*lead, kv, n, v]
-        bty = _t(bshape, elem)
+        bty = tensor_t(bshape, elem)
         scales = None
         if layer.weight is not None:  # packed once, here
             w = params[layer.weight]
@@ -486,7 +457,7 @@ def _rewrite_one(
             b3 = h.arg(bty)
             operands.append(b_val)
         else:  # converted and packed at run time, in one pass
-            b = h.arg(_t([*lead, layer.k, n], "f32"))
+            b = h.arg(tensor_t([*lead, layer.k, n], "f32"))
             operands.append(b_val)
             body = _convert_body(h, p, d.act_scale_b)
             e, b3 = h.tmp(), h.tmp()
@@ -499,68 +470,83 @@ def _rewrite_one(
                 src = [*ld, f"d{r} * {v} + d{r + 2}", f"d{r + 1}"]
             rank = len(bshape)
             out_map = _map(rank, ", ".join(f"d{i}" for i in range(rank)))
-            ins = [(b, _t([*lead, layer.k, n], "f32"))]
+            ins = [(b, tensor_t([*lead, layer.k, n], "f32"))]
             h(_generic(b3, ins, (e, bty), [_map(rank, ", ".join(src)), out_map], ["parallel"] * rank, body))
             if p == "int8":
                 scales = torch.full((n,), d.act_scale_b)
         cshape = [*lead, layer.m, n]
-        zero = _is_zero_fill(c_val)  # the usual case: the kernel starts from zero tiles
+        zero = is_zero_fill(c_val)  # the usual case: the kernel starts from zero tiles
         c = None
         if not zero:
-            c = h.arg(_t(cshape, "f32"))
+            c = h.arg(tensor_t(cshape, "f32"))
             operands.append(c_val)
         split = [*lead, layer.m, n // 16, 16] if blocked else cshape
         if p == "bf16" and not zero:
             init = _split_n(h, c, cshape, acc) if blocked else c
         else:  # zeros in the contraction's own layout (a fill behind a reshape is rewritten without its mark)
             init = _zeros(h, split, acc)
-        cty = _t(split, acc)
+        cty = tensor_t(split, acc)
         r = _amx_contract(h, (a3[0], a3[1]), (b3, bty), (init, cty), batched, p, sched, blocked=blocked)
         if blocked:
             r = _join_n(h, r, cshape, acc)
         if p == "int8":
             r = _dequantize(h, r, c, cshape, scales * d.act_scale, len(cshape) - 1)
-        return h.text(r, _t(cshape, "f32")), operands, new_params
+        return h.text(r, tensor_t(cshape, "f32")), operands, new_params
     # convolution, batch 1: W[F, KH·KW·C] · cols[KH·KW·C, OH·OW]
-    (_, ch, _, _), (f, _, kh, kw), (_, _, oh, ow) = _shape(a_val), _shape(b_val), _shape(c_val)
-    (sh, sw) = _dense_attr(op, "strides")
+    (_, ch, _, _), (f, _, kh, kw), (_, _, oh, ow) = shape_of(a_val), shape_of(b_val), shape_of(c_val)
+    (sh, sw) = int_list_attr(op, "strides")
     w = params[layer.weight].permute(0, 2, 3, 1).reshape(f, kh * kw * ch)  # K ordered (kh, kw, c)
     if p == "bf16":
         wq, scales = w.to(torch.bfloat16), None
     else:
         wq, scales = quantize_per_channel(w, 0)
     new_params[layer.weight] = wq.reshape(f, kh * kw * ch // v, v).contiguous()
-    x = h.arg(_t(_shape(a_val), "f32"))
-    wa = h.arg(_t([f, kh * kw * ch // v, v], elem))
-    zero = _is_zero_fill(c_val)
+    x = h.arg(tensor_t(shape_of(a_val), "f32"))
+    wa = h.arg(tensor_t([f, kh * kw * ch // v, v], elem))
+    zero = is_zero_fill(c_val)
     operands += [a_val, b_val]
     c = None
     if not zero:
-        c = h.arg(_t(_shape(c_val), "f32"))
+        c = h.arg(tensor_t(shape_of(c_val), "f32"))
         operands.append(c_val)
     cols_shape = [kh, kw, ch // v, oh, ow, v]
     cbody = _convert_body(h, p, d.act_scale)
     e, cols = h.tmp(), h.tmp()
-    h(f"{e} = tensor.empty() : {_t(cols_shape, elem)}")
+    h(f"{e} = tensor.empty() : {tensor_t(cols_shape, elem)}")
     src = _map(6, f"0, d2 * {v} + d5, d3 * {sh} + d0, d4 * {sw} + d1")
     ident = _map(6, "d0, d1, d2, d3, d4, d5")
-    h(_generic(cols, [(x, _t(_shape(a_val), "f32"))], (e, _t(cols_shape, elem)), [src, ident], ["parallel"] * 6, cbody))
-    b3, bty = h.tmp(), _t([kh * kw * ch // v, oh * ow, v], elem)
-    h(f"{b3} = tensor.collapse_shape {cols} [[0, 1, 2], [3, 4], [5]] : {_t(cols_shape, elem)} into {bty}")
-    c2, c2ty = None, _t([f, oh * ow], "f32")
+    h(
+        _generic(
+            cols,
+            [(x, tensor_t(shape_of(a_val), "f32"))],
+            (e, tensor_t(cols_shape, elem)),
+            [src, ident],
+            ["parallel"] * 6,
+            cbody,
+        )
+    )
+    b3, bty = h.tmp(), tensor_t([kh * kw * ch // v, oh * ow, v], elem)
+    h(f"{b3} = tensor.collapse_shape {cols} [[0, 1, 2], [3, 4], [5]] : {tensor_t(cols_shape, elem)} into {bty}")
+    c2, c2ty = None, tensor_t([f, oh * ow], "f32")
     if c is not None:
         c2 = h.tmp()
-        h(f"{c2} = tensor.collapse_shape {c} [[0, 1], [2, 3]] : {_t(_shape(c_val), 'f32')} into {c2ty}")
+        h(f"{c2} = tensor.collapse_shape {c} [[0, 1], [2, 3]] : {tensor_t(shape_of(c_val), 'f32')} into {c2ty}")
     init = c2 if p == "bf16" and c2 is not None else _zeros(h, [f, oh * ow], acc)
     r = _amx_contract(
-        h, (wa, _t([f, kh * kw * ch // v, v], elem)), (b3, bty), (init, _t([f, oh * ow], acc)), False, p, sched
+        h,
+        (wa, tensor_t([f, kh * kw * ch // v, v], elem)),
+        (b3, bty),
+        (init, tensor_t([f, oh * ow], acc)),
+        False,
+        p,
+        sched,
     )
     if p == "int8":
         r = _dequantize(h, r, c2, [f, oh * ow], scales * d.act_scale, 0)
     out = h.tmp()
-    oty = _t(_shape(c_val), "f32")
+    oty = tensor_t(shape_of(c_val), "f32")
     h(f"{out} = tensor.expand_shape {r} [[0, 1], [2, 3]] output_shape [1, {f}, {oh}, {ow}] : {c2ty} into {oty}")
-    return h.text(out, _t(_shape(c_val), "f32")), operands, new_params
+    return h.text(out, tensor_t(shape_of(c_val), "f32")), operands, new_params
 
 
 def rewrite(
@@ -572,7 +558,7 @@ def rewrite(
     if not lowered:
         return list(params)
     ctx = module.context
-    fn = _func(module)
+    fn = entry_func(module)
     ops = contraction_ops(module)
     infos = [describe(op, i, len(params)) for i, op in enumerate(ops)]
     params = list(params)
@@ -591,407 +577,16 @@ def rewrite(
             params[arg_no] = tensor
         init = op.operands[2].owner
         call_helper(module, op, text, name, operands)
-        _erase_if_dead(init)
+        erase_if_dead(init)
     inline_helpers(module)
     return params
-
-
-def call_helper(module: ir.Module, op: ir.Operation, text: str, name: str, operands: Sequence[ir.Value]) -> None:
-    """Replace `op` (one result) by a call to `name`, the private function `text` defines
-    (appended to the module; `inline_helpers` inlines it)."""
-    ctx = module.context
-    helper = ir.Module.parse(text, context=ctx)
-    for hop in list(helper.body.operations):
-        module.body.append(hop.operation)
-    with ir.InsertionPoint(op), op.location:
-        call = func.CallOp([op.results[0].type], ir.FlatSymbolRefAttr.get(name, context=ctx), list(operands))
-    op.results[0].replace_all_uses_with(call.results[0])
-    op.erase()
-
-
-def inline_helpers(module: ir.Module) -> None:
-    """The function's type from its (re-typed) arguments; the helper calls inlined."""
-    ctx = module.context
-    fn = _func(module)
-    ftype = ir.FunctionType(ir.TypeAttr(fn.attributes["function_type"]).value)
-    inputs = [a.type for a in fn.regions[0].blocks[0].arguments]
-    fn.attributes["function_type"] = ir.TypeAttr.get(ir.FunctionType.get(inputs, ftype.results, context=ctx))
-    # inline without the default canonicalization (it rewrites a marked fill behind a reshape)
-    inline = "builtin.module(inline{default-pipeline=}, symbol-dce)"
-    passmanager.PassManager.parse(inline, context=ctx).run(module.operation)
-
-
-def _erase_if_dead(op) -> None:
-    """Erase an op whose results are unused (a replaced contraction's fill), and then its
-    operands' producers that became dead (the fill's `tensor.empty`)."""
-    op = getattr(op, "operation", op)
-    if not isinstance(op, ir.Operation) or op.name not in ("linalg.fill", "tensor.empty"):
-        return
-    if any(len(list(r.uses)) for r in op.results):
-        return
-    producers = [v.owner for v in op.operands]
-    op.erase()
-    for p in producers:
-        _erase_if_dead(p)
 
 
 _TORCH_ELEM = {torch.float32: "f32", torch.bfloat16: "bf16", torch.int8: "i8"}
 
 
 def _tensor_type(t: torch.Tensor, ctx) -> ir.Type:
-    return ir.Type.parse(_t(list(t.shape), _TORCH_ELEM[t.dtype]), context=ctx)
+    return ir.Type.parse(tensor_t(list(t.shape), _TORCH_ELEM[t.dtype]), context=ctx)
 
 
 # ------------------------------------------------------------------------------ sensitivity
-_FX_CONTRACTIONS = ("aten.mm.default", "aten.addmm.default", "aten.bmm.default", "aten.convolution.default")
-
-
-def _flatten(x) -> list[torch.Tensor]:
-    if isinstance(x, torch.Tensor):
-        return [x]
-    if isinstance(x, (list, tuple)):
-        return [t for y in x for t in _flatten(y)]
-    if isinstance(x, dict):
-        return [t for y in x.values() for t in _flatten(y)]
-    return []
-
-
-def relative_error(outs, refs) -> float:
-    """‖out − ref‖ / ‖ref‖ over all outputs (L2, as one vector)."""
-    outs, refs = _flatten(outs), _flatten(refs)
-    num = sum(float((o.double() - r.double()).pow(2).sum()) for o, r in zip(outs, refs))
-    den = sum(float(r.double().pow(2).sum()) for r in refs)
-    return math.sqrt(num / den) if den else math.sqrt(num)
-
-
-def _fake_bf16(x: torch.Tensor) -> torch.Tensor:
-    return x.to(torch.bfloat16).to(x.dtype)
-
-
-def _fake_int8(x: torch.Tensor, scale) -> torch.Tensor:
-    return torch.clamp(torch.round(x / scale), -127, 127) * scale
-
-
-class Emulator:
-    """Runs the model's exported graph in eager PyTorch with chosen layers emulating their
-    lowered precision (operands rounded to bf16, or fake-quantized to int8 exactly as the
-    rewrite quantizes them; accumulation stays exact). Its contraction nodes are the
-    module's layers, in order (checked against `layers` by shape)."""
-
-    def __init__(self, gm: torch.fx.GraphModule, params: Sequence[torch.Tensor], module_layers: Sequence[Layer]):
-        self.gm, self.params = gm, list(params)
-        bound = [n for n in gm.graph.nodes if n.op == "placeholder"][: len(self.params)]
-        self.weights = set(bound)
-        self.nodes = [n for n in gm.graph.nodes if n.op == "call_function" and self._is_layer(n)]
-        if len(self.nodes) != len(module_layers):
-            raise PrecisionError(
-                f"the exported graph has {len(self.nodes)} contractions, the module {len(module_layers)}: "
-                "cannot tell which layer is which"
-            )
-        for node, layer in zip(self.nodes, module_layers):
-            numel = math.prod(node.meta["val"].shape)
-            if numel != layer.batch * layer.m * layer.n:
-                raise PrecisionError(f"layer {layer.index} ({layer.name}) does not match graph node {node.name}")
-
-    @staticmethod
-    def _is_layer(n) -> bool:
-        if str(n.target) not in _FX_CONTRACTIONS:
-            return False
-        return str(n.target) != "aten.convolution.default" or n.args[8] == 1
-
-    def _operands(self, node) -> tuple[int, int]:
-        """Positions of (A, B) in the node's args (addmm: after the bias)."""
-        return (1, 2) if str(node.target) == "aten.addmm.default" else (0, 1)
-
-    def run(
-        self,
-        inputs,
-        lowered: Mapping[int, PrecisionDecision] | None = None,
-        *,
-        record: dict | None = None,
-        keep: dict | None = None,
-        reuse: dict | None = None,
-    ):
-        """Outputs with `lowered` layers emulated; `record` collects each layer's operand
-        absolute maxima {layer: (max|A|, max|B|)} (max over runs). `keep` receives every
-        node's value (an f32 run); `reuse` takes such values for the nodes before the first
-        lowered layer, which then are not recomputed."""
-        index = {n: i for i, n in enumerate(self.nodes)}
-        lowered = lowered or {}
-        emu = self
-        initial = None
-        if reuse is not None and lowered:
-            first = self.nodes[min(lowered)]
-            initial = {}
-            for n in self.gm.graph.nodes:
-                if n is first:
-                    break
-                if n in reuse:
-                    initial[n] = reuse[n]
-
-        class _Interp(torch.fx.Interpreter):
-            def run_node(self, n):
-                i = index.get(n)
-                if i is None or (i not in lowered and record is None):
-                    return super().run_node(n)
-                args, kwargs = self.fetch_args_kwargs_from_env(n)
-                args = list(args)
-                ia, ib = emu._operands(n)
-                if record is not None:
-                    old = record.get(i, (0.0, 0.0))
-                    record[i] = (max(old[0], float(args[ia].abs().max())), max(old[1], float(args[ib].abs().max())))
-                d = lowered.get(i)
-                if d is not None and d.precision == "bf16":
-                    args[ia], args[ib] = _fake_bf16(args[ia]), _fake_bf16(args[ib])
-                elif d is not None and d.precision == "int8":
-                    args[ia], args[ib] = emu._fake_int8_operands(n, args[ia], args[ib], d)
-                return n.target(*args, **kwargs)
-
-        with torch.no_grad():
-            interp = _Interp(self.gm, garbage_collect_values=keep is None)
-            out = interp.run(*self.params, *inputs, initial_env=initial)
-        if keep is not None:
-            keep.update(interp.env)
-        return out
-
-    def _fake_int8_operands(self, n, a: torch.Tensor, b: torch.Tensor, d: PrecisionDecision):
-        target = str(n.target)
-        _, ib = self._operands(n)
-        # a weight the rewrite packs (bound, used by this layer only) gets per-channel scales
-        packed = n.args[ib] in self.weights and len(n.args[ib].users) == 1
-        if target == "aten.convolution.default":  # weight per output channel
-            dim = 1 if n.args[6] else 0  # transposed: [C_in, C_out, …]
-            q, s = quantize_per_channel(b, dim)
-            shape = [1] * b.dim()
-            shape[dim] = -1
-            return _fake_int8(a, d.act_scale), q.float() * s.reshape(shape)
-        if packed:  # mm / addmm with a weight B[K, N]: per column
-            q, s = quantize_per_channel(b, 1)
-            return _fake_int8(a, d.act_scale), q.float() * s
-        return _fake_int8(a, d.act_scale), _fake_int8(b, d.act_scale_b)
-
-
-def calibration_inputs(inputs: Sequence[torch.Tensor], count: int, *, seed: int = 0) -> list[tuple[torch.Tensor, ...]]:
-    """The example inputs and `count - 1` draws like them (floats: same mean and spread;
-    integers: same range)."""
-    g = torch.Generator().manual_seed(seed)
-    out = [tuple(inputs)]
-    for _ in range(count - 1):
-        draw = []
-        for x in inputs:
-            if x.is_floating_point():
-                draw.append(torch.randn(x.shape, generator=g) * x.std() + x.mean())
-            elif x.dtype == torch.bool:
-                draw.append(x.clone())
-            else:
-                draw.append(torch.randint(int(x.min()), int(x.max()) + 1, x.shape, generator=g, dtype=x.dtype))
-        out.append(tuple(draw))
-    return out
-
-
-# ------------------------------------------------------------------------------ choosing
-DEFAULT_BUDGET = 0.01  # relative L2 error of the model output
-MODES = ("f32", "bf16", "int8", "auto")
-
-
-@dataclasses.dataclass
-class PrecisionPlan:
-    """The per-layer choice and everything it was made from."""
-
-    mode: str
-    budget: float | None
-    layers: list[Layer]
-    decisions: list[PrecisionDecision]
-    error: float | None = None  # emulated output error of the whole plan (max over calibration inputs)
-    message: str = ""  # why the plan fell back to f32, if it did
-
-    @property
-    def lowered(self) -> list[PrecisionDecision]:
-        return [d for d in self.decisions if d.precision != "f32"]
-
-    @property
-    def predicted_f32_s(self) -> float:
-        return sum(d.f32_s or 0.0 for d in self.decisions)
-
-    @property
-    def predicted_s(self) -> float:
-        return sum((d.predicted_s if d.predicted_s is not None else d.f32_s) or 0.0 for d in self.decisions)
-
-    def to_json(self) -> dict:
-        return {
-            "mode": self.mode,
-            "budget": self.budget,
-            "error": self.error,
-            "message": self.message,
-            "predicted_f32_s": self.predicted_f32_s,
-            "predicted_s": self.predicted_s,
-            "layers": [dataclasses.asdict(x) for x in self.layers],
-            "decisions": [d.to_json() for d in self.decisions],
-        }
-
-    def table(self) -> str:
-        rows = [("layer", "precision", "sensitivity", "f32 pred ms", "pred ms", "saving ms", "note")]
-        for layer, d in zip(self.layers, self.decisions):
-            pred = d.predicted_s if d.predicted_s is not None else d.f32_s
-            saving = (d.f32_s - pred) if d.f32_s is not None and pred is not None else None
-            rows.append(
-                (
-                    f"{layer.index:>2} {layer.name}",
-                    d.precision,
-                    f"{d.sensitivity:.1e}" if d.sensitivity is not None else "-",
-                    f"{d.f32_s * 1e3:.3f}" if d.f32_s is not None else "-",
-                    f"{pred * 1e3:.3f}" if pred is not None else "-",
-                    f"{saving * 1e3:.3f}" if saving is not None else "-",
-                    layer.why_not,
-                )
-            )
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-        err = f"{self.error:.2e}" if self.error is not None else "-"
-        budget = f"{self.budget:g}" if self.budget is not None else "none"
-        f32, pred = self.predicted_f32_s, self.predicted_s
-        ratio = f"{f32 / pred:.2f}x" if pred else "-"
-        lines.append(
-            f"precision {self.mode}: {len(self.lowered)}/{len(self.layers)} layers lowered; "
-            f"output error {err} (budget {budget}); "
-            f"contractions predicted {f32 * 1e3:.2f} -> {pred * 1e3:.2f} ms ({ratio})"
-        )
-        if self.message:
-            lines.append(self.message)
-        return "\n".join(lines)
-
-
-def solve(options: Mapping[int, Mapping[str, tuple[float, float]]], budget: float) -> dict[int, str]:
-    """Minimize Σ latency subject to Σ sensitivity ≤ budget, one precision per layer.
-
-    `options[layer][precision] = (latency_s, sensitivity)`; f32 must be present with
-    sensitivity 0. HiGHS through `scipy.optimize.milp`."""
-    import numpy as np
-    from scipy.optimize import Bounds, LinearConstraint, milp
-
-    keys = [(layer, p) for layer, ps in options.items() for p in ps]
-    if not keys:
-        return {}
-    cost = np.array([options[layer][p][0] for layer, p in keys])
-    sens = np.array([options[layer][p][1] for layer, p in keys])
-    layer_ids = list(options)
-    one = np.zeros((len(layer_ids), len(keys)))
-    for j, (layer, _) in enumerate(keys):
-        one[layer_ids.index(layer), j] = 1.0
-    constraints = [LinearConstraint(one, 1, 1), LinearConstraint(sens[None, :], -np.inf, budget)]
-    res = milp(cost, constraints=constraints, integrality=np.ones(len(keys)), bounds=Bounds(0, 1))
-    if res.x is None:  # infeasible cannot happen with f32 at zero sensitivity, but be explicit
-        return {layer: "f32" for layer in layer_ids}
-    return {keys[j][0]: keys[j][1] for j in range(len(keys)) if res.x[j] > 0.5}
-
-
-def plan(
-    imported,
-    *,
-    mode: str,
-    budget: float | None,
-    price,
-    amx_available: bool = True,
-    calibration: int = 2,
-) -> PrecisionPlan:
-    """Choose every layer's precision (see the module docstring). `mode`: f32, bf16 or int8
-    (every eligible layer; with a budget, a plan over it falls back to f32), or auto (the
-    integer program under `budget`, default 1%). `price(layer, precision)` → (AMX schedule,
-    predicted seconds) is the latency model (`costmodel/amx.py: LayerPrices`). A plan whose
-    output error exceeds the budget never runs: it falls back to f32 and says why."""
-    if mode not in MODES:
-        raise PrecisionError(f"unknown precision {mode!r} (one of {', '.join(MODES)})")
-    if budget is not None and not budget > 0:
-        raise PrecisionError(f"the error budget must be positive, got {budget}")
-    n_bound = len(imported.params)
-    all_layers = layers(imported.module, n_bound)
-    f32_only = [PrecisionDecision(x.index) for x in all_layers]
-    if mode == "f32" or not all_layers:
-        return PrecisionPlan(mode, budget, all_layers, f32_only)
-    if mode == "auto" and budget is None:
-        budget = DEFAULT_BUDGET
-    if not amx_available:
-        return PrecisionPlan(mode, budget, all_layers, f32_only, message="AMX is not available here: running f32")
-    if imported.fx is None or imported.model is None:
-        raise PrecisionError(
-            f"{imported.spec}: low precision needs the PyTorch model (for calibration), not MLIR input"
-        )
-    emu = Emulator(imported.fx, imported.params, all_layers)
-    inputs = calibration_inputs(imported.inputs, calibration)
-    amax: dict = {}
-    envs: list[dict] = [{} for _ in inputs]  # every node's f32 value: a lowered run starts at its first layer
-    refs = [emu.run(x, record=amax, keep=env) for x, env in zip(inputs, envs)]
-
-    def error(lowered: Mapping[int, PrecisionDecision]) -> float:
-        return max(relative_error(emu.run(x, lowered, reuse=env), r) for x, r, env in zip(inputs, refs, envs))
-
-    f32_s = {x.index: price(x, "f32")[1] for x in all_layers}
-    candidates: dict[int, dict[str, PrecisionDecision]] = {}
-    for layer in all_layers:
-        a_max, b_max = amax.get(layer.index, (0.0, 0.0))
-        options = {"f32": PrecisionDecision(layer.index, "f32", sensitivity=0.0, f32_s=f32_s[layer.index])}
-        wanted = [p for p in layer.eligible if p != "f32" and (mode == "auto" or p == mode)]
-        for p in wanted:
-            sched, seconds = price(layer, p)
-            d = PrecisionDecision(
-                layer.index,
-                p,
-                act_scale=max(a_max, 1e-12) / 127.0 if p == "int8" else None,
-                act_scale_b=max(b_max, 1e-12) / 127.0 if p == "int8" else None,
-                schedule=sched,
-                f32_s=f32_s[layer.index],
-                predicted_s=seconds,
-            )
-            options[p] = dataclasses.replace(d, sensitivity=error({layer.index: d}))
-        candidates[layer.index] = options
-
-    def fallback(message: str, err: float | None = None) -> PrecisionPlan:
-        decisions = [candidates[x.index]["f32"] for x in all_layers]
-        return PrecisionPlan(mode, budget, all_layers, decisions, error=err, message=message)
-
-    if mode in ("bf16", "int8"):
-        chosen = {i: opts.get(mode, opts["f32"]) for i, opts in candidates.items()}
-        lowered = {i: d for i, d in chosen.items() if d.precision != "f32"}
-        err = error(lowered)
-        if budget is not None and err > budget:
-            return fallback(
-                f"{mode} everywhere gives output error {err:.2e} > budget {budget:g}: running f32 "
-                f"(try --precision auto, or a larger --error-budget)",
-                err,
-            )
-        return PrecisionPlan(mode, budget, all_layers, [chosen[x.index] for x in all_layers], error=err)
-
-    # auto: the integer program, tightened until the combined error (not just the sum of
-    # per-layer sensitivities) fits the budget
-    table = {  # (predicted seconds, sensitivity); a layer the f32 model cannot price stays f32
-        i: {
-            p: ((d.predicted_s if d.predicted_s is not None else d.f32_s) or 0.0, d.sensitivity or 0.0)
-            for p, d in opts.items()
-            if d.f32_s is not None or p == "f32"
-        }
-        for i, opts in candidates.items()
-    }
-    target_budget = budget
-    for _ in range(8):
-        choice = solve(table, target_budget)
-        chosen = {i: candidates[i][p] for i, p in choice.items()}
-        lowered = {i: d for i, d in chosen.items() if d.precision != "f32"}
-        if not lowered:
-            faster = [
-                d
-                for o in candidates.values()
-                for d in o.values()
-                if d.precision != "f32" and d.f32_s is not None and d.predicted_s < d.f32_s
-            ]
-            if not faster:
-                return fallback("no layer is predicted faster in bf16 or int8 here: running f32")
-            least = min(d.sensitivity for d in faster)
-            return fallback(
-                f"error budget {budget:g} is too small for any speedup (the least sensitive layer that would "
-                f"be faster errs {least:.2e} alone): running f32"
-            )
-        err = error(lowered)
-        if err <= budget:
-            return PrecisionPlan(mode, budget, all_layers, [chosen[x.index] for x in all_layers], error=err)
-        target_budget *= 0.8 * budget / err
-    return fallback(f"no plan within error budget {budget:g} found (last tried errs {err:.2e}): running f32", err)

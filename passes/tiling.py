@@ -23,6 +23,8 @@ from collections.abc import Mapping, Sequence
 
 from torch_mlir import ir
 
+from tilecraft.dialects.irutil import ANY, named_sequence, ops_named, walk_ops  # noqa: F401 (re-exported)
+
 OP_ID = "tc.op_id"
 AMX = "tc.amx"  # a contraction `passes/precision.py` hands to the AMX kernels: not tiled here
 AMX_INIT = "tc.amx_init"  # the zero fill of such a contraction's accumulator: folded into the kernel
@@ -192,24 +194,6 @@ def register_tile_decision(info: OpInfo) -> TileDecision:
     return TileDecision(tiles=(info.extents,), vectorize="i1" not in info.dtypes)
 
 
-def walk_ops(op: ir.Operation, fn) -> None:
-    """Call `fn` on every op nested in `op`, not descending into linalg ops' bodies."""
-    for region in op.regions:
-        for block in region.blocks:
-            for child in block.operations:
-                child = child.operation
-                fn(child)
-                if not child.name.startswith("linalg."):
-                    walk_ops(child, fn)
-
-
-def ops_named(op: ir.Operation, name: str) -> list[ir.Operation]:
-    """Every op called `name` nested in `op` (not inside linalg ops' bodies), in order."""
-    found: list[ir.Operation] = []
-    walk_ops(op, lambda child: found.append(child) if child.name == name else None)
-    return found
-
-
 def _element_type(t: ir.Type) -> str:
     t = t.maybe_downcast()
     return str(t.element_type) if isinstance(t, ir.ShapedType) else str(t)
@@ -363,7 +347,7 @@ def space(info: OpInfo, target=None) -> list[TileDecision]:
     Matmuls: cache tiles × register tiles × loop orders; convolutions: register tiles of
     output channels × width × input channels, two loop orders; pooling and depthwise:
     register tiles; elementwise and reductions: register-tile budgets, vectorized or not.
-    `target` (a `tilecraft.target.Target`) sets the vector width preference."""
+    `target` (a `tilecraft.backends.cpu.target.Target`) sets the vector width preference."""
     lanes = getattr(target, "f32_lanes", LANES)
     e = info.extents
     out: list[TileDecision] = []
@@ -428,7 +412,6 @@ def decisions(
 
 
 # ------------------------------------------------------------------- transform scripts
-ANY = "!transform.any_op"
 
 
 def _tile_level(
@@ -527,12 +510,3 @@ def tiling_script(infos: Sequence[OpInfo], scheds: Mapping[int, TileDecision], *
                 f"{parent}      transform.structured.vectorize {h} {{vectorize_nd_extract}} : {ANY}{contract}\n    }}"
             )
     return named_sequence("\n".join(body), consumed=False)
-
-
-def named_sequence(body: str, *, consumed: bool) -> str:
-    mode = "transform.consumed" if consumed else "transform.readonly"
-    return (
-        "module attributes {transform.with_named_sequence} {\n"
-        f"  transform.named_sequence @__transform_main(%root: {ANY} {{{mode}}}) {{\n"
-        f"{body}\n    transform.yield\n  }}\n}}\n"
-    )

@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from tilecraft import cli, driver, frontend
+from tilecraft.costmodel import fusion_plan
 from tilecraft.passes import fusion
 
 
@@ -98,15 +99,15 @@ def test_every_candidate_group_fused_matches_eager(make, shape):
 
 
 def test_partition_is_a_set_partition_and_compiles():
+    from tilecraft.backends.cpu.target import Target
     from tilecraft.costmodel import model as cm
-    from tilecraft.target import Target
 
     target = Target.parse("cpu")
     torch.manual_seed(0)
     model, x = ConvBNReLU(), torch.randn(1, 8, 16, 16)
     imported = _imported(model, x)
     with imported.module.context:
-        groups, report = fusion.partition(imported.module, cm.create("lightgbm", target), target)
+        groups, report = fusion_plan.partition(imported.module, cm.create("lightgbm", target), target)
     ops = [op for g in groups for op in g.ops]
     assert len(ops) == len(set(ops))
     assert groups and report["fused_s"] <= report["unfused_s"] + 1e-12
@@ -172,8 +173,8 @@ def test_measured_tap_chain_reads_its_taps_from_one_input():
     from torch_mlir import ir
 
     from tilecraft import explain
+    from tilecraft.backends.cpu.target import Target
     from tilecraft.corpus.zoo import BasicBlock
-    from tilecraft.target import Target
 
     torch.manual_seed(0)
     model, x = BasicBlock(16, 16, 1).eval(), torch.randn(1, 16, 28, 28)
@@ -181,7 +182,7 @@ def test_measured_tap_chain_reads_its_taps_from_one_input():
     target = Target.parse("cpu")
     with imported.module.context:
         driver.convolutions_as_gemms(imported, fusing=True)
-        groups, _ = fusion.partition(imported.module, driver.load_cost_model("lightgbm", target), target)
+        groups, _ = fusion_plan.partition(imported.module, driver.load_cost_model("lightgbm", target), target)
         nodes = fusion.analyze(imported.module)
         state = ir.AsmState(imported.module.operation)
         chain = next(g for g in groups if sum(nodes[o].info.kind == "matmul" for o in g.ops) == 9)
@@ -215,14 +216,14 @@ def test_light_groups_are_priced_on_the_unfused_scale():
     """A group of elementwise ops costs its ops' unfused predictions scaled by the ratio of
     rooflines: never more than unfused, and the whole chain (one read of x and y, one
     write) is the cheapest partition."""
+    from tilecraft.backends.cpu.target import Target
     from tilecraft.costmodel import model as cm
-    from tilecraft.target import Target
 
     target = Target.parse("cpu")
     x, y = torch.randn(64, 256), torch.randn(64, 256)
     imported = frontend.import_module(SiLUMul(), (x, y), spec="<test>")
     with imported.module.context:
-        groups, report = fusion.partition(imported.module, cm.create("lightgbm", target), target)
+        groups, report = fusion_plan.partition(imported.module, cm.create("lightgbm", target), target)
         nodes = fusion.analyze(imported.module)
     singles = report["singles"]
     assert all(cost > 0 for _, cost in report["candidates"])

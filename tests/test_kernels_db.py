@@ -7,10 +7,10 @@ import sqlite3
 import pytest
 
 from tilecraft import frontend
+from tilecraft.backends.cpu.target import host
 from tilecraft.corpus import generator, kernels
 from tilecraft.corpus.db import SCHEMA_VERSION, CorpusDB, CorpusError
 from tilecraft.corpus.measure import Measurement
-from tilecraft.target import host
 
 
 def test_model_kernels_reparse_to_the_same_key():

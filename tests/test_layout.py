@@ -7,6 +7,7 @@ import torch
 
 from tilecraft import driver, frontend
 from tilecraft.corpus.zoo import BasicBlock
+from tilecraft.dialects.irutil import entry_func
 from tilecraft.passes import layout
 
 
@@ -21,7 +22,7 @@ def _block_pair(c: int, hw: int):
 
 
 def _transposes(module) -> int:
-    body = layout._func(module).regions[0].blocks[0]
+    body = entry_func(module).regions[0].blocks[0]
     return sum(1 for op in body.operations if layout.transpose_of(op.operation) is not None)
 
 

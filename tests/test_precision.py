@@ -12,6 +12,7 @@ import torch
 from tilecraft import driver, frontend
 from tilecraft.backends.cpu import amx
 from tilecraft.corpus import amx as amx_workloads
+from tilecraft.costmodel import precision_plan
 from tilecraft.costmodel.amx import LayerPrices
 from tilecraft.passes import precision
 
@@ -93,10 +94,10 @@ def test_layers_and_eligibility():
 def test_emulator_maps_layers_and_matches_eager():
     imp = _imported()
     layers = precision.layers(imp.module, len(imp.params))
-    emu = precision.Emulator(imp.fx, imp.params, layers)
+    emu = precision_plan.Emulator(imp.fx, imp.params, layers)
     amax = {}
     out = emu.run(imp.inputs, record=amax)
-    assert precision.relative_error(out, imp.reference()) < 1e-6
+    assert precision_plan.relative_error(out, imp.reference()) < 1e-6
     assert set(amax) == {0, 1, 2} and all(a > 0 for a, _ in amax.values())
 
 
@@ -107,7 +108,7 @@ def test_lowered_compile_matches_its_emulation(mode):
     same quantization), and stays near eager f32."""
     imp = _imported()
     layers = precision.layers(imp.module, len(imp.params))
-    emu = precision.Emulator(imp.fx, imp.params, layers)
+    emu = precision_plan.Emulator(imp.fx, imp.params, layers)
     amax = {}
     emu.run(imp.inputs, record=amax)
     decisions = [
@@ -122,8 +123,8 @@ def test_lowered_compile_matches_its_emulation(mode):
     emulated = emu.run(imp.inputs, {d.layer: d for d in decisions})
     compiled = driver.compile_model(imp, cost_model="heuristic", precision=decisions)
     out = compiled.fn(*imp.inputs)
-    assert precision.relative_error(out, emulated) < 2e-3
-    assert precision.relative_error(out, imp.reference()) < (2e-2 if mode == "bf16" else 5e-2)
+    assert precision_plan.relative_error(out, emulated) < 2e-3
+    assert precision_plan.relative_error(out, imp.reference()) < (2e-2 if mode == "bf16" else 5e-2)
     # the packed weights replaced the f32 ones they came from
     assert any(p.dtype in (torch.bfloat16, torch.int8) for p in imp.params)
 
@@ -134,9 +135,9 @@ def test_solve_minimizes_latency_under_the_budget():
         1: {"f32": (6.0, 0.0), "bf16": (3.0, 0.003)},
         2: {"f32": (1.0, 0.0), "bf16": (0.9, 0.009)},
     }
-    assert precision.solve(options, 0.01) == {0: "bf16", 1: "bf16", 2: "f32"}
-    assert precision.solve(options, 0.03) == {0: "int8", 1: "bf16", 2: "f32"}
-    assert precision.solve(options, 1e-6) == {0: "f32", 1: "f32", 2: "f32"}
+    assert precision_plan.solve(options, 0.01) == {0: "bf16", 1: "bf16", 2: "f32"}
+    assert precision_plan.solve(options, 0.03) == {0: "int8", 1: "bf16", 2: "f32"}
+    assert precision_plan.solve(options, 1e-6) == {0: "f32", 1: "f32", 2: "f32"}
 
 
 @needs_amx
@@ -144,12 +145,12 @@ def test_plan_auto_within_budget_and_fallback():
     imp = _mlp()
     target = driver.Target.parse("cpu")
     prices = LayerPrices(imp.module, driver.load_cost_model("analytical", target), target)
-    plan = precision.plan(imp, mode="auto", budget=0.05, price=prices)
+    plan = precision_plan.plan(imp, mode="auto", budget=0.05, price=prices)
     assert plan.lowered and plan.error <= 0.05 and not plan.message
     assert all(d.sensitivity is not None for d in plan.decisions)
-    tiny = precision.plan(imp, mode="auto", budget=1e-9, price=prices)
+    tiny = precision_plan.plan(imp, mode="auto", budget=1e-9, price=prices)
     assert not tiny.lowered and "too small" in tiny.message
-    int8 = precision.plan(imp, mode="int8", budget=1e-9, price=prices)
+    int8 = precision_plan.plan(imp, mode="int8", budget=1e-9, price=prices)
     assert not int8.lowered and "running f32" in int8.message
 
 
@@ -158,9 +159,9 @@ def test_plan_rejects_bad_requests():
     target = driver.Target.parse("cpu")
     prices = LayerPrices(imp.module, driver.load_cost_model("analytical", target), target)
     with pytest.raises(precision.PrecisionError, match="budget must be positive"):
-        precision.plan(imp, mode="auto", budget=0.0, price=prices)
+        precision_plan.plan(imp, mode="auto", budget=0.0, price=prices)
     with pytest.raises(precision.PrecisionError, match="unknown precision"):
-        precision.plan(imp, mode="fp8", budget=None, price=prices)
+        precision_plan.plan(imp, mode="fp8", budget=None, price=prices)
     with pytest.raises(precision.PrecisionError, match="cannot run in int8"):
         precision.rewrite(imp.module, imp.params, [precision.PrecisionDecision(2, "int8", act_scale=1.0)])
 

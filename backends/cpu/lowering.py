@@ -14,10 +14,10 @@ import subprocess
 import tempfile
 from collections.abc import Mapping
 
-from torch_mlir import ir, passmanager
-from torch_mlir.dialects.transform import interpreter
+from torch_mlir import ir
 
 from tilecraft.backends.cpu import amx, broadcasts, math_approx, reductions, strided
+from tilecraft.dialects.irutil import apply_transform, public_funcs, run_pipeline
 from tilecraft.passes import tiling
 from tilecraft.passes.tiling import ANY
 
@@ -53,51 +53,6 @@ LLVM_PIPELINE = (
     "convert-ub-to-llvm,"
     "reconcile-unrealized-casts)"
 )
-
-
-class PipelineError(RuntimeError):
-    """A stage failed; `reproducer` is the saved input IR, `command` reproduces it."""
-
-    def __init__(self, message: str, *, stage: str, reproducer: str | None = None, command: str | None = None):
-        super().__init__(message)
-        self.stage, self.reproducer, self.command = stage, reproducer, command
-
-
-def run_pipeline(module: ir.Module, pipeline: str, *, stage: str) -> ir.Module:
-    """Run a textual pass pipeline in place; on failure save the input and name the command."""
-    before = str(module) if _wants_reproducer() else None
-    try:
-        passmanager.PassManager.parse(pipeline, context=module.context).run(module.operation)
-    except Exception as exc:  # MLIRError: the diagnostics are in the message
-        raise _stage_error(exc, stage, before, f"tilecraft-opt {{input}} -p '{pipeline}'") from None
-    return module
-
-
-def apply_transform(module: ir.Module, script: str, *, stage: str) -> ir.Module:
-    """Parse a transform script in the module's context and interpret it on the module."""
-    before = str(module) if _wants_reproducer() else None
-    try:
-        tmod = ir.Module.parse(script, context=module.context)
-        entry = next(op for op in tmod.body.operations if "sym_name" in op.attributes)
-        interpreter.apply_named_sequence(module.operation, entry, tmod)
-    except Exception as exc:
-        raise _stage_error(exc, stage, before, f"tilecraft-opt {{input}} -p 'cpu-{stage}'") from None
-    return module
-
-
-def _wants_reproducer() -> bool:
-    return os.environ.get("TILECRAFT_NO_REPRODUCER") != "1"
-
-
-def _stage_error(exc: Exception, stage: str, before: str | None, command: str) -> PipelineError:
-    first = " ".join(str(exc).split())
-    path = None
-    if before is not None:
-        fd, path = tempfile.mkstemp(prefix=f"tilecraft-{stage}-", suffix=".mlir")
-        with os.fdopen(fd, "w") as f:
-            f.write(before)
-        command = command.format(input=path)
-    return PipelineError(f"stage '{stage}' failed: {first[:400]}", stage=stage, reproducer=path, command=command)
 
 
 # ------------------------------------------------------------------------------ stages
@@ -209,15 +164,9 @@ def _same_buffer(a: ir.Value, b: ir.Value) -> bool:
     return all(str(oa.attributes[k]) == str(ob.attributes[k]) for k in keys) and a.type == b.type
 
 
-def _public_funcs(module: ir.Module):
-    for op in module.body.operations:
-        if op.operation.name == "func.func" and "sym_visibility" not in op.attributes:
-            yield op.operation
-
-
 def _mark_arguments_read_only(module: ir.Module) -> None:
     ctx = module.context
-    for func in _public_funcs(module):
+    for func in public_funcs(module):
         n = len(ir.FunctionType(ir.TypeAttr(func.attributes["function_type"]).value).inputs)
         old = list(ir.ArrayAttr(func.attributes["arg_attrs"])) if "arg_attrs" in func.attributes else [None] * n
         new = []
@@ -231,7 +180,7 @@ def _mark_arguments_read_only(module: ir.Module) -> None:
 def to_llvm(module: ir.Module) -> ir.Module:
     """vector → llvm: AMX kernels, out-params, loops, deallocation, and conversion to the
     LLVM dialect."""
-    for func in _public_funcs(module):
+    for func in public_funcs(module):
         func.attributes["llvm.emit_c_interface"] = ir.UnitAttr.get(module.context)
     amx.lower_marked(module)  # low-precision contractions → AMX kernels
     run_pipeline(module, LLVM_PIPELINE, stage="llvm")

@@ -23,8 +23,8 @@ import itertools
 
 from torch_mlir import ir
 
+from tilecraft.dialects.irutil import call_helper, inline_helpers
 from tilecraft.passes import tiling
-from tilecraft.passes.precision import call_helper, inline_helpers
 
 
 def _strided_read(op: ir.Operation) -> tuple[ir.MemRefType, list[int], list[int]] | None:

@@ -1,6 +1,6 @@
 """Target description: a validated, hashable, serializable picture of the machine.
 
-A leaf of the import graph (imports nothing of ours; anyone may import it). `Target.host()`
+The CPU backend's target description (`backends/target.py` is the protocol). `Target.host()`
 reads the host: ISA features from /proc/cpuinfo, cores, cache sizes from sysfs, clock, and
 derived peak FLOP/s and memory-bandwidth estimates. `Target.parse(text)` accepts
 `cpu`, `cpu{avx512=false cores=1}` or a path to a JSON file written by `to_json`.
@@ -17,6 +17,8 @@ import os
 import platform
 import re
 
+from tilecraft.backends.target import TargetError  # noqa: F401  (re-exported)
+
 # Flags of /proc/cpuinfo we care about, by our name.
 _FEATURES = {
     "avx2": "avx2",
@@ -29,10 +31,6 @@ _FEATURES = {
     "amx_bf16": "amx_bf16",
     "amx_int8": "amx_int8",
 }
-
-
-class TargetError(ValueError):
-    pass
 
 
 @dataclasses.dataclass(frozen=True)

@@ -37,7 +37,7 @@ def tune(
     progress: bool = True,
 ) -> dict:
     from tilecraft import frontend
-    from tilecraft.target import Target
+    from tilecraft.backends.cpu.target import Target
 
     if budget < 1:
         raise cm.CostModelError(f"--budget must be at least 1 (got {budget})")

@@ -1,0 +1,37 @@
+"""The target protocol: what every backend's target description offers, and the one place
+a `--target` string is resolved to a backend's description.
+
+On the backends floor (imports dialects and passes only). A target description is a
+frozen, validated, hashable, serializable picture of a machine; measurements, cost models
+and the compile cache are keyed by its `hash()`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class TargetError(ValueError):
+    """A `--target` the user gave cannot be parsed or names no backend."""
+
+
+class Target(Protocol):
+    kind: str  # the backend family: "cpu" (later "gpu", "accel")
+
+    def hash(self) -> str: ...
+
+    def to_json(self) -> str: ...
+
+
+KINDS = ("cpu",)
+
+
+def parse_target(text: str) -> Target:
+    """`cpu`, `cpu{avx512=false cores=1}` or a JSON file written by `to_json`: the
+    description of the backend family the text names."""
+    kind = text.strip().split("{", 1)[0]
+    if kind in ("cpu", "") or text.endswith(".json"):
+        from tilecraft.backends.cpu.target import Target as CpuTarget
+
+        return CpuTarget.parse(text)
+    raise TargetError(f"unknown target {text!r} (one of: {', '.join(KINDS)})")
