@@ -135,6 +135,7 @@ def cmd_run(args) -> int:
         decisions=_load_decisions(args.decisions),
         precision=args.precision,
         error_budget=args.error_budget,
+        cache=not args.no_cache,
     )
     if report.precision is not None:
         print(report.precision.table())
@@ -143,6 +144,27 @@ def cmd_run(args) -> int:
     if not report.comparison.ok:
         print(f"error: compiled output does not match {report.reference}", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_cache_info(args) -> int:
+    from tilecraft.cache import CompileCache
+
+    cache = CompileCache()
+    print(f"location  {cache.root}")
+    print(f"entries   {len(cache.entries())}")
+    print(f"size      {cache.size() / 1e6:.1f} MB")
+    return 0
+
+
+def cmd_cache_clear(args) -> int:
+    from tilecraft.cache import CompileCache
+
+    cache = CompileCache()
+    removed = cache.clear()
+    for path, size in removed:
+        print(f"removed {path} ({size / 1e6:.1f} MB)")
+    print(f"removed {len(removed)} entries ({sum(s for _, s in removed) / 1e6:.1f} MB) from {cache.root}")
     return 0
 
 
@@ -355,7 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compile", help="compile a model and emit IR or an artifact")
     common(c)
-    c.add_argument("--emit", default="llvm", choices=["linalg", "tiled", "vector", "llvm", "asm", "obj", "so", "jit"])
+    c.add_argument(
+        "--emit", default="llvm", choices=["linalg", "decided", "tiled", "vector", "llvm", "asm", "obj", "so", "jit"]
+    )
     c.add_argument("-o", "--output", help="output file (default: stdout for text)")
     c.set_defaults(fn=cmd_compile)
 
@@ -365,7 +389,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--inputs", metavar="NPZ", help="inputs as an .npz of arrays in argument order (default: the model's examples)"
     )
+    r.add_argument("--no-cache", action="store_true", help="compile afresh: neither read nor write the compile cache")
     r.set_defaults(fn=cmd_run)
+
+    k = sub.add_parser("cache", help="the compile cache `run` reads ($TILECRAFT_CACHE_DIR, else ~/.cache/tilecraft)")
+    ksub = k.add_subparsers(dest="cache_command", required=True)
+    ksub.add_parser("info", help="where the cache is, its entries and their size").set_defaults(fn=cmd_cache_info)
+    ksub.add_parser("clear", help="remove every entry (and print each)").set_defaults(fn=cmd_cache_clear)
 
     corpus = sub.add_parser("corpus", help="collect, inspect and export the measurement corpus")
     csub = corpus.add_subparsers(dest="corpus_command", required=True)
@@ -471,7 +501,7 @@ def opt_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="tilecraft-opt", description="Run Tilecraft passes and MLIR pipelines on a .mlir file."
     )
-    p.add_argument("file", help="input .mlir file, or - for stdin")
+    p.add_argument("file", nargs="?", help="input .mlir file, or - for stdin")
     p.add_argument("-p", "--pipeline", default="", help="comma-separated passes, e.g. 'cpu-tiled{vectorize=false},cse'")
     p.add_argument("-o", "--output", help="output file (default: stdout)")
     p.add_argument("--dump-ir-dir", metavar="DIR", help="write the IR after every pipeline element into DIR")
@@ -485,12 +515,12 @@ def _opt(args) -> int:
     from tilecraft import driver, frontend, pipeline
 
     if args.list_passes:
-        for spec in pipeline.REGISTRY.values():
-            opts = "".join(f"{{{k}=…}}" for k in spec.options)
-            print(f"{spec.name}{opts:<20}  {spec.help}")
-        for name, value in pipeline.NAMED.items():
-            print(f"pipeline {name} = {value}")
+        with contextlib.suppress(BrokenPipeError):
+            for cls in pipeline.registry().values():
+                print(f"{cls.describe()}\n    {cls.summary}")
         return 0
+    if args.file is None:
+        raise FileNotFoundError("tilecraft-opt needs an input .mlir file (or - for stdin)")
     text = sys.stdin.read() if args.file == "-" else _read(args.file)
     module = frontend.parse_mlir(text, context=frontend.new_context(), source=args.file)
     step = [0]

@@ -9,6 +9,7 @@ module lowered naively to scalar loops) and median latencies side by side.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import statistics
 import tempfile
@@ -19,10 +20,20 @@ import torch
 
 from tilecraft import frontend
 from tilecraft.backends.cpu import lowering, runtime
+from tilecraft.backends.cpu.backend import CpuBackend, CpuOptions
 from tilecraft.backends.cpu.target import Target
+from tilecraft.dialects import tc
+from tilecraft.passes import tiling
+from tilecraft.passes.base import ModulePass
+from tilecraft.passes.depthwise import DepthwiseTapsPass
+from tilecraft.passes.fusion import FoldUnitDimsPass, FusePass
+from tilecraft.passes.im2col import DropUnitReadsPass, Im2colPass, PadWeightsPass, SinkExpandShapesPass
+from tilecraft.passes.layout import InlineBroadcastsPass, SinkExtractSlicesPass, SinkTransposesPass
+from tilecraft.passes.precision import PrecisionPass
 from tilecraft.passes.tiling import TileDecision
 
-EMITS = ("linalg", "tiled", "vector", "llvm", "asm", "obj", "so", "jit")
+STAGES = ("linalg", "decided", "tiled", "vector", "llvm")  # IR stages `--emit` can stop after
+EMITS = (*STAGES, "asm", "obj", "so", "jit")
 RTOL, ATOL = 1e-4, 1e-5
 
 
@@ -42,6 +53,7 @@ class Compiled:
     fusion: list = dataclasses.field(default_factory=list)  # passes.fusion.FusionDecision per fused group
     fusion_report: dict | None = None
     precision: object = None  # costmodel.precision_plan.PrecisionPlan when a precision mode was asked for
+    passes: list = dataclasses.field(default_factory=list)  # every pass that ran, in order (`pipeline.spec`)
 
     @property
     def compile_seconds(self) -> float:
@@ -79,95 +91,140 @@ def compile_model(
     precision: str | Sequence | None = None,
     error_budget: float | None = None,
     im2col: bool | None = None,
+    replace: Sequence[ModulePass] = (),
+    options: CpuOptions | None = None,
+    on_step: Callable[[str, object, Compiled], None] | None = None,
 ) -> Compiled:
     """Compile a model spec up to `emit`. `decisions` pins tile decisions (by op id or
     kernel key); every other op gets the cost model's pick (`cost_model`: `lightgbm`, the
     shipped pretrained model; `analytical`; a model file; or `heuristic`, the hand-written
     defaults), chosen with no measurement. With `fuse`, the same cost model first
-    partitions the ops into fusion groups (`passes/fusion.py`); no fusion without a model.
-    `fusion` pins the groups instead (FusionDecisions over the op ids `fusion.analyze`
-    gives the module after `fusion.private_fills`; `[]`: no fusion). `precision` is a mode
-    (`f32`, `bf16`, `int8`, or `auto`: chosen per layer under `error_budget`;
-    `passes/precision.py`) or a list of `PrecisionDecision`s; lowered layers are rewritten
-    to bf16/int8 AMX contractions first, and their packed weights replace the f32 ones.
-    `im2col` rewrites the f32 convolutions with a window as GEMMs (`passes/im2col.py`; their
-    packed filters replace the bound ones); the default, None, does so unless `fusion`
-    pins groups (pinned groups name the op ids of the module as imported)."""
+    partitions the ops into fusion groups (`costmodel/fusion_plan.py`); no fusion without a
+    model. `fusion` pins the groups instead (FusionDecisions over the op ids
+    `fusion.analyze` gives the module after `fusion.private_fills`; `[]`: no fusion).
+    `precision` is a mode (`f32`, `bf16`, `int8`, or `auto`: chosen per layer under
+    `error_budget`; `costmodel/precision_plan.py`) or a list of `PrecisionDecision`s;
+    lowered layers are rewritten to bf16/int8 AMX contractions first, and their packed
+    weights replace the f32 ones. `im2col` runs the canonical rewrites (convolutions as
+    GEMMs, layouts, weight padding; `canonical_passes`); the default, None, does so unless
+    `fusion` pins groups (pinned groups name the op ids of the module as imported).
+    `replace`: passes that replace the driver's pass of the same name (to compare with a
+    rewrite's option off); `options`: the backend's code-generation options. `on_step(name,
+    module, compiled)` runs after every step (`explain` records with it).
+
+    Every decision is attached to the module as a `tc` attribute before the backend's
+    stages run (`emit="decided"` stops there): the backend reads them back, so
+    `tilecraft-opt decided.mlir -p cpu-lower` reproduces the code."""
     target = target if isinstance(target, Target) else Target.parse(target)
     if emit not in EMITS:
         raise DriverError(f"unknown --emit {emit!r} (one of {', '.join(EMITS)})")
     if emit in ("obj", "so") and not output:
         raise DriverError(f"--emit {emit} needs -o OUTPUT")
+    options = options or CpuOptions(vectorize=vectorize)
+    swaps = {p.name: p for p in replace}
     times: dict[str, float] = {}
+    imported = spec if isinstance(spec, frontend.Imported) else None
+    done = Compiled(imported, emit, times)
 
-    def timed(name: str, fn: Callable[[], object]):
+    def step(name: str, fn: Callable[[], object]):
         t0 = time.perf_counter()
         result = fn()
-        times[name] = time.perf_counter() - t0
-        if dump_ir_dir and name in lowering.STAGES:
+        times[name] = times.get(name, 0.0) + time.perf_counter() - t0
+        if on_step is not None:
+            on_step(name, module, done)
+        if dump_ir_dir and name in STAGES:
             os.makedirs(dump_ir_dir, exist_ok=True)
-            path = os.path.join(dump_ir_dir, f"{lowering.STAGES.index(name) + 1:02d}-{name}.mlir")
+            path = os.path.join(dump_ir_dir, f"{STAGES.index(name) + 1:02d}-{name}.mlir")
             atomic_write(path, str(module).encode())
         return result
 
-    def wanted(stage: str) -> bool:
-        return emit not in lowering.STAGES or lowering.STAGES.index(stage) <= lowering.STAGES.index(emit)
+    def run(p: ModulePass) -> None:
+        p = swaps.get(p.name, p)
+        imported.params[:] = p.run(module, imported.params)
+        done.passes.append(p)
 
-    t0 = time.perf_counter()
-    imported = spec if isinstance(spec, frontend.Imported) else frontend.import_spec(spec)  # model → linalg-on-tensors
+    def wanted(stage: str) -> bool:
+        return emit not in STAGES or STAGES.index(stage) <= STAGES.index(emit)
+
+    if imported is None:
+        imported = done.imported = step("frontend", lambda: frontend.import_spec(spec))  # model → linalg
     module = imported.module
-    times["frontend"] = time.perf_counter() - t0
-    timed("linalg", lambda: None)  # (dump only)
-    done = Compiled(imported, emit, times)
+    step("linalg", lambda: None)  # (dump only)
+    model = None
+    if wanted("decided") and tile and vectorize and cost_model not in (None, "heuristic"):
+        model = load_cost_model(cost_model, target)
     with module.context:
-        if isinstance(precision, str):
-            done.precision = timed(
+        if isinstance(precision, str):  # sensitivity, latency, integer program
+            done.precision = step(
                 "plan-precision", lambda: plan_precision(imported, precision, error_budget, cost_model, target)
-            )  # sensitivity, latency, integer program
+            )
             precision = done.precision.decisions
         if precision and any(d.precision != "f32" for d in precision):
-            timed("precision", lambda: lower_precision(imported, precision))  # bf16/int8 layers
+            tc.set_records(module, tc.PRECISION, [json.dumps(d.to_json()) for d in precision])
+            step("precision", lambda: run(PrecisionPass()))  # bf16/int8 layers → AMX contractions
         if im2col or (im2col is None and fusion is None and tile):
             fusing = fuse and vectorize and cost_model not in (None, "heuristic")
-            timed("im2col", lambda: convolutions_as_gemms(imported, fusing=fusing))  # conv → gather + GEMM + transpose
-        model = None
-        if wanted("tiled") and tile and vectorize and cost_model not in (None, "heuristic"):
-            model = load_cost_model(cost_model, target)
-        if wanted("tiled") and tile and fusion is not None:
-            done.fusion = timed("fuse", lambda: pinned_groups(module, fusion))  # pinned fusion groups
-        elif model is not None and fuse:
-            done.fusion, done.fusion_report = timed("fuse", lambda: fuse_groups(module, model, target))  # fusion
-        if model is not None:
-            done.choices = timed("decide", lambda: choose(module, model, target))  # cost model picks schedules
-            picked = {op: c.decision for c in done.choices for op in c.op_ids}
-            decisions = {**picked, **(decisions or {})}
-        if wanted("tiled") and tile:
-            timed(
-                "tiled", lambda: lowering.to_tiled(module, decisions, vectorize=vectorize, target=target)
-            )  # tile, vectorize
-        if wanted("vector"):
-            timed("vector", lambda: lowering.to_vector(module, vectorize=vectorize))  # hoist, bufferize, lower vectors
-        if wanted("llvm"):
-            timed("llvm", lambda: lowering.to_llvm(module))  # LLVM dialect, C interface
-        if emit in lowering.STAGES:
+            for p in canonical_passes(fusing=fusing):  # conv → GEMM, NHWC, weight layouts, unit dims
+                step("canonical", lambda p=p: run(p))
+        imported.signature = runtime.Signature.of_func(module, imported.func_name)
+        if wanted("decided") and tile and (fusion is not None or (model is not None and fuse)):
+            if fusion is not None:
+                done.fusion = list(fusion)  # pinned fusion groups
+            else:  # groups by predicted latency (integer program)
+                done.fusion, done.fusion_report = step("plan-fusion", lambda: plan_fusion(module, model, target))
+            tc.set_records(module, tc.FUSION, [d.to_json() for d in done.fusion])
+            step("fuse", lambda: run(FusePass()))  # tile each group's sink, fuse its members
+        if wanted("decided") and tile:  # every kernel's schedule: pinned, the model's pick, or the heuristic
+            done.choices = step("decide", lambda: decide(module, model, target, decisions, options))
+        step("decided", lambda: None)  # (dump only)
+        for p in backend_stages(options, wanted, tile):  # cpu-tiled, cpu-vector, cpu-llvm
+            step(p.name.removeprefix("cpu-"), lambda p=p: run(p))
+        if emit in STAGES:
             done.text = str(module)
         elif emit == "asm":
-            done.text = timed("asm", lambda: lowering.emit_assembly(module))  # host assembly
+            done.text = step("asm", lambda: lowering.emit_assembly(module))  # host assembly
         elif emit in ("obj", "so"):
             with tempfile.TemporaryDirectory() as tmp:
                 tmp_out = os.path.join(tmp, f"out.{emit}")
                 writer = lowering.emit_object if emit == "obj" else lowering.emit_shared_library
-                timed(emit, lambda: writer(module, tmp_out))  # object file / shared library
+                step(emit, lambda: writer(module, tmp_out))  # object file / shared library
                 with open(tmp_out, "rb") as f:
                     atomic_write(output, f.read())
             done.path = output
         else:
-            engine = timed("jit", lambda: lowering.jit(module))  # ExecutionEngine, -O3, host CPU
-            done.fn = runtime.from_engine(engine, imported.func_name, imported.signature, bound=imported.params)
+            jitted = lambda: runtime.from_engine(  # noqa: E731  (the lookup compiles: timed with the JIT)
+                lowering.jit(module), imported.func_name, imported.signature, bound=imported.params
+            )
+            done.fn = step("jit", jitted)  # ExecutionEngine, -O3, host CPU
     if output and done.text is not None:
         atomic_write(output, done.text.encode())
         done.path = output
     return done
+
+
+def canonical_passes(*, fusing: bool = True, layout: bool = True) -> list[ModulePass]:
+    """The target-neutral rewrites every compile runs before planning, in order.
+    `fusing`: fusion follows (thin convolutions with many outputs run as GEMMs only then:
+    their output transpose is folded). `layout`: NHWC between convolutions (off only to
+    compare)."""
+    return [
+        Im2colPass(thin=fusing),  # convolutions with a window as gather/taps + GEMM, filters packed
+        DepthwiseTapsPass(),  # depthwise convolutions: elementwise sums of shifted slices
+        InlineBroadcastsPass(),  # a bias read where it is added, not spread first
+        *([SinkTransposesPass(), SinkExtractSlicesPass()] if layout else []),  # NHWC between convolutions
+        PadWeightsPass(),  # B: whole vectors, rows not k·1 KB apart
+        SinkExpandShapesPass(),  # GEMMs and their epilogues, one chain
+        FoldUnitDimsPass(),  # [1, S, D] → [S, D]: reductions, broadcasts
+        SinkExpandShapesPass(),  # (again: those only unit dims kept apart)
+        DropUnitReadsPass(),  # a [C, 1, 1] scale read as (c, 0, 0): [C] through (c)
+    ]
+
+
+def backend_stages(options: CpuOptions, wanted: Callable[[str], bool], tile: bool) -> list[ModulePass]:
+    """The backend's stage passes up to the emit point (none tiled when `tile` is off:
+    the naive scalar-loop lowering the checks of MLIR input compare against)."""
+    stages = CpuBackend().stage_passes(options)
+    return [p for p, stage in zip(stages, CpuBackend.stages) if wanted(stage) and (tile or stage != "tiled")]
 
 
 def plan_precision(imported: frontend.Imported, mode: str, budget: float | None, cost_model, target: Target):
@@ -186,39 +243,10 @@ def plan_precision(imported: frontend.Imported, mode: str, budget: float | None,
         raise DriverError(str(exc)) from None
 
 
-def lower_precision(imported: frontend.Imported, decisions) -> None:
-    """Rewrite the layers `decisions` lower; the bound weights become the packed ones."""
-    from tilecraft.passes import precision
-
-    try:
-        imported.params = precision.rewrite(imported.module, imported.params, decisions)
-    except precision.PrecisionError as exc:
-        raise DriverError(str(exc)) from None
-    imported.signature = runtime.Signature.of_func(imported.module, imported.func_name)
-
-
 def convolutions_as_gemms(imported: frontend.Imported, *, fusing: bool = True, layout: bool = True) -> None:
-    """im2col + GEMM for every eligible convolution, depthwise convolutions as sums of
-    shifted slices, and matmul weights padded to whole vectors and off row strides that
-    thrash the L1 (packed filters and padded weights become the bound ones); then
-    reshapes moved below the elementwise ops that read them, and unit dims dropped.
-    `fusing`: fusion follows (thin convolutions with many outputs run as GEMMs only then:
-    their output transpose is folded). `layout`: NHWC between convolutions
-    (`passes/layout.py`; off only to compare)."""
-    from tilecraft.passes import depthwise, fusion, im2col
-    from tilecraft.passes import layout as layouts
-
-    imported.params, _ = im2col.rewrite(imported.module, imported.params, thin=fusing)
-    depthwise.rewrite(imported.module)  # depthwise convolutions: elementwise sums of shifted slices
-    layouts.inline_broadcasts(imported.module)  # a bias read where it is added, not spread first
-    if layout:
-        layouts.sink_transposes(imported.module)  # NHWC between convolutions: no transposes
-        layouts.sink_extract_slices(imported.module)  # a tap chain's epilogue on its accumulator
-    imported.params, _ = im2col.pad_weights(imported.module, imported.params)  # B: whole vectors, rows ≠ k·1 KB
-    im2col.sink_expand_shapes(imported.module)  # GEMMs and their epilogues, one chain
-    fusion.fold_unit_dims(imported.module)  # [1, S, D] → [S, D]: reductions, broadcasts
-    im2col.sink_expand_shapes(imported.module)  # (again: those only unit dims kept apart)
-    im2col.drop_unit_reads(imported.module)  # a [C, 1, 1] scale read as (c, 0, 0): [C] through (c)
+    """Run `canonical_passes` on an imported model (its bound weights relaid out)."""
+    for p in canonical_passes(fusing=fusing, layout=layout):
+        imported.params[:] = p.run(imported.module, imported.params)
     imported.signature = runtime.Signature.of_func(imported.module, imported.func_name)
 
 
@@ -231,31 +259,28 @@ def load_cost_model(cost_model: str, target: Target):
         raise DriverError(str(exc)) from None
 
 
-def fuse_groups(module, model, target: Target):
-    """Partition into fusion groups by predicted latency, then fuse them in place."""
+def plan_fusion(module, model, target: Target):
+    """The fusion groups with the least predicted latency (`costmodel/fusion_plan.py`),
+    and the planner's report."""
     from tilecraft.costmodel import fusion_plan
-    from tilecraft.passes import fusion
 
-    groups, report = fusion_plan.partition(module, model, target)
-    fusion.apply(module, groups)
-    return groups, report
+    return fusion_plan.partition(module, model, target)
 
 
-def pinned_groups(module, groups):
-    from tilecraft.passes import fusion
-
-    fusion.private_fills(module)
-    fusion.apply(module, groups)
-    return list(groups)
-
-
-def choose(module, model, target: Target):
-    """Every kernel's decision from a cost model (zero measurements)."""
+def decide(module, model, target: Target, pinned: Mapping | None, options: CpuOptions):
+    """Every kernel's schedule attached as `tc.schedule`: pinned (by op id or kernel key),
+    else the cost model's best-ranked (zero measurements), else the heuristic; ops fused
+    into register tiles are scheduled whole. Returns the model's choices."""
     from tilecraft.costmodel import search
 
-    if isinstance(model, str):
-        model = load_cost_model(model, target)
-    return search.pick(module, model, target)
+    choices = search.pick(module, model, target) if model is not None else []
+    infos = tiling.tag_ops(module)
+    picked = {op: c.decision for c in choices for op in c.op_ids}
+    chosen = tiling.decisions(infos, pinned, target, attached=picked, one_row_stream=options.one_row_stream)
+    fused = tiling.fused_ids(module, infos)
+    chosen.update({i.op_id: tiling.register_tile_decision(i) for i in infos if i.op_id in fused})
+    tiling.attach(module, chosen)
+    return choices
 
 
 # ----------------------------------------------------------------------------- checking
@@ -397,10 +422,14 @@ def run_and_check(
     decisions: Mapping[int | str, TileDecision] | None = None,
     precision: str = "f32",
     error_budget: float | None = None,
+    cache: bool = False,
 ) -> RunReport:
     """Compile, run, check against the reference and time both. A low-precision compile is
     checked by its relative L2 error against the error budget (default 1%) instead of the
-    f32 tolerances."""
+    f32 tolerances. With `cache`, an f32 compile is looked up in the on-disk compile cache
+    (`compiler/cache.py`) and stored there on a miss; cached code is checked and timed
+    like fresh code. A low-precision compile is not cached: its plan is calibrated on the
+    example inputs."""
     from tilecraft.costmodel.precision_plan import relative_error
 
     torch.set_num_threads(threads)
@@ -408,28 +437,35 @@ def run_and_check(
     imported = frontend.import_spec(spec)
     import_s = time.perf_counter() - t0
     linalg_text = str(imported.module) if imported.model is None else ""
-    compiled = compile_model(
-        imported,
-        target=target,
+    options = dict(
+        target=target if isinstance(target, Target) else Target.parse(target),
         dump_ir_dir=dump_ir_dir,
         cost_model=cost_model,
         decisions=decisions,
         precision=precision if precision != "f32" else None,
         error_budget=error_budget,
     )
+    t0 = time.perf_counter()  # (wall clock: the JIT compiles at its first lookup, after the stages' clocks)
+    if cache and options["precision"] is None:
+        fn, schedules, cached = _compile_cached(imported, options)
+        plan = None
+    else:
+        compiled = compile_model(imported, **options)
+        fn, plan, schedules = compiled.fn, compiled.precision, _schedules(compiled, cost_model, decisions)
+        cached = f"not cached: --precision {precision}" if cache else None
+    compile_s = time.perf_counter() - t0
     inputs = tuple(inputs) if inputs is not None else imported.inputs
-    outs = compiled.fn(*inputs)
+    outs = fn(*inputs)
     refs, ref_name = reference_outputs(imported, inputs, linalg_text)
     atol = ATOL
     if imported.model is None:  # synthetic N(0, 1) weights: outputs of 1e4 and more, f32 sums
         atol *= max([1.0] + [r.double().abs().max().item() for r in flatten(refs) if r.numel()])
     comparison = compare(outs, refs, atol=atol)
     rel = relative_error(outs, refs)
-    plan = compiled.precision
     if plan is not None and plan.lowered:
         tol = plan.budget or DEFAULT_PRECISION_BUDGET
         comparison = dataclasses.replace(comparison, ok=rel <= tol)
-    compiled_s = median_seconds(lambda: compiled.fn(*inputs), budget=budget)
+    compiled_s = median_seconds(lambda: fn(*inputs), budget=budget)
     eager_s = None
     if imported.model is not None:
         with torch.no_grad():
@@ -439,18 +475,66 @@ def run_and_check(
         threads,
         eager_s * 1e3 if eager_s is not None else None,
         compiled_s * 1e3,
-        import_s + compiled.compile_seconds,
+        compile_s,
         comparison,
         ref_name,
-        _schedules(compiled, cost_model, decisions),
+        schedules,
         plan,
         rel,
         atol,
+        import_s=import_s,
+        cache=cached,
     )
 
 
+def _compile_cached(imported: frontend.Imported, options: dict) -> tuple[runtime.CompiledFunction, str, str]:
+    """The compiled function from the compile cache, or compiled (as a shared library, the
+    form an entry keeps, so the code checked is the code stored) and stored. Returns it with
+    the report's schedules line and what the cache did. With `dump_ir_dir` the cache is
+    not read (the dumps need a compile)."""
+    from tilecraft import cache
+
+    store = cache.CompileCache()
+    parts = cache.key_parts(str(imported.module), imported.params, _cache_options(options))
+    key = cache.key(parts)
+    entry = None if options["dump_ir_dir"] else store.load(key)
+    if entry is not None and {"schedules", "compile_s"} <= entry.meta.keys():
+        return entry.fn, entry.meta["schedules"], f"cache hit; compiled in {entry.meta['compile_s']:.2f} s"
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="tilecraft-") as tmp:
+        library = os.path.join(tmp, cache.LIBRARY)
+        compiled = compile_model(imported, emit="so", output=library, **options)
+        done = compiled.imported  # its weights and signature as compiled (packed weights bound)
+        fn = runtime.from_shared_library(library, done.func_name, done.signature, bound=done.params)
+        schedules = _schedules(compiled, options["cost_model"], options["decisions"])
+        meta = dict(spec=imported.spec, schedules=schedules, compile_s=time.perf_counter() - t0, key_parts=parts)
+        stored = store.store(
+            key, library=library, func_name=done.func_name, signature=done.signature, params=done.params, meta=meta
+        )
+    return fn, schedules, "cache miss, stored" if stored else f"cache miss, not stored in {store.root}"
+
+
+def _cache_options(options: dict) -> dict:
+    """What keys a compile besides the module: every option as `compile_model` sees it
+    (its defaults too, so an option added there keys the cache without a change here), a
+    cost model file's content (the shipped models are in the sources' digest), and the
+    host, whose CPU the code is generated for whatever `target` steers."""
+    import inspect
+
+    from tilecraft import cache
+
+    call = inspect.signature(compile_model).bind(None, emit="so", **options)
+    call.apply_defaults()
+    doc = {k: v for k, v in call.arguments.items() if k not in ("spec", "output", "dump_ir_dir")}
+    model = options["cost_model"]
+    if isinstance(model, str) and os.path.isfile(model):
+        doc["cost_model_sha256"] = cache.file_digest(model)
+    doc["host"] = Target.parse("cpu")
+    return doc
+
+
 def _schedules(compiled: Compiled, cost_model: str | None, decisions) -> str:
-    if not compiled.choices:
+    if not compiled.choices and not compiled.fusion_report:
         return "pinned" if decisions else "heuristic defaults"
     pinned = f", {len(decisions)} pinned" if decisions else ""
     if compiled.fusion_report:  # the partition's total: a fused group's ops are priced per tile

@@ -1,8 +1,9 @@
 """`tilecraft explain`: every decision the compiler takes for a model, with its predicted cost.
 
-Reads a model spec and a cost model; takes the same decisions `compile` takes: the fusion
-partition (`costmodel/fusion_plan.partition`), then each kernel's schedule
-(`costmodel.search.pick`). Reports per kernel the ops fused into it, its predicted
+Reads a model spec and a cost model; runs the driver's own steps (`driver.compile_model`
+up to the decided module) with a recording callback, so the decisions reported are the
+ones `compile` takes: the fusion partition (`costmodel/fusion_plan.partition`), then each
+kernel's schedule (`costmodel.search.pick`). Reports per kernel the ops fused into it, its predicted
 latency against the best alternatives (the same ops unfused; the best other group with
 the same sink), the chosen schedule and the runner-up with their predicted latencies,
 and with `measure=True` the kernel measured (a single op by the harness, a fused group
@@ -52,37 +53,44 @@ def explain(
     from torch_mlir import ir
 
     from tilecraft.corpus import measure as harness
-    from tilecraft.costmodel import fusion_plan, search
-    from tilecraft.costmodel import model as cm
+    from tilecraft.costmodel import search
     from tilecraft.passes import fusion, tiling
 
     target = target if isinstance(target, Target) else Target.parse(target)
     imported = frontend.import_spec(spec)
-    model = cm.create(cost_model, target)
-    module = imported.module
-    plan = None
-    if precision != "f32":
-        with module.context:
-            plan = driver.plan_precision(imported, precision, error_budget, cost_model, target)
-            driver.lower_precision(imported, plan.decisions)
-    with module.context:
-        driver.convolutions_as_gemms(imported)  # as `compile` does
-        groups, report = fusion_plan.partition(module, model, target)
-        graph = fusion.dataflow_graph(module)
-        nodes = fusion.analyze(module)
-        state = ir.AsmState(module.operation)
-        texts = {g.sink: fusion.outline_group(nodes, g.ops, state, views=True) for g in groups}  # as run
-        fusion.apply(module, groups)
-        before = []  # the op id each op had before fusion, in walk order
-        tiling.walk_ops(
-            module.operation,
-            lambda op: (
-                before.append(ir.IntegerAttr(op.attributes[tiling.OP_ID]).value)
-                if tiling.OP_ID in op.attributes
-                else None
-            ),
-        )
-        choices = search.pick(module, model, target)  # re-tags: walk order = `before` order
+    seen: dict = {}
+
+    def record(step: str, module, compiled) -> None:
+        """What the report needs of the module between the steps `compile` runs."""
+        if step == "plan-fusion":  # the module as partitioned, before the groups are fused
+            seen["graph"] = fusion.dataflow_graph(module)
+            seen["nodes"] = nodes = fusion.analyze(module)
+            state = ir.AsmState(module.operation)
+            seen["texts"] = {g.sink: fusion.outline_group(nodes, g.ops, state, views=True) for g in compiled.fusion}
+        elif step == "fuse":  # the op id each op had before fusion, in walk order
+            before = seen["before"] = []
+            tiling.walk_ops(
+                module.operation,
+                lambda op: (
+                    before.append(ir.IntegerAttr(op.attributes[tiling.OP_ID]).value)
+                    if tiling.OP_ID in op.attributes
+                    else None
+                ),
+            )
+
+    compiled = driver.compile_model(
+        imported,
+        target=target,
+        emit="decided",
+        cost_model=cost_model,
+        precision=precision if precision != "f32" else None,
+        error_budget=error_budget,
+        on_step=record,
+    )
+    plan, groups, report, choices = compiled.precision, compiled.fusion, compiled.fusion_report, compiled.choices
+    if report is None:
+        raise driver.DriverError(f"explain needs a cost model that plans fusion, not {cost_model!r}")
+    graph, nodes, texts, before = seen["graph"], seen["nodes"], seen["texts"], seen["before"]
     singles = report["singles"]
     group_of = {op: g for g in groups for op in g.ops}
     by_sink: dict[int, list] = {}

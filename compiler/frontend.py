@@ -29,6 +29,7 @@ import torch
 from torch_mlir import ir, passmanager
 
 from tilecraft.backends.cpu.runtime import Signature
+from tilecraft.dialects import tc
 
 FUNC_NAME = "forward"
 
@@ -58,6 +59,10 @@ class Imported:
 
     def __post_init__(self):
         self.signature = Signature.of_func(self.module, self.func_name)
+        for op in self.module.body.operations:  # the entry function says how many leading args are bound
+            op = op.operation
+            if op.name == "func.func" and ir.StringAttr(op.attributes["sym_name"]).value == self.func_name:
+                tc.set_bound_args(op, len(self.params))
 
     def reference(self, *inputs: torch.Tensor):
         """Eager PyTorch output for `inputs` (the default: the example inputs)."""

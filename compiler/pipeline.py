@@ -1,110 +1,33 @@
-"""Named pipelines and the pass registry, in MLIR's `name{key=value}` syntax.
+"""Pipelines in MLIR's `name{key=value}` syntax over every registered pass.
 
-Used by `tilecraft-opt -p PIPELINE` and by the driver. A pipeline is a comma-separated
-list of elements; an element is either a registered Tilecraft pass (`cpu-tiled`,
-`cpu-tiled{vectorize=false}`, `expand-erf`, …) or anything the upstream pass manager
-parses (`canonicalize`, `func.func(cse)`, or a whole `builtin.module(...)` string).
+On the compiler floor. A pipeline is a comma-separated list of elements; an element is a
+registered Tilecraft pass (a target-neutral one from `passes/registry.py`, or a stage or
+rewrite of a backend: `cpu-tiled{vectorize=false}`, `cpu-lower`, `expand-erf`) or
+anything the upstream pass manager parses (`canonicalize`, `func.func(cse)`, a whole
+`builtin.module(...)` string). Used by `tilecraft-opt -p` and to print the pipeline a
+compile ran.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+import torch
 from torch_mlir import ir
 
-from tilecraft.backends.cpu import lowering, math_approx
+from tilecraft.backends import backend as backends
+from tilecraft.dialects.irutil import run_pipeline
+from tilecraft.passes.base import ModulePass, PassOptionError, Weights
+from tilecraft.passes.registry import PASSES
 
 
-@dataclasses.dataclass(frozen=True)
-class PassSpec:
-    name: str
-    run: Callable[..., None]  # (module, **options)
-    options: dict[str, type]
-    help: str
-
-
-def _bool(v: str) -> bool:
-    if v.lower() in ("1", "true", "on", "yes"):
-        return True
-    if v.lower() in ("0", "false", "off", "no"):
-        return False
-    raise ValueError(f"not a boolean: {v!r}")
-
-
-def _fuse(module: ir.Module, cost_model: str, strategy: str) -> None:
-    from tilecraft import driver
-    from tilecraft.backends.cpu.target import Target
-    from tilecraft.passes import fusion
-
-    target = Target.parse("cpu")
-    if strategy == "maximal":
-        fusion.private_fills(module)
-        fusion.apply(module, fusion.maximal(fusion.analyze(module), target))
-    elif strategy == "cost":
-        driver.fuse_groups(module, driver.load_cost_model(cost_model, target), target)
-    else:
-        raise ValueError(f"fuse{{strategy={strategy}}}: one of cost, maximal")
-
-
-def _precision(module: ir.Module, mode: str) -> None:
-    """Every eligible contraction in `mode` (bf16; int8 needs calibrated scales: `compile`).
-    Weights are not bound values here, so B operands are packed at run time."""
-    from tilecraft.passes import precision
-
-    if mode != "bf16":
-        raise ValueError(f"precision{{mode={mode}}}: tilecraft-opt lowers to bf16 only (int8 needs calibration)")
-    layers = precision.layers(module, 0)
-    decisions = [precision.PrecisionDecision(x.index, "bf16") for x in layers if "bf16" in x.eligible]
-    precision.rewrite(module, [], decisions)
-
-
-REGISTRY: dict[str, PassSpec] = {
-    p.name: p
-    for p in (
-        PassSpec("expand-erf", lambda m: math_approx.expand_erf(m), {}, "polynomial math.erf"),
-        PassSpec("expand-exp", lambda m: math_approx.expand_exp(m), {}, "polynomial math.exp (f32)"),
-        PassSpec(
-            "precision",
-            lambda m, mode="bf16": _precision(m, mode),
-            {"mode": str},
-            "every eligible contraction → bf16 AMX contraction (tc.amx generic; lowered by cpu-llvm)",
-        ),
-        PassSpec(
-            "fuse",
-            lambda m, cost_model="lightgbm", strategy="cost": _fuse(m, cost_model, strategy),
-            {"cost-model": str, "strategy": str},
-            "partition into fusion groups by predicted latency (strategy=maximal: every sink's largest"
-            " legal group, no model); tile the sinks, fuse the groups",
-        ),
-        PassSpec(
-            "cpu-tiled",
-            lambda m, vectorize=True: lowering.to_tiled(m, vectorize=vectorize),
-            {"vectorize": _bool},
-            "linalg → tiled: default schedules, tiling, per-tile vectorization",
-        ),
-        PassSpec(
-            "cpu-vector",
-            lambda m, vectorize=True: lowering.to_vector(m, vectorize=vectorize),
-            {"vectorize": _bool},
-            "tiled → vector: hoisting, bufferization, vector lowering",
-        ),
-        PassSpec("cpu-llvm", lambda m: lowering.to_llvm(m), {}, "vector → LLVM dialect"),
-        PassSpec(
-            "cpu-lower",
-            lambda m: lowering.lower(m, "llvm"),
-            {},
-            "linalg → LLVM dialect (cpu-tiled, cpu-vector, cpu-llvm)",
-        ),
-    )
-}
-
-# Named pipelines: the stages of a target, up to an emit point.
-NAMED = {
-    "cpu-tiled": "cpu-tiled",
-    "cpu-vector": "cpu-tiled,cpu-vector",
-    "cpu-llvm": "cpu-tiled,cpu-vector,cpu-llvm",
-}
+def registry() -> dict[str, type[ModulePass]]:
+    """Every pass by name: the target-neutral ones, then each backend's."""
+    out = dict(PASSES)
+    for kind in backends.BACKENDS:
+        for p in backends.create(kind).pass_types():
+            out[p.name] = p
+    return out
 
 
 class PipelineSyntaxError(ValueError):
@@ -148,28 +71,51 @@ def parse_element(text: str) -> tuple[str, dict[str, str]]:
     return name.strip(), opts
 
 
-def run(module: ir.Module, pipeline: str, *, on_stage: Callable[[str, ir.Module], None] | None = None) -> ir.Module:
-    """Run a pipeline on `module` in place; `on_stage(name, module)` after each element."""
-    pipeline = NAMED.get(pipeline.strip(), pipeline)
+def parse(pipeline: str) -> list[ModulePass | str]:
+    """The elements of a pipeline: pass objects, or upstream pipeline text."""
+    known = registry()
+    out: list[ModulePass | str] = []
     for element in split_top_level(pipeline):
         name, opts = parse_element(element)
-        spec = REGISTRY.get(name)
-        if spec is None:
-            wrapped = element if element.startswith("builtin.module(") else f"builtin.module({element})"
-            lowering.run_pipeline(module, wrapped, stage=name)
+        cls = known.get(name)
+        if cls is None:
+            out.append(element if element.startswith("builtin.module(") else f"builtin.module({element})")
+            continue
+        try:
+            out.append(cls.from_options(opts))
+        except PassOptionError as exc:
+            raise PipelineSyntaxError(str(exc)) from None
+    return out
+
+
+def spec(passes: Sequence[ModulePass]) -> str:
+    """Passes written back as a pipeline `tilecraft-opt -p` runs."""
+    return ",".join(p.spec() for p in passes)
+
+
+def run(
+    module: ir.Module,
+    pipeline: str,
+    *,
+    weights: Sequence[torch.Tensor] | None = None,
+    on_stage: Callable[[str, ir.Module], None] | None = None,
+) -> Weights:
+    """Run a pipeline on `module` in place; `on_stage(name, module)` after each element.
+    Returns the bound weights after (meta tensors when `weights` is None)."""
+    w = Weights.of_module(module, weights)
+    for element in parse(pipeline):
+        if isinstance(element, str):
+            name = parse_element(element[len("builtin.module(") : -1])[0]
+            run_pipeline(module, element, stage=name)
         else:
-            kwargs = {}
-            for key, value in opts.items():
-                if key not in spec.options:
-                    raise PipelineSyntaxError(
-                        f"unknown option {key!r} of pass {name} (known: {', '.join(spec.options) or 'none'})"
-                    )
-                try:
-                    kwargs[key.replace("-", "_")] = spec.options[key](value)
-                except ValueError as exc:
-                    raise PipelineSyntaxError(f"option {key} of {name}: {exc}") from None
-            with module.context:
-                spec.run(module, **kwargs)
+            name = element.name
+            try:
+                with module.context:
+                    element.apply(module, w)
+            except ValueError as exc:  # an option value the pass rejects
+                if type(exc) is not ValueError:
+                    raise
+                raise PipelineSyntaxError(str(exc)) from None
         if on_stage:
             on_stage(name, module)
-    return module
+    return w

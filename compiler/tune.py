@@ -1,7 +1,9 @@
 """Tuning a model: model-guided search per kernel, measured, recorded, learned from.
 
 Reads a model spec (zoo name, file.py:factory, .mlir), a cost model and a measurement
-budget; splits the budget over the model's kernels in proportion to their predicted
+budget; runs the driver's steps up to the decided module (so the kernels tuned are the
+ones `compile` compiles: after im2col and fusion, keyed as `compile --decisions` pins
+them); splits the budget over the model's kernels in proportion to their predicted
 latency; runs `search.model_guided` per kernel with the measurement harness as the
 callback (each result committed to the corpus database as it lands; pairs already in the
 database are looked up, not re-measured); writes the tuned decisions ({kernel key:
@@ -17,6 +19,8 @@ import time
 
 from torch_mlir import ir
 
+from tilecraft import driver, frontend
+from tilecraft.backends.cpu.target import Target
 from tilecraft.corpus import measure
 from tilecraft.corpus.db import CorpusDB
 from tilecraft.corpus.kernels import infos_of
@@ -36,16 +40,14 @@ def tune(
     model_out: str | None = None,
     progress: bool = True,
 ) -> dict:
-    from tilecraft import frontend
-    from tilecraft.backends.cpu.target import Target
 
     if budget < 1:
         raise cm.CostModelError(f"--budget must be at least 1 (got {budget})")
     target = target if isinstance(target, Target) else Target.parse(target)
-    imported = frontend.import_spec(spec)
     model = cm.create(cost_model, target)
-    with imported.module.context:
-        choices = search.pick(imported.module, model, target)
+    # the kernels `compile` compiles: the driver's steps up to the decided module
+    compiled = driver.compile_model(frontend.import_spec(spec), target=target, emit="decided", cost_model=cost_model)
+    choices = list(compiled.choices)
     total = sum(c.predicted_s * len(c.op_ids) for c in choices) or 1.0
     choices.sort(key=lambda c: -c.predicted_s * len(c.op_ids))
     t0 = time.perf_counter()
@@ -107,9 +109,7 @@ def tune(
     name = os.path.splitext(os.path.basename(spec.split(":")[0]))[0]
     decisions_out = decisions_out or f"{name}.decisions.json"
     doc = {"model": spec, "target": target.hash(), "decisions": {r["kernel"]: r["decision"] for r in rows}}
-    from tilecraft.driver import atomic_write
-
-    atomic_write(decisions_out, json.dumps(doc, indent=1).encode())
+    driver.atomic_write(decisions_out, json.dumps(doc, indent=1).encode())
     if model_out and hasattr(model, "save") and model.kind != "analytical":
         model.save(model_out)
     return {

@@ -1,6 +1,8 @@
 """AMX contraction workloads: what they are, how one is measured, collection.
 
-Sits beside the kernel harness (`corpus/measure.py`) and feeds the same corpus database.
+On the corpus floor, beside the kernel harness (`corpus/measure.py`); writes its rows into
+the same corpus database (`tilecraft corpus collect-amx`).
+
 An AMX workload is the `tc.amx` contraction `passes/precision.py` writes (C[(b,) M, N] +=
 A[(b,) M, K/v, v] · B, B VNNI-packed plain `[(b,) K/v, N, v]` or blocked `[(b,) N/16, K/v,
 16, v]`); its decisions are `AmxSchedule`s. Rows have kind `amx_bf16` / `amx_int8` and the

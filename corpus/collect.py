@@ -1,10 +1,12 @@
 """Collection: measure (kernel, decision) pairs into the corpus database, resumably.
 
-Reads kernels from zoo models and the workload generator, samples decisions from each
-kernel's legal space (the heuristic default first, then a deterministic sample, so a
-rerun picks the same pairs), measures them through the harness, and commits each result
-as it lands. A rerun skips everything already measured: a collection killed mid-run loses
-at most the candidate in flight and repeats nothing.
+On the corpus floor; behind `tilecraft corpus collect`. Writes the corpus database
+(`corpus/db.py`) that the cost-model trainer reads. Reads kernels from zoo models and the
+workload generator, samples decisions from each kernel's legal space (the heuristic
+default first, then a deterministic sample, so a rerun picks the same pairs), measures
+them through the harness, and commits each result as it lands. A rerun skips everything
+already measured: a collection killed mid-run loses at most the candidate in flight and
+repeats nothing.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """The corpus database: workloads, decisions, targets and measurements in SQLite.
 
-Written by `tilecraft corpus collect` (through the measurement harness), read by the
-cost-model trainer. SQLite in WAL mode with a busy timeout, so several collector processes
-can write at once; every write is one short transaction, and uniqueness constraints make a
-rerun skip finished work (`has_measurement`) and never duplicate a row. The schema carries
-a version; `MIGRATIONS` upgrades older files in place. `export_parquet` flattens the
-measurements for training.
+On the corpus floor. Written by `tilecraft corpus collect` (through the measurement
+harness), read by the cost-model trainer (`costmodel/train.py`). SQLite in WAL mode with a
+busy timeout, so several collector processes can write at once; every write is one short
+transaction, and uniqueness constraints make a rerun skip finished work
+(`has_measurement`) and never duplicate a row. The schema carries a version; `MIGRATIONS`
+upgrades older files in place. `export_parquet` flattens the measurements for training.
 """
 
 from __future__ import annotations

@@ -2,8 +2,10 @@
 
 In the spirit of TenSet's and the Halide autoscheduler's random programs: op kinds
 (matmul, batch matmul, conv2d, depthwise conv2d, max pooling, elementwise, reductions) ×
-shapes drawn from the sizes real networks use × dtypes. Writes nothing; `random_kernels`
-returns `Kernel`s (through the same outlining as model kernels, so keys agree).
+shapes drawn from the sizes real networks use × dtypes. On the corpus floor; used by
+collection (`corpus/collect.py`) and by the fusion planner for stand-in matmuls. Writes
+nothing; `random_kernels` returns `Kernel`s (through the same outlining as model kernels,
+so keys agree).
 """
 
 from __future__ import annotations

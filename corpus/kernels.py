@@ -1,11 +1,12 @@
 """Kernels: a model split into standalone functions, one per linalg op, with a canonical key.
 
-Reads a linalg-on-tensors module (from the frontend, the workload generator, or a `.mlir`
-file); writes nothing. Each structured op becomes a module holding `func.func @kernel`
-whose arguments are the op's operands (inputs and init) and whose results are the op's
-results; constants the op's body captures from above are copied in. The kernel key is the
-tiling pass's structural hash (`OpInfo.key`): independent of SSA names and weight values,
-so the same layer in two models is one workload.
+On the corpus floor; collection, the cost models, search and `tilecraft tune` see a module
+kernel by kernel through it. Reads a linalg-on-tensors module (from the frontend, the
+workload generator, or a `.mlir` file); writes nothing. Each structured op becomes a
+module holding `func.func @kernel` whose arguments are the op's operands (inputs and init)
+and whose results are the op's results; constants the op's body captures from above are
+copied in. The kernel key is the tiling pass's structural hash (`OpInfo.key`): independent
+of SSA names and weight values, so the same layer in two models is one workload.
 """
 
 from __future__ import annotations

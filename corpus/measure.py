@@ -1,9 +1,11 @@
 """Measurement harness: compile and time one kernel under one tile decision, honestly.
 
-Reads a `Kernel` (corpus/kernels.py) and a `TileDecision` (passes/tiling.py); returns a
-`Measurement` record. The work happens in an isolated worker process (`MeasureWorker`)
-with a timeout: a candidate that crashes the compiler or the kernel, hangs, or computes
-wrong values is recorded as failed, the worker is restarted, and collection goes on.
+On the corpus floor; called by collection and by `tilecraft tune`. Reads a `Kernel`
+(corpus/kernels.py) and a `TileDecision` (passes/tiling.py), compiles it with the CPU
+backend's stages; returns a `Measurement` record. The work happens in an isolated worker
+process (`MeasureWorker`) with a timeout: a candidate that crashes the compiler or the
+kernel, hangs, or computes wrong values is recorded as failed, the worker is restarted,
+and collection goes on.
 
 In the worker: fixed-seed random inputs; the reference output is the same kernel lowered
 naively to scalar loops (cached per kernel); warm-up, then timing batches until the

@@ -1,8 +1,9 @@
 """Model zoo: small, pure-PyTorch models that exercise every op family Tilecraft compiles.
 
-Sits at the very start of the flow: `compiler/frontend.py` resolves a zoo name to
-`(module, example_inputs)` through `get(name)`. Nothing here reads or writes files;
-every model is built with a fixed seed so weights and inputs are deterministic.
+On the corpus floor, though it sits at the very start of the flow: `compiler/frontend.py`
+resolves a zoo name to `(module, example_inputs)` through `get(name)`. Nothing here reads
+or writes files; every model is built with a fixed seed so weights and inputs are
+deterministic.
 """
 
 from __future__ import annotations

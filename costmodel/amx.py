@@ -1,11 +1,12 @@
 """The AMX contraction cost model, and the prices of a layer at each precision.
 
-Sits beside the f32 model (`costmodel/lightgbm_model.py`). `AmxCostModel` predicts the
-log-latency of an AMX contraction (`corpus/amx.py` workloads) from shape, B layout and
-`AmxSchedule` features, trained on the corpus' AMX rows; `best` ranks the whole schedule
-space. `LayerPrices` is the callback `passes/precision.py` prices layers with: f32 from
-the f32 cost model's best-ranked schedule, bf16/int8 from this model plus the
-conversions around the lowered layer.
+On the costmodel floor, beside the f32 model (`costmodel/lightgbm_model.py`). Reads the
+corpus' AMX rows (`corpus/amx.py` workloads) to train, and a model file to predict; writes
+model files. `AmxCostModel` predicts the log-latency of an AMX contraction from shape, B
+layout and `AmxSchedule` features; `best` ranks the whole schedule space. `LayerPrices` is
+the callback the precision planner (`costmodel/precision_plan.py`, for the driver) prices
+layers with: f32 from the f32 cost model's best-ranked schedule, bf16/int8 from this
+model plus the conversions around the lowered layer.
 """
 
 from __future__ import annotations
@@ -213,8 +214,9 @@ def evaluate(db_path: str, *, folds: int = 5, seed: int = 0) -> dict:
 
 # ------------------------------------------------------------------------------ prices
 # Conversion, packing and dequantization around a lowered contraction are streaming
-# elementwise ops, priced at this rate (bytes read + written): resnet18's 64-channel 3×3
-# conv spends 0.30 ms around its AMX kernel on 10.8 MB (im2col from f32 into bf16).
+# elementwise ops, priced at this rate (bytes read + written): about the rate of the
+# conversions around resnet18's 64-channel 3×3 conv's AMX kernel (im2col from f32 into
+# bf16; docs/measurements.md has the measurement).
 STREAM_BYTES_PER_S = 30e9
 
 

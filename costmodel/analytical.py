@@ -1,12 +1,14 @@
 """The analytical cost model: a decision-aware roofline, the baseline learned models must beat.
 
-Reads a kernel, a `TileDecision` and a `Target`; predicts latency as the larger of compute
-time and memory time plus loop overhead. Compute time is FLOPs at the core's peak scaled
-by how well the register tile feeds the FMA units (vector lanes used, enough independent
-accumulators to hide FMA latency, no spills); memory time is the traffic the cache tiling
-implies (each operand's tile footprint times the tiles that reload it) at the bandwidth
-of the level the working set lives in. Utilization is the roofline bound over that time,
-the same definition the measurement harness records.
+On the costmodel floor; the fallback model the driver and search can be given
+(`model.create("analytical")`) and the initial score the LightGBM model boosts from. Reads
+a kernel, a `TileDecision` and a `Target`; writes nothing. Predicts latency as the larger
+of compute time and memory time plus loop overhead. Compute time is FLOPs at the core's
+peak scaled by how well the register tile feeds the FMA units (vector lanes used, enough
+independent accumulators to hide FMA latency, no spills); memory time is the traffic the
+cache tiling implies (each operand's tile footprint times the tiles that reload it) at the
+bandwidth of the level the working set lives in. Utilization is the roofline bound over
+that time, the same definition the measurement harness records.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """Evaluation: how well a cost model predicts and ranks on kernels it was not trained on.
 
-Reads records (`train.load_records`); splits them by kernel, never by row (k-fold over
-kernel keys), and leave-one-model-out (train without every kernel of one zoo model, test
-on them); scores the analytical model and LightGBM side by side:
+On the costmodel floor; behind `tilecraft costmodel eval`. Reads records
+(`train.load_records`); returns the scores and writes plots (`predicted_vs_measured.png`,
+`tuning_curve.png`). Splits them by kernel, never by row (k-fold over kernel keys), and
+leave-one-model-out (train without every kernel of one zoo model, test on them); scores
+the analytical model and LightGBM side by side:
 
 - MAPE of predicted latency;
 - Spearman correlation of the ranking score with speed, per kernel, averaged;

@@ -1,10 +1,11 @@
 """Features: what a cost model sees of one (kernel, decision, target) triple.
 
-Reads a `Kernel` (corpus/kernels.py: kind, loop extents, operand shapes and dtypes, the
-kernel's MLIR), a `TileDecision` (passes/tiling.py) and a `Target` (compiler/target.py);
-writes a fixed-length float vector whose layout is `FEATURE_NAMES`, versioned by
-`SCHEMA_VERSION` (bump it whenever the layout or a meaning changes: models carry the
-version they were trained with and refuse a mismatch).
+On the costmodel floor; every model's input. Reads a `Kernel` (corpus/kernels.py: kind,
+loop extents, operand shapes and dtypes, the kernel's MLIR), a `TileDecision`
+(passes/tiling.py) and a `Target` (backends/cpu/target.py); writes a fixed-length float
+vector whose layout is `FEATURE_NAMES`, versioned by `SCHEMA_VERSION` (bump it whenever
+the layout or a meaning changes: models carry the version they were trained with and
+refuse a mismatch).
 
 Groups: the op (kind, extents, FLOPs, bytes, intensity, dtype, body op counts); each tile
 level (tile volume, per-operand footprint relative to L1/L2/L3, trip counts, partial-tile
@@ -12,7 +13,8 @@ fractions); the register tile (vector lanes used, accumulator registers, unrolle
 ops, contiguity of each operand along the vector dim); the loop order; packing and
 decomposition; the target; the roofline estimate of the analytical model. Optionally
 (`text=True`) hashed token uni/bi-gram counts of the kernel's MLIR ("ML-driven Hardware
-Cost Model for MLIR"), kept only where the ablation in `tilecraft costmodel eval` shows it helps.
+Cost Model for MLIR"), kept only where the ablation in `tilecraft costmodel eval` shows it
+helps.
 """
 
 from __future__ import annotations

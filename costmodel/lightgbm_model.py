@@ -1,5 +1,9 @@
 """The learned cost model: three LightGBM boosters over `features.py`'s vectors.
 
+On the costmodel floor; the model the driver ranks decisions with by default. Reads
+`Record`s (`train.py`, or measurements from search) to fit, and model files; writes model
+files.
+
 - latency: regression (Huber loss) on log latency, boosted from the analytical model's estimate (its
   log is each row's initial score, so the trees learn the roofline's error, not the scale);
 - rank: LambdaRank within each kernel (a kernel's measured decisions form one query), what

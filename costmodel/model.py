@@ -4,7 +4,8 @@ A cost model predicts, for one kernel and many candidate decisions, the latency 
 the utilization (the roofline bound over the latency, as the harness records it) and a
 ranking score (higher = better candidate). `update(records)` folds new measurements in;
 `save`/`load` write and read a model file that carries the feature-schema version it was
-trained with. Passes never call a model: the driver and `costmodel/search.py` do.
+trained with. On the costmodel floor: passes never call a model, the driver and
+`costmodel/search.py` do; `create(kind)` reads a model file when given a path.
 """
 
 from __future__ import annotations

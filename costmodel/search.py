@@ -1,9 +1,10 @@
 """Search over one kernel's decision space: model-guided, random, exhaustive.
 
-Reads a kernel, its legal space (`tiling.space`), a cost model and a `measure` callback
-(decision → seconds, or None when the candidate failed); writes nothing itself — recording
-measurements into a corpus and saving the improved model are the caller's callbacks, so
-search stays pure (TVM meta_schedule's split).
+On the costmodel floor; used by the driver (picking each kernel's decision) and by
+`tilecraft tune`. Reads a kernel, its legal space (`tiling.space`), a cost model and a
+`measure` callback (decision → seconds, or None when the candidate failed); writes nothing
+itself — recording measurements into a corpus and saving the improved model are the
+caller's callbacks, so search stays pure (TVM meta_schedule's split).
 
 Model-guided search ranks the whole space with the model each round (our spaces are at
 most a few hundred decisions, so scoring all of them is exact and takes milliseconds; a

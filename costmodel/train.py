@@ -1,8 +1,9 @@
 """Training: corpus database → records → a fitted LightGBM cost model file.
 
-Reads the successful measurements of one target from a corpus database (`corpus/db.py`),
-turns them into `Record`s (kernel, decision, latency, utilization, the models the kernel
-occurs in), fits `LightGBMCostModel` and writes it atomically.
+On the costmodel floor; behind `tilecraft costmodel train`. Reads the successful
+measurements of one target from a corpus database (`corpus/db.py`), turns them into
+`Record`s (kernel, decision, latency, utilization, the models the kernel occurs in), fits
+`LightGBMCostModel` and writes it atomically.
 
     tilecraft costmodel train --db corpus/data/seed.db.gz --out model.json.gz
 """

@@ -1,7 +1,11 @@
 """Depthwise convolutions as sums of shifted slices, one elementwise kernel each.
 
-Sits in the `im2col` stage (`compiler/driver.py`), beside the GEMM rewrites. A
-`linalg.depthwise_conv_2d_nchw_chw` (f32, dilation 1) does not vectorize in this MLIR
+On the passes floor; sits in the `im2col` stage (`compiler/driver.py`), beside the GEMM
+rewrites. Reads a linalg-on-tensors module; writes it back with each eligible depthwise
+convolution replaced by one `linalg.generic` (the bound weights stay as they are: each
+tap's weights are a slice of the filter).
+
+A `linalg.depthwise_conv_2d_nchw_chw` (f32, dilation 1) does not vectorize in this MLIR
 (neither does its 1-D decomposition, `depthwise_conv_1d_ncw_cw`: "Attempted to vectorize,
 but failed"), so it ran a scalar FMA per tap. Restated as
 
@@ -18,15 +22,18 @@ sum), and its fill with it.
 The taps are summed in the convolution's own order (i, then j), onto the accumulator.
 
 Only stride 1: a strided tap is a strided vector read, which gains nothing over the
-scalar op and can lose badly (96 channels, 112² → 56², its 56-wide rows as vectors:
-9.0 ms against 2.3 scalar, unfused).
+scalar op and can lose badly (a stride-2 layer, 96 channels at 112² → 56², reads each
+56-wide output row's taps as vectors of every other input pixel), so strided layers keep
+the named op.
 
-Measured (1 thread, A/B interleaved in one process): mobilenet_v2 fused 17.5 → 14.7 ms,
-unfused 34.2 → 31.3 ms; one layer (depthwise + batch norm + ReLU6, 576 channels at 14²,
-fused) 0.35 → 0.10 ms, eager 0.20.
+Restated this way, a depthwise layer and the batch norm and ReLU6 after it become one
+vectorized kernel (MobileNet-V2's blocks); `bench/e2e.py` measures the models.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
 
 from torch_mlir import ir
 
@@ -41,6 +48,7 @@ from tilecraft.dialects.irutil import (
     shape_of,
     tensor_t,
 )
+from tilecraft.passes.base import ModulePass, Weights
 
 DEPTHWISE = "linalg.depthwise_conv_2d_nchw_chw"
 MAX_TAPS = 25  # a 5×5 window: 50 operands; larger windows keep the named op
@@ -127,3 +135,12 @@ def rewrite(module: ir.Module) -> int:
         with module.context:
             inline_helpers(module)
     return done
+
+
+@dataclasses.dataclass(frozen=True)
+class DepthwiseTapsPass(ModulePass):
+    name: ClassVar[str] = "depthwise-taps"
+    summary: ClassVar[str] = "stride-1 depthwise convolutions as one elementwise op over shifted slices"
+
+    def apply(self, module: ir.Module, weights: Weights) -> None:
+        rewrite(module)

@@ -1,5 +1,10 @@
 """The fusion pass: which structured ops become one kernel, and the rewrite that fuses them.
 
+On the passes floor. In the flow (`compiler/driver.py`) it sits after the `im2col` stage's
+rewrites and before the schedules are decided: the fusion planner
+(`costmodel/fusion_plan.py`) reads the legal groups found here and writes its choice as
+`tc.fusion` records, which the `fuse` pass reads back and applies.
+
 Reads a linalg-on-tensors module; writes the same module with each fusion group turned
 into one loop nest: the group's sink (its one op whose result leaves the group) is tiled
 over its parallel loops (`transform.structured.tile_using_for`) and every other member
@@ -29,12 +34,15 @@ import dataclasses
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from typing import ClassVar
 
 import networkx as nx
 from torch_mlir import ir
 
+from tilecraft.dialects import tc
 from tilecraft.dialects.irutil import apply_transform, captured, print_op, run_pipeline
 from tilecraft.passes import tiling
+from tilecraft.passes.base import ModulePass, Weights
 
 ANY = tiling.ANY
 CONTRACTIONS = {"matmul", "batch_matmul", "conv2d", "depthwise_conv2d", "pooling"}
@@ -48,21 +56,16 @@ CONV_TILE = 131072  # output elements per tile of a convolution group (512 KB: L
 FUSED = tiling.FUSED
 # A light group with a member reading more tensors than this (a depthwise convolution's
 # taps, `passes/depthwise.py`) takes small register tiles: each tap is a vector of the
-# tile, live until its product is summed. Rows a multiple of 16: one vector (96 channels
-# at 112², depthwise + batch norm + ReLU6: 1.28 ms in 16-element tiles against 1.64 in
-# 8×112, the vector budget). Other rows: whole rows, about MANY_OPERANDS_BUDGET elements
-# (a 16-element budget cut a 56-wide row in 14s, each a vector of 8 + 4 + 2 lanes).
-# Measured (AMD EPYC, 1 thread, interleaved medians; eager in brackets): 144 channels at
-# 56², 0.392 → 0.289 ms (0.442); 192 at 28², 0.135 → 0.102 (0.218); 576 at 14², 0.090 →
-# 0.074 (0.199); 960 at 7², 0.061 → 0.043 (0.152); 32 at 112² unchanged, 0.207 (0.400).
+# tile, live until its product is summed, so a tile of the whole vector budget (8×112 at
+# 112² wide rows) keeps too many vectors live. Rows a multiple of 16: one vector. Other
+# rows: whole rows, about MANY_OPERANDS_BUDGET elements (a 16-element budget cut a
+# 56-wide row in 14s, each a vector of 8 + 4 + 2 lanes).
 MANY_OPERANDS = 8
 MANY_OPERANDS_BUDGET = 128
 # Register tiles of a group with no contraction: about 128 elements (8 zmm per value). A
 # tile of the whole vector budget (1024) keeps 64 registers per value live across the
-# group's ops, and spills: batch norm + residual add + ReLU at 64×56², 0.072 → 0.044 ms;
-# SiLU·y at 256×1024, 0.171 → 0.126; MobileNet-V2 fused 14.73 → 13.65 ms, GPT-2 blocks
-# 5.34 → 5.19, conv_autoencoder 1.24 → 1.20, ResNet-18 48.1 → 47.8, BERT-mini 11.06 →
-# 11.11 (noise); softmax and layer norm unchanged (AMD EPYC, 1 thread, interleaved medians).
+# group's ops, and spills (a batch norm + residual add + ReLU, a SiLU·y); softmax and
+# layer norm do not change.
 LIGHT_BUDGET = 128
 # (output channel, output row, output column) loops of the windowed contractions
 CONV_LOOPS = {"conv2d": (1, 2, 3), "depthwise_conv2d": (3, 1, 2), "pooling": (1, 2, 3)}
@@ -346,17 +349,17 @@ def group_tiles(
             tiles = _budget(s.extents, tileable, budget, ones)
         return (tiles, (), False) if any(tiles) else None
     if any(nodes[m].info.kind == "reduction" for m in group):
-        # a reduction along the contraction's columns makes its cache tile span them all:
-        # bert_mini, 6.79 ms with matmul + layer norm and batch matmul + softmax groups,
-        # 6.57 without (one run, interleaved)
+        # a reduction along the contraction's columns makes its cache tile span them all,
+        # and such groups (bert_mini's matmul + layer norm, batch matmul + softmax) lost to
+        # the contraction and the reduction as kernels of their own
         return None
     if any(_feeds(nodes, group, c) for c in contraction):
         return None  # a producer of the contraction's inputs: fused ops are its epilogue only
     c = nodes[contraction[0]].info
     if c.kind == "matmul" and c.extents[1] * c.extents[2] * 4 > getattr(target, "l2_bytes", 1 << 20):
         # B larger than L2: alone, the tiling pass packs it; a fused group reads it as it is
-        # (ResNet-18's 7×7 GEMMs, 49×512×4608, with batch norm and ReLU: 3.4 ms against 2.5
-        # alone, packed; 64×512 @ 512×2048, 1.6 ms against 0.94)
+        # (rows far apart, conflicting in the caches), which costs more than fusing saves
+        # (ResNet-18's 7×7 GEMMs, 49×512×4608, with batch norm and ReLU; 64×512 @ 512×2048)
         return None
     at = to_sink[contraction[0]]
     tiles = [0] * len(s.extents)
@@ -401,26 +404,23 @@ def group_tiles(
     return tiles, inner if any(inner) else (), False
 
 
-ROW_BROADCASTS_IN_REGISTERS = True  # per-row epilogue inputs in accumulator tiles (off only to compare)
-
-
 def _in_registers(c: tiling.OpInfo, at: Mapping[int, int], tileable: Sequence[bool], ones: set[int], target) -> bool:
     """Whether a matmul group keeps its accumulator tiles in registers over the whole K:
     both parallel loops tileable in the sink, the columns not a broadcast loop of the
     epilogue (`_broadcast_loops`: an input read across them would be a shuffle), and B
     (K x N) fits L2 (the condition under which the tiling pass leaves B unpacked; a
-    register tile then reads its K x 32 panel of B from L2. 64x512 @ 512x2048, whose 8
-    KB-strided rows conflict in L1 and L2 alike, ran 1.6 ms this way against 0.94 ms
-    unfused and packed).
+    register tile then reads its K x 32 panel of B from L2. A larger B, such as
+    64x512 @ 512x2048's, whose 8 KB-strided rows conflict in L1 and L2 alike, runs
+    slower this way than unfused and packed).
 
     The rows may be a broadcast loop: a per-row input (a pointwise convolution's
-    per-channel batch norm on [F, H·W]) is one value per accumulator row. 16→96 channels
-    at 112² with batch norm and ReLU6: 0.71 ms in 1-row tiles after the matmul's cache
-    tile, 0.56 in 8×32 accumulator tiles; 24→144 at 56², 0.303 → 0.258; 32→192 at 28²,
-    0.132 → 0.113 (an earlier lowering had measured 1.07 against 1.71 the other way)."""
+    per-channel batch norm on [F, H·W]) is one value per accumulator row, so the epilogue
+    runs on 8×32 accumulator tiles instead of 1-row tiles after the matmul's cache tile
+    (MobileNet-V2's expansions, 16→96 channels at 112², 24→144 at 56², 32→192 at 28², with
+    batch norm and ReLU6; an earlier lowering had measured the other way)."""
     if c.kind != "matmul" or not all(loop in at and tileable[at[loop]] for loop in (0, 1)):
         return False
-    if at[1] in ones or (at[0] in ones and not ROW_BROADCASTS_IN_REGISTERS):
+    if at[1] in ones or (at[0] in ones and not getattr(target, "row_broadcasts_in_registers", True)):
         return False
     _, n, k = c.extents
     return k * n * 4 <= getattr(target, "l2_bytes", 1 << 20)
@@ -431,8 +431,8 @@ def _transposed_tiles(nodes, group, to_sink, s: tiling.OpInfo, tileable) -> tupl
     full permutation whose contiguous dim is not the sink's innermost loop: an im2col
     GEMM's [N, OH, OW, F] result read as NCHW): 16 along the tensor's contiguous dim by up
     to 8 along the sink's, 1 elsewhere, so both the reads and the writes are vectors
-    (64→64 channels at 56², the transpose + batch norm + ReLU group: 1.96 ms for the
-    layer against 2.16 in 1-element tiles, which `_broadcast_loops` alone gives it).
+    (the 1-element tiles `_broadcast_loops` alone gives such a group, a 64→64 channel
+    layer's transpose + batch norm + ReLU at 56², read and write scalars).
     None when there is no such read or these loops cannot be tiled."""
     inner = len(s.extents) - 1
     for m in group:
@@ -583,9 +583,9 @@ def candidates(nodes: Mapping[int, Node], target=None) -> list[FusionDecision]:
                 frontier.append(key)
         if snode.info.kind in CONTRACTIONS and _fills_of(nodes, sink):
             # a matmul and its zero fill alone, when its accumulator tiles stay in registers:
-            # each starts at zero there instead of a pass over the whole result (64→64 at
-            # 56², im2col: 1.88 ms against 1.91; with the fill at each cache tile instead,
-            # 512→512 at 7²: 1.69 against 1.45, so only in registers)
+            # each starts at zero there instead of a pass over the whole result (with the
+            # fill at each cache tile instead, a 512→512 im2col GEMM at 7² lost, so only in
+            # registers)
             own = _decision(nodes, {sink} | _fills_of(nodes, sink), sink, target)
             if own is not None and own.registers:
                 out.append(own)
@@ -875,3 +875,57 @@ def loop_trips(module: ir.Module) -> dict[int, int]:
 
     walk(module.operation, 1)
     return trips
+
+
+# ------------------------------------------------------------------------------ passes
+@dataclasses.dataclass(frozen=True)
+class TargetFacts:
+    """What the group legality needs to know of a target (a backend's target description
+    has the same fields)."""
+
+    f32_lanes: int = 16
+    l2_bytes: int = 1 << 20
+    row_broadcasts_in_registers: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class FoldUnitDimsPass(ModulePass):
+    name: ClassVar[str] = "fold-unit-dims"
+    summary: ClassVar[str] = "unit dims of generics, broadcasts and transposes folded ([1, S, D] → [S, D])"
+
+    def apply(self, module: ir.Module, weights: Weights) -> None:
+        fold_unit_dims(module)
+
+
+@dataclasses.dataclass(frozen=True)
+class PrivateFillsPass(ModulePass):
+    name: ClassVar[str] = "private-fills"
+    summary: ClassVar[str] = "every use of a linalg.fill gets its own fill of its own empty tensor"
+
+    def apply(self, module: ir.Module, weights: Weights) -> None:
+        private_fills(module)
+
+
+@dataclasses.dataclass(frozen=True)
+class FusePass(ModulePass):
+    name: ClassVar[str] = "fuse"
+    summary: ClassVar[str] = (
+        "tile each group's sink and fuse its members (strategy=decided: the module's tc.fusion groups; "
+        "maximal: every sink's largest legal group, no model)"
+    )
+    strategy: str = "decided"
+    f32_lanes: int = 16
+    l2_bytes: int = 1 << 20
+    row_broadcasts_in_registers: bool = True
+
+    def apply(self, module: ir.Module, weights: Weights) -> None:
+        private_fills(module)
+        if self.strategy == "maximal":
+            facts = TargetFacts(self.f32_lanes, self.l2_bytes, self.row_broadcasts_in_registers)
+            groups = maximal(analyze(module), facts)
+        elif self.strategy == "decided":
+            records = tc.take_records(module, tc.FUSION, tc.FUSED_GROUPS) or []
+            groups = [FusionDecision.from_json(r) for r in records]
+        else:
+            raise ValueError(f"fuse{{strategy={self.strategy}}}: one of decided, maximal")
+        apply(module, groups)

@@ -1,9 +1,9 @@
 """Convolutions as GEMMs: im2col, a matmul on pre-packed weights, and a transpose.
 
-Sits after the precision rewrite and before fusion in the flow (`compiler/driver.py`,
-stage `im2col`). Reads a linalg-on-tensors module and its bound weights; writes the module
-back with each rewritten convolution replaced, and its weight replaced in the bound
-arguments by the packed one.
+On the passes floor; sits after the precision rewrite and before fusion in the flow
+(`compiler/driver.py`, stage `im2col`). Reads a linalg-on-tensors module and its bound
+weights; writes the module back with each rewritten convolution replaced, and its weight
+replaced in the bound arguments by the packed one.
 
 A `linalg.conv_2d_nchw_fchw` (f32, dilation 1, a window larger than 1×1 or a stride, its
 filter a bound argument used once) becomes
@@ -13,14 +13,12 @@ filter a bound argument used once) becomes
   once to [N, H, W, C], and each tap's block of columns is a copy of its (strided) window
   slice, whole vectors of channels. Otherwise one `linalg.generic` reading
   x[n, c, y·s + i, x·s + j] (K ordered (c, kh, kw)), which the vectorizer rejects (its map
-  is not a permutation) and which then runs scalar. Measured (AMD EPYC, 1 thread, median
-  of interleaved rounds): ResNet-18's 64-channel 3×3 layer at 56², convolution + batch
-  norm + ReLU fused, 1.81 ms by the one gather, 1.41 ms with a transpose per tap, 1.15 ms
-  with one transpose and a copy per tap (eager 1.10). The whole model, fused, in A/B
-  runs: 31.8 → 27.5 ms (taps), 26.4 → 25.8 (one transpose; unfused 30.0 → 28.6), and
-  24.2 → 23.8 (its strided 3×3 layers by taps, and its 1×1 downsample layers, which ran
-  direct before, as GEMMs). An unstrided 1×1 keeps the one gather (itself a transpose):
-  by a transpose to [N, H, W, C] MobileNet-V2 ran 8.5 → 10.0 ms,
+  is not a permutation) and which then runs scalar. Of the gathers tried on ResNet-18's
+  64-channel 3×3 layer at 56² with its batch norm and ReLU (the one gather, a transpose
+  per tap, one transpose and a copy per tap), the last is the fastest; its strided 3×3
+  layers by taps and its 1×1 downsample layers (direct before) gain as GEMMs too. An
+  unstrided 1×1 keeps the one gather (itself a transpose): transposing to [N, H, W, C]
+  first made MobileNet-V2 slower,
 - a `linalg.matmul` of that matrix with the filter packed once, here, as [K, F]
   (output channels contiguous: the register tile's vectors run along them, whatever the
   spatial size; NCHW's direct convolution vectorizes along OW, 7 of 16 lanes at 7×7),
@@ -33,33 +31,32 @@ no gather either (`_helper_chain`): it is KH·KW matmuls accumulating into one r
 reading its tap as a contiguous slice of the padded input flattened to [H·W, C] (output
 pixels laid out with the input's row pitch; the KW - 1 wrapped-around columns per row are
 computed and dropped). Unfused, each tap is a GEMM; fused, the chain's accumulator tiles
-stay in registers over all taps. Measured (1 thread, interleaved medians, this host at
-~100 GFLOP/s per core): 64→64 at 56² with batch norm and ReLU, fused, 3.49 → 2.30 ms
-(eager 2.27), unfused 3.74 → 2.76; ResNet-18 fused 50.0 → 45.4 ms, unfused 55.0 → 51.1.
-When fusing, a thin layer (its one gather runs scalar) is a chain too, at any stride: its
-input is split into stride phase planes, and each tap reads one of them. ResNet-18's
-3-channel 7×7/2 stem with batch norm and ReLU, fused: 3.17 ms (gather + K = 147 GEMM)
-→ 2.72 (chain cut in 3 by the closure's size cap) → 2.59 (one chain of 49 taps; eager
-2.57); MobileNet-V2's 3×3/2 stem 0.47 → 0.41 ms (eager 0.45); the autoencoder 1.06 →
-1.02 ms; ResNet-18 44.1 → 43.6 ms (7 interleaved rounds).
+stay in registers over all taps and no column matrix is written (ResNet-18's 64→64 layers
+at 56² with their batch norm and ReLU). When fusing, a thin layer (its one gather runs
+scalar) is a chain too, at any stride: its input is split into stride phase planes, and
+each tap reads one of them. ResNet-18's 3-channel 7×7/2 stem with batch norm and ReLU is
+fastest as one chain of 49 taps (a gather + K = 147 GEMM is slower, and so is the chain cut
+in parts, which `passes/fusion.py` avoids by counting a chain's links as one op against its
+size cap); MobileNet-V2's 3×3/2 stem and the autoencoder gain the same way.
 
 A 1×1 convolution (batch 1, stride 1, H·W a multiple of 16) needs no gather: it becomes
 out[F, H·W] = filter[F, C] × x[C, H·W] on the tensors as they stand (MobileNet-V2's
-pointwise layers: 1.3–2× faster than direct). Other unstrided 1×1 convolutions
+pointwise layers run faster this way than direct). Other unstrided 1×1 convolutions
 (MobileNet-V2's at 14² and 7²) take the im2col path, whose gather is then a transpose:
-the blocks they are in went from 0.6–0.8× eager to 0.8–1.2×.
+their blocks run faster that way than with the direct convolution.
 
 Two more rewrites run in this stage (`driver.convolutions_as_gemms`), for every model:
 `pad_weights` pads a bound matmul weight to a multiple of 16 columns (and its rows
 off a multiple of 1 KB apart: L1 set conflicts), and
 `sink_expand_shapes` moves a reshape below the elementwise ops that read it (a pointwise
 GEMM's batch norm and activation restated on [F, H·W], a Linear's GELU on its 2-D
-result), so that fusion sees a GEMM and its epilogue as one chain: 16→96 channels at 112²
-with batch norm and ReLU6, 1.02 ms fused against 1.16 ms direct and 1.08 ms eager.
+result), so that fusion sees a GEMM and its epilogue as one chain (a pointwise layer such
+as 16→96 channels at 112² with batch norm and ReLU6 then runs as one kernel).
 
 Every new op has exact linalg semantics; the tiling pass and the cost model schedule them
-like any other matmul and elementwise op. Measured (1 thread, each layer compiled alone): ResNet-18's
-3×3 convolutions run at 125–167 GFLOP/s as GEMMs against 61–105 direct.
+like any other matmul and elementwise op. ResNet-18's 3×3 convolutions, each compiled
+alone, run faster as GEMMs than as direct convolutions. `bench/e2e.py` measures the
+models these rewrites serve.
 """
 
 from __future__ import annotations
@@ -67,6 +64,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import torch
 from torch_mlir import ir
@@ -86,16 +84,16 @@ from tilecraft.dialects.irutil import (
     shape_of,
     tensor_t,
 )
+from tilecraft.passes.base import ModulePass, Weights
 from tilecraft.passes.tiling import LANES, ops_named
 
 CONV = "linalg.conv_2d_nchw_fchw"
 # A thin layer (fewer than MIN_CHANNELS input channels) with many outputs runs as a GEMM
 # only when fusion folds its output transpose into the epilogue (`thin=True`); alone, that
-# transpose outweighs the GEMM's gain. Measured (AMD EPYC, 1 thread, convolution + batch
-# norm + activation, interleaved medians): ResNet-18's 3-channel 7×7/2 stem 2.25 ms direct,
-# 1.35 ms as a GEMM, fused (eager 1.25); MobileNet-V2's 3×3/2 stem 0.34 against 0.28 fused,
-# but 0.53 against 0.76 unfused. (The autoencoder's 3-channel 3×3, 64K outputs, and every
-# 64+ channel 3×3 layer are faster as GEMMs either way: 7×7×512, 1.6 ms against 4.0 direct.)
+# transpose outweighs the GEMM's gain (ResNet-18's 3-channel 7×7/2 stem and MobileNet-V2's
+# 3×3/2 stem, with batch norm and activation, gain as GEMMs when fused; MobileNet-V2's
+# loses unfused). The autoencoder's 3-channel 3×3 (64K outputs, under MAX_THIN_OUTPUT) and
+# every 64+ channel 3×3 layer (7×7×512 among them) are faster as GEMMs either way.
 MIN_CHANNELS = 16
 # A tap chain (`ConvLayer.by_chain`) computes KW - 1 wrapped-around columns per output row
 # besides its OW: at most this share of extra work.
@@ -144,10 +142,10 @@ class ConvLayer:
         Batch 1, filters whole vectors, and output rows wide enough that the extra columns
         computed per row (the flattened rows wrap around) cost little. Channels whole
         vectors: stride 1 (a strided layer's tap copies are cheap, and its one GEMM over
-        K = KH·KW·C ran faster than the chain: ResNet-18's 64→128 3×3/2 at 56², fused,
-        1.21 ms against 1.37). Thin (channels not whole vectors; their one gather runs
-        scalar): any stride, only when fusing (unfused, each tap is a K = C GEMM of its own,
-        and each pass over the accumulator costs more than the gather saves)."""
+        K = KH·KW·C ran faster than the chain: ResNet-18's 64→128 3×3/2 at 56², fused).
+        Thin (channels not whole vectors; their one gather runs scalar): any stride, only
+        when fusing (unfused, each tap is a K = C GEMM of its own, and each pass over the
+        accumulator costs more than the gather saves)."""
         return (
             self.n == 1
             and self.kh * self.kw > 1
@@ -448,14 +446,13 @@ def pad_weights(module: ir.Module, params: list[torch.Tensor]) -> tuple[list[tor
     - N not a multiple of 16 and the accumulator a zero fill: B is padded with zero columns
       to a multiple of 16, the matmul computes [M, N16] and a slice keeps the first N.
       Without it no register tile is a whole number of vectors (a classifier's 1000
-      columns: tiles of 25 or 125; 1×1280 @ 1280×1000 ran 0.81 ms against 0.20 padded to
-      1008, eager 0.19).
+      columns: tiles of 25 or 125; padded to 1008, its 1×1280 @ 1280×1008 takes tiles of
+      whole vectors).
     - B's rows STRIDE_PERIOD bytes apart or a multiple of it (N = 256, 512, 768, 1024):
       B is stored 16 columns wider and the matmul reads its [K, N] slice. A register
       tile's k loop reads a row of B per step; rows a multiple of 1 KB apart fall into a
       few sets of the 8-way L1 and evict each other, so B was read from L2 throughout
-      (ResNet-18's 49×512×4608 layer-4 GEMM: 3.15 → 2.72 ms; interleaved A/B, fused:
-      resnet18 41.5 → 40.7 ms, bert_mini 10.18 → 9.97, gpt2_block 5.59 → 5.27).
+      (ResNet-18's 49×512×4608 layer-4 GEMM; bert_mini's and gpt2_block's Linear weights).
 
     Returns the new bound arguments and how many matmuls were changed."""
     ctx = module.context
@@ -707,3 +704,44 @@ def _collapse_read(amap, loop_groups, group_of, extents, ctx):
         results.append(ir.AffineDimExpr.get(group_of[e.position], ctx))
     keep = all(len(r) == 1 for r in reassoc)
     return ir.AffineMap.get(len(loop_groups), 0, results, ctx), (None if keep else reassoc)
+
+
+# ------------------------------------------------------------------------------ passes
+@dataclasses.dataclass(frozen=True)
+class Im2colPass(ModulePass):
+    name: ClassVar[str] = "conv-im2col"
+    summary: ClassVar[str] = (
+        "f32 convolutions with a window as gather + GEMM on packed filters, stride-1 wide ones as "
+        "tap-GEMM chains on NHWC, pointwise ones as a GEMM (bound filters relaid out)"
+    )
+    thin: bool = False  # thin layers (few input channels, many outputs) too: fusion folds their transpose
+
+    def apply(self, module: ir.Module, weights: Weights) -> None:
+        weights[:], _ = rewrite(module, weights, thin=self.thin)
+
+
+@dataclasses.dataclass(frozen=True)
+class PadWeightsPass(ModulePass):
+    name: ClassVar[str] = "pad-weights"
+    summary: ClassVar[str] = "bound matmul weights padded to whole vectors and stored off 1 KB row strides"
+
+    def apply(self, module: ir.Module, weights: Weights) -> None:
+        weights[:], _ = pad_weights(module, weights)
+
+
+@dataclasses.dataclass(frozen=True)
+class SinkExpandShapesPass(ModulePass):
+    name: ClassVar[str] = "sink-expand-shapes"
+    summary: ClassVar[str] = "expand_shapes moved below the elementwise ops that read them (one GEMM + epilogue chain)"
+
+    def apply(self, module: ir.Module, weights: Weights) -> None:
+        sink_expand_shapes(module)
+
+
+@dataclasses.dataclass(frozen=True)
+class DropUnitReadsPass(ModulePass):
+    name: ClassVar[str] = "drop-unit-reads"
+    summary: ClassVar[str] = "a [C, 1, 1] operand read through (c, 0, 0) read as [C] (vectorizable)"
+
+    def apply(self, module: ir.Module, weights: Weights) -> None:
+        drop_unit_reads(module)

@@ -1,18 +1,24 @@
 """Channels-last between convolutions: transposes sunk through elementwise ops and cancelled.
 
-Sits in the `im2col` stage (`compiler/driver.py`), after the convolution rewrites and
-before the reshapes are sunk. Each convolution `passes/im2col.py` rewrites computes
-[N, OH, OW, F] and transposes it back to NCHW; the next one pads its input and transposes
-it to [N, H, W, C] again. Between the two sit elementwise ops (batch norm, activation,
-residual add) that do not care about the layout. `sink_transposes` moves each NHWC → NCHW
-transpose below the elementwise ops that read it (each restated over the loops in the
-transpose's source order: it reads the NHWC tensor through the identity map and writes
-NHWC, its other operands read through the permuted maps), and cancels it against an
-NCHW → NHWC transpose that reads it through `tensor.pad`s (the pads restated on NHWC).
-A max pooling the transpose reaches (through its -inf pads) on the way to an inverse is
-restated on NHWC as the max of its window's strided slices, vectorized along the channels,
-and the transpose moves below it (`_pool_nhwc`). A transpose that meets anything else (a
-depthwise convolution's slices, the result) stays, once, where it is first needed.
+On the passes floor; sits in the `im2col` stage (`compiler/driver.py`), after the
+convolution rewrites and before the reshapes are sunk. Reads a linalg-on-tensors module;
+writes it back with transposes sunk and cancelled (the ops they cross restated on NHWC),
+a tap chain's trailing slice sunk below its epilogue (`sink_extract_slices`) and
+materialized broadcasts read in place (`inline_broadcasts`); the bound weights are not
+touched.
+
+Each convolution `passes/im2col.py` rewrites computes [N, OH, OW, F] and transposes it
+back to NCHW; the next one pads its input and transposes it to [N, H, W, C] again. Between
+the two sit elementwise ops (batch norm, activation, residual add) that do not care about
+the layout. `sink_transposes` moves each NHWC → NCHW transpose below the elementwise ops
+that read it (each restated over the loops in the transpose's source order: it reads the
+NHWC tensor through the identity map and writes NHWC, its other operands read through the
+permuted maps), and cancels it against an NCHW → NHWC transpose that reads it through
+`tensor.pad`s (the pads restated on NHWC). A max pooling the transpose reaches (through
+its -inf pads) on the way to an inverse is restated on NHWC as the max of its window's
+strided slices, vectorized along the channels, and the transpose moves below it
+(`_pool_nhwc`). A transpose that meets anything else (a depthwise convolution's slices,
+the result) stays, once, where it is first needed.
 
 Then a convolution's epilogue reads its GEMM's [N·OH·OW, F] result through the identity
 (after `im2col.sink_expand_shapes`), like a Linear's: fusion makes the GEMM, batch norm,
@@ -20,23 +26,22 @@ activation and residual add one kernel, and no transpose is left between two
 convolutions, fused or not. A transpose is only sunk along paths that reach its inverse:
 into a pooling or the result it stays where it was, fused into the epilogue that reads it.
 
-Measured (AMD EPYC, 1 thread, interleaved medians over 9 rounds, A/B in one process):
-ResNet-18 unfused 49.4 → 47.3 ms; fused 43.9 → 44.1 (its stages alone, fused: two basic
-blocks of 64 channels at 56², 9.28 → 8.97 ms; 64→128, 8.83 → 8.55; 128→256, 9.33 → 9.14;
-256→512, 11.47 → 11.48); the other zoo models do not change (no transposes meet).
+Unfused, every transpose left between two convolutions is a pass over memory of its own,
+which this removes; fused, a transpose already runs inside the epilogue that reads it, so
+ResNet-18 gains mostly unfused (the other zoo models have no transposes that meet).
 An elementwise op reading a transpose's result through the inverse permutation (a residual
 add restated on NHWC for its shortcut, reading the NCHW batch norm of a downsampling block's
 second convolution) counts as an inverse: it reads the source through the identity
-(`_fold_into_reads`), the batch norm is restated on NHWC and joins its GEMM's registers
-(ResNet-18's downsampling stages alone, 9 rounds, min fused / unfused: 10.65 → 10.50 /
-11.73 → 11.50 ms at 64→128, 11.69 → 11.58 / 12.13 → 11.78 at 128→256, 256→512 even).
-ResNet-18's max pooling on NHWC (7 rounds, median / min): fused 44.7 → 42.7 ms / 43.4 →
-41.6; unfused 48.7 → 49.0 / 47.1 → 46.9 (its stem's epilogue joins the stem's tap chain).
+(`_fold_into_reads`), and the batch norm is restated on NHWC and joins its GEMM's registers
+(ResNet-18's downsampling stages). ResNet-18's max pooling restated on NHWC lets its stem's
+epilogue join the stem's tap chain.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import struct
+from typing import ClassVar
 
 from torch_mlir import ir
 from torch_mlir.dialects import tensor
@@ -50,6 +55,7 @@ from tilecraft.dialects.irutil import (
     replace_op,
     tensor_t,
 )
+from tilecraft.passes.base import ModulePass, Weights
 
 
 def _maps(op: ir.Operation) -> list[ir.AffineMap]:
@@ -341,46 +347,48 @@ def _pool_nhwc(pool: ir.Operation, module: ir.Module, done: list) -> bool:
     return True
 
 
-def sink_transposes(module: ir.Module) -> int:
+def sink_transposes(module: ir.Module, *, through_inverse: bool = True) -> int:
     """Sink every pure transpose of the function below the elementwise ops that read it,
     and cancel it against the inverse transposes (through pads) it reaches; returns how
-    many ops were restated or cancelled."""
+    many ops were restated or cancelled. `through_inverse`: an elementwise op that reads
+    the transpose through the inverse permutation reads its source through the identity
+    (and counts as the inverse a transpose sinks towards; off only to compare)."""
     total = 0
     with ir.Location.unknown(module.context):
         for _ in range(MAX_POOLINGS_CROSSED + 1):  # a pooling restated leaves a transpose below it to sink
-            changed, pooled = _sink_transposes(module)
+            changed, pooled = _sink_transposes(module, through_inverse)
             total += changed
             if not pooled:
                 break
     return total
 
 
-def _sink_transposes(module: ir.Module) -> tuple[int, int]:
+def _sink_transposes(module: ir.Module, fold: bool) -> tuple[int, int]:
     body = entry_func(module).regions[0].blocks[0]
     changed, pooled, cancelled = 0, 0, []
     work = [op.operation for op in body.operations if transpose_of(op.operation) is not None]
     while work:
         t = work.pop()
         perm = transpose_of(t)
-        if perm is None or not _is_live(t) or not _reaches_inverse(t.results[0], perm, 0):
+        if perm is None or not _is_live(t) or not _reaches_inverse(t.results[0], perm, 0, fold):
             continue
         for use in list(t.results[0].uses):
             user = owner_op(use)
             if user is None:
                 continue
             if transpose_of(user) is None and user.name == "linalg.generic" and _elementwise(user):
-                if not _reaches_inverse(user.results[0], perm, 1):
+                if not _reaches_inverse(user.results[0], perm, 1, fold):
                     continue  # (a last residual add: it reads the transpose in place)
                 back = _restate(user, t, perm)
                 if back is not None:
                     changed += 1
                     work.append(back)
-        changed += _fold_into_reads(t, perm)
+        changed += _fold_into_reads(t, perm) if fold else 0
         for use in list(t.results[0].uses):
             u = _through_pads(owner_op(use))
             if u is not None and _cancel(u, module, cancelled):
                 changed += 1
-            elif u is not None and u.name in POOLINGS and _reaches_inverse(u.results[0], perm, 1):
+            elif u is not None and u.name in POOLINGS and _reaches_inverse(u.results[0], perm, 1, fold):
                 if _pool_nhwc(u, module, cancelled):
                     changed += 1
                     pooled += 1
@@ -420,12 +428,12 @@ def _fold_into_reads(t: ir.Operation, perm: list[int]) -> int:
 MAX_SINK_DEPTH = 32  # elementwise ops searched below a transpose for its inverse
 
 
-def _reaches_inverse(v: ir.Value, perm: list[int], depth: int) -> bool:
+def _reaches_inverse(v: ir.Value, perm: list[int], depth: int, fold: bool = True) -> bool:
     """Whether `v` (a transpose's result, or an elementwise op's below it) reaches the
     inverse transpose through elementwise ops and pads. Sunk without one, a transpose
     would only move below the epilogue that reads it vectorized in place (an im2col
-    GEMM's transposing batch norm) and run alone, worse (ResNet-18's stem into its max
-    pooling: 3.48 → 5.37 ms)."""
+    GEMM's transposing batch norm) and run alone, a pass over memory of its own
+    (ResNet-18's stem's, sunk into its max pooling with no inverse beyond it)."""
     if depth > MAX_SINK_DEPTH:
         return False
     for use in v.uses:
@@ -437,12 +445,12 @@ def _reaches_inverse(v: ir.Value, perm: list[int], depth: int) -> bool:
         if inv is not None and _inverts(inv, perm):
             return True
         if user.name == "linalg.generic" and inv is None and _elementwise(user):
-            if _reads_through_inverse(user, use.operand_number, perm):
+            if fold and _reads_through_inverse(user, use.operand_number, perm):
                 return True
-            if _reaches_inverse(user.results[0], perm, depth + 1):
+            if _reaches_inverse(user.results[0], perm, depth + 1, fold):
                 return True
         if u is not None and u.name in POOLINGS and perm == NCHW_FROM_NHWC:
-            if _reaches_inverse(u.results[0], perm, depth + 1):
+            if _reaches_inverse(u.results[0], perm, depth + 1, fold):
                 return True
     return False
 
@@ -597,3 +605,32 @@ def inline_broadcasts(module: ir.Module) -> int:
         if not list(b.results[0].uses):
             replace_op(b)
     return moved
+
+
+# ------------------------------------------------------------------------------ passes
+@dataclasses.dataclass(frozen=True)
+class InlineBroadcastsPass(ModulePass):
+    name: ClassVar[str] = "inline-broadcasts"
+    summary: ClassVar[str] = "a materialized broadcast read where it is used, through the composed map"
+
+    def apply(self, module: ir.Module, weights: Weights) -> None:
+        inline_broadcasts(module)
+
+
+@dataclasses.dataclass(frozen=True)
+class SinkTransposesPass(ModulePass):
+    name: ClassVar[str] = "sink-transposes"
+    summary: ClassVar[str] = "NHWC between convolutions: transposes sunk through elementwise ops and pools, cancelled"
+    through_inverse: bool = True  # an op reading a transpose through the inverse permutation reads its source
+
+    def apply(self, module: ir.Module, weights: Weights) -> None:
+        sink_transposes(module, through_inverse=self.through_inverse)
+
+
+@dataclasses.dataclass(frozen=True)
+class SinkExtractSlicesPass(ModulePass):
+    name: ClassVar[str] = "sink-extract-slices"
+    summary: ClassVar[str] = "a tap chain's trailing slice moved below its epilogue (the epilogue on the accumulator)"
+
+    def apply(self, module: ir.Module, weights: Weights) -> None:
+        sink_extract_slices(module)

@@ -1,8 +1,9 @@
 """Mixed precision: which contractions run in bf16 or int8 (on AMX), and the rewrite.
 
-Sits before fusion in the flow (`compiler/driver.py`, stage `precision`). Reads a
-linalg-on-tensors module and its bound weights; writes the module back with each lowered
-layer rewritten, and the weights it packs replaced in the bound arguments.
+On the passes floor; sits before fusion in the flow (`compiler/driver.py`, stage
+`precision`). Reads a linalg-on-tensors module, its bound weights and the plan (the
+module's `tc.precision` records); writes the module back with each lowered layer
+rewritten, and the weights it packs replaced in the bound arguments.
 
 - `layers(module)`: the contractions (matmul, batch_matmul, conv2d NCHW) and, for each,
   the precisions it can run in.
@@ -13,11 +14,12 @@ layer rewritten, and the weights it packs replaced in the bound arguments.
   `linalg.generic` contraction marked `tc.amx` (lowered by `backends/cpu/amx.py`) and, for
   int8, a dequantization with per-channel weight scales. Every new op has exact linalg
   semantics: the module computes the same with or without the AMX lowering.
-- `plan(...)`: per-layer sensitivity (the output error when only that layer runs lower,
-  on calibration inputs), per-layer predicted latency at each precision, and the choice:
-  an integer program (HiGHS through `scipy.optimize.milp`) minimizing predicted latency
-  under an error budget — HAWQ-V3's formulation with a learned latency model instead of
-  bit-operation counts. `PrecisionDecision` records carry the result.
+- the plan (`costmodel/precision_plan.py`, on the costmodel floor): per-layer
+  sensitivity (the output error when only that layer runs lower, on calibration inputs),
+  per-layer predicted latency at each precision, and the choice: an integer program
+  (HiGHS through `scipy.optimize.milp`) minimizing predicted latency under an error
+  budget — HAWQ-V3's formulation with a learned latency model instead of bit-operation
+  counts. `PrecisionDecision` records (defined here) carry the result.
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
 import torch
 from torch_mlir import ir
 
+from tilecraft.dialects import tc
 from tilecraft.dialects.irutil import (
     bound_arg_number,
     call_helper,
@@ -41,6 +45,7 @@ from tilecraft.dialects.irutil import (
     shape_of,
     tensor_t,
 )
+from tilecraft.passes.base import ModulePass, Weights
 from tilecraft.passes.tiling import AMX, AMX_INIT
 
 _VNNI = {"bf16": 2, "int8": 4}
@@ -105,7 +110,7 @@ SPACE = tuple(
 
 
 def default_schedule(m: int, n: int, k: int) -> AmxSchedule:
-    """2 × 2 blocks, B panels of 512 columns (the best at 1024³: ≈ 1,170 GFLOP/s bf16 with
+    """2 × 2 blocks, B panels of 512 columns (the best of `SPACE` at 1024³, bf16 with
     blocked B), fewer tiles where an edge is small."""
     mr = 2 if m >= 32 else 1
     nr = 2 if n >= 32 else 1
@@ -590,3 +595,26 @@ def _tensor_type(t: torch.Tensor, ctx) -> ir.Type:
 
 
 # ------------------------------------------------------------------------------ sensitivity
+
+
+# ------------------------------------------------------------------------------ passes
+@dataclasses.dataclass(frozen=True)
+class PrecisionPass(ModulePass):
+    name: ClassVar[str] = "precision"
+    summary: ClassVar[str] = (
+        "contractions → VNNI-packed bf16/int8 AMX contractions (tc.amx; lowered by cpu-llvm): "
+        "mode=decided applies the module's tc.precision plan; mode=bf16 lowers every eligible one"
+    )
+    mode: str = "decided"
+
+    def apply(self, module: ir.Module, weights: Weights) -> None:
+        if self.mode == "decided":
+            records = tc.take_records(module, tc.PRECISION, tc.PRECISION_APPLIED) or []
+            decisions = [PrecisionDecision.from_json(r) for r in records]
+        elif self.mode == "bf16":  # int8 needs calibrated activation scales: `tilecraft compile --precision int8`
+            found = layers(module, len(weights))
+            decisions = [PrecisionDecision(x.index, "bf16") for x in found if "bf16" in x.eligible]
+        else:
+            raise ValueError(f"precision{{mode={self.mode}}}: one of decided, bf16 (int8 needs calibration)")
+        if any(d.precision != "f32" for d in decisions):
+            weights[:] = rewrite(module, weights, decisions)

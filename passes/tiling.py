@@ -1,10 +1,11 @@
 """The tiling pass: what each linalg op (kernel) is, and how it is tiled and vectorized.
 
-Sits between the frontend's linalg-on-tensors module and a backend's lowering stages
-(`backends/cpu/lowering.py` applies it). Reads a module, writes nothing of its own: it
-tags every structured op with a `tc.op_id`, describes it as an `OpInfo` (kind, loop
-extents, iterator types, dtypes, and a structural `key`), resolves one `TileDecision` per
-op, and renders the decisions as a transform-dialect script.
+On the passes floor. Sits between the frontend's linalg-on-tensors module and a backend's
+lowering stages (`backends/cpu/lowering.py` applies it). Reads a module and writes only
+attributes on it: it tags every structured op with a `tc.op_id`, describes it as an
+`OpInfo` (kind, loop extents, iterator types, dtypes, and a structural `key`), resolves
+one `TileDecision` per op (`attach` writes them onto the ops as `tc.schedule`, `attached`
+reads them back), and renders the decisions as a transform-dialect script.
 
 Decisions are data: an explicit decision (tests, users, search) wins; otherwise the
 documented per-kind heuristic `default_decision`. `space(info)` enumerates the legal
@@ -23,11 +24,9 @@ from collections.abc import Mapping, Sequence
 
 from torch_mlir import ir
 
+from tilecraft.dialects import tc
 from tilecraft.dialects.irutil import ANY, named_sequence, ops_named, walk_ops  # noqa: F401 (re-exported)
-
-OP_ID = "tc.op_id"
-AMX = "tc.amx"  # a contraction `passes/precision.py` hands to the AMX kernels: not tiled here
-AMX_INIT = "tc.amx_init"  # the zero fill of such a contraction's accumulator: folded into the kernel
+from tilecraft.dialects.tc import AMX, AMX_INIT, FUSED, OP_ID  # noqa: F401 (re-exported)
 
 # Ops tiled and vectorized as "the rest": elementwise, broadcast, reductions, copies.
 NAMED_KINDS = {
@@ -46,11 +45,10 @@ LANES = 16  # f32 lanes of a zmm register
 # A one-row matmul (a classifier at batch 1: x[1, K] @ B[K, N]) reads each element of B
 # once: its cache tile is all of N and ONE_ROW_K rows of K, so B streams through whole rows
 # (contiguous, prefetched) instead of 64-byte stripes down K (a 4 KB page per row, each a
-# demand miss). 1×1280 @ 1280×1008 with B out of cache, 1 thread, medians: 0.62 → 0.37 ms
-# (eager 0.61); warm 0.073 → 0.060. K tiles of 4: 0.38; of 64: 0.58 (not offered: the cost
-# model, trained on warm kernels, ranks it first).
+# demand miss). The gain is largest with B out of cache, as a model's weights are (a
+# classifier's 1×1280 @ 1280×1008); K tiles of 4 do about as well, of 64 much worse (not
+# offered: the cost model, trained on warm kernels, ranks it first).
 ONE_ROW_K = 16
-ONE_ROW_STREAM = True  # off only to compare
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +99,11 @@ class TileDecision:
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    def to_dict(self) -> dict:
+        """The record as plain values (`tc.schedule`'s fields)."""
+        d = dataclasses.asdict(self)
+        return {**d, "tiles": [list(level) for level in d["tiles"]], "interchange": list(d["interchange"])}
 
     @staticmethod
     def from_json(text: str | dict) -> TileDecision:
@@ -160,9 +163,6 @@ def tag_ops(module: ir.Module) -> list[OpInfo]:
 
     walk_ops(module.operation, visit)
     return infos
-
-
-FUSED = "tc.fused"  # set by the fusion pass on ops it fused at register level
 
 
 def fused_ids(module: ir.Module, infos: Sequence[OpInfo]) -> set[int]:
@@ -284,9 +284,10 @@ def budget_tile(extents: Sequence[int], budget: int = VECTOR_BUDGET) -> tuple[in
     return tuple(tile)
 
 
-def default_decision(info: OpInfo, target=None) -> TileDecision:
+def default_decision(info: OpInfo, target=None, *, one_row_stream: bool = True) -> TileDecision:
     """The hand-written per-kind schedule (heuristic fallback); vector widths follow
-    `target.f32_lanes` (16 on AVX-512)."""
+    `target.f32_lanes` (16 on AVX-512). `one_row_stream`: a one-row matmul streams B
+    through whole rows (`ONE_ROW_K`; off only to compare)."""
     e = info.extents
     lanes = getattr(target, "f32_lanes", LANES)
     if info.kind in ("matmul", "batch_matmul"):
@@ -294,11 +295,12 @@ def default_decision(info: OpInfo, target=None) -> TileDecision:
         mc, nc, kc = divisor_at_most(m, 64), divisor_at_most(n, 128, multiple_of=lanes), divisor_at_most(k, 128)
         mr, nr = divisor_at_most(mc, 8), divisor_at_most(nc, 32, multiple_of=lanes)
         b = [1] * len(batch)
-        if m == 1 and ONE_ROW_STREAM:  # one row: stream B a few whole rows at a time
+        if m == 1 and one_row_stream:  # one row: stream B a few whole rows at a time
             return _one_row(len(batch), n, divisor_at_most(k, ONE_ROW_K), lanes)
         # Pack B's cache tile once it no longer fits L2 (strided rows thrash the caches) and
-        # more than one row tile reads it (1×1280 @ 1280×1008: 0.46 ms packed, 0.21 not);
-        # then order the cache loops (n, k, m) so the pack is hoisted out of the m loop.
+        # more than one row tile reads it (read once, as by a classifier's 1×1280 @
+        # 1280×1008, the pack is a copy that nothing reuses); then order the cache loops
+        # (n, k, m) so the pack is hoisted out of the m loop.
         l2 = getattr(target, "l2_bytes", 1 << 20)
         if k * n * 4 > l2 and m > mc:
             nc, kc = divisor_at_most(n, 256, multiple_of=lanes), divisor_at_most(k, 256)
@@ -337,11 +339,12 @@ def _divisors(n: int, candidates) -> list[int]:
 
 def _kc_candidates(k: int) -> list[int]:
     """Reduction cache tiles: 64, 256, and the whole K up to 1,152 (an im2col GEMM's
-    K = 9·C: 576 whole runs 1.24 ms against 1.62 ms in 64-slices on 3136×64×576)."""
+    K = 9·C: 3136×64×576 runs faster with K whole than in 64-slices, each of which reloads
+    and stores the accumulator tile)."""
     return sorted(set(_divisors(k, (64, 256))) | ({k} if k <= 1152 else set()))
 
 
-def space(info: OpInfo, target=None) -> list[TileDecision]:
+def space(info: OpInfo, target=None, *, one_row_stream: bool = True) -> list[TileDecision]:
     """The legal decisions for an op (every one passes `validate`), heuristic first.
 
     Matmuls: cache tiles × register tiles × loop orders; convolutions: register tiles of
@@ -358,9 +361,10 @@ def space(info: OpInfo, target=None) -> list[TileDecision]:
         orders = [(), tuple(range(nb)) + (nb, nb + 2, nb + 1), tuple(range(nb)) + (nb + 1, nb, nb + 2)]
         packed_order = (*range(nb), nb + 1, nb + 2, nb)
         # Cache tiles x register tiles x loop orders (3 plain, 1 packed): small enough to
-        # measure exhaustively (240 decisions for 512^3), wide enough to span 5-50x.
+        # measure exhaustively (240 decisions for 512^3), wide enough that the best and the
+        # worst differ widely (`bench/schedules.py` prints the spread).
         reg_tiles = ((1, lanes), (4, 2 * lanes), (4, 4 * lanes), (8, 2 * lanes), (16, 2 * lanes))
-        if m == 1 and ONE_ROW_STREAM:  # one row: whole rows of B, a few at a time
+        if m == 1 and one_row_stream:  # one row: whole rows of B, a few at a time
             out += [_one_row(nb, n, kc, lanes) for kc in _divisors(k, (4, ONE_ROW_K))]
         for mc, nc, kc in itertools.product(_divisors(m, (32, 64, 128)), _divisors(n, (128, 256)), _kc_candidates(k)):
             for mr, nr in reg_tiles:
@@ -392,23 +396,56 @@ def space(info: OpInfo, target=None) -> list[TileDecision]:
         for budget in (16, 64, 256, 1024, 4096):
             out.append(TileDecision(tiles=(budget_tile(e, budget),), vectorize=vec))
         out.append(TileDecision(tiles=(budget_tile(e, 256),), vectorize=False))
-    default = default_decision(info, target)
+    default = default_decision(info, target, one_row_stream=one_row_stream)
     unique = list(dict.fromkeys([default, *out]))
     return unique
 
 
 def decisions(
-    infos: Sequence[OpInfo], explicit: Mapping[int | str, TileDecision] | None = None, target=None
+    infos: Sequence[OpInfo],
+    explicit: Mapping[int | str, TileDecision] | None = None,
+    target=None,
+    *,
+    attached: Mapping[int, TileDecision] | None = None,
+    one_row_stream: bool = True,
 ) -> dict[int, TileDecision]:
-    """One decision per op: explicit (by op id or by kernel key), else the heuristic."""
-    explicit = explicit or {}
+    """One decision per op: explicit (by op id or by kernel key), else the one the module
+    carries (`attached`: its `tc.schedule` attributes), else the heuristic."""
+    explicit, attached = explicit or {}, attached or {}
     chosen = {}
     for info in infos:
-        d = explicit.get(info.op_id) or explicit.get(info.key)
+        d = explicit.get(info.op_id) or explicit.get(info.key) or attached.get(info.op_id)
         if d is not None:
             d.validate(info)
-        chosen[info.op_id] = d or default_decision(info, target)
+        chosen[info.op_id] = d or default_decision(info, target, one_row_stream=one_row_stream)
     return chosen
+
+
+def attach(module: ir.Module, chosen: Mapping[int, TileDecision]) -> None:
+    """Write each tagged op's decision onto it as `tc.schedule` (ops tagged by `tag_ops`)."""
+    ctx = module.context
+
+    def visit(op: ir.Operation) -> None:
+        if OP_ID in op.attributes:
+            d = chosen.get(ir.IntegerAttr(op.attributes[OP_ID]).value)
+            if d is not None:
+                op.attributes[tc.SCHEDULE] = tc.schedule_attr(d.to_dict(), ctx)
+
+    walk_ops(module.operation, visit)
+
+
+def attached(module: ir.Module) -> dict[int, TileDecision]:
+    """The `tc.schedule` decisions the module's tagged ops carry, by op id."""
+    out: dict[int, TileDecision] = {}
+
+    def visit(op: ir.Operation) -> None:
+        if OP_ID in op.attributes:
+            d = tc.read_schedule(op)
+            if d is not None:
+                out[ir.IntegerAttr(op.attributes[OP_ID]).value] = TileDecision.from_json(d)
+
+    walk_ops(module.operation, visit)
+    return out
 
 
 # ------------------------------------------------------------------- transform scripts
@@ -451,7 +488,8 @@ def _as_matmul(handle: str, op_id: int, out: list[str]) -> str:
     its unit batch dim folded away (rank-reducing slices), specialized back. Register tiles
     of the batched op keep the unit dim, and vectorized so their accumulator's read and
     write fold into different tensors: it was loaded and stored at every step of the k loop
-    (4x128x128x64: 49 against 82-87 GFLOP/s as a matmul)."""
+    (a 4x128x128x64 batched matmul ran well below the speed of the same tiles as a
+    matmul)."""
     g, loop, m = f"%bg{op_id}", f"%bl{op_id}", f"%bm{op_id}"
     out.append(
         f"""    {g} = transform.structured.generalize {handle} : ({ANY}) -> {ANY}
@@ -496,7 +534,7 @@ def tiling_script(infos: Sequence[OpInfo], scheds: Mapping[int, TileDecision], *
             # An op the vectorizer rejects stays scalar (lowered to loops later).
             # One row (a k loop around a 1×n×1 tile): its mul + reduction made a contraction
             # before the unit dims are cast away, else the accumulator is loaded and stored at
-            # every k (a classifier's 1×1280 @ 1280×1008: 0.28 ms against 0.072; eager 0.094).
+            # every k (a classifier's 1×1280 @ 1280×1008).
             one_row = info.kind == "matmul" and extents[0] == 1 and len(s.tiles) > 1 and s.tiles[-1][-1] == 1
             loop, parent, contract = f"%pl{info.op_id}", "", ""
             if one_row:

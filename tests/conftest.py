@@ -19,6 +19,18 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_compile_cache(tmp_path_factory):
+    """Tests (and the CLIs they start) use a compile cache of their own, not ~/.cache."""
+    saved = os.environ.get("TILECRAFT_CACHE_DIR")
+    os.environ["TILECRAFT_CACHE_DIR"] = str(tmp_path_factory.mktemp("compile-cache"))
+    yield
+    if saved is None:
+        os.environ.pop("TILECRAFT_CACHE_DIR", None)
+    else:
+        os.environ["TILECRAFT_CACHE_DIR"] = saved
+
+
 def compile_and_compare(model: torch.nn.Module, inputs, *, spec: str = "<test>"):
     from tilecraft import driver, frontend
 

@@ -67,8 +67,14 @@ def test_dump_ir_dir_and_mlir_input(tmp_path):
     dump = tmp_path / "dump"
     report = driver.run_and_check(str(src), dump_ir_dir=str(dump), budget=0.05)
     assert report.comparison.ok and report.reference == "naive loops"
-    assert sorted(os.listdir(dump)) == ["01-linalg.mlir", "02-tiled.mlir", "03-vector.mlir", "04-llvm.mlir"]
-    assert "llvm.func" in (dump / "04-llvm.mlir").read_text()
+    assert sorted(os.listdir(dump)) == [
+        "01-linalg.mlir",
+        "02-decided.mlir",
+        "03-tiled.mlir",
+        "04-vector.mlir",
+        "05-llvm.mlir",
+    ]
+    assert "llvm.func" in (dump / "05-llvm.mlir").read_text()
 
 
 def test_cli_run_prints_report():
@@ -102,19 +108,19 @@ def test_prepared_run_keeps_its_output_buffers_alive():
     run()
 
 
-def test_a_padded_input_is_written_in_place_by_its_producer(monkeypatch):
+def test_a_padded_input_is_written_in_place_by_its_producer():
     """A convolution's zero-padded input is a buffer filled once whose interior the
-    producing kernel writes (`lowering.PADS_IN_PLACE`: pads in destination-passing style,
+    producing kernel writes (`cpu-vector{pads-in-place}`: pads in destination-passing style,
     empty tensors eliminated), not filled and then copied into: conv_autoencoder's first
     epilogue and its upsampling write into their pads (two buffers and their copies fewer)."""
-    from tilecraft.backends.cpu import lowering
+    from tilecraft.backends.cpu.backend import CpuOptions
     from tilecraft.corpus import zoo
 
     model, inputs = zoo.get("conv_autoencoder")
 
     def buffers(in_place: bool) -> tuple[int, str]:
-        monkeypatch.setattr(lowering, "PADS_IN_PLACE", in_place)
-        text = driver.compile_model(frontend.import_module(model, inputs, spec="<test>"), emit="vector").text
+        imported = frontend.import_module(model, inputs, spec="<test>")
+        text = driver.compile_model(imported, emit="vector", options=CpuOptions(pads_in_place=in_place)).text
         return len(re.findall(r"memref\.alloc\b", text)), text
 
     copied, before = buffers(False)
@@ -122,7 +128,7 @@ def test_a_padded_input_is_written_in_place_by_its_producer(monkeypatch):
     assert "linalg.map" in before and "linalg.map" not in text  # the pad's fill-then-copy is gone
     assert in_place <= copied - 2
     assert re.search(r"iter_args\(%\w+ = %subview_\d+\) -> \(memref<16x64x64xf32, strided<\[4356, 66, 1\]", text)
-    # the pads' fills are vectorized (`lowering.VECTORIZE_FILLS`), not left as scalar loops
+    # the pads' fills are vectorized (`cpu-vector{vectorize-fills}`), not left as scalar loops
     assert not re.search(r"linalg\.fill (?!\{tc\.op_id)", text)
     compiled = driver.compile_model(frontend.import_module(model, inputs, spec="<test>"))
     with torch.no_grad():

@@ -124,18 +124,13 @@ def test_a_read_through_the_inverse_permutation_takes_the_source():
             m.running_var.uniform_(0.5, 1.5)
     x = torch.randn(1, 16, 56, 56)
     transposes, in_registers = {}, {}
-    saved = layout._reads_through_inverse
     for fold in (False, True):
-        if not fold:
-            layout._reads_through_inverse = lambda *a: False
-        try:
-            imported = frontend.import_module(model, (x,), spec="<test>")
-            with imported.module.context:
-                driver.convolutions_as_gemms(imported, fusing=True)
-            transposes[fold] = _transposes(imported.module)
-            compiled = driver.compile_model(frontend.import_module(model, (x,), spec="<test>"))
-        finally:
-            layout._reads_through_inverse = saved
+        sink = layout.SinkTransposesPass(through_inverse=fold)
+        imported = frontend.import_module(model, (x,), spec="<test>")
+        for p in driver.canonical_passes(fusing=True):
+            imported.params[:] = (sink if p.name == sink.name else p).run(imported.module, imported.params)
+        transposes[fold] = _transposes(imported.module)
+        compiled = driver.compile_model(frontend.import_module(model, (x,), spec="<test>"), replace=[sink])
         in_registers[fold] = sum(len(d.members) for d in compiled.fusion if d.registers)
         with torch.no_grad():
             assert driver.compare(compiled.fn(x), model(x)).ok

@@ -1,13 +1,17 @@
 """AMX kernels for low-precision contractions (bf16 → f32, int8 → i32).
 
-Sits in the CPU backend after bufferization. `passes/precision.py` writes each contraction it
-lowers in precision as a `linalg.generic` over VNNI-packed operands, marked `tc.amx` with an
-`AmxSchedule`; the generic's semantics are exact, so the module means the same thing with
-or without this module. `lower_marked` replaces each marked generic (on memrefs, after
-bufferization) by a call to a kernel written here in the `x86.amx` dialect: register
-blocks of `mr × nr` accumulator tiles (16 × 16), A tiles loaded row-major, B tiles loaded
-from the VNNI layout `[K/v, N·v]` (v = 2 for bf16, 4 for int8), the K loop unrolled in
-chunks of `kc`. Edge blocks use smaller static tiles, so no shape needs padding.
+On the backends floor; runs in the CPU backend's `cpu-llvm` stage (`lowering.to_llvm`),
+after bufferization. Reads the bufferized module; writes it back with each marked
+contraction replaced by a call to a private AMX kernel function added to it.
+
+`passes/precision.py` writes each contraction it lowers in precision as a `linalg.generic`
+over VNNI-packed operands, marked `tc.amx` with an `AmxSchedule`; the generic's semantics
+are exact, so the module means the same thing with or without this module. `lower_marked`
+replaces each marked generic (on memrefs, after bufferization) by a call to a kernel
+written here in the `x86.amx` dialect: register blocks of `mr × nr` accumulator tiles
+(16 × 16), A tiles loaded row-major, B tiles loaded from the VNNI layout `[K/v, N·v]`
+(v = 2 for bf16, 4 for int8), the K loop unrolled in chunks of `kc`. Edge blocks use smaller
+static tiles, so no shape needs padding.
 
 The tiles cannot be loop-carried (the scf → cf conversion does not know the tile type), so
 the accumulators are loaded from and stored to C once per K chunk; the kernel therefore

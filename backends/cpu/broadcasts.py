@@ -1,12 +1,16 @@
 """Per-row broadcasts without transposes.
 
-Runs between bufferization and vector lowering (`lowering.to_vector`), beside
-`reductions.split_row_reductions`. An epilogue in a matmul's accumulator tile that reads one
-value per row (a pointwise convolution's per-channel batch norm over [F, H·W]: the scale
-read through (f, hw) → (f) into vector<8x32>) is vectorized as a read of vector<8>,
-broadcast to vector<32x8> and transposed (`transfer_permutation_patterns`); the transpose
-then lowers to one 256-element shuffle per tile. The same value is the vector<8x1> read
-stretched along its unit dim, which lowers to one `vbroadcastss` per row.
+On the backends floor; runs in the CPU backend's `cpu-vector` stage, between
+bufferization and vector lowering (`lowering.to_vector`), beside
+`reductions.split_row_reductions`. Reads the bufferized, vectorized module and rewrites
+those transposes in place.
+
+An epilogue in a matmul's accumulator tile that reads one value per row (a pointwise
+convolution's per-channel batch norm over [F, H·W]: the scale read through (f, hw) → (f)
+into vector<8x32>) is vectorized as a read of vector<8>, broadcast to vector<32x8> and
+transposed (`transfer_permutation_patterns`); the transpose then lowers to one 256-element
+shuffle per tile. The same value is the vector<8x1> read stretched along its unit dim,
+which lowers to one `vbroadcastss` per row.
 """
 
 from __future__ import annotations

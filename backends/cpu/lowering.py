@@ -1,9 +1,11 @@
 """CPU lowering stages: linalg → tiled → vector → llvm → (jit | obj | so | asm).
 
-Reads a linalg-on-tensors module (from `compiler/frontend.py`) and per-op schedules
-(`passes/tiling.py`); each stage is a function from a module to a module, so any
-stage's IR can be dumped or resumed from. The last stages hand the LLVM-dialect module to
-`ExecutionEngine` (JIT, opt level 3, host CPU with AVX-512) or write an object file, a
+On the backends floor: the CPU backend's stages, run after every target-neutral pass.
+Reads the decided linalg-on-tensors module (the frontend's, rewritten by the passes) and
+per-op schedules (`passes/tiling.py`: given ones, else the module's `tc.schedule`
+attributes, else the heuristic); each stage is a function from a module to a module, so
+any stage's IR can be dumped or resumed from. The last stages hand the LLVM-dialect module
+to `ExecutionEngine` (JIT, opt level 3, host CPU with AVX-512) or write an object file, a
 shared library or assembly text.
 """
 
@@ -18,19 +20,11 @@ from torch_mlir import ir
 
 from tilecraft.backends.cpu import amx, broadcasts, math_approx, reductions, strided
 from tilecraft.dialects.irutil import apply_transform, public_funcs, run_pipeline
+from tilecraft.dialects.tc import COPY_ID
 from tilecraft.passes import tiling
 from tilecraft.passes.tiling import ANY
 
 STAGES = ("linalg", "tiled", "vector", "llvm")
-# Before bufferization, each tensor.pad becomes a fill of its whole buffer and an insert of
-# its source (destination-passing style), and the empty tensor its source's producer writes
-# is replaced by the fill's interior: the producer writes the padded buffer in place, where
-# bufferizing the pad filled one and copied the source into it. Reaches producers that write
-# the padded tensor's own shape (conv_autoencoder's first epilogue, its upsampling); not a
-# GEMM epilogue behind a reshape (MobileNet's expansions). 7 interleaved rounds, fused /
-# unfused medians: conv_autoencoder 1.116 → 1.060 / 1.291 → 1.260 ms, mobilenet_v2
-# 13.93 → 13.74 / 20.74 → 20.47; resnet18 within noise (5 rounds).
-PADS_IN_PLACE = True
 
 LLVM_PIPELINE = (
     "builtin.module("
@@ -62,6 +56,7 @@ def to_tiled(
     *,
     vectorize: bool = True,
     target=None,
+    one_row_stream: bool = True,
 ) -> ir.Module:
     """linalg → tiled: divisions by constants as products, expand erf and exp, tag ops, pick
     schedules, tile (and decompose conv tiles), and vectorize each register tile (vector
@@ -71,47 +66,57 @@ def to_tiled(
     math_approx.expand_erf(module)
     math_approx.expand_exp(module)
     infos = tiling.tag_ops(module)
-    chosen = tiling.decisions(infos, decisions, target)
+    chosen = tiling.decisions(infos, decisions, target, attached=tiling.attached(module), one_row_stream=one_row_stream)
     fused = tiling.fused_ids(module, infos)
     chosen.update({i.op_id: tiling.register_tile_decision(i) for i in infos if i.op_id in fused})
     script = tiling.tiling_script(infos, chosen, vectorize=vectorize)
-    return apply_transform(module, script, stage="tiled")
+    return apply_transform(module, script, stage="tiled", reproduce="cpu-tiled")
 
 
-def to_vector(module: ir.Module, *, vectorize: bool = True) -> ir.Module:
+def to_vector(
+    module: ir.Module,
+    *,
+    vectorize: bool = True,
+    pads_in_place: bool = True,
+    strided_reads: bool = True,
+    vectorize_fills: bool = True,
+) -> ir.Module:
     """tiled → vector: vectorize, hoist, bufferize, lower vector ops to LLVM-friendly form.
 
     Arguments are marked read-only for bufferization: compiled code never writes into the
-    caller's inputs or the bound weights (an in-place update gets a copy instead)."""
-    _mark_arguments_read_only(module)
-    apply_transform(module, vectorize_script(vectorize=vectorize), stage="vector")
-    copies = tidy_copies(module) if vectorize else []
+    caller's inputs or the bound weights (an in-place update gets a copy instead).
+    `pads_in_place`: before bufferization each `tensor.pad` becomes a fill of its whole
+    buffer and an insert of its source (destination-passing style), and the empty tensor
+    its source's producer writes is replaced by the fill's interior, so the producer writes
+    the padded buffer in place instead of a buffer copied into it. `strided_reads`: a read
+    along a strided last dim as contiguous loads and a shuffle per row
+    (`backends/cpu/strided.py`). `vectorize_fills`: fills made after tiling vectorized like
+    copies (`tidy_copies`). Each is off only to compare."""
+    mark_arguments_read_only(module)
+    script = vectorize_script(vectorize=vectorize, pads_in_place=pads_in_place)
+    apply_transform(module, script, stage="vector", reproduce="cpu-vector")
+    copies = tidy_copies(module, vectorize_fills=vectorize_fills) if vectorize else []
     reductions.split_row_reductions(module)  # rows reduced a register at a time, not a lane
     broadcasts.rows_without_transposes(module)  # a per-row value: one broadcast per row, no shuffle
-    if STRIDED_READS:
+    if strided_reads:
         strided.contiguous_strided_reads(module)  # a strided last-dim read: loads and shuffles
-    return apply_transform(module, lower_vectors_script(copies), stage="vector")
+    return apply_transform(module, lower_vectors_script(copies), stage="vector", reproduce="cpu-vector")
 
 
-COPY_ID = "tc.copy_id"
-STRIDED_READS = True  # strided last-dim reads as loads and shuffles (`backends/cpu/strided.py`); off only to compare
-VECTORIZE_FILLS = True  # fills made after tiling vectorized like copies (off only to compare)
-
-
-def tidy_copies(module: ir.Module) -> list[tuple[int, tuple[int, ...]]]:
+def tidy_copies(module: ir.Module, *, vectorize_fills: bool = True) -> list[tuple[int, tuple[int, ...]]]:
     """The buffer copies bufferization left: erase the ones that copy a buffer onto itself
     (a fused tile written back into the subview it was computed in), and tag the rest with
     `tc.copy_id` for `lower_vectors_script` to vectorize (else each is a scalar loop nest).
     Fills made after tiling (a pad's border value, written in place; not an AMX kernel's
     zero fill, which the kernel folds) are tagged alike: as scalar loops, LLVM vectorized
-    ResNet-18's 114×114×64 pad fill across rows, with scatters (0.96 ms). Returns (copy
-    id, register tile) per tagged op."""
+    ResNet-18's 114×114×64 pad fill across rows, with scatters. Returns (copy id, register
+    tile) per tagged op."""
     out: list[tuple[int, tuple[int, ...]]] = []
     dead: list[ir.Operation] = []
 
     def visit(op: ir.Operation) -> None:
         tagged = any(a in op.attributes for a in (tiling.OP_ID, tiling.AMX_INIT))  # scheduled, or AMX's
-        if op.name == "linalg.fill" and VECTORIZE_FILLS and not tagged:
+        if op.name == "linalg.fill" and vectorize_fills and not tagged:
             dst = op.operands[1]
         elif op.name == "linalg.copy":
             src, dst = op.operands[0], op.operands[1]
@@ -164,7 +169,7 @@ def _same_buffer(a: ir.Value, b: ir.Value) -> bool:
     return all(str(oa.attributes[k]) == str(ob.attributes[k]) for k in keys) and a.type == b.type
 
 
-def _mark_arguments_read_only(module: ir.Module) -> None:
+def mark_arguments_read_only(module: ir.Module) -> None:
     ctx = module.context
     for func in public_funcs(module):
         n = len(ir.FunctionType(ir.TypeAttr(func.attributes["function_type"]).value).inputs)
@@ -183,7 +188,7 @@ def to_llvm(module: ir.Module) -> ir.Module:
     for func in public_funcs(module):
         func.attributes["llvm.emit_c_interface"] = ir.UnitAttr.get(module.context)
     amx.lower_marked(module)  # low-precision contractions → AMX kernels
-    run_pipeline(module, LLVM_PIPELINE, stage="llvm")
+    run_pipeline(module, LLVM_PIPELINE, stage="llvm", reproduce="cpu-llvm")
     amx.keep_blocks_out_of_line(module)
     return module
 
@@ -196,7 +201,7 @@ def lower(module: ir.Module, until: str = "llvm", *, start: str = "linalg") -> i
     return module
 
 
-def vectorize_script(*, vectorize: bool = True) -> str:
+def vectorize_script(*, vectorize: bool = True, pads_in_place: bool = True) -> str:
     """Clean up the vectorized tiles, hoist accumulators, bufferize, lower vectors."""
     vec = (
         f"""    %fv = transform.structured.match ops{{["func.func"]}} in %root : ({ANY}) -> {ANY}
@@ -228,7 +233,7 @@ def vectorize_script(*, vectorize: bool = True) -> str:
     %fe = transform.structured.match ops{{["func.func"]}} in %root : ({ANY}) -> {ANY}
     transform.bufferization.eliminate_empty_tensors %fe : {ANY}
 """
-        if PADS_IN_PLACE
+        if pads_in_place
         else ""
     )
     return tiling.named_sequence(

@@ -1,17 +1,18 @@
 """Polynomial expansions of math ops that LLVM cannot lower to vector code.
 
-Runs on the linalg-on-tensors module before tiling (first step of the CPU `tiled` stage).
+On the backends floor; runs on the linalg-on-tensors module before tiling (first step of
+the CPU `cpu-tiled` stage), rewriting the math ops in place.
+
 `math.erf` (GELU) has no LLVM intrinsic: left alone it becomes one scalar libm call per
-vector lane. It is replaced by the rational approximation Eigen and XLA use for f32
-(x clamped to [-4, 4], x·P(x²)/Q(x²), degrees 6 and 4 in x²; |error| ≤ 4e-7 measured
-against float64): 11 fused multiply-adds and one division, where Abramowitz & Stegun
-7.1.26 needed a division and an exponential (GELU on 128×1024: 0.10 → 0.05 ms).
-`math.exp` lowers to `llvm.intr.exp`, which x86 also scalarizes into one `expf` call per
-lane (softmax, SiLU); `expand_exp` replaces it (f32) by Cephes' range reduction and
-degree-6 polynomial (≤ 2 ulp on [-87, 88.4]; 0 below, never a subnormal), built from
-`math.fma`, arith ops and `math.roundeven`, which all vectorize. `reciprocal_constants`
-turns a division by a constant into a multiplication by its reciprocal (≤ 1 ulp apart;
-GELU's x / √2: a `vdivps` is ~10 times a `vmulps`' throughput).
+vector lane. It is replaced by the rational approximation Eigen and XLA use for f32 (x
+clamped to [-4, 4], x·P(x²)/Q(x²), degrees 6 and 4 in x²; |error| ≤ 4e-7 measured against
+float64): 11 fused multiply-adds and one division, where Abramowitz & Stegun 7.1.26 needed
+a division and an exponential. `math.exp` lowers to `llvm.intr.exp`, which x86 also
+scalarizes into one `expf` call per lane (softmax, SiLU); `expand_exp` replaces it (f32)
+by Cephes' range reduction and degree-6 polynomial (≤ 2 ulp on [-87, 88.4]; 0 below, never
+a subnormal), built from `math.fma`, arith ops and `math.roundeven`, which all vectorize.
+`reciprocal_constants` turns a division by a constant into a multiplication by its
+reciprocal (≤ 1 ulp apart; GELU's x / √2: a `vdivps` is ~10 times a `vmulps`' throughput).
 """
 
 from __future__ import annotations

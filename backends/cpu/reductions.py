@@ -1,14 +1,17 @@
 """Vector reductions along a row, split into whole-register partial reductions.
 
-Runs between bufferization and vector lowering (`lowering.to_vector`). A fused reduction
-tile (a layer norm's or a softmax's row: `vector.multi_reduction` of vector<1x256> over its
-last dim) would otherwise lower, under the `innerparallel` strategy the contractions want,
-to one scalar extract and one dependent scalar add per element (256 in a row: ~1,000
-cycles of latency per reduction; a fused layer norm on 128x256 ran 68 µs against eager's
-14). Each such reduction becomes: the row cut into register-wide chunks (16 f32 / 8 f64),
-the chunks combined pairwise (a tree of vector ops), and one `vector.reduction` of the last
-register, reassociated (`fastmath<reassoc>`: LLVM reduces it with a shuffle tree). The sum
-is reassociated, as every vectorized reduction (eager's included) is.
+On the backends floor; runs in the CPU backend's `cpu-vector` stage, between
+bufferization and vector lowering (`lowering.to_vector`). Reads the bufferized, vectorized
+module and rewrites its row reductions in place.
+
+A fused reduction tile (a layer norm's or a softmax's row: `vector.multi_reduction` of
+vector<1x256> over its last dim) would otherwise lower, under the `innerparallel` strategy
+the contractions want, to one scalar extract and one dependent scalar add per element (256
+in a row: ~1,000 cycles of latency per reduction, for every row). Each such reduction
+becomes: the row cut into register-wide chunks (16 f32 / 8 f64), the chunks combined
+pairwise (a tree of vector ops), and one `vector.reduction` of the last register,
+reassociated (`fastmath<reassoc>`: LLVM reduces it with a shuffle tree). The sum is
+reassociated, as every vectorized reduction (eager's included) is.
 """
 
 from __future__ import annotations

@@ -1,10 +1,12 @@
 """CPU runtime: call a compiled entry function with torch tensors or numpy arrays.
 
-Sits at the end of the CPU backend. The lowering gives every public function a C
-interface (`_mlir_ciface_<name>`) whose arguments are pointers to memref descriptors,
-inputs first and then one out-parameter per result (`buffer-results-to-out-params`).
-This module builds those descriptors with ctypes, checks shapes and dtypes at call time,
-and works the same for a JIT `ExecutionEngine` and for a shared library loaded with ctypes.
+On the backends floor; sits at the end of the CPU backend. Reads a compiled entry function
+(JIT or shared library) and the caller's tensors; writes the results into fresh tensors.
+The lowering gives every public function a C interface (`_mlir_ciface_<name>`) whose
+arguments are pointers to memref descriptors, inputs first and then one out-parameter per
+result (`buffer-results-to-out-params`). This module builds those descriptors with ctypes,
+checks shapes and dtypes at call time, and works the same for a JIT `ExecutionEngine` and
+for a shared library loaded with ctypes.
 """
 
 from __future__ import annotations

@@ -1,20 +1,23 @@
 """Reads along a strided last dimension as contiguous loads and shuffles.
 
-Runs between bufferization and vector lowering (`lowering.to_vector`), beside
-`broadcasts.rows_without_transposes`. A register tile that reads a tensor through a
-stride on its last dimension (`x[..., ::2]`: a subview with last stride 2) is a
-`vector.transfer_read` of a strided memref, which upstream lowers element by element: a
-scalar load and an `insertelement` at a loop-carried index, spilled through the stack by
-LLVM. Here such a read (in bounds, unmasked, static strides, along the last dims) loads
-each row of its vector contiguously, from the first to the last element it needs (from
-the buffer under the memref, flattened at the read's offset: never past the row's last
-element), and keeps every s-th lane with one `vector.shuffle`.
+On the backends floor; runs in the CPU backend's `cpu-vector` stage, between
+bufferization and vector lowering (`lowering.to_vector`), beside
+`broadcasts.rows_without_transposes`. Reads the bufferized, vectorized module and rewrites
+its strided reads in place.
 
-Measured (1 thread, medians of 100 runs): `x[..., 0::2] * 2, x[..., 1::2] + 1` of a
-[1, 96, 114, 114] input, 7.2 ms → 0.33 (eager 0.57); one gather per tile instead
-(`vector.gather`, AVX-512 `vgatherdps`) gave 0.84. MobileNet-V2's stride-2 depthwise
-convolutions as taps read this way (`passes/depthwise.py`) stay slower than the scalar
-named op: 0.64 against 0.58 ms (96 channels, 112² → 56²), so they keep it.
+A register tile that reads a tensor through a stride on its last dimension (`x[..., ::2]`:
+a subview with last stride 2) is a `vector.transfer_read` of a strided memref, which
+upstream lowers element by element: a scalar load and an `insertelement` at a loop-carried
+index, spilled through the stack by LLVM. Here such a read (in bounds, unmasked, static
+strides, along the last dims) loads each row of its vector contiguously, from the first to
+the last element it needs (from the buffer under the memref, flattened at the read's
+offset: never past the row's last element), and keeps every s-th lane with one
+`vector.shuffle`.
+
+Contiguous loads and a shuffle beat both the element-by-element read and one gather per
+tile (`vector.gather`, AVX-512 `vgatherdps`) on `x[..., 0::2] * 2, x[..., 1::2] + 1`.
+MobileNet-V2's stride-2 depthwise convolutions as taps read this way (`passes/depthwise.py`)
+stay slower than the scalar named op (96 channels, 112² → 56²), so they keep it.
 """
 
 from __future__ import annotations

@@ -1,10 +1,12 @@
 """Target description: a validated, hashable, serializable picture of the machine.
 
-The CPU backend's target description (`backends/target.py` is the protocol). `Target.host()`
-reads the host: ISA features from /proc/cpuinfo, cores, cache sizes from sysfs, clock, and
-derived peak FLOP/s and memory-bandwidth estimates. `Target.parse(text)` accepts
-`cpu`, `cpu{avx512=false cores=1}` or a path to a JSON file written by `to_json`.
-Measurements and cost models are keyed by `Target.hash()`.
+On the backends floor: the CPU backend's target description (`backends/target.py` is the
+protocol), read by the CPU stages, the measurement harness and the cost models (the passes,
+a floor below, take it duck-typed). `Target.host()` reads the host: ISA features from
+/proc/cpuinfo, cores, cache sizes from sysfs, clock, and derived peak FLOP/s and
+memory-bandwidth estimates. `Target.parse(text)` accepts `cpu`, `cpu{avx512=false cores=1}`
+or a path to a JSON file written by `to_json`. Measurements and cost models are keyed by
+`Target.hash()`.
 """
 
 from __future__ import annotations

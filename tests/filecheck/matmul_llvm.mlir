@@ -1,4 +1,4 @@
-// RUN: tilecraft-opt %s -p cpu-llvm | filecheck %s
+// RUN: tilecraft-opt %s -p cpu-lower | filecheck %s
 
 // The result becomes an out-parameter and the C interface wrapper is emitted.
 // CHECK: llvm.func @mm(
