@@ -9,7 +9,10 @@ warm-up. A sample is one call, or for a model under 5 ms the mean of the back-to
 calls that fill 5 ms (`median_ms`). Every compiled result (Tilecraft fused and unfused,
 Inductor) is checked against eager before it is timed. Prints a table with geomeans, saves JSON.
 
+`--quick` (CI) runs mlp alone, 5 samples a column, no Inductor, into bench/results/quick/.
+
     python bench/e2e.py [--models mlp,resnet18] [--runs 30] [--no-inductor] [--json bench/results/e2e.json]
+    python bench/e2e.py --quick
 """
 
 from __future__ import annotations
@@ -122,6 +125,9 @@ def geomean(xs) -> float:
     return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else float("nan")
 
 
+QUICK = {"models": "mlp", "runs": 5, "no_inductor": True, "json": "bench/results/quick/e2e.json"}
+
+
 def main(argv=None) -> int:
     warnings.filterwarnings("ignore")
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -129,7 +135,11 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=30)
     p.add_argument("--json", default="bench/results/e2e.json")
     p.add_argument("--no-inductor", action="store_true", help="skip torch.compile")
+    p.add_argument("--quick", action="store_true", help="CI: mlp alone, 5 samples, no Inductor")
     args = p.parse_args(argv)
+    if args.quick:  # the quick defaults; options given still win
+        p.set_defaults(**QUICK)
+        args = p.parse_args(argv)
     rows = []
     for name in args.models.split(","):
         if name == "matmul512":

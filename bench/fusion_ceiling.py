@@ -12,7 +12,10 @@ shifted slices here) counts as the rest, and kernels timed alone run warmer than
 model (the sum of bert_mini's kernels alone is some 20% under its fused run), so the
 real ceiling is lower. Prints a table with geomeans, saves JSON.
 
+`--quick` (CI) runs mlp alone, 5 samples a round, into bench/results/quick/.
+
     python bench/fusion_ceiling.py [--models mlp,bert_mini] [--json bench/results/fusion_ceiling.json]
+    python bench/fusion_ceiling.py --quick
 """
 
 from __future__ import annotations
@@ -65,13 +68,20 @@ def one(name: str, runs: int) -> dict:
     return row
 
 
+QUICK = {"models": "mlp", "runs": 5, "json": "bench/results/quick/fusion_ceiling.json"}
+
+
 def main(argv=None) -> int:
     warnings.filterwarnings("ignore")
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default=",".join(zoo.ZOO))
     p.add_argument("--runs", type=int, default=30)
     p.add_argument("--json", default="bench/results/fusion_ceiling.json")
+    p.add_argument("--quick", action="store_true", help="CI: mlp alone, 5 samples a round")
     args = p.parse_args(argv)
+    if args.quick:  # the quick defaults; options given still win
+        p.set_defaults(**QUICK)
+        args = p.parse_args(argv)
     rows = []
     for name in args.models.split(","):
         rows.append(one(name, args.runs))
