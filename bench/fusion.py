@@ -18,6 +18,11 @@ compiled and timed fused and unfused; per group class (matmul, conv, reduction, 
 (measured fused / measured unfused) / (composed prediction / predicted unfused).
 
     python bench/fusion.py --calibrate [--models mlp,resnet18,...] [--per-class 6]
+
+`--quick` (CI) times one small case's partitions briefly, or with `--calibrate` one group
+per class of mlp; either writes under bench/results/quick/, never the shipped calibration.
+
+    python bench/fusion.py --quick [--calibrate]
 """
 
 from __future__ import annotations
@@ -309,9 +314,20 @@ def calibrate(models: list[str], per_class: int, out: str) -> int:
         "when": time.strftime("%Y-%m-%d %H:%M"),
         "samples": samples,
     }
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     atomic_write(out, json.dumps(doc, indent=1).encode())
     print(f"factors {factors}; wrote {out}")
     return 0
+
+
+QUICK = {  # --quick's defaults: results beside, not over, the full run's and the shipped ones
+    "cases": "softmax_4x128x128",
+    "budget": 0.02,
+    "json": "bench/results/quick/fusion.json",
+    "models": "mlp",
+    "per_class": 1,
+    "calibration_json": "bench/results/quick/fusion-calibration.json",
+}
 
 
 def main(argv=None) -> int:
@@ -323,11 +339,17 @@ def main(argv=None) -> int:
     p.add_argument("--calibrate", action="store_true", help="fit costmodel/data/fusion-calibration.json instead")
     p.add_argument("--models", default="mlp,resnet18,mobilenet_v2,bert_mini,gpt2_block,conv_autoencoder")
     p.add_argument("--per-class", type=int, default=6)
+    p.add_argument("--calibration-json", help="where --calibrate writes (default: the shipped calibration)")
+    p.add_argument("--quick", action="store_true", help=f"CI: {QUICK['cases']} (or mlp) only, briefly")
     args = p.parse_args(argv)
+    if args.quick:  # the quick defaults; options given still win
+        p.set_defaults(**QUICK)
+        args = p.parse_args(argv)
     if args.calibrate:
         from tilecraft.costmodel.model import SHIPPED_DIR
 
-        return calibrate(args.models.split(","), args.per_class, os.path.join(SHIPPED_DIR, "fusion-calibration.json"))
+        out = args.calibration_json or os.path.join(SHIPPED_DIR, "fusion-calibration.json")
+        return calibrate(args.models.split(","), args.per_class, out)
     from tilecraft.costmodel import model as cm
 
     torch.set_num_threads(1)
