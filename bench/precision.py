@@ -15,7 +15,11 @@ Part 2 (zoo models, one thread): Tilecraft f32 (the shipped cost model, fusion o
 `--precision auto` under the default 1% error budget, with the measured relative L2 error of
 the output against eager f32 and the per-layer decisions.
 
+`--quick` (CI): 256³ GEMMs and mlp, timed for 0.2 s each; on a CPU without AMX
+(`backends/cpu/amx.available`) it says so and runs part 2 alone, where `auto` keeps f32.
+
     python bench/precision.py [--models resnet18,bert_mini] [--json out.json]
+    python bench/precision.py --quick
 """
 
 from __future__ import annotations
@@ -33,11 +37,11 @@ from tilecraft.costmodel import amx as amx_cost
 from tilecraft.costmodel import precision_plan
 
 
-def _time(fn) -> float:
-    return driver.median_seconds(fn, min_runs=10, budget=2.0)
+def _time(fn, budget: float) -> float:
+    return driver.median_seconds(fn, min_runs=10, budget=budget)
 
 
-def gemm_rows(n: int = 1024) -> list[dict]:
+def gemm_rows(n: int = 1024, *, budget: float = 2.0) -> list[dict]:
     torch.manual_seed(0)
     rows = []
     model = amx_cost.AmxCostModel.load()
@@ -46,7 +50,7 @@ def gemm_rows(n: int = 1024) -> list[dict]:
     # bf16 ------------------------------------------------------------------------------
     a = torch.randn(n, n).to(torch.bfloat16)
     b = torch.randn(n, n).to(torch.bfloat16)
-    eager_bf16 = _time(lambda: a @ b)
+    eager_bf16 = _time(lambda: a @ b, budget)
     kernel = amx_workloads.workload(1, n, n, n, "bf16")  # B blocked: [N/16, K/2, 16, 2]
     sched, _ = model.best(kernel)
     fn = amx_workloads.compile_workload(kernel, sched, accumulate=False)
@@ -55,15 +59,15 @@ def gemm_rows(n: int = 1024) -> list[dict]:
     out = fn(a3, bp).reshape(n, n)
     ref = a.double() @ b.double()
     err = float((out.double() - ref).abs().max() / ref.abs().max())
-    ours = _time(lambda: fn(a3, bp))
+    ours = _time(lambda: fn(a3, bp), budget)
     rows.append(_row("bf16 kernel (bf16 in, f32 out)", "torch eager bf16", eager_bf16, ours, flops, sched, err))
-    layer_s, layer_err = _linear(n, "bf16")
+    layer_s, layer_err = _linear(n, "bf16", budget)
     rows.append(_row("bf16 Linear (f32 in/out)", "torch eager bf16", eager_bf16, layer_s, flops, None, layer_err))
 
     # int8 ------------------------------------------------------------------------------
     ai = torch.randint(-127, 128, (n, n), dtype=torch.int8)
     bi = torch.randint(-127, 128, (n, n), dtype=torch.int8)
-    eager_i8 = _time(lambda: torch._int_mm(ai, bi))
+    eager_i8 = _time(lambda: torch._int_mm(ai, bi), budget)
     kernel = amx_workloads.workload(1, n, n, n, "int8")
     sched, _ = model.best(kernel)
     fn = amx_workloads.compile_workload(kernel, sched, accumulate=False)
@@ -71,14 +75,14 @@ def gemm_rows(n: int = 1024) -> list[dict]:
     bp = bi.reshape(n // 4, 4, n // 16, 16).permute(2, 0, 3, 1).contiguous()
     out = fn(a3, bp).reshape(n, n)
     exact = int((out.long() - torch._int_mm(ai, bi).long()).abs().max())
-    ours = _time(lambda: fn(a3, bp))
+    ours = _time(lambda: fn(a3, bp), budget)
     rows.append(_row("int8 kernel (int8 in, i32 out)", "torch._int_mm", eager_i8, ours, flops, sched, float(exact)))
-    layer_s, layer_err = _linear(n, "int8")
+    layer_s, layer_err = _linear(n, "int8", budget)
     rows.append(_row("int8 Linear (f32 in/out)", "torch._int_mm", eager_i8, layer_s, flops, None, layer_err))
     return rows
 
 
-def _linear(n: int, mode: str) -> tuple[float, float]:
+def _linear(n: int, mode: str, budget: float) -> tuple[float, float]:
     lin = torch.nn.Linear(n, n, bias=False)
     x = torch.randn(n, n)
     imp = frontend.import_module(lin, (x,), spec=f"linear{n}")
@@ -86,7 +90,7 @@ def _linear(n: int, mode: str) -> tuple[float, float]:
     out = compiled.fn(x)
     with torch.no_grad():
         err = precision_plan.relative_error(out, lin(x))
-    return _time(lambda: compiled.fn(x)), err
+    return _time(lambda: compiled.fn(x), budget), err
 
 
 def _row(what, peer, peer_s, ours_s, flops, sched, err) -> dict:
@@ -109,21 +113,21 @@ def dataclasses_str(sched) -> str:
     return f"{sched.mr}x{sched.nr} kc {sched.kc} {sched.order}" + (f" nc {sched.nc}" if sched.nc else "")
 
 
-def model_rows(names: list[str]) -> list[dict]:
+def model_rows(names: list[str], *, budget: float = 2.0) -> list[dict]:
     rows = []
     for name in names:
         imp = frontend.import_spec(name)
         with torch.no_grad():
-            eager_s = _time(lambda: imp.model(*imp.inputs))
+            eager_s = _time(lambda: imp.model(*imp.inputs), budget)
             ref = imp.model(*imp.inputs)
         f32 = driver.compile_model(imp)
         f32_err = precision_plan.relative_error(f32.fn(*imp.inputs), ref)
-        f32_s = _time(lambda: f32.fn(*imp.inputs))
+        f32_s = _time(lambda: f32.fn(*imp.inputs), budget)
         imp = frontend.import_spec(name)  # fresh module: compiling rewrites it in place
         low = driver.compile_model(imp, precision="auto")
         plan = low.precision
         low_err = precision_plan.relative_error(low.fn(*imp.inputs), ref)
-        low_s = _time(lambda: low.fn(*imp.inputs))
+        low_s = _time(lambda: low.fn(*imp.inputs), budget)
         print(f"\n{name} --precision auto:\n{plan.table()}", file=sys.stderr)
         rows.append(
             {
@@ -145,23 +149,35 @@ def model_rows(names: list[str]) -> list[dict]:
     return rows
 
 
-def main() -> int:
+QUICK = {"models": "mlp", "size": 256, "budget": 0.2}
+
+
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="resnet18,bert_mini")
     p.add_argument("--size", type=int, default=1024)
+    p.add_argument("--budget", type=float, default=2.0, help="seconds of timing per measurement")
     p.add_argument("--json", help="also write the rows as JSON")
-    args = p.parse_args()
+    p.add_argument("--quick", action="store_true", help="CI: 256^3 GEMMs (with AMX) and mlp, briefly")
+    args = p.parse_args(argv)
+    if args.quick:  # the quick defaults; options given still win
+        p.set_defaults(**QUICK)
+        args = p.parse_args(argv)
     torch.set_num_threads(1)
-    amx.enable()
-    gemms = gemm_rows(args.size)
-    print(f"\n{args.size}^3 GEMM, 1 thread (ratio = peer time / Tilecraft time; >= 0.5 is the target)")
-    print(f"{'case':<32}{'peer':<18}{'peer GOP/s':>11}{'ours GOP/s':>11}{'ratio':>7}  {'schedule':<20}{'error':>9}")
-    for r in gemms:
-        print(
-            f"{r['case']:<32}{r['peer']:<18}{r['peer_gops']:>11.0f}{r['tilecraft_gops']:>11.0f}"
-            f"{r['ratio']:>7.2f}  {r['schedule']:<20}{r['error']:>9.1e}"
-        )
-    models = model_rows([m for m in args.models.split(",") if m])
+    gemms = []
+    if args.quick and not amx.available():
+        print("AMX is not available on this CPU: part 1 (the AMX GEMMs) skipped", file=sys.stderr)
+    else:
+        amx.enable()
+        gemms = gemm_rows(args.size, budget=args.budget)
+        print(f"\n{args.size}^3 GEMM, 1 thread (ratio = peer time / Tilecraft time; >= 0.5 is the target)")
+        print(f"{'case':<32}{'peer':<18}{'peer GOP/s':>11}{'ours GOP/s':>11}{'ratio':>7}  {'schedule':<20}{'error':>9}")
+        for r in gemms:
+            print(
+                f"{r['case']:<32}{r['peer']:<18}{r['peer_gops']:>11.0f}{r['tilecraft_gops']:>11.0f}"
+                f"{r['ratio']:>7.2f}  {r['schedule']:<20}{r['error']:>9.1e}"
+            )
+    models = model_rows([m for m in args.models.split(",") if m], budget=args.budget)
     print("\nzoo, 1 thread: Tilecraft f32 vs --precision auto (default budget; errors vs eager f32)")
     print(
         f"{'model':<14}{'eager ms':>9}{'f32 ms':>9}{'auto ms':>9}{'auto/f32':>9}{'auto/eager':>11}"
