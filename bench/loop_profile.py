@@ -9,7 +9,10 @@ max/min, divisions, vector moves and scatters), plus the samples outside `forwar
 (malloc, memset). `tilecraft explain --measure` times kernels alone; this sees them as
 they run in the model (copies and fills bufferization made included).
 
+`--quick` (CI): mlp, 3 seconds of samples, the top 5 nests.
+
     python bench/loop_profile.py resnet18 [--unfused] [--seconds 15] [--top 25]
+    python bench/loop_profile.py --quick
 """
 
 from __future__ import annotations
@@ -104,16 +107,25 @@ def child(args) -> int:
     return 0
 
 
+QUICK = {"model": "mlp", "seconds": 3.0, "top": 5}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("model", choices=list(zoo.ZOO))
+    p.add_argument("model", nargs="?", choices=list(zoo.ZOO), help="required unless --quick")
     p.add_argument("--unfused", action="store_true")
     p.add_argument("--seconds", type=float, default=15.0)
     p.add_argument("--top", type=int, default=25, help="nests to print, slowest first (0: all, in order)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--so", help=argparse.SUPPRESS)
     p.add_argument("--ready", help=argparse.SUPPRESS)
+    p.add_argument("--quick", action="store_true", help="CI: mlp, 3 s of samples, the top 5 nests")
     args = p.parse_args(argv)
+    if args.quick:  # the quick defaults; options given still win
+        p.set_defaults(**QUICK)
+        args = p.parse_args(argv)
+    if args.model is None:
+        p.error("the following arguments are required: model")
     if args.child:
         return child(args)
     if not shutil.which("perf") or not shutil.which("objdump"):
