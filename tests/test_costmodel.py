@@ -244,7 +244,11 @@ def test_tune_measures_records_and_pins(tmp_path, capsys):
     assert cli.main([*args, "--cost-model", "analytical"]) == 0  # resumes: nothing measured twice
     with CorpusDB(db) as c:
         assert c.stats()["measurements"] <= 6
-    assert json.loads(open(dec).read())["decisions"]
+    tuned = {key: tiling.TileDecision.from_json(d) for key, d in json.loads(open(dec).read())["decisions"].items()}
+    assert tuned
     capsys.readouterr()
     assert cli.main(["run", str(mlir), "--decisions", dec]) == 0
-    assert "pinned" in capsys.readouterr().out or True
+    assert f"{len(tuned)} pinned" in capsys.readouterr().out  # the run's schedules line
+    # the pins are what the kernel carries, over the cost model's own pick (run's default)
+    decided = driver.compile_model(str(mlir), decisions=tuned, emit="decided")
+    assert list(tiling.attached(decided.imported.module).values()) == list(tuned.values())
