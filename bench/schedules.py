@@ -7,7 +7,11 @@ the heuristic default one at a time beside torch eager at 1 thread. Prints best/
 latency spread (do the decisions matter?) and the best decision's speed as a fraction of
 eager's.
 
+`--quick` (CI) sweeps a sample of 4 decisions of a 128³ matmul into a fresh temporary
+database, re-times the fastest beside the default, and writes under bench/results/quick/.
+
     python bench/schedules.py [--sample 200] [--db bench/results/schedules.db] [--workers 2]
+    python bench/schedules.py --quick
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 import warnings
 
@@ -48,10 +53,21 @@ CASES = {
 }
 
 
+QUICK_CASES = {"matmul 128^3": (generator.matmul(128, 128, 128), lambda: _matmul(128))}  # not in the full run
+ALL_CASES = {**CASES, **QUICK_CASES}
+QUICK = {  # --quick's defaults ("db": a temporary one): results beside, not over, the full run's
+    "cases": ",".join(QUICK_CASES),
+    "sample": 4,
+    "retime": 1,
+    "db": "",
+    "json": "bench/results/quick/schedules.json",
+}
+
+
 def eager_ms(case: str, runs: int = 30) -> float:
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    fn = CASES[case][1]()
+    fn = ALL_CASES[case][1]()
     with torch.no_grad():
         return median_ms(fn, runs)
 
@@ -65,16 +81,26 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=1, help="measuring processes during the sweep")
     p.add_argument("--retime", type=int, default=3, help="re-time the N fastest decisions beside eager")
     p.add_argument("--json", default="bench/results/schedules.json")
+    p.add_argument("--quick", action="store_true", help="CI: 4 decisions of a 128^3 matmul, a temporary database")
     args = p.parse_args(argv)
+    if args.quick:  # the quick defaults; options given still win
+        p.set_defaults(**QUICK)
+        args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="tilecraft-bench-") as tmp:
+        return run(args, args.db or os.path.join(tmp, "schedules.db"))
+
+
+def run(args, db_path: str) -> int:
+    """Sweep, re-time and print every case of `args`, recording the sweep in `db_path`."""
     from torch_mlir import ir
 
     ctx = ir.Context()
     target = host()
     rows = []
-    os.makedirs(os.path.dirname(os.path.abspath(args.db)), exist_ok=True)
-    with CorpusDB(args.db) as db:
+    os.makedirs(os.path.dirname(os.path.abspath(db_path)), exist_ok=True)
+    with CorpusDB(db_path) as db:
         for case in args.cases.split(","):
-            kernel = kernels.extract(ir.Module.parse(CASES[case][0], context=ctx))[0]
+            kernel = kernels.extract(ir.Module.parse(ALL_CASES[case][0], context=ctx))[0]
             space = tiling.space(kernels.infos_of(kernel.mlir, ctx), target)
             count = args.sample or len(space)
             # 1. The sweep: every decision (resumable: a rerun measures only what is missing).
