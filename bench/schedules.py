@@ -27,10 +27,10 @@ import warnings
 import torch
 from e2e import median_ms  # bench/ is on sys.path when run as a script
 
+from tilecraft.backends.cpu import schedule as tiling
 from tilecraft.backends.cpu.target import host
 from tilecraft.corpus import collect, generator, kernels, measure
 from tilecraft.corpus.db import CorpusDB
-from tilecraft.passes import tiling
 
 
 def _matmul(n: int):

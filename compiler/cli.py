@@ -100,8 +100,8 @@ def _load_decisions(path: str | None):
     """A decisions file ({kernel key: TileDecision JSON}, as `tilecraft tune` writes)."""
     if not path:
         return None
+    from tilecraft.backends.cpu.schedule import TileDecision
     from tilecraft.driver import DriverError
-    from tilecraft.passes.tiling import TileDecision
 
     try:
         doc = json.loads(_read(path))

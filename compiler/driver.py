@@ -20,17 +20,17 @@ import torch
 
 from tilecraft import frontend
 from tilecraft.backends.cpu import lowering, runtime
+from tilecraft.backends.cpu import schedule as tiling
 from tilecraft.backends.cpu.backend import CpuBackend, CpuOptions
+from tilecraft.backends.cpu.schedule import TileDecision
 from tilecraft.backends.cpu.target import Target
 from tilecraft.dialects import tc
-from tilecraft.passes import tiling
 from tilecraft.passes.base import ModulePass
 from tilecraft.passes.depthwise import DepthwiseTapsPass
 from tilecraft.passes.fusion import FoldUnitDimsPass, FusePass
 from tilecraft.passes.im2col import DropUnitReadsPass, Im2colPass, PadWeightsPass, SinkExpandShapesPass
 from tilecraft.passes.layout import InlineBroadcastsPass, SinkExtractSlicesPass, SinkTransposesPass
 from tilecraft.passes.precision import PrecisionPass
-from tilecraft.passes.tiling import TileDecision
 
 STAGES = ("linalg", "decided", "tiled", "vector", "llvm")  # IR stages `--emit` can stop after
 EMITS = (*STAGES, "asm", "obj", "so", "jit")
@@ -171,7 +171,11 @@ def compile_model(
             if fusion is not None:
                 done.fusion = list(fusion)  # pinned fusion groups
             else:  # groups by predicted latency (integer program)
-                done.fusion, done.fusion_report = step("plan-fusion", lambda: plan_fusion(module, model, target))
+
+                def planned() -> None:
+                    done.fusion, done.fusion_report = plan_fusion(module, model, target)
+
+                step("plan-fusion", planned)
             tc.set_records(module, tc.FUSION, [d.to_json() for d in done.fusion])
             step("fuse", lambda: run(FusePass()))  # tile each group's sink, fuse its members
         if wanted("decided") and tile:  # every kernel's schedule: pinned, the model's pick, or the heuristic

@@ -17,8 +17,8 @@ import os
 import tempfile
 
 from tilecraft import driver, frontend
+from tilecraft.backends.cpu.schedule import TileDecision
 from tilecraft.backends.cpu.target import Target
-from tilecraft.passes.tiling import TileDecision
 
 
 def describe(d: TileDecision | None) -> str:
@@ -52,9 +52,10 @@ def explain(
     each layer's precision, sensitivity and predicted saving under "precision")."""
     from torch_mlir import ir
 
+    from tilecraft.backends.cpu import schedule as tiling
     from tilecraft.corpus import measure as harness
     from tilecraft.costmodel import search
-    from tilecraft.passes import fusion, tiling
+    from tilecraft.passes import fusion
 
     target = target if isinstance(target, Target) else Target.parse(target)
     imported = frontend.import_spec(spec)

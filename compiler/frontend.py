@@ -253,7 +253,7 @@ def _erase_if_unused(op) -> None:
 
 def _generics(module: ir.Module) -> list[ir.Operation]:
     """The module's multi-result `linalg.generic`s."""
-    from tilecraft.passes.tiling import walk_ops
+    from tilecraft.dialects.irutil import walk_ops
 
     out: list[ir.Operation] = []
     walk_ops(

@@ -20,13 +20,13 @@ import time
 from torch_mlir import ir
 
 from tilecraft import driver, frontend
+from tilecraft.backends.cpu import schedule as tiling
 from tilecraft.backends.cpu.target import Target
 from tilecraft.corpus import measure
 from tilecraft.corpus.db import CorpusDB
 from tilecraft.corpus.kernels import infos_of
 from tilecraft.costmodel import model as cm
 from tilecraft.costmodel import search
-from tilecraft.passes import tiling
 
 
 def tune(

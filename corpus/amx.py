@@ -26,8 +26,8 @@ import torch
 
 from tilecraft.corpus.kernels import Kernel
 from tilecraft.corpus.measure import Measurement, timed
+from tilecraft.dialects.tc import AMX, AMX_INIT
 from tilecraft.passes.precision import SPACE, AmxSchedule, generic_maps, layers
-from tilecraft.passes.tiling import AMX, AMX_INIT
 
 KINDS = {"bf16": "amx_bf16", "int8": "amx_int8"}
 _ELEM = {"bf16": ("bf16", "f32"), "int8": ("i8", "i32")}

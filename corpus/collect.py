@@ -19,9 +19,9 @@ import threading
 import time
 from collections.abc import Callable
 
+from tilecraft.backends.cpu import schedule as tiling
 from tilecraft.corpus import generator, kernels, measure
 from tilecraft.corpus.db import CorpusDB
-from tilecraft.passes import tiling
 
 
 def sample_decisions(kernel: kernels.Kernel, count: int, *, seed: int, target, context) -> list[tiling.TileDecision]:

@@ -17,8 +17,8 @@ import re
 
 from torch_mlir import ir
 
+from tilecraft.backends.cpu import schedule as tiling
 from tilecraft.dialects.irutil import captured, print_op
-from tilecraft.passes import tiling
 
 KERNEL_FUNC = "kernel"
 ELEMENT_BYTES = {"f64": 8, "i64": 8, "f32": 4, "i32": 4, "f16": 2, "bf16": 2, "i16": 2, "i8": 1, "i1": 1}

@@ -1,7 +1,7 @@
 """Measurement harness: compile and time one kernel under one tile decision, honestly.
 
 On the corpus floor; called by collection and by `tilecraft tune`. Reads a `Kernel`
-(corpus/kernels.py) and a `TileDecision` (passes/tiling.py), compiles it with the CPU
+(corpus/kernels.py) and a `TileDecision` (backends/cpu/schedule.py), compiles it with the CPU
 backend's stages; returns a `Measurement` record. The work happens in an isolated worker
 process (`MeasureWorker`) with a timeout: a candidate that crashes the compiler or the
 kernel, hangs, or computes wrong values is recorded as failed, the worker is restarted,
@@ -24,8 +24,8 @@ import statistics
 import time
 import traceback
 
+from tilecraft.backends.cpu.schedule import TileDecision
 from tilecraft.corpus.kernels import KERNEL_FUNC, Kernel
-from tilecraft.passes.tiling import TileDecision
 
 STATUSES = ("ok", "wrong", "compile_error", "crash", "timeout")
 

@@ -237,10 +237,10 @@ def overhead_bytes(layer: Layer, precision: str) -> int:
 
 def f32_latencies(module: ir.Module, model, target) -> list[float | None]:
     """Each layer's predicted latency at f32: the cost model's best-ranked schedule."""
+    from tilecraft.backends.cpu import schedule as tiling
     from tilecraft.corpus import kernels
     from tilecraft.costmodel.features import FeatureError
     from tilecraft.costmodel.model import best_decision
-    from tilecraft.passes import tiling
 
     infos = {i.op_id: i for i in tiling.tag_ops(module)}
     by_key = {k.key: k for k in kernels.extract(module)}

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from tilecraft.backends.cpu.schedule import TileDecision
 from tilecraft.corpus.kernels import Kernel
-from tilecraft.passes.tiling import TileDecision
 
 FMA_LATENCY = 4  # cycles; with 2 FMA pipes, 8 independent accumulators keep them busy
 REGISTERS = 32

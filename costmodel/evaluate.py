@@ -176,9 +176,9 @@ def complete_kernels(db_path: str, target, *, min_space: int = 20) -> dict[str, 
     """Kernels whose whole legal space is measured: {key: {decision json: seconds | None}}."""
     from torch_mlir import ir
 
+    from tilecraft.backends.cpu import schedule as tiling
     from tilecraft.corpus.db import CorpusDB
     from tilecraft.corpus.kernels import infos_of
-    from tilecraft.passes import tiling
 
     ctx = ir.Context()
     out = {}
@@ -200,8 +200,8 @@ def search_study(
 ) -> dict:
     """Model-guided vs random search on held-out kernels with exhaustive measurements,
     simulated by looking the measurements up (TenSet's protocol)."""
+    from tilecraft.backends.cpu.schedule import TileDecision
     from tilecraft.costmodel import search
-    from tilecraft.passes.tiling import TileDecision
 
     kernels = {r.kernel.key: r.kernel for r in records}
     model_of = {key: m for m, groups in fold_models for key in groups}

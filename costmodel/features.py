@@ -2,7 +2,7 @@
 
 On the costmodel floor; every model's input. Reads a `Kernel` (corpus/kernels.py: kind,
 loop extents, operand shapes and dtypes, the kernel's MLIR), a `TileDecision`
-(passes/tiling.py) and a `Target` (backends/cpu/target.py); writes a fixed-length float
+(backends/cpu/schedule.py) and a `Target` (backends/cpu/target.py); writes a fixed-length float
 vector whose layout is `FEATURE_NAMES`, versioned by `SCHEMA_VERSION` (bump it whenever
 the layout or a meaning changes: models carry the version they were trained with and
 refuse a mismatch).
@@ -27,8 +27,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from tilecraft.backends.cpu.schedule import TileDecision
 from tilecraft.corpus.kernels import ELEMENT_BYTES, Kernel
-from tilecraft.passes.tiling import TileDecision
 
 SCHEMA_VERSION = 1
 

@@ -24,10 +24,10 @@ from collections.abc import Sequence
 import lightgbm as lgb
 import numpy as np
 
+from tilecraft.backends.cpu.schedule import TileDecision
 from tilecraft.corpus.kernels import Kernel
 from tilecraft.costmodel import features
 from tilecraft.costmodel.model import MODEL_FORMAT, CostModelError, Predictions, Record, write_model_file
-from tilecraft.passes.tiling import TileDecision
 
 RELEVANCE_LEVELS = 31  # LambdaRank's default label_gain covers 0..30
 

@@ -18,8 +18,8 @@ from typing import Protocol
 
 import numpy as np
 
+from tilecraft.backends.cpu.schedule import TileDecision
 from tilecraft.corpus.kernels import Kernel
-from tilecraft.passes.tiling import TileDecision
 
 MODEL_FORMAT = "tilecraft-costmodel"
 SHIPPED_DIR = os.path.join(os.path.dirname(__file__), "data")

@@ -22,9 +22,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from tilecraft.backends.cpu.schedule import TileDecision
 from tilecraft.corpus.kernels import Kernel
 from tilecraft.costmodel.model import CostModel, Record
-from tilecraft.passes.tiling import TileDecision
 
 MAX_SCORED = 20_000
 Measure = Callable[[TileDecision], float | None]
@@ -121,9 +121,9 @@ def pick(module, model: CostModel, target) -> list[Choice]:
     """One decision per distinct kernel of a linalg module: the model's best-ranked
     candidate of the kernel's legal space, with no measurement. Kernels the features do
     not cover keep the heuristic default (they get no Choice)."""
+    from tilecraft.backends.cpu import schedule as tiling
     from tilecraft.corpus import kernels
     from tilecraft.costmodel.features import FeatureError
-    from tilecraft.passes import tiling
 
     infos = tiling.tag_ops(module)
     fused = tiling.fused_ids(module, infos)  # register-tile ops of fused groups: scheduled whole

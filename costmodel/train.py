@@ -14,12 +14,12 @@ import collections
 import json
 import time
 
+from tilecraft.backends.cpu.schedule import TileDecision
 from tilecraft.backends.cpu.target import Target
 from tilecraft.corpus.db import CorpusDB, CorpusError
 from tilecraft.corpus.kernels import Kernel
 from tilecraft.costmodel.lightgbm_model import LightGBMCostModel
 from tilecraft.costmodel.model import CostModelError, Record
-from tilecraft.passes.tiling import TileDecision
 
 
 def load_records(

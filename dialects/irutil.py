@@ -164,11 +164,14 @@ def named_sequence(body: str, *, consumed: bool) -> str:
     )
 
 
-def run_pipeline(module: ir.Module, pipeline: str, *, stage: str, reproduce: str | None = None) -> ir.Module:
+def run_pipeline(
+    module: ir.Module, pipeline: str, *, stage: str, reproduce: str | None = None, before: str | None = None
+) -> ir.Module:
     """Run a textual pass pipeline in place; on failure save the input and name the command
-    (`reproduce`: the `tilecraft-opt -p` pipeline that reruns the stage; default the
-    upstream pipeline itself)."""
-    before = str(module) if wants_reproducer() else None
+    (`reproduce`: the `tilecraft-opt -p` pipeline that reruns the stage, default the
+    upstream pipeline itself; `before`: the IR to save instead, the stage's input when the
+    pipeline is one step of a pass)."""
+    before = before if before is not None else (str(module) if wants_reproducer() else None)
     try:
         passmanager.PassManager.parse(pipeline, context=module.context).run(module.operation)
     except Exception as exc:  # MLIRError: the diagnostics are in the message
@@ -176,10 +179,13 @@ def run_pipeline(module: ir.Module, pipeline: str, *, stage: str, reproduce: str
     return module
 
 
-def apply_transform(module: ir.Module, script: str, *, stage: str, reproduce: str | None = None) -> ir.Module:
+def apply_transform(
+    module: ir.Module, script: str, *, stage: str, reproduce: str | None = None, before: str | None = None
+) -> ir.Module:
     """Parse a transform script in the module's context and interpret it on the module.
-    `reproduce`: the `tilecraft-opt -p` pipeline that reruns the failing pass."""
-    before = str(module) if wants_reproducer() else None
+    `reproduce`: the `tilecraft-opt -p` pipeline that reruns the failing pass; `before`: the
+    IR to save instead of the module as it is (the pass's input)."""
+    before = before if before is not None else (str(module) if wants_reproducer() else None)
     try:
         tmod = ir.Module.parse(script, context=module.context)
         entry = next(op for op in tmod.body.operations if "sym_name" in op.attributes)

@@ -39,21 +39,29 @@ from typing import ClassVar
 import networkx as nx
 from torch_mlir import ir
 
-from tilecraft.dialects import tc
-from tilecraft.dialects.irutil import apply_transform, captured, print_op, run_pipeline
-from tilecraft.passes import tiling
+from tilecraft.dialects import opinfo, tc
+from tilecraft.dialects.irutil import (
+    ANY,
+    apply_transform,
+    captured,
+    named_sequence,
+    print_op,
+    run_pipeline,
+    walk_ops,
+    wants_reproducer,
+)
 from tilecraft.passes.base import ModulePass, Weights
 
-ANY = tiling.ANY
 CONTRACTIONS = {"matmul", "batch_matmul", "conv2d", "depthwise_conv2d", "pooling"}
 MAX_GROUP = 8  # ops per group (fills not counted)
 MAX_CLOSURE = 24  # ops per group grown greedily (`_closure`; a tap chain's links count as one)
 # (rows, columns) of a matmul's accumulator tile held in registers (16 zmm, as the tiling
 # pass's own 8x32 register tiles)
 MATMUL_REGISTERS = (8, 32)
+MATMUL_ROWS = 64  # rows of a matmul's cache tile (as the backends' default schedule has them)
 MAX_CANDIDATES_PER_SINK = 12
 CONV_TILE = 131072  # output elements per tile of a convolution group (512 KB: L2-resident)
-FUSED = tiling.FUSED
+FUSED = tc.FUSED
 # A light group with a member reading more tensors than this (a depthwise convolution's
 # taps, `passes/depthwise.py`) takes small register tiles: each tap is a vector of the
 # tile, live until its product is summed, so a tile of the whole vector budget (8×112 at
@@ -113,8 +121,8 @@ class FusionDecision:
 # ------------------------------------------------------------------ dataflow analysis
 def _op_id(op) -> int | None:
     op = getattr(op, "operation", op)
-    if isinstance(op, ir.Operation) and tiling.OP_ID in op.attributes:
-        return ir.IntegerAttr(op.attributes[tiling.OP_ID]).value
+    if isinstance(op, ir.Operation) and tc.OP_ID in op.attributes:
+        return ir.IntegerAttr(op.attributes[tc.OP_ID]).value
     return None
 
 
@@ -122,7 +130,7 @@ def dataflow_graph(module: ir.Module) -> nx.DiGraph:
     """One node per structured op (`info`: its OpInfo); an edge producer → consumer for
     every tensor one op's result feeds into another's operand, looking through tensor
     reshapes and slices. Tags the ops (`tc.op_id`)."""
-    infos = {info.op_id: info for info in tiling.tag_ops(module)}
+    infos = {info.op_id: info for info in opinfo.tag_ops(module)}
     graph = nx.DiGraph()
     for op_id, info in infos.items():
         graph.add_node(op_id, info=info)
@@ -144,7 +152,7 @@ def dataflow_graph(module: ir.Module) -> nx.DiGraph:
                     if producer != consumer:
                         graph.add_edge(producer, consumer)
 
-    tiling.walk_ops(module.operation, visit)
+    walk_ops(module.operation, visit)
     return graph
 
 
@@ -158,7 +166,7 @@ def _map_dims(attr: ir.Attribute) -> tuple[int | None, ...]:
     return tuple(out)
 
 
-def _named_maps(info: tiling.OpInfo) -> tuple[tuple[int | None, ...], ...] | None:
+def _named_maps(info: opinfo.OpInfo) -> tuple[tuple[int | None, ...], ...] | None:
     """Operand → loop maps of the named ops (None entries: not a bare loop)."""
     k = info.kind
     if k == "matmul":
@@ -179,7 +187,7 @@ def _named_maps(info: tiling.OpInfo) -> tuple[tuple[int | None, ...], ...] | Non
 @dataclasses.dataclass
 class Node:
     op: ir.Operation
-    info: tiling.OpInfo
+    info: opinfo.OpInfo
     maps: tuple[tuple[int | None, ...], ...]  # per operand (inputs then inits)
     producers: dict[int, list[int]]  # operand index → producer op id (direct SSA use)
     users: list[int | None]  # consumer op ids of the result (None: not a structured op)
@@ -192,7 +200,7 @@ class Node:
 def analyze(module: ir.Module) -> dict[int, Node]:
     """Nodes of the direct-use dataflow graph (fusion follows SSA uses, not reshapes)."""
     nodes: dict[int, Node] = {}
-    infos = {i.op_id: i for i in tiling.tag_ops(module)}
+    infos = {i.op_id: i for i in opinfo.tag_ops(module)}
 
     def visit(op: ir.Operation) -> None:
         op_id = _op_id(op)
@@ -211,7 +219,7 @@ def analyze(module: ir.Module) -> dict[int, Node]:
         users = [_op_id(u.owner) for r in op.results for u in r.uses]
         nodes[op_id] = Node(op, info, maps, producers, users)
 
-    tiling.walk_ops(module.operation, visit)
+    walk_ops(module.operation, visit)
     return nodes
 
 
@@ -228,25 +236,26 @@ def fold_unit_dims(module: ir.Module) -> ir.Module:
     (one stage: `driver.convolutions_as_gemms`)."""
     if _windowed(module):
         return module
-    script = tiling.named_sequence(
+    script = named_sequence(
         f"""    %n = transform.structured.match ops{{["linalg.broadcast", "linalg.transpose"]}} in %root
       : ({ANY}) -> {ANY}
     %g = transform.structured.generalize %n : ({ANY}) -> {ANY}""",
         consumed=False,
     )
-    apply_transform(module, script, stage="im2col")
+    before = str(module) if wants_reproducer() else None
+    apply_transform(module, script, stage="fold-unit-dims", reproduce="fold-unit-dims", before=before)
     pipeline = "builtin.module(func.func(linalg-fold-unit-extent-dims,canonicalize,cse))"
-    return run_pipeline(module, pipeline, stage="im2col")
+    return run_pipeline(module, pipeline, stage="fold-unit-dims", reproduce="fold-unit-dims", before=before)
 
 
-WINDOWED = {name for name, kind in tiling.NAMED_KINDS.items() if kind in ("conv2d", "depthwise_conv2d", "pooling")}
+WINDOWED = {name for name, kind in opinfo.NAMED_KINDS.items() if kind in ("conv2d", "depthwise_conv2d", "pooling")}
 
 
 def _windowed(module: ir.Module) -> bool:
     """Whether a named windowed op (convolution, pooling) is left: `fold_unit_dims` would
     put a reshape between its [1, C, H, W] result and its folded epilogue."""
     found: list[str] = []
-    tiling.walk_ops(module.operation, lambda op: found.append(op.name) if op.name in WINDOWED else None)
+    walk_ops(module.operation, lambda op: found.append(op.name) if op.name in WINDOWED else None)
     return bool(found)
 
 
@@ -256,7 +265,7 @@ def private_fills(module: ir.Module) -> None:
     the contraction, never shared, and aliases no other op's output (an accumulator tile
     fused into registers is then never stored)."""
     fills: list[ir.Operation] = []
-    tiling.walk_ops(module.operation, lambda op: fills.append(op) if op.name == "linalg.fill" else None)
+    walk_ops(module.operation, lambda op: fills.append(op) if op.name == "linalg.fill" else None)
     for fill in list(fills):
         for use in list(fill.results[0].uses)[1:]:
             clone = fill.clone(ir.InsertionPoint(fill))
@@ -345,7 +354,7 @@ def group_tiles(
             many = any(len(nodes[m].op.operands) > MANY_OPERANDS for m in group)
             budget = LIGHT_BUDGET
             if many:
-                budget = tiling.LANES if s.extents[-1] % tiling.LANES == 0 else MANY_OPERANDS_BUDGET
+                budget = opinfo.LANES if s.extents[-1] % opinfo.LANES == 0 else MANY_OPERANDS_BUDGET
             tiles = _budget(s.extents, tileable, budget, ones)
         return (tiles, (), False) if any(tiles) else None
     if any(nodes[m].info.kind == "reduction" for m in group):
@@ -364,20 +373,19 @@ def group_tiles(
     at = to_sink[contraction[0]]
     tiles = [0] * len(s.extents)
     if c.kind in ("matmul", "batch_matmul"):  # the contraction's own cache tile, up to 256 columns wide
-        d = tiling.default_decision(c, target)
         n_loop = len(c.extents) - 2
         for cloop, sloop in at.items():
             if tileable[sloop] and c.iterators[cloop] == "parallel":
-                t = d.tiles[0][cloop]
+                t = 1 if cloop < n_loop - 1 else opinfo.divisor_at_most(c.extents[cloop], MATMUL_ROWS)  # batch: 1
                 if cloop == n_loop:  # wider tiles: fewer passes over A (measured: 256 beats 128)
-                    t = tiling.divisor_at_most(c.extents[cloop], 256, multiple_of=16)
+                    t = opinfo.divisor_at_most(c.extents[cloop], 256, multiple_of=16)
                 elif cloop == n_loop - 1:  # rows: whole register tiles (a tap chain's 3248: 56, not 58)
-                    t = tiling.divisor_at_most(c.extents[cloop], t, multiple_of=MATMUL_REGISTERS[0])
+                    t = opinfo.divisor_at_most(c.extents[cloop], t, multiple_of=MATMUL_REGISTERS[0])
                 tiles[sloop] = t if t < s.extents[sloop] else 0
     else:  # conv/pool: up to 64 output channels, whole rows while the tile fits CONV_TILE
         f_loop, oh_loop, ow_loop = CONV_LOOPS[c.kind]
-        f_t = tiling.divisor_at_most(c.extents[f_loop], 64, multiple_of=16)
-        oh_t = tiling.divisor_at_most(c.extents[oh_loop], max(1, CONV_TILE // (f_t * c.extents[ow_loop])))
+        f_t = opinfo.divisor_at_most(c.extents[f_loop], 64, multiple_of=16)
+        oh_t = opinfo.divisor_at_most(c.extents[oh_loop], max(1, CONV_TILE // (f_t * c.extents[ow_loop])))
         for cloop, t in ((f_loop, f_t), (oh_loop, oh_t)):
             if cloop in at and tileable[at[cloop]] and t < s.extents[at[cloop]]:
                 tiles[at[cloop]] = t
@@ -386,7 +394,7 @@ def group_tiles(
         # its register tiles block), to have a loop to fuse into
         oh = CONV_LOOPS[c.kind][1]
         if oh in at and tileable[at[oh]] and c.extents[oh] > 1:
-            tiles[at[oh]] = tiling.divisor_at_most(c.extents[oh], c.extents[oh] // 2)
+            tiles[at[oh]] = opinfo.divisor_at_most(c.extents[oh], c.extents[oh] // 2)
     if not any(tiles):  # one cache tile holds it all: split it, to have a loop to fuse into
         tiles = _split(s.extents, tileable)
         if tiles is None:
@@ -396,15 +404,15 @@ def group_tiles(
     if _in_registers(c, at, tileable, ones, target):
         inner = [0] * len(s.extents)
         for cloop, regs in zip((0, 1), MATMUL_REGISTERS):
-            t = tiling.divisor_at_most(within[at[cloop]], regs, multiple_of=tiling.LANES if cloop else 1)
+            t = opinfo.divisor_at_most(within[at[cloop]], regs, multiple_of=opinfo.LANES if cloop else 1)
             inner[at[cloop]] = t if t < s.extents[at[cloop]] else 0
         if any(inner):
             return tiles, tuple(inner), True
-    inner = _budget(within, tileable, tiling.VECTOR_BUDGET, ones)
+    inner = _budget(within, tileable, opinfo.VECTOR_BUDGET, ones)
     return tiles, inner if any(inner) else (), False
 
 
-def _in_registers(c: tiling.OpInfo, at: Mapping[int, int], tileable: Sequence[bool], ones: set[int], target) -> bool:
+def _in_registers(c: opinfo.OpInfo, at: Mapping[int, int], tileable: Sequence[bool], ones: set[int], target) -> bool:
     """Whether a matmul group keeps its accumulator tiles in registers over the whole K:
     both parallel loops tileable in the sink, the columns not a broadcast loop of the
     epilogue (`_broadcast_loops`: an input read across them would be a shuffle), and B
@@ -426,7 +434,7 @@ def _in_registers(c: tiling.OpInfo, at: Mapping[int, int], tileable: Sequence[bo
     return k * n * 4 <= getattr(target, "l2_bytes", 1 << 20)
 
 
-def _transposed_tiles(nodes, group, to_sink, s: tiling.OpInfo, tileable) -> tuple[int, ...] | None:
+def _transposed_tiles(nodes, group, to_sink, s: opinfo.OpInfo, tileable) -> tuple[int, ...] | None:
     """Register tiles of a light group that reads a tensor from outside it transposed (a
     full permutation whose contiguous dim is not the sink's innermost loop: an im2col
     GEMM's [N, OH, OW, F] result read as NCHW): 16 along the tensor's contiguous dim by up
@@ -446,13 +454,13 @@ def _transposed_tiles(nodes, group, to_sink, s: tiling.OpInfo, tileable) -> tupl
             if amap[-1] == loops - 1 or amap[-1] not in to_sink[m]:
                 continue
             along = to_sink[m][amap[-1]]
-            if along == inner or not (tileable[along] and tileable[inner]) or s.extents[along] % tiling.LANES:
+            if along == inner or not (tileable[along] and tileable[inner]) or s.extents[along] % opinfo.LANES:
                 return None
             if any(not t and x > 1 for t, x in zip(tileable, s.extents)):
                 return None
             tiles = [1 if x > 1 else 0 for x in s.extents]
-            tiles[along] = tiling.LANES if s.extents[along] > tiling.LANES else 0
-            tiles[inner] = tiling.divisor_at_most(s.extents[inner], 8)
+            tiles[along] = opinfo.LANES if s.extents[along] > opinfo.LANES else 0
+            tiles[inner] = opinfo.divisor_at_most(s.extents[inner], 8)
             return tuple(tiles)
     return None
 
@@ -525,7 +533,7 @@ def _split(extents: Sequence[int], tileable: Sequence[bool]) -> tuple[int, ...] 
     for d, t in enumerate(tileable):
         if t and extents[d] > 1:
             tiles = [0] * len(extents)
-            tiles[d] = tiling.divisor_at_most(extents[d], extents[d] // 2)
+            tiles[d] = opinfo.divisor_at_most(extents[d], extents[d] // 2)
             return tuple(tiles)
     return None
 
@@ -545,7 +553,7 @@ def _budget(
         if not tileable[d]:
             room = max(1, room // extents[d])
             continue
-        t = tiling.divisor_at_most(extents[d], room)
+        t = opinfo.divisor_at_most(extents[d], room)
         tiles[d] = t if t < extents[d] else 0
         room = max(1, room // t)
     if not any(tiles):  # fits one tile: a one-trip loop over the outermost tileable loop
@@ -698,7 +706,7 @@ def fusion_script(decisions: Sequence[FusionDecision], kinds: Mapping[int, str])
     for g in decisions:
         for op in g.ops:
             body.append(
-                f"    %m{op} = transform.structured.match attributes{{{tiling.OP_ID} = {op} : i64}} in %root"
+                f"    %m{op} = transform.structured.match attributes{{{tc.OP_ID} = {op} : i64}} in %root"
                 f" : ({ANY}) -> {ANY}"
             )
 
@@ -748,10 +756,10 @@ def fusion_script(decisions: Sequence[FusionDecision], kinds: Mapping[int, str])
     }} : {ANY}
     transform.apply_cse to %fn : {ANY}"""
     )
-    return tiling.named_sequence("\n".join(body), consumed=False)
+    return named_sequence("\n".join(body), consumed=False)
 
 
-def apply(module: ir.Module, decisions: Sequence[FusionDecision]) -> ir.Module:
+def apply(module: ir.Module, decisions: Sequence[FusionDecision], *, reproduce: str = "fuse") -> ir.Module:
     """Fuse every group (`decisions` name op ids as tagged by `analyze`). Ops that end up
     in register tiles (every member but a contraction and its fill, unless `registers`)
     are marked `tc.fused`: the tiling pass schedules each as one whole vectorized tile
@@ -765,7 +773,7 @@ def apply(module: ir.Module, decisions: Sequence[FusionDecision]) -> ir.Module:
         for op in g.ops:
             if g.registers or (kinds[op] not in CONTRACTIONS and kinds[op] != "fill"):
                 nodes[op].op.attributes[FUSED] = ir.UnitAttr.get(module.context)
-    apply_transform(module, fusion_script(decisions, kinds), stage="fused")
+    apply_transform(module, fusion_script(decisions, kinds), stage="fuse", reproduce=reproduce)
     return module
 
 
@@ -816,12 +824,12 @@ def outline_group(nodes: Mapping[int, Node], group: Sequence[int], state: ir.Asm
             take(owner)
     for m in order:
         op = nodes[m].op
-        tag = op.attributes[tiling.OP_ID]
-        del op.attributes[tiling.OP_ID]
+        tag = op.attributes[tc.OP_ID]
+        del op.attributes[tc.OP_ID]
         try:
             texts.append(print_op(op, state))
         finally:
-            op.attributes[tiling.OP_ID] = tag
+            op.attributes[tc.OP_ID] = tag
         take(op)
     body = "\n".join([*dict.fromkeys(consts), *texts])
     names: dict[str, str] = {v.get_name(state): f"%arg{i}" for i, v in enumerate(args)}
@@ -923,9 +931,10 @@ class FusePass(ModulePass):
         if self.strategy == "maximal":
             facts = TargetFacts(self.f32_lanes, self.l2_bytes, self.row_broadcasts_in_registers)
             groups = maximal(analyze(module), facts)
-        elif self.strategy == "decided":
-            records = tc.take_records(module, tc.FUSION, tc.FUSED_GROUPS) or []
-            groups = [FusionDecision.from_json(r) for r in records]
+        elif self.strategy == "decided":  # (moved to tc.fused_groups once applied: a failure's input keeps them)
+            groups = [FusionDecision.from_json(r) for r in tc.read_records(module, tc.FUSION) or []]
         else:
             raise ValueError(f"fuse{{strategy={self.strategy}}}: one of decided, maximal")
-        apply(module, groups)
+        apply(module, groups, reproduce=self.spec())
+        if self.strategy == "decided":
+            tc.take_records(module, tc.FUSION, tc.FUSED_GROUPS)

@@ -79,13 +79,14 @@ from tilecraft.dialects.irutil import (
     inline_helpers,
     int_list_attr,
     is_zero_fill,
+    ops_named,
     owner_op,
     replace_op,
     shape_of,
     tensor_t,
 )
+from tilecraft.dialects.opinfo import LANES
 from tilecraft.passes.base import ModulePass, Weights
-from tilecraft.passes.tiling import LANES, ops_named
 
 CONV = "linalg.conv_2d_nchw_fchw"
 # A thin layer (fewer than MIN_CHANNELS input channels) with many outputs runs as a GEMM

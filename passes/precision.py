@@ -45,8 +45,8 @@ from tilecraft.dialects.irutil import (
     shape_of,
     tensor_t,
 )
+from tilecraft.dialects.tc import AMX, AMX_INIT
 from tilecraft.passes.base import ModulePass, Weights
-from tilecraft.passes.tiling import AMX, AMX_INIT
 
 _VNNI = {"bf16": 2, "int8": 4}
 _ELEM = {"bf16": "bf16", "int8": "i8"}

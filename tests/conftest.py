@@ -31,6 +31,35 @@ def _private_compile_cache(tmp_path_factory):
         os.environ["TILECRAFT_CACHE_DIR"] = saved
 
 
+class FakeCostModel:
+    """A cost model for pass tests, so they do not change when the shipped model is
+    retrained: untrained and deterministic. A kernel's latency is its roofline (flops at
+    100 GFLOP/s, operand bytes at 10 GB/s); candidates rank in the order the legal space
+    lists them (the heuristic default first), each 1% slower than the one before."""
+
+    kind = "fake"
+
+    def predict(self, kernel, decisions):
+        import numpy as np
+
+        from tilecraft.costmodel.model import Predictions
+
+        base = max(kernel.flops / 1e11, kernel.bytes_moved / 1e10, 1e-9)
+        latency = np.array([base * (1 + 0.01 * i) for i in range(len(decisions))])
+        return Predictions(latency, np.full(len(decisions), 0.5), -latency)
+
+    def update(self, records) -> None:
+        pass
+
+    def save(self, path: str) -> None:
+        raise NotImplementedError("a fake cost model is not saved")
+
+
+@pytest.fixture
+def fake_cost_model() -> FakeCostModel:
+    return FakeCostModel()
+
+
 def compile_and_compare(model: torch.nn.Module, inputs, *, spec: str = "<test>"):
     from tilecraft import driver, frontend
 

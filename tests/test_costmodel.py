@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from tilecraft import cli, driver, frontend
+from tilecraft.backends.cpu import schedule as tiling
 from tilecraft.backends.cpu.target import host
 from tilecraft.corpus import generator, kernels
 from tilecraft.corpus.db import CorpusDB
@@ -24,7 +25,6 @@ from tilecraft.costmodel import model as cm
 from tilecraft.costmodel.analytical import AnalyticalCostModel, estimate
 from tilecraft.costmodel.lightgbm_model import LightGBMCostModel
 from tilecraft.costmodel.model import Record
-from tilecraft.passes import tiling
 
 FAST = {"latency": 80, "rank": 40, "util": 40}
 SHAPES = [(64, 128, 256), (128, 128, 128), (256, 64, 128), (128, 256, 64), (96, 128, 192), (192, 256, 128)]

@@ -34,8 +34,9 @@ from collections.abc import Iterator
 from torch_mlir import ir
 from torch_mlir.dialects import func
 
+from tilecraft.dialects.irutil import walk_ops
+from tilecraft.dialects.tc import AMX, AMX_INIT  # attributes: contraction (its schedule), its zero fill
 from tilecraft.passes.precision import AmxSchedule
-from tilecraft.passes.tiling import AMX, AMX_INIT, walk_ops  # attributes: contraction (its schedule), its zero fill
 
 # Element type → (VNNI factor, K elements per tile row (64 bytes), accumulator type, tile op)
 _TYPES = {"bf16": (2, 32, "f32", "x86.amx.tile_mulf"), "i8": (4, 64, "i32", "x86.amx.tile_muli")}

@@ -6,7 +6,7 @@ tiles, packing, conv → 1-D, per-tile vectorization), `cpu-vector` (hoisting, p
 destination-passing style, one-shot bufferization, copies and fills vectorized, vector
 lowering), `cpu-llvm` (AMX kernels, out-params, the LLVM dialect); then the JIT
 (`ExecutionEngine`, -O3), an object file, a shared library or assembly
-(`backends/cpu/lowering.py`). Schedules are `TileDecision`s (`passes/tiling.py`).
+(`backends/cpu/lowering.py`). Schedules are `TileDecision`s (`backends/cpu/schedule.py`).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from torch_mlir import ir
 
 from tilecraft.backends.backend import Backend, BackendOptions
 from tilecraft.backends.cpu import lowering, math_approx
+from tilecraft.backends.cpu import schedule as tiling
 from tilecraft.backends.cpu.target import Target
-from tilecraft.passes import tiling
 from tilecraft.passes.base import ModulePass, Weights
 
 

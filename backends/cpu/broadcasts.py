@@ -18,7 +18,7 @@ from __future__ import annotations
 from torch_mlir import ir
 from torch_mlir.dialects import vector
 
-from tilecraft.passes import tiling
+from tilecraft.backends.cpu import schedule as tiling
 
 
 def rows_without_transposes(module: ir.Module) -> int:

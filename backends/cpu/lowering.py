@@ -2,7 +2,7 @@
 
 On the backends floor: the CPU backend's stages, run after every target-neutral pass.
 Reads the decided linalg-on-tensors module (the frontend's, rewritten by the passes) and
-per-op schedules (`passes/tiling.py`: given ones, else the module's `tc.schedule`
+per-op schedules (`backends/cpu/schedule.py`: given ones, else the module's `tc.schedule`
 attributes, else the heuristic); each stage is a function from a module to a module, so
 any stage's IR can be dumped or resumed from. The last stages hand the LLVM-dialect module
 to `ExecutionEngine` (JIT, opt level 3, host CPU with AVX-512) or write an object file, a
@@ -19,10 +19,9 @@ from collections.abc import Mapping
 from torch_mlir import ir
 
 from tilecraft.backends.cpu import amx, broadcasts, math_approx, reductions, strided
-from tilecraft.dialects.irutil import apply_transform, public_funcs, run_pipeline
+from tilecraft.backends.cpu import schedule as tiling
+from tilecraft.dialects.irutil import ANY, apply_transform, public_funcs, run_pipeline, wants_reproducer
 from tilecraft.dialects.tc import COPY_ID
-from tilecraft.passes import tiling
-from tilecraft.passes.tiling import ANY
 
 STAGES = ("linalg", "tiled", "vector", "llvm")
 
@@ -62,7 +61,10 @@ def to_tiled(
     schedules, tile (and decompose conv tiles), and vectorize each register tile (vector
     ops on tensors; cleaned up by `to_vector`)."""
     math_approx.reciprocal_constants(module)
-    run_pipeline(module, "builtin.module(func.func(math-expand-ops))", stage="tiled")  # (would expand math.fma)
+    before = str(module) if wants_reproducer() else None  # a failure anywhere in the stage saves its input
+    run_pipeline(
+        module, "builtin.module(func.func(math-expand-ops))", stage="tiled", reproduce="cpu-tiled", before=before
+    )
     math_approx.expand_erf(module)
     math_approx.expand_exp(module)
     infos = tiling.tag_ops(module)
@@ -93,14 +95,15 @@ def to_vector(
     (`backends/cpu/strided.py`). `vectorize_fills`: fills made after tiling vectorized like
     copies (`tidy_copies`). Each is off only to compare."""
     mark_arguments_read_only(module)
+    before = str(module) if wants_reproducer() else None  # a failure anywhere in the stage saves its input
     script = vectorize_script(vectorize=vectorize, pads_in_place=pads_in_place)
-    apply_transform(module, script, stage="vector", reproduce="cpu-vector")
+    apply_transform(module, script, stage="vector", reproduce="cpu-vector", before=before)
     copies = tidy_copies(module, vectorize_fills=vectorize_fills) if vectorize else []
     reductions.split_row_reductions(module)  # rows reduced a register at a time, not a lane
     broadcasts.rows_without_transposes(module)  # a per-row value: one broadcast per row, no shuffle
     if strided_reads:
         strided.contiguous_strided_reads(module)  # a strided last-dim read: loads and shuffles
-    return apply_transform(module, lower_vectors_script(copies), stage="vector", reproduce="cpu-vector")
+    return apply_transform(module, lower_vectors_script(copies), stage="vector", reproduce="cpu-vector", before=before)
 
 
 def tidy_copies(module: ir.Module, *, vectorize_fills: bool = True) -> list[tuple[int, tuple[int, ...]]]:

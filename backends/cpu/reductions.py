@@ -19,7 +19,7 @@ from __future__ import annotations
 from torch_mlir import ir
 from torch_mlir.dialects import arith, vector
 
-from tilecraft.passes import tiling
+from tilecraft.backends.cpu import schedule as tiling
 
 REGISTER_BITS = 512
 MAX_CHUNKS = 64  # registers per row combined as a tree (longer rows are left alone)

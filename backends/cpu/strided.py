@@ -26,8 +26,8 @@ import itertools
 
 from torch_mlir import ir
 
+from tilecraft.backends.cpu import schedule as tiling
 from tilecraft.dialects.irutil import call_helper, inline_helpers
-from tilecraft.passes import tiling
 
 
 def _strided_read(op: ir.Operation) -> tuple[ir.MemRefType, list[int], list[int]] | None:

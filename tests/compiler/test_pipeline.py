@@ -3,7 +3,7 @@
 import pytest
 
 from tilecraft import frontend, pipeline
-from tilecraft.passes import tiling as schedule
+from tilecraft.backends.cpu import schedule
 
 MM = """func.func @mm(%a: tensor<64x48xf32>, %b: tensor<48x32xf32>) -> tensor<64x32xf32> {
   %cst = arith.constant 0.0 : f32

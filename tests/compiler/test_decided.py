@@ -4,12 +4,13 @@ decisions are the ones `compile` uses."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 from tilecraft import driver, frontend
+from tilecraft.backends.cpu import schedule as tiling
 from tilecraft.dialects import tc
-from tilecraft.passes import tiling
 
 
 def tilecraft(*args: str, cwd: str) -> subprocess.CompletedProcess:
@@ -82,3 +83,21 @@ def test_pipeline_spec_round_trips():
     text = pipeline.spec(compiled.passes)
     assert "conv-im2col" in text and "cpu-tiled" in text and "cpu-llvm" in text
     assert pipeline.parse(text) == compiled.passes
+
+
+def test_a_failing_pass_saves_a_reproducer_that_names_it(tmp_path):
+    """A pass that fails saves its input, decisions included, and prints the real
+    `tilecraft-opt -p` command that fails the same way on it."""
+    import re
+
+    src = os.path.join(os.path.dirname(__file__), "..", "filecheck", "fuse_decided.mlir")
+    text = open(src).read().replace('\\"tiles\\": [16, 32]', '\\"tiles\\": [16, 32, 4, 4]')  # 4 sizes, 2 loops
+    (tmp_path / "bad.mlir").write_text(text)
+    proc = opt("bad.mlir", "-p", "fuse", cwd=str(tmp_path))
+    assert proc.returncode == 2 and "stage 'fuse' failed" in proc.stderr
+    saved, command = re.search(r"input IR saved to (\S+); reproduce with: (.*)", proc.stderr).groups()
+    assert command == f"tilecraft-opt {saved} -p 'fuse'"
+    assert "tc.fusion" in open(saved).read()
+    again = opt(saved, "-p", "fuse", cwd=str(tmp_path))
+    assert again.returncode == 2 and "too many tiles" in again.stderr
+    os.unlink(saved)

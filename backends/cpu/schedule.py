@@ -1,47 +1,41 @@
-"""The tiling pass: what each linalg op (kernel) is, and how it is tiled and vectorized.
+"""The CPU backend's schedule record: how each op is tiled and vectorized.
 
-On the passes floor. Sits between the frontend's linalg-on-tensors module and a backend's
-lowering stages (`backends/cpu/lowering.py` applies it). Reads a module and writes only
-attributes on it: it tags every structured op with a `tc.op_id`, describes it as an
-`OpInfo` (kind, loop extents, iterator types, dtypes, and a structural `key`), resolves
-one `TileDecision` per op (`attach` writes them onto the ops as `tc.schedule`, `attached`
-reads them back), and renders the decisions as a transform-dialect script.
-
-Decisions are data: an explicit decision (tests, users, search) wins; otherwise the
-documented per-kind heuristic `default_decision`. `space(info)` enumerates the legal
-decisions of an op for search and measurement. This pass never calls a cost model.
+On the backends floor (`backends/cpu`). Reads the op analysis of `dialects/opinfo.py`
+(`OpInfo`); defines `TileDecision` (cache and register tiles, loop order, packing,
+decomposition, vectorization), an op's legal decisions (`space`) and the documented
+per-kind heuristic (`default_decision`), resolves one decision per op (`decisions`: a
+pin, else the op's `tc.schedule`, else the heuristic; `attach` writes them onto the ops
+as `tc.schedule`, `attached` reads them back), and renders them as the transform script
+the `cpu-tiled` stage applies (`tiling_script`). It never calls a cost model: planning
+(`costmodel/search.py`) picks from `space`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
 import json
 import math
-import re
 from collections.abc import Mapping, Sequence
 
 from torch_mlir import ir
 
 from tilecraft.dialects import tc
 from tilecraft.dialects.irutil import ANY, named_sequence, ops_named, walk_ops  # noqa: F401 (re-exported)
+from tilecraft.dialects.opinfo import (  # noqa: F401 (re-exported: the analysis schedules are made from)
+    LANES,
+    NAMED_KINDS,
+    VECTOR_BUDGET,
+    OpInfo,
+    budget_tile,
+    describe,
+    divisor_at_most,
+    fused_ids,
+    register_elements,
+    tag_ops,
+)
 from tilecraft.dialects.tc import AMX, AMX_INIT, FUSED, OP_ID  # noqa: F401 (re-exported)
 
-# Ops tiled and vectorized as "the rest": elementwise, broadcast, reductions, copies.
-NAMED_KINDS = {
-    "linalg.matmul": "matmul",
-    "linalg.batch_matmul": "batch_matmul",
-    "linalg.conv_2d_nchw_fchw": "conv2d",
-    "linalg.depthwise_conv_2d_nchw_chw": "depthwise_conv2d",
-    "linalg.pooling_nchw_max": "pooling",
-    "linalg.pooling_nchw_sum": "pooling",
-}
-_SKIPPED = {"linalg.yield", "linalg.index"}
-
-# Elements one vectorized register tile may hold (keeps vectors in the register file).
-VECTOR_BUDGET = 1024
-LANES = 16  # f32 lanes of a zmm register
 # A one-row matmul (a classifier at batch 1: x[1, K] @ B[K, N]) reads each element of B
 # once: its cache tile is all of N and ONE_ROW_K rows of K, so B streams through whole rows
 # (contiguous, prefetched) instead of 64-byte stripes down K (a 4 KB page per row, each a
@@ -49,37 +43,6 @@ LANES = 16  # f32 lanes of a zmm register
 # classifier's 1×1280 @ 1280×1008); K tiles of 4 do about as well, of 64 much worse (not
 # offered: the cost model, trained on warm kernels, ranks it first).
 ONE_ROW_K = 16
-
-
-@dataclasses.dataclass(frozen=True)
-class OpInfo:
-    """A structured op as the scheduler sees it."""
-
-    op_id: int
-    name: str  # e.g. "linalg.matmul"
-    kind: str  # matmul | batch_matmul | conv2d | depthwise_conv2d | pooling | elementwise | reduction
-    extents: tuple[int, ...]  # static loop extents, in iteration-domain order
-    iterators: tuple[str, ...]  # "parallel" | "reduction" per loop
-    strides: tuple[int, ...] = ()  # convolution/pooling strides
-    dtypes: tuple[str, ...] = ()  # element type of each operand
-    shapes: tuple[tuple[int, ...], ...] = ()  # static shape of each operand
-    body: str = ""  # normalized region text of a linalg.generic (what it computes)
-
-    @property
-    def flops(self) -> int:
-        return 2 * math.prod(self.extents) if self.kind in _FLOP_KINDS else math.prod(self.extents)
-
-    @property
-    def key(self) -> str:
-        """Structural hash of the op: kind, shapes, dtypes, body. Independent of SSA names,
-        of its position in the model, and of weight values."""
-        payload = json.dumps(
-            [self.name, self.kind, self.extents, self.iterators, self.strides, self.dtypes, self.shapes, self.body]
-        )
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-_FLOP_KINDS = {"matmul", "batch_matmul", "conv2d", "depthwise_conv2d"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,146 +105,12 @@ class TileDecision:
                 raise ValueError("decompose needs register tiles of 1 along oh and kh")
 
 
-# ----------------------------------------------------------------------------- analysis
-def tag_ops(module: ir.Module) -> list[OpInfo]:
-    """Give every structured op a unique `tc.op_id` attribute and describe it (all but the
-    `tc.amx` contractions, which `backends/cpu/amx.py` lowers whole)."""
-    infos: list[OpInfo] = []
-
-    def visit(op: ir.Operation) -> None:
-        name = op.name
-        if (
-            name.startswith("linalg.")
-            and name not in _SKIPPED
-            and AMX not in op.attributes
-            and AMX_INIT not in op.attributes
-        ):
-            op_id = len(infos)
-            i64 = ir.IntegerType.get_signless(64, context=module.context)
-            op.attributes[OP_ID] = ir.IntegerAttr.get(i64, op_id)
-            infos.append(describe(op, op_id))
-
-    walk_ops(module.operation, visit)
-    return infos
-
-
-def fused_ids(module: ir.Module, infos: Sequence[OpInfo]) -> set[int]:
-    """Op ids (as tagged) of ops the fusion pass fused into register tiles (at most
-    4 × VECTOR_BUDGET elements: a larger one, whose loops could not be tiled, is
-    scheduled like any other op)."""
-    out: set[int] = set()
-
-    def visit(op: ir.Operation) -> None:
-        if FUSED in op.attributes and OP_ID in op.attributes:
-            out.add(ir.IntegerAttr(op.attributes[OP_ID]).value)
-
-    walk_ops(module.operation, visit)
-    return {i.op_id for i in infos if i.op_id in out and _register_elements(i) <= 4 * VECTOR_BUDGET}
-
-
-def _register_elements(info: OpInfo) -> int:
-    """Elements a register tile of the op holds (a matmul's: its accumulator)."""
-    if info.kind == "matmul":
-        return math.prod(e for e, it in zip(info.extents, info.iterators) if it == "parallel")
-    return math.prod(info.extents)
-
-
 def register_tile_decision(info: OpInfo) -> TileDecision:
     """An op already the size of a register tile (fused): vectorized whole (a matmul: one
     rank-1 update per step of its k loop; the accumulator is hoisted into registers)."""
     if info.kind == "matmul":
         return TileDecision(tiles=((*info.extents[:-1], 1),))
     return TileDecision(tiles=(info.extents,), vectorize="i1" not in info.dtypes)
-
-
-def _element_type(t: ir.Type) -> str:
-    t = t.maybe_downcast()
-    return str(t.element_type) if isinstance(t, ir.ShapedType) else str(t)
-
-
-def _shape(value: ir.Value) -> list[int]:
-    return list(ir.ShapedType(value.type).shape)
-
-
-def _normalized_body(op: ir.Operation) -> str:
-    if op.name != "linalg.generic":
-        return ""
-    text = str(op.regions[0].blocks[0]) if op.regions else ""
-    names: dict[str, str] = {}
-    return re.sub(r"%[\w.$-]+", lambda m: names.setdefault(m.group(0), f"%v{len(names)}"), text)
-
-
-def describe(op: ir.Operation, op_id: int) -> OpInfo:
-    """Loop extents and iterator types of a structured op with static shapes."""
-    name = op.name
-    kind = NAMED_KINDS.get(name)
-    operands = list(op.operands)
-    out = _shape(operands[-1]) if operands else []
-    strides: tuple[int, ...] = ()
-    if "strides" in op.attributes:
-        strides = tuple(int(s) for s in ir.DenseIntElementsAttr(op.attributes["strides"]))
-    if kind == "matmul":
-        extents, its = (*out, _shape(operands[0])[1]), ("parallel",) * 2 + ("reduction",)
-    elif kind == "batch_matmul":
-        extents, its = (*out, _shape(operands[0])[2]), ("parallel",) * 3 + ("reduction",)
-    elif kind == "conv2d":  # (n, f, oh, ow, c, kh, kw)
-        extents, its = (*out, *_shape(operands[1])[1:]), ("parallel",) * 4 + ("reduction",) * 3
-    elif kind == "depthwise_conv2d":  # (n, oh, ow, c, kh, kw)
-        n, c, oh, ow = out
-        extents, its = (n, oh, ow, c, *_shape(operands[1])[1:]), ("parallel",) * 4 + ("reduction",) * 2
-    elif kind == "pooling":  # (n, c, oh, ow, kh, kw)
-        extents, its = (*out, *_shape(operands[1])), ("parallel",) * 4 + ("reduction",) * 2
-    else:
-        extents, its = _generic_domain(op, name)
-        kind = "reduction" if "reduction" in its else "elementwise"
-    if any(e < 0 for e in extents):
-        raise ValueError(f"dynamic shapes are not supported: {name} at {op.location}")
-    dtypes = tuple(_element_type(v.type) for v in operands)
-    shapes = tuple(tuple(_shape(v)) if isinstance(v.type.maybe_downcast(), ir.ShapedType) else () for v in operands)
-    body = _normalized_body(op)
-    return OpInfo(op_id, name, kind, tuple(int(e) for e in extents), tuple(its), strides, dtypes, shapes, body)
-
-
-def _generic_domain(op: ir.Operation, name: str) -> tuple[tuple[int, ...], tuple[str, ...]]:
-    """Extents from indexing maps: each loop dim is read off an operand dim it indexes."""
-    if "indexing_maps" in op.attributes:
-        maps = [ir.AffineMapAttr(m).value for m in ir.ArrayAttr(op.attributes["indexing_maps"])]
-        its = tuple(
-            str(ir.Attribute(a)).split("<")[-1].rstrip(">") for a in ir.ArrayAttr(op.attributes["iterator_types"])
-        )
-        extents = [-1] * maps[0].n_dims
-        for value, amap in zip(op.operands, maps):
-            for i, expr in enumerate(amap.results):
-                expr = expr.maybe_downcast()
-                if isinstance(expr, ir.AffineDimExpr):
-                    extents[expr.position] = _shape(value)[i]
-        return tuple(extents), its
-    # linalg.fill / transpose / broadcast / copy …: the init operand spans the domain.
-    out = _shape(op.operands[-1])
-    return tuple(out), ("parallel",) * len(out)
-
-
-# ---------------------------------------------------------------------------- heuristic
-def divisor_at_most(n: int, cap: int, *, multiple_of: int = 1) -> int:
-    """Largest divisor of n that is ≤ cap, preferring multiples of `multiple_of`."""
-    cap = max(1, min(n, cap))
-    divs = [d for d in range(cap, 0, -1) if n % d == 0]
-    preferred = [d for d in divs if d % multiple_of == 0]
-    return (preferred or divs)[0]
-
-
-def budget_tile(extents: Sequence[int], budget: int = VECTOR_BUDGET) -> tuple[int, ...]:
-    """Register tile for an op with no better rule: innermost dims whole while they fit the
-    vector budget, then the largest dividing slice of the next dim, 1 further out."""
-    tile = [1] * len(extents)
-    room = budget
-    for d in reversed(range(len(extents))):
-        t = divisor_at_most(extents[d], room)
-        tile[d] = t
-        if t < extents[d]:
-            break
-        room //= t
-    return tuple(tile)
 
 
 def default_decision(info: OpInfo, target=None, *, one_row_stream: bool = True) -> TileDecision:

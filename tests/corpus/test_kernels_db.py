@@ -141,7 +141,7 @@ def test_compressed_corpus_opens_read_only(tmp_path):
 def test_shipped_seed_corpus_reads():
     import os
 
-    path = os.path.join(os.path.dirname(__file__), "..", "corpus", "data", "seed.db.gz")
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "corpus", "data", "seed.db.gz")
     with CorpusDB(path, create=False) as db:
         s = db.stats()
     assert s["measurements"] >= 4000 and s["measured_workloads"] >= 300

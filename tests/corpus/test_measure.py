@@ -10,10 +10,10 @@ import time
 import pytest
 
 from tilecraft import frontend
+from tilecraft.backends.cpu import schedule as tiling
 from tilecraft.backends.cpu.target import host
 from tilecraft.corpus import generator, kernels, measure
 from tilecraft.corpus.db import CorpusDB
-from tilecraft.passes import tiling
 
 QUICK = measure.MeasureOptions(min_runs=1, max_runs=1)
 

@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from tilecraft import driver, frontend
-from tilecraft.passes import depthwise, tiling
+from tilecraft.backends.cpu import schedule as tiling
+from tilecraft.passes import depthwise
 
 
 def _block(c: int, stride: int, bias: bool) -> nn.Module:

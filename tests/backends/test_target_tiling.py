@@ -7,9 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tilecraft import frontend
+from tilecraft.backends.cpu import schedule as tiling
 from tilecraft.backends.cpu.target import Target, TargetError, host
 from tilecraft.corpus import generator, kernels
-from tilecraft.passes import tiling
 
 
 def test_host_target_reads_the_machine():
