@@ -90,10 +90,10 @@ def zero_vs_tuned(db: str, models: list[str], *, runs: int = 20) -> list[dict]:
         imported = frontend.import_spec(name)
         with imported.module.context:
             choices = search.pick(imported.module, held_out, target)
-        zero = {op: c.decision for c in choices for op in c.op_ids}
-        tuned = {
-            op: (best[c.kernel.key][1] if c.kernel.key in best else c.decision) for c in choices for op in c.op_ids
-        }
+        # pinned by kernel key, on the kernels as imported (the corpus' kernels): compiled
+        # without the canonical rewrites (im2col), whose GEMMs and op ids are not these
+        zero = {c.kernel.key: c.decision for c in choices}
+        tuned = {c.kernel.key: best[c.kernel.key][1] if c.kernel.key in best else c.decision for c in choices}
         covered = sum(c.kernel.key in best for c in choices)
         row = {"model": name, "kernels": len(choices), "tuned_kernels_measured": covered}
         torch.set_num_threads(1)
@@ -102,7 +102,9 @@ def zero_vs_tuned(db: str, models: list[str], *, runs: int = 20) -> list[dict]:
             ref = imported.model(*inputs)
             row["eager_ms"] = median_ms(lambda: imported.model(*inputs), runs)
         for label, decisions in (("zero", zero), ("tuned", tuned)):
-            compiled = driver.compile_model(frontend.import_spec(name), decisions=decisions, cost_model=None)
+            compiled = driver.compile_model(
+                frontend.import_spec(name), decisions=decisions, cost_model=None, im2col=False
+            )
             ok = driver.compare(compiled.fn(*inputs), ref).ok
             row[f"{label}_ms"] = median_ms(lambda fn=compiled.fn: fn(*inputs), runs)
             row[f"{label}_ok"] = ok
