@@ -27,10 +27,16 @@ from tilecraft.backends.cpu.target import Target
 from tilecraft.dialects import tc
 from tilecraft.passes.base import ModulePass
 from tilecraft.passes.depthwise import DepthwiseTapsPass
-from tilecraft.passes.fusion import FoldUnitDimsPass, FusePass
-from tilecraft.passes.im2col import DropUnitReadsPass, Im2colPass, PadWeightsPass, SinkExpandShapesPass
-from tilecraft.passes.layout import InlineBroadcastsPass, SinkExtractSlicesPass, SinkTransposesPass
+from tilecraft.passes.drop_unit_reads import DropUnitReadsPass
+from tilecraft.passes.fold_unit_dims import FoldUnitDimsPass
+from tilecraft.passes.fusion import FusePass
+from tilecraft.passes.im2col import Im2colPass
+from tilecraft.passes.inline_broadcasts import InlineBroadcastsPass
+from tilecraft.passes.pad_weights import PadWeightsPass
 from tilecraft.passes.precision import PrecisionPass
+from tilecraft.passes.sink_expand_shapes import SinkExpandShapesPass
+from tilecraft.passes.sink_extract_slices import SinkExtractSlicesPass
+from tilecraft.passes.sink_transposes import SinkTransposesPass
 
 STAGES = ("linalg", "decided", "tiled", "vector", "llvm")  # IR stages `--emit` can stop after
 EMITS = (*STAGES, "asm", "obj", "so", "jit")
@@ -101,7 +107,7 @@ def compile_model(
     defaults), chosen with no measurement. With `fuse`, the same cost model first
     partitions the ops into fusion groups (`costmodel/fusion_plan.py`); no fusion without a
     model. `fusion` pins the groups instead (FusionDecisions over the op ids
-    `fusion.analyze` gives the module after `fusion.private_fills`; `[]`: no fusion).
+    `fusion.analyze` gives the module after `private_fills`; `[]`: no fusion).
     `precision` is a mode (`f32`, `bf16`, `int8`, or `auto`: chosen per layer under
     `error_budget`; `costmodel/precision_plan.py`) or a list of `PrecisionDecision`s;
     lowered layers are rewritten to bf16/int8 AMX contractions first, and their packed

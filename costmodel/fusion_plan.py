@@ -31,8 +31,8 @@ from tilecraft.passes.fusion import (
     candidates,
     loop_trips,
     outline_group,
-    private_fills,
 )
+from tilecraft.passes.private_fills import private_fills
 
 
 def group_class(kinds: Iterable[str]) -> str:

@@ -250,3 +250,9 @@ def is_zero_fill(v: ir.Value) -> bool:
         return ir.FloatAttr(value).value == 0.0
     except ValueError:
         return ir.IntegerAttr(value).value == 0
+
+
+def reassociation_attr(groups: Sequence[Sequence[int]], ctx) -> ir.ArrayAttr:
+    """A reshape's `reassociation` attribute from its groups of dims."""
+    i64 = ir.IntegerType.get_signless(64, ctx)
+    return ir.ArrayAttr.get([ir.ArrayAttr.get([ir.IntegerAttr.get(i64, d) for d in g]) for g in groups])

@@ -204,3 +204,54 @@ def budget_tile(extents: Sequence[int], budget: int = VECTOR_BUDGET) -> tuple[in
             break
         room //= t
     return tuple(tile)
+
+
+# ------------------------------------------------------------- generic-op predicates
+def indexing_maps(op: ir.Operation) -> list[ir.AffineMap]:
+    """A structured op's indexing maps, one per operand."""
+    return [ir.AffineMapAttr(a).value for a in ir.ArrayAttr(op.attributes["indexing_maps"])]
+
+
+def positions_any(amap: ir.AffineMap) -> list[int] | None:
+    """The loops a map of dims and constants reads, or None."""
+    out = []
+    for expr in amap.results:
+        expr = expr.maybe_downcast()
+        if isinstance(expr, ir.AffineDimExpr):
+            out.append(expr.position)
+        elif not isinstance(expr, ir.AffineConstantExpr):
+            return None
+    return out
+
+
+def is_elementwise(op: ir.Operation) -> bool:
+    """An all-parallel generic with one result, its output read through the identity and
+    its output value unused in the body (it can be given a fresh init)."""
+    if op.name != "linalg.generic" or len(op.results) != 1:
+        return False
+    if any("parallel" not in str(a) for a in ir.ArrayAttr(op.attributes["iterator_types"])):
+        return False
+    maps = indexing_maps(op)
+    if maps[-1] != ir.AffineMap.get_identity(maps[-1].n_dims, op.context):
+        return False
+    block = op.regions[0].blocks[0]
+    if list(block.arguments[len(block.arguments) - 1].uses):
+        return False
+    return not any(o.name == "linalg.index" for o in block.operations)
+
+
+def yields_its_input(op: ir.Operation) -> bool:
+    """An elementwise generic of one input whose body yields that input unchanged."""
+    if not is_elementwise(op) or len(op.operands) != 2:
+        return False
+    block = op.regions[0].blocks[0]
+    ops = list(block.operations)
+    return len(ops) == 1 and ops[0].operation.name == "linalg.yield" and ops[0].operands[0] == block.arguments[0]
+
+
+def is_live(op: ir.Operation) -> bool:
+    """Whether `op` is still in the IR (not erased by a rewrite)."""
+    try:
+        return op.parent is not None
+    except Exception:  # an erased op
+        return False

@@ -46,11 +46,10 @@ from tilecraft.dialects.irutil import (
     captured,
     named_sequence,
     print_op,
-    run_pipeline,
     walk_ops,
-    wants_reproducer,
 )
 from tilecraft.passes.base import ModulePass, Weights
+from tilecraft.passes.private_fills import private_fills
 
 CONTRACTIONS = {"matmul", "batch_matmul", "conv2d", "depthwise_conv2d", "pooling"}
 MAX_GROUP = 8  # ops per group (fills not counted)
@@ -221,61 +220,6 @@ def analyze(module: ir.Module) -> dict[int, Node]:
 
     walk_ops(module.operation, visit)
     return nodes
-
-
-def fold_unit_dims(module: ir.Module) -> ir.Module:
-    """Drop the unit dims of every generic (`linalg-fold-unit-extent-dims`), broadcasts and
-    transposes generalized first so they lose theirs too. A layer norm over [1, S, D] then
-    reduces [S, D] into [S] instead of keeping [S, 1] rows (a result indexed by a constant:
-    no tile of it maps back onto the loops, and `_to_sink` rejects it), a batch-1 bias
-    broadcast is read without a reshape between it and the add, and a transformer's
-    [1, S, D] activations meet its [S, D] GEMMs without reshapes. Not done while a named
-    convolution or pooling is left (`_windowed`): it keeps its batch dim, and its folded
-    epilogue would read it through a reshape, which no group crosses (mobilenet_v2 lost
-    its depthwise + batch norm + ReLU6 groups). The unfused compile gets the same module
-    (one stage: `driver.convolutions_as_gemms`)."""
-    if _windowed(module):
-        return module
-    script = named_sequence(
-        f"""    %n = transform.structured.match ops{{["linalg.broadcast", "linalg.transpose"]}} in %root
-      : ({ANY}) -> {ANY}
-    %g = transform.structured.generalize %n : ({ANY}) -> {ANY}""",
-        consumed=False,
-    )
-    before = str(module) if wants_reproducer() else None
-    apply_transform(module, script, stage="fold-unit-dims", reproduce="fold-unit-dims", before=before)
-    pipeline = "builtin.module(func.func(linalg-fold-unit-extent-dims,canonicalize,cse))"
-    return run_pipeline(module, pipeline, stage="fold-unit-dims", reproduce="fold-unit-dims", before=before)
-
-
-WINDOWED = {name for name, kind in opinfo.NAMED_KINDS.items() if kind in ("conv2d", "depthwise_conv2d", "pooling")}
-
-
-def _windowed(module: ir.Module) -> bool:
-    """Whether a named windowed op (convolution, pooling) is left: `fold_unit_dims` would
-    put a reshape between its [1, C, H, W] result and its folded epilogue."""
-    found: list[str] = []
-    walk_ops(module.operation, lambda op: found.append(op.name) if op.name in WINDOWED else None)
-    return bool(found)
-
-
-def private_fills(module: ir.Module) -> None:
-    """Give every use of a `linalg.fill` its own copy, filling its own empty tensor: a
-    contraction's zero-initialized accumulator is then fused (recomputed per tile) with
-    the contraction, never shared, and aliases no other op's output (an accumulator tile
-    fused into registers is then never stored)."""
-    fills: list[ir.Operation] = []
-    walk_ops(module.operation, lambda op: fills.append(op) if op.name == "linalg.fill" else None)
-    for fill in list(fills):
-        for use in list(fill.results[0].uses)[1:]:
-            clone = fill.clone(ir.InsertionPoint(fill))
-            use.owner.operands[use.operand_number] = clone.results[0]
-            fills.append(clone)
-    for fill in fills:
-        init = fill.operands[1]
-        owner = getattr(init.owner, "operation", init.owner)
-        if isinstance(owner, ir.Operation) and owner.name == "tensor.empty" and len(list(init.uses)) > 1:
-            fill.operands[1] = owner.clone(ir.InsertionPoint(fill)).results[0]
 
 
 # --------------------------------------------------------------------- legal groups
@@ -894,24 +838,6 @@ class TargetFacts:
     f32_lanes: int = 16
     l2_bytes: int = 1 << 20
     row_broadcasts_in_registers: bool = True
-
-
-@dataclasses.dataclass(frozen=True)
-class FoldUnitDimsPass(ModulePass):
-    name: ClassVar[str] = "fold-unit-dims"
-    summary: ClassVar[str] = "unit dims of generics, broadcasts and transposes folded ([1, S, D] → [S, D])"
-
-    def apply(self, module: ir.Module, weights: Weights) -> None:
-        fold_unit_dims(module)
-
-
-@dataclasses.dataclass(frozen=True)
-class PrivateFillsPass(ModulePass):
-    name: ClassVar[str] = "private-fills"
-    summary: ClassVar[str] = "every use of a linalg.fill gets its own fill of its own empty tensor"
-
-    def apply(self, module: ir.Module, weights: Weights) -> None:
-        private_fills(module)
 
 
 @dataclasses.dataclass(frozen=True)

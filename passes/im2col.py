@@ -1,7 +1,7 @@
 """Convolutions as GEMMs: im2col, a matmul on pre-packed weights, and a transpose.
 
 On the passes floor; sits after the precision rewrite and before fusion in the flow
-(`compiler/driver.py`, stage `im2col`). Reads a linalg-on-tensors module and its bound
+(`compiler/driver.py`: the first of the canonical passes, `conv-im2col`). Reads a linalg-on-tensors module and its bound
 weights; writes the module back with each rewritten convolution replaced, and its weight
 replaced in the bound arguments by the packed one.
 
@@ -23,7 +23,7 @@ filter a bound argument used once) becomes
   (output channels contiguous: the register tile's vectors run along them, whatever the
   spatial size; NCHW's direct convolution vectorizes along OW, 7 of 16 lanes at 7×7),
 - a transpose (`linalg.generic`) of the [N, OH, OW, F] result back to NCHW, which
-  `passes/layout.py` cancels against the next convolution's transpose in, or fusion folds
+  `passes/sink_transposes.py` cancels against the next convolution's transpose in, or fusion folds
   into the epilogue that follows (batch norm, activation).
 
 A stride-1 layer at batch 1 whose output rows are wide (≥ 25 pixels for a 3×3 window) needs
@@ -45,14 +45,6 @@ pointwise layers run faster this way than direct). Other unstrided 1×1 convolut
 (MobileNet-V2's at 14² and 7²) take the im2col path, whose gather is then a transpose:
 their blocks run faster that way than with the direct convolution.
 
-Two more rewrites run in this stage (`driver.convolutions_as_gemms`), for every model:
-`pad_weights` pads a bound matmul weight to a multiple of 16 columns (and its rows
-off a multiple of 1 KB apart: L1 set conflicts), and
-`sink_expand_shapes` moves a reshape below the elementwise ops that read it (a pointwise
-GEMM's batch norm and activation restated on [F, H·W], a Linear's GELU on its 2-D
-result), so that fusion sees a GEMM and its epilogue as one chain (a pointwise layer such
-as 16→96 channels at 112² with batch norm and ReLU6 then runs as one kernel).
-
 Every new op has exact linalg semantics; the tiling pass and the cost model schedule them
 like any other matmul and elementwise op. ResNet-18's 3×3 convolutions, each compiled
 alone, run faster as GEMMs than as direct convolutions. `bench/e2e.py` measures the
@@ -62,13 +54,11 @@ models these rewrites serve.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import torch
 from torch_mlir import ir
-from torch_mlir.dialects import tensor
 
 from tilecraft.dialects.irutil import (
     bound_arg_number,
@@ -79,9 +69,6 @@ from tilecraft.dialects.irutil import (
     inline_helpers,
     int_list_attr,
     is_zero_fill,
-    ops_named,
-    owner_op,
-    replace_op,
     shape_of,
     tensor_t,
 )
@@ -436,277 +423,6 @@ def rewrite(
     return params, done
 
 
-# --------------------------------------------------------------- weight columns padded
-STRIDE_PERIOD = 1024  # bytes: a row stride that is a multiple of it maps rows onto few L1 sets
-
-
-def pad_weights(module: ir.Module, params: list[torch.Tensor]) -> tuple[list[torch.Tensor], int]:
-    """Every f32 `linalg.matmul` whose B is a bound weight [K, N] used once is given a
-    better layout for it, here, once:
-
-    - N not a multiple of 16 and the accumulator a zero fill: B is padded with zero columns
-      to a multiple of 16, the matmul computes [M, N16] and a slice keeps the first N.
-      Without it no register tile is a whole number of vectors (a classifier's 1000
-      columns: tiles of 25 or 125; padded to 1008, its 1×1280 @ 1280×1008 takes tiles of
-      whole vectors).
-    - B's rows STRIDE_PERIOD bytes apart or a multiple of it (N = 256, 512, 768, 1024):
-      B is stored 16 columns wider and the matmul reads its [K, N] slice. A register
-      tile's k loop reads a row of B per step; rows a multiple of 1 KB apart fall into a
-      few sets of the 8-way L1 and evict each other, so B was read from L2 throughout
-      (ResNet-18's 49×512×4608 layer-4 GEMM; bert_mini's and gpt2_block's Linear weights).
-
-    Returns the new bound arguments and how many matmuls were changed."""
-    ctx = module.context
-    fn = entry_func(module)
-    block = fn.regions[0].blocks[0]
-    params = list(params)
-    padded = 0
-    for op in [o.operation for o in block.operations if o.operation.name == "linalg.matmul"]:
-        a, b, init = (op.operands[i] for i in range(3))
-        (m, k), (_, n) = shape_of(a), shape_of(b)
-        arg = bound_arg_number(b, len(params))
-        if arg is None or {element_type_of(a), element_type_of(b), element_type_of(init)} != {"f32"}:
-            continue
-        widen = n % LANES != 0 and n >= LANES and is_zero_fill(init)
-        cols = -(-n // LANES) * LANES if widen else n  # columns the matmul computes
-        stride = cols + LANES if (cols * 4) % STRIDE_PERIOD == 0 else cols  # columns stored
-        if stride == n:
-            continue
-        params[arg] = torch.nn.functional.pad(params[arg], (0, stride - n)).contiguous()
-        block.arguments[arg].set_type(ir.Type.parse(tensor_t([k, stride], "f32"), context=ctx))
-        name = f"__tc_padded_{padded}"
-        a_t, s_t, b_t, r_t, o_t = (
-            tensor_t(shape, "f32") for shape in ([m, k], [k, stride], [k, cols], [m, cols], [m, n])
-        )
-        read_b = f"%b = tensor.extract_slice %s[0, 0] [{k}, {cols}] [1, 1] : {s_t} to {b_t}" if stride > cols else ""
-        if widen:
-            body = f"""%z = arith.constant 0.0 : f32
-  %e = tensor.empty() : {r_t}
-  %acc = linalg.fill ins(%z : f32) outs(%e : {r_t}) -> {r_t}
-  %r = linalg.matmul ins(%a, %b : {a_t}, {b_t}) outs(%acc : {r_t}) -> {r_t}
-  %o = tensor.extract_slice %r[0, 0] [{m}, {n}] [1, 1] : {r_t} to {o_t}"""
-        else:
-            body = f"%o = linalg.matmul ins(%a, %b : {a_t}, {b_t}) outs(%c : {o_t}) -> {o_t}"
-        b_arg = "%s" if stride > cols else "%b"
-        c_arg = "" if widen else f", %c: {o_t}"
-        text = f"""func.func private @{name}(%a: {a_t}, {b_arg}: {s_t}{c_arg}) -> {o_t} {{
-  {read_b}
-  {body}
-  return %o : {o_t}
-}}"""
-        call_helper(module, op, text, name, [a, b] if widen else [a, b, init])
-        erase_if_dead(init.owner)
-        padded += 1
-    if padded:
-        inline_helpers(module)
-    return params, padded
-
-
-# ------------------------------------------------------------- reshapes out of the way
-def _reassociation(op: ir.Operation) -> list[list[int]]:
-    return [[ir.IntegerAttr(d).value for d in group] for group in ir.ArrayAttr(op.attributes["reassociation"])]
-
-
-def sink_expand_shapes(module: ir.Module) -> int:
-    """Move each `tensor.expand_shape` below the elementwise ops that read it (all-parallel
-    `linalg.generic`s, identity output): they are restated on the collapsed loops
-    (a pointwise GEMM's [F, H·W] instead of [1, F, H, W]) and the expand moves to their
-    result, until an op that cannot be restated (a depthwise convolution) reads it. The
-    GEMM and its batch-norm/activation chain are then one dataflow chain that fusion can
-    make one kernel of; a reshape in between would keep them apart. Returns how many ops
-    were restated."""
-    ctx = module.context
-    fn = entry_func(module)
-    body = fn.regions[0].blocks[0]
-    work = [op.operation for op in body.operations if op.operation.name == "tensor.expand_shape"]
-    moved = 0
-    while work:
-        expand = work.pop()
-        owners: list[ir.Operation] = []  # each reader once (one may read it twice)
-        for use in expand.results[0].uses:
-            owner = getattr(use.owner, "operation", use.owner)
-            if not any(owner == o for o in owners):
-                owners.append(owner)
-        for owner in owners:
-            with ir.Location.unknown(ctx):
-                new_expand = _restate(owner, expand, ctx)
-            if new_expand is not None:
-                moved += 1
-                work.append(new_expand)
-        if not list(expand.results[0].uses):
-            expand.erase()
-    for op in [op.operation for op in body.operations if op.operation.name == "tensor.collapse_shape"]:
-        src = owner_op(op.operands[0])  # collapse(expand(x)) with one reassociation: x
-        if src is not None and src.name == "tensor.expand_shape" and _reassociation(src) == _reassociation(op):
-            if src.operands[0].type == op.results[0].type:
-                op.results[0].replace_all_uses_with(src.operands[0])
-                op.erase()
-                if not list(src.results[0].uses):
-                    src.erase()
-    return moved
-
-
-def _restate(op, expand: ir.Operation, ctx) -> ir.Operation | None:
-    """Restate `op` (an all-parallel generic reading `expand`'s result through a
-    permutation: the identity, or a convolution's bias and activation writing NCHW from its
-    GEMM's [H·W, F] rows) over the collapsed loops: each group of loops the expand splits
-    must be contiguous and in order wherever it is read (or all but one of them unit). The
-    loops collapse in its output's order (an NCHW epilogue reads the GEMM's result
-    transposed, [F, H·W]); an expand of its result, with the output's own groups, replaces
-    it. Returns that expand, or None if `op` cannot be restated."""
-    op = getattr(op, "operation", op)
-    if op.name != "linalg.generic" or len(op.results) != 1:
-        return None
-    if any("parallel" not in str(a) for a in ir.ArrayAttr(op.attributes["iterator_types"])):
-        return None
-    body = list(op.regions[0].blocks[0].operations)
-    if any(o.name == "linalg.index" for o in body):
-        return None
-    maps = [ir.AffineMapAttr(a).value for a in ir.ArrayAttr(op.attributes["indexing_maps"])]
-    n_in = len(op.operands) - 1
-    out_t = ir.RankedTensorType(op.results[0].type)
-    extents = list(out_t.shape)
-    identity = ir.AffineMap.get_identity(len(extents), ctx)
-    if maps[-1] != identity:
-        return None
-    reads = [i for i in range(n_in) if op.operands[i] == expand.results[0]]
-    dims = _dims(maps[reads[0]]) if reads else None
-    if dims is None or sorted(dims) != list(range(len(extents))):
-        return None
-    if len(body) == 1 and maps[reads[0]] != identity:
-        return None  # a bare transpose: left as it is (a transformer's K, 3-D: 2-D ran slower)
-    loop_groups = sorted([dims[d] for d in g] for g in _reassociation(expand))
-    if [d for g in loop_groups for d in g] != list(range(len(extents))):
-        return None  # a group's loops out of order or apart in the output
-    group_of = {d: k for k, g in enumerate(loop_groups) for d in g}
-    collapsed = [math.prod(extents[d] for d in g) for g in loop_groups]
-    plans = []  # per input: (new map, reassociation of its dims or None)
-    for i in range(n_in):
-        plan = _collapse_read(maps[i], loop_groups, group_of, extents, ctx)
-        if plan is None:
-            return None
-        plans.append(plan)
-    with ir.InsertionPoint(op), op.location:
-        operands = []
-        for i, (_, reassoc) in enumerate(plans):
-            v = op.operands[i]
-            if reassoc is None:
-                operands.append(v)
-                continue
-            src = owner_op(v)
-            if src is not None and src.name == "tensor.expand_shape" and _reassociation(src) == reassoc:
-                operands.append(src.operands[0])
-                continue
-            shape = ir.RankedTensorType(v.type).shape
-            in_t = ir.RankedTensorType.get(
-                [math.prod(shape[d] for d in g) for g in reassoc], ir.RankedTensorType(v.type).element_type
-            )
-            operands.append(tensor.collapse_shape(in_t, v, _reassociation_attr(reassoc, ctx)))
-        new_t = ir.RankedTensorType.get(collapsed, out_t.element_type)
-        operands.append(tensor.empty(collapsed, out_t.element_type))
-        new = op.clone()
-        for i, v in enumerate(operands):
-            new.operands[i] = v
-        new.attributes["indexing_maps"] = ir.ArrayAttr.get(
-            [ir.AffineMapAttr.get(m) for m, _ in plans]
-            + [ir.AffineMapAttr.get(ir.AffineMap.get_identity(len(loop_groups), ctx))]
-        )
-        new.attributes["iterator_types"] = ir.ArrayAttr.get(
-            [ir.Attribute.parse("#linalg.iterator_type<parallel>", ctx)] * len(loop_groups)
-        )
-        new.results[0].set_type(new_t)
-        back = tensor.expand_shape(out_t, new.results[0], _reassociation_attr(loop_groups, ctx), [], extents)
-    replace_op(op, back)
-    return back.owner
-
-
-def drop_unit_reads(module: ir.Module) -> int:
-    """An elementwise generic's input read with trailing constant indices into unit dims
-    (a per-channel scale [C, 1, 1] read as (c, 0, 0) by an epilogue restated over
-    [C, H·W]) is read collapsed instead: [C] through (c). Maps with constants are not
-    projected permutations, so the vectorizer left such an op scalar; a pointwise GEMM's
-    batch norm in registers then ran as scalar loops on its accumulator tile in memory.
-    Returns how many reads were rewritten."""
-    ctx = module.context
-    done = 0
-    for op in ops_named(module.operation, "linalg.generic"):
-        maps = [ir.AffineMapAttr(a).value for a in ir.ArrayAttr(op.attributes["indexing_maps"])]
-        n_in = len(op.operands) - len(op.results)
-        new_maps = list(maps)
-        for i in range(n_in):
-            v = op.operands[i]
-            if not isinstance(v.type, ir.RankedTensorType):
-                continue
-            shape = list(ir.RankedTensorType(v.type).shape)
-            results = list(maps[i].results)
-            keep = len(results)
-            while keep > 1 and _is_zero(results[keep - 1]) and shape[keep - 1] == 1:
-                keep -= 1
-            if keep == len(results):
-                continue
-            groups = [[d] for d in range(keep)]
-            groups[-1] += list(range(keep, len(results)))
-            with ir.InsertionPoint(op), op.location:
-                collapsed_t = ir.RankedTensorType.get(shape[:keep], ir.RankedTensorType(v.type).element_type)
-                op.operands[i] = tensor.collapse_shape(collapsed_t, v, _reassociation_attr(groups, ctx))
-            new_maps[i] = ir.AffineMap.get(maps[i].n_dims, maps[i].n_symbols, results[:keep], ctx)
-            done += 1
-        if new_maps != maps:
-            op.attributes["indexing_maps"] = ir.ArrayAttr.get([ir.AffineMapAttr.get(m) for m in new_maps])
-    return done
-
-
-def _reassociation_attr(groups: Sequence[Sequence[int]], ctx) -> ir.ArrayAttr:
-    i64 = ir.IntegerType.get_signless(64, ctx)
-    return ir.ArrayAttr.get([ir.ArrayAttr.get([ir.IntegerAttr.get(i64, d) for d in g]) for g in groups])
-
-
-def _is_zero(expr) -> bool:
-    expr = expr.maybe_downcast()
-    return isinstance(expr, ir.AffineConstantExpr) and expr.value == 0
-
-
-def _dims(amap: ir.AffineMap) -> list[int] | None:
-    """The loop each result of `amap` is, or None if one is not a bare loop."""
-    out = []
-    for expr in amap.results:
-        expr = expr.maybe_downcast()
-        if not isinstance(expr, ir.AffineDimExpr):
-            return None
-        out.append(expr.position)
-    return out
-
-
-def _collapse_read(amap, loop_groups, group_of, extents, ctx):
-    """(`amap` over the collapsed loops, the reassociation of the operand's dims, None if
-    it keeps them) or None: each run of results must be a whole loop group in order, a
-    group's one non-unit loop, or a constant."""
-    results, reassoc, k = [], [], 0
-    exprs = [e.maybe_downcast() for e in amap.results]
-    while k < len(exprs):
-        e = exprs[k]
-        if isinstance(e, ir.AffineConstantExpr):
-            results.append(e)
-            reassoc.append([k])
-            k += 1
-            continue
-        if not isinstance(e, ir.AffineDimExpr):
-            return None
-        g = loop_groups[group_of[e.position]]
-        run = [x.position if isinstance(x, ir.AffineDimExpr) else None for x in exprs[k : k + len(g)]]
-        if run == g:
-            reassoc.append(list(range(k, k + len(g))))
-            k += len(g)
-        elif all(extents[o] == 1 for o in g if o != e.position):
-            reassoc.append([k])
-            k += 1
-        else:
-            return None
-        results.append(ir.AffineDimExpr.get(group_of[e.position], ctx))
-    keep = all(len(r) == 1 for r in reassoc)
-    return ir.AffineMap.get(len(loop_groups), 0, results, ctx), (None if keep else reassoc)
-
-
 # ------------------------------------------------------------------------------ passes
 @dataclasses.dataclass(frozen=True)
 class Im2colPass(ModulePass):
@@ -719,30 +435,3 @@ class Im2colPass(ModulePass):
 
     def apply(self, module: ir.Module, weights: Weights) -> None:
         weights[:], _ = rewrite(module, weights, thin=self.thin)
-
-
-@dataclasses.dataclass(frozen=True)
-class PadWeightsPass(ModulePass):
-    name: ClassVar[str] = "pad-weights"
-    summary: ClassVar[str] = "bound matmul weights padded to whole vectors and stored off 1 KB row strides"
-
-    def apply(self, module: ir.Module, weights: Weights) -> None:
-        weights[:], _ = pad_weights(module, weights)
-
-
-@dataclasses.dataclass(frozen=True)
-class SinkExpandShapesPass(ModulePass):
-    name: ClassVar[str] = "sink-expand-shapes"
-    summary: ClassVar[str] = "expand_shapes moved below the elementwise ops that read them (one GEMM + epilogue chain)"
-
-    def apply(self, module: ir.Module, weights: Weights) -> None:
-        sink_expand_shapes(module)
-
-
-@dataclasses.dataclass(frozen=True)
-class DropUnitReadsPass(ModulePass):
-    name: ClassVar[str] = "drop-unit-reads"
-    summary: ClassVar[str] = "a [C, 1, 1] operand read through (c, 0, 0) read as [C] (vectorizable)"
-
-    def apply(self, module: ir.Module, weights: Weights) -> None:
-        drop_unit_reads(module)

@@ -8,10 +8,17 @@ from __future__ import annotations
 
 from tilecraft.passes.base import ModulePass
 from tilecraft.passes.depthwise import DepthwiseTapsPass
-from tilecraft.passes.fusion import FoldUnitDimsPass, FusePass, PrivateFillsPass
-from tilecraft.passes.im2col import DropUnitReadsPass, Im2colPass, PadWeightsPass, SinkExpandShapesPass
-from tilecraft.passes.layout import InlineBroadcastsPass, SinkExtractSlicesPass, SinkTransposesPass
+from tilecraft.passes.drop_unit_reads import DropUnitReadsPass
+from tilecraft.passes.fold_unit_dims import FoldUnitDimsPass
+from tilecraft.passes.fusion import FusePass
+from tilecraft.passes.im2col import Im2colPass
+from tilecraft.passes.inline_broadcasts import InlineBroadcastsPass
+from tilecraft.passes.pad_weights import PadWeightsPass
 from tilecraft.passes.precision import PrecisionPass
+from tilecraft.passes.private_fills import PrivateFillsPass
+from tilecraft.passes.sink_expand_shapes import SinkExpandShapesPass
+from tilecraft.passes.sink_extract_slices import SinkExtractSlicesPass
+from tilecraft.passes.sink_transposes import SinkTransposesPass
 
 PASSES: dict[str, type[ModulePass]] = {
     p.name: p

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tilecraft import driver, frontend
-from tilecraft.passes import im2col
+from tilecraft.passes import im2col, pad_weights, sink_expand_shapes
 
 
 def _imported(model, x):
@@ -117,7 +117,7 @@ def test_pointwise_gemm_and_its_batch_norm_chain_become_one_group():
     imported = _imported(model, x)
     with imported.module.context:
         im2col.rewrite(imported.module, imported.params)
-        im2col.sink_expand_shapes(imported.module)
+        sink_expand_shapes.sink_expand_shapes(imported.module)
     text = str(imported.module)
     # the chain runs on the GEMM's [F, H·W]; the GEMM's expand_shape moved below it, to the 3×3 conv
     expands = [line for line in text.splitlines() if "tensor<32x256xf32> into tensor<1x32x16x16xf32>" in line]
@@ -157,7 +157,7 @@ def test_weight_columns_are_padded_to_whole_vectors():
     model, x = torch.nn.Linear(64, 1000).eval(), torch.randn(1, 64)
     imported = _imported(model, x)
     with imported.module.context:
-        params, padded = im2col.pad_weights(imported.module, imported.params)
+        params, padded = pad_weights.pad_weights(imported.module, imported.params)
     assert padded == 1 and any(tuple(p.shape) == (64, 1008) for p in params)
     text = str(imported.module)
     assert "linalg.matmul" in text and "tensor<1x1008xf32> to tensor<1x1000xf32>" in text
@@ -177,7 +177,7 @@ def test_weight_rows_are_stored_off_a_multiple_of_1kb_apart(n, stored, computed)
     model, x = torch.nn.Linear(64, n).eval(), torch.randn(8, 64)
     imported = _imported(model, x)
     with imported.module.context:
-        params, padded = im2col.pad_weights(imported.module, imported.params)
+        params, padded = pad_weights.pad_weights(imported.module, imported.params)
     assert padded == 1 and any(tuple(p.shape) == (64, stored) for p in params)
     text = str(imported.module)
     assert f"tensor<64x{stored}xf32> to tensor<64x{computed}xf32>" in text

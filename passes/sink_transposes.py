@@ -21,7 +21,7 @@ strided slices, vectorized along the channels, and the transpose moves below it
 the result) stays, once, where it is first needed.
 
 Then a convolution's epilogue reads its GEMM's [N·OH·OW, F] result through the identity
-(after `im2col.sink_expand_shapes`), like a Linear's: fusion makes the GEMM, batch norm,
+(after `sink-expand-shapes`), like a Linear's: fusion makes the GEMM, batch norm,
 activation and residual add one kernel, and no transpose is left between two
 convolutions, fused or not. A transpose is only sunk along paths that reach its inverse:
 into a pooling or the result it stays where it was, fused into the epilogue that reads it.
@@ -55,29 +55,14 @@ from tilecraft.dialects.irutil import (
     replace_op,
     tensor_t,
 )
+from tilecraft.dialects.opinfo import indexing_maps, is_elementwise, is_live, positions_any, yields_its_input
 from tilecraft.passes.base import ModulePass, Weights
-
-
-def _maps(op: ir.Operation) -> list[ir.AffineMap]:
-    return [ir.AffineMapAttr(a).value for a in ir.ArrayAttr(op.attributes["indexing_maps"])]
 
 
 def _positions(amap: ir.AffineMap) -> list[int] | None:
     """The loop each result of a permutation map reads, or None."""
-    out = _positions_any(amap)
+    out = positions_any(amap)
     return out if out is not None and sorted(out) == list(range(amap.n_dims)) else None
-
-
-def _positions_any(amap: ir.AffineMap) -> list[int] | None:
-    """The loops a map of dims and constants reads, or None."""
-    out = []
-    for expr in amap.results:
-        expr = expr.maybe_downcast()
-        if isinstance(expr, ir.AffineDimExpr):
-            out.append(expr.position)
-        elif not isinstance(expr, ir.AffineConstantExpr):
-            return None
-    return out
 
 
 def _inverts(perm_u: list[int], perm_t: list[int]) -> bool:
@@ -93,38 +78,13 @@ def _through_pads(op: ir.Operation | None) -> ir.Operation | None:
     return op
 
 
-def _elementwise(op: ir.Operation) -> bool:
-    """An all-parallel generic with one result, its output read through the identity and
-    its output value unused in the body (it can be given a fresh init)."""
-    if op.name != "linalg.generic" or len(op.results) != 1:
-        return False
-    if any("parallel" not in str(a) for a in ir.ArrayAttr(op.attributes["iterator_types"])):
-        return False
-    maps = _maps(op)
-    if maps[-1] != ir.AffineMap.get_identity(maps[-1].n_dims, op.context):
-        return False
-    block = op.regions[0].blocks[0]
-    if list(block.arguments[len(block.arguments) - 1].uses):
-        return False
-    return not any(o.name == "linalg.index" for o in block.operations)
-
-
-def _yields_its_input(op: ir.Operation) -> bool:
-    """An elementwise generic of one input whose body yields that input unchanged."""
-    if not _elementwise(op) or len(op.operands) != 2:
-        return False
-    block = op.regions[0].blocks[0]
-    ops = list(block.operations)
-    return len(ops) == 1 and ops[0].operation.name == "linalg.yield" and ops[0].operands[0] == block.arguments[0]
-
-
 def transpose_of(op: ir.Operation) -> list[int] | None:
     """`perm` if `op` is a pure transpose (a generic yielding its one input, read through a
     permutation map that is not the identity), else None: its input's dim k is its loop
     (= result dim) perm[k]."""
-    if not _yields_its_input(op):
+    if not yields_its_input(op):
         return None
-    perm = _positions(_maps(op)[0])
+    perm = _positions(indexing_maps(op)[0])
     if perm is None or perm == list(range(len(perm))):
         return None
     return perm
@@ -149,9 +109,9 @@ def _restate(g: ir.Operation, t: ir.Operation, perm: list[int]) -> ir.Operation 
     the loops in `t`'s source order; returns the transpose of its new result (a clone of
     `t`), which replaces `g`'s uses, or None if it cannot be."""
     ctx = g.context
-    if not _elementwise(g):
+    if not is_elementwise(g):
         return None
-    maps = _maps(g)
+    maps = indexing_maps(g)
     n_in = len(g.operands) - 1
     t_out = ir.RankedTensorType(t.results[0].type)
     if ir.RankedTensorType(g.results[0].type).shape != t_out.shape:
@@ -370,13 +330,13 @@ def _sink_transposes(module: ir.Module, fold: bool) -> tuple[int, int]:
     while work:
         t = work.pop()
         perm = transpose_of(t)
-        if perm is None or not _is_live(t) or not _reaches_inverse(t.results[0], perm, 0, fold):
+        if perm is None or not is_live(t) or not _reaches_inverse(t.results[0], perm, 0, fold):
             continue
         for use in list(t.results[0].uses):
             user = owner_op(use)
             if user is None:
                 continue
-            if transpose_of(user) is None and user.name == "linalg.generic" and _elementwise(user):
+            if transpose_of(user) is None and user.name == "linalg.generic" and is_elementwise(user):
                 if not _reaches_inverse(user.results[0], perm, 1, fold):
                     continue  # (a last residual add: it reads the transpose in place)
                 back = _restate(user, t, perm)
@@ -392,7 +352,7 @@ def _sink_transposes(module: ir.Module, fold: bool) -> tuple[int, int]:
                 if _pool_nhwc(u, module, cancelled):
                     changed += 1
                     pooled += 1
-        if _is_live(t) and not list(t.results[0].uses):
+        if is_live(t) and not list(t.results[0].uses):
             replace_op(t)
     if cancelled:
         inline_helpers(module)
@@ -404,7 +364,7 @@ def _reads_through_inverse(g: ir.Operation, i: int, perm: list[int]) -> bool:
     the inverse permutation: it then reads the transpose's source through the identity."""
     if i >= len(g.operands) - 1 or transpose_of(g) is not None:
         return False
-    m = _positions(_maps(g)[i])
+    m = _positions(indexing_maps(g)[i])
     return m is not None and len(m) == len(perm) and [m[p] for p in perm] == list(range(len(m)))
 
 
@@ -415,9 +375,9 @@ def _fold_into_reads(t: ir.Operation, perm: list[int]) -> int:
     folded = 0
     for use in list(t.results[0].uses):
         g = owner_op(use)
-        if g is None or not _elementwise(g) or not _reads_through_inverse(g, use.operand_number, perm):
+        if g is None or not is_elementwise(g) or not _reads_through_inverse(g, use.operand_number, perm):
             continue
-        maps = _maps(g)
+        maps = indexing_maps(g)
         maps[use.operand_number] = ir.AffineMap.get_identity(len(perm), g.context)
         g.operands[use.operand_number] = t.operands[0]
         g.attributes["indexing_maps"] = ir.ArrayAttr.get([ir.AffineMapAttr.get(m) for m in maps])
@@ -444,7 +404,7 @@ def _reaches_inverse(v: ir.Value, perm: list[int], depth: int, fold: bool = True
         inv = transpose_of(u) if u is not None else None
         if inv is not None and _inverts(inv, perm):
             return True
-        if user.name == "linalg.generic" and inv is None and _elementwise(user):
+        if user.name == "linalg.generic" and inv is None and is_elementwise(user):
             if fold and _reads_through_inverse(user, use.operand_number, perm):
                 return True
             if _reaches_inverse(user.results[0], perm, depth + 1, fold):
@@ -455,168 +415,6 @@ def _reaches_inverse(v: ir.Value, perm: list[int], depth: int, fold: bool = True
     return False
 
 
-def _is_live(op: ir.Operation) -> bool:
-    try:
-        return op.parent is not None
-    except Exception:  # an erased op
-        return False
-
-
-# ----------------------------------------------------------------- slices out of the way
-MAX_SLICE_WASTE = 0.1  # extra elements an op restated over a slice's source may compute
-
-
-def _static_slice(op: ir.Operation) -> tuple[list[int], list[int], list[int]]:
-    keys = ("static_offsets", "static_sizes", "static_strides")
-    return tuple(list(ir.DenseI64ArrayAttr(op.attributes[k])) for k in keys)
-
-
-def _sinkable_slice(s: ir.Operation) -> list[int] | None:
-    """The sliced dims of `s` if it is a slice worth sinking: static, offsets 0, unit
-    strides, not rank-reducing, of a computed tensor at most MAX_SLICE_WASTE larger (a tap
-    chain's output rows with their wrapped-around columns, `passes/im2col.py`)."""
-    if s.name != "tensor.extract_slice" or len(s.operands) != 1:
-        return None
-    offsets, sizes, strides = _static_slice(s)
-    src_shape = list(ir.RankedTensorType(s.operands[0].type).shape)
-    out_shape = list(ir.RankedTensorType(s.results[0].type).shape)
-    if any(offsets) or any(x != 1 for x in strides) or out_shape != sizes or len(src_shape) != len(sizes):
-        return None
-    src = owner_op(s.operands[0])
-    if src is None or src.name not in ("tensor.expand_shape", "linalg.generic"):
-        return None
-    n_src, n_out = 1, 1
-    for a, b in zip(src_shape, sizes):
-        n_src, n_out = n_src * a, n_out * b
-    if n_src > (1 + MAX_SLICE_WASTE) * n_out:
-        return None
-    return [d for d, (a, b) in enumerate(zip(src_shape, sizes)) if a != b]
-
-
-def sink_extract_slices(module: ir.Module) -> int:
-    """Move each such slice below the elementwise ops that read it through the identity
-    (their other operands broadcast along the sliced dims): they compute the whole source
-    and the slice moves to their result. A tap chain's batch norm and activation then read
-    the chain's accumulator as it is, and fusion can make them its epilogue. Returns how
-    many ops were restated."""
-    with ir.Location.unknown(module.context):
-        return _sink_extract_slices(module)
-
-
-def _sink_extract_slices(module: ir.Module) -> int:
-    body = entry_func(module).regions[0].blocks[0]
-    work = [op.operation for op in body.operations if _sinkable_slice(op.operation) is not None]
-    moved = 0
-    while work:
-        s = work.pop()
-        sliced = _sinkable_slice(s)
-        if sliced is None or not _is_live(s):
-            continue
-        src = s.operands[0]
-        src_t = ir.RankedTensorType(src.type)
-        for use in list(s.results[0].uses):
-            g = owner_op(use)
-            if g is None or not _elementwise(g):
-                continue
-            maps = _maps(g)
-            n_in = len(g.operands) - 1
-            identity = ir.AffineMap.get_identity(maps[-1].n_dims, g.context)
-            if ir.RankedTensorType(g.results[0].type).shape != ir.RankedTensorType(s.results[0].type).shape:
-                continue
-            if ir.RankedTensorType(g.results[0].type).element_type != src_t.element_type:
-                continue
-            ok = True
-            for i in range(n_in):
-                if g.operands[i] == s.results[0]:
-                    ok = ok and maps[i] == identity
-                else:
-                    used = _positions_any(maps[i])
-                    ok = ok and used is not None and not set(used) & set(sliced)
-            if not ok:
-                continue
-            with ir.InsertionPoint(g), g.location:
-                init = tensor.empty(src_t.shape, src_t.element_type)
-                new = g.clone()
-                for i in range(n_in):
-                    if g.operands[i] == s.results[0]:
-                        new.operands[i] = src
-                new.operands[n_in] = init
-                new.results[0].set_type(src_t)
-                back = s.clone()
-                back.operands[0] = new.results[0]
-            replace_op(g, back.results[0])
-            moved += 1
-            work.append(back)
-        if not list(s.results[0].uses):
-            s.erase()
-    return moved
-
-
-# ------------------------------------------------------------ broadcasts read in place
-def _broadcast_source(op: ir.Operation) -> ir.AffineMap | None:
-    """The input map of a pure broadcast (an elementwise generic yielding its one input
-    unchanged, read through fewer loops in order, and constants; or a `linalg.broadcast`),
-    else None."""
-    if op.name == "linalg.broadcast":
-        added = set(ir.DenseI64ArrayAttr(op.attributes["dimensions"]))
-        rank = ir.RankedTensorType(op.results[0].type).rank
-        dims = [ir.AffineDimExpr.get(d, op.context) for d in range(rank) if d not in added]
-        return ir.AffineMap.get(rank, 0, dims, op.context)
-    if not _yields_its_input(op):
-        return None
-    if ir.RankedTensorType(op.operands[0].type).element_type != ir.RankedTensorType(op.results[0].type).element_type:
-        return None
-    in_map = _maps(op)[0]
-    dims = _positions_any(in_map)
-    if dims is None or len(dims) >= in_map.n_dims or dims != sorted(set(dims)):
-        return None  # a copy or a transpose: the layout pass's to move
-    return in_map
-
-
-def inline_broadcasts(module: ir.Module) -> int:
-    """Let the elementwise generics that read a materialized broadcast (a convolution's
-    bias spread over [C, H, W]) read its source through the composed map instead, and drop
-    the broadcast when nothing else reads it. A bias broadcast then no longer pins its
-    reader's loops: the reader can be restated over the GEMM's own rows and channels
-    (`im2col.sink_expand_shapes`, `sink_extract_slices`), and fusion makes it the GEMM's
-    epilogue. Returns how many reads were redirected."""
-    body = entry_func(module).regions[0].blocks[0]
-    moved = 0
-    for b in [op.operation for op in body.operations]:
-        in_map = _broadcast_source(b)
-        if in_map is None:
-            continue
-        for use in list(b.results[0].uses):
-            g = owner_op(use)
-            if g is None or g.name != "linalg.generic" or use.operand_number >= len(g.operands) - 1:
-                continue
-            maps = _maps(g)
-            read = maps[use.operand_number]
-            if _positions_any(read) is None or len(read.results) != in_map.n_dims:
-                continue
-            results = []
-            for expr in in_map.results:
-                expr = expr.maybe_downcast()
-                results.append(read.results[expr.position] if isinstance(expr, ir.AffineDimExpr) else expr)
-            maps[use.operand_number] = ir.AffineMap.get(read.n_dims, 0, results, g.context)
-            g.operands[use.operand_number] = b.operands[0]
-            g.attributes["indexing_maps"] = ir.ArrayAttr.get([ir.AffineMapAttr.get(m) for m in maps])
-            moved += 1
-        if not list(b.results[0].uses):
-            replace_op(b)
-    return moved
-
-
-# ------------------------------------------------------------------------------ passes
-@dataclasses.dataclass(frozen=True)
-class InlineBroadcastsPass(ModulePass):
-    name: ClassVar[str] = "inline-broadcasts"
-    summary: ClassVar[str] = "a materialized broadcast read where it is used, through the composed map"
-
-    def apply(self, module: ir.Module, weights: Weights) -> None:
-        inline_broadcasts(module)
-
-
 @dataclasses.dataclass(frozen=True)
 class SinkTransposesPass(ModulePass):
     name: ClassVar[str] = "sink-transposes"
@@ -625,12 +423,3 @@ class SinkTransposesPass(ModulePass):
 
     def apply(self, module: ir.Module, weights: Weights) -> None:
         sink_transposes(module, through_inverse=self.through_inverse)
-
-
-@dataclasses.dataclass(frozen=True)
-class SinkExtractSlicesPass(ModulePass):
-    name: ClassVar[str] = "sink-extract-slices"
-    summary: ClassVar[str] = "a tap chain's trailing slice moved below its epilogue (the epilogue on the accumulator)"
-
-    def apply(self, module: ir.Module, weights: Weights) -> None:
-        sink_extract_slices(module)

@@ -1,4 +1,4 @@
-"""Channels-last between convolutions (`passes/layout.py`): transposes sunk through the
+"""Channels-last between convolutions (`passes/sink_transposes.py`): transposes sunk through the
 elementwise ops between two convolutions and cancelled; a tap chain's slice sunk below its
 epilogue; the result matches eager, fused or not."""
 
@@ -8,7 +8,7 @@ import torch
 from tilecraft import driver, frontend
 from tilecraft.corpus.zoo import BasicBlock
 from tilecraft.dialects.irutil import entry_func
-from tilecraft.passes import layout
+from tilecraft.passes import sink_transposes as layout
 
 
 def _block_pair(c: int, hw: int):
