@@ -158,6 +158,29 @@ def _synthetic_db(path: str, records, target=None) -> None:
             db.commit_measurement(m, th)
 
 
+def test_search_study_leaves_amx_contractions_out(tmp_path):
+    """AMX contractions share the corpus (kinds amx_*, AmxSchedule decisions, whole spaces
+    measured) but are not tiled kernels: the search study's exhaustively measured kernels
+    leave them out, as training does (the seed corpus made `bench/costmodel.py` crash)."""
+    from tilecraft.corpus import amx as amx_workloads
+    from tilecraft.passes.precision import SPACE
+
+    target = host()
+    tiled = _kernel(generator.matmul(64, 64, 64))
+    space = tiling.space(kernels.infos_of(tiled.mlir, frontend.new_context()), target)
+    records = [Record(tiled, d, _truth(tiled, d, target), 0.5, source="zoo:m0") for d in space]
+    db = str(tmp_path / "c.db")
+    _synthetic_db(db, records, target)
+    amx = amx_workloads.workload(1, 32, 64, 64, "bf16")
+    with CorpusDB(db) as c:
+        th = c.add_target(target)
+        c.add_workload(amx, source="zoo:m0")
+        for sched in SPACE:
+            c.commit_measurement(Measurement(amx.key, sched.to_json(), "ok", median_s=1e-5, min_s=1e-5), th)
+    assert len(space) >= 20 and len(SPACE) >= 20  # both pass min_space: only the kind tells them apart
+    assert set(evaluate.complete_kernels(db, target)) == {tiled.key}
+
+
 def test_costmodel_train_and_eval_commands(synthetic, tmp_path, capsys):
     _, records = synthetic
     db = str(tmp_path / "c.db")
