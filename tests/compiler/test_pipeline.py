@@ -52,3 +52,32 @@ def test_heuristics():
     info = schedule.OpInfo(0, "linalg.matmul", "matmul", (512, 512, 512), ("parallel", "parallel", "reduction"))
     s = schedule.default_decision(info)
     assert s.tiles == ((64, 128, 128), (8, 32, 1))
+
+
+def test_every_registered_pass_is_listed_with_options_and_has_a_filecheck_test(capsys):
+    """`tilecraft-opt --list-passes` lists every pass (each with its options and defaults),
+    every pass the driver runs on a model is registered, and each has a FileCheck test."""
+    import glob
+    import os
+    import re
+
+    from tilecraft import cli, driver
+
+    assert cli.opt_main(["--list-passes"]) == 0
+    listed = capsys.readouterr().out
+    known = pipeline.registry()
+    for name, cls in known.items():
+        assert re.search(rf"^{re.escape(cls.describe())}$", listed, re.M), name
+        for key in cls.options():
+            assert f"{key}=" in cls.describe()
+    compiled = driver.compile_model(frontend.import_spec("conv_autoencoder"), emit="llvm")
+    assert {p.name for p in compiled.passes} <= set(known)
+    here = os.path.dirname(os.path.abspath(__file__))
+    runs = " ".join(
+        line
+        for path in glob.glob(os.path.join(here, "..", "filecheck", "*.mlir"))
+        for line in open(path)
+        if line.startswith("// RUN:")
+    )
+    untested = [name for name in known if not re.search(rf"-p [\"']?[^|]*\b{re.escape(name)}\b", runs)]
+    assert not untested, f"passes without a FileCheck test: {untested}"
