@@ -38,7 +38,7 @@ from tilecraft.passes.sink_expand_shapes import SinkExpandShapesPass
 from tilecraft.passes.sink_extract_slices import SinkExtractSlicesPass
 from tilecraft.passes.sink_transposes import SinkTransposesPass
 
-STAGES = ("linalg", "decided", "tiled", "vector", "llvm")  # IR stages `--emit` can stop after
+STAGES = ("linalg", "decided", *CpuBackend.stages)  # IR stages `--emit` can stop after
 EMITS = (*STAGES, "asm", "obj", "so", "jit")
 RTOL, ATOL = 1e-4, 1e-5
 
@@ -260,8 +260,12 @@ def convolutions_as_gemms(imported: frontend.Imported, *, fusing: bool = True, l
     imported.signature = runtime.Signature.of_func(imported.module, imported.func_name)
 
 
-def load_cost_model(cost_model: str, target: Target):
+def load_cost_model(cost_model, target: Target):
+    """A cost model by name or file (`costmodel.model.create`); a model object as it is."""
     from tilecraft.costmodel import model as cm
+
+    if not isinstance(cost_model, str):
+        return cost_model
 
     try:
         return cm.create(cost_model, target)

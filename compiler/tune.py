@@ -46,7 +46,7 @@ def tune(
     target = target if isinstance(target, Target) else Target.parse(target)
     model = cm.create(cost_model, target)
     # the kernels `compile` compiles: the driver's steps up to the decided module
-    compiled = driver.compile_model(frontend.import_spec(spec), target=target, emit="decided", cost_model=cost_model)
+    compiled = driver.compile_model(frontend.import_spec(spec), target=target, emit="decided", cost_model=model)
     choices = list(compiled.choices)
     total = sum(c.predicted_s * len(c.op_ids) for c in choices) or 1.0
     choices.sort(key=lambda c: -c.predicted_s * len(c.op_ids))

@@ -48,12 +48,19 @@ class Weights(list):
         return Weights(torch.empty(ir.ShapedType(a.type).shape, dtype=_dtype(a.type), device="meta") for a in args)
 
 
-_DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16, "i8": torch.int8, "i32": torch.int32}
+_DTYPES = {
+    "f32": torch.float32,
+    "bf16": torch.bfloat16,
+    "f16": torch.float16,
+    "i8": torch.int8,
+    "i32": torch.int32,
+    "i64": torch.int64,
+}
 
 
 def _dtype(t: ir.Type) -> torch.dtype:
     elem = str(ir.ShapedType(t).element_type)
-    return _DTYPES.get(elem, torch.float32) if elem != "i64" else torch.int64
+    return _DTYPES.get(elem, torch.float32)
 
 
 def parse_bool(text: str) -> bool:

@@ -120,7 +120,7 @@ class CpuLowerPass(ModulePass):
 # ----------------------------------------------------------------------------- backend
 class CpuBackend(Backend):
     name = "cpu"
-    stages = lowering.STAGES[1:]  # tiled, vector, llvm
+    stages = ("tiled", "vector", "llvm")
     emits = ("asm", "obj", "so", "jit")
     options_type = CpuOptions
 

@@ -23,8 +23,6 @@ from tilecraft.backends.cpu import schedule as tiling
 from tilecraft.dialects.irutil import ANY, apply_transform, public_funcs, run_pipeline, wants_reproducer
 from tilecraft.dialects.tc import COPY_ID
 
-STAGES = ("linalg", "tiled", "vector", "llvm")
-
 LLVM_PIPELINE = (
     "builtin.module("
     "buffer-results-to-out-params{hoist-static-allocs=true modify-public-functions=true},"
@@ -72,7 +70,7 @@ def to_tiled(
     fused = tiling.fused_ids(module, infos)
     chosen.update({i.op_id: tiling.register_tile_decision(i) for i in infos if i.op_id in fused})
     script = tiling.tiling_script(infos, chosen, vectorize=vectorize)
-    return apply_transform(module, script, stage="tiled", reproduce="cpu-tiled")
+    return apply_transform(module, script, stage="tiled", reproduce="cpu-tiled", before=before)
 
 
 def to_vector(
@@ -193,14 +191,6 @@ def to_llvm(module: ir.Module) -> ir.Module:
     amx.lower_marked(module)  # low-precision contractions → AMX kernels
     run_pipeline(module, LLVM_PIPELINE, stage="llvm", reproduce="cpu-llvm")
     amx.keep_blocks_out_of_line(module)
-    return module
-
-
-def lower(module: ir.Module, until: str = "llvm", *, start: str = "linalg") -> ir.Module:
-    """Run the stages after `start` up to and including `until`."""
-    fns = {"tiled": to_tiled, "vector": to_vector, "llvm": to_llvm}
-    for stage in STAGES[STAGES.index(start) + 1 : STAGES.index(until) + 1]:
-        module = fns[stage](module)
     return module
 
 
