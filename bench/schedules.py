@@ -112,8 +112,7 @@ def run(args, db_path: str) -> int:
                 db,
                 [(kernel, "bench:schedules")],
                 decisions_per_kernel=count,
-                target=target,
-                workers=args.workers,
+                runner=collect.LocalRunner(target, workers=args.workers),
                 progress=progress,
             )
             sweep_s = time.perf_counter() - t0

@@ -176,42 +176,54 @@ def cmd_corpus_collect(args) -> int:
 
     target = Target.parse(args.target)
     names = list(zoo.ZOO) if args.models == "zoo" else [m for m in args.models.split(",") if m]
-    modules = {}
-    for name in names:
-        imported = frontend.import_spec(name)
-        if args.as_compiled:  # the kernels the compiler schedules: convolutions as GEMMs, gathers, taps
-            with imported.module.context:
-                driver.convolutions_as_gemms(imported)
-        modules[name] = imported.module
-    pairs = collect.gather(modules, args.random, seed=args.seed)
-    if args.kinds:
-        pairs = [(k, src) for k, src in pairs if k.kind in args.kinds.split(",")]
     each = f"up to {args.decisions_per_kernel}" if args.decisions_per_kernel > 0 else "all legal"
+    # the database and the measuring side first: a mistake there is reported before any import
     with CorpusDB(args.db) as db:
-        print(f"{len({k.key for k, _ in pairs})} kernels, {each} decisions each -> {args.db}", file=sys.stderr)
-        counts = collect.collect(
-            db,
-            pairs,
-            decisions_per_kernel=args.decisions_per_kernel,
-            target=target,
-            seed=args.seed,
-            timeout_s=args.timeout,
-            progress=None if args.quiet else collect.progress_bar,
-            workers=args.workers,
-        )
-    print(f"measured {counts['measured']} ({counts['failed']} failed); already in the database: skipped")
+        if args.scheduler:
+            from tilecraft.corpus.cluster import DaskRunner
+
+            runner = DaskRunner(args.scheduler, target_spec=args.target, timeout_s=args.timeout)
+            where = f"the workers at {args.scheduler}"
+        else:
+            runner = collect.LocalRunner(target, workers=args.workers, timeout_s=args.timeout)
+            where = f"{args.workers} local worker{'s' if args.workers > 1 else ''}"
+        try:
+            modules = {}
+            for name in names:
+                imported = frontend.import_spec(name)
+                if args.as_compiled:  # the kernels the compiler schedules: convolutions as GEMMs, gathers, taps
+                    with imported.module.context:
+                        driver.convolutions_as_gemms(imported)
+                modules[name] = imported.module
+            pairs = collect.gather(modules, args.random, seed=args.seed)
+            if args.kinds:
+                pairs = [(k, src) for k, src in pairs if k.kind in args.kinds.split(",")]
+            n = len({k.key for k, _ in pairs})
+            print(f"{n} kernels, {each} decisions each, on {where} -> {db.path}", file=sys.stderr)
+            counts = collect.collect(
+                db,
+                pairs,
+                decisions_per_kernel=args.decisions_per_kernel,
+                runner=runner,
+                seed=args.seed,
+                progress=None if args.quiet else collect.progress_bar,
+            )
+        finally:
+            runner.close()
+    others = f"; {counts['by_others']} by other collectors" if counts["by_others"] else ""
+    print(f"measured {counts['measured']} ({counts['failed']} failed){others}; already in the database: skipped")
     return 0
 
 
 def cmd_corpus_stats(args) -> int:
-    from tilecraft.corpus.db import CorpusDB
+    from tilecraft.corpus.db import CorpusDB, redacted
 
     with CorpusDB(args.db, create=False) as db:
         s = db.stats()
     if args.json:
         print(json.dumps(s, indent=1))
         return 0
-    print(f"database        {args.db} (schema v{s['schema_version']})")
+    print(f"database        {redacted(args.db)} (schema v{s['schema_version']})")
     print(f"kernels         {s['workloads']} ({s['measured_workloads']} measured)")
     print(f"decisions       {s['decisions']}")
     print(f"measurements    {s['measurements']} ({s['failed']} failed)")
@@ -273,7 +285,7 @@ def cmd_costmodel_train_amx(args) -> int:
 def cmd_costmodel_train(args) -> int:
     from tilecraft.costmodel import train
 
-    s = train.train(args.db, args.out, text=args.text, all_targets=args.all_targets)
+    s = train.train(args.db, args.out, text=args.text, all_targets=args.all_targets, scheduler=args.scheduler)
     print(f"trained on {s['rows']} measurements of {s['kernels']} kernels in {s['seconds']:.0f} s -> {s['out']}")
     return 0
 
@@ -357,6 +369,9 @@ def precision_options(sp) -> None:
     )
 
 
+DB_HELP = "corpus database: an SQLite file or a PostgreSQL URL (postgresql://USER@HOST:PORT/DB)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tilecraft", description="Compile PyTorch models to native code through MLIR.")
     p.add_argument("--verbose", action="store_true", help="print tracebacks on errors")
@@ -409,15 +424,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="zoo kernels as the compiler schedules them (after the im2col stage), not as imported",
     )
-    cc.add_argument("--db", required=True, help="SQLite corpus database (created if missing)")
+    cc.add_argument("--db", required=True, help=DB_HELP + " (created if missing)")
     cc.add_argument("--seed", type=int, default=0)
     cc.add_argument("--timeout", type=float, default=120.0, help="seconds per candidate before it counts as hung")
     cc.add_argument("--target", default="cpu")
-    cc.add_argument("--workers", type=int, default=1, help="measuring processes side by side, one core each")
+    cc.add_argument("--workers", type=int, default=1, help="measuring processes side by side here, one core each")
+    cc.add_argument(
+        "--scheduler",
+        metavar="ADDR",
+        help="measure on the workers of this Dask scheduler (tcp://HOST:8786) instead of on this machine",
+    )
     cc.add_argument("--quiet", action="store_true", help="no progress bar")
     cc.set_defaults(fn=cmd_corpus_collect)
     ca = csub.add_parser("collect-amx", help="measure AMX bf16/int8 contractions x schedules into the database")
-    ca.add_argument("--db", required=True, help="SQLite corpus database (created if missing)")
+    ca.add_argument("--db", required=True, help=DB_HELP + " (created if missing)")
     ca.add_argument("--no-zoo", dest="zoo", action="store_false", help="leave out the zoo's layer shapes")
     ca.add_argument("--random", type=int, default=0, metavar="N", help="also N generated GEMM shapes")
     ca.add_argument("--seed", type=int, default=0)
@@ -425,18 +445,18 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--quiet", action="store_true", help="no progress bar")
     ca.set_defaults(fn=cmd_corpus_collect_amx)
     cs = csub.add_parser("stats", help="counts, coverage and latency spread per op kind")
-    cs.add_argument("--db", required=True)
+    cs.add_argument("--db", required=True, help=DB_HELP)
     cs.add_argument("--json", action="store_true")
     cs.set_defaults(fn=cmd_corpus_stats)
     ce = csub.add_parser("export", help="export successful measurements to Parquet")
-    ce.add_argument("--db", required=True)
+    ce.add_argument("--db", required=True, help=DB_HELP)
     ce.add_argument("-o", "--output", required=True)
     ce.set_defaults(fn=cmd_corpus_export)
 
     t = sub.add_parser("tune", help="search each kernel's schedule with the cost model, measuring the top candidates")
     t.add_argument("model", help="zoo name, path/to/file.py:factory, or a .mlir file")
     t.add_argument("--budget", type=int, required=True, help="measurements in all (shared by the kernels)")
-    t.add_argument("--db", default="tune.db", help="corpus database the measurements are recorded in")
+    t.add_argument("--db", default="tune.db", help="the measurements are recorded in this " + DB_HELP)
     t.add_argument("--cost-model", default="lightgbm", help="lightgbm (shipped), analytical, or a model file")
     t.add_argument("--model-out", help="write the improved model here")
     t.add_argument("--decisions-out", help="write the tuned decisions here (default: <model>.decisions.json)")
@@ -461,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     cm = sub.add_parser("costmodel", help="train and evaluate cost models")
     cmsub = cm.add_subparsers(dest="costmodel_command", required=True)
     ct = cmsub.add_parser("train", help="fit the LightGBM cost model on a corpus")
-    ct.add_argument("--db", required=True)
+    ct.add_argument("--db", required=True, help=DB_HELP)
     ct.add_argument("--out", required=True, help="model file (.json.gz)")
     ct.add_argument(
         "--no-text", dest="text", action="store_false", help="leave out the MLIR token n-gram features (ablation)"
@@ -471,13 +491,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="train on every machine's measurements (the target features tell them apart), not only the main one's",
     )
+    ct.add_argument(
+        "--scheduler", metavar="ADDR", help="train with lightgbm.dask on the workers of this Dask scheduler"
+    )
     ct.set_defaults(fn=cmd_costmodel_train)
     cta = cmsub.add_parser("train-amx", help="fit the AMX (bf16/int8) contraction cost model on a corpus")
-    cta.add_argument("--db", required=True)
+    cta.add_argument("--db", required=True, help=DB_HELP)
     cta.add_argument("--out", default=None, help="model file (default: the shipped costmodel/data/amx-cpu.json)")
     cta.set_defaults(fn=cmd_costmodel_train_amx)
     cv = cmsub.add_parser("eval", help="held-out metrics (split by kernel, leave-one-model-out), search study, PNGs")
-    cv.add_argument("--db", required=True)
+    cv.add_argument("--db", required=True, help=DB_HELP)
     cv.add_argument("--model", help="model file whose configuration is evaluated (default: the default config)")
     cv.add_argument("--folds", type=int, default=5)
     cv.add_argument("--out-dir", default=".", help="where the PNGs go")

@@ -3,16 +3,19 @@
 On the corpus floor; behind `tilecraft corpus collect`. Writes the corpus database
 (`corpus/db.py`) that the cost-model trainer reads. Reads kernels from zoo models and the
 workload generator, samples decisions from each kernel's legal space (the heuristic
-default first, then a deterministic sample, so a rerun picks the same pairs), measures
-them through the harness, and commits each result as it lands. A rerun skips everything
-already measured: a collection killed mid-run loses at most the candidate in flight and
-repeats nothing.
+default first, then a deterministic sample, so a rerun picks the same pairs), puts the
+pairs not yet measured on the database's work queue, and claims a few at a time for a
+runner that measures them: `LocalRunner` (measuring processes on this machine, one core
+each) or `cluster.DaskRunner` (a Dask cluster's workers). Each result is committed as it
+lands, which takes its task off the queue. A rerun skips everything already measured: a
+collection killed mid-run loses at most the candidates in flight and repeats nothing, and
+collectors sharing one database (several machines on one PostgreSQL server) split the
+work without measuring a pair twice.
 """
 
 from __future__ import annotations
 
-import os
-import queue
+import concurrent.futures
 import random
 import sys
 import threading
@@ -21,7 +24,9 @@ from collections.abc import Callable
 
 from tilecraft.backends.cpu import schedule as tiling
 from tilecraft.corpus import generator, kernels, measure
-from tilecraft.corpus.db import CorpusDB
+from tilecraft.corpus.db import CorpusDB, CorpusError, new_owner
+
+POLL_S = 1.0  # how often a collector waiting on others' claims looks again
 
 
 def sample_decisions(kernel: kernels.Kernel, count: int, *, seed: int, target, context) -> list[tiling.TileDecision]:
@@ -34,74 +39,116 @@ def sample_decisions(kernel: kernels.Kernel, count: int, *, seed: int, target, c
     return head + rng.sample(rest, min(len(rest), max(0, count - 1)))
 
 
+class LocalRunner:
+    """`workers` measuring subprocesses on this machine, each on a core of its own."""
+
+    def __init__(self, target, *, workers: int = 1, timeout_s: float = 120.0):
+        if workers < 1:
+            raise CorpusError(f"--workers must be at least 1 (got {workers})")
+        self.targets = {target.hash(): target}
+        self.timeout_s = timeout_s
+        self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="measure")
+        self._workers = workers
+        self._local = threading.local()
+        self._started: list[measure.MeasureWorker] = []
+        self._lock = threading.Lock()
+
+    def slots(self, target_hash: str) -> int:
+        return self._workers
+
+    def _measure(self, kernel, decision, target):
+        worker = getattr(self._local, "worker", None)
+        if worker is None:
+            worker = self._local.worker = measure.MeasureWorker(timeout_s=self.timeout_s, cpu=measure.claim_core())
+            with self._lock:
+                self._started.append(worker)
+        return worker.measure(kernel, decision, target), target
+
+    def submit(self, target_hash: str, kernel, decision):
+        return self._pool.submit(self._measure, kernel, decision, self.targets[target_hash])
+
+    def wait(self, futures: list, timeout: float) -> set:
+        return concurrent.futures.wait(futures, timeout, return_when=concurrent.futures.FIRST_COMPLETED).done
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        for worker in self._started:
+            worker.close()
+            measure.release_core(worker.cpu)
+
+
 def collect(
     db: CorpusDB,
     pairs: list[tuple[kernels.Kernel, str]],
     *,
     decisions_per_kernel: int,
-    target,
+    runner,
     seed: int = 0,
-    timeout_s: float = 120.0,
     progress: Callable[[int, int, float], None] | None = None,
-    workers: int = 1,
 ) -> dict[str, int]:
-    """Measure every sampled pair not yet in `db`. With `workers` > 1, that many measuring
-    subprocesses run side by side, each pinned to its own core; results are committed by
-    this thread as they arrive, so a kill loses at most the candidates in flight."""
+    """Measure every sampled pair not yet in `db` on every machine class `runner` offers
+    (`runner.targets`), committing each result as it arrives. Returns counts: measured,
+    failed, todo (unmeasured when this collector started), by_others (finished meanwhile
+    by other collectors on the same database), repeated (measured here although already
+    in the database: the queue's claims keep this 0)."""
     from torch_mlir import ir
 
     ctx = ir.Context()
-    target_hash = db.add_target(target)
-    todo = []
-    seen = set()
+    by_key: dict[str, kernels.Kernel] = {}
     for kernel, source in pairs:
         db.add_workload(kernel, source=source)
-        if kernel.key in seen:
-            continue
-        seen.add(kernel.key)
-        for d in sample_decisions(kernel, decisions_per_kernel, seed=seed, target=target, context=ctx):
-            if not db.has_measurement(kernel.key, d.to_json(), target_hash):
-                todo.append((kernel, d))
-    counts = {"measured": 0, "failed": 0, "todo": len(todo)}
+        by_key.setdefault(kernel.key, kernel)
+    db.release_dead_owners()
+    plans: dict[str, list[int]] = {}  # target hash -> this collection's task ids
+    for th, target in runner.targets.items():
+        db.add_target(target)
+        planned = [
+            (k.key, d.to_json())
+            for k in by_key.values()
+            for d in sample_decisions(k, decisions_per_kernel, seed=seed, target=target, context=ctx)
+        ]
+        plans[th] = db.enqueue(th, planned)
+    todo = sum(db.unfinished(ids) for ids in plans.values())
+    counts = {"measured": 0, "failed": 0, "todo": todo, "by_others": 0, "repeated": 0}
+    owner = new_owner()
+    lease_s = 2 * runner.timeout_s + 60
+    renewed = time.monotonic()
+    in_flight: dict = {}  # future -> target hash
     start = time.perf_counter()
-    results: queue.Queue = queue.Queue()
-    jobs: queue.Queue = queue.Queue()
-    for item in todo:
-        jobs.put(item)
-    cores = sorted(os.sched_getaffinity(0))
-    n = max(1, min(workers, len(todo)))
-    stop = threading.Event()
-
-    def run(index: int) -> None:
-        cpu = cores[index % len(cores)] if n > 1 else None
-        with measure.MeasureWorker(timeout_s=timeout_s, cpu=cpu) as worker:
-            while not stop.is_set():
-                try:
-                    kernel, decision = jobs.get_nowait()
-                except queue.Empty:
-                    break
-                results.put(worker.measure(kernel, decision, target))
-        results.put(None)
-
-    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(n)]
-    for t in threads:
-        t.start()
-    finished = 0
     try:
-        while finished < n:
-            m = results.get()
-            if m is None:
-                finished += 1
-                continue
-            db.commit_measurement(m, target_hash)
-            counts["measured"] += 1
-            counts["failed"] += m.status != "ok"
-            if progress:
-                progress(counts["measured"], len(todo), time.perf_counter() - start)
+        while True:
+            for th, ids in plans.items():
+                free = runner.slots(th) - sum(1 for t in in_flight.values() if t == th)
+                for _, key, decision in db.claim(owner, ids, free, lease_s=lease_s):
+                    d = tiling.TileDecision.from_json(decision) if decision else None
+                    in_flight[runner.submit(th, by_key[key], d)] = th
+            if not in_flight:
+                left = sum(db.unfinished(ids) for ids in plans.values())
+                if left == 0:
+                    break
+                time.sleep(POLL_S)  # the rest is held by other collectors: wait for it or for their leases
+            for future in runner.wait(list(in_flight), POLL_S):
+                th = in_flight.pop(future)
+                try:
+                    m, measured_on = future.result()
+                except Exception as exc:  # the runner itself failed (a candidate's failure is a record)
+                    raise CorpusError(f"a measuring task failed: {' '.join(str(exc).split())[:300]}") from None
+                if measured_on.hash() != th:  # a worker of another machine class took it: its own target
+                    th = db.add_target(measured_on)
+                counts["repeated"] += not db.commit_measurement(m, th)
+                counts["measured"] += 1
+                counts["failed"] += m.status != "ok"
+                if progress:
+                    progress(counts["measured"], todo, time.perf_counter() - start)
+            if time.monotonic() - renewed > lease_s / 4:
+                db.renew(owner, lease_s=lease_s)
+                renewed = time.monotonic()
     finally:
-        stop.set()
-        for t in threads:
-            t.join(timeout_s + 10)
+        db.release(owner)
+        runner.close()
+    counts["by_others"] = todo - counts["measured"]
+    if progress and counts["by_others"]:
+        progress(todo, todo, time.perf_counter() - start)
     return counts
 
 

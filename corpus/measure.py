@@ -267,3 +267,37 @@ class MeasureWorker:
 
     def __exit__(self, *exc):
         self.close()
+
+
+# ------------------------------------------------------------------ one core per worker
+_CORE_LOCKS: list = []  # open lock files: a core stays ours while this process lives
+
+
+def claim_core() -> int | None:
+    """A core of this process's affinity that no other measuring worker on this machine
+    holds (a lock file per core, released when the holding process exits, however it
+    exits): measurements side by side never share a core, whichever process or cluster
+    worker started them. None when every core is taken."""
+    import fcntl
+    import tempfile
+
+    for cpu in sorted(os.sched_getaffinity(0)):
+        f = open(os.path.join(tempfile.gettempdir(), f"tilecraft-measure-core-{cpu}.lock"), "a")  # noqa: SIM115
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            continue
+        _CORE_LOCKS.append(f)
+        return cpu
+    return None
+
+
+def release_core(cpu: int | None) -> None:
+    import fcntl
+
+    for f in list(_CORE_LOCKS):
+        if f.name.endswith(f"-core-{cpu}.lock"):
+            fcntl.flock(f, fcntl.LOCK_UN)
+            f.close()
+            _CORE_LOCKS.remove(f)

@@ -95,25 +95,36 @@ class LightGBMCostModel:
             rel.append(relevance(t))
         return np.concatenate(xs), np.concatenate(bases), np.concatenate(lat), np.concatenate(util), groups, rel
 
-    def fit(self, records: Sequence[Record]) -> LightGBMCostModel:
+    def fit(self, records: Sequence[Record], *, client=None) -> LightGBMCostModel:
+        """Fit the three boosters; with a `distributed.Client`, across its workers
+        (`dask_train.py`: the same boosters, data-parallel)."""
         if not records:
             raise CostModelError("no measurements to train on")
         x, base, lat, util, groups, rel = self._dataset(records)
         names = features.feature_names(text=self.text)
         p = self.params
-        self.boosters["latency"] = lgb.train(
-            {**p, "objective": "huber", "alpha": 0.3},  # log-space Huber: a few pathological kernels stay outliers
-            lgb.Dataset(x, lat, init_score=base, feature_name=names),
-            self.rounds["latency"],
+
+        def train(params, y, rounds, *, init_score=None, group=None):
+            if client is not None:
+                from tilecraft.costmodel import dask_train
+
+                return dask_train.train_booster(
+                    client, params, x, y, rounds, init_score=init_score, group=group, feature_name=names
+                )
+            data = lgb.Dataset(x, y, init_score=init_score, group=group, feature_name=names)
+            return lgb.train(params, data, rounds)
+
+        # log-space Huber: a few pathological kernels stay outliers
+        self.boosters["latency"] = train(
+            {**p, "objective": "huber", "alpha": 0.3}, lat, self.rounds["latency"], init_score=base
         )
-        self.boosters["rank"] = lgb.train(
+        self.boosters["rank"] = train(
             {**p, "objective": "lambdarank", "lambdarank_truncation_level": 10, "eval_at": [1, 5]},
-            lgb.Dataset(x, np.concatenate(rel), group=groups, feature_name=names),
+            np.concatenate(rel),
             self.rounds["rank"],
+            group=groups,
         )
-        self.boosters["util"] = lgb.train(
-            {**p, "objective": "regression"}, lgb.Dataset(x, util, feature_name=names), self.rounds["util"]
-        )
+        self.boosters["util"] = train({**p, "objective": "regression"}, util, self.rounds["util"])
         self.meta = {"rows": len(records), "kernels": len(groups)}
         return self
 

@@ -16,7 +16,7 @@ import time
 
 from tilecraft.backends.cpu.schedule import TileDecision
 from tilecraft.backends.cpu.target import Target
-from tilecraft.corpus.db import CorpusDB, CorpusError
+from tilecraft.corpus.db import CorpusDB, CorpusError, redacted
 from tilecraft.corpus.kernels import Kernel
 from tilecraft.costmodel.lightgbm_model import LightGBMCostModel
 from tilecraft.costmodel.model import CostModelError, Record
@@ -32,18 +32,15 @@ def load_records(
     targets: dict[str, Target] = {}
     with CorpusDB(db_path, create=False) as db:
         if all_targets:
-            targets = {h: Target.from_json(j) for h, j in db.conn.execute("SELECT hash, json FROM targets")}
+            targets = {h: Target.from_json(j) for h, j in db.targets().items()}
         if target is None:
-            row = db.conn.execute(
-                "SELECT t.json FROM measurements m JOIN targets t ON t.hash = m.target "
-                "GROUP BY m.target ORDER BY COUNT(*) DESC LIMIT 1"
-            ).fetchone()
-            if row is None:
-                raise CostModelError(f"{db_path} holds no measurements")
-            target = Target.from_json(row[0])
+            main = db.main_target()
+            if main is None:
+                raise CostModelError(f"{db.path} holds no measurements")
+            target = Target.from_json(main)
         rows = db.rows(target=None if all_targets else target.hash())
         sources = db.sources()
-        mlir = dict(db.conn.execute("SELECT key, mlir FROM workloads"))
+        mlir = db.workload_mlirs()
     kernels: dict[str, Kernel] = {}
     records = []
     for r in rows:
@@ -80,13 +77,24 @@ def load_records(
     return records, target
 
 
-def train(db_path: str, out: str, *, text: bool = True, all_targets: bool = False) -> dict:
+def train(
+    db_path: str, out: str, *, text: bool = True, all_targets: bool = False, scheduler: str | None = None
+) -> dict:
     """Fit on every record of the corpus (of its main target, or of every machine with
-    `all_targets`) and save; returns a summary."""
+    `all_targets`) and save; returns a summary. With `scheduler` (a Dask scheduler's
+    address), the boosting runs data-parallel on its workers (`lightgbm.dask`)."""
     t0 = time.perf_counter()
     records, target = load_records(db_path, all_targets=all_targets)
-    model = LightGBMCostModel(target, text=text).fit(records)
-    model.meta.update({"db": db_path, "trained_s": round(time.perf_counter() - t0, 1)})
+    model = LightGBMCostModel(target, text=text)
+    if scheduler:
+        from tilecraft.costmodel import dask_train
+
+        with dask_train.connect(scheduler) as client:
+            model.fit(records, client=client)
+            model.meta["trained_on"] = f"{len(client.scheduler_info()['workers'])} Dask workers at {scheduler}"
+    else:
+        model.fit(records)
+    model.meta.update({"db": redacted(db_path), "trained_s": round(time.perf_counter() - t0, 1)})
     if all_targets:
         model.meta["targets"] = dict(collections.Counter(r.target.cpu_name for r in records))
     model.save(out)

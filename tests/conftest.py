@@ -34,6 +34,42 @@ def _private_compile_cache(tmp_path_factory):
         os.environ["TILECRAFT_CACHE_DIR"] = saved
 
 
+@pytest.fixture(scope="session")
+def pg_server():
+    """The URL of a PostgreSQL server's `postgres` database: the one `.ci/run` started
+    (TILECRAFT_TEST_PG), else one started here when the binaries are installed."""
+    url = os.environ.get("TILECRAFT_TEST_PG")
+    if url:
+        yield url
+        return
+    import pgserver
+
+    if pgserver.binaries() is None:
+        pytest.skip("no PostgreSQL server: install Debian's postgresql (.ci/run does)")
+    url, workdir = pgserver.start()
+    yield url
+    pgserver.stop(workdir)
+
+
+def _fresh_database(server_url: str) -> str:
+    import uuid
+
+    import psycopg
+
+    name = f"corpus_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return server_url.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def corpus_location(request, tmp_path):
+    """A fresh, empty corpus location on each engine: an SQLite path, a PostgreSQL URL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "corpus.db")
+    return _fresh_database(request.getfixturevalue("pg_server"))
+
+
 class FakeCostModel:
     """A cost model for pass tests, so they do not change when the shipped model is
     retrained: untrained and deterministic. A kernel's latency is its roofline (flops at

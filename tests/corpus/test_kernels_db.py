@@ -42,8 +42,8 @@ def _measurement(key, decision, status="ok", t=1e-3):
     return Measurement(key, decision, status, median_s=t, min_s=t, iqr_s=0.0, runs=10, gflops=1.0, utilization=0.5)
 
 
-def test_db_roundtrip_resume_and_stats(tmp_path):
-    path = str(tmp_path / "c.db")
+def test_db_roundtrip_resume_and_stats(tmp_path, corpus_location):
+    path = corpus_location
     k = generator.random_kernels(1, seed=1)[0]
     with CorpusDB(path) as db:
         th = db.add_target(host())
@@ -90,11 +90,11 @@ def _one_row_db(path: str, seed: int):
     return k
 
 
-def test_corrupt_row_is_reported(tmp_path):
-    path = str(tmp_path / "c.db")
+def test_corrupt_row_is_reported(corpus_location):
+    path = corpus_location
     k = _one_row_db(path, seed=2)
     with CorpusDB(path) as db:
-        db.conn.execute("UPDATE workloads SET shapes = '[[1, 2' WHERE key = ?", (k.key,))
+        db.execute("UPDATE workloads SET shapes = '[[1, 2' WHERE key = ?", (k.key,))
         with pytest.raises(CorpusError, match=f"corrupt corpus row: workload {k.key}"):
             db.rows()
 
@@ -106,8 +106,8 @@ def _writer(path, key, start, count):
             db.commit_measurement(_measurement(key, json.dumps({"i": i})), th)
 
 
-def test_several_writer_processes(tmp_path):
-    path = str(tmp_path / "c.db")
+def test_several_writer_processes(corpus_location):
+    path = corpus_location
     k = generator.random_kernels(1, seed=4)[0]
     with CorpusDB(path) as db:
         db.add_target(host())
@@ -145,3 +145,85 @@ def test_shipped_seed_corpus_reads():
     with CorpusDB(path, create=False) as db:
         s = db.stats()
     assert s["measurements"] >= 4000 and s["measured_workloads"] >= 300
+
+
+def test_damaged_sqlite_file_is_refused_with_its_path(tmp_path):
+    path = str(tmp_path / "c.db")
+    with CorpusDB(path) as db:
+        k = generator.random_kernels(1, seed=8)[0]
+        th = db.add_target(host())
+        db.add_workload(k, source="t")
+        for i in range(300):  # enough rows for several pages
+            db.commit_measurement(_measurement(k.key, json.dumps({"i": i, "pad": "x" * 200})), th)
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = bytearray(open(path, "rb").read())
+    page = 4096
+    for n in range(2, 6):  # scribble over the b-tree headers of a few pages
+        data[n * page : n * page + 12] = b"\xff" * 12
+    open(path, "wb").write(bytes(data))
+    with pytest.raises(CorpusError, match=f"{path}: (damaged database|not a corpus database)"):
+        CorpusDB(path)
+
+
+def test_unreachable_server_is_one_line_without_the_password():
+    with pytest.raises(CorpusError) as info:
+        CorpusDB("postgresql://me:hunter2@127.0.0.1:1/corpus")
+    msg = str(info.value)
+    assert "cannot connect to the corpus database postgresql://me@127.0.0.1:1/corpus" in msg
+    assert "hunter2" not in msg and "\n" not in msg
+
+
+def test_server_without_a_corpus_is_refused_when_reading(pg_server):
+    from conftest import _fresh_database
+
+    url = _fresh_database(pg_server)
+    with pytest.raises(CorpusError, match="holds no corpus"):
+        CorpusDB(url, create=False)
+
+
+def test_newer_schema_is_refused_on_both_engines(corpus_location):
+    CorpusDB(corpus_location).close()
+    with CorpusDB(corpus_location) as db:
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
+    with pytest.raises(CorpusError, match="newer"):
+        CorpusDB(corpus_location)
+
+
+def _queued_db(location, n=6):
+    k = generator.random_kernels(1, seed=9)[0]
+    db = CorpusDB(location)
+    th = db.add_target(host())
+    db.add_workload(k, source="t")
+    ids = db.enqueue(th, [(k.key, json.dumps({"i": i})) for i in range(n)])
+    return db, k, th, ids
+
+
+def test_queue_claims_each_task_once_and_commit_takes_it_off(corpus_location):
+    db, k, th, ids = _queued_db(corpus_location)
+    with db, CorpusDB(corpus_location) as other:
+        assert len(ids) == 6 and db.enqueue(th, [(k.key, json.dumps({"i": 0}))]) == ids[:1]  # shared, not doubled
+        mine = db.claim("a:1:x", ids, 4, lease_s=60)
+        theirs = other.claim("b:1:y", ids, 4, lease_s=60)
+        assert len(mine) == 4 and len(theirs) == 2
+        assert not {t[0] for t in mine} & {t[0] for t in theirs}
+        assert db.claim("a:1:x", ids, 4, lease_s=60) == []  # everything is held
+        db.commit_measurement(_measurement(k.key, mine[0][2]), th)
+        assert db.unfinished(ids) == 5 and db.stats()["queued"] == 5
+        other.release("b:1:y")  # a collector stopping early gives its claims back
+        assert len(db.claim("a:1:x", ids, 9, lease_s=60)) == 2
+        # a measured pair is never enqueued again
+        assert db.enqueue(th, [(k.key, mine[0][2])]) == []
+
+
+def test_expired_lease_and_dead_owner_return_tasks_to_the_queue(corpus_location):
+    import socket
+
+    db, k, th, ids = _queued_db(corpus_location, n=3)
+    with db:
+        assert len(db.claim("far:1:x", ids, 1, lease_s=-1)) == 1  # a lease already over
+        assert len(db.claim("me:1:y", ids, 9, lease_s=60)) == 3
+        dead = f"{socket.gethostname()}:999999999:z"  # this machine, no such process
+        db.release("me:1:y")
+        assert len(db.claim(dead, ids, 9, lease_s=600)) == 3
+        assert db.release_dead_owners() == 1
+        assert len(db.claim("me:1:y", ids, 9, lease_s=60)) == 3

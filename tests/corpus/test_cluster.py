@@ -1,0 +1,173 @@
+"""Collection and training on a Dask cluster (a LocalCluster of 2 workers), into SQLite and
+PostgreSQL corpora: the same pairs as a local run, nothing lost or repeated when a worker
+or a collector dies, several collectors on one server corpus."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import zlib
+
+import pytest
+
+from tilecraft.corpus import collect, generator
+from tilecraft.corpus.cluster import DaskRunner
+from tilecraft.corpus.db import CorpusDB, CorpusError
+
+distributed = pytest.importorskip("distributed")
+
+PAIRS_QUERY = "SELECT m.workload, d.json FROM measurements m JOIN decisions d ON m.decision = d.id"
+ARGS = ["--models", "mlp", "--random", "4", "--decisions-per-kernel", "4", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Two single-core measuring workers (their measuring subprocesses need non-daemonic
+    worker processes)."""
+    import dask
+
+    with dask.config.set({"distributed.worker.daemon": False}):
+        with distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, resources={"measure": 1}, dashboard_address=None
+        ) as c:
+            yield c
+
+
+def _collect(db, *extra, check=True):
+    cmd = [sys.executable, "-m", "tilecraft.cli", "corpus", "collect", *ARGS, "--db", db, *extra]
+    return subprocess.run(cmd, check=check, timeout=600, capture_output=True, text=True)
+
+
+def _pairs(location) -> list[tuple[str, str]]:
+    with CorpusDB(location, create=False) as db:
+        return [tuple(r) for r in db.execute(PAIRS_QUERY)]
+
+
+@pytest.fixture(scope="module")
+def local_pairs(tmp_path_factory):
+    """The pairs a collection without a cluster measures."""
+    path = str(tmp_path_factory.mktemp("local") / "local.db")
+    _collect(path)
+    pairs = _pairs(path)
+    assert len(pairs) == len(set(pairs)) > 20
+    return set(pairs)
+
+
+def test_cluster_collection_equals_a_local_one(cluster, corpus_location, local_pairs):
+    out = _collect(corpus_location, "--scheduler", cluster.scheduler_address)
+    assert f"on the workers at {cluster.scheduler_address}" in out.stderr
+    pairs = _pairs(corpus_location)
+    assert len(pairs) == len(set(pairs)) and set(pairs) == local_pairs
+    rerun = _collect(corpus_location, "--scheduler", cluster.scheduler_address)  # resumable: nothing left
+    assert "measured 0 " in rerun.stdout
+
+
+def test_a_worker_killed_mid_run_costs_no_pair_and_repeats_none(cluster, corpus_location, local_pairs):
+    from tilecraft.backends.cpu.target import host
+    from tilecraft.corpus import kernels
+
+    client = distributed.Client(cluster.scheduler_address)
+    pids = list(client.run(os.getpid).values())
+    killed = []
+
+    def progress(done, total, elapsed):
+        if done == 3 and not killed:  # mid-run: both workers busy with more to come
+            os.kill(pids[0], signal.SIGKILL)
+            killed.append(pids[0])
+
+    from tilecraft import frontend
+
+    module = frontend.import_spec("mlp").module
+    pairs = [(k, "zoo:mlp") for k in kernels.extract(module)]
+    pairs += [(k, "random:0") for k in generator.random_kernels(4, seed=0)]
+    with CorpusDB(corpus_location) as db:
+        runner = DaskRunner(cluster.scheduler_address, timeout_s=120)
+        assert list(runner.targets) == [host().hash()]
+        counts = collect.collect(db, pairs, decisions_per_kernel=4, runner=runner, progress=progress)
+    client.close()
+    assert killed and counts["repeated"] == 0 and counts["measured"] == counts["todo"] == len(local_pairs)
+    pairs_after = _pairs(corpus_location)
+    assert len(pairs_after) == len(set(pairs_after)) and set(pairs_after) == local_pairs
+
+
+def test_two_collectors_share_one_server_corpus(pg_server, local_pairs):
+    from conftest import _fresh_database
+
+    url = _fresh_database(pg_server)
+    CorpusDB(url).close()  # the schema first, so neither collector waits on the other's migration
+    cmd = [sys.executable, "-m", "tilecraft.cli", "corpus", "collect", *ARGS, "--db", url]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    measured = [int(out.split("measured ")[1].split()[0]) for out, _ in outs]
+    pairs = _pairs(url)
+    assert len(pairs) == len(set(pairs)) and set(pairs) == local_pairs
+    assert sum(measured) == len(pairs) and min(measured) > 0, measured  # split, never measured twice
+
+
+def test_a_killed_collector_resumes_on_the_server_without_waiting_for_its_lease(pg_server, local_pairs):
+    from conftest import _fresh_database
+
+    url = _fresh_database(pg_server)
+    cmd = [sys.executable, "-m", "tilecraft.cli", "corpus", "collect", *ARGS, "--db", url]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    done = threading.Event()
+    while proc.poll() is None and not done.is_set():
+        try:
+            with CorpusDB(url, create=False) as db:
+                if db.stats()["measurements"] >= 3:
+                    done.set()
+        except CorpusError:
+            pass
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    with CorpusDB(url) as db:
+        assert db.execute("SELECT COUNT(*) FROM tasks WHERE owner != ''").fetchone()[0] >= 1  # its claim is left
+    _collect(url)  # same machine, its process gone: the claim is freed at once
+    pairs = _pairs(url)
+    assert len(pairs) == len(set(pairs)) and set(pairs) == local_pairs
+
+
+def test_bad_scheduler_and_workers_without_the_resource_are_one_line_errors(tmp_path):
+    out = _collect(str(tmp_path / "c.db"), "--scheduler", "tcp://127.0.0.1:1", check=False)
+    assert out.returncode == 2 and out.stderr.strip().count("\n") == 0, out.stderr
+    assert "cannot reach the Dask scheduler at tcp://127.0.0.1:1" in out.stderr
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None, processes=False) as c:
+        with pytest.raises(CorpusError, match="offers the 'measure' resource"):
+            DaskRunner(c.scheduler_address)
+
+
+def test_distributed_training_matches_a_single_process_fit(cluster, tmp_path):
+    from tilecraft.backends.cpu.target import host
+    from tilecraft.costmodel import evaluate
+    from tilecraft.costmodel.lightgbm_model import LightGBMCostModel
+
+    records = _synthetic_records(host())
+    fit, held_out = evaluate.kernel_folds(records, 4)[0]
+    rounds = {"latency": 80, "rank": 40, "util": 40}
+    single = LightGBMCostModel(host(), rounds=rounds).fit(fit)
+    with distributed.Client(cluster.scheduler_address) as client:
+        spread = LightGBMCostModel(host(), rounds=rounds).fit(fit, client=client)
+    a = evaluate.score_model(single, evaluate.by_kernel(held_out))
+    b = evaluate.score_model(spread, evaluate.by_kernel(held_out))
+    assert abs(a["mape"] - b["mape"]) < 0.1 and abs(a["pairwise"] - b["pairwise"]) < 0.05, (a, b)
+
+
+def _synthetic_records(target):
+    """Records of generated kernels: latencies from the roofline with a per-decision effect."""
+    import random
+
+    from tilecraft import frontend
+    from tilecraft.costmodel.analytical import roofline_seconds
+    from tilecraft.costmodel.model import Record
+
+    ctx = frontend.new_context()
+    rng = random.Random(0)
+    out = []
+    for k in generator.random_kernels(40, seed=21):
+        for d in collect.sample_decisions(k, 12, seed=0, target=target, context=ctx):
+            effect = 1.0 + zlib.crc32(d.to_json().encode()) % 97 / 50.0
+            t = max(roofline_seconds(k, target), 1e-7) * effect * rng.uniform(0.95, 1.05)
+            out.append(Record(k, d, t, 0.5, "random", target))
+    return out
