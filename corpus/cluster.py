@@ -28,12 +28,15 @@ RESOURCE = "measure"
 _local = threading.local()  # on a worker: this thread's measuring subprocess
 
 
-def worker_facts(target_spec: str, dask_worker=None) -> tuple[str, float]:
-    """Runs on each worker: the target its machine is (JSON) and its `measure` units."""
+def worker_facts(target_spec: str, dask_worker=None) -> tuple[str, float, bool]:
+    """Runs on each worker: the target its machine is (JSON), its `measure` units, and
+    whether its process may start the measuring subprocess (a daemonic one may not)."""
+    import multiprocessing
+
     from tilecraft.backends.cpu.target import Target
 
     units = dask_worker.state.total_resources.get(RESOURCE, 0) if dask_worker is not None else 0
-    return Target.parse(target_spec).to_json(), units
+    return Target.parse(target_spec).to_json(), units, not multiprocessing.current_process().daemon
 
 
 def measure_task(kernel, decision, target_spec: str, timeout_s: float):
@@ -75,7 +78,14 @@ class DaskRunner:
         self.targets: dict = {}
         self._hosts: dict[str, set[str]] = collections.defaultdict(set)  # target hash -> worker hosts
         self._units: dict[str, int] = collections.Counter()
-        for addr, (target_json, units) in sorted(facts.items()):
+        daemonic = sorted(addr for addr, (_, units, may_fork) in facts.items() if units >= 1 and not may_fork)
+        if daemonic:
+            self.client.close()
+            raise CorpusError(
+                f"the worker at {daemonic[0]} runs as a daemonic process and cannot start measuring "
+                "subprocesses: start workers with DASK_DISTRIBUTED__WORKER__DAEMON=False"
+            )
+        for addr, (target_json, units, _) in sorted(facts.items()):
             if units < 1:
                 continue
             target = Target.from_json(target_json)

@@ -58,7 +58,11 @@ def train_booster(
     feature_name: list[str] | None = None,
 ) -> lgb.Booster:
     import dask.array as da
-    import lightgbm.dask as lgb_dask
+
+    try:
+        import lightgbm.dask as lgb_dask
+    except (ImportError, lgb.basic.LightGBMError) as exc:  # lightgbm.dask needs scikit-learn and dask
+        raise CostModelError(f"training on a cluster needs pip install 'tilecraft[cluster]' ({exc})") from None
 
     workers = list(client.scheduler_info()["workers"])
     if not workers:

@@ -91,7 +91,8 @@ def train(
 
         with dask_train.connect(scheduler) as client:
             model.fit(records, client=client)
-            model.meta["trained_on"] = f"{len(client.scheduler_info()['workers'])} Dask workers at {scheduler}"
+            n = len(client.scheduler_info()["workers"])
+            model.meta["trained_on"] = f"{n} Dask worker{'s' if n != 1 else ''} at {scheduler}"
     else:
         model.fit(records)
     model.meta.update({"db": redacted(db_path), "trained_s": round(time.perf_counter() - t0, 1)})

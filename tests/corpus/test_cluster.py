@@ -45,11 +45,17 @@ def _pairs(location) -> list[tuple[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def local_pairs(tmp_path_factory):
-    """The pairs a collection without a cluster measures."""
+def local_corpus(tmp_path_factory):
+    """A collection without a cluster."""
     path = str(tmp_path_factory.mktemp("local") / "local.db")
     _collect(path)
-    pairs = _pairs(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def local_pairs(local_corpus):
+    """The pairs a collection without a cluster measures."""
+    pairs = _pairs(local_corpus)
     assert len(pairs) == len(set(pairs)) > 20
     return set(pairs)
 
@@ -171,3 +177,21 @@ def _synthetic_records(target):
             t = max(roofline_seconds(k, target), 1e-7) * effect * rng.uniform(0.95, 1.05)
             out.append(Record(k, d, t, 0.5, "random", target))
     return out
+
+
+def test_costmodel_train_on_the_cluster_writes_a_model_file(cluster, local_corpus, tmp_path):
+    from tilecraft.backends.cpu.target import host
+    from tilecraft.costmodel import model
+
+    out = str(tmp_path / "m.json.gz")
+    cmd = [sys.executable, "-m", "tilecraft.cli", "costmodel", "train", "--db", local_corpus, "--out", out]
+    done = subprocess.run([*cmd, "--scheduler", cluster.scheduler_address], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "trained on" in done.stdout
+    doc = model.read_model_file(out)
+    assert doc["meta"]["trained_on"].startswith("2 Dask workers") and set(doc["boosters"]) == {
+        "latency",
+        "rank",
+        "util",
+    }
+    assert model.load(out, host()).kind == "lightgbm"
