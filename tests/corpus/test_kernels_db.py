@@ -227,3 +227,33 @@ def test_expired_lease_and_dead_owner_return_tasks_to_the_queue(corpus_location)
         assert len(db.claim(dead, ids, 9, lease_s=600)) == 3
         assert db.release_dead_owners() == 1
         assert len(db.claim("me:1:y", ids, 9, lease_s=60)) == 3
+
+
+@pytest.mark.parametrize(
+    "location, message",
+    [
+        (
+            "postgresql://me:hunter2@127.0.0.1:1/corpus",
+            "cannot connect to the corpus database postgresql://me@127.0.0.1:1/corpus",
+        ),
+        ("{tmp}/damaged.db", "{tmp}/damaged.db: not a corpus database"),
+    ],
+    ids=["unreachable-server", "not-a-database"],
+)
+def test_cli_bad_database_is_one_line_naming_it(tmp_path, location, message):
+    import subprocess
+    import sys
+
+    (tmp_path / "damaged.db").write_bytes(b"SQLite format 3\x00" + b"\x07" * 5000)
+    location, message = location.format(tmp=tmp_path), message.format(tmp=tmp_path)
+    for cmd in (
+        ["corpus", "stats"],
+        ["corpus", "export", "-o", str(tmp_path / "x.parquet")],
+        ["costmodel", "train", "--out", str(tmp_path / "m.json.gz")],
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "tilecraft.cli", *cmd, "--db", location], capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+        assert message in done.stderr and "hunter2" not in done.stderr and "internal error" not in done.stderr
+    assert not (tmp_path / "x.parquet").exists() and not (tmp_path / "m.json.gz").exists()
