@@ -228,6 +228,8 @@ def cmd_corpus_stats(args) -> int:
     print(f"decisions       {s['decisions']}")
     print(f"measurements    {s['measurements']} ({s['failed']} failed)")
     print(f"targets         {s['targets']}")
+    if s["queued"]:
+        print(f"queued          {s['queued']} pairs planned by collectors, not yet measured")
     ratio = s["mean_best_worst_ratio"]
     print(f"worst/best      {ratio:.2f}x mean latency spread per kernel" if ratio else "worst/best      n/a")
     print(f"\n{'op kind':<18}{'kernels':>8}{'rows':>8}{'ok':>8}{'min ms':>10}{'max ms':>10}")

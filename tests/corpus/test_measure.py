@@ -107,8 +107,8 @@ def test_property_run_2000_pairs():
     _assert_all_correct(pairs)
 
 
-def test_killed_collection_resumes_without_loss_or_repeats(tmp_path):
-    db_path = str(tmp_path / "c.db")
+def test_killed_collection_resumes_without_loss_or_repeats(tmp_path, corpus_location):
+    db_path = corpus_location
 
     def collect_cmd(path):
         return [sys.executable, "-m", "tilecraft.cli", "corpus", "collect", "--models", "", "--random", "6"] + [
@@ -127,10 +127,10 @@ def test_killed_collection_resumes_without_loss_or_repeats(tmp_path):
     before = []
     while time.time() < deadline:
         time.sleep(0.5)
-        if os.path.exists(db_path):
+        if "://" in db_path or os.path.exists(db_path):
             try:
-                with CorpusDB(db_path) as db:
-                    before = db.conn.execute("SELECT id FROM measurements").fetchall()
+                with CorpusDB(db_path, create=False) as db:
+                    before = db.execute("SELECT id FROM measurements").fetchall()
             except Exception:
                 continue
             if len(before) >= 3:
@@ -138,14 +138,18 @@ def test_killed_collection_resumes_without_loss_or_repeats(tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)  # the collector and its measuring worker
     proc.wait()
     assert 3 <= len(before) < 20, "the collection should be killed mid-run"
+    with CorpusDB(db_path) as db:  # its claim is left behind; this machine sees its process gone
+        assert db.execute("SELECT COUNT(*) FROM tasks WHERE owner != ''").fetchone()[0] <= 1
+    t0 = time.time()
     subprocess.run([*cmd, "--workers", "2"], check=True, timeout=600, capture_output=True)  # resume, 2 workers
+    assert time.time() - t0 < 120  # not waiting for the dead collector's lease to run out
     reference = str(tmp_path / "uninterrupted.db")
     subprocess.run(collect_cmd(reference), check=True, timeout=600, capture_output=True)
     query = "SELECT m.id, m.workload, d.json FROM measurements m JOIN decisions d ON m.decision = d.id"
     with CorpusDB(db_path) as db:
-        after = db.conn.execute(query).fetchall()
+        after = db.execute(query).fetchall()
     with CorpusDB(reference) as db:
-        planned = {(w, d) for _, w, d in db.conn.execute(query)}
+        planned = {(w, d) for _, w, d in db.execute(query)}
     assert {r[0] for r in before} <= {r[0] for r in after}  # nothing lost
     assert len(after) == len({(w, d) for _, w, d in after})  # nothing repeated
     assert {(w, d) for _, w, d in after} == planned  # everything an uninterrupted run measures
