@@ -44,6 +44,98 @@ class FrontendError(ValueError):
     """The model could not be loaded, exported or lowered to linalg."""
 
 
+@dataclasses.dataclass(frozen=True)
+class OutputPlan:
+    """What eager returns, in terms of the compiled function's results. The function
+    returns each distinct tensor the model computes once (a tensor returned twice, or
+    both returned and written into an input, is one result); `items` says, per leaf of
+    eager's output, where it comes from: ("result", k), ("input", i) — the caller's own
+    tensor, as eager returns it — or ("const", value), a Python value or a weight;
+    `mutations` lists (input i, result k): eager modified input i in place, so the
+    result is copied into the caller's tensor; `spec` rebuilds eager's structure."""
+
+    items: tuple
+    mutations: tuple[tuple[int, int], ...]
+    spec: object  # torch.utils._pytree.TreeSpec
+    n_results: int
+
+    def apply(self, results, inputs):
+        from torch.utils import _pytree
+
+        results = [results] if self.n_results == 1 else list(results)
+        for i, k in self.mutations:
+            dst = inputs[i]
+            if isinstance(dst, torch.Tensor):
+                dst.copy_(results[k])
+            else:  # a numpy array
+                import numpy as np
+
+                np.copyto(dst, np.asarray(results[k]))
+        leaves = []
+        for kind, value in self.items:
+            leaves.append(results[value] if kind == "result" else inputs[value] if kind == "input" else value)
+        return _pytree.tree_unflatten(leaves, self.spec)
+
+
+class EagerFunction:
+    """A compiled function with eager's output semantics (`OutputPlan`); everything else
+    (`signature`, `prepare`, `user_inputs`) is the compiled function's."""
+
+    def __init__(self, fn, plan: OutputPlan):
+        self.fn, self.plan = fn, plan
+
+    def __call__(self, *inputs):
+        return self.plan.apply(self.fn(*inputs), inputs)
+
+    def __getattr__(self, name):
+        return getattr(self.fn, name)
+
+
+def plan_outputs(prog, graph: torch.fx.Graph, n_params: int, bound: list[torch.Tensor], spec: str) -> OutputPlan:
+    """Rewrite `graph`'s outputs to the distinct tensors it computes and say how eager's
+    outputs are made from them (`OutputPlan`)."""
+    from torch.export.graph_signature import InputKind, OutputKind
+
+    user_names = [s.arg.name for s in prog.graph_signature.input_specs if s.kind == InputKind.USER_INPUT]
+    position = {name: i - n_params for i, name in enumerate(user_names) if i >= n_params}
+    bound_nodes = [n for n in graph.nodes if n.op == "placeholder" and n.name not in position]
+    bound_value = dict(zip(bound_nodes, bound))
+    out_node = next(n for n in graph.nodes if n.op == "output")
+    flat = list(out_node.args[0])
+    results: list[torch.fx.Node] = []
+    index: dict[torch.fx.Node, int] = {}
+
+    def result(node) -> int:
+        if node not in index:
+            index[node] = len(results)
+            results.append(node)
+        return index[node]
+
+    items, mutations, mutated = [], [], {}
+    for value, ospec in zip(flat, prog.graph_signature.output_specs):
+        if ospec.kind == OutputKind.USER_INPUT_MUTATION and ospec.target in position:
+            mutations.append((position[ospec.target], result(value)))
+            mutated[value] = position[ospec.target]
+        elif ospec.kind != OutputKind.USER_OUTPUT:
+            continue  # a weight or buffer the model updates in place: its value is not kept
+        elif not isinstance(value, torch.fx.Node):
+            items.append(("const", value))
+        elif value.op == "placeholder":
+            items.append(("input", position[value.name]) if value.name in position else ("const", bound_value[value]))
+        elif value in mutated:
+            items.append(("input", mutated[value]))
+        elif isinstance(value.meta.get("val"), torch.Tensor):
+            items.append(("result", result(value)))
+        else:
+            raise FrontendError(
+                f"{spec}: the model returns a Python number computed from tensor data ({value.name}): "
+                "return it as a tensor"
+            )
+    out_node.args = (tuple(results),)
+    graph.eliminate_dead_code()
+    return OutputPlan(tuple(items), tuple(mutations), prog.call_spec.out_spec, len(results))
+
+
 @dataclasses.dataclass
 class Imported:
     """A model in linalg-on-tensors form, with the weights its function expects first."""
@@ -55,6 +147,7 @@ class Imported:
     model: torch.nn.Module | None = None  # for the eager reference; None for .mlir input
     func_name: str = FUNC_NAME
     fx: torch.fx.GraphModule | None = None  # the exported graph the module came from (bound args first)
+    outputs: OutputPlan | None = None  # how the function's results become eager's outputs (None: as they are)
     signature: Signature = dataclasses.field(init=False)  # of the linalg function, before lowering
 
     def __post_init__(self):
@@ -63,6 +156,12 @@ class Imported:
             op = op.operation
             if op.name == "func.func" and ir.StringAttr(op.attributes["sym_name"]).value == self.func_name:
                 tc.set_bound_args(op, len(self.params))
+
+    def eager_semantics(self, fn):
+        """`fn` (the compiled function) returning what eager returns: outputs in eager's
+        structure, Python constants and returned inputs as themselves, and in-place
+        mutations of inputs applied to the caller's tensors."""
+        return fn if self.outputs is None else EagerFunction(fn, self.outputs)
 
     def reference(self, *inputs: torch.Tensor):
         """Eager PyTorch output for `inputs` (the default: the example inputs)."""
@@ -326,9 +425,13 @@ def import_module(
         raise FrontendError(f"{spec}: torch.export failed: {type(exc).__name__}: {_first_line(exc)}") from None
     importer = FxImporter(context=ctx)
     try:
-        graph, params = fold_weight_only(prog, n_params=len(params), params=params, inputs=inputs)
+        n_params = len(params)
+        graph, params = fold_weight_only(prog, n_params=n_params, params=params, inputs=inputs)
+        outputs = plan_outputs(prog, graph, n_params, params, spec)
         importer.import_stateless_graph(graph, func_name=FUNC_NAME)
         fx = torch.fx.GraphModule(prog.graph_module, graph)
+    except FrontendError:
+        raise
     except Exception as exc:
         raise FrontendError(f"{spec}: FX import failed: {type(exc).__name__}: {_first_line(exc)}") from None
     module = importer.module
@@ -341,7 +444,7 @@ def import_module(
     with ctx, ir.Location.unknown():
         drop_dead_results(module)  # softmax's unused arg-max
         params = bool_weights_as_bytes(module, params)  # a folded causal mask: vectorizable
-    return Imported(spec=spec, module=module, params=params, inputs=tuple(inputs), model=model, fx=fx)
+    return Imported(spec=spec, module=module, params=params, inputs=tuple(inputs), model=model, fx=fx, outputs=outputs)
 
 
 _NOT_FOLDED = ("rand", "empty", "dropout", "bernoulli")

@@ -115,18 +115,11 @@ class CompiledFunction:
 
     def __init__(self, address: int, signature: Signature, *, owner, bound: Sequence[torch.Tensor] = ()):
         self.signature, self._owner = signature, owner
-        n_in, n_out = len(signature.inputs), len(signature.outputs)
         self._fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(address)
         self._bound = [t.detach().contiguous() for t in bound]
         for i, t in enumerate(self._bound):
             self._check(i, t)
         self._bound_descs = [_descriptor(t) for t in self._bound]
-        self._args = (ctypes.c_void_p * (n_in + n_out))()  # descriptor addresses
-        self._packed = (ctypes.c_void_p * (n_in + n_out))(
-            *[ctypes.addressof(self._args) + i * ctypes.sizeof(ctypes.c_void_p) for i in range(n_in + n_out)]
-        )
-        for i, d in enumerate(self._bound_descs):
-            self._args[i] = ctypes.addressof(d)
 
     @property
     def user_inputs(self) -> tuple[TensorSpec, ...]:
@@ -171,15 +164,21 @@ class CompiledFunction:
             t = torch.from_numpy(x) if isinstance(x, np.ndarray) else x
             if not isinstance(t, torch.Tensor):
                 raise CallError(f"input {i - len(self._bound)}: expected a tensor or array, got {type(x).__name__}")
+            if t.device.type != "cpu":
+                raise CallError(
+                    f"input {i - len(self._bound)}: a tensor on {t.device}; the compiled code runs on the CPU"
+                )
             t = t.detach().contiguous()
             self._check(i, t)
             tensors.append(t)
         outs = [torch.empty(s.shape, dtype=s.torch_dtype) for s in self.signature.outputs]
-        descs = [_descriptor(t) for t in tensors + outs]  # kept alive until the call returns
-        base = len(self._bound)
-        for j, d in enumerate(descs):
-            self._args[base + j] = ctypes.addressof(d)
-        self._fn(self._packed)
+        # Every call builds its own argument arrays (kept alive until it returns), so one
+        # compiled function may be called from many threads at once.
+        descs = [*self._bound_descs, *(_descriptor(t) for t in tensors + outs)]
+        n = len(descs)
+        args = (ctypes.c_void_p * n)(*[ctypes.addressof(d) for d in descs])
+        packed = (ctypes.c_void_p * n)(*[ctypes.addressof(args) + i * ctypes.sizeof(ctypes.c_void_p) for i in range(n)])
+        self._fn(packed)
         results = [o.numpy() for o in outs] if as_numpy else outs
         return results[0] if len(results) == 1 else tuple(results)
 
