@@ -27,6 +27,7 @@ from tilecraft.backends.cpu.target import Target
 from tilecraft.dialects import tc
 from tilecraft.passes.base import ModulePass
 from tilecraft.passes.depthwise import DepthwiseTapsPass
+from tilecraft.passes.drop_empty_ops import DropEmptyOpsPass
 from tilecraft.passes.drop_unit_reads import DropUnitReadsPass
 from tilecraft.passes.fold_unit_dims import FoldUnitDimsPass
 from tilecraft.passes.fusion import FusePass
@@ -218,6 +219,7 @@ def canonical_passes(*, fusing: bool = True, layout: bool = True) -> list[Module
     their output transpose is folded). `layout`: NHWC between convolutions (off only to
     compare)."""
     return [
+        DropEmptyOpsPass(),  # an op over a zero-size tensor: its inits, nothing to compute
         Im2colPass(thin=fusing),  # convolutions with a window as gather/taps + GEMM, filters packed
         DepthwiseTapsPass(),  # depthwise convolutions: elementwise sums of shifted slices
         InlineBroadcastsPass(),  # a bias read where it is added, not spread first

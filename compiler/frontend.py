@@ -491,7 +491,9 @@ def fold_weight_only(prog, *, n_params: int, params: list[torch.Tensor], inputs)
         with torch.no_grad():
             it = iter(inputs)
             interp.run(*[values[n] if n in values else next(it) for n in placeholders])
-        fake_mode = next(n.meta["val"].fake_mode for n in placeholders if hasattr(n.meta.get("val"), "fake_mode"))
+        fake_mode = next(  # (a model with no tensor input has no placeholder to take it from)
+            (n.meta["val"].fake_mode for n in graph.nodes if hasattr(n.meta.get("val"), "fake_mode")), None
+        ) or torch._subclasses.FakeTensorMode()
         anchor = user_inputs[0] if user_inputs else next(n for n in graph.nodes if n.op != "placeholder")
         for i, node in enumerate(frontier):
             value = interp.env[node]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from tilecraft.passes.base import ModulePass
 from tilecraft.passes.depthwise import DepthwiseTapsPass
+from tilecraft.passes.drop_empty_ops import DropEmptyOpsPass
 from tilecraft.passes.drop_unit_reads import DropUnitReadsPass
 from tilecraft.passes.fold_unit_dims import FoldUnitDimsPass
 from tilecraft.passes.fusion import FusePass
@@ -24,6 +25,7 @@ PASSES: dict[str, type[ModulePass]] = {
     p.name: p
     for p in (
         PrecisionPass,
+        DropEmptyOpsPass,
         Im2colPass,
         DepthwiseTapsPass,
         InlineBroadcastsPass,
