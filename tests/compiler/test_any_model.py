@@ -1,0 +1,147 @@
+"""Models nobody tuned for (issue 26's classes): each small module compiles through the
+default optimized pipeline and returns what eager returns — values, dtypes, structure,
+in-place mutation of inputs — or fails with one line naming the problem. The known
+crashers run in a child process, so a regression fails a test instead of killing the run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+import torch
+
+from tilecraft import driver, frontend
+from tilecraft.backends.cpu.runtime import CallError
+
+
+class Fn(torch.nn.Module):
+    def __init__(self, f):
+        super().__init__()
+        self.f = f
+
+    def forward(self, *args):
+        return self.f(*args)
+
+
+x = torch.randn(4, 8)
+
+CASES = {
+    # no compute kernel: views, reshapes, slices, cat/stack, copies, constants
+    "view": (lambda a: a.view(8, 4), (x,)),
+    "slice_cat": (lambda a, b: torch.cat([a[:, :3], b[:, 5:]], dim=1)[1:], (x, x)),
+    "stack": (lambda a, b: torch.stack([a, b]), (x, x)),
+    "transpose_copy": (lambda a: a.t().contiguous(), (x,)),
+    "identity": (lambda a: a, (x,)),
+    # no tensor inputs
+    "arange": (lambda: torch.arange(10), ()),
+    "eye_plus_linspace": (lambda: torch.eye(3) + torch.linspace(0, 1, 3), ()),
+    # scalar, constant and nested results
+    "python_int": (lambda a: a.shape[0] * 2, (x,)),
+    "nested": (lambda a: {"x": a + 1, "n": a.shape[1], "y": (a * 2, None)}, (x,)),
+    "same_tensor_twice": (lambda a: ((a + 1),) * 2, (x,)),
+    # zero-size tensors
+    "zero_rows": (lambda a: a * 2 + 1, (torch.randn(0, 8),)),
+    "zero_sum": (lambda a: a.sum(0), (torch.randn(0, 8),)),
+    "zero_k_matmul": (lambda a, b: a @ b, (torch.randn(4, 0), torch.randn(0, 8))),
+    # in-place mutation of inputs
+    "add_": (lambda a, b: a.add_(b), (x, x)),
+    "copy_slice": (lambda a, b: a[:, :2].copy_(b[:, :2]), (x, x)),
+    "mutate_and_return_other": (lambda a, b: (a.mul_(2), a + b), (x, x)),
+    # dtypes in and out
+    "f64": (lambda a: (a * 2).sum(1), (x.double(),)),
+    "f16": (lambda a: a * 2, (x.half(),)),
+    "i32": (lambda a: a * 3 - 1, (torch.arange(8, dtype=torch.int32),)),
+    "bool_out": (lambda a: a > 0, (x,)),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_module_matches_eager(name):
+    f, inputs = CASES[name]
+    model = Fn(f).eval()
+    imported = frontend.import_module(model, tuple(t.clone() for t in inputs), spec=name)
+    compiled = driver.compile_model(imported)
+    mine, theirs = [t.clone() for t in inputs], [t.clone() for t in inputs]
+    with torch.no_grad():
+        ref = model(*theirs)
+    out = compiled.fn(*mine)
+    assert driver.compare(out, ref).ok
+    assert type(out) is type(ref)
+    if isinstance(ref, dict):
+        assert out.keys() == ref.keys()
+    for a, b in zip(mine, theirs):  # inputs modified exactly as eager modified them
+        assert torch.equal(a, b)
+    if name in ("add_", "identity"):  # eager returns the caller's own tensor
+        assert out is mine[0]
+    if name == "same_tensor_twice":
+        assert out[0] is out[1]
+
+
+CRASHERS = """
+import torch
+from tilecraft import driver, frontend
+
+class Fn(torch.nn.Module):
+    def __init__(self, f):
+        super().__init__()
+        self.f = f
+    def forward(self, *args):
+        return self.f(*args)
+
+x = torch.randn(4, 8)
+cases = {
+    "return y, y": (lambda a: ((a + 1),) * 2, (x,)),
+    "x.add_(y)": (lambda a, b: a.add_(b), (x.clone(), x)),
+    "copy_ into a slice": (lambda a, b: a[:, :2].copy_(b[:, :2]), (x.clone(), x)),
+}
+for name, (f, inputs) in cases.items():
+    m = Fn(f).eval()
+    c = driver.compile_model(frontend.import_module(m, inputs, spec=name))
+    c.fn(*[t.clone() for t in inputs])
+    print("survived", name, flush=True)
+"""
+
+
+def test_known_crashers_do_not_crash():
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(CRASHERS)], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    assert done.stdout.count("survived") == 3
+
+
+@pytest.fixture(scope="module")
+def mlp_fn():
+    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8)).eval()
+    inputs = (torch.randn(16, 32),)
+    return model, driver.compile_model(frontend.import_module(model, inputs, spec="mlp")).fn
+
+
+def test_one_compiled_function_from_eight_threads(mlp_fn):
+    model, fn = mlp_fn
+    inputs = [torch.randn(16, 32) for _ in range(8)]
+    with torch.no_grad():
+        refs = [model(t) for t in inputs]
+    errors = []
+
+    def call(i):
+        for _ in range(50):
+            if not driver.compare(fn(inputs[i]), refs[i]).ok:
+                errors.append(i)
+                return
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def test_a_tensor_on_another_device_is_a_one_line_error(mlp_fn):
+    _, fn = mlp_fn
+    with pytest.raises(CallError, match="input 0: a tensor on meta; the compiled code runs on the CPU"):
+        fn(torch.empty(16, 32, device="meta"))
