@@ -25,6 +25,7 @@ import re
 import sys
 import warnings
 
+import numpy as np
 import torch
 from torch_mlir import ir, passmanager
 
@@ -58,11 +59,15 @@ class OutputPlan:
     mutations: tuple[tuple[int, int], ...]
     spec: object  # torch.utils._pytree.TreeSpec
     n_results: int
+    unsigned_inputs: tuple[int, ...] = ()  # uint8 inputs: the IR's i8 is signless, its ops unsigned
+    unsigned_results: tuple[int, ...] = ()  # uint8 results
 
     def apply(self, results, inputs):
         from torch.utils import _pytree
 
         results = [results] if self.n_results == 1 else list(results)
+        for k in self.unsigned_results:
+            results[k] = results[k].view(torch.uint8) if isinstance(results[k], torch.Tensor) else results[k].view("u1")
         for i, k in self.mutations:
             dst = inputs[i]
             if isinstance(dst, torch.Tensor):
@@ -84,8 +89,26 @@ class EagerFunction:
     def __init__(self, fn, plan: OutputPlan):
         self.fn, self.plan = fn, plan
 
+    def _signless(self, inputs) -> list:
+        """uint8 inputs as the int8 bytes the compiled code reads (others as they are)."""
+        from tilecraft.backends.cpu.runtime import CallError
+
+        out = list(inputs)
+        for i in self.plan.unsigned_inputs:
+            if i >= len(out):
+                continue  # the compiled function reports the count
+            t = out[i]
+            dtype = getattr(t, "dtype", None)
+            if dtype not in (torch.uint8, np.uint8):
+                raise CallError(f"input {i}: expected a uint8 tensor, got {dtype}")
+            out[i] = t.view(torch.int8) if isinstance(t, torch.Tensor) else t.view("i1")
+        return out
+
     def __call__(self, *inputs):
-        return self.plan.apply(self.fn(*inputs), inputs)
+        return self.plan.apply(self.fn(*self._signless(inputs)), inputs)
+
+    def prepare(self, *inputs):
+        return self.fn.prepare(*self._signless(inputs))
 
     def __getattr__(self, name):
         return getattr(self.fn, name)
@@ -133,7 +156,21 @@ def plan_outputs(prog, graph: torch.fx.Graph, n_params: int, bound: list[torch.T
             )
     out_node.args = (tuple(results),)
     graph.eliminate_dead_code()
-    return OutputPlan(tuple(items), tuple(mutations), prog.call_spec.out_spec, len(results))
+
+    def unsigned(node) -> bool:
+        return getattr(node.meta.get("val"), "dtype", None) == torch.uint8
+
+    user_nodes = sorted(
+        (n for n in graph.nodes if n.op == "placeholder" and n.name in position), key=lambda n: position[n.name]
+    )
+    return OutputPlan(
+        tuple(items),
+        tuple(mutations),
+        prog.call_spec.out_spec,
+        len(results),
+        unsigned_inputs=tuple(position[n.name] for n in user_nodes if unsigned(n)),
+        unsigned_results=tuple(k for k, n in enumerate(results) if unsigned(n)),
+    )
 
 
 @dataclasses.dataclass
@@ -491,9 +528,12 @@ def fold_weight_only(prog, *, n_params: int, params: list[torch.Tensor], inputs)
         with torch.no_grad():
             it = iter(inputs)
             interp.run(*[values[n] if n in values else next(it) for n in placeholders])
-        fake_mode = next(  # (a model with no tensor input has no placeholder to take it from)
-            (n.meta["val"].fake_mode for n in graph.nodes if hasattr(n.meta.get("val"), "fake_mode")), None
-        ) or torch._subclasses.FakeTensorMode()
+        fake_mode = (
+            next(  # (a model with no tensor input has no placeholder to take it from)
+                (n.meta["val"].fake_mode for n in graph.nodes if hasattr(n.meta.get("val"), "fake_mode")), None
+            )
+            or torch._subclasses.FakeTensorMode()
+        )
         anchor = user_inputs[0] if user_inputs else next(n for n in graph.nodes if n.op != "placeholder")
         for i, node in enumerate(frontier):
             value = interp.env[node]

@@ -55,6 +55,8 @@ CASES = {
     "f16": (lambda a: a * 2, (x.half(),)),
     "i32": (lambda a: a * 3 - 1, (torch.arange(8, dtype=torch.int32),)),
     "bool_out": (lambda a: a > 0, (x,)),
+    "uint8_in_out": (lambda a: (a + 1, a.float() * 0.5, a > 100), (torch.randint(0, 256, (4, 8), dtype=torch.uint8),)),
+    "uint8_add_": (lambda a, b: a.add_(b), (torch.randint(0, 128, (4, 8), dtype=torch.uint8),) * 2),
 }
 
 
@@ -145,3 +147,11 @@ def test_a_tensor_on_another_device_is_a_one_line_error(mlp_fn):
     _, fn = mlp_fn
     with pytest.raises(CallError, match="input 0: a tensor on meta; the compiled code runs on the CPU"):
         fn(torch.empty(16, 32, device="meta"))
+
+
+def test_uint8_input_given_int8_is_a_one_line_error():
+    model = Fn(lambda a: a + 1).eval()
+    a = torch.randint(0, 256, (4, 8), dtype=torch.uint8)
+    fn = driver.compile_model(frontend.import_module(model, (a,), spec="u8")).fn
+    with pytest.raises(CallError, match="input 0: expected a uint8 tensor, got torch.int8"):
+        fn(a.view(torch.int8))
