@@ -20,7 +20,15 @@ from torch_mlir import ir
 
 from tilecraft.backends.cpu import amx, broadcasts, math_approx, reductions, strided
 from tilecraft.backends.cpu import schedule as tiling
-from tilecraft.dialects.irutil import ANY, apply_transform, public_funcs, run_pipeline, wants_reproducer
+from tilecraft.dialects.irutil import (
+    ANY,
+    apply_transform,
+    ops_named,
+    public_funcs,
+    run_pipeline,
+    walk_ops,
+    wants_reproducer,
+)
 from tilecraft.dialects.tc import COPY_ID
 
 LLVM_PIPELINE = (
@@ -94,6 +102,7 @@ def to_vector(
     copies (`tidy_copies`). Each is off only to compare."""
     mark_arguments_read_only(module)
     before = str(module) if wants_reproducer() else None  # a failure anywhere in the stage saves its input
+    bufferize_tm_tensor_ops(module)
     script = vectorize_script(vectorize=vectorize, pads_in_place=pads_in_place)
     apply_transform(module, script, stage="vector", reproduce="cpu-vector", before=before)
     copies = tidy_copies(module, vectorize_fills=vectorize_fills) if vectorize else []
@@ -170,6 +179,58 @@ def _same_buffer(a: ir.Value, b: ir.Value) -> bool:
     return all(str(oa.attributes[k]) == str(ob.attributes[k]) for k in keys) and a.type == b.type
 
 
+def distinct_results(module: ir.Module) -> int:
+    """Every public function returns distinct buffers, none of them an argument: a buffer
+    returned twice (`return %a, %a`: a model returning one tensor twice, or two results
+    folded into one) or an argument returned as it is gets a copy. Out-parameter
+    conversion and deallocation assume distinct results (a repeated one crashed LLVM
+    lowering). Returns how many copies were made."""
+    from torch_mlir.dialects import memref
+
+    copies = 0
+    for func in public_funcs(module):
+        for block in func.regions[0].blocks:
+            ret = list(block.operations)[-1]
+            if ret.operation.name != "func.return":
+                continue
+            args = list(func.regions[0].blocks[0].arguments)
+            seen: list[ir.Value] = []
+            for i, v in enumerate(list(ret.operands)):
+                repeated = any(v == s for s in seen) or any(v == a for a in args)
+                seen.append(v)
+                if not repeated or not isinstance(v.type, ir.MemRefType):
+                    continue
+                t = ir.MemRefType(v.type)
+                if not t.has_static_shape or "strided<" in str(t) or "affine_map" in str(t):
+                    continue  # (a view with a layout: results are whole buffers here)
+                with ir.InsertionPoint(ret), ret.location:
+                    fresh = memref.AllocOp(t, [], []).result
+                    memref.CopyOp(v, fresh)
+                ret.operands[i] = fresh
+                copies += 1
+    return copies
+
+
+def _has_tm_tensor_ops(module: ir.Module) -> bool:
+    found = []
+    walk_ops(module.operation, lambda op: found.append(op) if op.name.startswith("tm_tensor.") else None)
+    return bool(found)
+
+
+def bufferize_tm_tensor_ops(module: ir.Module) -> None:
+    """torch-mlir's TMTensor ops (sort, scan: cumsum/cumprod, scatter, topk) have no
+    one-shot bufferization: torch-mlir's own conversion bufferizes them first, each result
+    a fresh buffer wrapped in `bufferization.to_tensor`, marked `restrict writable` (it is
+    that buffer's only tensor), so one-shot bufferization takes the rest of the function
+    around them; `to_llvm` lowers them to loops."""
+    if not _has_tm_tensor_ops(module):
+        return
+    run_pipeline(module, "builtin.module(func.func(tm-tensor-bufferize))", stage="vector", reproduce="cpu-vector")
+    for op in ops_named(module.operation, "bufferization.to_tensor"):
+        op.attributes["restrict"] = ir.UnitAttr.get(module.context)
+        op.attributes["writable"] = ir.UnitAttr.get(module.context)
+
+
 def mark_arguments_read_only(module: ir.Module) -> None:
     ctx = module.context
     for func in public_funcs(module):
@@ -189,6 +250,9 @@ def to_llvm(module: ir.Module) -> ir.Module:
     for func in public_funcs(module):
         func.attributes["llvm.emit_c_interface"] = ir.UnitAttr.get(module.context)
     amx.lower_marked(module)  # low-precision contractions → AMX kernels
+    distinct_results(module)
+    if _has_tm_tensor_ops(module):  # (bufferized in the vector stage) → scf loops
+        run_pipeline(module, "builtin.module(func.func(tm-tensor-to-loops))", stage="llvm", reproduce="cpu-llvm")
     run_pipeline(module, LLVM_PIPELINE, stage="llvm", reproduce="cpu-llvm")
     amx.keep_blocks_out_of_line(module)
     return module

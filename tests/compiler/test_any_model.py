@@ -28,6 +28,12 @@ class Fn(torch.nn.Module):
 
 x = torch.randn(4, 8)
 
+
+def _index_put_into(a, i, v):
+    a[i] = v  # in place, and the result below folds into the mutated value: `return %0, %0`
+    return a * 1
+
+
 CASES = {
     # no compute kernel: views, reshapes, slices, cat/stack, copies, constants
     "view": (lambda a: a.view(8, 4), (x,)),
@@ -50,6 +56,20 @@ CASES = {
     "add_": (lambda a, b: a.add_(b), (x, x)),
     "copy_slice": (lambda a, b: a[:, :2].copy_(b[:, :2]), (x, x)),
     "mutate_and_return_other": (lambda a, b: (a.mul_(2), a + b), (x, x)),
+    # torch-mlir's TMTensor ops: sort, scan, topk, scatter
+    "cumsum": (lambda a: torch.cumsum(a, 1), (x,)),
+    "cumprod_argsort": (lambda a: (torch.cumprod(a, 0), torch.argsort(a, 1)), (torch.rand(4, 8) + 0.5,)),
+    "sort": (lambda a: torch.sort(a, 1), (x,)),
+    "topk": (lambda a: torch.topk(a, 3, 1), (x,)),
+    "index_put_accumulate": (
+        lambda a, i, v: a.index_put((i,), v, accumulate=True),
+        (torch.randn(8, 4), torch.tensor([0, 2, 2]), torch.randn(3, 4)),
+    ),
+    "scatter_add_unit_dim": (
+        lambda a, i, v: a.scatter_add(1, i, v),
+        (torch.zeros(1, 8), torch.tensor([[0, 3, 3, 7]]), torch.randn(1, 4)),
+    ),
+    "index_put_into_input": (_index_put_into, (torch.zeros(8, 1), torch.tensor([1, 5]), torch.randn(2, 1))),
     # dtypes in and out
     "f64": (lambda a: (a * 2).sum(1), (x.double(),)),
     "f16": (lambda a: a * 2, (x.half(),)),
@@ -98,6 +118,9 @@ cases = {
     "return y, y": (lambda a: ((a + 1),) * 2, (x,)),
     "x.add_(y)": (lambda a, b: a.add_(b), (x.clone(), x)),
     "copy_ into a slice": (lambda a, b: a[:, :2].copy_(b[:, :2]), (x.clone(), x)),
+    "a[i] = v; return a * 1": (
+        lambda a, i, v: (a.index_put_((i,), v), a * 1)[1], (torch.zeros(8, 1), torch.tensor([1, 5]), torch.randn(2, 1))
+    ),
 }
 for name, (f, inputs) in cases.items():
     m = Fn(f).eval()
@@ -112,7 +135,27 @@ def test_known_crashers_do_not_crash():
         [sys.executable, "-c", textwrap.dedent(CRASHERS)], capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, done.stdout + done.stderr[-2000:]
-    assert done.stdout.count("survived") == 3
+    assert done.stdout.count("survived") == 4
+
+
+def test_mlir_returning_one_value_twice_and_an_argument_runs(tmp_path):
+    path = tmp_path / "dup.mlir"
+    path.write_text(
+        textwrap.dedent("""
+        func.func @forward(%a: tensor<4x8xf32>) -> (tensor<4x8xf32>, tensor<4x8xf32>, tensor<4x8xf32>) {
+          %e = tensor.empty() : tensor<4x8xf32>
+          %y = linalg.add ins(%a, %a : tensor<4x8xf32>, tensor<4x8xf32>) outs(%e : tensor<4x8xf32>) -> tensor<4x8xf32>
+          return %y, %y, %a : tensor<4x8xf32>, tensor<4x8xf32>, tensor<4x8xf32>
+        }
+        """)
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "tilecraft.cli", "run", str(path), "--no-cache"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0 and "matches reference  yes" in done.stdout, done.stdout + done.stderr[-2000:]
 
 
 @pytest.fixture(scope="module")
