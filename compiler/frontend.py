@@ -511,8 +511,10 @@ def fold_weight_only(prog, *, n_params: int, params: list[torch.Tensor], inputs)
             n_user += 1
         elif ispec.kind == InputKind.CONSTANT_TENSOR:
             values[node] = prog.constants[ispec.target]
-        else:
+        elif ispec.target in prog.state_dict:
             values[node] = prog.state_dict[ispec.target]
+        else:  # a non-persistent buffer (position ids, rotary frequencies) is kept with the constants
+            values[node] = prog.constants[ispec.target]
     const = set(values)
     for node in graph.nodes:
         if node.op != "call_function" or any(word in str(node.target) for word in _NOT_FOLDED):
