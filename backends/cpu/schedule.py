@@ -353,7 +353,8 @@ def tiling_script(infos: Sequence[OpInfo], scheds: Mapping[int, TileDecision], *
                 h = _pack_rhs(h, info, body)
             extents = [min(t, x) if t else x for t, x in zip(sizes, extents)]
             if level == 0 and info.kind == "batch_matmul" and len(s.tiles) > 1 and not s.pack and vectorize:
-                if looped and all(x == 1 for x in extents[:-3]):  # (inside a loop, batch 1)
+                # (inside a loop, batch 1; an m, n or k of 1 would fold away too: no matmul left)
+                if looped and all(x == 1 for x in extents[:-3]) and all(x > 1 for x in extents[-3:]):
                     h, batch = _as_matmul(h, info.op_id, body), len(extents) - 3
                     extents = extents[batch:]
         if s.decompose:
