@@ -154,6 +154,56 @@ class ConvLayer:
         return self.n * self.oh * self.ow, self.f, self.c * self.kh * self.kw
 
 
+CONV1D = "linalg.conv_1d_ncw_fcw"
+
+
+def convs_1d_as_2d(module: ir.Module, params: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each `linalg.conv_1d_ncw_fcw` (a speech encoder's stem) restated as a
+    `conv_2d_nchw_fchw` over a unit height, so it takes the 2-D layers' paths (as a GEMM)
+    instead of running as scalar loops. A bound filter used once is re-laid out to
+    [F, C, 1, K] in the bound arguments; any other is expanded in the IR."""
+    ctx = module.context
+    fn = entry_func(module)
+    params = list(params)
+    body = fn.regions[0].blocks[0]
+    ops = [op.operation for op in body.operations if op.operation.name == CONV1D]
+    for i, op in enumerate(ops):
+        x_val, w_val, init_val = (op.operands[j] for j in range(3))
+        (n, c, w), (f, _, k), (_, _, ow) = shape_of(x_val), shape_of(w_val), shape_of(init_val)
+        elem = element_type_of(init_val)
+        stride, dilation = int_list_attr(op, "strides")[0], int_list_attr(op, "dilations")[0]
+        bound = bound_arg_number(w_val, len(params))
+        if bound is not None:
+            params[bound] = params[bound].reshape(f, c, 1, k).contiguous()
+            body.arguments[bound].set_type(ir.Type.parse(tensor_t((f, c, 1, k), element_type_of(w_val)), context=ctx))
+        w_in = tensor_t((f, c, 1, k) if bound is not None else (f, c, k), element_type_of(w_val))
+        w4 = "%w" if bound is not None else "%w4"
+        expand_w = (
+            ""
+            if bound is not None
+            else f"  %w4 = tensor.expand_shape %w [[0], [1], [2, 3]] output_shape [{f}, {c}, 1, {k}]"
+            f" : {w_in} into {tensor_t((f, c, 1, k), element_type_of(w_val))}\n"
+        )
+        x3, x4 = tensor_t((n, c, w), element_type_of(x_val)), tensor_t((n, c, 1, w), element_type_of(x_val))
+        o3, o4 = tensor_t((n, f, ow), elem), tensor_t((n, f, 1, ow), elem)
+        name = f"__tc_conv1d_{i}"
+        text = (
+            f"func.func private @{name}(%x: {x3}, %w: {w_in}, %init: {o3}) -> {o3} {{\n"
+            f"  %x4 = tensor.expand_shape %x [[0], [1], [2, 3]] output_shape [{n}, {c}, 1, {w}] : {x3} into {x4}\n"
+            f"{expand_w}"
+            f"  %i4 = tensor.expand_shape %init [[0], [1], [2, 3]] output_shape [{n}, {f}, 1, {ow}] : {o3} into {o4}\n"
+            f"  %c = linalg.conv_2d_nchw_fchw {{dilations = dense<[1, {dilation}]> : vector<2xi64>, "
+            f"strides = dense<[1, {stride}]> : vector<2xi64>}} ins(%x4, {w4} : {x4}, "
+            f"{tensor_t((f, c, 1, k), element_type_of(w_val))}) outs(%i4 : {o4}) -> {o4}\n"
+            f"  %r = tensor.collapse_shape %c [[0], [1], [2, 3]] : {o4} into {o3}\n"
+            f"  return %r : {o3}\n}}\n"
+        )
+        call_helper(module, op, text, name, [x_val, w_val, init_val])
+    if ops:
+        inline_helpers(module)
+    return params
+
+
 def conv_ops(module: ir.Module) -> list[ir.Operation]:
     body = entry_func(module).regions[0].blocks[0]
     return [op.operation for op in body.operations if op.operation.name == CONV]
@@ -434,4 +484,5 @@ class Im2colPass(ModulePass):
     thin: bool = False  # thin layers (few input channels, many outputs) too: fusion folds their transpose
 
     def apply(self, module: ir.Module, weights: Weights) -> None:
+        weights[:] = convs_1d_as_2d(module, weights)
         weights[:], _ = rewrite(module, weights, thin=self.thin)
