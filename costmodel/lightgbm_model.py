@@ -144,7 +144,8 @@ class LightGBMCostModel:
             self.offsets[key] = (self.offsets.get(key, 0.0) * n_old + resid.sum()) / (n_old + len(rs))
             self.meta["offset_counts"][key] = n_old + len(rs)
         x, base, lat, util, groups, rel = self._dataset(records)
-        p = {**self.params, "min_data_in_leaf": 2, "learning_rate": 0.2}
+        # no bagging: a round of one or two measurements would sample no row at all
+        p = {**self.params, "min_data_in_leaf": 2, "learning_rate": 0.2, "bagging_fraction": 1.0, "bagging_freq": 0}
         offsets = np.concatenate([np.full(len(rs), self.offsets[key]) for key, rs in by_kernel.items()])
         init_lat = self.boosters["latency"].predict(x) + base + offsets
         self.boosters["latency"] = lgb.train(

@@ -115,6 +115,15 @@ def test_update_moves_predictions_towards_new_measurements(synthetic):
     assert np.abs(np.log(after / truth)).mean() < np.abs(np.log(before / truth)).mean()
 
 
+def test_update_with_a_single_measurement(synthetic):
+    """A search round whose other candidates all failed hands `update` one record: with
+    bagging on, LightGBM sampled no row and aborted (`tune --budget 3`)."""
+    target, records = synthetic
+    m = LightGBMCostModel(target, rounds=FAST).fit(records[:100])
+    m.update(records[100:101])
+    assert np.isfinite(m.predict(records[100].kernel, [records[100].decision]).latency_s).all()
+
+
 def test_search_strategies(synthetic):
     target, records = synthetic
     train, test = evaluate.kernel_folds(records, 5)[0]
