@@ -177,6 +177,16 @@ def cmd_corpus_collect(args) -> int:
     target = Target.parse(args.target)
     names = list(zoo.ZOO) if args.models == "zoo" else [m for m in args.models.split(",") if m]
     each = f"up to {args.decisions_per_kernel}" if args.decisions_per_kernel > 0 else "all legal"
+    from tilecraft.corpus.db import CorpusError
+    from tilecraft.dialects.opinfo import KINDS
+
+    kinds = [k for k in args.kinds.split(",") if k]
+    bad = [k for k in kinds if k not in KINDS]
+    if bad:
+        raise CorpusError(f"--kinds: unknown op kind {bad[0]!r} (known: {', '.join(KINDS)})")
+    unknown = [m for m in names if m not in zoo.ZOO]
+    if unknown:
+        raise CorpusError(f"--models: unknown zoo model {unknown[0]!r} (known: {', '.join(zoo.ZOO)})")
     # the database and the measuring side first: a mistake there is reported before any import
     with CorpusDB(args.db) as db:
         if args.scheduler:
@@ -196,8 +206,8 @@ def cmd_corpus_collect(args) -> int:
                         driver.convolutions_as_gemms(imported)
                 modules[name] = imported.module
             pairs = collect.gather(modules, args.random, seed=args.seed)
-            if args.kinds:
-                pairs = [(k, src) for k, src in pairs if k.kind in args.kinds.split(",")]
+            if kinds:
+                pairs = [(k, src) for k, src in pairs if k.kind in kinds]
             n = len({k.key for k, _ in pairs})
             print(f"{n} kernels, {each} decisions each, on {where} -> {db.path}", file=sys.stderr)
             counts = collect.collect(

@@ -293,6 +293,12 @@ def decide(module, model, target: Target, pinned: Mapping | None, options: CpuOp
     infos = tiling.tag_ops(module)
     picked = {op: c.decision for c in choices for op in c.op_ids}
     chosen = tiling.decisions(infos, pinned, target, attached=picked, one_row_stream=options.one_row_stream)
+    unknown = set(pinned or {}) - {i.op_id for i in infos} - {i.key for i in infos}
+    if unknown:
+        raise DriverError(
+            f"{len(unknown)} of {len(pinned)} pinned decisions name no kernel of this model "
+            f"(e.g. {sorted(map(str, unknown))[0]}): were they tuned for another model or input shape?"
+        )
     fused = tiling.fused_ids(module, infos)
     chosen.update({i.op_id: tiling.register_tile_decision(i) for i in infos if i.op_id in fused})
     tiling.attach(module, chosen)

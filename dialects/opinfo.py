@@ -31,6 +31,7 @@ NAMED_KINDS = {
     "linalg.pooling_nchw_max": "pooling",
     "linalg.pooling_nchw_sum": "pooling",
 }
+KINDS = (*sorted(set(NAMED_KINDS.values())), "elementwise", "reduction")  # every OpInfo.kind
 _SKIPPED = {"linalg.yield", "linalg.index"}
 
 

@@ -1,5 +1,6 @@
 """Error paths: one line naming the problem, exit code 2, no traceback."""
 
+import json
 import subprocess
 import sys
 
@@ -82,3 +83,23 @@ def test_runtime_checks_shape_and_dtype():
         fn(torch.zeros(32, 256), torch.zeros(1))
     with pytest.raises(CallError, match="input 0: expected tensor<32x256xf32>, got tensor<32x256xi64>"):
         fn(torch.zeros(32, 256, dtype=torch.int64))
+
+
+def test_collect_with_an_unknown_kind_or_model_creates_nothing(tmp_path):
+    db = tmp_path / "c.db"
+    for args, needle in (
+        (["--models", "", "--kinds", "bogus"], "--kinds: unknown op kind 'bogus' (known: batch_matmul"),
+        (["--models", "nosuch"], "--models: unknown zoo model 'nosuch'"),
+    ):
+        proc = tilecraft("corpus", "collect", *args, "--db", str(db))
+        assert proc.returncode == 2 and error_lines(proc) == [f"error: {error_lines(proc)[0][7:]}"]
+        assert needle in proc.stderr and not db.exists()
+
+
+def test_decisions_naming_no_kernel_of_the_model(tmp_path):
+    dec = tmp_path / "tuned.json"
+    decision = {"decompose": False, "interchange": [], "tiles": [[2, 512]], "vectorize": True}
+    dec.write_text(json.dumps({"decisions": {"deadbeef": decision}}))
+    proc = tilecraft("run", "mlp", "--decisions", str(dec))
+    assert proc.returncode == 2 and len(error_lines(proc)) == 1
+    assert "1 of 1 pinned decisions name no kernel of this model (e.g. deadbeef)" in proc.stderr
