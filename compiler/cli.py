@@ -110,20 +110,33 @@ def _load_decisions(path: str | None):
         raise DriverError(f"{path} is not a decisions file: {exc}") from None
 
 
+def _first_line_of(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+
+
 def _load_inputs(path: str):
     import numpy as np
     import torch
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"inputs file not found: {path}")
-    with np.load(path) as data:
-        keys = sorted(data.files, key=lambda k: int(k.split("_")[-1]) if k.split("_")[-1].isdigit() else k)
-        return [torch.from_numpy(data[k]) for k in keys]
+    from tilecraft.driver import DriverError
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if not hasattr(data, "files"):
+                raise ValueError("a single array, not an archive")
+            keys = sorted(data.files, key=lambda k: int(k.split("_")[-1]) if k.split("_")[-1].isdigit() else k)
+            return [torch.from_numpy(data[k]) for k in keys]
+    except (OSError, ValueError, EOFError) as exc:
+        raise DriverError(f"{path} is not an .npz of arrays ({_first_line_of(exc)})") from None
 
 
 def cmd_run(args) -> int:
     from tilecraft import driver
 
+    if args.threads < 1:
+        raise driver.DriverError(f"--threads must be at least 1 (got {args.threads})")
     inputs = _load_inputs(args.inputs) if args.inputs else None
     report = driver.run_and_check(
         args.model,

@@ -68,8 +68,14 @@ class Compiled:
 
 
 def atomic_write(path: str, data: bytes) -> None:
+    """Write `path` whole or not at all (a temporary file beside it, renamed over it)."""
+    if os.path.isdir(path):
+        raise DriverError(f"cannot write {path}: it is a directory")
     d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tilecraft-")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=".tilecraft-")
+    except OSError as exc:
+        raise DriverError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -224,7 +224,18 @@ def load_model(spec: str) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
             raise FrontendError(f"{path}: cannot import: {type(exc).__name__}: {exc}") from exc
         if not hasattr(module, factory):
             raise FrontendError(f"{path}: no factory function {factory!r}")
-        model, inputs = getattr(module, factory)()
+        try:
+            made = getattr(module, factory)()
+        except Exception as exc:
+            raise FrontendError(f"{spec}: the factory raised {type(exc).__name__}: {_first_line(exc)}") from None
+        if not (isinstance(made, tuple) and len(made) == 2 and isinstance(made[0], torch.nn.Module)):
+            raise FrontendError(
+                f"{spec}: the factory must return (torch.nn.Module, example inputs), got {type(made).__name__}"
+            )
+        model, inputs = made
+        inputs = (inputs,) if isinstance(inputs, torch.Tensor) else inputs
+        if not isinstance(inputs, (tuple, list)) or not all(isinstance(t, torch.Tensor) for t in inputs):
+            raise FrontendError(f"{spec}: the factory's example inputs must be a tuple of tensors, got {inputs!r:.60}")
         return model.eval(), tuple(inputs)
     from tilecraft.corpus import zoo
 
@@ -254,6 +265,11 @@ def import_mlir_file(path: str, *, context: ir.Context | None = None) -> Importe
     if len(public) != 1:
         raise FrontendError(f"{path}: expected exactly one public func.func, found {len(public)}")
     name = ir.StringAttr(public[0].attributes["sym_name"]).value
+    ftype = ir.FunctionType(ir.TypeAttr(public[0].attributes["function_type"]).value)
+    for what, types in (("argument", ftype.inputs), ("result", ftype.results)):
+        for i, t in enumerate(types):
+            if isinstance(t.maybe_downcast(), ir.ShapedType) and not ir.ShapedType(t).has_static_shape:
+                raise FrontendError(f"{path}: @{name} {what} {i} has a dynamic shape ({t}); give static shapes")
     imported = Imported(spec=path, module=module, params=[], inputs=(), func_name=name)
     imported.inputs = tuple(_random_input(s) for s in imported.signature.inputs)
     return imported

@@ -83,6 +83,7 @@ def create(spec: str, target) -> CostModel:
 
 def read_model_file(path: str) -> dict:
     import gzip
+    import zlib
 
     try:
         opener = gzip.open if path.endswith(".gz") else open
@@ -90,7 +91,7 @@ def read_model_file(path: str) -> dict:
             doc = json.load(f)
     except FileNotFoundError:
         raise CostModelError(f"model file not found: {path}") from None
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (OSError, EOFError, zlib.error, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CostModelError(f"{path} is not a Tilecraft cost model ({exc})") from None
     if not isinstance(doc, dict) or doc.get("format") != MODEL_FORMAT:
         raise CostModelError(f"{path} is not a Tilecraft cost model (no '{MODEL_FORMAT}' header)")

@@ -103,3 +103,60 @@ def test_decisions_naming_no_kernel_of_the_model(tmp_path):
     proc = tilecraft("run", "mlp", "--decisions", str(dec))
     assert proc.returncode == 2 and len(error_lines(proc)) == 1
     assert "1 of 1 pinned decisions name no kernel of this model (e.g. deadbeef)" in proc.stderr
+
+
+FACTORIES = """
+import torch
+
+def raises():
+    raise RuntimeError("boom")
+
+def not_a_pair():
+    return 42
+
+def inputs_not_tensors():
+    return torch.nn.Linear(2, 2), "notatuple"
+"""
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["run", "{tmp}/f.py:raises"], "{tmp}/f.py:raises: the factory raised RuntimeError: boom"),
+        (["run", "{tmp}/f.py:not_a_pair"], "the factory must return (torch.nn.Module, example inputs), got int"),
+        (["run", "{tmp}/f.py:inputs_not_tensors"], "example inputs must be a tuple of tensors, got 'notatuple'"),
+        (["run", "{tmp}/dyn.mlir"], "{tmp}/dyn.mlir: @forward argument 0 has a dynamic shape (tensor<?x4xf32>)"),
+        (["run", "mlp", "--threads", "0"], "--threads must be at least 1 (got 0)"),
+        (["run", "mlp", "--cost-model", "{tmp}/trunc.json.gz"], "{tmp}/trunc.json.gz is not a Tilecraft cost model"),
+        (["compile", "mlp", "--emit", "so", "-o", "{tmp}/outdir"], "cannot write {tmp}/outdir: it is a directory"),
+        (
+            ["compile", "mlp", "-o", "{tmp}/missing/dir/out.mlir"],
+            "cannot write {tmp}/missing/dir/out.mlir: No such file",
+        ),
+        (["run", "mlp", "--inputs", "{tmp}/not.npz"], "{tmp}/not.npz is not an .npz of arrays"),
+    ],
+    ids=[
+        "factory-raises",
+        "factory-returns-int",
+        "inputs-not-tensors",
+        "dynamic-mlir",
+        "threads-0",
+        "truncated-model",
+        "output-is-dir",
+        "output-dir-missing",
+        "not-npz",
+    ],
+)
+def test_user_mistakes_are_one_line_naming_their_path(tmp_path, args, needle):
+    (tmp_path / "f.py").write_text(FACTORIES)
+    (tmp_path / "dyn.mlir").write_text(
+        "func.func @forward(%a: tensor<?x4xf32>) -> tensor<?x4xf32> { return %a : tensor<?x4xf32> }\n"
+    )
+    (tmp_path / "trunc.json.gz").write_bytes(b"\x1f\x8b\x08\x00garbage")
+    (tmp_path / "not.npz").write_text("garbage")
+    (tmp_path / "outdir").mkdir()
+    proc = tilecraft(*[a.format(tmp=tmp_path) for a in args])
+    lines = error_lines(proc)
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert needle.format(tmp=tmp_path) in lines[0] and "internal error" not in lines[0]
+    assert not any(p.name.startswith(".tilecraft-") for p in tmp_path.rglob("*"))  # nothing half-written
