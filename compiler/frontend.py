@@ -472,10 +472,18 @@ def import_module(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            prog = torch.export.export(_Lifted(model, names), (*params, *inputs), strict=False)
+            try:
+                prog = torch.export.export(_Lifted(model, names), (*params, *inputs), strict=False)
+            except Exception as exc:
+                if "DataDependent" not in type(exc).__name__:
+                    raise
+                # `int(t)`, `.item()` in Python control flow: strict export (TorchDynamo) traces
+                # through many of them, specializing on the example input's value
+                prog = torch.export.export(_Lifted(model, names), (*params, *inputs), strict=True)
             prog = prog.run_decompositions(get_decomposition_table())
     except Exception as exc:
         raise FrontendError(f"{spec}: torch.export failed: {type(exc).__name__}: {_first_line(exc)}") from None
+    _refuse_data_dependent_shapes(prog, spec)
     importer = FxImporter(context=ctx)
     try:
         n_params = len(params)
@@ -589,6 +597,23 @@ def _scalar_constructor(node) -> bool:
 def _first_line(exc: Exception) -> str:
     lines = [line for line in str(exc).splitlines() if line.strip()]
     return lines[0][:300] if lines else ""
+
+
+def _refuse_data_dependent_shapes(prog, spec: str) -> None:
+    """An op whose result's shape depends on tensor values (`nonzero`, `bincount`, a
+    masked select) cannot be compiled for static shapes: one line naming it and the
+    model's source line."""
+    for node in prog.graph.nodes:
+        val = node.meta.get("val")
+        if isinstance(val, torch.Tensor) and not all(isinstance(d, int) for d in val.shape):
+            frames = re.findall(r'File "([^"]+)", line (\d+)', node.meta.get("stack_trace") or "")
+            ours = os.path.dirname(os.path.abspath(__file__))
+            user = [f"{p}:{n}" for p, n in frames if f"{os.sep}torch{os.sep}" not in p and not p.startswith(ours)]
+            where = f" at {user[-1]}" if user else ""
+            raise FrontendError(
+                f"{spec}: {node.target} has a result shape that depends on tensor values{where}: "
+                "not supported (static shapes only)"
+            )
 
 
 def _where(loc: str) -> str:

@@ -70,6 +70,8 @@ CASES = {
         (torch.zeros(1, 8), torch.tensor([[0, 3, 3, 7]]), torch.randn(1, 4)),
     ),
     "index_put_into_input": (_index_put_into, (torch.zeros(8, 1), torch.tensor([1, 5]), torch.randn(2, 1))),
+    # data-dependent Python scalars
+    "item_in_arithmetic": (lambda a: a * a.max().item(), (x,)),
     # dtypes in and out
     "f64": (lambda a: (a * 2).sum(1), (x.double(),)),
     "f16": (lambda a: a * 2, (x.half(),)),
@@ -198,3 +200,15 @@ def test_uint8_input_given_int8_is_a_one_line_error():
     fn = driver.compile_model(frontend.import_module(model, (a,), spec="u8")).fn
     with pytest.raises(CallError, match="input 0: expected a uint8 tensor, got torch.int8"):
         fn(a.view(torch.int8))
+
+
+@pytest.mark.parametrize(
+    "f, op",
+    [(lambda a: torch.nonzero(a > 0), "aten.nonzero"), (lambda a: a[a > 0], "aten.")],
+    ids=["nonzero", "masked-select"],
+)
+def test_data_dependent_result_shape_is_one_line_naming_the_op(f, op):
+    with pytest.raises(frontend.FrontendError) as info:
+        frontend.import_module(Fn(f), (x,), spec="dd")
+    msg = str(info.value)
+    assert op in msg and "depends on tensor values" in msg and "test_any_model.py:" in msg and "\n" not in msg
