@@ -105,6 +105,15 @@ class ConvLayer:
     weight: int | None  # bound argument number of the filter
     why_not: str = ""
     fusing: bool = False  # fusion follows: a chain's taps fuse into one register-tiled GEMM
+    patch: bool = False  # windows tile the input exactly (stride = window, no padding): see `patchify`
+
+    @property
+    def patchify(self) -> bool:
+        """A patch embedding (a ViT's 16×16/16 stem): the windows tile the input exactly,
+        so the column matrix is a pure relayout of the input — [N, C, OH, KH, OW, KW]
+        permuted to [N, OH, OW, C, KH, KW] — one transpose that vectorizes, for one GEMM
+        with K = C·KH·KW (as a tap chain it was KH·KW matmuls of K = C each: 256 of K = 3)."""
+        return self.patch
 
     @property
     def pointwise(self) -> bool:
@@ -120,7 +129,7 @@ class ConvLayer:
         slice of it, whole vectors of channels, which vectorizes. Channels a multiple of 16
         (fewer fill part of a vector, and the per-tap copies cost more than they save: the
         one gather reading x[n, c, y·s + i, x·s + j], K ordered (c, kh, kw), runs scalar)."""
-        return self.c % LANES == 0 and (self.kh * self.kw > 1 or self.strides != (1, 1))
+        return not self.patch and self.c % LANES == 0 and (self.kh * self.kw > 1 or self.strides != (1, 1))
 
     @property
     def by_chain(self) -> bool:
@@ -135,7 +144,8 @@ class ConvLayer:
         when fusing (unfused, each tap is a K = C GEMM of its own, and each pass over the
         accumulator costs more than the gather saves)."""
         return (
-            self.n == 1
+            not self.patch
+            and self.n == 1
             and self.kh * self.kw > 1
             and self.f % LANES == 0
             and (self.strides == (1, 1) if self.by_taps else self.fusing)
@@ -211,9 +221,10 @@ def conv_ops(module: ir.Module) -> list[ir.Operation]:
 
 def describe(op: ir.Operation, index: int, n_bound: int, *, thin: bool = False) -> ConvLayer:
     x, w, out = (op.operands[i] for i in range(3))
-    (n, c, _, _), (f, _, kh, kw), (_, _, oh, ow) = shape_of(x), shape_of(w), shape_of(out)
+    (n, c, h, wd), (f, _, kh, kw), (_, _, oh, ow) = shape_of(x), shape_of(w), shape_of(out)
     strides = tuple(int_list_attr(op, "strides"))
-    layer = ConvLayer(index, n, c, f, kh, kw, oh, ow, strides, bound_arg_number(w, n_bound), fusing=thin)
+    patch = strides == (kh, kw) and kh * kw > 1 and (h, wd) == (oh * kh, ow * kw)
+    layer = ConvLayer(index, n, c, f, kh, kw, oh, ow, strides, bound_arg_number(w, n_bound), fusing=thin, patch=patch)
     why = ""
     if {element_type_of(x), element_type_of(w), element_type_of(out)} != {"f32"}:
         why = "not f32"
@@ -266,6 +277,24 @@ def _gather(layer: ConvLayer, x_t: str, col_t: str) -> str:
   }} -> {col_t}"""
 
 
+def _patch_gather(layer: ConvLayer, x_t: str, col_t: str) -> str:
+    """`%col` [N, OH, OW, C, KH, KW] of a patch embedding: the input split into its
+    patches and permuted (`ConvLayer.patchify`)."""
+    n, c, kh, kw, oh, ow = layer.n, layer.c, layer.kh, layer.kw, layer.oh, layer.ow
+    x6_t = tensor_t([n, c, oh, kh, ow, kw], "f32")
+    perm = "affine_map<(n, y, x, c, i, j) -> (n, c, y, i, x, j)>"
+    ident6 = "affine_map<(n, y, x, c, i, j) -> (n, y, x, c, i, j)>"
+    par6 = ", ".join(['"parallel"'] * 6)
+    return f"""  %x6 = tensor.expand_shape %x [[0], [1], [2, 3], [4, 5]] output_shape [{n}, {c}, {oh}, {kh}, {ow}, {kw}]
+      : {x_t} into {x6_t}
+  %e0 = tensor.empty() : {col_t}
+  %col = linalg.generic {{indexing_maps = [{perm}, {ident6}], iterator_types = [{par6}]}}
+      ins(%x6 : {x6_t}) outs(%e0 : {col_t}) {{
+  ^bb0(%a: f32, %b: f32):
+    linalg.yield %a : f32
+  }} -> {col_t}"""
+
+
 def _to_nhwc(src: str, src_t: str, xt_t: str) -> str:
     """`%xt`: `src` [N, C, H, W] transposed to [N, H, W, C] (one `linalg.generic`)."""
     maps = "affine_map<(n, y, x, c) -> (n, c, y, x)>, affine_map<(n, y, x, c) -> (n, y, x, c)>"
@@ -311,6 +340,9 @@ def _helper(layer: ConvLayer, x_shape: Sequence[int], zero_init: bool, name: str
     if layer.by_taps:
         col_t = tensor_t([n, oh, ow, kh, kw, c], "f32")
         gather = _tap_gather(layer, x_t, col_t, x_shape)
+    elif layer.patchify:
+        col_t = tensor_t([n, oh, ow, c, kh, kw], "f32")
+        gather = _patch_gather(layer, x_t, col_t)
     else:
         col_t = tensor_t([n, oh, ow, c, kh, kw], "f32")
         gather = _gather(layer, x_t, col_t)

@@ -46,6 +46,7 @@ CASES = [
         [r"^lightgbm\s+[\d.]+", r"^search on [1-9]\d* held-out kernels", r"^mlp\s.*\syes$"],
         id="costmodel",
     ),
+    pytest.param(["models.py"], [r"^bert\s+[\d.]+\s+yes\s+[\d.]+\s+[\d.]+\s+[\d.]+"], id="models"),
     pytest.param(["e2e.py"], [r"^mlp\s+yes\s+\d+\s+[\d.]+"], id="e2e"),
     pytest.param(["fusion.py"], [r"^softmax_4x128x128\s.*\syes$", r"^chosen partition within 5%"], id="fusion"),
     pytest.param(["fusion.py", "--calibrate"], [r"^factors \{'\w+': [\d.]+"], id="fusion-calibrate"),
