@@ -25,6 +25,7 @@ from tilecraft.backends.cpu.backend import CpuBackend, CpuOptions
 from tilecraft.backends.cpu.schedule import TileDecision
 from tilecraft.backends.cpu.target import Target
 from tilecraft.dialects import tc
+from tilecraft.dialects.irutil import PipelineError
 from tilecraft.passes.base import ModulePass
 from tilecraft.passes.depthwise import DepthwiseTapsPass
 from tilecraft.passes.drop_empty_ops import DropEmptyOpsPass
@@ -154,6 +155,7 @@ def compile_model(
     def run(p: ModulePass) -> None:
         p = swaps.get(p.name, p)
         imported.params[:] = p.run(module, imported.params)
+        verify(module, p.name)  # a broken module is an error here, not a crash in a later stage
         done.passes.append(p)
 
     def wanted(stage: str) -> bool:
@@ -217,6 +219,17 @@ def compile_model(
         atomic_write(output, done.text.encode())
         done.path = output
     return done
+
+
+def verify(module, after: str) -> None:
+    """Run the MLIR verifier; invalid IR is a `PipelineError` naming the pass it came from."""
+    from torch_mlir import ir
+
+    try:
+        module.operation.verify()
+    except ir.MLIRError as exc:
+        detail = " ".join(str(exc).split())[:400]
+        raise PipelineError(f"the IR after '{after}' does not verify: {detail}", stage=after) from None
 
 
 def canonical_passes(*, fusing: bool = True, layout: bool = True) -> list[ModulePass]:

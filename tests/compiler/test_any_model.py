@@ -212,3 +212,27 @@ def test_data_dependent_result_shape_is_one_line_naming_the_op(f, op):
         frontend.import_module(Fn(f), (x,), spec="dd")
     msg = str(info.value)
     assert op in msg and "depends on tensor values" in msg and "test_any_model.py:" in msg and "\n" not in msg
+
+
+def test_invalid_ir_is_an_error_naming_the_pass_not_a_crash():
+    """A rewrite that leaves invalid IR (here: a return of the wrong type) is an error: the
+    driver verifies the module after every pass and names the pass; the llvm stage's
+    pipeline refuses it too."""
+    from torch_mlir import ir
+
+    from tilecraft.backends.cpu import lowering
+    from tilecraft.dialects.irutil import PipelineError
+
+    ctx = frontend.new_context()
+    module = ir.Module.parse(
+        "func.func @f(%a: memref<4xf32>, %b: memref<8xf32>) -> memref<4xf32> { return %a : memref<4xf32> }",
+        context=ctx,
+    )
+    func = module.body.operations[0]
+    block = func.regions[0].blocks[0]
+    list(block.operations)[-1].operands[0] = block.arguments[1]  # memref<8xf32> where memref<4xf32> is due
+    with pytest.raises(PipelineError, match="the IR after 'my-rewrite' does not verify"):
+        driver.verify(module, "my-rewrite")
+    with pytest.raises(PipelineError, match="stage 'llvm' failed"):
+        with ctx:
+            lowering.to_llvm(module)
