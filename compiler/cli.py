@@ -185,14 +185,12 @@ def cmd_corpus_collect(args) -> int:
     from tilecraft import driver, frontend
     from tilecraft.backends.cpu.target import Target
     from tilecraft.corpus import collect, zoo
-    from tilecraft.corpus.db import CorpusDB
+    from tilecraft.corpus.db import CorpusDB, CorpusError
+    from tilecraft.dialects.opinfo import KINDS
 
     target = Target.parse(args.target)
     names = list(zoo.ZOO) if args.models == "zoo" else [m for m in args.models.split(",") if m]
     each = f"up to {args.decisions_per_kernel}" if args.decisions_per_kernel > 0 else "all legal"
-    from tilecraft.corpus.db import CorpusError
-    from tilecraft.dialects.opinfo import KINDS
-
     kinds = [k for k in args.kinds.split(",") if k]
     bad = [k for k in kinds if k not in KINDS]
     if bad:

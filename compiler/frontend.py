@@ -607,23 +607,26 @@ def _refuse_data_dependent_shapes(prog, spec: str) -> None:
         val = node.meta.get("val")
         if isinstance(val, torch.Tensor) and not all(isinstance(d, int) for d in val.shape):
             frames = re.findall(r'File "([^"]+)", line (\d+)', node.meta.get("stack_trace") or "")
-            ours = os.path.dirname(os.path.abspath(__file__))
-            user = [f"{p}:{n}" for p, n in frames if f"{os.sep}torch{os.sep}" not in p and not p.startswith(ours)]
-            where = f" at {user[-1]}" if user else ""
+            user = _model_frame(reversed(frames))  # a stack trace lists the innermost frame last
             raise FrontendError(
-                f"{spec}: {node.target} has a result shape that depends on tensor values{where}: "
-                "not supported (static shapes only)"
+                f"{spec}: {node.target} has a result shape that depends on tensor values"
+                f"{f' at {user}' if user else ''}: not supported (static shapes only)"
             )
+
+
+def _model_frame(frames) -> str | None:
+    """`path:line` of the first of `frames` ((path, line), innermost first) outside torch and us."""
+    ours = os.path.dirname(os.path.abspath(__file__))
+    for path, line in frames:
+        if f"{os.sep}torch{os.sep}" not in path and not path.startswith(ours):
+            return f"{path}:{line}"
+    return None
 
 
 def _where(loc: str) -> str:
     """The model's own frame of a (callsite) location: the first outside torch and us."""
     frames = re.findall(r'"([^"]+)":(\d+):\d+', loc)
-    ours = os.path.dirname(os.path.abspath(__file__))
-    for path, line in frames:
-        if f"{os.sep}torch{os.sep}" not in path and not path.startswith(ours):
-            return f"{path}:{line}"
-    return f"{frames[0][0]}:{frames[0][1]}" if frames else loc
+    return _model_frame(frames) or (f"{frames[0][0]}:{frames[0][1]}" if frames else loc)
 
 
 _OP_PATTERNS = (r'name = "torch\.(aten\.[\w.]+)"', r"'torch\.(aten\.[\w.]+)'", r"'(torch\.[\w.]+)'")

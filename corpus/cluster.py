@@ -50,23 +50,29 @@ def measure_task(kernel, decision, target_spec: str, timeout_s: float):
     return worker.measure(kernel, decision, target), target
 
 
+def connect(address: str, *, timeout_s: float = 10.0):
+    """A `distributed.Client` for the scheduler at `address`, or a one-line error."""
+    try:
+        from distributed import Client
+    except ImportError:
+        raise CorpusError("--scheduler needs dask.distributed: pip install 'tilecraft[cluster]'") from None
+    try:
+        return Client(address, timeout=timeout_s)
+    except (OSError, TimeoutError, ValueError) as exc:
+        reason = " ".join(str(exc).split())[:200]
+        raise CorpusError(f"cannot reach the Dask scheduler at {address}: {reason}") from None
+
+
 class DaskRunner:
     """Measures on the workers of the Dask scheduler at `address`."""
 
     def __init__(self, address: str, *, target_spec: str = "cpu", timeout_s: float = 120.0, connect_s: float = 10.0):
-        try:
-            from distributed import Client
-            from distributed.comm import get_address_host
-        except ImportError:
-            raise CorpusError("--scheduler needs dask.distributed: pip install 'tilecraft[cluster]'") from None
         from tilecraft.backends.cpu.target import Target
 
         self.address, self.target_spec, self.timeout_s = address, target_spec, timeout_s
-        try:
-            self.client = Client(address, timeout=connect_s)
-        except (OSError, TimeoutError, ValueError) as exc:
-            reason = " ".join(str(exc).split())[:200]
-            raise CorpusError(f"cannot reach the Dask scheduler at {address}: {reason}") from None
+        self.client = connect(address, timeout_s=connect_s)  # (a one-line error without distributed)
+        from distributed.comm import get_address_host
+
         try:
             facts = self.client.run(worker_facts, target_spec)
         except Exception as exc:

@@ -325,23 +325,18 @@ class CorpusDB:
             with self.transaction():
                 self._engine.lock_schema()
                 v = self.version()
-                if v > SCHEMA_VERSION:
-                    raise CorpusError(
-                        f"{self.path}: schema version {v} is newer than this Tilecraft ({SCHEMA_VERSION})"
-                    )
-                while v < SCHEMA_VERSION:
-                    for statement in MIGRATIONS[v].replace("{id}", self._engine.id_column).split(";"):
+                for u in range(v, SCHEMA_VERSION):
+                    for statement in MIGRATIONS[u].replace("{id}", self._engine.id_column).split(";"):
                         if statement.strip():
                             self.execute(statement)
-                    v += 1
                     self.execute(
                         "INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT (key) DO UPDATE SET value = ?",
-                        (str(v), str(v)),
+                        (str(u + 1), str(u + 1)),
                     )
-        except CorpusError as exc:
-            if "newer than" in str(exc):
-                raise
+        except CorpusError as exc:  # (its message: "<path>: <what the engine said>")
             raise CorpusError(f"{self.path}: not a corpus database ({str(exc).partition(': ')[2]})") from None
+        if v > SCHEMA_VERSION:
+            raise CorpusError(f"{self.path}: schema version {v} is newer than this Tilecraft ({SCHEMA_VERSION})")
 
     def close(self) -> None:
         engine = getattr(self, "_engine", None)

@@ -270,7 +270,7 @@ class MeasureWorker:
 
 
 # ------------------------------------------------------------------ one core per worker
-_CORE_LOCKS: list = []  # open lock files: a core stays ours while this process lives
+_CORE_LOCKS: dict[int, object] = {}  # core -> its open lock file: ours while this process lives
 
 
 def claim_core() -> int | None:
@@ -288,7 +288,7 @@ def claim_core() -> int | None:
         except OSError:
             f.close()
             continue
-        _CORE_LOCKS.append(f)
+        _CORE_LOCKS[cpu] = f
         return cpu
     return None
 
@@ -296,8 +296,7 @@ def claim_core() -> int | None:
 def release_core(cpu: int | None) -> None:
     import fcntl
 
-    for f in list(_CORE_LOCKS):
-        if f.name.endswith(f"-core-{cpu}.lock"):
-            fcntl.flock(f, fcntl.LOCK_UN)
-            f.close()
-            _CORE_LOCKS.remove(f)
+    f = _CORE_LOCKS.pop(cpu, None)
+    if f is not None:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()

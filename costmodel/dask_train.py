@@ -16,20 +16,6 @@ import numpy as np
 from tilecraft.costmodel.model import CostModelError
 
 
-def connect(address: str, *, timeout_s: float = 10.0):
-    """A `distributed.Client` for the scheduler at `address`, or a one-line error."""
-    try:
-        from distributed import Client
-    except ImportError:
-        raise CostModelError("--scheduler needs dask.distributed: pip install 'tilecraft[cluster]'") from None
-    try:
-        return Client(address, timeout=timeout_s)
-    except (OSError, TimeoutError, ValueError) as exc:
-        raise CostModelError(
-            f"cannot reach the Dask scheduler at {address}: {' '.join(str(exc).split())[:200]}"
-        ) from None
-
-
 def _partitions(n_rows: int, groups: list[int] | None, parts: int) -> tuple[list[int], list[int] | None]:
     """Row counts per partition (and query counts, with groups): contiguous, about equal."""
     if groups is None:

@@ -87,9 +87,9 @@ def train(
     records, target = load_records(db_path, all_targets=all_targets)
     model = LightGBMCostModel(target, text=text)
     if scheduler:
-        from tilecraft.costmodel import dask_train
+        from tilecraft.corpus.cluster import connect
 
-        with dask_train.connect(scheduler) as client:
+        with connect(scheduler) as client:
             model.fit(records, client=client)
             n = len(client.scheduler_info()["workers"])
             model.meta["trained_on"] = f"{n} Dask worker{'s' if n != 1 else ''} at {scheduler}"

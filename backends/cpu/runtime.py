@@ -104,6 +104,15 @@ def _descriptor(t: torch.Tensor):
     return desc
 
 
+def _packed(descs: list) -> tuple:
+    """The packed wrapper's argument: `packed[i]` points at `args[i]`, the address of the
+    i-th descriptor. Returns both (the caller keeps `args` and `descs` alive)."""
+    n = len(descs)
+    args = (ctypes.c_void_p * n)(*[ctypes.addressof(d) for d in descs])
+    step = ctypes.sizeof(ctypes.c_void_p)
+    return args, (ctypes.c_void_p * n)(*[ctypes.addressof(args) + i * step for i in range(n)])
+
+
 class CompiledFunction:
     """A compiled entry point. `bound` tensors (weights) are passed first on every call.
 
@@ -142,9 +151,7 @@ class CompiledFunction:
             self._check(i, t)
         outs = [torch.empty(s.shape, dtype=s.torch_dtype) for s in self.signature.outputs]
         descs = [*self._bound_descs, *(_descriptor(t) for t in tensors + outs)]
-        n = len(descs)
-        args = (ctypes.c_void_p * n)(*[ctypes.addressof(d) for d in descs])
-        packed = (ctypes.c_void_p * n)(*[ctypes.addressof(args) + i * ctypes.sizeof(ctypes.c_void_p) for i in range(n)])
+        args, packed = _packed(descs)
         fn = self._fn
         keep = (tensors, outs, descs, args, self)
 
@@ -175,9 +182,7 @@ class CompiledFunction:
         # Every call builds its own argument arrays (kept alive until it returns), so one
         # compiled function may be called from many threads at once.
         descs = [*self._bound_descs, *(_descriptor(t) for t in tensors + outs)]
-        n = len(descs)
-        args = (ctypes.c_void_p * n)(*[ctypes.addressof(d) for d in descs])
-        packed = (ctypes.c_void_p * n)(*[ctypes.addressof(args) + i * ctypes.sizeof(ctypes.c_void_p) for i in range(n)])
+        args, packed = _packed(descs)  # (args and descs: kept alive until the call returns)
         self._fn(packed)
         results = [o.numpy() for o in outs] if as_numpy else outs
         return results[0] if len(results) == 1 else tuple(results)
