@@ -20,6 +20,7 @@ from tilecraft.passes.private_fills import PrivateFillsPass
 from tilecraft.passes.sink_expand_shapes import SinkExpandShapesPass
 from tilecraft.passes.sink_extract_slices import SinkExtractSlicesPass
 from tilecraft.passes.sink_transposes import SinkTransposesPass
+from tilecraft.passes.split_ragged import SplitRaggedPass
 
 PASSES: dict[str, type[ModulePass]] = {
     p.name: p
@@ -35,6 +36,7 @@ PASSES: dict[str, type[ModulePass]] = {
         SinkExpandShapesPass,
         FoldUnitDimsPass,
         DropUnitReadsPass,
+        SplitRaggedPass,
         PrivateFillsPass,
         FusePass,
     )
