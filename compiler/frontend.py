@@ -24,11 +24,13 @@ import os
 import re
 import sys
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch_mlir import ir, passmanager
 
+from tilecraft import complex_pairs
 from tilecraft.backends.cpu.runtime import Signature
 from tilecraft.dialects import tc
 
@@ -61,6 +63,8 @@ class OutputPlan:
     n_results: int
     unsigned_inputs: tuple[int, ...] = ()  # uint8 inputs: the IR's i8 is signless, its ops unsigned
     unsigned_results: tuple[int, ...] = ()  # uint8 results
+    complex_inputs: tuple[int, ...] = ()  # complex inputs: the compiled code reads (re, im) pairs
+    complex_results: tuple[int, ...] = ()  # complex results, returned as (re, im) pairs
 
     def apply(self, results, inputs):
         from torch.utils import _pytree
@@ -68,6 +72,11 @@ class OutputPlan:
         results = [results] if self.n_results == 1 else list(results)
         for k in self.unsigned_results:
             results[k] = results[k].view(torch.uint8) if isinstance(results[k], torch.Tensor) else results[k].view("u1")
+        for k in self.complex_results:
+            r = results[k]
+            results[k] = (
+                torch.view_as_complex(r) if isinstance(r, torch.Tensor) else r.view(_COMPLEX_NP[r.dtype])[..., 0]
+            )
         for i, k in self.mutations:
             dst = inputs[i]
             if isinstance(dst, torch.Tensor):
@@ -80,6 +89,9 @@ class OutputPlan:
         for kind, value in self.items:
             leaves.append(results[value] if kind == "result" else inputs[value] if kind == "input" else value)
         return _pytree.tree_unflatten(leaves, self.spec)
+
+
+_COMPLEX_NP = {np.dtype("float32"): np.complex64, np.dtype("float64"): np.complex128}
 
 
 class EagerFunction:
@@ -102,6 +114,16 @@ class EagerFunction:
             if dtype not in (torch.uint8, np.uint8):
                 raise CallError(f"input {i}: expected a uint8 tensor, got {dtype}")
             out[i] = t.view(torch.int8) if isinstance(t, torch.Tensor) else t.view("i1")
+        for i in self.plan.complex_inputs:
+            if i >= len(out):
+                continue
+            t = out[i]
+            if isinstance(t, torch.Tensor) and t.dtype.is_complex:
+                out[i] = torch.view_as_real(t.resolve_conj())
+            elif isinstance(t, np.ndarray) and np.iscomplexobj(t):
+                out[i] = np.ascontiguousarray(t).view(t.real.dtype).reshape(*t.shape, 2)
+            else:
+                raise CallError(f"input {i}: expected a complex tensor, got {getattr(t, 'dtype', type(t).__name__)}")
         return out
 
     def __call__(self, *inputs):
@@ -114,9 +136,20 @@ class EagerFunction:
         return getattr(self.fn, name)
 
 
-def plan_outputs(prog, graph: torch.fx.Graph, n_params: int, bound: list[torch.Tensor], spec: str) -> OutputPlan:
+def plan_outputs(
+    prog,
+    graph: torch.fx.Graph,
+    n_params: int,
+    bound: list[torch.Tensor],
+    spec: str,
+    *,
+    complex_inputs: tuple[int, ...] = (),
+    complex_outputs: Sequence[bool] = (),
+) -> OutputPlan:
     """Rewrite `graph`'s outputs to the distinct tensors it computes and say how eager's
-    outputs are made from them (`OutputPlan`)."""
+    outputs are made from them (`OutputPlan`). `complex_inputs` (user input positions)
+    and `complex_outputs` (per user output): complex tensors the graph holds as real
+    pairs (`compiler/complex_pairs.py`)."""
     from torch.export.graph_signature import InputKind, OutputKind
 
     user_names = [s.arg.name for s in prog.graph_signature.input_specs if s.kind == InputKind.USER_INPUT]
@@ -134,21 +167,33 @@ def plan_outputs(prog, graph: torch.fx.Graph, n_params: int, bound: list[torch.T
             results.append(node)
         return index[node]
 
-    items, mutations, mutated = [], [], {}
+    items, mutations, mutated, complex_results = [], [], {}, set()
+    n_user = 0
     for value, ospec in zip(flat, prog.graph_signature.output_specs):
         if ospec.kind == OutputKind.USER_INPUT_MUTATION and ospec.target in position:
             mutations.append((position[ospec.target], result(value)))
             mutated[value] = position[ospec.target]
+            if position[ospec.target] in complex_inputs:
+                complex_results.add(result(value))
+            continue
         elif ospec.kind != OutputKind.USER_OUTPUT:
             continue  # a weight or buffer the model updates in place: its value is not kept
-        elif not isinstance(value, torch.fx.Node):
+        cplx = n_user < len(complex_outputs) and complex_outputs[n_user]
+        n_user += 1
+        if not isinstance(value, torch.fx.Node):
             items.append(("const", value))
         elif value.op == "placeholder":
-            items.append(("input", position[value.name]) if value.name in position else ("const", bound_value[value]))
+            if value.name in position:
+                items.append(("input", position[value.name]))
+            else:
+                const = bound_value[value]
+                items.append(("const", torch.view_as_complex(const) if cplx else const))
         elif value in mutated:
             items.append(("input", mutated[value]))
         elif isinstance(value.meta.get("val"), torch.Tensor):
             items.append(("result", result(value)))
+            if cplx:
+                complex_results.add(result(value))
         else:
             raise FrontendError(
                 f"{spec}: the model returns a Python number computed from tensor data ({value.name}): "
@@ -170,6 +215,8 @@ def plan_outputs(prog, graph: torch.fx.Graph, n_params: int, bound: list[torch.T
         len(results),
         unsigned_inputs=tuple(position[n.name] for n in user_nodes if unsigned(n)),
         unsigned_results=tuple(k for k, n in enumerate(results) if unsigned(n)),
+        complex_inputs=tuple(complex_inputs),
+        complex_results=tuple(sorted(complex_results)),
     )
 
 
@@ -484,11 +531,18 @@ def import_module(
     except Exception as exc:
         raise FrontendError(f"{spec}: torch.export failed: {type(exc).__name__}: {_first_line(exc)}") from None
     _refuse_data_dependent_shapes(prog, spec)
+    n_params = len(params)
+    real_inputs, complex_inputs, complex_outputs = inputs, (), ()
+    if complex_pairs.has_complex(prog):  # no complex arithmetic below: (re, im) pairs
+        prog, real, flags, complex_outputs = _as_real_pairs(prog, [*params, *inputs], spec)
+        params, real_inputs = real[:n_params], tuple(real[n_params:])
+        complex_inputs = tuple(i for i, c in enumerate(flags[n_params:]) if c)
     importer = FxImporter(context=ctx)
     try:
-        n_params = len(params)
-        graph, params = fold_weight_only(prog, n_params=n_params, params=params, inputs=inputs)
-        outputs = plan_outputs(prog, graph, n_params, params, spec)
+        graph, params = fold_weight_only(prog, n_params=n_params, params=params, inputs=real_inputs)
+        outputs = plan_outputs(
+            prog, graph, n_params, params, spec, complex_inputs=complex_inputs, complex_outputs=complex_outputs
+        )
         importer.import_stateless_graph(graph, func_name=FUNC_NAME)
         fx = torch.fx.GraphModule(prog.graph_module, graph)
     except FrontendError:
@@ -506,6 +560,25 @@ def import_module(
         drop_dead_results(module)  # softmax's unused arg-max
         params = bool_weights_as_bytes(module, params)  # a folded causal mask: vectorizable
     return Imported(spec=spec, module=module, params=params, inputs=tuple(inputs), model=model, fx=fx, outputs=outputs)
+
+
+def _as_real_pairs(prog, args: list[torch.Tensor], spec: str):
+    """`complex_pairs.as_real_pairs`, its failures as one line naming the op."""
+    from torch_mlir.extras.fx_decomp_util import get_decomposition_table
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            new, real, flags, outs = complex_pairs.as_real_pairs(prog, args)
+            return new.run_decompositions(get_decomposition_table()), real, flags, outs
+    except complex_pairs.UnsupportedComplex as exc:
+        raise FrontendError(
+            f"{spec}: complex tensors: {exc.node.target} is not supported{complex_pairs.source_of(exc.node)}"
+        ) from None
+    except Exception as exc:
+        raise FrontendError(
+            f"{spec}: complex tensors as real pairs failed: {type(exc).__name__}: {_first_line(exc)}"
+        ) from None
 
 
 _NOT_FOLDED = ("rand", "empty", "dropout", "bernoulli")

@@ -27,11 +27,16 @@ class Fn(torch.nn.Module):
 
 
 x = torch.randn(4, 8)
+zc = torch.randn(4, 8, dtype=torch.complex64)
 
 
 def _index_put_into(a, i, v):
     a[i] = v  # in place, and the result below folds into the mutated value: `return %0, %0`
     return a * 1
+
+
+def _attention(q, k, v):
+    return torch.softmax(q @ k.transpose(-1, -2) * 0.25, -1) @ v
 
 
 CASES = {
@@ -79,6 +84,25 @@ CASES = {
     "bool_out": (lambda a: a > 0, (x,)),
     "uint8_in_out": (lambda a: (a + 1, a.float() * 0.5, a > 100), (torch.randint(0, 256, (4, 8), dtype=torch.uint8),)),
     "uint8_add_": (lambda a, b: a.add_(b), (torch.randint(0, 128, (4, 8), dtype=torch.uint8),) * 2),
+    # complex dtypes (held as (re, im) pairs below the frontend)
+    "complex_arith": (lambda a: (a * a + 1).abs() + a.angle() + a.real * a.imag.exp(), (zc,)),
+    "complex_in_out": (lambda a, b: (a * b.conj() + 2j) / (b + 1), (zc, zc * 2)),
+    "complex_matmul_sum": (lambda a, b: ((a @ b).exp().sum(1), torch.polar(a.abs(), a.angle())), (zc, zc.t())),
+    "complex128": (lambda a: (a.reshape(8, 4).t() * a[0, 0]).mean(0), (zc.to(torch.complex128),)),
+    "view_as_complex_real": (lambda a: torch.view_as_real(torch.view_as_complex(a) ** 2), (torch.randn(4, 8, 2),)),
+    "fft": (
+        lambda a: (torch.fft.irfft(torch.fft.rfft(a) * 2, n=16), torch.fft.fft(a + 0j).abs()),
+        (torch.randn(3, 16),),
+    ),
+    "complex_mul_": (lambda a, b: a.mul_(b), (zc, zc)),
+    # ragged extents (no divisor from 4 to 64: split into a friendly part and a rest)
+    "ragged_rows_mlp": (
+        torch.nn.Sequential(torch.nn.Linear(24, 40), torch.nn.GELU(), torch.nn.Linear(40, 24), torch.nn.LayerNorm(24)),
+        (torch.randn(37, 24),),
+    ),
+    "ragged_attention": (_attention, tuple(torch.randn(3, 197, 16) for _ in range(3))),
+    "ragged_rows_and_columns": (lambda a, b: torch.relu(a @ b + 1), (torch.randn(53, 24), torch.randn(24, 41))),
+    "ragged_softmax_columns": (lambda a: (a * 2).softmax(-1) + a, (torch.randn(5, 67),)),
 }
 
 
@@ -236,3 +260,17 @@ def test_invalid_ir_is_an_error_naming_the_pass_not_a_crash():
     with pytest.raises(PipelineError, match="stage 'llvm' failed"):
         with ctx:
             lowering.to_llvm(module)
+
+
+def test_an_unsupported_complex_op_is_one_line_naming_it():
+    with pytest.raises(frontend.FrontendError) as info:
+        frontend.import_module(Fn(lambda a: torch.log(a) + 1), (zc,), spec="cplx")
+    msg = str(info.value)
+    assert "complex tensors: aten.log" in msg and "test_any_model.py:" in msg and "\n" not in msg
+
+
+def test_a_compiled_complex_function_refuses_a_real_input():
+    f = Fn(lambda a: a * 2)
+    compiled = driver.compile_model(frontend.import_module(f, (zc,), spec="cplx"))
+    with pytest.raises(CallError, match="input 0: expected a complex tensor"):
+        compiled.fn(torch.randn(4, 8, 2))
