@@ -48,8 +48,12 @@ def ragged(extent: int) -> bool:
     return extent >= SMALLEST and not any(extent % d == 0 for d in range(4, min(65, extent)))
 
 
-def _split_dims(op: ir.Operation) -> list[tuple[int, int]]:
-    """(loop, split point) for each ragged parallel loop of a structured op."""
+def _split_dims(op: ir.Operation, extents: set[int] | None = None) -> list[tuple[int, int]]:
+    """(loop, split point) for each ragged parallel loop of a structured op worth
+    splitting: every one of a contraction's (its rows and columns are register tiles);
+    of another op, its innermost loop (vectorized) and any loop over an extent a
+    contraction splits (`extents`: so its parts line up with the contraction's). An outer
+    ragged loop of a copy (a padded input's 31 rows) is tiled by 1 anyway."""
     if not op.name.startswith("linalg.") or op.name in ("linalg.fill", "linalg.yield", "linalg.index"):
         return []
     if op.name not in NAMED_KINDS and op.name != "linalg.generic":
@@ -62,11 +66,23 @@ def _split_dims(op: ir.Operation) -> list[tuple[int, int]]:
         return []
     if info.kind not in _SPLIT_KINDS:
         return []
+    contraction = info.kind in ("matmul", "batch_matmul")
+    last = len(info.extents) - 1
     return [
         (d, x - x % QUANTUM)
         for d, (x, it) in enumerate(zip(info.extents, info.iterators))
-        if it == "parallel" and ragged(x)
+        if it == "parallel" and ragged(x) and (contraction or d == last or (extents is not None and x in extents))
     ]
+
+
+def _contraction_extents(ops: list[ir.Operation]) -> set[int]:
+    """The ragged extents the module's contractions are split along."""
+    out: set[int] = set()
+    for op in ops:
+        if op.name in ("linalg.matmul", "linalg.batch_matmul"):
+            info = describe(op, -1)
+            out |= {info.extents[d] for d, _ in _split_dims(op)}
+    return out
 
 
 def _static(op: ir.Operation) -> tuple[list[int], list[int], list[int]] | None:
@@ -202,8 +218,10 @@ def split_ragged(module: ir.Module) -> int:
     i64 = ir.IntegerType.get_signless(64, context=module.context)
     script: list[str] = []
     n = 0
-    for op in [op.operation for body in _bodies(module) for op in body.operations]:
-        dims = _split_dims(op)
+    ops = [op.operation for body in _bodies(module) for op in body.operations]
+    extents = _contraction_extents(ops)
+    for op in ops:
+        dims = _split_dims(op, extents)
         if not dims:
             continue
         op.attributes[_MARK] = ir.IntegerAttr.get(i64, n)
