@@ -16,7 +16,6 @@ naming it and the model's source line.
 from __future__ import annotations
 
 import math
-import re
 
 import torch
 
@@ -398,14 +397,6 @@ class _Pairs(torch.nn.Module):
     def forward(self, *args):
         inputs = [(Z(args[x]) if self.complex_in[x] else args[x]) if kind == "arg" else x for kind, x in self.slots]
         return _interpret(self.gm, inputs, self.mutations, self.out_spec)
-
-
-def source_of(node: torch.fx.Node) -> str:
-    frames = re.findall(r'File "([^"]+)", line (\d+)', node.meta.get("stack_trace") or "")
-    from tilecraft.frontend import _model_frame
-
-    where = _model_frame(reversed(frames))
-    return f" at {where}" if where else ""
 
 
 def as_real_pairs(prog, args: list[torch.Tensor]):

@@ -537,6 +537,7 @@ def import_module(
         prog, real, flags, complex_outputs = _as_real_pairs(prog, [*params, *inputs], spec)
         params, real_inputs = real[:n_params], tuple(real[n_params:])
         complex_inputs = tuple(i for i, c in enumerate(flags[n_params:]) if c)
+    widen_byte_divisions(prog.graph)
     importer = FxImporter(context=ctx)
     try:
         graph, params = fold_weight_only(prog, n_params=n_params, params=params, inputs=real_inputs)
@@ -572,13 +573,73 @@ def _as_real_pairs(prog, args: list[torch.Tensor], spec: str):
             new, real, flags, outs = complex_pairs.as_real_pairs(prog, args)
             return new.run_decompositions(get_decomposition_table()), real, flags, outs
     except complex_pairs.UnsupportedComplex as exc:
+        frames = re.findall(r'File "([^"]+)", line (\d+)', exc.node.meta.get("stack_trace") or "")
+        user = _model_frame(reversed(frames))
         raise FrontendError(
-            f"{spec}: complex tensors: {exc.node.target} is not supported{complex_pairs.source_of(exc.node)}"
+            f"{spec}: complex tensors: {exc.node.target} is not supported{f' at {user}' if user else ''}"
         ) from None
     except Exception as exc:
         raise FrontendError(
             f"{spec}: complex tensors as real pairs failed: {type(exc).__name__}: {_first_line(exc)}"
         ) from None
+
+
+_BYTE_DIVISIONS = (
+    *("div.Tensor_mode", "div.Scalar_mode", "remainder.Tensor", "remainder.Scalar", "floor_divide.default"),
+    *("sub.Tensor", "sub.Scalar", "rsub.Tensor", "rsub.Scalar", "mul.Tensor", "mul.Scalar"),
+)
+
+
+def widen_byte_divisions(graph: torch.fx.Graph) -> int:
+    """Integer division, remainder, subtraction and multiplication of int8/uint8 tensors
+    computed in int32 and cast back (the same values: a quotient or remainder of bytes
+    fits a byte, and a difference or product cast back wraps modulo 256 as eager's does).
+    torch-mlir's lowering of the byte forms crashes the process (`b // 2` on int8,
+    `b - 50` on uint8: segfaults in the torch backend pipeline). Returns how many."""
+    aten = torch.ops.aten
+    small = (torch.int8, torch.uint8)
+    n = 0
+    for node in list(graph.nodes):
+        val = node.meta.get("val")
+        if (
+            node.op == "call_function"
+            and node.target == aten.abs.default
+            and getattr(val, "dtype", None) == torch.uint8
+        ):
+            node.replace_all_uses_with(node.args[0])  # |b| of an unsigned byte is b (the IR's i8 abs is signed)
+            graph.erase_node(node)
+            continue
+        if node.op != "call_function" or getattr(node.target, "__name__", "") not in _BYTE_DIVISIONS:
+            continue
+        if not isinstance(val, torch.Tensor) or val.dtype not in small:
+            continue
+        fake = getattr(val, "fake_mode", None)
+        if fake is None:
+            continue
+
+        def meta(new, value):
+            new.meta.update({k: v for k, v in node.meta.items() if k not in ("val", "tensor_meta")})
+            new.meta["val"] = value
+            return new
+
+        with graph.inserting_before(node), fake:
+            args = []
+            for a in node.args:
+                av = a.meta.get("val") if isinstance(a, torch.fx.Node) else None
+                if isinstance(av, torch.Tensor) and av.dtype in small:
+                    a = meta(
+                        graph.call_function(aten._to_copy.default, (a,), {"dtype": torch.int32}), av.to(torch.int32)
+                    )
+                args.append(a)
+            vals = [a.meta["val"] if isinstance(a, torch.fx.Node) else a for a in args]
+            wide = meta(
+                graph.call_function(node.target, tuple(args), dict(node.kwargs)), node.target(*vals, **node.kwargs)
+            )
+            back = meta(graph.call_function(aten._to_copy.default, (wide,), {"dtype": val.dtype}), val)
+        node.replace_all_uses_with(back)
+        graph.erase_node(node)
+        n += 1
+    return n
 
 
 _NOT_FOLDED = ("rand", "empty", "dropout", "bernoulli")

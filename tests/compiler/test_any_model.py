@@ -83,6 +83,10 @@ CASES = {
     "i32": (lambda a: a * 3 - 1, (torch.arange(8, dtype=torch.int32),)),
     "bool_out": (lambda a: a > 0, (x,)),
     "uint8_in_out": (lambda a: (a + 1, a.float() * 0.5, a > 100), (torch.randint(0, 256, (4, 8), dtype=torch.uint8),)),
+    "byte_arithmetic": (
+        lambda a, b: ((a * 3 - 50) // 7, a % 5, b - 50, (b * b) // (b.abs() - 90), b.abs()),
+        (torch.randint(-100, 100, (4, 8), dtype=torch.int8), torch.randint(100, 250, (4, 8), dtype=torch.uint8)),
+    ),
     "uint8_add_": (lambda a, b: a.add_(b), (torch.randint(0, 128, (4, 8), dtype=torch.uint8),) * 2),
     # complex dtypes (held as (re, im) pairs below the frontend)
     "complex_arith": (lambda a: (a * a + 1).abs() + a.angle() + a.real * a.imag.exp(), (zc,)),
@@ -144,6 +148,8 @@ cases = {
     "return y, y": (lambda a: ((a + 1),) * 2, (x,)),
     "x.add_(y)": (lambda a, b: a.add_(b), (x.clone(), x)),
     "copy_ into a slice": (lambda a, b: a[:, :2].copy_(b[:, :2]), (x.clone(), x)),
+    "int8 b // 2": (lambda b: b // 2, (torch.randint(-100, 100, (4, 8), dtype=torch.int8),)),
+    "uint8 b - 50": (lambda b: b - 50, (torch.randint(100, 250, (4, 8), dtype=torch.uint8),)),
     "a[i] = v; return a * 1": (
         lambda a, i, v: (a.index_put_((i,), v), a * 1)[1], (torch.zeros(8, 1), torch.tensor([1, 5]), torch.randn(2, 1))
     ),
@@ -161,7 +167,7 @@ def test_known_crashers_do_not_crash():
         [sys.executable, "-c", textwrap.dedent(CRASHERS)], capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, done.stdout + done.stderr[-2000:]
-    assert done.stdout.count("survived") == 4
+    assert done.stdout.count("survived") == 6
 
 
 def test_mlir_returning_one_value_twice_and_an_argument_runs(tmp_path):
