@@ -537,7 +537,7 @@ def import_module(
         prog, real, flags, complex_outputs = _as_real_pairs(prog, [*params, *inputs], spec)
         params, real_inputs = real[:n_params], tuple(real[n_params:])
         complex_inputs = tuple(i for i, c in enumerate(flags[n_params:]) if c)
-    widen_byte_divisions(prog.graph)
+    widen_narrow_arithmetic(prog.graph)
     importer = FxImporter(context=ctx)
     try:
         graph, params = fold_weight_only(prog, n_params=n_params, params=params, inputs=real_inputs)
@@ -590,56 +590,66 @@ _BYTE_DIVISIONS = (
 )
 
 
-def widen_byte_divisions(graph: torch.fx.Graph) -> int:
-    """Integer division, remainder, subtraction and multiplication of int8/uint8 tensors
-    computed in int32 and cast back (the same values: a quotient or remainder of bytes
-    fits a byte, and a difference or product cast back wraps modulo 256 as eager's does).
-    torch-mlir's lowering of the byte forms crashes the process (`b // 2` on int8,
-    `b - 50` on uint8: segfaults in the torch backend pipeline). Returns how many."""
+_LOW_PRECISION_REDUCTIONS = ("sum.dim_IntList", "sum.default", "mean.dim", "mean.default", "cumsum.default")
+
+
+def widen_narrow_arithmetic(graph: torch.fx.Graph) -> int:
+    """Ops computed wider than their dtype, as eager computes them, then cast back:
+    - int8/uint8 division, remainder, subtraction and multiplication in int32 (the same
+      values: a quotient or remainder of bytes fits a byte, a difference or product cast
+      back wraps modulo 256 as eager's does). torch-mlir's lowering of the byte forms
+      crashes the process (`b // 2` on int8, `b - 50` on uint8: segfaults in the torch
+      backend pipeline). `abs` of a uint8 is the identity (the signless IR's is signed).
+    - f16/bf16 sums, means and cumulative sums accumulated in f32 (eager's CPU kernels
+      accumulate in f32; summed in bf16 a row of 8 was 0.5% off).
+    Returns how many ops were rewritten."""
     aten = torch.ops.aten
-    small = (torch.int8, torch.uint8)
     n = 0
     for node in list(graph.nodes):
         val = node.meta.get("val")
-        if (
-            node.op == "call_function"
-            and node.target == aten.abs.default
-            and getattr(val, "dtype", None) == torch.uint8
-        ):
-            node.replace_all_uses_with(node.args[0])  # |b| of an unsigned byte is b (the IR's i8 abs is signed)
+        if node.op != "call_function" or not isinstance(val, torch.Tensor):
+            continue
+        if node.target == aten.abs.default and val.dtype == torch.uint8:
+            node.replace_all_uses_with(node.args[0])
             graph.erase_node(node)
+            n += 1
             continue
-        if node.op != "call_function" or getattr(node.target, "__name__", "") not in _BYTE_DIVISIONS:
-            continue
-        if not isinstance(val, torch.Tensor) or val.dtype not in small:
-            continue
-        fake = getattr(val, "fake_mode", None)
-        if fake is None:
-            continue
-
-        def meta(new, value):
-            new.meta.update({k: v for k, v in node.meta.items() if k not in ("val", "tensor_meta")})
-            new.meta["val"] = value
-            return new
-
-        with graph.inserting_before(node), fake:
-            args = []
-            for a in node.args:
-                av = a.meta.get("val") if isinstance(a, torch.fx.Node) else None
-                if isinstance(av, torch.Tensor) and av.dtype in small:
-                    a = meta(
-                        graph.call_function(aten._to_copy.default, (a,), {"dtype": torch.int32}), av.to(torch.int32)
-                    )
-                args.append(a)
-            vals = [a.meta["val"] if isinstance(a, torch.fx.Node) else a for a in args]
-            wide = meta(
-                graph.call_function(node.target, tuple(args), dict(node.kwargs)), node.target(*vals, **node.kwargs)
-            )
-            back = meta(graph.call_function(aten._to_copy.default, (wide,), {"dtype": val.dtype}), val)
-        node.replace_all_uses_with(back)
-        graph.erase_node(node)
-        n += 1
+        name = getattr(node.target, "__name__", "")
+        if name in _BYTE_DIVISIONS and val.dtype in (torch.int8, torch.uint8):
+            n += _compute_wider(graph, node, (torch.int8, torch.uint8), torch.int32)
+        elif name in _LOW_PRECISION_REDUCTIONS and val.dtype in (torch.float16, torch.bfloat16):
+            n += _compute_wider(graph, node, (torch.float16, torch.bfloat16), torch.float32)
     return n
+
+
+def _compute_wider(graph: torch.fx.Graph, node: torch.fx.Node, narrow: tuple, wide_dtype) -> int:
+    """Rewrite `node` to read its `narrow` tensor operands cast to `wide_dtype` and cast
+    its result back (node metadata kept, values as fake tensors)."""
+    aten = torch.ops.aten
+    val = node.meta["val"]
+    fake = getattr(val, "fake_mode", None)
+    if fake is None:
+        return 0
+
+    def meta(new, value):
+        new.meta.update({k: v for k, v in node.meta.items() if k not in ("val", "tensor_meta")})
+        new.meta["val"] = value
+        return new
+
+    kwargs = {k: v for k, v in node.kwargs.items() if k != "dtype"}
+    with graph.inserting_before(node), fake:
+        args = []
+        for a in node.args:
+            av = a.meta.get("val") if isinstance(a, torch.fx.Node) else None
+            if isinstance(av, torch.Tensor) and av.dtype in narrow:
+                a = meta(graph.call_function(aten._to_copy.default, (a,), {"dtype": wide_dtype}), av.to(wide_dtype))
+            args.append(a)
+        vals = [a.meta["val"] if isinstance(a, torch.fx.Node) else a for a in args]
+        wide = meta(graph.call_function(node.target, tuple(args), kwargs), node.target(*vals, **kwargs))
+        back = meta(graph.call_function(aten._to_copy.default, (wide,), {"dtype": val.dtype}), val)
+    node.replace_all_uses_with(back)
+    graph.erase_node(node)
+    return 1
 
 
 _NOT_FOLDED = ("rand", "empty", "dropout", "bernoulli")

@@ -83,6 +83,10 @@ CASES = {
     "i32": (lambda a: a * 3 - 1, (torch.arange(8, dtype=torch.int32),)),
     "bool_out": (lambda a: a > 0, (x,)),
     "uint8_in_out": (lambda a: (a + 1, a.float() * 0.5, a > 100), (torch.randint(0, 256, (4, 8), dtype=torch.uint8),)),
+    "bf16_f16_reductions": (
+        lambda a, h: (a.sum(1), a.mean(0), a.softmax(-1), a.cumsum(1), h.sum() + h.mean(1, keepdim=True)),
+        (torch.randn(4, 64).bfloat16(), torch.randn(4, 64).half() + 3),
+    ),
     "byte_arithmetic": (
         lambda a, b: ((a * 3 - 50) // 7, a % 5, b - 50, (b * b) // (b.abs() - 90), b.abs()),
         (torch.randint(-100, 100, (4, 8), dtype=torch.int8), torch.randint(100, 250, (4, 8), dtype=torch.uint8)),
