@@ -537,6 +537,32 @@ def run_and_check(
     )
 
 
+def compile_for_call(
+    imported: frontend.Imported,
+    *,
+    cache: bool = True,
+    target: str | Target = "cpu",
+    cost_model: str | None = "lightgbm",
+    precision: str | None = None,
+) -> tuple[Callable, bool]:
+    """A callable with eager's semantics for an imported model (the torch.compile backend's
+    entry): through the on-disk compile cache when `cache` and the precision is f32.
+    Returns it and whether it came from the cache."""
+    options = dict(
+        target=target if isinstance(target, Target) else Target.parse(target),
+        dump_ir_dir=None,
+        cost_model=cost_model,
+        decisions=None,
+        precision=precision if precision not in (None, "f32") else None,
+        error_budget=None,
+    )
+    if cache and options["precision"] is None:
+        fn, _, cached = _compile_cached(imported, options)
+        return fn, cached.startswith("cache hit")
+    compiled = compile_model(imported, **options)
+    return compiled.fn, False  # (eager semantics applied by the jit step)
+
+
 def _compile_cached(imported: frontend.Imported, options: dict) -> tuple[runtime.CompiledFunction, str, str]:
     """The compiled function from the compile cache, or compiled (as a shared library, the
     form an entry keeps, so the code checked is the code stored) and stored. Returns it with

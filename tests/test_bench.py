@@ -47,6 +47,7 @@ CASES = [
         id="costmodel",
     ),
     pytest.param(["models.py"], [r"^bert\s+[\d.]+\s+yes\s+[\d.]+\s+[\d.]+\s+[\d.]+"], id="models"),
+    pytest.param(["torch_compile.py"], [r"^mlp(\s+[\d.]+){7}$", r"^geomean: tilecraft vs eager"], id="torch_compile"),
     pytest.param(["e2e.py"], [r"^mlp\s+yes\s+\d+\s+[\d.]+"], id="e2e"),
     pytest.param(["fusion.py"], [r"^softmax_4x128x128\s.*\syes$", r"^chosen partition within 5%"], id="fusion"),
     pytest.param(["fusion.py", "--calibrate"], [r"^factors \{'\w+': [\d.]+"], id="fusion-calibrate"),
