@@ -139,8 +139,9 @@ class GraphRunner:
             return self.gm(*args)
         state = self._weights_state(args)
         if state != self.state:  # weights replaced or changed in place: their folded forms are stale
-            self.compiled.clear()
-            self.state = state
+            with self.lock:
+                self.compiled.clear()
+                self.state = state
         others = [a for i, a in enumerate(args) if i not in self.weights]
         key = tuple((tuple(a.shape), a.dtype) if isinstance(a, torch.Tensor) else ("v", a) for a in others)
         fn = self.compiled.get(key)
@@ -160,7 +161,7 @@ class GraphRunner:
                 warnings.simplefilter("ignore")
                 imported = frontend.import_module(bound, tuple(user), spec="torch.compile graph")
                 fn, hit = driver.compile_for_call(imported, cache=self.cache, **self.options)
-        except (frontend.FrontendError, driver.DriverError, driver.PipelineError, ValueError) as exc:
+        except Exception as exc:  # never an exception in the user's forward: eager, and say why
             return self._fallback(_first_line(exc))
         with _lock:
             if hit:
