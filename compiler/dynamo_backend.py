@@ -21,8 +21,12 @@ the graph compiled again. With gradients needed (grad mode on and an input or we
 requires them) a graph runs eagerly: the compiled code has no backward.
 
 Shapes: a graph with static shapes is compiled once, at the first call. A graph dynamo
-marks dynamic (after a recompile on a new shape, or `mark_dynamic`) is compiled per
-concrete shape it is called with, each compile cached in memory and on disk.
+marks dynamic in one size (after a recompile on a new shape, or `mark_dynamic`) is
+compiled per bucket of that size — the next power of two, inputs padded and the padding
+masked wherever positions meet (`compiler/shape_buckets.py`): lengths 1…128 take 8
+compiles. A graph that cannot run padded (an index from the end, the size used as a
+value, several dynamic sizes) is compiled per concrete shape. Every compile is cached in
+memory and on disk.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-OPTIONS = ("target", "cost_model", "precision", "check", "cache")
+OPTIONS = ("target", "cost_model", "precision", "threads", "check", "cache")
 
 
 @dataclasses.dataclass
@@ -65,6 +69,9 @@ def tilecraft_backend(gm: torch.fx.GraphModule, example_inputs: Sequence, option
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise BackendOptionError(f"tilecraft backend: unknown option {unknown[0]!r} (options: {', '.join(OPTIONS)})")
+    threads = options.pop("threads", 1)
+    if threads != 1:  # (said, not ignored)
+        raise BackendOptionError(f"tilecraft backend: threads={threads!r}: generated code runs on one thread for now")
     with _lock:
         stats.graphs += 1
     return GraphRunner(gm, list(example_inputs), options)
@@ -99,7 +106,16 @@ class _Bound(torch.nn.Module):
                 self.slots.append(("const", a))
 
     def forward(self, *args):
-        full = [getattr(self, x) if k == "weight" else args[x] if k == "arg" else x for k, x in self.slots]
+        full = [
+            getattr(self, x)
+            if k == "weight"
+            else args[x]
+            if k == "arg"
+            else args[x[0]].shape[x[1]]
+            if k == "size"
+            else x
+            for k, x in self.slots
+        ]
         return self.gm(*full)
 
 
@@ -125,6 +141,10 @@ class GraphRunner:
         self.lock = threading.Lock()
         self.state: tuple | None = None
         self.warned_grad = False
+        from tilecraft import shape_buckets
+
+        self.dynamic = shape_buckets.dynamic_dims(gm)  # (symbol, [(input, dim)]) or None
+        self.symbolic = None  # (exported program, its symbol), built at the first bucketed call
 
     def _weights_state(self, args) -> tuple:
         return tuple((id(args[i]), args[i]._version) for i in self.weights)
@@ -142,6 +162,10 @@ class GraphRunner:
             with self.lock:
                 self.compiled.clear()
                 self.state = state
+        if self.dynamic is not None:
+            out = self._bucketed(args)
+            if out is not NotImplemented:
+                return out
         others = [a for i, a in enumerate(args) if i not in self.weights]
         key = tuple((tuple(a.shape), a.dtype) if isinstance(a, torch.Tensor) else ("v", a) for a in others)
         fn = self.compiled.get(key)
@@ -150,6 +174,126 @@ class GraphRunner:
                 fn = self.compiled.get(key) or self._compile(args)
                 self.compiled[key] = fn
         return fn(*args) if fn is self.gm else fn(*[a for a in others if isinstance(a, torch.Tensor)])
+
+    def _bucketed(self, args):
+        """Run a dynamic graph through the compile of its size's bucket (`shape_buckets`);
+        NotImplemented when it cannot be bucketed (then compiled per exact shape)."""
+        from torch.utils import _pytree
+
+        from tilecraft import shape_buckets
+
+        _, dims = self.dynamic
+        n = args[dims[0][0]].shape[dims[0][1]]
+        size = shape_buckets.bucket(n)
+        key = ("bucket", size)
+        fn = self.compiled.get(key)
+        if fn is None:
+            with self.lock:
+                fn = self.compiled.get(key)
+                if fn is None:
+                    try:
+                        fn = self._compile_bucket(args, size)
+                    except shape_buckets.Unbucketable:
+                        fn = None
+                    except Exception as exc:  # a bucket that fails compiles per exact shape instead
+                        warnings.warn(f"tilecraft: no shape buckets for this graph: {_first_line(exc)}", stacklevel=3)
+                        fn = None
+                    if fn is None:
+                        self.dynamic = None
+                        return NotImplemented
+                    self.compiled[key] = fn
+        padded, out_dims = self._pad(args, size), fn.out_dims
+        out = fn(*padded, torch.tensor(n))
+        leaves, spec = _pytree.tree_flatten(out)
+        for k, ds in enumerate(out_dims):
+            if k < len(leaves) and isinstance(leaves[k], torch.Tensor) and ds:
+                t = leaves[k]
+                for d in ds:
+                    t = t.narrow(d, 0, n)
+                leaves[k] = t.contiguous()
+        return _pytree.tree_unflatten(leaves, spec)
+
+    def _pad(self, args, size: int) -> list:
+        """The graph's tensor inputs other than weights, each padded with zeros to `size`
+        along its dynamic dimension."""
+        _, dims = self.dynamic
+        padded = []
+        for i, a in enumerate(args):
+            if i in self.weights or not isinstance(a, torch.Tensor):
+                continue
+            for j, d in dims:
+                if j == i and a.shape[d] < size:
+                    shape = list(a.shape)
+                    shape[d] = size - a.shape[d]
+                    a = torch.cat([a, a.new_zeros(shape)], d)
+            padded.append(a)
+        return padded
+
+    def _compile_bucket(self, args, size: int) -> Callable:
+        from tilecraft import driver, frontend, shape_buckets
+
+        if self.symbolic is None:
+            self.symbolic = self._export_symbolic(args)
+        prog, sym = self.symbolic
+        example = self._pad(args, size)
+        masked = shape_buckets.Masked(prog, sym).eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with torch.no_grad():
+                masked(*example, torch.tensor(1))  # every op masks or is refused before a compile
+            imported = frontend.import_module(masked, (*example, torch.tensor(1)), spec="torch.compile graph (bucket)")
+            fn, hit = driver.compile_for_call(imported, cache=self.cache, **self.options)
+        with _lock:
+            if hit:
+                stats.cache_hits += 1
+            else:
+                stats.compiles += 1
+        out_dims = shape_buckets.output_padded_dims(prog, sym)
+
+        def call(*a):
+            return fn(*a)
+
+        call.out_dims = out_dims
+        return call
+
+    def _export_symbolic(self, args):
+        """The graph exported once with its dynamic size symbolic (weights bound, sizes
+        dynamo passes as numbers read off the tensors): (program, its symbol)."""
+        from torch.export import Dim
+
+        _, dims = self.dynamic
+        bound = _Bound(self.gm, {i: args[i] for i in self.weights}, args).eval()
+        tensor_pos = {}  # graph input index -> position among the tensor arguments
+        for i, a in enumerate(args):
+            if i not in self.weights and isinstance(a, torch.Tensor):
+                tensor_pos[i] = len(tensor_pos)
+        i0, d0 = dims[0]
+        for k, (kind, _x) in enumerate(bound.slots):
+            if kind == "const":  # the dynamic size itself
+                bound.slots[k] = ("size", (tensor_pos[i0], d0))
+        example = self._pad(args, max(2, args[i0].shape[d0]))
+        size = Dim("n", min=1, max=1 << 16)
+        spec = [dict() for _ in example]
+        for i, d in dims:
+            spec[tensor_pos[i]][d] = size
+        from torch_mlir.extras.fx_decomp_util import get_decomposition_table
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            prog = torch.export.export(bound, tuple(example), dynamic_shapes=(tuple(spec),), strict=False)
+            prog = prog.run_decompositions(get_decomposition_table())
+        sym = None
+        for node in prog.graph.nodes:
+            val = node.meta.get("val")
+            if node.op == "placeholder" and isinstance(val, torch.Tensor):
+                for s_ in val.shape:
+                    if isinstance(s_, torch.SymInt):
+                        sym = str(s_)
+        if sym is None:
+            from tilecraft.shape_buckets import Unbucketable
+
+            raise Unbucketable("the exported graph has no symbolic size")
+        return prog, sym
 
     def _compile(self, args) -> Callable:
         from tilecraft import driver, frontend

@@ -86,11 +86,60 @@ def test_a_data_dependent_branch_takes_both_branches_compiled(tmp_path):
     assert got["fallbacks"] == 0 and got["compiles"] >= 3  # the graph before the branch and one per branch
 
 
-def test_a_dynamic_sequence_length_matches_eager_and_a_second_process_hits_the_disk_cache(tmp_path):
-    first = _run(ENCODER, tmp_path, 3)
-    assert first["ok"] == [True] * 3 and first["fallbacks"] == 0 and first["compiles"] == 3
-    second = _run(ENCODER, tmp_path, 3)
-    assert second["ok"] == [True] * 3 and second["compiles"] == 0 and second["hits"] == 3
+def test_sequence_lengths_share_padded_buckets_and_a_second_process_hits_the_disk_cache(tmp_path):
+    # 1 is compiled for its exact shape (dynamo's first, static graph); 2..9 fall in the
+    # buckets 2, 4, 8 and 16: attention's softmax and context matmul over padded keys masked
+    first = _run(ENCODER, tmp_path, 9)
+    assert first["ok"] == [True] * 9 and first["fallbacks"] == 0 and first["compiles"] == 5
+    second = _run(ENCODER, tmp_path, 9)
+    assert second["ok"] == [True] * 9 and second["compiles"] == 0 and second["hits"] == 5
+
+
+@pytest.mark.slow
+def test_an_encoder_at_every_length_from_1_to_128_takes_8_compiles(tmp_path):
+    first = _run(ENCODER, tmp_path, 128)
+    assert all(first["ok"]) and len(first["ok"]) == 128 and first["compiles"] <= 8
+    second = _run(ENCODER, tmp_path, 128)
+    assert all(second["ok"]) and second["compiles"] == 0
+
+
+POOLS = """
+import json, sys, torch
+torch.manual_seed(0)
+lin = torch.nn.Linear(16, 16)
+class Pool(torch.nn.Module):  # reductions over the padded length: masked (mean rescaled)
+    def __init__(s): super().__init__(); s.l = lin
+    def forward(s, x): return s.l(x).mean(1), torch.softmax(s.l(x), 1).amax(1), s.l(x).sum(1)
+class Last(torch.nn.Module):  # the last position: not bucketable, compiled per length
+    def __init__(s): super().__init__(); s.l = lin
+    def forward(s, x): return s.l(x)[:, -1]
+class ByLen(torch.nn.Module):  # the length as a value: not bucketable
+    def __init__(s): super().__init__(); s.l = lin
+    def forward(s, x): return s.l(x).sum(1) / x.shape[1]
+out = {}
+for M in (Pool, Last, ByLen):
+    stats = None
+    torch._dynamo.reset()
+    m = M().eval()
+    c = torch.compile(m, backend="tilecraft")
+    ok = True
+    with torch.no_grad():
+        for n in (1, 2, 3, 5, 6, 7):
+            x = torch.randn(2, n, 16)
+            o, r = c(x), m(x)
+            o, r = (o, r) if isinstance(o, tuple) else ((o,), (r,))
+            ok = ok and all(torch.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(o, r))
+    stats = sys.modules["tilecraft.dynamo_backend"].stats
+    out[M.__name__] = [ok, stats.compiles]
+    stats.reset()
+print(json.dumps(out))
+"""
+
+
+def test_reductions_over_the_padded_length_are_masked_and_positional_uses_are_not_bucketed(tmp_path):
+    got = _run(POOLS, tmp_path)
+    assert got["Pool"] == [True, 4]  # exact 1, then buckets 2, 4, 8
+    assert got["Last"] == [True, 6] and got["ByLen"] == [True, 6]  # one compile per length
 
 
 @pytest.mark.parametrize(
