@@ -379,20 +379,14 @@ class _Pairs(torch.nn.Module):
 
     def __init__(self, prog, complex_in: list[bool], mutations: dict[int, int]):
         super().__init__()
-        from torch.export.graph_signature import InputKind
+        from tilecraft.exported import input_slots
 
         self.gm, self.out_spec, self.mutations = prog.graph_module, prog.call_spec.out_spec, mutations
         self.complex_in = complex_in
-        self.slots: list = []  # per placeholder: ("arg", k) or ("value", tensor)
-        k = 0
-        for ispec in prog.graph_signature.input_specs:
-            if ispec.kind == InputKind.USER_INPUT:
-                self.slots.append(("arg", k))
-                k += 1
-            else:
-                value = prog.constants.get(ispec.target)
-                value = prog.state_dict[ispec.target] if value is None else value
-                self.slots.append(("value", Z(torch.view_as_real(value)) if is_complex(value) else value))
+        self.slots = [  # per placeholder: ("arg", k) or ("value", tensor or pair)
+            (kind, Z(torch.view_as_real(x)) if kind == "value" and is_complex(x) else x)
+            for kind, x in input_slots(prog)
+        ]
 
     def forward(self, *args):
         inputs = [(Z(args[x]) if self.complex_in[x] else args[x]) if kind == "arg" else x for kind, x in self.slots]

@@ -199,21 +199,15 @@ class Masked(torch.nn.Module):
 
     def __init__(self, prog, sym: str):
         super().__init__()
-        from torch.export.graph_signature import InputKind
+        from tilecraft.exported import input_slots
 
         self.gm, self.sym, self.out_spec = prog.graph_module, sym, prog.call_spec.out_spec
         self.slots: list = []
-        k = 0
-        for i, ispec in enumerate(prog.graph_signature.input_specs):
-            if ispec.kind == InputKind.USER_INPUT:
-                self.slots.append(("arg", k))
-                k += 1
-            else:
-                value = prog.constants.get(ispec.target)
-                value = prog.state_dict[ispec.target] if value is None else value
-                name = f"c{i}"
-                self.register_buffer(name, value, persistent=False)
-                self.slots.append(("buffer", name))
+        for i, (kind, x) in enumerate(input_slots(prog)):
+            if kind == "value":  # a buffer, so the compile lifts and binds it as a weight
+                self.register_buffer(f"c{i}", x, persistent=False)
+                kind, x = "buffer", f"c{i}"
+            self.slots.append((kind, x))
 
     def forward(self, *args):
         from torch.utils import _pytree
