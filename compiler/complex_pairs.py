@@ -95,10 +95,14 @@ def _dims(ds, rank: int) -> list[int]:
     return list(range(rank)) if ds is None or len(ds) == 0 else [_dim(d, rank) for d in ds]
 
 
+def _real(x) -> bool:
+    return not isinstance(x, (Z, complex))
+
+
 def _mul(a, b) -> Z:
-    if not isinstance(b, Z) and not isinstance(b, complex):
+    if isinstance(a, Z) and _real(b):
         return Z(a.t * _col(b))
-    if not isinstance(a, Z) and not isinstance(a, complex):
+    if isinstance(b, Z) and _real(a):
         return Z(_col(a) * b.t)
     ar, ai = _parts(a)
     br, bi = _parts(b)
@@ -106,7 +110,7 @@ def _mul(a, b) -> Z:
 
 
 def _div(a, b) -> Z:
-    if not isinstance(b, Z) and not isinstance(b, complex):
+    if isinstance(a, Z) and _real(b):
         return Z(a.t / _col(b))
     ar, ai = _parts(a)
     br, bi = _parts(b)
@@ -180,7 +184,14 @@ def _fft_c2r(z: Z, dims, normalization: int, last: int):
     for d in dims[:-1]:
         re, im = _fft_dim(re, im, d, False, normalization)
     d = dims[-1]
-    half = re.shape[d]
+    half = last // 2 + 1  # the coefficients an output of `last` points reads: trimmed, or zeros added
+    have = re.shape[d]
+    if have > half:
+        re, im = re.narrow(d, 0, half), im.narrow(d, 0, half)
+    elif have < half:
+        pad = list(re.shape)
+        pad[d] = half - have
+        re, im = torch.cat([re, re.new_zeros(pad)], d), torch.cat([im, im.new_zeros(pad)], d)
     k = torch.arange(half, dtype=torch.float64)[:, None]
     t = torch.arange(last, dtype=torch.float64)[None, :]
     angle = 2 * math.pi * k * t / last
@@ -290,6 +301,9 @@ def _restate(node: torch.fx.Node, args, kwargs):
         return _make(torch.full(shape, fill.real, dtype=dtype), fill.imag)
     if packet in ("zeros_like", "ones_like", "full_like"):
         fill = complex(0 if packet == "zeros_like" else 1 if packet == "ones_like" else args[1])
+        dtype = kwargs.get("dtype")
+        if dtype is not None and not dtype.is_complex:  # a real tensor shaped like a complex one
+            return torch.full_like(a.re, fill.real, dtype=dtype)
         return _make(torch.full_like(a.re, fill.real), fill.imag)
     if packet in ("_fft_c2c", "_fft_r2c"):
         dims, norm = list(args[1]), args[2]

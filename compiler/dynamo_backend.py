@@ -161,9 +161,11 @@ class GraphRunner:
         if state != self.state:  # weights replaced or changed in place: their folded forms are stale
             with self.lock:
                 self.compiled.clear()
+                self.symbolic = None  # (it holds the weights too)
                 self.state = state
-        if self.dynamic is not None:
-            out = self._bucketed(args)
+        dynamic = self.dynamic
+        if dynamic is not None:
+            out = self._bucketed(args, dynamic)
             if out is not NotImplemented:
                 return out
         others = [a for i, a in enumerate(args) if i not in self.weights]
@@ -175,14 +177,14 @@ class GraphRunner:
                 self.compiled[key] = fn
         return fn(*args) if fn is self.gm else fn(*[a for a in others if isinstance(a, torch.Tensor)])
 
-    def _bucketed(self, args):
+    def _bucketed(self, args, dynamic):
         """Run a dynamic graph through the compile of its size's bucket (`shape_buckets`);
         NotImplemented when it cannot be bucketed (then compiled per exact shape)."""
         from torch.utils import _pytree
 
         from tilecraft import shape_buckets
 
-        _, dims = self.dynamic
+        _, dims = dynamic
         n = args[dims[0][0]].shape[dims[0][1]]
         size = shape_buckets.bucket(n)
         key = ("bucket", size)
@@ -192,7 +194,7 @@ class GraphRunner:
                 fn = self.compiled.get(key)
                 if fn is None:
                     try:
-                        fn = self._compile_bucket(args, size)
+                        fn = self._compile_bucket(args, size, dims)
                     except shape_buckets.Unbucketable:
                         fn = None
                     except Exception as exc:  # a bucket that fails compiles per exact shape instead
@@ -202,7 +204,7 @@ class GraphRunner:
                         self.dynamic = None
                         return NotImplemented
                     self.compiled[key] = fn
-        padded, out_dims = self._pad(args, size), fn.out_dims
+        padded, out_dims = self._pad(args, size, dims), fn.out_dims
         out = fn(*padded, torch.tensor(n))
         leaves, spec = _pytree.tree_flatten(out)
         for k, ds in enumerate(out_dims):
@@ -213,10 +215,9 @@ class GraphRunner:
                 leaves[k] = t.contiguous()
         return _pytree.tree_unflatten(leaves, spec)
 
-    def _pad(self, args, size: int) -> list:
+    def _pad(self, args, size: int, dims) -> list:
         """The graph's tensor inputs other than weights, each padded with zeros to `size`
-        along its dynamic dimension."""
-        _, dims = self.dynamic
+        along its dynamic dimension (`dims`: (input, dim) pairs)."""
         padded = []
         for i, a in enumerate(args):
             if i in self.weights or not isinstance(a, torch.Tensor):
@@ -229,13 +230,13 @@ class GraphRunner:
             padded.append(a)
         return padded
 
-    def _compile_bucket(self, args, size: int) -> Callable:
+    def _compile_bucket(self, args, size: int, dims) -> Callable:
         from tilecraft import driver, frontend, shape_buckets
 
         if self.symbolic is None:
-            self.symbolic = self._export_symbolic(args)
+            self.symbolic = self._export_symbolic(args, dims)
         prog, sym = self.symbolic
-        example = self._pad(args, size)
+        example = self._pad(args, size, dims)
         masked = shape_buckets.Masked(prog, sym).eval()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -256,12 +257,11 @@ class GraphRunner:
         call.out_dims = out_dims
         return call
 
-    def _export_symbolic(self, args):
+    def _export_symbolic(self, args, dims):
         """The graph exported once with its dynamic size symbolic (weights bound, sizes
         dynamo passes as numbers read off the tensors): (program, its symbol)."""
         from torch.export import Dim
 
-        _, dims = self.dynamic
         bound = _Bound(self.gm, {i: args[i] for i in self.weights}, args).eval()
         tensor_pos = {}  # graph input index -> position among the tensor arguments
         for i, a in enumerate(args):
@@ -271,7 +271,7 @@ class GraphRunner:
         for k, (kind, _x) in enumerate(bound.slots):
             if kind == "const":  # the dynamic size itself
                 bound.slots[k] = ("size", (tensor_pos[i0], d0))
-        example = self._pad(args, max(2, args[i0].shape[d0]))
+        example = self._pad(args, max(2, args[i0].shape[d0]), dims)
         size = Dim("n", min=1, max=1 << 16)
         spec = [dict() for _ in example]
         for i, d in dims:

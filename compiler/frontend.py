@@ -609,9 +609,8 @@ def widen_narrow_arithmetic(graph: torch.fx.Graph) -> int:
         val = node.meta.get("val")
         if node.op != "call_function" or not isinstance(val, torch.Tensor):
             continue
-        if node.target == aten.abs.default and val.dtype == torch.uint8:
-            node.replace_all_uses_with(node.args[0])
-            graph.erase_node(node)
+        if node.target == aten.abs.default and val.dtype == torch.uint8:  # a copy of b (a new tensor, as eager's)
+            node.target = aten.clone.default
             n += 1
             continue
         name = getattr(node.target, "__name__", "")

@@ -138,6 +138,9 @@ def _mask(x: torch.Tensor, dim: int, n: torch.Tensor, fill: float) -> torch.Tens
     shape = [1] * x.dim()
     shape[dim] = size
     keep = (torch.arange(size) < n).view(shape)
+    if not x.dtype.is_floating_point and abs(fill) == float("inf"):  # integers: their extremes
+        info = torch.iinfo(x.dtype)
+        fill = info.min if fill < 0 else info.max
     return torch.where(keep, x, torch.full((), fill, dtype=x.dtype))
 
 
@@ -190,7 +193,58 @@ def _run_node(node: torch.fx.Node, args, kwargs, sym: str, n: torch.Tensor):
         if packet == "slice" and (len(args) < 3 or args[2] is None or args[2] >= 0):
             return node.target(*args, **kwargs)  # a prefix or window from the front: positions keep their meaning
         raise Unbucketable(f"{name} along the padded dimension")
+    _check_position_wise(node, args, kwargs, sym, name, packet)
     return node.target(*args, **kwargs)
+
+
+# Ops that keep every position where it is (or make new tensors): safe on padded values.
+_LAYOUT = {
+    *("view", "_unsafe_view", "reshape", "permute", "transpose", "t", "expand", "unsqueeze", "squeeze", "clone"),
+    *("_to_copy", "alias", "detach", "contiguous", "lift_fresh_copy", "copy", "where", "masked_fill", "sym_size"),
+    *("full", "zeros", "ones", "empty", "arange", "full_like", "zeros_like", "ones_like", "empty_like"),
+    *("scalar_tensor", "new_zeros", "new_ones", "new_full", "new_empty", "_assert_tensor_metadata"),
+}
+# Ops along given dimensions: safe when those avoid the padded ones (a layer norm's
+# variance over features), or when a prefix is all they read (a cumulative sum).
+_ALONG = {
+    *_POSITIONAL,
+    *("amax", "amin", "sum", "mean", "linalg_vector_norm", "norm", "_softmax", "_log_softmax", "cat", "stack"),
+    *("split", "split_with_sizes", "unbind", "cumsum"),
+}
+
+
+def _check_position_wise(node, args, kwargs, sym: str, name: str, packet: str) -> None:
+    """Refuse an op that would mix padded positions into real ones: only pointwise ops,
+    layout ops, and ops along dimensions other than the padded ones run unmasked."""
+    touched = []
+    torch.fx.node.map_arg((node.args, node.kwargs), lambda v: touched.append(v))
+    hits = [_dims(v, sym) for v in touched]
+    if not any(p or m for p, m in hits):
+        return
+    op = node.target
+    if isinstance(op, torch._ops.OpOverload) and torch.Tag.pointwise in op.tags:
+        return
+    if packet in _LAYOUT:
+        return
+    if packet == "native_layer_norm":  # normalizes over its last len(normalized_shape) dims
+        rank, k = args[0].dim(), len(args[1])
+        if not {d for p, m in hits[:1] for d in (*p, *m)} & set(range(rank - k, rank)):
+            return
+    if packet in _ALONG:
+        first = args[0][0] if packet in ("cat", "stack") else args[0]
+        rank = first.dim() + (1 if packet == "stack" else 0)
+        listed = packet in ("cat", "stack", "split", "split_with_sizes", "unbind")
+        dims = (
+            args[1]
+            if len(args) > 1 and isinstance(args[1], (int, list, tuple))
+            else kwargs.get("dim", 0 if listed else None)
+        )
+        if packet in ("split", "split_with_sizes", "linalg_vector_norm", "norm"):  # (x, size|ord, dim, ...)
+            dims = args[2] if len(args) > 2 else kwargs.get("dim", 0 if listed else None)
+        padded = {d for p, m in hits for d in (*p, *m)}
+        if packet == "cumsum" or not set(_norm_dims(dims, rank)) & padded:
+            return
+    raise Unbucketable(f"{name} on a padded tensor")
 
 
 class Masked(torch.nn.Module):

@@ -80,8 +80,10 @@ def _contraction_extents(ops: list[ir.Operation]) -> set[int]:
     out: set[int] = set()
     for op in ops:
         if op.name in ("linalg.matmul", "linalg.batch_matmul"):
-            info = describe(op, -1)
-            out |= {info.extents[d] for d, _ in _split_dims(op)}
+            dims = _split_dims(op)
+            if dims:
+                info = describe(op, -1)
+                out |= {info.extents[d] for d, _ in dims}
     return out
 
 

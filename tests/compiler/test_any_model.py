@@ -103,6 +103,14 @@ CASES = {
         (torch.randn(3, 16),),
     ),
     "complex_mul_": (lambda a, b: a.mul_(b), (zc, zc)),
+    "complex_scalars_like_irfft_n": (
+        lambda t, z: (
+            torch.exp(1j * t) / 2j,
+            torch.zeros_like(z, dtype=torch.float32) + z.abs(),
+            torch.fft.irfft(z, n=7),
+        ),
+        (torch.randn(5), torch.randn(5, dtype=torch.complex64)),
+    ),
     # ragged extents (no divisor from 4 to 64: split into a friendly part and a rest)
     "ragged_rows_mlp": (
         torch.nn.Sequential(torch.nn.Linear(24, 40), torch.nn.GELU(), torch.nn.Linear(40, 24), torch.nn.LayerNorm(24)),
@@ -284,3 +292,10 @@ def test_a_compiled_complex_function_refuses_a_real_input():
     compiled = driver.compile_model(frontend.import_module(f, (zc,), spec="cplx"))
     with pytest.raises(CallError, match="input 0: expected a complex tensor"):
         compiled.fn(torch.randn(4, 8, 2))
+
+
+def test_abs_of_a_uint8_is_a_new_tensor():
+    b = torch.randint(0, 255, (4, 8), dtype=torch.uint8)
+    compiled = driver.compile_model(frontend.import_module(Fn(lambda a: a.abs()), (b,), spec="abs"))
+    out = compiled.fn(b)
+    assert torch.equal(out, b) and out is not b

@@ -116,8 +116,14 @@ class Last(torch.nn.Module):  # the last position: not bucketable, compiled per 
 class ByLen(torch.nn.Module):  # the length as a value: not bucketable
     def __init__(s): super().__init__(); s.l = lin
     def forward(s, x): return s.l(x).sum(1) / x.shape[1]
+class Conv(torch.nn.Module):  # a convolution along the padded length: not bucketable
+    def __init__(s): super().__init__(); s.c = torch.nn.Conv1d(16, 16, 3, padding=1)
+    def forward(s, x): return s.c(s.c(x.transpose(1, 2)))
+class Norm(torch.nn.Module):  # a norm over the padded length (no mask for it): not bucketable
+    def __init__(s): super().__init__(); s.l = lin
+    def forward(s, x): return s.l(x).norm(dim=1)
 out = {}
-for M in (Pool, Last, ByLen):
+for M in (Pool, Last, ByLen, Conv, Norm):
     stats = None
     torch._dynamo.reset()
     m = M().eval()
@@ -139,7 +145,8 @@ print(json.dumps(out))
 def test_reductions_over_the_padded_length_are_masked_and_positional_uses_are_not_bucketed(tmp_path):
     got = _run(POOLS, tmp_path)
     assert got["Pool"] == [True, 4]  # exact 1, then buckets 2, 4, 8
-    assert got["Last"] == [True, 6] and got["ByLen"] == [True, 6]  # one compile per length
+    for name in ("Last", "ByLen", "Conv", "Norm"):
+        assert got[name] == [True, 6], name  # one compile per length
 
 
 @pytest.mark.parametrize(
@@ -194,6 +201,11 @@ def test_weights_changed_in_place_are_seen_and_gradients_run_eagerly(tmp_path, m
         model[0].weight.mul_(2)  # in place: the compiled graph must not keep the old weights
         assert torch.allclose(compiled(x), model(x), rtol=1e-4, atol=1e-5)
         assert not torch.allclose(first, model(x))
+        for rows in (3, 5):  # a dynamic (bucketed) graph too, its weights replaced
+            compiled(torch.randn(rows, 8))
+        model[2].weight = torch.nn.Parameter(torch.randn(4, 16))
+        y = torch.randn(6, 8)
+        assert torch.allclose(compiled(y), model(y), rtol=1e-4, atol=1e-5)
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
         out = compiled(x)  # grad mode on, weights require grad: eager, so backward works
