@@ -87,12 +87,12 @@ def test_a_data_dependent_branch_takes_both_branches_compiled(tmp_path):
 
 
 def test_sequence_lengths_share_padded_buckets_and_a_second_process_hits_the_disk_cache(tmp_path):
-    # 1 is compiled for its exact shape (dynamo's first, static graph); 2..9 fall in the
-    # buckets 2, 4, 8 and 16: attention's softmax and context matmul over padded keys masked
-    first = _run(ENCODER, tmp_path, 9)
-    assert first["ok"] == [True] * 9 and first["fallbacks"] == 0 and first["compiles"] == 5
-    second = _run(ENCODER, tmp_path, 9)
-    assert second["ok"] == [True] * 9 and second["compiles"] == 0 and second["hits"] == 5
+    # 1 is compiled for its exact shape (dynamo's first, static graph); 2..5 fall in the
+    # buckets 2, 4 and 8: attention's softmax and context matmul over padded keys masked
+    first = _run(ENCODER, tmp_path, 5)
+    assert first["ok"] == [True] * 5 and first["fallbacks"] == 0 and first["compiles"] == 4
+    second = _run(ENCODER, tmp_path, 5)
+    assert second["ok"] == [True] * 5 and second["compiles"] == 0 and second["hits"] == 4
 
 
 @pytest.mark.slow
@@ -129,8 +129,9 @@ for M in (Pool, Last, ByLen, Conv, Norm):
     m = M().eval()
     c = torch.compile(m, backend="tilecraft")
     ok = True
+    lengths = (1, 2, 3, 5, 6, 7) if M is Pool else (2, 3)  # (refused: one compile per length)
     with torch.no_grad():
-        for n in (1, 2, 3, 5, 6, 7):
+        for n in lengths:
             x = torch.randn(2, n, 16)
             o, r = c(x), m(x)
             o, r = (o, r) if isinstance(o, tuple) else ((o,), (r,))
@@ -146,15 +147,17 @@ def test_reductions_over_the_padded_length_are_masked_and_positional_uses_are_no
     got = _run(POOLS, tmp_path)
     assert got["Pool"] == [True, 4]  # exact 1, then buckets 2, 4, 8
     for name in ("Last", "ByLen", "Conv", "Norm"):
-        assert got[name] == [True, 6], name  # one compile per length
+        assert got[name] == [True, 2], name  # right values at 3 (padded to 4 they would be off)
 
 
 @pytest.mark.parametrize(
     "name",
     [
         "mlp",
-        "conv_autoencoder",
-        *(pytest.param(n, marks=pytest.mark.slow) for n in ("resnet18", "mobilenet_v2", "bert_mini", "gpt2_block")),
+        *(
+            pytest.param(n, marks=pytest.mark.slow)
+            for n in ("conv_autoencoder", "resnet18", "mobilenet_v2", "bert_mini", "gpt2_block")
+        ),
     ],
 )
 def test_zoo_model_through_torch_compile_matches_eager(name, tmp_path, monkeypatch):
