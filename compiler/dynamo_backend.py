@@ -231,7 +231,7 @@ class GraphRunner:
         return padded
 
     def _compile_bucket(self, args, size: int, dims) -> Callable:
-        from tilecraft import driver, frontend, shape_buckets
+        from tilecraft import frontend, shape_buckets
 
         if self.symbolic is None:
             self.symbolic = self._export_symbolic(args, dims)
@@ -243,12 +243,7 @@ class GraphRunner:
             with torch.no_grad():
                 masked(*example, torch.tensor(1))  # every op masks or is refused before a compile
             imported = frontend.import_module(masked, (*example, torch.tensor(1)), spec="torch.compile graph (bucket)")
-            fn, hit = driver.compile_for_call(imported, cache=self.cache, **self.options)
-        with _lock:
-            if hit:
-                stats.cache_hits += 1
-            else:
-                stats.compiles += 1
+            fn = self._compile_imported(imported)
         out_dims = shape_buckets.output_padded_dims(prog, sym)
 
         def call(*a):
@@ -295,6 +290,18 @@ class GraphRunner:
             raise Unbucketable("the exported graph has no symbolic size")
         return prog, sym
 
+    def _compile_imported(self, imported) -> Callable:
+        """The pipeline's function for an imported graph (through the disk cache), counted."""
+        from tilecraft import driver
+
+        fn, hit = driver.compile_for_call(imported, cache=self.cache, **self.options)
+        with _lock:
+            if hit:
+                stats.cache_hits += 1
+            else:
+                stats.compiles += 1
+        return fn
+
     def _compile(self, args) -> Callable:
         from tilecraft import driver, frontend
 
@@ -304,14 +311,9 @@ class GraphRunner:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 imported = frontend.import_module(bound, tuple(user), spec="torch.compile graph")
-                fn, hit = driver.compile_for_call(imported, cache=self.cache, **self.options)
+                fn = self._compile_imported(imported)
         except Exception as exc:  # never an exception in the user's forward: eager, and say why
             return self._fallback(_first_line(exc))
-        with _lock:
-            if hit:
-                stats.cache_hits += 1
-            else:
-                stats.compiles += 1
         if self.check:
             with torch.no_grad():
                 ref = self.gm(*args)

@@ -133,6 +133,16 @@ def _norm_dims(dims, rank: int) -> list[int]:
     return [d + rank if d < 0 else d for d in dims]
 
 
+def _dim_arg(packet: str, args, kwargs):
+    """The dimension(s) an op works along, as written (None: all of them)."""
+    default = 0 if packet in ("cat", "stack", "split", "split_with_sizes", "unbind") else None
+    if packet in ("split", "split_with_sizes", "linalg_vector_norm", "norm"):  # (x, size|ord, dim, ...)
+        return args[2] if len(args) > 2 else kwargs.get("dim", default)
+    if len(args) > 1 and isinstance(args[1], (int, list, tuple)):
+        return args[1]
+    return kwargs.get("dim", default)
+
+
 def _mask(x: torch.Tensor, dim: int, n: torch.Tensor, fill: float) -> torch.Tensor:
     size = x.shape[dim]
     shape = [1] * x.dim()
@@ -152,12 +162,10 @@ def _run_node(node: torch.fx.Node, args, kwargs, sym: str, n: torch.Tensor):
     a_pad, a_merged = _dims(node.args[0], sym) if node.args else ([], [])
     _dims(node, sym)  # (a size of another form is refused here)
     if packet in ("amax", "amin", "sum", "mean", *_POSITIONAL) and isinstance(a, torch.Tensor) and a_merged:
-        dims = args[1] if len(args) > 1 and isinstance(args[1], (int, list, tuple)) else kwargs.get("dim")
-        if set(_norm_dims(dims, a.dim())) & set(a_merged):
+        if set(_norm_dims(_dim_arg(packet, args, kwargs), a.dim())) & set(a_merged):
             raise Unbucketable(f"{name} along a padded dimension merged with another")
     if packet in ("amax", "amin", "sum", "mean") and isinstance(a, torch.Tensor) and a_pad:
-        dims = _norm_dims(args[1] if len(args) > 1 else kwargs.get("dim"), a.dim())
-        hit = [d for d in dims if d in a_pad]
+        hit = [d for d in _norm_dims(_dim_arg(packet, args, kwargs), a.dim()) if d in a_pad]
         if hit:
             fill = _REDUCE_IDENTITY.get(packet, 0.0)
             for d in hit:
@@ -186,8 +194,7 @@ def _run_node(node: torch.fx.Node, args, kwargs, sym: str, n: torch.Tensor):
             args[lhs_i], args[rhs_i] = _mask(lhs, lk, n, 0.0), _mask(rhs, rk, n, 0.0)
         return node.target(*args, **kwargs)
     if a_pad and packet in _POSITIONAL:
-        dims = args[1] if len(args) > 1 and isinstance(args[1], (int, list, tuple)) else kwargs.get("dim")
-        hit = [d for d in _norm_dims(dims, a.dim()) if d in a_pad]
+        hit = [d for d in _norm_dims(_dim_arg(packet, args, kwargs), a.dim()) if d in a_pad]
         if not hit:
             return node.target(*args, **kwargs)
         if packet == "slice" and (len(args) < 3 or args[2] is None or args[2] >= 0):
@@ -233,16 +240,8 @@ def _check_position_wise(node, args, kwargs, sym: str, name: str, packet: str) -
     if packet in _ALONG:
         first = args[0][0] if packet in ("cat", "stack") else args[0]
         rank = first.dim() + (1 if packet == "stack" else 0)
-        listed = packet in ("cat", "stack", "split", "split_with_sizes", "unbind")
-        dims = (
-            args[1]
-            if len(args) > 1 and isinstance(args[1], (int, list, tuple))
-            else kwargs.get("dim", 0 if listed else None)
-        )
-        if packet in ("split", "split_with_sizes", "linalg_vector_norm", "norm"):  # (x, size|ord, dim, ...)
-            dims = args[2] if len(args) > 2 else kwargs.get("dim", 0 if listed else None)
         padded = {d for p, m in hits for d in (*p, *m)}
-        if packet == "cumsum" or not set(_norm_dims(dims, rank)) & padded:
+        if packet == "cumsum" or not set(_norm_dims(_dim_arg(packet, args, kwargs), rank)) & padded:
             return
     raise Unbucketable(f"{name} on a padded tensor")
 
