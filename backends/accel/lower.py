@@ -500,7 +500,7 @@ def emit_layer(
                 )
             )
     # drain: compute takes the last tiles' store tokens, then tells the load module
-    for k in range(min(slots, len(tiles))):
+    for _ in range(min(slots, len(tiles))):
         insns.append(dict(op="gemm", uop_bgn=0, uop_end=0, iter_out=0, iter_in=0, pop_next=1))
     insns.append(dict(op="gemm", uop_bgn=0, uop_end=0, iter_out=0, iter_in=0, push_prev=1))
     return len(table)

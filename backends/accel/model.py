@@ -1,0 +1,491 @@
+"""A whole model on the accelerator: partition, calibration, integer lowering, runtime.
+
+On the backends floor; reads an exported PyTorch program (ATen graph) and writes programs
+for the simulator. The flow:
+
+1. **Partition.** Every `conv2d` (dense, or depthwise) with batch 1 and every `linear`
+   whose weight is a constant is an accelerator layer, together with the ops that follow
+   it alone — batch norm (folded into the weights), a residual `add`, ReLU / ReLU6
+   (clamps). The layer runs where its last absorbed op stood (a residual's other branch
+   is computed first). Everything else (pooling, softmax, layer norm, GELU, attention's
+   activation × activation products, …) runs on the host in float through PyTorch. Where a
+   layer's cost on the host would beat the accelerator, the caller's `place` callback may
+   keep it there (the planner prices that choice).
+2. **Calibration.** The float model runs once on the calibration inputs; every tensor that
+   crosses into or out of the accelerator gets a symmetric int8 scale (max |x| / 127).
+3. **Integer lowering.** Weights per output channel in int8, bias in int32, the dyadic
+   requantization (`lower.ConvLayer`), residual rescaling, clamps. Channels are padded to
+   the block; tensors live in DRAM blocked as `[C/block][H][W][block]`.
+4. **Programs.** Consecutive accelerator layers form one program (a binary); the host
+   quantizes what it hands over and dequantizes what it takes back.
+
+`AccelModel.run(inputs, engine="sim")` executes on the simulator; `engine="reference"`
+computes each accelerator layer with the exact integer reference instead, so the two
+results must agree bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from tilecraft.backends.accel import lower as L
+from tilecraft.backends.accel import sim
+from tilecraft.backends.accel.target import AccelTarget
+from tilecraft.dialects import accel as isa
+
+aten = torch.ops.aten
+_CONV = aten.conv2d.default
+_LINEAR = aten.linear.default
+_BN = aten._native_batch_norm_legit_no_training.default
+_ADD = aten.add.Tensor
+_RELU = (aten.relu.default, aten.relu_.default)
+_HARDTANH = (aten.hardtanh.default, aten.hardtanh_.default)
+
+
+class AccelCompileError(ValueError):
+    """A model the accelerator flow cannot take (one line, naming the op)."""
+
+
+@dataclasses.dataclass
+class LayerPlan:
+    """One accelerator layer: its integer layer, schedule and the graph values it joins."""
+
+    layer: L.ConvLayer
+    schedule: L.ConvSchedule | None
+    anchor: torch.fx.Node
+    last: torch.fx.Node  # the value it produces (the chain's last op)
+    inp: torch.fx.Node
+    skip: torch.fx.Node | None
+    main: torch.fx.Node  # the value before the residual add / clamp (calibration)
+    kind: str  # "conv" | "linear"
+    out_channels: int
+    relu6: bool = False
+    relu: bool = False
+    bn: tuple | None = None
+    bias: torch.fx.Node | None = None
+    absorbed: tuple = ()
+
+
+@dataclasses.dataclass
+class RunStats:
+    cycles: int = 0
+    gemm_ops: int = 0
+    dram_read: int = 0
+    dram_write: int = 0
+    programs: int = 0
+    instructions: int = 0
+    layer_outputs: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def utilization(self) -> float:
+        return self.gemm_ops / self.cycles if self.cycles else 0.0
+
+
+def _const(gm: torch.fx.GraphModule, node) -> torch.Tensor | None:
+    if isinstance(node, torch.fx.Node) and node.op == "get_attr":
+        obj = gm
+        for part in node.target.split("."):
+            obj = getattr(obj, part)
+        return obj.detach()
+    return None
+
+
+def _pair(v, default: int):
+    if v is None:
+        return [default, default]
+    if isinstance(v, str):
+        return v
+    v = list(v) if isinstance(v, (list, tuple)) else [v]
+    return v * 2 if len(v) == 1 else v
+
+
+def _sole_user(node: torch.fx.Node) -> torch.fx.Node | None:
+    users = list(node.users)
+    return users[0] if len(users) == 1 else None
+
+
+class AccelModel:
+    """A model compiled for the accelerator (see the module docstring)."""
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        example_inputs: Sequence[torch.Tensor],
+        target: AccelTarget,
+        *,
+        calibration: Sequence[Sequence[torch.Tensor]] | None = None,
+        choose: Callable[[L.ConvLayer], L.ConvSchedule] | None = None,
+        place: Callable[[L.ConvLayer], bool] | None = None,
+    ):
+        self.target = target
+        ep = torch.export.export(module.eval(), tuple(example_inputs)).run_decompositions({})
+        self.gm = ep.module()
+        self.graph = self.gm.graph
+        self.layers = self._partition()
+        if place is not None:
+            self.layers = [p for p in self.layers if place(p.layer)]
+        values = self._calibrate([tuple(example_inputs)] + [tuple(c) for c in (calibration or [])])
+        self._quantize(values)
+        for p in self.layers:
+            p.schedule = choose(p.layer) if choose else self.default_schedule(p.layer)
+            L.check_schedule(p.layer, p.schedule, target)
+        self._build()
+
+    def default_schedule(self, layer: L.ConvLayer) -> L.ConvSchedule:
+        cands = L.space(layer, self.target)
+        if not cands:
+            raise AccelCompileError(f"layer {layer.name}: no schedule fits the target's buffers")
+        doubles = [s for s in cands if s.double]
+        return (doubles or cands)[0]
+
+    # ------------------------------------------------------------------ partition
+    def _partition(self) -> list[LayerPlan]:
+        plans = []
+        self._claimed: set[torch.fx.Node] = set()
+        for node in self.graph.nodes:
+            if node.op != "call_function" or node.target not in (_CONV, _LINEAR):
+                continue
+            plan = self._match(node)
+            if plan is not None:
+                plans.append(plan)
+                self._claimed.update(plan.absorbed)
+        # A residual add whose sum goes only to the host stays there, in float: fusing it
+        # saves no traffic (the sum would leave in int8 anyway) and would quantize the
+        # residual stream once more (transformers' x + sublayer(x) before a layer norm).
+        feeds_accel = {p.inp for p in plans} | {p.skip for p in plans if p.skip is not None}
+        for p in plans:
+            if p.skip is not None and p.last not in feeds_accel:
+                keep = p.absorbed.index(p.main) + 1
+                p.absorbed, p.last, p.skip, p.relu, p.relu6 = p.absorbed[:keep], p.main, None, False, False
+        return plans
+
+    def _match(self, node: torch.fx.Node) -> LayerPlan | None:
+        gm = self.gm
+        x, w = node.args[0], _const(gm, node.args[1])
+        bias_node = node.args[2] if len(node.args) > 2 else None
+        if w is None or (bias_node is not None and _const(gm, bias_node) is None):
+            return None
+        xs = x.meta["val"].shape
+        if node.target == _CONV:
+            args = list(node.args) + [None] * (7 - len(node.args))
+            stride, padding, dilation = (_pair(args[i], d) for i, d in ((3, 1), (4, 0), (5, 1)))
+            groups = args[6] if args[6] is not None else 1
+            if (
+                len(xs) != 4
+                or xs[0] != 1
+                or isinstance(padding, str)
+                or len(set(stride)) != 1
+                or len(set(padding)) != 1
+                or set(dilation) != {1}
+            ):
+                return None
+            cout, cin_g, kh, kw = w.shape
+            depthwise = groups != 1
+            if depthwise and not (groups == xs[1] == cout and cin_g == 1):
+                return None
+            if kh != kw or padding[0] > 15:
+                return None
+            layer = L.ConvLayer(node.name, xs[1], cout, xs[2], xs[3], kh, kw, stride[0], padding[0], depthwise)
+            kind = "conv"
+        else:
+            m = math.prod(xs[:-1])
+            layer = L.ConvLayer(node.name, xs[-1], w.shape[0], 1, m)
+            kind = "linear"
+        plan = LayerPlan(layer, None, node, node, x, None, node, kind, w.shape[0], bias=bias_node)
+        absorbed = [node]
+        cur = node
+        nxt = self._next(cur)
+        if kind == "conv" and nxt is not None and nxt.target == _BN and nxt.args[0] is cur:
+            get = _sole_user(nxt)
+            if get is not None and get.target.__name__ == "getitem" and get.args[1] == 0:
+                plan.bn = tuple(_const(gm, a) for a in nxt.args[1:5]) + (nxt.args[6],)
+                if any(v is None for v in plan.bn[:4]):
+                    return plan
+                absorbed += [nxt, get]
+                cur = get
+                nxt = self._next(cur)
+        plan.main = cur
+        if nxt is not None and nxt.target == _ADD and len(nxt.args) == 2 and not nxt.kwargs.get("alpha"):
+            other = nxt.args[1] if nxt.args[0] is cur else nxt.args[0]
+            if (
+                isinstance(other, torch.fx.Node)
+                and other is not cur
+                and tuple(other.meta["val"].shape) == tuple(cur.meta["val"].shape)
+            ):
+                plan.skip = other
+                absorbed.append(nxt)
+                cur = nxt
+                nxt = self._next(cur)
+        if nxt is not None and nxt.target in _RELU:
+            plan.relu = True
+            absorbed.append(nxt)
+            cur = nxt
+        elif nxt is not None and nxt.target in _HARDTANH and tuple(nxt.args[1:3]) == (0.0, 6.0):
+            plan.relu6 = True
+            absorbed.append(nxt)
+            cur = nxt
+        plan.last = cur
+        plan.absorbed = tuple(absorbed)
+        return plan
+
+    def _next(self, node: torch.fx.Node) -> torch.fx.Node | None:
+        """The op a layer may absorb after `node`: its only user, not another layer's."""
+        user = _sole_user(node)
+        return None if user is None or user in self._claimed else user
+
+    # ------------------------------------------------------------------ calibration
+    def _calibrate(self, batches: list[tuple]) -> dict[str, float]:
+        """max |value| of every node over the calibration batches."""
+        peak: dict[str, float] = {}
+        for batch in batches:
+            interp = _Recorder(self.gm)
+            with torch.no_grad():
+                interp.run(*batch)
+            for name, v in interp.values.items():
+                peak[name] = max(peak.get(name, 0.0), v)
+        return peak
+
+    def _scale(self, node: torch.fx.Node, values: dict[str, float]) -> float:
+        return max(values.get(node.name, 0.0), 1e-8) / 127.0
+
+    def _quantize(self, values: dict[str, float]) -> None:
+        b = self.target.block
+        self.scales: dict[str, float] = {}
+        for p in self.layers:
+            for n in (p.inp, p.last) + ((p.skip,) if p.skip is not None else ()):
+                self.scales[n.name] = self._scale(n, values)
+        for p in self.layers:
+            layer = p.layer
+            w = _const(self.gm, p.anchor.args[1]).double()
+            bias = (
+                _const(self.gm, p.bias).double() if p.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
+            )
+            if p.bn is not None:
+                gamma, beta, mean, var, eps = (t.double() if isinstance(t, torch.Tensor) else t for t in p.bn)
+                k = gamma / torch.sqrt(var + eps)
+                w = w * k.reshape(-1, *([1] * (w.dim() - 1)))
+                bias = (bias - mean) * k + beta
+            if p.kind == "linear":
+                w = w[:, :, None, None]
+            s_in, s_out = self.scales[p.inp.name], self.scales[p.last.name]
+            s_w = (w.abs().amax(dim=(1, 2, 3)) / 127.0).clamp_min(1e-12)
+            wq = torch.round(w / s_w[:, None, None, None]).clamp(-127, 127).to(torch.int8).numpy()
+            cout, cin = layer.cout, layer.cin
+            cout_p, cin_p = L.blocks(cout, b), L.blocks(cin, b)
+            wpad = np.zeros((cout_p, 1 if layer.depthwise else cin_p, layer.kh, layer.kw), np.int8)
+            wpad[:cout, : wq.shape[1]] = wq
+            acc_scale = (s_in * s_w).numpy()
+            bias_q = np.zeros(cout_p, np.int64)
+            bias_q[:cout] = np.round(bias.numpy() / acc_scale)
+            # the accumulator's reach, from the calibrated pre-activation value, with margin
+            reach = values.get(p.main.name, 1.0) / float(acc_scale.min()) * 4 + 1
+            pre = max(0, math.ceil(math.log2(reach)) - 16)
+            mult, shift = np.zeros(cout_p, np.int64), np.ones(cout_p, np.int64)
+            for c in range(cout):
+                mult[c], shift[c] = L.dyadic(float(acc_scale[c]) / s_out * (1 << pre), bits=15, max_shift=31)
+            layer.cin, layer.cout = cin_p, cout_p
+            layer.weight, layer.bias = wpad, np.clip(bias_q, -(2**31), 2**31 - 1).astype(np.int32)
+            layer.pre_shift, layer.mult, layer.shift = pre, mult.astype(np.int32), shift.astype(np.int32)
+            if p.skip is not None:
+                layer.residual = True
+                layer.res_mult, layer.res_shift = L.dyadic(self.scales[p.skip.name] / s_out, bits=15, max_shift=15)
+            layer.lo = 0 if (p.relu or p.relu6) else -127
+            layer.hi = min(127, int(round(6.0 / s_out))) if p.relu6 else 127
+
+    # ------------------------------------------------------------------ programs
+    def _build(self) -> None:
+        """Order, DRAM layout and one binary per run of consecutive layers."""
+        t = self.target
+        at = {p.last: p for p in self.layers}
+        inside = {n for p in self.layers for n in p.absorbed}
+        self.steps: list = []  # ("host", node) | ("accel", [LayerPlan])
+        for node in self.graph.nodes:
+            if node in at:
+                if self.steps and self.steps[-1][0] == "accel":
+                    self.steps[-1][1].append(at[node])
+                else:
+                    self.steps.append(("accel", [at[node]]))
+            elif node not in inside and node.op == "call_function":
+                self.steps.append(("host", node))
+            elif node.op in ("placeholder", "get_attr", "output"):
+                self.steps.append(("host", node))
+        # DRAM: every tensor the accelerator touches, weights and constants
+        align = max(t.block * t.block, 4 * t.block, 64)
+        self._dram_size = 0
+        self.addr: dict[str, int] = {}  # byte offsets
+
+        def alloc(key: str, nbytes: int) -> int:
+            if key not in self.addr:
+                self.addr[key] = self._dram_size
+                self._dram_size += -(-nbytes // align) * align
+            return self.addr[key]
+
+        self.tensor_geom: dict[str, tuple[int, int, int]] = {}  # name -> (channels padded, h, w)
+        for p in self.layers:
+            lay = p.layer
+            self.tensor_geom[p.inp.name] = (lay.cin, lay.h, lay.w)
+            self.tensor_geom[p.last.name] = (lay.cout, lay.oh, lay.ow)
+            if p.skip is not None:
+                self.tensor_geom[p.skip.name] = (lay.cout, lay.oh, lay.ow)
+        for name, (c, h, w) in self.tensor_geom.items():
+            alloc("t:" + name, c * h * w)
+        self._weights = {}
+        for p in self.layers:
+            lay = p.layer
+            wb = _block_weights(lay, t.block)
+            const = np.stack([lay.bias, lay.mult, (1 << (lay.shift.astype(np.int64) - 1)).astype(np.int32), lay.shift])
+            cb = const.astype(np.int32).reshape(4, lay.cout // t.block, t.block).transpose(1, 0, 2).copy()
+            alloc("w:" + p.anchor.name, wb.nbytes)
+            alloc("c:" + p.anchor.name, cb.nbytes)
+            self._weights[p.anchor.name] = (wb, cb)
+        self.programs: list[bytes] = []
+        self.program_layers: list[list[LayerPlan]] = []
+        for kind, item in self.steps:
+            if kind != "accel":
+                continue
+            insns: list[dict] = []
+            uops: list[tuple[int, int, int]] = []
+            for i, p in enumerate(item):
+                b = t.block
+                addr = L.Addresses(
+                    inp=self.addr["t:" + p.inp.name] // b,
+                    wgt=self.addr["w:" + p.anchor.name] // (b * b),
+                    const=self.addr["c:" + p.anchor.name] // (4 * b),
+                    out=self.addr["t:" + p.last.name] // b,
+                    skip=self.addr["t:" + p.skip.name] // b if p.skip is not None else 0,
+                    uop=0,
+                )
+                L.emit_layer(p.layer, p.schedule, t, addr, insns, uops, 0, sync_in=i > 0)
+            insns.append(dict(op="finish"))
+            self.programs.append(isa.assemble_fields(insns, uops))
+            self.program_layers.append(item)
+
+    def dram_image(self) -> np.ndarray:
+        dram = np.zeros(self._dram_size, np.uint8)
+        for name, (wb, cb) in self._weights.items():
+            for key, arr in (("w:" + name, wb), ("c:" + name, cb)):
+                a = self.addr[key]
+                dram[a : a + arr.nbytes] = arr.view(np.uint8).ravel()
+        return dram
+
+    # ------------------------------------------------------------------ runtime
+    def run(self, inputs: Sequence[torch.Tensor], *, engine: str = "sim") -> tuple[object, RunStats]:
+        """Execute the model; `engine` "sim" (the simulator) or "reference" (numpy)."""
+        stats = RunStats()
+        dram = self.dram_image()
+        env: dict[str, object] = {}
+        in_dram: set[str] = set()
+        accel_made: set[str] = set()
+        block = self.target.block
+        placeholders = iter(inputs)
+
+        def host_value(node):
+            if node.name not in env and node.name in accel_made:
+                env[node.name] = self._dequantize(dram, node)
+            return env[node.name]
+
+        def arg(a):
+            return torch.fx.node.map_arg(a, host_value)
+
+        prog = 0
+        for kind, item in self.steps:
+            if kind == "host":
+                node = item
+                if node.op == "placeholder":
+                    env[node.name] = next(placeholders)
+                elif node.op == "get_attr":
+                    env[node.name] = _const(self.gm, node)
+                elif node.op == "output":
+                    return arg(node.args[0]), stats
+                else:
+                    with torch.no_grad():
+                        env[node.name] = node.target(*arg(node.args), **arg(node.kwargs))
+                continue
+            made_here = {p.last.name for p in item}
+            for p in item:  # hand over what the host made
+                for n in (p.inp, p.skip):
+                    if n is not None and n.name not in in_dram and n.name not in made_here:
+                        self._quantize_into(dram, n, host_value(n))
+                        in_dram.add(n.name)
+            if engine == "sim":
+                r = sim.simulate(self.programs[prog], self.target, dram)
+                stats.cycles += r.cycles
+                stats.gemm_ops += r.gemm_ops
+                stats.dram_read += r.dram_read
+                stats.dram_write += r.dram_write
+                stats.instructions += r.instructions
+            else:
+                for p in item:
+                    x = self._read(dram, p.inp.name)
+                    skip = self._read(dram, p.skip.name) if p.skip is not None else None
+                    self._write(dram, p.last.name, L.reference_layer(p.layer, x, skip))
+            stats.programs += 1
+            prog += 1
+            for p in item:
+                in_dram.add(p.last.name)
+                accel_made.add(p.last.name)
+                stats.layer_outputs[p.last.name] = self._read(dram, p.last.name).copy()
+        raise AccelCompileError("the graph has no output")  # pragma: no cover
+        del block
+
+    def _read(self, dram: np.ndarray, name: str) -> np.ndarray:
+        c, h, w = self.tensor_geom[name]
+        b = self.target.block
+        a = self.addr["t:" + name]
+        raw = dram[a : a + c * h * w].view(np.int8).reshape(c // b, h, w, b)
+        return raw.transpose(0, 3, 1, 2).reshape(c, h, w)
+
+    def _write(self, dram: np.ndarray, name: str, x: np.ndarray) -> None:
+        c, h, w = self.tensor_geom[name]
+        b = self.target.block
+        a = self.addr["t:" + name]
+        dram[a : a + c * h * w] = x.reshape(c // b, b, h, w).transpose(0, 2, 3, 1).reshape(-1).view(np.uint8)
+
+    def _quantize_into(self, dram: np.ndarray, node: torch.fx.Node, value: torch.Tensor) -> None:
+        c, h, w = self.tensor_geom[node.name]
+        x = value.detach().float()
+        x = x.reshape(h, w, -1).permute(2, 0, 1) if x.dim() != 4 else x.reshape(-1, h, w)
+        q = torch.round(x / self.scales[node.name]).clamp(-127, 127).to(torch.int8).numpy()
+        full = np.zeros((c, h, w), np.int8)
+        full[: q.shape[0]] = q
+        self._write(dram, node.name, full)
+
+    def _dequantize(self, dram: np.ndarray, node: torch.fx.Node) -> torch.Tensor:
+        shape = tuple(node.meta["val"].shape)
+        q = torch.from_numpy(self._read(dram, node.name).astype(np.float32)) * self.scales[node.name]
+        if len(shape) == 4:
+            return q[: shape[1]].reshape(shape)
+        return q[: shape[-1]].reshape(shape[-1], -1).t().reshape(shape)
+
+    # ------------------------------------------------------------------ reports
+    def on_host(self) -> list[str]:
+        return [n.name for kind, n in self.steps if kind == "host" and n.op == "call_function"]
+
+
+def _block_weights(layer: L.ConvLayer, b: int) -> np.ndarray:
+    w = layer.weight
+    if layer.depthwise:
+        out = np.zeros((layer.cout // b, layer.kh, layer.kw, b, b), np.int8)
+        for c in range(layer.cout):
+            out[c // b, :, :, c % b, c % b] = w[c, 0]
+        return out
+    return w.reshape(layer.cout // b, b, layer.cin // b, b, layer.kh, layer.kw).transpose(0, 2, 4, 5, 1, 3).copy()
+
+
+class _Recorder(torch.fx.Interpreter):
+    """Runs the float graph and records max |value| of every tensor node."""
+
+    def __init__(self, gm):
+        super().__init__(gm)
+        self.values: dict[str, float] = {}
+
+    def run_node(self, n):
+        out = super().run_node(n)
+        if isinstance(out, torch.Tensor) and out.is_floating_point() and out.numel():
+            self.values[n.name] = float(out.detach().abs().max())
+        return out
