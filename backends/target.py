@@ -23,13 +23,17 @@ class Target(Protocol):
     def to_json(self) -> str: ...
 
 
-KINDS = ("cpu",)
+KINDS = ("cpu", "accel")
 
 
 def parse_target(text: str) -> Target:
     """`cpu`, `cpu{avx512=false cores=1}` or a JSON file written by `to_json`: the
     description of the backend family the text names."""
-    kind = text.strip().split("{", 1)[0]
+    kind = text.strip().split("{", 1)[0].strip()
+    if kind == "accel":
+        from tilecraft.backends.accel.target import AccelTarget
+
+        return AccelTarget.parse(text)
     if kind in ("cpu", "") or text.endswith(".json"):
         from tilecraft.backends.cpu.target import Target as CpuTarget
 

@@ -22,9 +22,15 @@ def _errors():
     from tilecraft.dialects.irutil import PipelineError
     from tilecraft.driver import DriverError
     from tilecraft.frontend import FrontendError
+    from tilecraft.backends.accel.lower import ScheduleError
+    from tilecraft.backends.accel.model import AccelCompileError
+    from tilecraft.dialects.accel import AccelEncodingError
     from tilecraft.pipeline import PipelineSyntaxError
 
     return (
+        AccelCompileError,
+        ScheduleError,
+        AccelEncodingError,
         FrontendError,
         PipelineError,
         CallError,
@@ -71,8 +77,15 @@ def _quiet_warnings() -> None:
 
 
 # --------------------------------------------------------------------------- commands
+def _accel(args) -> bool:
+    return args.target.strip().startswith("accel")
+
+
 def cmd_compile(args) -> int:
     from tilecraft import driver
+
+    if _accel(args):
+        return _accel_compile(args)
 
     compiled = driver.compile_model(
         args.model,
@@ -132,8 +145,44 @@ def _load_inputs(path: str):
         raise DriverError(f"{path} is not an .npz of arrays ({_first_line_of(exc)})") from None
 
 
+def _accel_compile(args) -> int:
+    from tilecraft import accel_driver
+    from tilecraft.driver import DriverError, atomic_write
+
+    emit = args.emit if args.emit != "llvm" else "accel-asm"
+    if emit not in accel_driver.EMITS:
+        raise DriverError(f"--emit {emit} is not an accelerator output (one of: {', '.join(accel_driver.EMITS)})")
+    compiled = accel_driver.compile_accel(args.model, args.target)
+    data = accel_driver.emit(compiled, emit)
+    if args.output:
+        atomic_write(args.output, data)
+        print(f"wrote {args.output} ({compiled.compile_seconds:.2f} s)", file=sys.stderr)
+    elif emit == "accel-bin":
+        raise DriverError("--emit accel-bin writes a binary: give -o FILE")
+    else:
+        with contextlib.suppress(BrokenPipeError):
+            sys.stdout.write(data.decode())
+    return 0
+
+
+def _accel_run(args) -> int:
+    from tilecraft import accel_driver
+
+    compiled = accel_driver.compile_accel(args.model, args.target)
+    inputs = _load_inputs(args.inputs) if args.inputs else None
+    r = accel_driver.run(compiled, inputs)
+    print(accel_driver.format_run(args.model, r, compiled.model.target, compiled.compile_seconds))
+    if not r["bit_exact"]:
+        print("error: the simulator's result differs from the exact integer reference", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_run(args) -> int:
     from tilecraft import driver
+
+    if _accel(args):
+        return _accel_run(args)
 
     if args.threads < 1:
         raise driver.DriverError(f"--threads must be at least 1 (got {args.threads})")
@@ -338,6 +387,13 @@ def cmd_explain(args) -> int:
     from tilecraft import explain
     from tilecraft.driver import atomic_write
 
+    if _accel(args):
+        from tilecraft import accel_driver
+
+        compiled = accel_driver.compile_accel(args.model, args.target)
+        print(accel_driver.format_explain(args.model, compiled))
+        return 0
+
     r = explain.explain(
         args.model,
         cost_model=args.cost_model,
@@ -402,7 +458,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(sp):
         sp.add_argument("model", help="zoo name, path/to/file.py:factory, or a linalg-on-tensors .mlir file")
-        sp.add_argument("--target", default="cpu", help="cpu, cpu{avx512=false ...} or a target JSON file")
+        sp.add_argument(
+            "--target",
+            default="cpu",
+            help="cpu, cpu{avx512=false ...}, a target JSON file, or accel{block=16 inp_kb=32 wgt_kb=256 ...}",
+        )
         sp.add_argument("--dump-ir-dir", metavar="DIR", help="write the IR after every stage into DIR")
         sp.add_argument(
             "--cost-model",
@@ -416,7 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compile", help="compile a model and emit IR or an artifact")
     common(c)
     c.add_argument(
-        "--emit", default="llvm", choices=["linalg", "decided", "tiled", "vector", "llvm", "asm", "obj", "so", "jit"]
+        "--emit",
+        default="llvm",
+        choices=["linalg", "decided", "tiled", "vector", "llvm", "asm", "obj", "so", "jit", "accel-asm", "accel-bin"],
     )
     c.add_argument("-o", "--output", help="output file (default: stdout for text)")
     c.set_defaults(fn=cmd_compile)

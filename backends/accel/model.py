@@ -119,10 +119,12 @@ class AccelModel:
         target: AccelTarget,
         *,
         calibration: Sequence[Sequence[torch.Tensor]] | None = None,
-        choose: Callable[[L.ConvLayer], L.ConvSchedule] | None = None,
+        plan: Callable[[list[L.ConvLayer]], Sequence[L.ConvSchedule]] | None = None,
         place: Callable[[L.ConvLayer], bool] | None = None,
     ):
         self.target = target
+        self.eager = module.eval()
+        self.example_inputs = tuple(example_inputs)
         ep = torch.export.export(module.eval(), tuple(example_inputs)).run_decompositions({})
         self.gm = ep.module()
         self.graph = self.gm.graph
@@ -131,9 +133,10 @@ class AccelModel:
             self.layers = [p for p in self.layers if place(p.layer)]
         values = self._calibrate([tuple(example_inputs)] + [tuple(c) for c in (calibration or [])])
         self._quantize(values)
-        for p in self.layers:
-            p.schedule = choose(p.layer) if choose else self.default_schedule(p.layer)
-            L.check_schedule(p.layer, p.schedule, target)
+        chosen = plan([p.layer for p in self.layers]) if plan else [self.default_schedule(p.layer) for p in self.layers]
+        for p, s in zip(self.layers, chosen, strict=True):
+            L.check_schedule(p.layer, s, target)
+            p.schedule = s
         self._build()
 
     def default_schedule(self, layer: L.ConvLayer) -> L.ConvSchedule:

@@ -137,5 +137,7 @@ class AccelTarget:
             try:
                 changes[key] = kind(value)
             except ValueError:
-                raise TargetError(f"target option {key}={value!r} is not a {fields[key]}") from None
+                raise TargetError(
+                    f"target option {key}={value!r} is not {'a number' if kind is float else 'an integer'}"
+                ) from None
         return AccelTarget(**changes)
