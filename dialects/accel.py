@@ -73,6 +73,17 @@ class AccelEncodingError(ValueError):
     """A field out of its width, or bytes that are not an accelerator binary."""
 
 
+_INTS: dict[int, IntegerAttr] = {}
+
+
+def _int(v: int) -> IntegerAttr:
+    """One i64 attribute per value (programs repeat a few thousand values many times)."""
+    attr = _INTS.get(v)
+    if attr is None:
+        attr = _INTS[v] = IntegerAttr(int(v), i64)
+    return attr
+
+
 def _field(bits: int):
     del bits  # the width lives in FIELDS; every field is an i64 property
     return prop_def(IntegerAttr[I64])
@@ -89,7 +100,7 @@ class InstructionOp(IRDLOperation):
         unknown = set(values) - set(names)
         if unknown:
             raise AccelEncodingError(f"{cls.name} has no field {', '.join(sorted(unknown))}")
-        return cls(properties={n: IntegerAttr(int(values.get(n, 0)), i64) for n in names})
+        return cls(properties={n: _int(values.get(n, 0)) for n in names})
 
     def fields(self) -> dict[str, int]:
         return {n: self.properties[n].value.data for n, _ in self.FIELDS if n}
@@ -213,7 +224,7 @@ class UopOp(IRDLOperation):
     def make(cls, dst_idx: int, src_idx: int, wgt_idx: int = 0) -> UopOp:
         return cls(
             properties={
-                n: IntegerAttr(int(v), i64)
+                n: _int(v)
                 for n, v in zip(("dst_idx", "src_idx", "wgt_idx"), (dst_idx, src_idx, wgt_idx))
             }
         )
