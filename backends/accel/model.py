@@ -127,6 +127,7 @@ class AccelModel:
         self.example_inputs = tuple(example_inputs)
         ep = torch.export.export(module.eval(), tuple(example_inputs)).run_decompositions({})
         self.gm = ep.module()
+        self._out_spec = ep.call_spec.out_spec
         self.graph = self.gm.graph
         self.layers = self._partition()
         if place is not None:
@@ -422,7 +423,8 @@ class AccelModel:
                 elif node.op == "get_attr":
                     env[node.name] = _const(self.gm, node)
                 elif node.op == "output":
-                    return arg(node.args[0]), stats
+                    flat = list(arg(node.args[0]))
+                    return torch.utils._pytree.tree_unflatten(flat, self._out_spec), stats
                 else:
                     with torch.no_grad():
                         env[node.name] = node.target(*arg(node.args), **arg(node.kwargs))
