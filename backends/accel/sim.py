@@ -38,6 +38,7 @@ class SimResult:
     dram_write: int
     module_busy: dict[str, int]
     instructions: int
+    op_cycles: dict[str, int] = dataclasses.field(default_factory=dict)  # busy cycles per instruction kind
 
     @property
     def utilization(self) -> float:
@@ -97,6 +98,7 @@ def simulate(binary: bytes, target: AccelTarget, dram: np.ndarray | None = None)
     clock = {k: 0 for k in per_module}
     busy = {k: 0 for k in per_module}
     stats = {"gemm": 0, "alu": 0, "read": 0, "write": 0}
+    op_cycles: dict[str, int] = {}
     finished = False
     while not finished:
         best = None
@@ -125,6 +127,8 @@ def simulate(binary: bytes, target: AccelTarget, dram: np.ndarray | None = None)
             raise SimulationError(f"instruction {index} ({ins['op']}): {exc}") from None
         end = start + cost
         busy[mod] += cost
+        kind = ins["op"] if ins["op"] != "gemm" or not ins["reset"] else "gemm-reset"
+        op_cycles[kind] = op_cycles.get(kind, 0) + cost
         clock[mod] = end
         head[mod] += 1
         for (mm, side), q in _PUSHES.items():
@@ -140,6 +144,7 @@ def simulate(binary: bytes, target: AccelTarget, dram: np.ndarray | None = None)
         dram_write=stats["write"],
         module_busy=busy,
         instructions=len(insns),
+        op_cycles=op_cycles,
     )
 
 
