@@ -64,12 +64,12 @@ def compile_accel(spec: str, target_text: str, *, plan: bool = True) -> AccelCom
     predict, kind = _predictor(target)
     holder: dict = {}
 
-    def planner(layers):
-        mp = accel_plan.plan_memory(layers, target, predict, greedy_only=not plan)
+    def planner(layers, edges):
+        mp = accel_plan.plan_memory(layers, target, predict, edges=edges if plan else (), greedy_only=not plan)
         holder["plan"] = mp
         if not plan:  # layer by layer, latency-first
             return [_fastest(layer, target, predict) for layer in layers]
-        return [mp.schedule_of(layer.name) for layer in layers]
+        return [mp.schedule_of(layer.name) for layer in layers], {(a, b): addr for a, b, addr in mp.resident}
 
     def place(layer: L.ConvLayer) -> bool:  # the accelerator unless the host would be faster
         return True if layer.macs == 0 else 2 * layer.macs / (HOST_GFLOPS * 1e9) > 1e-7
@@ -143,13 +143,15 @@ def format_run(name: str, r: dict, target: AccelTarget, compile_seconds: float) 
     cut = 1 - plan.planned_bytes / max(plan.baseline_bytes, 1)
     traffic = r["dram_read"] + r["dram_write"]
     lines = [
-        f"model {name} on {target.describe()} (simulated at {target.clock_mhz:g} MHz), compiled in {compile_seconds:.1f} s",
+        f"model {name} on {target.describe()} (simulated at {target.clock_mhz:g} MHz),"
+        f" compiled in {compile_seconds:.1f} s",
         f"  accelerator layers     {r['layers']} in {r['programs']} programs ({r['instructions']} instructions)",
         f"  host ops               {r['host_ops']}",
         f"  cycles                 {r['cycles']:,} ({r['ms_at_clock']:.2f} ms at clock)",
         f"  GEMM-core utilization  {r['utilization']:.3f}",
         f"  DRAM traffic           {traffic:,} bytes (read {r['dram_read']:,}, write {r['dram_write']:,})",
-        f"  memory plan            {plan.planned_bytes:,} bytes vs {plan.baseline_bytes:,} layer by layer ({cut:.1%} less;"
+        f"  memory plan            {plan.planned_bytes:,} bytes vs {plan.baseline_bytes:,} layer by layer"
+        f" ({cut:.1%} less;"
         f" compulsory {plan.compulsory_bytes:,}; {plan.solver} in {plan.solve_seconds:.2f} s)",
         f"  simulator vs integer reference  {'bit-exact' if r['bit_exact'] else 'DIFFERENT'}",
         f"  relative L2 vs eager (f32)      {r['rel_l2_vs_eager']:.4f}",
@@ -186,11 +188,11 @@ def explain_rows(compiled: AccelCompiled, predict=None) -> list[dict]:
 def format_explain(name: str, compiled: AccelCompiled) -> str:
     rows = explain_rows(compiled)
     plan = compiled.plan
-    out = [
-        f"{name} on {compiled.model.target.describe()}: {len(rows)} accelerator layers, cost model {compiled.cost_model}"
-    ]
+    target = compiled.model.target
+    out = [f"{name} on {target.describe()}: {len(rows)} accelerator layers, cost model {compiled.cost_model}"]
     out.append(
-        f"{'layer':<14} {'kind':<18} {'shape':<26} {'schedule (th tw tco tci order dbl)':<36} {'pred cyc':>10} {'runner-up':<30} {'pred':>10} {'DRAM B':>10}"
+        f"{'layer':<14} {'kind':<18} {'shape':<26} {'schedule (th tw tco tci order dbl)':<36} {'pred cyc':>10}"
+        f" {'runner-up':<30} {'pred':>10} {'DRAM B':>10}"
     )
 
     def fmt(s):
@@ -198,8 +200,9 @@ def format_explain(name: str, compiled: AccelCompiled) -> str:
 
     for r in rows:
         out.append(
-            f"{r['layer']:<14} {r['kind']:<18} {r['shape']:<26} {fmt(r['schedule']):<36} {r['predicted_cycles']:>10.0f} "
-            f"{fmt(r['runner_up']):<30} {r['runner_up_cycles']:>10.0f} {r['dram_bytes']:>10,}"
+            f"{r['layer']:<14} {r['kind']:<18} {r['shape']:<26} {fmt(r['schedule']):<36}"
+            f" {r['predicted_cycles']:>10.0f} {fmt(r['runner_up']):<30} {r['runner_up_cycles']:>10.0f}"
+            f" {r['dram_bytes']:>10,}"
         )
     out.append(
         f"memory plan: {plan.planned_bytes:,} bytes of DRAM traffic vs {plan.baseline_bytes:,} layer by layer"

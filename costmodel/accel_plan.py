@@ -38,6 +38,7 @@ class MemoryPlan:
     baseline_cycles: float
     solver: str  # "highs" | "greedy"
     solve_seconds: float
+    resident: tuple[tuple[int, int, int], ...] = ()  # (producer, consumer, input-buffer entry) kept on chip
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -69,40 +70,36 @@ def plan_memory(
     target: AccelTarget,
     predict: Callable[[L.ConvLayer, list[L.ConvSchedule]], np.ndarray],
     *,
+    edges: Sequence[tuple[int, int]] = (),
     budget: float = 1.10,
     time_limit: float = 10.0,
     greedy_only: bool = False,
 ) -> MemoryPlan:
+    """`edges`: (producer, consumer) layer indices where the consumer runs right after the
+    producer, reads its output as its only use, and has no padding: the output may stay on
+    chip in the input buffer (no store, no load) when both layers' tiles leave room."""
     cands = [candidates(layer, target, predict) for layer in layers]
     base = [min(range(len(c)), key=lambda j: (c[j][1], c[j][2])) for c in cands]
     base_cycles = sum(c[j][1] for c, j in zip(cands, base))
     base_bytes = sum(c[j][2] for c, j in zip(cands, base))
+    depth, block = target.inp_depth, target.block
+    edges = [(a, b) for a, b in edges if layers[b].cin // block * layers[b].h * layers[b].w <= depth]
+    for _, b in edges:  # a resident input needs one spatial tile: weigh those schedules too
+        have = {s for s, _, _ in cands[b]}
+        single = [
+            s for s in L.space(layers[b], target) if s.th == layers[b].oh and s.tw == layers[b].ow and s not in have
+        ]
+        if single:
+            cyc = np.asarray(predict(layers[b], single), float)
+            for s, cy in sorted(zip(single, cyc), key=lambda z: z[1])[:6]:
+                tr = L.traffic(layers[b], s, target)
+                cands[b].append((s, float(cy), tr["read"] + tr["write"]))
     t0 = time.perf_counter()
-    choice, solver = None, "highs"
+    choice, resident, solver = None, {}, "highs"
     if not greedy_only:
-        n = sum(len(c) for c in cands)
-        cost = np.concatenate([[b for _, _, b in c] for c in cands])
-        eq = np.zeros((len(cands), n))
-        cyc = np.concatenate([[cy for _, cy, _ in c] for c in cands])
-        col = 0
-        for i, c in enumerate(cands):
-            eq[i, col : col + len(c)] = 1
-            col += len(c)
-        try:
-            chosen, _ = ilp.solve_binary(
-                cost / max(cost.max(), 1),
-                equal=(eq, 1.0),
-                at_most=(cyc[None, :], budget * base_cycles),
-                time_limit=time_limit,
-            )
-            offsets = np.cumsum([0] + [len(c) for c in cands])
-            choice = [int(j - offsets[np.searchsorted(offsets, j, side="right") - 1]) for j in sorted(chosen)]
-            if len(choice) != len(cands):
-                choice = None
-        except ilp.InfeasibleError:
-            choice = None
+        choice, resident = _solve(layers, cands, edges, budget * base_cycles, depth, block, target, time_limit)
     if choice is None:
-        choice, solver = _greedy(cands, base, budget * base_cycles), "greedy"
+        choice, resident, solver = _greedy(cands, base, budget * base_cycles), {}, "greedy"
     seconds = time.perf_counter() - t0
     compulsory = sum(
         layer.cin * layer.h * layer.w
@@ -111,17 +108,105 @@ def plan_memory(
         + layer.cout * layer.kh * layer.kw * (1 if layer.depthwise else layer.cin)
         for layer in layers
     )
+    planned = sum(c[j][2] for c, j in zip(cands, choice))
+    for a, b in resident:
+        s = cands[b][choice[b]][0]
+        tr = L.traffic(layers[b], s, target, resident_in=0)
+        planned -= layers[a].cout * layers[a].oh * layers[a].ow + (cands[b][choice[b]][2] - tr["read"] - tr["write"])
     return MemoryPlan(
         schedules=tuple(c[j][0].to_json() for c, j in zip(cands, choice)),
         layers=tuple(layer.name for layer in layers),
-        planned_bytes=int(sum(c[j][2] for c, j in zip(cands, choice))),
+        planned_bytes=int(planned),
         baseline_bytes=int(base_bytes),
         compulsory_bytes=int(compulsory),
         planned_cycles=float(sum(c[j][1] for c, j in zip(cands, choice))),
         baseline_cycles=float(base_cycles),
         solver=solver,
         solve_seconds=seconds,
+        resident=tuple((a, b, addr) for (a, b), addr in sorted(resident.items())),
     )
+
+
+def _solve(layers, cands, edges, cycle_cap, depth, block, target, time_limit):
+    """The 0/1 program: x[l, s] one schedule per layer; y[e, s] edge e kept on chip with its
+    consumer on single-tile schedule s. Minimize bytes; cycles within the cap; the input
+    buffer holds the producer's tiles and the kept tensor, or two kept tensors in a row."""
+    offsets = np.cumsum([0] + [len(c) for c in cands])
+    n_x = int(offsets[-1])
+    ycols = []  # (edge index, consumer schedule index)
+    for e, (_, b) in enumerate(edges):
+        for j, (s, _, _) in enumerate(cands[b]):
+            if s.th == layers[b].oh and s.tw == layers[b].ow:
+                ycols.append((e, j))
+    n = n_x + len(ycols)
+    cost = np.zeros(n)
+    cyc = np.zeros(n)
+    for i, c in enumerate(cands):
+        for j, (_, cy, by) in enumerate(c):
+            cost[offsets[i] + j], cyc[offsets[i] + j] = by, cy
+    size = [layers[b].cin // block * layers[b].h * layers[b].w for _, b in edges]  # input entries
+    for k, (e, j) in enumerate(ycols):
+        a, b = edges[e]
+        s = cands[b][j][0]
+        tr = L.traffic(layers[b], s, target, resident_in=0)
+        cost[n_x + k] = -(size[e] * block + cands[b][j][2] - tr["read"] - tr["write"])
+    eq = np.zeros((len(cands), n))
+    for i in range(len(cands)):
+        eq[i, offsets[i] : offsets[i + 1]] = 1
+    rows, bounds = [cyc], [cycle_cap]
+    for k, (e, j) in enumerate(ycols):  # y[e, s] ≤ x[consumer, s]
+        r = np.zeros(n)
+        r[n_x + k], r[offsets[edges[e][1]] + j] = 1, -1
+        rows.append(r)
+        bounds.append(0)
+    into = {b: e for e, (_, b) in enumerate(edges)}
+    for e, (a, _) in enumerate(edges):
+        r_e = [n_x + k for k, (ee, _) in enumerate(ycols) if ee == e]
+        if not r_e:
+            continue
+        r_prev = [n_x + k for k, (ee, _) in enumerate(ycols) if ee == into.get(a, -1)]
+        for j, (s, _, _) in enumerate(cands[a]):  # x[a, s] + r[e] − r[into a] ≤ 1 when they do not fit
+            g = L.check_schedule(layers[a], s, target)
+            if g["slots"] * g["inp_tile"] + size[e] > depth:
+                r = np.zeros(n)
+                r[offsets[a] + j] = 1
+                r[r_e] = 1
+                r[r_prev] = -1
+                rows.append(r)
+                bounds.append(1)
+        if a in into and r_prev and size[into[a]] + size[e] > depth:  # two kept tensors in a row
+            r = np.zeros(n)
+            r[r_e] = 1
+            r[r_prev] = 1
+            rows.append(r)
+            bounds.append(1)
+    scale = max(float(np.abs(cost).max()), 1.0)
+    try:
+        chosen, _ = ilp.solve_binary(
+            cost / scale, equal=(eq, 1.0), at_most=(np.array(rows), bounds), time_limit=time_limit
+        )
+    except ilp.InfeasibleError:
+        return None, {}
+    choice = [None] * len(cands)
+    kept = []
+    for col in chosen:
+        if col < n_x:
+            i = int(np.searchsorted(offsets, col, side="right") - 1)
+            choice[i] = int(col - offsets[i])
+        else:
+            kept.append(ycols[col - n_x][0])
+    if any(c is None for c in choice):
+        return None, {}
+    # addresses: a kept tensor sits at the top of the input buffer, or at the bottom when
+    # the tensor kept just before it (its producer's input) is at the top
+    resident, top_of = {}, {}
+    for e in sorted(kept):
+        a, b = edges[e]
+        prev = into.get(a)
+        at_top = not (prev in top_of and top_of[prev])
+        top_of[e] = at_top
+        resident[(a, b)] = depth - size[e] if at_top else 0
+    return choice, resident
 
 
 def _greedy(cands, base, cycle_cap: float) -> list[int]:

@@ -65,6 +65,14 @@ CASES = [
         + ([r"^bf16 kernel \(bf16 in, f32 out\)\s+torch eager bf16\s+\d+\s+\d+", r"^int8 Linear \("] if _amx() else []),
         id="precision",
     ),
+    pytest.param(
+        ["accel_crosscheck.py"],
+        [
+            r"^\| small \(16, 16, 16\) \| \d+ \| 16 \| \d+ \| 61 \| [\d.]+ \| 45 \| (sim|formula) \|$",
+            r"ideal/SCALE-Sim = M/\(M\+46\)",
+        ],
+        id="accel_crosscheck",
+    ),
     pytest.param(["schedules.py"], [r"^matmul 128\^3\s+4/\d+\s+[\d.]+"], id="schedules"),
 ]
 

@@ -190,14 +190,18 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def traffic(layer: ConvLayer, s: ConvSchedule, t: AccelTarget) -> dict[str, int]:
-    """DRAM bytes the schedule moves (the same count the simulator makes, in closed form)."""
+def traffic(
+    layer: ConvLayer, s: ConvSchedule, t: AccelTarget, *, resident_in=None, resident_out=None
+) -> dict[str, int]:
+    """DRAM bytes the schedule moves (counted over its instructions, as the simulator does)."""
     insns: list[dict] = []
-    emit_layer(layer, s, t, _Addresses(0, 0, 0, 0, 0, 0), insns, [], 0, sync_in=False)
+    emit_layer(layer, s, t, _Addresses(0, 0, 0, 0, 0, 0), insns, [], 0, sync_in=False, resident_in=resident_in,
+               resident_out=resident_out)  # fmt: skip
     read = write = 0
     for ins in insns:
-        if ins["op"] == "load" and ins["memory"] != isa.MEM_UOP:
+        if ins["op"] == "load":
             eb = {
+                isa.MEM_UOP: 4,
                 isa.MEM_INP: t.block,
                 isa.MEM_WGT: t.block * t.block,
                 isa.MEM_ACC: 4 * t.block,
@@ -235,13 +239,21 @@ def emit_layer(
     uop_dram: int,
     *,
     sync_in: bool,
+    resident_in: int | None = None,
+    resident_out: int | None = None,
 ) -> int:
     """Append the layer's instructions to `insns` and its micro-ops to `uop_table` (placed
     at DRAM micro-op address `uop_dram + len(before)`); returns the number of micro-ops.
 
     `sync_in`: the layer's first load waits for a token from compute (the previous layer's
-    stores have drained), which the previous layer's end pushes."""
+    stores have drained), which the previous layer's end pushes. `resident_in`: the input
+    already sits whole in the input buffer at that entry (the memory plan kept it on chip;
+    no input loads, one spatial tile, no padding); `resident_out`: the output is stored on
+    chip into the input buffer at that entry instead of DRAM."""
     g = check_schedule(layer, s, t)
+    if resident_in is not None and (layer.pad or s.th != layer.oh or s.tw != layer.ow):
+        raise ScheduleError(f"layer {layer.name}: a resident input needs pad 0 and one spatial tile")
+    row = layer.w if resident_in is not None else g["ic"]  # the input rows' stride in the buffer
     slots, ir, ic, taps = g["slots"], g["ir"], g["ic"], g["taps"]
     tci = g["tci"]
     inp_slot = [k * g["inp_tile"] for k in range(slots)]
@@ -263,8 +275,13 @@ def emit_layer(
             ranges[key] = (start, start + len(items))
         return ranges[key]
 
-    def gemm_uops(islot: int, wslot: int, aslot: int) -> tuple[int, int]:
+    def gemm_uops(islot: int, wslot: int, aslot: int, cbase: int = 0) -> tuple[int, int]:
         items = []
+        if resident_in is not None:
+            src0 = resident_in + cbase * layer.h * layer.w
+            islot, ir_ic = 0, layer.h * layer.w
+        else:
+            src0, ir_ic = inp_slot[islot], ir * ic
         for j in range(s.tco):
             ks = [j] if layer.depthwise else range(tci)
             for kk, k in enumerate(ks):
@@ -276,10 +293,8 @@ def emit_layer(
                             * layer.kw
                             + x
                         )
-                        items.append(
-                            (acc_slot[aslot] + j * s.th * s.tw, inp_slot[islot] + k * ir * ic + y * ic + x, w_idx)
-                        )
-        return uop_range(("gemm", islot, wslot, aslot), items)
+                        items.append((acc_slot[aslot] + j * s.th * s.tw, src0 + k * ir_ic + y * row + x, w_idx))
+        return uop_range(("gemm", islot, wslot, aslot, src0), items)
 
     def tile_uops(aslot: int, src: str | None) -> tuple[int, int]:
         items = []
@@ -309,12 +324,15 @@ def emit_layer(
 
     # pre-register every micro-op range so the table is complete before the first GEMM
     for a in range(slots):
-        for i in range(slots):
+        for i in range(slots if resident_in is None else 1):
             for w in range(slots):
-                gemm_uops(i, w, a)
+                for cbase in (co_tiles if layer.depthwise else ci_steps) if resident_in is not None else [0]:
+                    gemm_uops(i, w, a, cbase)
         for src in (None, "bias", "mult", "round", "shift") + (("skip", "skipself") if layer.residual else ()):
             tile_uops(a, src)
     table = list(local.values())
+    if len(table) > t.uop_depth:
+        raise ScheduleError(f"layer {layer.name}: {len(table)} micro-ops overflow the micro-op buffer ({t.uop_depth})")
     base = uop_dram + len(uop_table)
     uop_table.extend(table)
     # the micro-op load: compute module, no tokens needed (in order with the GEMMs)
@@ -364,7 +382,9 @@ def emit_layer(
             ikey = (oh0, ow0, co0 if layer.depthwise else ci0)
             wkey = (co0, ci0)
             loads = []
-            if ikey == (cur_inp[inp_at] if inp_at >= 0 else None):
+            if resident_in is not None:
+                islot = 0
+            elif ikey == (cur_inp[inp_at] if inp_at >= 0 else None):
                 islot = inp_at
             else:
                 islot = (inp_at + 1) % slots
@@ -429,7 +449,7 @@ def emit_layer(
             loads[-1]["push_next"] = 1
             insns.extend(loads)
             # -------- compute: the step's products; frees its slots for the load `slots` steps on
-            ub, ue = gemm_uops(islot, wslot, aslot)
+            ub, ue = gemm_uops(islot, wslot, aslot, co0 if layer.depthwise else ci0)
             insns.append(
                 dict(
                     op="gemm",
@@ -439,7 +459,7 @@ def emit_layer(
                     iter_in=s.tw,
                     dst_factor_out=s.tw,
                     dst_factor_in=1,
-                    src_factor_out=layer.stride * ic,
+                    src_factor_out=layer.stride * row,
                     src_factor_in=layer.stride,
                     pop_prev=1,
                     push_prev=1 if step < n_steps - slots else 0,
@@ -489,9 +509,12 @@ def emit_layer(
             insns.append(
                 dict(
                     op="store",
-                    memory=isa.MEM_OUT,
+                    memory=isa.MEM_OUT if resident_out is None else isa.MEM_INP,
                     sram_base=acc_slot[aslot] + j * s.th * s.tw,
-                    dram_base=addr.out + (co0 + j) * layer.oh * layer.ow + oh0 * layer.ow + ow0,
+                    dram_base=(addr.out if resident_out is None else resident_out)
+                    + (co0 + j) * layer.oh * layer.ow
+                    + oh0 * layer.ow
+                    + ow0,
                     y_size=th_,
                     x_size=s.tw,
                     x_stride=layer.ow,

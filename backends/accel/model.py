@@ -134,11 +134,32 @@ class AccelModel:
             self.layers = [p for p in self.layers if place(p.layer)]
         values = self._calibrate([tuple(example_inputs)] + [tuple(c) for c in (calibration or [])])
         self._quantize(values)
-        chosen = plan([p.layer for p in self.layers]) if plan else [self.default_schedule(p.layer) for p in self.layers]
+        self._order()
+        self.resident: dict[tuple[int, int], int] = {}  # (producer, consumer) -> input-buffer entry
+        if plan:
+            chosen = plan([p.layer for p in self.layers], self.chain_edges())
+            if isinstance(chosen, tuple):
+                chosen, self.resident = chosen[0], dict(chosen[1])
+        else:
+            chosen = [self.default_schedule(p.layer) for p in self.layers]
         for p, s in zip(self.layers, chosen, strict=True):
             L.check_schedule(p.layer, s, target)
             p.schedule = s
         self._build()
+
+    def chain_edges(self) -> list[tuple[int, int]]:
+        """(producer, consumer) layer indices whose tensor could stay on chip: the consumer
+        runs right after the producer in one program, the tensor is its input and has no
+        other use, and the consumer reads it unpadded."""
+        index = {id(p): i for i, p in enumerate(self.layers)}
+        edges = []
+        for kind, item in self.steps:
+            if kind != "accel":
+                continue
+            for a, b in zip(item, item[1:]):
+                if b.inp is a.last and len(a.last.users) == 1 and b.layer.pad == 0 and b.skip is not a.last:
+                    edges.append((index[id(a)], index[id(b)]))
+        return edges
 
     def default_schedule(self, layer: L.ConvLayer) -> L.ConvSchedule:
         cands = L.space(layer, self.target)
@@ -320,9 +341,8 @@ class AccelModel:
             layer.hi = min(127, int(round(6.0 / s_out))) if p.relu6 else 127
 
     # ------------------------------------------------------------------ programs
-    def _build(self) -> None:
-        """Order, DRAM layout and one binary per run of consecutive layers."""
-        t = self.target
+    def _order(self) -> None:
+        """Host ops and runs of accelerator layers, in graph order (a layer at its last op)."""
         at = {p.last: p for p in self.layers}
         inside = {n for p in self.layers for n in p.absorbed}
         self.steps: list = []  # ("host", node) | ("accel", [LayerPlan])
@@ -336,6 +356,14 @@ class AccelModel:
                 self.steps.append(("host", node))
             elif node.op in ("placeholder", "get_attr", "output"):
                 self.steps.append(("host", node))
+
+    def _build(self) -> None:
+        """DRAM layout and one binary per run of consecutive layers."""
+        t = self.target
+        index = {id(p): i for i, p in enumerate(self.layers)}
+        res_in = {b: addr for (a, b), addr in self.resident.items()}
+        res_out = {a: addr for (a, b), addr in self.resident.items()}
+        self.on_chip = {self.layers[a].last.name for a, _ in self.resident}
         # DRAM: every tensor the accelerator touches, weights and constants
         align = max(t.block * t.block, 4 * t.block, 64)
         self._dram_size = 0
@@ -382,7 +410,9 @@ class AccelModel:
                     skip=self.addr["t:" + p.skip.name] // b if p.skip is not None else 0,
                     uop=0,
                 )
-                L.emit_layer(p.layer, p.schedule, t, addr, insns, uops, 0, sync_in=i > 0)
+                k = index[id(p)]
+                L.emit_layer(p.layer, p.schedule, t, addr, insns, uops, 0, sync_in=i > 0,
+                             resident_in=res_in.get(k), resident_out=res_out.get(k))  # fmt: skip
             insns.append(dict(op="finish"))
             self.programs.append(isa.assemble_fields(insns, uops))
             self.program_layers.append(item)
@@ -452,7 +482,8 @@ class AccelModel:
             for p in item:
                 in_dram.add(p.last.name)
                 accel_made.add(p.last.name)
-                stats.layer_outputs[p.last.name] = self._read(dram, p.last.name).copy()
+                if p.last.name not in self.on_chip:  # a tensor kept on chip never reaches DRAM
+                    stats.layer_outputs[p.last.name] = self._read(dram, p.last.name).copy()
         raise AccelCompileError("the graph has no output")  # pragma: no cover
         del block
 
