@@ -22,7 +22,6 @@ from tilecraft.costmodel import accel_plan
 from tilecraft.dialects import accel as isa
 
 EMITS = ("accel-asm", "accel-bin")
-HOST_GFLOPS = 50.0  # the host's f32 rate the placement prices a layer against
 
 
 @dataclasses.dataclass
@@ -31,6 +30,7 @@ class AccelCompiled:
     plan: accel_plan.MemoryPlan
     compile_seconds: float
     cost_model: str
+    placement: dict[str, str] = dataclasses.field(default_factory=dict)  # layer -> priced choice
 
 
 def _predictor(target: AccelTarget):
@@ -71,14 +71,25 @@ def compile_accel(spec: str, target_text: str, *, plan: bool = True) -> AccelCom
             return [_fastest(layer, target, predict) for layer in layers]
         return [mp.schedule_of(layer.name) for layer in layers], {(a, b): addr for a, b, addr in mp.resident}
 
-    def place(layer: L.ConvLayer) -> bool:  # the accelerator unless the host would be faster
-        return True if layer.macs == 0 else 2 * layer.macs / (HOST_GFLOPS * 1e9) > 1e-7
+    host_rate = target.host_gflops * 1e9  # FLOP/s of the host the accelerator is attached to
+    placed: dict[str, str] = {}
+
+    def place(layer: L.ConvLayer) -> bool:
+        """The accelerator when its predicted time beats the host's: a priced partition."""
+        padded = dataclasses.replace(
+            layer, cin=L.blocks(layer.cin, target.block), cout=L.blocks(layer.cout, target.block)
+        )
+        space = L.space(padded, target)
+        accel_s = float(np.min(predict(padded, space))) / (target.clock_mhz * 1e6) if space else float("inf")
+        host_s = 2 * layer.macs / host_rate
+        placed[layer.name] = f"accelerator {accel_s * 1e6:.0f} us vs host {host_s * 1e6:.0f} us"
+        return accel_s <= host_s
 
     try:
         am = AccelModel(module, inputs, target, plan=planner, place=place)
     except torch._dynamo.exc.Unsupported as exc:  # pragma: no cover - export refusals
         raise AccelCompileError(f"{spec}: torch.export cannot capture the model ({str(exc).splitlines()[0]})") from None
-    return AccelCompiled(am, holder["plan"], time.perf_counter() - t0, kind)
+    return AccelCompiled(am, holder["plan"], time.perf_counter() - t0, kind, placed)
 
 
 def _fastest(layer, target, predict) -> L.ConvSchedule:
@@ -140,7 +151,7 @@ def run(compiled: AccelCompiled, inputs=None) -> dict:
 
 def format_run(name: str, r: dict, target: AccelTarget, compile_seconds: float) -> str:
     plan = r["plan"]
-    cut = 1 - plan.planned_bytes / max(plan.baseline_bytes, 1)
+    cut = 1 - plan.planned_bytes / plan.baseline_bytes if plan.baseline_bytes else 0.0
     traffic = r["dram_read"] + r["dram_write"]
     lines = [
         f"model {name} on {target.describe()} (simulated at {target.clock_mhz:g} MHz),"
@@ -209,5 +220,8 @@ def format_explain(name: str, compiled: AccelCompiled) -> str:
         f" latency-first (compulsory {plan.compulsory_bytes:,}); predicted cycles {plan.planned_cycles:,.0f}"
         f" vs {plan.baseline_cycles:,.0f}; {plan.solver} in {plan.solve_seconds:.2f} s"
     )
+    kept = [f"{name} ({why})" for name, why in compiled.placement.items() if name not in {r["layer"] for r in rows}]
+    if kept:
+        out.append("priced onto the host: " + "; ".join(kept))
     out.append("on the host: " + ", ".join(compiled.model.on_host()))
     return "\n".join(out)

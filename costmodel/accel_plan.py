@@ -78,6 +78,8 @@ def plan_memory(
     """`edges`: (producer, consumer) layer indices where the consumer runs right after the
     producer, reads its output as its only use, and has no padding: the output may stay on
     chip in the input buffer (no store, no load) when both layers' tiles leave room."""
+    if not layers:
+        return MemoryPlan((), (), 0, 0, 0, 0.0, 0.0, "none", 0.0)
     cands = [candidates(layer, target, predict) for layer in layers]
     base = [min(range(len(c)), key=lambda j: (c[j][1], c[j][2])) for c in cands]
     base_cycles = sum(c[j][1] for c, j in zip(cands, base))

@@ -35,6 +35,7 @@ class AccelTarget:
     alu_ii: int = 2  # cycles per ALU micro-op iteration (one accumulator entry)
     gemm_ii: int = 1  # cycles per GEMM micro-op iteration (one block × block product)
     pipeline: int = 4  # GEMM/ALU pipeline depth (cycles to drain)
+    host_gflops: float = 2.0  # the CPU the accelerator is attached to (VTA's: a Cortex-A9 pair)
 
     def __post_init__(self):
         if self.kind != "accel":
@@ -44,8 +45,8 @@ class AccelTarget:
         for name in ("inp_kb", "wgt_kb", "acc_kb", "uop_kb", "dram_latency", "alu_ii", "gemm_ii", "pipeline"):
             if getattr(self, name) <= 0:
                 raise TargetError(f"{name}={getattr(self, name)} must be positive")
-        if self.dram_gbs <= 0 or self.clock_mhz <= 0:
-            raise TargetError("dram_gbs and clock_mhz must be positive")
+        if self.dram_gbs <= 0 or self.clock_mhz <= 0 or self.host_gflops <= 0:
+            raise TargetError("dram_gbs, clock_mhz and host_gflops must be positive")
         for buf, bits in _INDEX_BITS.items():
             depth = getattr(self, f"{buf}_depth")
             if depth < 1:
