@@ -15,16 +15,16 @@ import traceback
 
 
 def _errors():
+    from tilecraft.backends.accel.lower import ScheduleError
+    from tilecraft.backends.accel.model import AccelCompileError
     from tilecraft.backends.cpu.runtime import CallError
     from tilecraft.backends.cpu.target import TargetError
     from tilecraft.corpus.db import CorpusError
     from tilecraft.costmodel.model import CostModelError
+    from tilecraft.dialects.accel import AccelEncodingError
     from tilecraft.dialects.irutil import PipelineError
     from tilecraft.driver import DriverError
     from tilecraft.frontend import FrontendError
-    from tilecraft.backends.accel.lower import ScheduleError
-    from tilecraft.backends.accel.model import AccelCompileError
-    from tilecraft.dialects.accel import AccelEncodingError
     from tilecraft.pipeline import PipelineSyntaxError
 
     return (

@@ -49,6 +49,11 @@ CASES = [
     pytest.param(["models.py"], [r"^bert\s+[\d.]+\s+yes\s+[\d.]+\s+[\d.]+\s+[\d.]+"], id="models"),
     pytest.param(["torch_compile.py"], [r"^mlp(\s+[\d.]+){7}$", r"^geomean: tilecraft vs eager"], id="torch_compile"),
     pytest.param(["e2e.py"], [r"^mlp\s+yes\s+\d+\s+[\d.]+"], id="e2e"),
+    pytest.param(
+        ["accel_costmodel.py"],
+        [r"^known configs: lightgbm\s+0\.\d{3}", r"^unseen config: adapted \(10 samples\)\s+0\.\d{3}"],
+        id="accel_costmodel",
+    ),
     pytest.param(["accel.py"], [r"^mlp\s+[\d.]+\s+3\s+0\s+[\d,]+\s.*\syes\s+0\.0\d+$"], id="accel"),
     pytest.param(["fusion.py"], [r"^softmax_4x128x128\s.*\syes$", r"^chosen partition within 5%"], id="fusion"),
     pytest.param(["fusion.py", "--calibrate"], [r"^factors \{'\w+': [\d.]+"], id="fusion-calibrate"),
