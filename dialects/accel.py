@@ -223,10 +223,7 @@ class UopOp(IRDLOperation):
     @classmethod
     def make(cls, dst_idx: int, src_idx: int, wgt_idx: int = 0) -> UopOp:
         return cls(
-            properties={
-                n: _int(v)
-                for n, v in zip(("dst_idx", "src_idx", "wgt_idx"), (dst_idx, src_idx, wgt_idx))
-            }
+            properties={n: _int(v) for n, v in zip(("dst_idx", "src_idx", "wgt_idx"), (dst_idx, src_idx, wgt_idx))}
         )
 
     def fields(self) -> dict[str, int]:
