@@ -39,7 +39,15 @@ def _predictor(target: AccelTarget):
         from tilecraft.costmodel import accel_model
 
         model = accel_model.load_shipped()
-        return (lambda layer, scheds: model.predict(layer, scheds, target)), "lightgbm"
+        memo: dict = {}
+
+        def predict(layer, scheds):  # the planner and the placement ask about the same spaces
+            key = (layer.shape_key(), layer.pre_shift > 0, tuple(scheds))
+            if key not in memo:
+                memo[key] = model.predict(layer, scheds, target)
+            return memo[key]
+
+        return predict, "lightgbm"
     except (ImportError, AttributeError, FileNotFoundError, OSError):
         from tilecraft.backends.accel import sim
 
@@ -77,9 +85,9 @@ def compile_accel(spec: str, target_text: str, *, plan: bool = True) -> AccelCom
     def place(layer: L.ConvLayer) -> bool:
         """The accelerator when its predicted time beats the host's: a priced partition."""
         padded = dataclasses.replace(
-            layer, cin=L.blocks(layer.cin, target.block), cout=L.blocks(layer.cout, target.block)
+            layer, cin=L.blocks(layer.cin, target.block), cout=L.blocks(layer.cout, target.block), pre_shift=1
         )
-        space = L.space(padded, target)
+        space = L.space(padded, target, limit=accel_plan.SPACE_LIMIT)
         accel_s = float(np.min(predict(padded, space))) / (target.clock_mhz * 1e6) if space else float("inf")
         host_s = 2 * layer.macs / host_rate
         placed[layer.name] = f"accelerator {accel_s * 1e6:.0f} us vs host {host_s * 1e6:.0f} us"
@@ -93,7 +101,7 @@ def compile_accel(spec: str, target_text: str, *, plan: bool = True) -> AccelCom
 
 
 def _fastest(layer, target, predict) -> L.ConvSchedule:
-    space = L.space(layer, target)
+    space = L.space(layer, target, limit=accel_plan.SPACE_LIMIT)
     return space[int(np.argmin(predict(layer, space)))]
 
 
@@ -175,7 +183,7 @@ def explain_rows(compiled: AccelCompiled, predict=None) -> list[dict]:
     predict = predict or _predictor(target)[0]
     rows = []
     for p in am.layers:
-        space = L.space(p.layer, target)
+        space = L.space(p.layer, target, limit=accel_plan.SPACE_LIMIT)
         pred = np.asarray(predict(p.layer, space), float)
         order = np.argsort(pred)
         chosen = space.index(p.schedule) if p.schedule in space else None

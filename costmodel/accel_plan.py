@@ -24,7 +24,7 @@ import numpy as np
 
 from tilecraft.backends.accel import lower as L
 from tilecraft.backends.accel.target import AccelTarget
-from tilecraft.costmodel import ilp
+from tilecraft.costmodel import accel_model, ilp
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,10 +47,13 @@ class MemoryPlan:
         return L.ConvSchedule.from_json(self.schedules[self.layers.index(name)])
 
 
+SPACE_LIMIT = 400  # schedules per layer the cost model ranks (the largest tiles: where the fast ones are)
+
+
 def candidates(layer: L.ConvLayer, target: AccelTarget, predict, *, fastest: int = 12, widest: int = 24):
     """The schedules the plan weighs for one layer: the `fastest` by predicted cycles and the
     `widest` tiles (the ones that reload least), with cycles and bytes."""
-    space = L.space(layer, target)
+    space = L.space(layer, target, limit=SPACE_LIMIT)
     if not space:
         raise L.ScheduleError(f"layer {layer.name}: no schedule fits the target")
     cycles = np.asarray(predict(layer, space), float)
@@ -58,11 +61,13 @@ def candidates(layer: L.ConvLayer, target: AccelTarget, predict, *, fastest: int
     for i in range(min(widest, len(space))):
         if i not in order:
             order.append(i)
-    out = []
-    for i in order:
-        tr = L.traffic(layer, space[i], target)
-        out.append((space[i], float(cycles[i]), tr["read"] + tr["write"]))
-    return out
+    return [(space[i], float(cycles[i]), dram_bytes(layer, space[i], target)) for i in order]
+
+
+def dram_bytes(layer: L.ConvLayer, s: L.ConvSchedule, target: AccelTarget) -> int:
+    """The DRAM bytes a schedule moves, in closed form (equal to the simulator's count)."""
+    st = accel_model.program_stats(layer, s, target)
+    return int(st["inp_bytes"] + st["wgt_bytes"] + st["other_bytes"] + st["write_bytes"])
 
 
 def plan_memory(
@@ -94,8 +99,7 @@ def plan_memory(
         if single:
             cyc = np.asarray(predict(layers[b], single), float)
             for s, cy in sorted(zip(single, cyc), key=lambda z: z[1])[:6]:
-                tr = L.traffic(layers[b], s, target)
-                cands[b].append((s, float(cy), tr["read"] + tr["write"]))
+                cands[b].append((s, float(cy), dram_bytes(layers[b], s, target)))
     t0 = time.perf_counter()
     choice, resident, solver = None, {}, "highs"
     if not greedy_only:
