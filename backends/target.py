@@ -30,12 +30,29 @@ def parse_target(text: str) -> Target:
     """`cpu`, `cpu{avx512=false cores=1}` or a JSON file written by `to_json`: the
     description of the backend family the text names."""
     kind = text.strip().split("{", 1)[0].strip()
+    if text.endswith(".json"):
+        kind = _json_kind(text)
     if kind == "accel":
         from tilecraft.backends.accel.target import AccelTarget
 
+        if text.endswith(".json"):
+            return AccelTarget.from_file(text)
         return AccelTarget.parse(text)
     if kind in ("cpu", "") or text.endswith(".json"):
         from tilecraft.backends.cpu.target import Target as CpuTarget
 
         return CpuTarget.parse(text)
     raise TargetError(f"unknown target {text!r} (one of: {', '.join(KINDS)})")
+
+
+def _json_kind(path: str) -> str:
+    """The `kind` a target JSON file names (cpu when it names none or cannot be read: the
+    CPU parser then says what is wrong with it)."""
+    import json
+
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+        return str(doc.get("kind", "cpu")) if isinstance(doc, dict) else "cpu"
+    except (OSError, ValueError):
+        return "cpu"

@@ -67,7 +67,11 @@ def compile_accel(spec: str, target_text: str, *, plan: bool = True) -> AccelCom
     from tilecraft import frontend
 
     t0 = time.perf_counter()
-    target = AccelTarget.parse(target_text)
+    target = AccelTarget.parse(target_text) if not target_text.endswith(".json") else _target_file(target_text)
+    if spec.endswith(".mlir"):
+        raise AccelCompileError(
+            f"{spec}: a .mlir file carries no PyTorch model; --target accel takes a zoo name or path/to/file.py:factory"
+        )
     module, inputs = frontend.load_model(spec)
     predict, kind = _predictor(target)
     holder: dict = {}
@@ -95,8 +99,8 @@ def compile_accel(spec: str, target_text: str, *, plan: bool = True) -> AccelCom
 
     try:
         am = AccelModel(module, inputs, target, plan=planner, place=place)
-    except torch._dynamo.exc.Unsupported as exc:  # pragma: no cover - export refusals
-        raise AccelCompileError(f"{spec}: torch.export cannot capture the model ({str(exc).splitlines()[0]})") from None
+    except AccelCompileError as exc:
+        raise AccelCompileError(f"{spec}: {exc}") from None
     return AccelCompiled(am, holder["plan"], time.perf_counter() - t0, kind, placed)
 
 
@@ -124,7 +128,7 @@ def emit(compiled: AccelCompiled, kind: str) -> bytes:
 def run(compiled: AccelCompiled, inputs=None) -> dict:
     """Run on the simulator and the integer reference, compare, and report."""
     am = compiled.model
-    inputs = inputs if inputs is not None else am.example_inputs
+    inputs = check_inputs(am, inputs) if inputs is not None else am.example_inputs
     t0 = time.perf_counter()
     out, stats = am.run(inputs, engine="sim")
     t1 = time.perf_counter()
@@ -155,6 +159,31 @@ def run(compiled: AccelCompiled, inputs=None) -> dict:
         "sim_seconds": t1 - t0,
         "plan": compiled.plan,
     }
+
+
+def check_inputs(am: AccelModel, inputs) -> tuple:
+    """The user's inputs if they match the example inputs' count, shapes and dtypes."""
+    from tilecraft.driver import DriverError
+
+    want = am.example_inputs
+    if len(inputs) != len(want):
+        raise DriverError(f"the model takes {len(want)} input(s), got {len(inputs)}")
+    for i, (got, ex) in enumerate(zip(inputs, want)):
+        if tuple(got.shape) != tuple(ex.shape) or got.dtype != ex.dtype:
+            raise DriverError(
+                f"input {i}: expected {tuple(ex.shape)} {str(ex.dtype).replace('torch.', '')},"
+                f" got {tuple(got.shape)} {str(got.dtype).replace('torch.', '')}"
+            )
+    return tuple(inputs)
+
+
+def _target_file(path: str) -> AccelTarget:
+    from tilecraft.backends.target import parse_target
+
+    target = parse_target(path)
+    if not isinstance(target, AccelTarget):
+        raise AccelCompileError(f"{path} describes a {target.kind} target, not an accelerator")
+    return target
 
 
 def format_run(name: str, r: dict, target: AccelTarget, compile_seconds: float) -> str:
@@ -231,5 +260,6 @@ def format_explain(name: str, compiled: AccelCompiled) -> str:
     kept = [f"{name} ({why})" for name, why in compiled.placement.items() if name not in {r["layer"] for r in rows}]
     if kept:
         out.append("priced onto the host: " + "; ".join(kept))
-    out.append("on the host: " + ", ".join(compiled.model.on_host()))
+    if compiled.model.on_host():
+        out.append("on the host: " + ", ".join(compiled.model.on_host()))
     return "\n".join(out)

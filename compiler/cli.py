@@ -78,7 +78,15 @@ def _quiet_warnings() -> None:
 
 # --------------------------------------------------------------------------- commands
 def _accel(args) -> bool:
-    return args.target.strip().startswith("accel")
+    text = args.target.strip()
+    if text.endswith(".json"):
+        from tilecraft.backends.target import TargetError, parse_target
+
+        try:
+            return parse_target(text).kind == "accel"
+        except TargetError:
+            return False  # the CPU flow reports what is wrong with the file
+    return text.startswith("accel")
 
 
 def cmd_compile(args) -> int:
@@ -145,20 +153,34 @@ def _load_inputs(path: str):
         raise DriverError(f"{path} is not an .npz of arrays ({_first_line_of(exc)})") from None
 
 
+def _accel_refuse(args, *names: str) -> None:
+    """Options the accelerator flow has no use for: refused, not silently ignored."""
+    from tilecraft.driver import DriverError
+
+    defaults = {"dump_ir_dir": None, "decisions": None, "precision": "f32", "cost_model": "lightgbm", "measure": False,
+                "json": None, "png": None, "no_cache": False}  # fmt: skip
+    for name in names:
+        value = getattr(args, name, defaults.get(name))
+        if value != defaults.get(name):
+            flag = "--" + name.replace("_", "-")
+            raise DriverError(f"{flag} is not supported with --target {args.target} (the accelerator flow)")
+
+
 def _accel_compile(args) -> int:
     from tilecraft import accel_driver
     from tilecraft.driver import DriverError, atomic_write
 
+    _accel_refuse(args, "dump_ir_dir", "decisions", "precision", "cost_model")
     emit = args.emit if args.emit != "llvm" else "accel-asm"
     if emit not in accel_driver.EMITS:
         raise DriverError(f"--emit {emit} is not an accelerator output (one of: {', '.join(accel_driver.EMITS)})")
+    if emit == "accel-bin" and not args.output:
+        raise DriverError("--emit accel-bin writes a binary: give -o FILE")
     compiled = accel_driver.compile_accel(args.model, args.target)
     data = accel_driver.emit(compiled, emit)
     if args.output:
         atomic_write(args.output, data)
         print(f"wrote {args.output} ({compiled.compile_seconds:.2f} s)", file=sys.stderr)
-    elif emit == "accel-bin":
-        raise DriverError("--emit accel-bin writes a binary: give -o FILE")
     else:
         with contextlib.suppress(BrokenPipeError):
             sys.stdout.write(data.decode())
@@ -167,9 +189,13 @@ def _accel_compile(args) -> int:
 
 def _accel_run(args) -> int:
     from tilecraft import accel_driver
+    from tilecraft.driver import DriverError
 
-    compiled = accel_driver.compile_accel(args.model, args.target)
+    _accel_refuse(args, "dump_ir_dir", "decisions", "precision", "cost_model", "no_cache")
+    if args.threads < 1:
+        raise DriverError(f"--threads must be at least 1 (got {args.threads})")
     inputs = _load_inputs(args.inputs) if args.inputs else None
+    compiled = accel_driver.compile_accel(args.model, args.target)
     r = accel_driver.run(compiled, inputs)
     print(accel_driver.format_run(args.model, r, compiled.model.target, compiled.compile_seconds))
     if not r["bit_exact"]:
@@ -390,6 +416,7 @@ def cmd_explain(args) -> int:
     if _accel(args):
         from tilecraft import accel_driver
 
+        _accel_refuse(args, "measure", "json", "png", "precision", "cost_model")
         compiled = accel_driver.compile_accel(args.model, args.target)
         print(accel_driver.format_explain(args.model, compiled))
         return 0

@@ -241,12 +241,13 @@ def emit_layer(
     sync_in: bool,
     resident_in: int | None = None,
     resident_out: int | None = None,
+    sync_out: bool = True,
 ) -> int:
     """Append the layer's instructions to `insns` and its micro-ops to `uop_table` (placed
     at DRAM micro-op address `uop_dram + len(before)`); returns the number of micro-ops.
 
     `sync_in`: the layer's first load waits for a token from compute (the previous layer's
-    stores have drained), which the previous layer's end pushes. `resident_in`: the input
+    stores have drained), which the previous layer's end pushes (`sync_out`: a layer follows). `resident_in`: the input
     already sits whole in the input buffer at that entry (the memory plan kept it on chip;
     no input loads, one spatial tile, no padding); `resident_out`: the output is stored on
     chip into the input buffer at that entry instead of DRAM."""
@@ -525,7 +526,7 @@ def emit_layer(
     # drain: compute takes the last tiles' store tokens, then tells the load module
     for _ in range(min(slots, len(tiles))):
         insns.append(dict(op="gemm", uop_bgn=0, uop_end=0, iter_out=0, iter_in=0, pop_next=1))
-    insns.append(dict(op="gemm", uop_bgn=0, uop_end=0, iter_out=0, iter_in=0, push_prev=1))
+    insns.append(dict(op="gemm", uop_bgn=0, uop_end=0, iter_out=0, iter_in=0, push_prev=int(sync_out)))
     return len(table)
 
 

@@ -125,7 +125,11 @@ class AccelModel:
         self.target = target
         self.eager = module.eval()
         self.example_inputs = tuple(example_inputs)
-        ep = torch.export.export(module.eval(), tuple(example_inputs)).run_decompositions({})
+        try:
+            ep = torch.export.export(module.eval(), tuple(example_inputs)).run_decompositions({})
+        except Exception as exc:  # torch.export's refusals come in many types
+            first = (str(exc).splitlines() or [""])[0][:200]
+            raise AccelCompileError(f"torch.export failed: {type(exc).__name__}: {first}") from None
         self.gm = ep.module()
         self._out_spec = ep.call_spec.out_spec
         self.graph = self.gm.graph
@@ -177,8 +181,9 @@ class AccelModel:
                 continue
             plan = self._match(node)
             if plan is not None:
-                plans.append(plan)
-                self._claimed.update(plan.absorbed)
+                if self._layouts_agree(plan):
+                    plans.append(plan)
+                    self._claimed.update(plan.absorbed)
         # A residual add whose sum goes only to the host stays there, in float: fusing it
         # saves no traffic (the sum would leave in int8 anyway) and would quantize the
         # residual stream once more (transformers' x + sublayer(x) before a layer norm).
@@ -228,9 +233,14 @@ class AccelModel:
         if kind == "conv" and nxt is not None and nxt.target == _BN and nxt.args[0] is cur:
             get = _sole_user(nxt)
             if get is not None and get.target.__name__ == "getitem" and get.args[1] == 0:
-                plan.bn = tuple(_const(gm, a) for a in nxt.args[1:5]) + (nxt.args[6],)
-                if any(v is None for v in plan.bn[:4]):
+                gamma, beta, mean, var = (_const(gm, a) for a in nxt.args[1:5])
+                if mean is None or var is None:  # statistics that are not constants: no folding
+                    plan.last = plan.main = node
+                    plan.absorbed = (node,)
                     return plan
+                gamma = torch.ones_like(mean) if gamma is None else gamma  # affine=False
+                beta = torch.zeros_like(mean) if beta is None else beta
+                plan.bn = (gamma, beta, mean, var, nxt.args[6])
                 absorbed += [nxt, get]
                 cur = get
                 nxt = self._next(cur)
@@ -258,6 +268,29 @@ class AccelModel:
         plan.absorbed = tuple(absorbed)
         return plan
 
+    def _layouts_agree(self, plan: LayerPlan) -> bool:
+        """Record how the layer sees its tensors (`chw`: a convolution's NCHW; `pixels`: a
+        linear layer's [..., C] as a 1×M image); one tensor seen two ways stays on the host."""
+        lay = plan.layer
+        seen = getattr(self, "_layouts", None)
+        if seen is None:
+            seen = self._layouts = {}
+        kind = "chw" if plan.kind == "conv" else "pixels"
+        mine = {plan.inp.name: (kind, lay.cin, lay.h, lay.w)}
+        # the output (and a residual's other input) as the chain's last value will be seen
+        out = (kind, lay.cout, lay.oh, lay.ow)
+        for n in self._chain_values(plan):
+            mine[n.name] = out
+        if any(seen.get(k, v) != v for k, v in mine.items()):
+            return False
+        seen.update(mine)
+        return True
+
+    @staticmethod
+    def _chain_values(plan: LayerPlan) -> list[torch.fx.Node]:
+        vals = [n for n in plan.absorbed if n.target != _BN]  # every value the chain produces
+        return vals + ([plan.skip] if plan.skip is not None else [])
+
     def _next(self, node: torch.fx.Node) -> torch.fx.Node | None:
         """The op a layer may absorb after `node`: its only user, not another layer's."""
         user = _sole_user(node)
@@ -267,7 +300,7 @@ class AccelModel:
     def _calibrate(self, batches: list[tuple]) -> dict[str, float]:
         """max |value| of every node over the calibration batches; the values themselves of
         the tensors that cross into or out of the accelerator (for their scales)."""
-        crossing = {n.name for p in self.layers for n in (p.inp, p.last, p.skip) if n is not None}
+        crossing = {n.name for p in self.layers for n in (p.inp, p.last, p.skip, p.main) if n is not None}
         peak: dict[str, float] = {}
         self._samples: dict[str, list[torch.Tensor]] = {}
         for batch in batches:
@@ -278,6 +311,7 @@ class AccelModel:
                 peak[name] = max(peak.get(name, 0.0), v)
             for name, t in interp.kept.items():
                 self._samples.setdefault(name, []).append(t)
+        self._peaks = peak
         return peak
 
     def _scale(self, node: torch.fx.Node, values: dict[str, float]) -> float:
@@ -316,7 +350,9 @@ class AccelModel:
             if p.kind == "linear":
                 w = w[:, :, None, None]
             s_in, s_out = self.scales[p.inp.name], self.scales[p.last.name]
-            s_w = (w.abs().amax(dim=(1, 2, 3)) / 127.0).clamp_min(1e-12)
+            peak_w = w.abs().amax(dim=(1, 2, 3))
+            live = peak_w > 0  # a pruned (all-zero) channel: any scale; its products are 0
+            s_w = torch.where(live, peak_w / 127.0, torch.ones_like(peak_w))
             wq = torch.round(w / s_w[:, None, None, None]).clamp(-127, 127).to(torch.int8).numpy()
             cout, cin = layer.cout, layer.cin
             cout_p, cin_p = L.blocks(cout, b), L.blocks(cin, b)
@@ -325,9 +361,11 @@ class AccelModel:
             acc_scale = (s_in * s_w).numpy()
             bias_q = np.zeros(cout_p, np.int64)
             bias_q[:cout] = np.round(bias.numpy() / acc_scale)
-            # the accumulator's reach, from the calibrated pre-activation value, with margin
-            reach = values.get(p.main.name, 1.0) / float(acc_scale.min()) * 4 + 1
-            pre = max(0, math.ceil(math.log2(reach)) - 16)
+            # the accumulator's reach: the largest calibrated pre-activation value of each live
+            # channel in accumulator units (bias included), with margin
+            peak_c = self._channel_peaks(p)
+            reach = float(np.max(np.where(live.numpy(), peak_c / acc_scale, 0.0), initial=0.0)) * 4 + 1
+            pre = min(31, max(0, math.ceil(math.log2(reach)) - 16))
             mult, shift = np.zeros(cout_p, np.int64), np.ones(cout_p, np.int64)
             for c in range(cout):
                 mult[c], shift[c] = L.dyadic(float(acc_scale[c]) / s_out * (1 << pre), bits=15, max_shift=31)
@@ -339,6 +377,17 @@ class AccelModel:
                 layer.res_mult, layer.res_shift = L.dyadic(self.scales[p.skip.name] / s_out, bits=15, max_shift=15)
             layer.lo = 0 if (p.relu or p.relu6) else -127
             layer.hi = min(127, int(round(6.0 / s_out))) if p.relu6 else 127
+
+    def _channel_peaks(self, p: LayerPlan) -> np.ndarray:
+        """max |value| per output channel of the layer's pre-activation value (calibration)."""
+        samples = self._samples.get(p.main.name) or []
+        cout = p.out_channels
+        if not samples:
+            return np.full(cout, self._peaks.get(p.main.name, 1.0))
+        x = torch.cat(
+            [t.reshape(-1, cout) if p.kind == "linear" else t.transpose(0, 1).reshape(cout, -1).t() for t in samples]
+        )
+        return x.abs().amax(dim=0).double().numpy()
 
     # ------------------------------------------------------------------ programs
     def _order(self) -> None:
@@ -376,18 +425,23 @@ class AccelModel:
             return self.addr[key]
 
         self.tensor_geom: dict[str, tuple[int, int, int]] = {}  # name -> (channels padded, h, w)
+        self.tensor_kind: dict[str, str] = {}  # name -> "chw" | "pixels"
         for p in self.layers:
             lay = p.layer
-            self.tensor_geom[p.inp.name] = (lay.cin, lay.h, lay.w)
-            self.tensor_geom[p.last.name] = (lay.cout, lay.oh, lay.ow)
-            if p.skip is not None:
-                self.tensor_geom[p.skip.name] = (lay.cout, lay.oh, lay.ow)
+            kind = "chw" if p.kind == "conv" else "pixels"
+            for n, geom in (
+                (p.inp, (lay.cin, lay.h, lay.w)),
+                (p.last, (lay.cout, lay.oh, lay.ow)),
+                (p.skip, (lay.cout, lay.oh, lay.ow)),
+            ):
+                if n is not None:
+                    self.tensor_geom[n.name], self.tensor_kind[n.name] = geom, kind
         for name, (c, h, w) in self.tensor_geom.items():
             alloc("t:" + name, c * h * w)
         self._weights = {}
         for p in self.layers:
             lay = p.layer
-            wb = _block_weights(lay, t.block)
+            wb = block_weights(lay, t.block)
             const = np.stack([lay.bias, lay.mult, (1 << (lay.shift.astype(np.int64) - 1)).astype(np.int32), lay.shift])
             cb = const.astype(np.int32).reshape(4, lay.cout // t.block, t.block).transpose(1, 0, 2).copy()
             alloc("w:" + p.anchor.name, wb.nbytes)
@@ -411,7 +465,7 @@ class AccelModel:
                     uop=0,
                 )
                 k = index[id(p)]
-                L.emit_layer(p.layer, p.schedule, t, addr, insns, uops, 0, sync_in=i > 0,
+                L.emit_layer(p.layer, p.schedule, t, addr, insns, uops, 0, sync_in=i > 0, sync_out=i + 1 < len(item),
                              resident_in=res_in.get(k), resident_out=res_out.get(k))  # fmt: skip
             insns.append(dict(op="finish"))
             self.programs.append(isa.assemble_fields(insns, uops))
@@ -503,7 +557,7 @@ class AccelModel:
     def _quantize_into(self, dram: np.ndarray, node: torch.fx.Node, value: torch.Tensor) -> None:
         c, h, w = self.tensor_geom[node.name]
         x = value.detach().float()
-        x = x.reshape(h, w, -1).permute(2, 0, 1) if x.dim() != 4 else x.reshape(-1, h, w)
+        x = x.reshape(h, w, -1).permute(2, 0, 1) if self.tensor_kind[node.name] == "pixels" else x.reshape(-1, h, w)
         q = torch.round(x / self.scales[node.name]).clamp(-127, 127).to(torch.int8).numpy()
         full = np.zeros((c, h, w), np.int8)
         full[: q.shape[0]] = q
@@ -512,7 +566,7 @@ class AccelModel:
     def _dequantize(self, dram: np.ndarray, node: torch.fx.Node) -> torch.Tensor:
         shape = tuple(node.meta["val"].shape)
         q = torch.from_numpy(self._read(dram, node.name).astype(np.float32)) * self.scales[node.name]
-        if len(shape) == 4:
+        if self.tensor_kind[node.name] == "chw":
             return q[: shape[1]].reshape(shape)
         return q[: shape[-1]].reshape(shape[-1], -1).t().reshape(shape)
 
@@ -521,7 +575,9 @@ class AccelModel:
         return [n.name for kind, n in self.steps if kind == "host" and n.op == "call_function"]
 
 
-def _block_weights(layer: L.ConvLayer, b: int) -> np.ndarray:
+def block_weights(layer: L.ConvLayer, b: int) -> np.ndarray:
+    """A layer's int8 weights as DRAM weight entries [Cout/b][Cin/b][KH][KW][b][b] (depthwise:
+    block-diagonal [C/b][KH][KW][b][b])."""
     w = layer.weight
     if layer.depthwise:
         out = np.zeros((layer.cout // b, layer.kh, layer.kw, b, b), np.int8)

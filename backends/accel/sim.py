@@ -6,9 +6,10 @@ modules — load (LOAD of inputs and weights), compute (LOAD of micro-ops and ac
 GEMM, ALU, FINISH) and store (STORE) — each run their own instructions in program order,
 concurrently, blocked only by their dependency-token queues (load→compute, compute→load,
 compute→store, store→compute), as in VTA. The event loop always advances the module that
-can start earliest, so the functional effects happen in a causally valid order: a program
-that forgets a token races and its result differs from the integer reference (the tests
-check it). A DMA costs `dram_latency + bytes / bandwidth` and writes at most one buffer
+can start earliest, so the functional effects happen in a causally valid order; effects
+are applied at once when an instruction starts, so a missing token shows in the result
+only when the timing exposes it. `check_races` proves a program's synchronization for
+every timing (happens-before analysis). A DMA costs `dram_latency + bytes / bandwidth` and writes at most one buffer
 entry per cycle; a GEMM micro-op iteration (one `block × block` product) costs `gemm_ii`
 cycles, an ALU one `alu_ii`, plus a pipeline drain per instruction.
 
@@ -317,3 +318,111 @@ def _alu_sequential(m: Machine, ins: dict, dst, src) -> int:
         b = np.int64(ins["imm"]) if ins["use_imm"] else m.acc[s].astype(np.int64)
         m.acc[d] = _alu(ins["alu_opcode"], m.acc[d].astype(np.int64), b)
     return 0
+
+
+# ------------------------------------------------------------------ synchronization check
+_MODS = ("load", "compute", "store")
+
+
+def check_races(binary: bytes, target: AccelTarget) -> list[str]:
+    """Every way `binary`'s synchronization can fail, whatever the modules' timing: a wait
+    no token can satisfy, a token left over, and every pair of accesses to one buffer entry
+    or DRAM byte from two modules (one a write) that the token order does not order — found
+    by happens-before analysis (vector clocks over program order and the token queues), so
+    a clean answer holds for every timing, not only the one `simulate` ran."""
+    insns, uops = isa.decode_arrays(binary)
+    uop_table = np.array(uops, np.int64).reshape(-1, 3)
+    mod = [_module_of(ins) for ins in insns]
+    per = {m: [i for i, mm in enumerate(mod) if mm == m] for m in _MODS}
+    pos = {i: k + 1 for m in _MODS for k, i in enumerate(per[m])}
+    queues: dict[str, list[np.ndarray]] = {q: [] for q in ("l2c", "c2l", "c2s", "s2c")}
+    head = {m: 0 for m in _MODS}
+    clock: dict[int, np.ndarray] = {}
+    last = {m: np.zeros(3, np.int64) for m in _MODS}
+    order: list[int] = []
+    progressed = True
+    while progressed:
+        progressed = False
+        for m in _MODS:
+            while head[m] < len(per[m]):
+                i = per[m][head[m]]
+                pops = [q for (mm, side), q in _POPS.items() if mm == m and insns[i].get(side)]
+                if any(not queues[q] for q in pops):
+                    break
+                v = last[m].copy()
+                for q in pops:
+                    v = np.maximum(v, queues[q].pop(0))
+                v[_MODS.index(m)] = pos[i]
+                clock[i] = last[m] = v
+                for (mm, side), q in _PUSHES.items():
+                    if mm == m and insns[i].get(side):
+                        queues[q].append(v)
+                order.append(i)
+                head[m] += 1
+                progressed = True
+    problems = [f"instruction {per[m][head[m]]} ({m}) waits forever" for m in _MODS if head[m] < len(per[m])]
+    problems += [f"{len(v)} token(s) left in {q}" for q, v in queues.items() if v]
+
+    def before(a: int, b: int) -> bool:
+        return clock[b][_MODS.index(mod[a])] >= pos[a]
+
+    b = target.block
+    written: dict[str, dict[int, int]] = {}
+    read: dict[str, dict[int, dict[str, int]]] = {}
+
+    def access(i: int, space: str, locs, write: bool) -> None:
+        w_of, r_of = written.setdefault(space, {}), read.setdefault(space, {})
+        for loc in np.unique(np.asarray(locs, np.int64).ravel()).tolist():
+            w = w_of.get(loc)
+            if w is not None and w != i and mod[w] != mod[i] and not before(w, i):
+                problems.append(f"{space}[{loc}]: instruction {i} ({insns[i]['op']}) races the write of {w}")
+            if write:
+                for m, r in r_of.get(loc, {}).items():
+                    if m != mod[i] and not before(r, i):
+                        problems.append(f"{space}[{loc}]: instruction {i} overwrites what {r} reads")
+                w_of[loc], r_of[loc] = i, {}
+            else:
+                r_of.setdefault(loc, {})[mod[i]] = i
+
+    uop_buf = np.zeros((target.uop_depth, 3), np.int64)
+    chunks = {isa.MEM_INP: 1, isa.MEM_WGT: b, isa.MEM_ACC: 4, isa.MEM_ACC8: 1}  # DRAM `block`-byte chunks per entry
+    for i in order:
+        ins = insns[i]
+        op = ins["op"]
+        if op in ("load", "store"):
+            idx = (
+                ins["dram_base"]
+                + (np.arange(ins["y_size"])[:, None] * ins["x_stride"] + np.arange(ins["x_size"])[None, :]).ravel()
+            )
+        if op == "load":
+            mem, base = ins["memory"], ins["sram_base"]
+            if mem == isa.MEM_UOP:
+                uop_buf[base : base + idx.size] = uop_table[idx]
+                continue
+            rows = ins["y_pad_0"] + ins["y_size"] + ins["y_pad_1"]
+            cols = ins["x_pad_0"] + ins["x_size"] + ins["x_pad_1"]
+            k = chunks[mem]
+            access(i, "dram", (idx[:, None] * k + np.arange(k)).ravel(), False)
+            buf = {isa.MEM_INP: "inp", isa.MEM_WGT: "wgt"}.get(mem, "acc")
+            access(i, buf, np.arange(base, base + rows * cols), True)
+        elif op == "store":
+            access(i, "acc", np.arange(ins["sram_base"], ins["sram_base"] + idx.size), False)
+            access(i, "inp" if ins["memory"] == isa.MEM_INP else "dram", idx, True)
+        elif op in ("gemm", "alu"):
+            u = uop_buf[ins["uop_bgn"] : ins["uop_end"]]
+            if ins["iter_out"] * ins["iter_in"] * len(u) == 0:
+                continue
+            dst = _loop_indices(ins, u, 0, "dst_factor_out", "dst_factor_in")
+            if op == "gemm" and not ins["reset"]:
+                access(i, "inp", _loop_indices(ins, u, 1, "src_factor_out", "src_factor_in"), False)
+                access(i, "wgt", _loop_indices(ins, u, 2, "wgt_factor_out", "wgt_factor_in"), False)
+            elif op == "alu" and not ins["use_imm"]:
+                access(i, "acc", _loop_indices(ins, u, 1, "src_factor_out", "src_factor_in"), False)
+            if op == "alu" or not ins["reset"]:
+                access(i, "acc", dst, False)
+            access(i, "acc", dst, True)
+        elif op == "finish":  # the host reads DRAM after FINISH: every store must come first
+            for loc, w in written.get("dram", {}).items():
+                if not before(w, i):
+                    problems.append(f"dram[{loc}]: the store of {w} may land after FINISH")
+    return problems

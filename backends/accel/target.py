@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 
 from tilecraft.backends.target import TargetError
@@ -45,15 +46,20 @@ class AccelTarget:
         for name in ("inp_kb", "wgt_kb", "acc_kb", "uop_kb", "dram_latency", "alu_ii", "gemm_ii", "pipeline"):
             if getattr(self, name) <= 0:
                 raise TargetError(f"{name}={getattr(self, name)} must be positive")
-        if self.dram_gbs <= 0 or self.clock_mhz <= 0 or self.host_gflops <= 0:
-            raise TargetError("dram_gbs, clock_mhz and host_gflops must be positive")
+        for name in ("dram_gbs", "clock_mhz", "host_gflops"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v > 0):
+                raise TargetError(f"{name}={v} must be a positive finite number")
         for buf, bits in _INDEX_BITS.items():
             depth = getattr(self, f"{buf}_depth")
             if depth < 1:
                 raise TargetError(f"{buf}_kb={getattr(self, f'{buf}_kb')} holds no {buf} entry of block {self.block}")
             if depth > 1 << bits:
+                entry = {"inp": self.inp_entry, "acc": self.acc_entry, "wgt": self.wgt_entry, "uop": 4}[buf]
+                most = (1 << bits) * entry // 1024
                 raise TargetError(
                     f"{buf}_kb={getattr(self, f'{buf}_kb')} gives {depth} entries, beyond the ISA's {bits}-bit index"
+                    f" (at block {self.block}: {buf}_kb={most} at most)"
                 )
 
     # ------------------------------------------------------------------ entry sizes
@@ -120,6 +126,18 @@ class AccelTarget:
             if f.name != "kind" and getattr(self, f.name) != getattr(d, f.name)
         ]
         return "accel{" + " ".join(changed) + "}" if changed else "accel"
+
+    @staticmethod
+    def from_file(path: str) -> AccelTarget:
+        """A target written by `to_json`."""
+        try:
+            with open(path) as f:
+                doc = json.load(f)
+            return AccelTarget(**doc)
+        except OSError as exc:
+            raise TargetError(f"cannot read target file {path}: {exc.strerror}") from None
+        except (ValueError, TypeError) as exc:
+            raise TargetError(f"{path} is not an accelerator target: {exc}") from None
 
     @staticmethod
     def parse(text: str) -> AccelTarget:

@@ -10,7 +10,7 @@ from xdsl.dialects.builtin import ModuleOp
 
 from tilecraft.backends.accel import lower as L
 from tilecraft.backends.accel import sim
-from tilecraft.backends.accel.model import AccelModel
+from tilecraft.backends.accel.model import AccelModel, block_weights
 from tilecraft.backends.accel.target import AccelTarget
 from tilecraft.backends.target import TargetError
 from tilecraft.corpus import zoo
@@ -83,9 +83,7 @@ def _run_layer(layer, sched, *, drop_tokens=False, target=T):
     x = rng.integers(-127, 128, (layer.cin, layer.h, layer.w)).astype(np.int8)
     skip = rng.integers(-127, 128, (layer.cout, layer.oh, layer.ow)).astype(np.int8) if layer.residual else None
     regions, off = {}, 0
-    from tilecraft.backends.accel.model import _block_weights
-
-    wb = _block_weights(layer, b)
+    wb = block_weights(layer, b)
     const = np.stack([layer.bias, layer.mult, 1 << (layer.shift - 1), layer.shift]).astype(np.int32)
     arrays = {
         "x": x.reshape(layer.cin // b, b, layer.h, layer.w).transpose(0, 2, 3, 1).copy(),
@@ -130,6 +128,35 @@ def test_layer_on_the_simulator_equals_the_integer_reference(layer, sched):
     out, ref, r = _run_layer(layer, sched)
     assert np.array_equal(out, ref)
     assert 0 < r.utilization <= 1 and r.dram_write == layer.cout * layer.oh * layer.ow
+
+
+def _layer_program(layer, sched, drop=()):
+    insns, uops = [], []
+    L.emit_layer(layer, sched, T, L.Addresses(0, 64, 0, 4096, 8192, 0), insns, uops, 0, sync_in=False, sync_out=False)
+    for ins in insns:
+        for op, field in drop:
+            if ins["op"] == op and field in ins and (op != "gemm" or field != "pop_next" or ins.get("reset")):
+                ins[field] = 0
+    insns.append(dict(op="finish"))
+    return isa.assemble_fields(insns, uops)
+
+
+@pytest.mark.parametrize(
+    "drop, expect",
+    [
+        ((), None),
+        ((("gemm", "pop_prev"),), "races"),  # products before their loads land
+        ((("gemm", "pop_next"), ("store", "push_prev")), "races"),  # a reset before its store drained
+        ((("load", "pop_next"),), "races"),  # a load over a slot still being read
+    ],
+)
+def test_check_races_proves_or_refutes_synchronization(drop, expect):
+    layer = _layer(32, 32, 8, 8, 3, 1, 1, res=True)
+    problems = sim.check_races(_layer_program(layer, L.ConvSchedule(2, 8, 1, 1, "co", True), drop), T)
+    if expect is None:
+        assert problems == []
+    else:
+        assert any("race" in p or "overwrites" in p or "after FINISH" in p for p in problems), problems
 
 
 def test_a_missing_token_races_and_is_caught():
@@ -179,6 +206,7 @@ def test_zoo_model_on_the_accelerator(name):
     assert float((got - eager).norm() / eager.norm()) < 0.02
     for prog in am.programs:
         assert isa.assemble(isa.disassemble(prog)) == prog
+        assert sim.check_races(prog, T) == []
     if name == "bert_mini":  # its linear layers on the accelerator, the rest on the host
         assert len(am.layers) == 16 and all(p.kind == "linear" for p in am.layers)
 
@@ -212,3 +240,87 @@ def test_memory_plan_keeps_mlp_activations_on_chip():
     assert r["bit_exact"] and r["rel_l2_vs_eager"] < 0.02
     assert r["dram_write"] == 32 * 16  # the 10 logits of 32 rows, padded to a block
     assert r["dram_read"] + r["dram_write"] == plan.planned_bytes
+
+
+class _ConvLinear(torch.nn.Module):  # a linear over a conv output's last dim (channels-last MLPs)
+    def __init__(self):
+        super().__init__()
+        self.c, self.l = torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.Linear(8, 12)
+
+    def forward(self, x):
+        return self.l(torch.relu(self.c(x)))
+
+
+class _BatchNormNoAffine(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c, self.bn = torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.BatchNorm2d(32, affine=False)
+        self.bn.running_mean.uniform_(-1, 1)
+        self.bn.running_var.uniform_(0.5, 2)
+        self.c2 = torch.nn.Conv2d(32, 32, 3, padding=1)
+
+    def forward(self, x):
+        return self.c2(torch.relu(self.bn(self.c(x))))
+
+
+class _PrunedChannel(torch.nn.Module):
+    def __init__(self, factor):
+        super().__init__()
+        self.c, self.c2 = torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.Conv2d(32, 16, 3, padding=1)
+        with torch.no_grad():
+            self.c.weight[5] *= factor  # 0: a pruned channel; 1e-3: a nearly dead one
+
+    def forward(self, x):
+        return self.c2(torch.relu(self.c(x)))
+
+
+@pytest.mark.parametrize(
+    "make, x",
+    [
+        (_ConvLinear, (1, 8, 8, 8)),
+        (_BatchNormNoAffine, (1, 16, 16, 16)),
+        (lambda: _PrunedChannel(0.0), (1, 16, 16, 16)),
+        (lambda: _PrunedChannel(1e-3), (1, 16, 16, 16)),
+    ],
+    ids=["conv-then-linear-on-last-dim", "batchnorm-without-affine", "pruned-channel", "weak-channel"],
+)
+def test_awkward_models_stay_exact_and_accurate(make, x):
+    torch.manual_seed(0)
+    model, inputs = make().eval(), (torch.randn(*x),)
+    am = AccelModel(model, inputs, T)
+    out, _ = am.run(inputs)
+    ref, _ = am.run(inputs, engine="reference")
+    assert torch.equal(out, ref)
+    with torch.no_grad():
+        eager = model(*inputs)
+    assert float((out - eager).norm() / eager.norm()) < 0.02
+    assert all(p.layer.pre_shift <= 16 for p in am.layers)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["run", "mlp", "--target", "accel{clock_mhz=inf}"], "positive finite"),
+        (["run", "mlp", "--target", "accel{block=8}"], "inp_kb=16 at most"),
+        (["run", "mlp", "--target", "accel", "--decisions", "x.json"], "--decisions is not supported"),
+        (["explain", "mlp", "--target", "accel", "--json", "x.json"], "--json is not supported"),
+        (["compile", "mlp", "--target", "accel", "--emit", "accel-bin"], "give -o FILE"),
+        (["compile", "mlp", "--target", "accel", "--emit", "obj"], "not an accelerator output"),
+        (["run", "m.mlir", "--target", "accel"], "carries no PyTorch model"),
+    ],
+)
+def test_cli_accel_mistakes_are_one_line(argv, message, capsys):
+    from tilecraft.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "internal error" not in err
+
+
+def test_cli_accel_inputs_are_checked(tmp_path, capsys):
+    from tilecraft.cli import main
+
+    path = tmp_path / "in.npz"
+    np.savez(path, np.zeros((16, 256), np.float32))
+    assert main(["run", "mlp", "--target", "accel", "--inputs", str(path)]) == 2
+    assert "input 0: expected (32, 256) float32, got (16, 256) float32" in capsys.readouterr().err
