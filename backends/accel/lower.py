@@ -24,6 +24,7 @@ integer reference in numpy, written independently of the instruction stream.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Iterator
 
@@ -163,6 +164,14 @@ def check_schedule(layer: ConvLayer, s: ConvSchedule, t: AccelTarget) -> dict:
 
 def space(layer: ConvLayer, t: AccelTarget, limit: int | None = None) -> list[ConvSchedule]:
     """The legal schedules of a layer (largest tiles first)."""
+    out = _space(layer.shape_key(), t)
+    return list(out[:limit] if limit else out)
+
+
+@functools.lru_cache(maxsize=512)
+def _space(key: tuple, t: AccelTarget) -> tuple[ConvSchedule, ...]:
+    """`space` of a layer shape (models repeat shapes: each is enumerated once)."""
+    layer = ConvLayer("space", *key[:9], residual=key[9])
     b = t.block
     cib, cob = layer.cin // b, layer.cout // b
     tws = [d for d in _divisors(layer.ow)]
@@ -183,7 +192,7 @@ def space(layer: ConvLayer, t: AccelTarget, limit: int | None = None) -> list[Co
                                 continue
                             out.append(s)
     out.sort(key=lambda s: -(s.th * s.tw * s.tco * s.tci) - (0.5 if s.double else 0))
-    return out[:limit] if limit else out
+    return tuple(out)
 
 
 def _divisors(n: int) -> list[int]:

@@ -367,25 +367,41 @@ def check_races(binary: bytes, target: AccelTarget) -> list[str]:
         return clock[b][_MODS.index(mod[a])] >= pos[a]
 
     b = target.block
-    written: dict[str, dict[int, int]] = {}
-    read: dict[str, dict[int, dict[str, int]]] = {}
+    chunks = {isa.MEM_INP: 1, isa.MEM_WGT: b, isa.MEM_ACC: 4, isa.MEM_ACC8: 1}  # DRAM `block`-byte chunks per entry
+    dram_extent = 1
+    for ins in insns:
+        if ins["op"] in ("load", "store") and ins["y_size"] * ins["x_size"]:
+            top = ins["dram_base"] + (ins["y_size"] - 1) * ins["x_stride"] + ins["x_size"]
+            dram_extent = max(dram_extent, top * chunks.get(ins["memory"], 1))
+    sizes = {"inp": target.inp_depth, "wgt": target.wgt_depth, "acc": target.acc_depth, "dram": dram_extent}
+    writer = {k: np.full(n, -1, np.int64) for k, n in sizes.items()}  # last writer of each entry
+    reader = {k: {m: np.full(n, -1, np.int64) for m in _MODS} for k, n in sizes.items()}  # last reader per module
 
     def access(i: int, space: str, locs, write: bool) -> None:
-        w_of, r_of = written.setdefault(space, {}), read.setdefault(space, {})
-        for loc in np.unique(np.asarray(locs, np.int64).ravel()).tolist():
-            w = w_of.get(loc)
-            if w is not None and w != i and mod[w] != mod[i] and not before(w, i):
-                problems.append(f"{space}[{loc}]: instruction {i} ({insns[i]['op']}) races the write of {w}")
-            if write:
-                for m, r in r_of.get(loc, {}).items():
-                    if m != mod[i] and not before(r, i):
-                        problems.append(f"{space}[{loc}]: instruction {i} overwrites what {r} reads")
-                w_of[loc], r_of[loc] = i, {}
-            else:
-                r_of.setdefault(loc, {})[mod[i]] = i
+        locs = np.unique(np.asarray(locs, np.int64).ravel())
+        if not locs.size:
+            return
+        if locs[0] < 0 or locs[-1] >= sizes[space]:
+            problems.append(
+                f"instruction {i} ({insns[i]['op']}) reaches {space}[{int(locs[-1])}] beyond {sizes[space]}"
+            )
+            return
+        for w in np.unique(writer[space][locs]).tolist():
+            if w >= 0 and w != i and mod[w] != mod[i] and not before(w, i):
+                problems.append(f"{space}: instruction {i} ({insns[i]['op']}) races the write of {w}")
+        if write:
+            for m in _MODS:
+                if m != mod[i]:
+                    for r in np.unique(reader[space][m][locs]).tolist():
+                        if r >= 0 and not before(r, i):
+                            problems.append(f"{space}: instruction {i} overwrites what {r} reads")
+            writer[space][locs] = i
+            for m in _MODS:
+                reader[space][m][locs] = -1
+        else:
+            reader[space][mod[i]][locs] = i
 
     uop_buf = np.zeros((target.uop_depth, 3), np.int64)
-    chunks = {isa.MEM_INP: 1, isa.MEM_WGT: b, isa.MEM_ACC: 4, isa.MEM_ACC8: 1}  # DRAM `block`-byte chunks per entry
     for i in order:
         ins = insns[i]
         op = ins["op"]
@@ -422,7 +438,7 @@ def check_races(binary: bytes, target: AccelTarget) -> list[str]:
                 access(i, "acc", dst, False)
             access(i, "acc", dst, True)
         elif op == "finish":  # the host reads DRAM after FINISH: every store must come first
-            for loc, w in written.get("dram", {}).items():
-                if not before(w, i):
-                    problems.append(f"dram[{loc}]: the store of {w} may land after FINISH")
+            for w in np.unique(writer["dram"]).tolist():
+                if w >= 0 and not before(w, i):
+                    problems.append(f"dram: the store of {w} may land after FINISH")
     return problems
