@@ -4,8 +4,8 @@ On the backends floor. A backend declares its target description (and how a `--t
 string becomes one), its schedule record and the legal schedule space per kernel, its
 ordered stages (each a registered pass, so `tilecraft-opt -p` runs any of them), the
 emit kinds it can produce, its runtime, and frozen options with a `hash()` that keys the
-compile cache. `create(kind)` is the one place a backend is resolved by name; `cpu` is
-the first implementation (`backends/cpu/backend.py`).
+compile cache. `create(kind)` is the one place a backend is resolved by name: `cpu`
+(`backends/cpu/backend.py`) and `accel` (`backends/accel/backend.py`).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class Backend:
         raise NotImplementedError
 
 
-BACKENDS = ("cpu",)
+BACKENDS = ("cpu", "accel")
 
 
 def create(kind: str) -> Backend:
@@ -68,4 +68,8 @@ def create(kind: str) -> Backend:
         from tilecraft.backends.cpu.backend import CpuBackend
 
         return CpuBackend()
+    if kind == "accel":
+        from tilecraft.backends.accel.backend import AccelBackend
+
+        return AccelBackend()
     raise TargetError(f"unknown backend {kind!r} (one of: {', '.join(BACKENDS)})")

@@ -166,11 +166,13 @@ class AccelModel:
         return edges
 
     def default_schedule(self, layer: L.ConvLayer) -> L.ConvSchedule:
-        cands = L.space(layer, self.target)
-        if not cands:
-            raise AccelCompileError(f"layer {layer.name}: no schedule fits the target's buffers")
-        doubles = [s for s in cands if s.double]
-        return (doubles or cands)[0]
+        """The backend's heuristic schedule (the largest double-buffered tile)."""
+        from tilecraft.backends.accel.backend import AccelBackend
+
+        try:
+            return AccelBackend().default_decision(layer, self.target)
+        except L.ScheduleError as exc:
+            raise AccelCompileError(str(exc)) from None
 
     # ------------------------------------------------------------------ partition
     def _partition(self) -> list[LayerPlan]:
