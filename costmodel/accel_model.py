@@ -41,25 +41,17 @@ import numpy as np
 from tilecraft.backends.accel import lower as L
 from tilecraft.backends.accel.target import AccelTarget
 from tilecraft.corpus import accel_corpus
+from tilecraft.costmodel import lightgbm_model
 
 FORMAT = "tilecraft-accel-cost-model-1"
 MODEL_PATH = os.path.join(os.path.dirname(__file__), "data", "accel-model.json.gz")
 
 PARAMS = {
+    **lightgbm_model.PARAMS,
     "objective": "huber",
     "alpha": 0.1,
-    "learning_rate": 0.05,
     "num_leaves": 31,
-    "min_data_in_leaf": 10,
-    "feature_fraction": 0.8,
-    "bagging_fraction": 0.8,
-    "bagging_freq": 1,
-    "lambda_l2": 1.0,
-    "verbose": -1,
-    "num_threads": 2,
-    "seed": 0,
-    "deterministic": True,
-}
+}  # the CPU model's, smaller trees
 ROUNDS = 400
 
 

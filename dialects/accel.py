@@ -115,12 +115,9 @@ class InstructionOp(IRDLOperation):
                 raise VerifyException(f"{self.name}: {name} = {v} does not fit {bits} bits")
 
 
-@irdl_op_definition
-class LoadOp(InstructionOp):
-    """DMA from DRAM into a buffer: a `y_size × x_size` window of rows `x_stride` entries
-    apart, framed by zero padding (y_pad_0 rows above, x_pad_0 entries left, …)."""
+class MemoryOp(InstructionOp):
+    """The fields LOAD and STORE share (a DMA between DRAM and a buffer)."""
 
-    name = "accel.load"
     FIELDS: ClassVar[tuple[tuple[str, int], ...]] = _DEPS + _MEM_FIELDS
     pop_prev, pop_next, push_prev, push_next = (_field(1) for _ in range(4))
     memory, sram_base, dram_base = _field(3), _field(16), _field(32)
@@ -128,6 +125,14 @@ class LoadOp(InstructionOp):
     y_pad_0, y_pad_1, x_pad_0, x_pad_1 = (_field(4) for _ in range(4))
     assembly_format = "attr-dict"
     irdl_options = (ParsePropInAttrDict(),)
+
+
+@irdl_op_definition
+class LoadOp(MemoryOp):
+    """DMA from DRAM into a buffer: a `y_size × x_size` window of rows `x_stride` entries
+    apart, framed by zero padding (y_pad_0 rows above, x_pad_0 entries left, …)."""
+
+    name = "accel.load"
 
     def verify_(self) -> None:
         super().verify_()
@@ -136,18 +141,11 @@ class LoadOp(InstructionOp):
 
 
 @irdl_op_definition
-class StoreOp(InstructionOp):
+class StoreOp(MemoryOp):
     """Accumulator entries narrowed to int8: to DRAM (memory 4) or into the input buffer
     on chip (memory 2, `dram_base` is the input-buffer entry); no padding."""
 
     name = "accel.store"
-    FIELDS: ClassVar[tuple[tuple[str, int], ...]] = _DEPS + _MEM_FIELDS
-    pop_prev, pop_next, push_prev, push_next = (_field(1) for _ in range(4))
-    memory, sram_base, dram_base = _field(3), _field(16), _field(32)
-    y_size, x_size, x_stride = _field(16), _field(16), _field(16)
-    y_pad_0, y_pad_1, x_pad_0, x_pad_1 = (_field(4) for _ in range(4))
-    assembly_format = "attr-dict"
-    irdl_options = (ParsePropInAttrDict(),)
 
     def verify_(self) -> None:
         super().verify_()
