@@ -211,13 +211,15 @@ def explain_rows(compiled: AccelCompiled, predict=None) -> list[dict]:
     am, target = compiled.model, compiled.model.target
     predict = predict or _predictor(target)[0]
     rows = []
-    for p in am.layers:
+    res_in = {b: addr for (a, b), addr in am.resident.items()}
+    res_out = {a: addr for (a, b), addr in am.resident.items()}
+    for k, p in enumerate(am.layers):
         space = L.space(p.layer, target, limit=accel_plan.SPACE_LIMIT)
         pred = np.asarray(predict(p.layer, space), float)
         order = np.argsort(pred)
         chosen = space.index(p.schedule) if p.schedule in space else None
         runner = next((space[i] for i in order if space[i] != p.schedule), None)
-        tr = L.traffic(p.layer, p.schedule, target)
+        tr = L.traffic(p.layer, p.schedule, target, resident_in=res_in.get(k), resident_out=res_out.get(k))
         rows.append(
             {
                 "layer": p.layer.name,
@@ -257,6 +259,13 @@ def format_explain(name: str, compiled: AccelCompiled) -> str:
         f" latency-first (compulsory {plan.compulsory_bytes:,}); predicted cycles {plan.planned_cycles:,.0f}"
         f" vs {plan.baseline_cycles:,.0f}; {plan.solver} in {plan.solve_seconds:.2f} s"
     )
+    layers = compiled.model.layers
+    for (a, b), addr in sorted(compiled.model.resident.items()):
+        lay = layers[b].layer
+        out.append(
+            f"  kept on chip: {layers[a].layer.name} -> {layers[b].layer.name},"
+            f" {lay.cin // target.block * lay.h * lay.w} input-buffer entries at entry {addr} (no store, no load)"
+        )
     kept = [f"{name} ({why})" for name, why in compiled.placement.items() if name not in {r["layer"] for r in rows}]
     if kept:
         out.append("priced onto the host: " + "; ".join(kept))

@@ -324,3 +324,12 @@ def test_cli_accel_inputs_are_checked(tmp_path, capsys):
     np.savez(path, np.zeros((16, 256), np.float32))
     assert main(["run", "mlp", "--target", "accel", "--inputs", str(path)]) == 2
     assert "input 0: expected (32, 256) float32, got (16, 256) float32" in capsys.readouterr().err
+
+
+def test_cli_explain_shows_schedules_and_the_memory_plan(capsys):
+    from tilecraft.cli import main
+
+    assert main(["explain", "mlp", "--target", "accel"]) == 0
+    out = capsys.readouterr().out
+    assert "runner-up" in out and "memory plan:" in out and "highs" in out
+    assert out.count("kept on chip:") == 2
