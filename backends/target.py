@@ -31,7 +31,7 @@ def parse_target(text: str) -> Target:
     description of the backend family the text names."""
     kind = text.strip().split("{", 1)[0].strip()
     if text.endswith(".json"):
-        kind = _json_kind(text)
+        kind = json_kind(text)
     if kind == "accel":
         from tilecraft.backends.accel.target import AccelTarget
 
@@ -45,7 +45,7 @@ def parse_target(text: str) -> Target:
     raise TargetError(f"unknown target {text!r} (one of: {', '.join(KINDS)})")
 
 
-def _json_kind(path: str) -> str:
+def json_kind(path: str) -> str:
     """The `kind` a target JSON file names (cpu when it names none or cannot be read: the
     CPU parser then says what is wrong with it)."""
     import json

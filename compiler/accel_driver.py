@@ -67,6 +67,7 @@ def compile_accel(spec: str, target_text: str, *, plan: bool = True) -> AccelCom
     from tilecraft import frontend
 
     t0 = time.perf_counter()
+    target_text = target_text.strip()
     target = AccelTarget.parse(target_text) if not target_text.endswith(".json") else _target_file(target_text)
     if spec.endswith(".mlir"):
         raise AccelCompileError(

@@ -80,12 +80,9 @@ def _quiet_warnings() -> None:
 def _accel(args) -> bool:
     text = args.target.strip()
     if text.endswith(".json"):
-        from tilecraft.backends.target import TargetError, parse_target
+        from tilecraft.backends.target import json_kind
 
-        try:
-            return parse_target(text).kind == "accel"
-        except TargetError:
-            return False  # the CPU flow reports what is wrong with the file
+        return json_kind(text) == "accel"
     return text.startswith("accel")
 
 
@@ -158,7 +155,7 @@ def _accel_refuse(args, *names: str) -> None:
     from tilecraft.driver import DriverError
 
     defaults = {"dump_ir_dir": None, "decisions": None, "precision": "f32", "cost_model": "lightgbm", "measure": False,
-                "json": None, "png": None, "no_cache": False}  # fmt: skip
+                "json": None, "png": None, "no_cache": False, "error_budget": None}  # fmt: skip
     for name in names:
         value = getattr(args, name, defaults.get(name))
         if value != defaults.get(name):
@@ -170,7 +167,7 @@ def _accel_compile(args) -> int:
     from tilecraft import accel_driver
     from tilecraft.driver import DriverError, atomic_write
 
-    _accel_refuse(args, "dump_ir_dir", "decisions", "precision", "cost_model")
+    _accel_refuse(args, "dump_ir_dir", "decisions", "precision", "error_budget", "cost_model")
     emit = args.emit if args.emit != "llvm" else "accel-asm"
     if emit not in accel_driver.EMITS:
         raise DriverError(f"--emit {emit} is not an accelerator output (one of: {', '.join(accel_driver.EMITS)})")
@@ -191,9 +188,12 @@ def _accel_run(args) -> int:
     from tilecraft import accel_driver
     from tilecraft.driver import DriverError
 
-    _accel_refuse(args, "dump_ir_dir", "decisions", "precision", "cost_model", "no_cache")
+    _accel_refuse(args, "dump_ir_dir", "decisions", "precision", "error_budget", "cost_model", "no_cache")
     if args.threads < 1:
         raise DriverError(f"--threads must be at least 1 (got {args.threads})")
+    import torch
+
+    torch.set_num_threads(args.threads)  # the host's share: the ops left on the host
     inputs = _load_inputs(args.inputs) if args.inputs else None
     compiled = accel_driver.compile_accel(args.model, args.target)
     r = accel_driver.run(compiled, inputs)
@@ -416,7 +416,7 @@ def cmd_explain(args) -> int:
     if _accel(args):
         from tilecraft import accel_driver
 
-        _accel_refuse(args, "measure", "json", "png", "precision", "cost_model")
+        _accel_refuse(args, "measure", "json", "png", "precision", "error_budget", "cost_model")
         compiled = accel_driver.compile_accel(args.model, args.target)
         print(accel_driver.format_explain(args.model, compiled))
         return 0

@@ -28,7 +28,8 @@ class AccelBackend(Backend):
     options_type = AccelOptions
 
     def parse_target(self, text: str) -> AccelTarget:
-        return AccelTarget.parse(text)
+        text = text.strip()
+        return AccelTarget.from_file(text) if text.endswith(".json") else AccelTarget.parse(text)
 
     def default_decision(self, info: L.ConvLayer, target: AccelTarget) -> L.ConvSchedule:
         """The largest double-buffered tile (the heuristic: no cost model, no plan)."""

@@ -353,8 +353,9 @@ class AccelModel:
                 w = w[:, :, None, None]
             s_in, s_out = self.scales[p.inp.name], self.scales[p.last.name]
             peak_w = w.abs().amax(dim=(1, 2, 3))
-            live = peak_w > 0  # a pruned (all-zero) channel: any scale; its products are 0
-            s_w = torch.where(live, peak_w / 127.0, torch.ones_like(peak_w))
+            live = peak_w > 0  # a pruned (all-zero) channel: its products are 0, its bias remains
+            spare = peak_w[live].max() if bool(live.any()) else torch.tensor(127.0, dtype=peak_w.dtype)
+            s_w = torch.where(live, peak_w, spare) / 127.0
             wq = torch.round(w / s_w[:, None, None, None]).clamp(-127, 127).to(torch.int8).numpy()
             cout, cin = layer.cout, layer.cin
             cout_p, cin_p = L.blocks(cout, b), L.blocks(cin, b)
@@ -363,10 +364,10 @@ class AccelModel:
             acc_scale = (s_in * s_w).numpy()
             bias_q = np.zeros(cout_p, np.int64)
             bias_q[:cout] = np.round(bias.numpy() / acc_scale)
-            # the accumulator's reach: the largest calibrated pre-activation value of each live
-            # channel in accumulator units (bias included), with margin
+            # the accumulator's reach: the largest calibrated pre-activation value of any
+            # channel in its accumulator units (bias included), with margin
             peak_c = self._channel_peaks(p)
-            reach = float(np.max(np.where(live.numpy(), peak_c / acc_scale, 0.0), initial=0.0)) * 4 + 1
+            reach = float(np.max(peak_c / acc_scale, initial=0.0)) * 4 + 1
             pre = min(31, max(0, math.ceil(math.log2(reach)) - 16))
             mult, shift = np.zeros(cout_p, np.int64), np.ones(cout_p, np.int64)
             for c in range(cout):

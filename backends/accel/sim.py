@@ -437,8 +437,10 @@ def check_races(binary: bytes, target: AccelTarget) -> list[str]:
             if op == "alu" or not ins["reset"]:
                 access(i, "acc", dst, False)
             access(i, "acc", dst, True)
-        elif op == "finish":  # the host reads DRAM after FINISH: every store must come first
-            for w in np.unique(writer["dram"]).tolist():
-                if w >= 0 and not before(w, i):
-                    problems.append(f"dram: the store of {w} may land after FINISH")
+    # the host reads DRAM after FINISH: every store must come before it (checked once every
+    # access is recorded: the walk above may reach FINISH before stores it does not wait for)
+    for f in (i for i in order if insns[i]["op"] == "finish"):
+        for w in np.unique(writer["dram"]).tolist():
+            if w >= 0 and not before(w, f):
+                problems.append(f"dram: the store of {w} may land after FINISH")
     return problems
