@@ -313,8 +313,8 @@ def assemble_fields(insns: Sequence[dict], uops: Sequence[tuple[int, int, int]])
     return b"TCA1" + struct.pack("<II", len(insns), len(uops)) + bytes(body) + table
 
 
-def disassemble(binary: bytes) -> ModuleOp:
-    """The program module of a binary (the inverse of `assemble`, exactly)."""
+def _counts(binary: bytes) -> tuple[int, int]:
+    """(instructions, micro-ops) a binary's header announces, checked against its length."""
     if len(binary) < 12 or binary[:4] != b"TCA1":
         raise AccelEncodingError("not an accelerator binary (no TCA1 header)")
     n_insn, n_uop = struct.unpack_from("<II", binary, 4)
@@ -322,6 +322,12 @@ def disassemble(binary: bytes) -> ModuleOp:
         raise AccelEncodingError(
             f"binary of {len(binary)} bytes does not hold {n_insn} instructions and {n_uop} micro-ops"
         )
+    return n_insn, n_uop
+
+
+def disassemble(binary: bytes) -> ModuleOp:
+    """The program module of a binary (the inverse of `assemble`, exactly)."""
+    n_insn, n_uop = _counts(binary)
     insns = [decode_instruction(binary[12 + 16 * i : 28 + 16 * i]) for i in range(n_insn)]
     base = 12 + 16 * n_insn
     uops = [
@@ -334,13 +340,7 @@ def disassemble(binary: bytes) -> ModuleOp:
 def decode_arrays(binary: bytes):
     """(instruction field dicts with their op name, micro-ops as (dst, src, wgt) tuples) of
     a binary, without building IR (the simulator's fast path)."""
-    if len(binary) < 12 or binary[:4] != b"TCA1":
-        raise AccelEncodingError("not an accelerator binary (no TCA1 header)")
-    n_insn, n_uop = struct.unpack_from("<II", binary, 4)
-    if len(binary) != 12 + 16 * n_insn + 4 * n_uop:
-        raise AccelEncodingError(
-            f"binary of {len(binary)} bytes does not hold {n_insn} instructions and {n_uop} micro-ops"
-        )
+    n_insn, n_uop = _counts(binary)
     insns = []
     for i in range(n_insn):
         word = int.from_bytes(binary[12 + 16 * i : 28 + 16 * i], "little")
