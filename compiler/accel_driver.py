@@ -54,10 +54,7 @@ def _predictor(target: AccelTarget):
         def simulate(layer, scheds):
             out = []
             for s in scheds[:64]:
-                insns, uops = [], []
-                L.emit_layer(layer, s, target, L.Addresses(0, 0, 0, 0, 0, 0), insns, uops, 0, sync_in=False)
-                insns.append(dict(op="finish"))
-                out.append(sim.simulate(isa.assemble_fields(insns, uops), target).cycles)
+                out.append(sim.simulate(L.layer_program(layer, s, target), target).cycles)
             return np.array(out + [float("inf")] * (len(scheds) - len(out)))
 
         return simulate, "simulator"

@@ -28,7 +28,6 @@ from collections.abc import Iterable, Sequence
 from tilecraft.backends.accel import lower as L
 from tilecraft.backends.accel import sim
 from tilecraft.backends.accel.target import AccelTarget
-from tilecraft.dialects import accel as isa
 
 CORPUS_PATH = os.path.join(os.path.dirname(__file__), "data", "accel-corpus.jsonl.gz")
 
@@ -174,11 +173,7 @@ def sample(layer: L.ConvLayer, target: AccelTarget, n: int, rng: random.Random) 
 
 def simulate(layer: L.ConvLayer, s: L.ConvSchedule, target: AccelTarget) -> sim.SimResult:
     """Timing-only simulation of one layer under one schedule on one config."""
-    insns: list[dict] = []
-    uops: list[tuple[int, int, int]] = []
-    L.emit_layer(layer, s, target, L.Addresses(0, 0, 0, 0, 0, 0), insns, uops, 0, sync_in=False)
-    insns.append(dict(op="finish"))
-    return sim.simulate(isa.assemble_fields(insns, uops), target, None)
+    return sim.simulate(L.layer_program(layer, s, target), target, None)
 
 
 def row(spec: LayerSpec, s: L.ConvSchedule, config: str, r: sim.SimResult) -> dict:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Iterator
 
 import numpy as np
 
@@ -204,7 +203,7 @@ def traffic(
 ) -> dict[str, int]:
     """DRAM bytes the schedule moves (counted over its instructions, as the simulator does)."""
     insns: list[dict] = []
-    emit_layer(layer, s, t, _Addresses(0, 0, 0, 0, 0, 0), insns, [], 0, sync_in=False, resident_in=resident_in,
+    emit_layer(layer, s, t, Addresses(), insns, [], 0, sync_in=False, resident_in=resident_in,
                resident_out=resident_out)  # fmt: skip
     read = write = 0
     for ins in insns:
@@ -224,25 +223,31 @@ def traffic(
 
 # ------------------------------------------------------------------ lowering
 @dataclasses.dataclass(frozen=True)
-class _Addresses:
-    """DRAM bases of a layer's tensors, in entries of each memory."""
+class Addresses:
+    """DRAM bases of a layer's tensors, in entries of each memory (all 0: timing only)."""
 
-    inp: int  # input entries
-    wgt: int  # weight entries
-    const: int  # accumulator entries
-    out: int  # out entries (block int8)
-    skip: int  # acc8 entries (block int8)
-    uop: int  # micro-op table offset
+    inp: int = 0  # input entries
+    wgt: int = 0  # weight entries
+    const: int = 0  # accumulator entries
+    out: int = 0  # out entries (block int8)
+    skip: int = 0  # acc8 entries (block int8)
 
 
-Addresses = _Addresses
+def layer_program(layer: ConvLayer, s: ConvSchedule, t: AccelTarget) -> bytes:
+    """The binary of one layer alone (FINISH after it; DRAM at address 0): what timing-only
+    simulations of a (layer, schedule, config) run."""
+    insns: list[dict] = []
+    uops: list[tuple[int, int, int]] = []
+    emit_layer(layer, s, t, Addresses(), insns, uops, 0, sync_in=False, sync_out=False)
+    insns.append(dict(op="finish"))
+    return isa.assemble_fields(insns, uops)
 
 
 def emit_layer(
     layer: ConvLayer,
     s: ConvSchedule,
     t: AccelTarget,
-    addr: _Addresses,
+    addr: Addresses,
     insns: list[dict],
     uop_table: list[tuple[int, int, int]],
     uop_dram: int,
@@ -585,7 +590,3 @@ def dyadic(m: float, *, bits: int = 15, max_shift: int = 31) -> tuple[int, int]:
 
 def blocks(n: int, block: int) -> int:
     return -(-n // block) * block
-
-
-def iter_tiles(n: int, t: int) -> Iterator[int]:
-    return iter(range(0, n, t))

@@ -178,6 +178,7 @@ class AccelModel:
     def _partition(self) -> list[LayerPlan]:
         plans = []
         self._claimed: set[torch.fx.Node] = set()
+        self._layouts: dict[str, tuple] = {}  # tensor -> (layout, channels, h, w) as a layer sees it
         for node in self.graph.nodes:
             if node.op != "call_function" or node.target not in (_CONV, _LINEAR):
                 continue
@@ -273,10 +274,7 @@ class AccelModel:
     def _layouts_agree(self, plan: LayerPlan) -> bool:
         """Record how the layer sees its tensors (`chw`: a convolution's NCHW; `pixels`: a
         linear layer's [..., C] as a 1×M image); one tensor seen two ways stays on the host."""
-        lay = plan.layer
-        seen = getattr(self, "_layouts", None)
-        if seen is None:
-            seen = self._layouts = {}
+        lay, seen = plan.layer, self._layouts
         kind = "chw" if plan.kind == "conv" else "pixels"
         mine = {plan.inp.name: (kind, lay.cin, lay.h, lay.w)}
         # the output (and a residual's other input) as the chain's last value will be seen
@@ -465,7 +463,6 @@ class AccelModel:
                     const=self.addr["c:" + p.anchor.name] // (4 * b),
                     out=self.addr["t:" + p.last.name] // b,
                     skip=self.addr["t:" + p.skip.name] // b if p.skip is not None else 0,
-                    uop=0,
                 )
                 k = index[id(p)]
                 L.emit_layer(p.layer, p.schedule, t, addr, insns, uops, 0, sync_in=i > 0, sync_out=i + 1 < len(item),
@@ -490,7 +487,6 @@ class AccelModel:
         env: dict[str, object] = {}
         in_dram: set[str] = set()
         accel_made: set[str] = set()
-        block = self.target.block
         placeholders = iter(inputs)
 
         def host_value(node):
@@ -542,7 +538,6 @@ class AccelModel:
                 if p.last.name not in self.on_chip:  # a tensor kept on chip never reaches DRAM
                     stats.layer_outputs[p.last.name] = self._read(dram, p.last.name).copy()
         raise AccelCompileError("the graph has no output")  # pragma: no cover
-        del block
 
     def _read(self, dram: np.ndarray, name: str) -> np.ndarray:
         c, h, w = self.tensor_geom[name]

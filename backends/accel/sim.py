@@ -292,7 +292,8 @@ def _loop(m: Machine, ins: dict, stats) -> int:
     a = m.acc[dst].astype(np.int64)
     bval = np.int64(ins["imm"]) if ins["use_imm"] else m.acc[src].astype(np.int64)
     if len(np.unique(dst)) != dst.size or (not ins["use_imm"] and np.intersect1d(dst, src).size):
-        return cycles + _alu_sequential(m, ins, dst, src)
+        _alu_sequential(m, ins, dst, src)
+        return cycles
     m.acc[dst] = _alu(ins["alu_opcode"], a, bval)
     return cycles
 
@@ -312,12 +313,11 @@ def _alu(opcode: int, a: np.ndarray, b) -> np.ndarray:
     return (r & 0xFFFFFFFF).astype(np.uint32).view(np.int32)
 
 
-def _alu_sequential(m: Machine, ins: dict, dst, src) -> int:
+def _alu_sequential(m: Machine, ins: dict, dst, src) -> None:
     """An ALU loop whose iterations overlap (an entry written and read again): in order."""
     for d, s in zip(dst, src):
         b = np.int64(ins["imm"]) if ins["use_imm"] else m.acc[s].astype(np.int64)
         m.acc[d] = _alu(ins["alu_opcode"], m.acc[d].astype(np.int64), b)
-    return 0
 
 
 # ------------------------------------------------------------------ synchronization check

@@ -100,7 +100,7 @@ def _run_layer(layer, sched, *, drop_tokens=False, target=T):
     for k, a in arrays.items():
         dram[regions[k] : regions[k] + a.nbytes] = a.view(np.uint8).ravel()
     addr = L.Addresses(regions["x"] // b, regions["w"] // (b * b), regions["c"] // (4 * b), regions["o"] // b,
-                       regions.get("s", 0) // b, 0)  # fmt: skip
+                       regions.get("s", 0) // b)  # fmt: skip
     insns, uops = [], []
     L.emit_layer(layer, sched, target, addr, insns, uops, 0, sync_in=False)
     if drop_tokens:
@@ -132,7 +132,7 @@ def test_layer_on_the_simulator_equals_the_integer_reference(layer, sched):
 
 def _layer_program(layer, sched, drop=()):
     insns, uops = [], []
-    L.emit_layer(layer, sched, T, L.Addresses(0, 64, 0, 4096, 8192, 0), insns, uops, 0, sync_in=False, sync_out=False)
+    L.emit_layer(layer, sched, T, L.Addresses(0, 64, 0, 4096, 8192), insns, uops, 0, sync_in=False, sync_out=False)
     for ins in insns:
         for op, field in drop:
             if ins["op"] == op and field in ins and (op != "gemm" or field != "pop_next" or ins.get("reset")):
@@ -163,7 +163,7 @@ def test_check_races_sees_a_store_landing_after_finish():
     """The last store's token dropped with the compute wait on it: FINISH may come first."""
     layer = _layer(32, 32, 8, 8, 3, 1, 1)
     insns, uops = [], []
-    L.emit_layer(layer, L.ConvSchedule(4, 8, 1, 1, "co", True), T, L.Addresses(0, 64, 0, 4096, 8192, 0), insns, uops,
+    L.emit_layer(layer, L.ConvSchedule(4, 8, 1, 1, "co", True), T, L.Addresses(0, 64, 0, 4096, 8192), insns, uops,
                  0, sync_in=False, sync_out=False)  # fmt: skip
     last_store = max(i for i, ins in enumerate(insns) if ins["op"] == "store" and ins.get("push_prev"))
     last_wait = max(i for i, ins in enumerate(insns) if ins["op"] == "gemm" and ins.get("pop_next"))
