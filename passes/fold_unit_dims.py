@@ -23,7 +23,7 @@ def fold_unit_dims(module: ir.Module) -> ir.Module:
     """Drop the unit dims of every generic (`linalg-fold-unit-extent-dims`), broadcasts and
     transposes generalized first so they lose theirs too. A layer norm over [1, S, D] then
     reduces [S, D] into [S] instead of keeping [S, 1] rows (a result indexed by a constant:
-    no tile of it maps back onto the loops, and `_to_sink` rejects it), a batch-1 bias
+    no tile of it maps back onto the loops, and `loops_to_sink` rejects it), a batch-1 bias
     broadcast is read without a reshape between it and the add, and a transformer's
     [1, S, D] activations meet its [S, D] GEMMs without reshapes. Not done while a named
     convolution or pooling is left (`_windowed`): it keeps its batch dim, and its folded

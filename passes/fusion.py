@@ -227,7 +227,7 @@ def is_fill(node: Node) -> bool:
     return node.info.name == "linalg.fill"
 
 
-def _to_sink(nodes: Mapping[int, Node], group: set[int], sink: int) -> dict[int, dict[int, int]] | None:
+def loops_to_sink(nodes: Mapping[int, Node], group: set[int], sink: int) -> dict[int, dict[int, int]] | None:
     """For each member, its loop → sink loop map (through the uses inside the group), or
     None when two paths disagree or a use is not a projected permutation."""
     to_sink: dict[int, dict[int, int]] = {sink: {i: i for i in range(len(nodes[sink].info.extents))}}
@@ -278,16 +278,11 @@ def group_tiles(
     recomputed across tiles). With a contraction: its cache tile (matmul) or ≤ 64 channels
     of whole rows (conv, pooling), then register tiles inside (a matmul's accumulator
     tiles, when `_in_registers`); without: register tiles (the vector budget) directly."""
-    to_sink = _to_sink(nodes, group, sink)
+    to_sink = loops_to_sink(nodes, group, sink)
     if to_sink is None:
         return None
     s = nodes[sink].info
-    tileable = [it == "parallel" for it in s.iterators]
-    for m in group:
-        if is_fill(nodes[m]):
-            continue
-        spanned = set(to_sink[m].values())
-        tileable = [t and i in spanned for i, t in enumerate(tileable)]
+    tileable = tileable_loops(nodes, group, sink, to_sink)
     ones = _broadcast_loops(nodes, group, to_sink)
     if ones is None or any(not tileable[d] for d in ones):
         return None
@@ -354,6 +349,18 @@ def group_tiles(
             return tiles, tuple(inner), True
     inner = _budget(within, tileable, opinfo.VECTOR_BUDGET, ones)
     return tiles, inner if any(inner) else (), False
+
+
+def tileable_loops(nodes: Mapping[int, Node], group: set[int], sink: int, to_sink) -> list[bool]:
+    """Which sink loops a group may be tiled along: parallel loops every member spans
+    (`to_sink`: `loops_to_sink` of the group)."""
+    tileable = [it == "parallel" for it in nodes[sink].info.iterators]
+    for m in group:
+        if is_fill(nodes[m]):
+            continue
+        spanned = set(to_sink[m].values())
+        tileable = [t and i in spanned for i, t in enumerate(tileable)]
+    return tileable
 
 
 def _in_registers(c: opinfo.OpInfo, at: Mapping[int, int], tileable: Sequence[bool], ones: set[int], target) -> bool:

@@ -1,0 +1,345 @@
+"""GPU lowering stages: decided → tiled → gpu → nvvm, then LLVM IR, PTX and a cubin.
+
+On the backends floor: the GPU backend's stages, run after every target-neutral pass.
+- `to_tiled` (tensors): each kernel's sink is tiled by its `GpuSchedule` into an
+  `scf.forall` over thread blocks (`#gpu.block<x/y/z>`), its fused members are fused into
+  the block tile, then the block tile is tiled again into a forall over threads
+  (`#gpu.thread<x/y/z>`) and the members fused into each thread's tile. Schedules come
+  from the caller, else the ops' `tc.gpu_schedule` attributes, else the heuristic;
+  kernels (fusion groups) from the module's `tc.gpu_kernels` records, else the largest legal
+  groups.
+- `to_gpu` (buffers): one-shot bufferization; what bufferization leaves outside a kernel
+  (copies into slices, pads' fills) is tiled as elementwise kernels of its own; each
+  top-level forall becomes a `gpu.launch` (`transform.gpu.map_forall_to_blocks`,
+  `map_nested_forall_to_threads`), a thread's own temporaries live on its stack, and
+  `gpu-kernel-outlining` moves each launch body into a `gpu.module` of its own. The host
+  function is then allocations, views and `gpu.launch_func`s only (what
+  `backends/gpu/runtime.py` replays).
+- `to_nvvm`: `nvvm-attach-target` and `convert-gpu-to-nvvm` in every kernel module.
+- `kernels_module`: every kernel in one LLVM-dialect module (kernel i named after its
+  `gpu.module`), which `backends/gpu/ptx.py` turns into LLVM IR, PTX and a cubin.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from torch_mlir import ir
+from torch_mlir.dialects import memref as memref_d
+
+from tilecraft.backends.cpu import lowering as cpu_lowering
+from tilecraft.backends.gpu import schedule as gs
+from tilecraft.dialects import opinfo, tc
+from tilecraft.dialects.irutil import ANY, apply_transform, named_sequence, run_pipeline, walk_ops
+from tilecraft.passes import fusion
+
+KERNEL = "tc.kernel"  # on a top-level forall: the kernel's number (which launch it becomes)
+SINK = "tc.sink"  # on a kernel's block forall: its sink's op id (none on a leftover's)
+KERNEL_OPS = "tc.kernel_ops"  # on the outlined gpu.func: the op ids it computes
+_XYZ = ("x", "y", "z")
+# ops that compute: after the gpu stage none may stay in the host function
+HOST_COMPUTE = ("linalg.", "scf.", "memref.copy", "memref.load", "memref.store", "vector.", "cf.")
+
+BUFFERIZE = (
+    "builtin.module(one-shot-bufferize{bufferize-function-boundaries=true "
+    "function-boundary-type-conversion=identity-layout-map}, canonicalize, cse)"
+)
+OUTLINE = "builtin.module(func.func(convert-linalg-to-loops), lower-affine, canonicalize, cse, gpu-kernel-outlining)"
+
+
+def _nvvm_pipeline(arch: str, features: str) -> str:
+    return (
+        f"builtin.module(nvvm-attach-target{{chip={arch} features={features}}}, "
+        "gpu.module(expand-strided-metadata, lower-affine, convert-scf-to-cf, "
+        "convert-gpu-to-nvvm{index-bitwidth=64}), reconcile-unrealized-casts)"
+    )
+
+
+# ------------------------------------------------------------------------ tiled stage
+def groups_of(module: ir.Module) -> list[fusion.FusionDecision] | None:
+    """The fusion groups the module's `tc.gpu_kernels` records name (None when it has none)."""
+    records = tc.read_records(module, gs.GPU_KERNELS)
+    return None if records is None else [fusion.FusionDecision.from_json(r) for r in records]
+
+
+def _mapping(kind: str, n: int) -> str:
+    return ", ".join(f"#gpu.{kind}<{a}>" for a in _XYZ[:n][::-1])
+
+
+def tiling_script(kernels: list[gs.Kernel], schedules: Mapping[int, gs.GpuSchedule]) -> str:
+    """Match every kernel op first (op ids stay valid), then per kernel: tile the sink over
+    blocks, fuse the members into the block tile, tile again over threads and fuse the
+    members into each thread's tile."""
+    body: list[str] = []
+    for k in kernels:
+        for op in k.ops:
+            body.append(
+                f"    %m{op} = transform.structured.match attributes{{{tc.OP_ID} = {op} : i64}} in %root"
+                f" : ({ANY}) -> {ANY}"
+            )
+    for k in kernels:
+        s = schedules[k.sink]
+        n = sum(1 for b in s.block if b)
+        tiles = ", ".join(map(str, s.block))
+        body.append(
+            f"    %b{k.sink}, %bl{k.sink} = transform.structured.tile_using_forall %m{k.sink} tile_sizes [{tiles}]"
+            f" (mapping = [{_mapping('block', n)}]) : ({ANY}) -> ({ANY}, {ANY})"
+        )
+        body.append(f"    %p{k.sink} = transform.param.constant {k.sink} : i64 -> !transform.param<i64>")
+        body.append(f'    transform.annotate %bl{k.sink} "{SINK}" = %p{k.sink} : {ANY}, !transform.param<i64>')
+        loop, fused = f"%bl{k.sink}", {}
+        for m in k.members:
+            body.append(
+                f"    %f{m}, %c{m} = transform.structured.fuse_into_containing_op %m{m} into {loop}"
+                f" : ({ANY}, {ANY}) -> ({ANY}, {ANY})"
+            )
+            loop, fused[m] = f"%c{m}", f"%f{m}"
+        thread = ", ".join(str(t if b else 0) for b, t in zip(s.block, s.thread))
+        body.append(
+            f"    %t{k.sink}, %tl{k.sink} = transform.structured.tile_using_forall %b{k.sink} tile_sizes [{thread}]"
+            f" (mapping = [{_mapping('thread', n)}]) : ({ANY}) -> ({ANY}, {ANY})"
+        )
+        loop = f"%tl{k.sink}"
+        for m in k.members:
+            body.append(
+                f"    %g{m}, %d{m} = transform.structured.fuse_into_containing_op {fused[m]} into {loop}"
+                f" : ({ANY}, {ANY}) -> ({ANY}, {ANY})"
+            )
+            loop = f"%d{m}"
+    body.append(_cleanup())
+    return named_sequence("\n".join(body), consumed=False)
+
+
+def _cleanup() -> str:
+    return f"""    %fn = transform.structured.match ops{{["func.func"]}} in %root : ({ANY}) -> {ANY}
+    transform.apply_patterns to %fn {{
+      transform.apply_patterns.canonicalization
+      transform.apply_patterns.linalg.tiling_canonicalization
+    }} : {ANY}
+    transform.apply_cse to %fn : {ANY}"""
+
+
+def to_tiled(
+    module: ir.Module,
+    schedules: Mapping[int, gs.GpuSchedule] | None = None,
+    *,
+    groups: list[fusion.FusionDecision] | None = None,
+) -> list[gs.Kernel]:
+    """decided → tiled: every kernel as a forall over blocks around a forall over threads.
+    Returns the kernels (as `schedule.kernels` finds them), in op-id order."""
+    groups = groups if groups is not None else groups_of(module)
+    kernels = gs.kernels(module, groups)
+    chosen = dict(gs.attached(module))
+    chosen.update(schedules or {})
+    for k in kernels:
+        s = chosen.get(k.sink)
+        if s is None:
+            chosen[k.sink] = gs.default(k)
+        else:
+            gs.check(k, s)
+    before = str(module)
+    apply_transform(module, tiling_script(kernels, chosen), stage="tiled", reproduce="gpu-tiled", before=before)
+    return kernels
+
+
+# -------------------------------------------------------------------------- gpu stage
+def _top_level(module: ir.Module) -> list[ir.Operation]:
+    out = []
+    for f in module.body.operations:
+        if f.operation.name == "func.func":
+            out.extend(op.operation for op in f.regions[0].blocks[0].operations)
+    return out
+
+
+def _erase_self_copies(module: ir.Module) -> None:
+    dead: list[ir.Operation] = []
+
+    def visit(op: ir.Operation) -> None:
+        if op.name in ("memref.copy", "linalg.copy") and op.operands[0] == op.operands[1]:
+            dead.append(op)
+
+    walk_ops(module.operation, visit)
+    for op in dead:
+        op.erase()
+
+
+def _leftover_script(ops: list[ir.Operation]) -> str:
+    """Structured ops bufferization left outside every kernel (copies into slices, fills
+    of pads): each tiled as an elementwise kernel of its own."""
+    body = []
+    for n, op in enumerate(ops):
+        op.attributes["tc.leftover"] = ir.IntegerAttr.get(ir.IntegerType.get_signless(64), n)
+        ext = _loop_extents(op)
+        par = [i for i, it in enumerate(_iterators(op)) if it == "parallel"]
+        mapped = [i for i in par if ext[i] > 1][-gs.MAX_MAPPED :] or par[-1:]
+        block = [0] * len(ext)
+        budget = 256
+        for i in reversed(mapped):
+            block[i] = max(t for t in (1, 2, 4, 8, 16, 32, 64, 128, 256, ext[i]) if t <= budget and ext[i] % t == 0)
+            budget = max(1, budget // block[i])
+        thread = [1 if b else 0 for b in block]
+        k = len(mapped)
+        body.append(
+            f"    %o{n} = transform.structured.match attributes{{tc.leftover = {n} : i64}} in %root"
+            f" : ({ANY}) -> {ANY}\n"
+            f"    %ob{n}, %obl{n} = transform.structured.tile_using_forall %o{n}"
+            f" tile_sizes [{', '.join(map(str, block))}]"
+            f" (mapping = [{_mapping('block', k)}]) : ({ANY}) -> ({ANY}, {ANY})\n"
+            f"    %ot{n}, %otl{n} = transform.structured.tile_using_forall %ob{n} tile_sizes"
+            f" [{', '.join(map(str, thread))}] (mapping = [{_mapping('thread', k)}]) : ({ANY}) -> ({ANY}, {ANY})"
+        )
+    return named_sequence("\n".join(body), consumed=False)
+
+
+def _iterators(op: ir.Operation) -> list[str]:
+    if "iterator_types" in op.attributes:
+        return [str(a).split("<")[-1].rstrip(">") for a in ir.ArrayAttr(op.attributes["iterator_types"])]
+    return ["parallel"] * len(_loop_extents(op))
+
+
+def _loop_extents(op: ir.Operation) -> list[int]:
+    if op.name in ("linalg.copy", "linalg.fill", "linalg.map"):
+        return list(ir.ShapedType(op.operands[-1].type).shape)
+    return list(opinfo.describe(op, 0).extents)
+
+
+def map_to_launches(module: ir.Module) -> list[int | None]:
+    """Every top-level forall → a `gpu.launch` with its thread foralls distributed.
+    Returns, per launch in program order, the sink op id of its kernel (None: a leftover
+    copy or fill)."""
+    foralls = [op for op in _top_level(module) if op.name == "scf.forall"]
+    sinks = [ir.IntegerAttr(f.attributes[SINK]).value if SINK in f.attributes else None for f in foralls]
+    body = []
+    for n, forall in enumerate(foralls):
+        forall.attributes[KERNEL] = ir.IntegerAttr.get(ir.IntegerType.get_signless(64), n)
+        dims = [1, 1, 1]
+
+        def visit(op: ir.Operation, dims=dims) -> None:
+            if op.name != "scf.forall" or "mapping" not in op.attributes:
+                return
+            maps = [str(a) for a in ir.ArrayAttr(op.attributes["mapping"])]
+            if not all(m.startswith("#gpu.thread") for m in maps):
+                return
+            ubs = list(ir.DenseI64ArrayAttr(op.attributes["staticUpperBound"]))
+            for m, ub in zip(maps, ubs):
+                d = _XYZ.index(m.split("<")[1].rstrip(">"))
+                dims[d] = max(dims[d], ub)
+
+        walk_ops(forall, visit)
+        if math.prod(dims) > gs.MAX_THREADS:
+            raise gs.GpuScheduleError(f"kernel {n}: {dims} threads per block (at most {gs.MAX_THREADS})")
+        body.append(
+            f"    %k{n} = transform.structured.match attributes{{{KERNEL} = {n} : i64}} in %root"
+            f" : ({ANY}) -> {ANY}\n"
+            f"    %l{n} = transform.gpu.map_forall_to_blocks %k{n} generate_gpu_launch : ({ANY}) -> {ANY}\n"
+            f"    transform.gpu.map_nested_forall_to_threads %l{n} block_dims = [{', '.join(map(str, dims))}]"
+            f" : ({ANY}) -> {ANY}"
+        )
+    if body:
+        apply_transform(module, named_sequence("\n".join(body), consumed=False), stage="gpu", reproduce="gpu-launch")
+    return sinks
+
+
+def _private_allocs_on_stack(module: ir.Module) -> None:
+    """A thread's temporaries (a fused member's tile) as `memref.alloca`: registers or
+    local memory, never a device-heap `malloc`."""
+    allocs: list[ir.Operation] = []
+
+    def visit(op: ir.Operation) -> None:
+        if op.name != "gpu.launch":
+            return
+
+        def inner(o: ir.Operation) -> None:
+            if o.name == "memref.alloc":
+                allocs.append(o)
+
+        walk_ops(op, inner)
+
+    walk_ops(module.operation, visit)
+    for op in allocs:
+        with ir.InsertionPoint(op), op.location:
+            new = memref_d.AllocaOp(op.results[0].type, [], [])
+        op.results[0].replace_all_uses_with(new.result)
+        op.erase()
+
+
+def to_kernels(module: ir.Module) -> None:
+    """tiled → buffers: bufferize (arguments read-only: compiled code never writes into
+    the caller's inputs or the bound weights), and tile what bufferization left outside
+    every kernel as kernels of their own. Every computation is then inside a top-level
+    forall over blocks (the input of `map_to_launches`, and of the CPU emulation)."""
+    before = str(module)
+    cpu_lowering.mark_arguments_read_only(module)
+    run_pipeline(module, BUFFERIZE, stage="gpu", reproduce="gpu-launch", before=before)
+    _erase_self_copies(module)
+    _copies_as_linalg(module)
+    leftovers = [op for op in _top_level(module) if op.name.startswith("linalg.")]
+    if leftovers:
+        apply_transform(module, _leftover_script(leftovers), stage="gpu", reproduce="gpu-launch", before=before)
+
+
+def to_gpu(module: ir.Module) -> list[int | None]:
+    """tiled → gpu: bufferize, leftovers as kernels, foralls as launches, outlined.
+    Returns, per launch in program order, its kernel's sink op id (None: a leftover)."""
+    before = str(module)
+    to_kernels(module)
+    sinks = map_to_launches(module)
+    stray = [op.name for op in _top_level(module) if op.name.startswith(HOST_COMPUTE)]
+    if stray:
+        raise gs.GpuScheduleError(f"ops left outside every kernel: {', '.join(sorted(set(stray)))}")
+    _private_allocs_on_stack(module)
+    run_pipeline(module, OUTLINE, stage="gpu", reproduce="gpu-launch", before=before)
+    return sinks
+
+
+def emulate_on_cpu(module: ir.Module) -> ir.Module:
+    """The tiled module's kernels run as loops on the host (each forall sequential), for
+    checking tiling, fusion and bufferization against eager where no GPU is: `to_kernels`,
+    then foralls → for loops and the CPU backend's LLVM stage. Returns the LLVM-dialect
+    module (`backends/cpu/lowering.jit` runs it)."""
+    to_kernels(module)
+    run_pipeline(module, "builtin.module(func.func(scf-forall-to-for))", stage="emulate")
+    return cpu_lowering.to_llvm(module)
+
+
+def _copies_as_linalg(module: ir.Module) -> None:
+    """Top-level `memref.copy` → `linalg.copy` (tiled into a kernel like any op)."""
+    from torch_mlir.dialects import linalg
+
+    copies = [op for op in _top_level(module) if op.name == "memref.copy"]
+    for op in copies:
+        with ir.InsertionPoint(op), op.location:
+            linalg.copy(op.operands[0], outs=[op.operands[1]])
+        op.erase()
+
+
+# ------------------------------------------------------------------------- nvvm stage
+def to_nvvm(module: ir.Module, *, arch: str, features: str) -> None:
+    """gpu → nvvm: every kernel module in the LLVM dialect with NVVM intrinsics."""
+    run_pipeline(module, _nvvm_pipeline(arch, features), stage="nvvm", reproduce="gpu-nvvm")
+
+
+def kernels_module(module: ir.Module) -> str:
+    """Every kernel of an nvvm-stage module in one LLVM-dialect module: kernel functions
+    renamed after their `gpu.module`, shared declarations once."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for g in module.body.operations:
+        g = g.operation
+        if g.name != "gpu.module":
+            continue
+        gname = ir.StringAttr(g.attributes["sym_name"]).value
+        for op in g.regions[0].blocks[0].operations:
+            op = op.operation
+            sym = ir.StringAttr(op.attributes["sym_name"]).value if "sym_name" in op.attributes else None
+            text = str(op)
+            if "gpu.kernel" in op.attributes:  # (renamed in the text: the module keeps its symbols)
+                text = text.replace(f"@{sym}(", f"@{gname}(", 1)
+                sym = gname
+            elif sym in seen:
+                continue
+            if sym:
+                seen.add(sym)
+            out.append(text)
+    return "module {\n" + "\n".join(out) + "\n}\n"

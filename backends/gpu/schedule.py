@@ -1,0 +1,284 @@
+"""GPU kernels and their schedules: which ops make one kernel, how it maps onto the grid.
+
+On the backends floor. Reads a decided linalg-on-tensors module (after the canonical
+passes). A *kernel* is a fusion group (`passes/fusion.py`'s legal groups, the largest per
+sink: on a GPU an intermediate that stays in registers saves a round trip through DRAM and
+a launch) or one op with the zero fill of its accumulator. Its `GpuSchedule` is the
+decision: per sink loop, the thread-block tile (`block`, 0 = the loop is not tiled: each
+block spans it whole) and the per-thread tile inside it (`thread`: a thread computes
+`thread[i]` consecutive points along loop i, so it reuses what it loads from a row of A or
+a column of B that many times). At most three loops are tiled; the innermost tiled loop
+is x (consecutive threads touch consecutive addresses: coalesced), the next y, then z.
+Reduction loops run whole inside each thread. `space` lists the legal schedules of a
+kernel (the heuristic first); the cost model (`costmodel/gpu_model.py`) ranks them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+from collections.abc import Sequence
+
+from torch_mlir import ir
+
+from tilecraft.dialects import opinfo, tc
+from tilecraft.dialects.irutil import walk_ops
+from tilecraft.passes import fusion
+
+GPU_SCHEDULE = "tc.gpu_schedule"  # on a kernel's sink op: its GpuSchedule (JSON)
+GPU_KERNELS = "tc.gpu_kernels"  # on the module: the fusion groups that are kernels (FusionDecision JSON)
+MAX_THREADS = 1024
+MAX_MAPPED = 3  # x, y, z
+THREAD_TILES = (1, 2, 4, 8)
+BLOCK_TILES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class GpuScheduleError(ValueError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuSchedule:
+    """Per sink loop: the thread-block tile and each thread's tile in it (0 = untiled)."""
+
+    block: tuple[int, ...]
+    thread: tuple[int, ...]
+
+    def threads(self) -> tuple[int, int, int]:
+        """Threads per block along (x, y, z): the tiled loops, innermost first."""
+        per = [b // t for b, t in zip(self.block, self.thread) if b]
+        per = per[::-1] + [1] * (MAX_MAPPED - len(per))
+        return per[0], per[1], per[2]
+
+    def grid(self, extents: Sequence[int]) -> tuple[int, int, int]:
+        per = [e // b for e, b in zip(extents, self.block) if b]
+        per = per[::-1] + [1] * (MAX_MAPPED - len(per))
+        return per[0], per[1], per[2]
+
+    def threads_per_block(self) -> int:
+        return math.prod(self.threads())
+
+    def per_thread(self) -> int:
+        return math.prod(t for t in self.thread if t)
+
+    def to_json(self) -> str:
+        return json.dumps({"block": list(self.block), "thread": list(self.thread)})
+
+    @staticmethod
+    def from_json(text: str | dict) -> GpuSchedule:
+        try:
+            d = json.loads(text) if isinstance(text, str) else dict(text)
+            if set(d) != {"block", "thread"}:
+                raise ValueError
+            return GpuSchedule(tuple(int(x) for x in d["block"]), tuple(int(x) for x in d["thread"]))
+        except (ValueError, TypeError):
+            raise GpuScheduleError(f"not a GPU schedule: {text!r}") from None
+
+    def describe(self) -> str:
+        tiled = [(b, t) for b, t in zip(self.block, self.thread) if b]
+        blocks = "x".join(str(b) for b, _ in tiled)
+        per = "x".join(str(t) for _, t in tiled)
+        x, y, z = self.threads()
+        return f"block {blocks} / thread {per} ({x}x{y}x{z} threads)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+    """One GPU kernel: a sink op and the ops fused into it (nearest producer first)."""
+
+    sink: int
+    members: tuple[int, ...]
+    tileable: tuple[bool, ...]  # sink loops a tile may split
+    infos: tuple[opinfo.OpInfo, ...]  # sink first, then members
+    operand_loops: tuple[tuple[tuple[int, ...], int], ...]  # external inputs: (sink loops it varies with, bytes)
+    out_bytes: int
+
+    @property
+    def info(self) -> opinfo.OpInfo:
+        return self.infos[0]
+
+    @property
+    def ops(self) -> tuple[int, ...]:
+        return (self.sink, *self.members)
+
+    @property
+    def flops(self) -> int:
+        return sum(i.flops for i in self.infos if i.name != "linalg.fill")
+
+    @property
+    def contraction(self) -> opinfo.OpInfo | None:
+        return next((i for i in self.infos if i.kind in fusion.CONTRACTIONS), None)
+
+    def label(self) -> str:
+        names = [i.name.removeprefix("linalg.") for i in self.infos if i.name != "linalg.fill"]
+        return "+".join(names[:1] + sorted(set(names[1:]))) or "fill"
+
+
+def _bytes(t: ir.Type) -> int:
+    st = t.maybe_downcast()
+    if not isinstance(st, ir.ShapedType):
+        return 0  # a scalar operand (a fill's value)
+    width = st.element_type.width if hasattr(st.element_type, "width") else 32
+    return math.prod(st.shape) * max(1, width // 8)
+
+
+def kernels(module: ir.Module, groups: Sequence[fusion.FusionDecision] | None = None) -> list[Kernel]:
+    """The module's kernels: `groups` (default: the largest legal group of each sink, as
+    `fusion.maximal` takes them), every other op alone with its zero fills. Tags ops."""
+    nodes = fusion.analyze(module)
+    groups = fusion.maximal(nodes) if groups is None else groups
+    out: list[Kernel] = []
+    taken: set[int] = set()
+    plans: list[tuple[int, tuple[int, ...]]] = []
+    for g in groups:
+        plans.append((g.sink, tuple(g.members)))
+        taken |= set(g.ops)
+    for op_id, node in nodes.items():
+        if op_id in taken or fusion.is_fill(node):
+            continue
+        fills = tuple(sorted(p for p in node.producers.values() if fusion.is_fill(nodes[p]) and p not in taken))
+        plans.append((op_id, fills))
+        taken |= {op_id, *fills}
+    for op_id in nodes:  # a fill nothing in a kernel reads: a kernel of its own
+        if op_id not in taken:
+            plans.append((op_id, ()))
+            taken.add(op_id)
+    for sink, members in sorted(plans):
+        group = {sink, *members}
+        to_sink = fusion.loops_to_sink(nodes, group, sink)
+        if to_sink is None:
+            raise GpuScheduleError(f"op {sink}'s group does not map onto its loops")
+        tileable = fusion.tileable_loops(nodes, group, sink, to_sink)
+        inputs: list[tuple[tuple[int, ...], int]] = []
+        for m in (sink, *members):
+            node = nodes[m]
+            n_in = len(node.op.operands) - len(node.op.results)
+            for idx, v in enumerate(node.op.operands):
+                if node.producers.get(idx) in group:
+                    continue
+                if idx >= n_in and not _reads_init(node):
+                    continue  # an output written, not read
+                loops = node.maps[idx] if idx < len(node.maps) else ()
+                sink_loops = tuple(sorted({to_sink[m][lp] for lp in loops if lp is not None and lp in to_sink[m]}))
+                inputs.append((sink_loops, _bytes(v.type)))
+        out_bytes = sum(_bytes(r.type) for r in nodes[sink].op.results)
+        infos = (nodes[sink].info, *(nodes[m].info for m in members))
+        out.append(Kernel(sink, members, tuple(tileable), infos, tuple(inputs), out_bytes))
+    return out
+
+
+def _reads_init(node) -> bool:
+    return node.info.kind in fusion.CONTRACTIONS or "reduction" in node.info.iterators
+
+
+def mapped_loops(kernel: Kernel) -> list[int]:
+    """The sink loops a schedule may tile: the innermost three tileable loops longer than
+    one (or the innermost tileable loop when all are one)."""
+    ext = kernel.info.extents
+    loops = [i for i, t in enumerate(kernel.tileable) if t and ext[i] > 1][-MAX_MAPPED:]
+    if not loops:
+        loops = [i for i, t in enumerate(kernel.tileable) if t][-1:]
+    return loops
+
+
+def _tiles(extent: int, cap: int) -> list[int]:
+    out = [b for b in BLOCK_TILES if b <= cap and extent % b == 0]
+    if extent <= cap and extent not in out:
+        out.append(extent)
+    return out or [1]
+
+
+def check(kernel: Kernel, s: GpuSchedule) -> None:
+    """Raise GpuScheduleError unless `s` is legal for the kernel."""
+    ext = kernel.info.extents
+    if len(s.block) != len(ext) or len(s.thread) != len(ext):
+        raise GpuScheduleError(f"schedule {s.to_json()} has not {len(ext)} loops")
+    tiled = [i for i, b in enumerate(s.block) if b]
+    if not tiled or len(tiled) > MAX_MAPPED:
+        raise GpuScheduleError(f"schedule {s.to_json()} tiles {len(tiled)} loops (1 to {MAX_MAPPED})")
+    for i, (b, t) in enumerate(zip(s.block, s.thread)):
+        if not b:
+            if t:
+                raise GpuScheduleError(f"loop {i}: a thread tile without a block tile")
+            continue
+        if not kernel.tileable[i]:
+            raise GpuScheduleError(f"loop {i} cannot be tiled (a reduction, or a loop a fused op does not span)")
+        if ext[i] % b or t <= 0 or b % t:
+            raise GpuScheduleError(f"loop {i}: block {b} / thread {t} do not divide {ext[i]}")
+    if s.threads_per_block() > MAX_THREADS:
+        raise GpuScheduleError(f"{s.threads_per_block()} threads per block (at most {MAX_THREADS})")
+
+
+def space(kernel: Kernel, *, limit: int = 400) -> list[GpuSchedule]:
+    """Legal schedules of a kernel, the heuristic first: over the mapped loops (x the
+    innermost), block tiles that divide the loop and per-thread tiles that divide the
+    block; 32 to 1024 threads a block (fewer only when the whole kernel has fewer points),
+    at most 64 points a thread (16 without a contraction: a thread's tile lives in
+    registers)."""
+    ext = kernel.info.extents
+    loops = mapped_loops(kernel)
+    points = math.prod(ext[i] for i in loops)
+    per_thread_cap = 64 if kernel.contraction else 16
+    choices = []
+    for i in loops:
+        opts = []
+        for b in _tiles(ext[i], 256):
+            for t in THREAD_TILES:
+                if b % t == 0 and t <= b:
+                    opts.append((b, t))
+        choices.append(opts)
+    out = [default(kernel)]
+    seen = {out[0]}
+    for combo in itertools.product(*choices):
+        threads = math.prod(b // t for b, t in combo)
+        per = math.prod(t for _, t in combo)
+        if threads > MAX_THREADS or per > per_thread_cap or threads < min(32, points):
+            continue
+        block = [0] * len(ext)
+        thread = [0] * len(ext)
+        for i, (b, t) in zip(loops, combo):
+            block[i], thread[i] = b, t
+        s = GpuSchedule(tuple(block), tuple(thread))
+        if s not in seen:
+            seen.add(s)
+            out.append(s)
+    if len(out) > limit:  # keep an even spread of the enumeration
+        step = len(out) / (limit - 1)
+        out = [out[0]] + [out[1 + int(k * step)] for k in range(limit - 1) if 1 + int(k * step) < len(out)]
+    return out
+
+
+def default(kernel: Kernel) -> GpuSchedule:
+    """The heuristic: a contraction's 64x64 output tile of 4x4 points a thread (256
+    threads); anything else 256 threads of one point each, x across the innermost loop."""
+    ext = kernel.info.extents
+    loops = mapped_loops(kernel)
+    block = [0] * len(ext)
+    thread = [0] * len(ext)
+    budget = 256
+    contraction = kernel.contraction is not None
+    for n, i in enumerate(reversed(loops)):
+        if contraction and n < 2:
+            b = _tiles(ext[i], 64)[-1]
+            t = max(x for x in THREAD_TILES if b % x == 0 and x <= 4)
+        else:
+            b = max(x for x in _tiles(ext[i], max(1, budget)))
+            t = 1
+        block[i], thread[i] = b, t
+        budget = max(1, budget // (b // t))
+    return GpuSchedule(tuple(block), tuple(thread))
+
+
+def attached(module: ir.Module) -> dict[int, GpuSchedule]:
+    """The `tc.gpu_schedule` attributes on the module's ops, by op id."""
+    out: dict[int, GpuSchedule] = {}
+
+    def visit(op: ir.Operation) -> None:
+        if GPU_SCHEDULE in op.attributes and tc.OP_ID in op.attributes:
+            op_id = ir.IntegerAttr(op.attributes[tc.OP_ID]).value
+            out[op_id] = GpuSchedule.from_json(ir.StringAttr(op.attributes[GPU_SCHEDULE]).value)
+
+    walk_ops(module.operation, visit)
+    return out
