@@ -19,6 +19,7 @@ def _errors():
     from tilecraft.backends.accel.model import AccelCompileError
     from tilecraft.backends.cpu.runtime import CallError
     from tilecraft.backends.cpu.target import TargetError
+    from tilecraft.backends.gpu.schedule import GpuScheduleError
     from tilecraft.corpus.db import CorpusError
     from tilecraft.costmodel.model import CostModelError
     from tilecraft.dialects.accel import AccelEncodingError
@@ -39,6 +40,7 @@ def _errors():
         TargetError,
         CorpusError,
         CostModelError,
+        GpuScheduleError,
         FileNotFoundError,
     )
 
@@ -86,11 +88,85 @@ def _accel(args) -> bool:
     return text.startswith("accel")
 
 
+def _gpu(args) -> bool:
+    text = args.target.strip()
+    if text.endswith(".json"):
+        from tilecraft.backends.target import json_kind
+
+        return json_kind(text) == "gpu"
+    return text.split("{", 1)[0].strip() == "gpu"
+
+
+def _gpu_refuse(args, *names: str) -> None:
+    """Options the GPU flow does not take (yet): refused, not silently ignored."""
+    from tilecraft.driver import DriverError
+
+    defaults = {"decisions": None, "precision": "f32", "measure": False, "png": None, "no_cache": False,
+                "error_budget": None}  # fmt: skip
+    for name in names:
+        if getattr(args, name, defaults.get(name)) != defaults.get(name):
+            flag = "--" + name.replace("_", "-")
+            raise DriverError(f"{flag} is not supported with --target {args.target} (the GPU flow)")
+
+
+def _gpu_cost_model(args) -> str:
+    from tilecraft import gpu_driver
+    from tilecraft.driver import DriverError
+
+    name = "analytical" if args.cost_model == "lightgbm" else args.cost_model  # (the CPU's default)
+    if name not in gpu_driver.COST_MODELS:
+        raise DriverError(f"--cost-model {args.cost_model} is not a GPU cost model (one of: analytical, heuristic)")
+    return name
+
+
+def _gpu_compile(args) -> int:
+    from tilecraft import gpu_driver
+    from tilecraft.driver import DriverError
+
+    _gpu_refuse(args, "decisions", "precision", "error_budget")
+    emit = args.emit
+    if emit not in gpu_driver.EMITS:
+        raise DriverError(f"--emit {emit} is not a GPU output (one of: {', '.join(gpu_driver.EMITS)})")
+    compiled = gpu_driver.compile_gpu(
+        args.model,
+        target=args.target,
+        emit=emit,
+        output=args.output,
+        dump_ir_dir=args.dump_ir_dir,
+        cost_model=_gpu_cost_model(args),
+    )
+    if compiled.launches:
+        print(gpu_driver.format_report(compiled), file=sys.stderr)
+    if args.output:
+        print(f"wrote {compiled.path} ({compiled.compile_seconds:.2f} s)", file=sys.stderr)
+    else:
+        with contextlib.suppress(BrokenPipeError):
+            sys.stdout.write(compiled.text or "")
+    return 0
+
+
+def _gpu_run(args) -> int:
+    from tilecraft import gpu_driver
+
+    _gpu_refuse(args, "decisions", "precision", "error_budget", "no_cache")
+    inputs = _load_inputs(args.inputs) if args.inputs else None
+    report = gpu_driver.run_and_check(
+        args.model, target=args.target, inputs=inputs, cost_model=_gpu_cost_model(args), dump_ir_dir=args.dump_ir_dir
+    )
+    print(report.table())
+    if not report.ok:
+        print("error: compiled output does not match eager CUDA", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_compile(args) -> int:
     from tilecraft import driver
 
     if _accel(args):
         return _accel_compile(args)
+    if _gpu(args):
+        return _gpu_compile(args)
 
     compiled = driver.compile_model(
         args.model,
@@ -209,6 +285,8 @@ def cmd_run(args) -> int:
 
     if _accel(args):
         return _accel_run(args)
+    if _gpu(args):
+        return _gpu_run(args)
 
     if args.threads < 1:
         raise driver.DriverError(f"--threads must be at least 1 (got {args.threads})")
@@ -420,6 +498,18 @@ def cmd_explain(args) -> int:
         compiled = accel_driver.compile_accel(args.model, args.target)
         print(accel_driver.format_explain(args.model, compiled))
         return 0
+    if _gpu(args):
+        from tilecraft import gpu_driver
+
+        _gpu_refuse(args, "measure", "png", "precision", "error_budget", "decisions")
+        compiled = gpu_driver.compile_gpu(
+            args.model, target=args.target, emit="ptx", cost_model=_gpu_cost_model(args)
+        )
+        print(gpu_driver.format_report(compiled, runner_up=True))
+        if args.json:
+            atomic_write(args.json, gpu_driver.report_json(compiled).encode())
+            print(f"wrote {args.json}")
+        return 0
 
     r = explain.explain(
         args.model,
@@ -488,7 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument(
             "--target",
             default="cpu",
-            help="cpu, cpu{avx512=false ...}, a target JSON file, or accel{block=16 inp_kb=32 wgt_kb=256 ...}",
+            help="cpu, cpu{avx512=false ...}, gpu{arch=sm_90}, accel{block=16 inp_kb=32 ...}, or a target JSON file",
         )
         sp.add_argument("--dump-ir-dir", metavar="DIR", help="write the IR after every stage into DIR")
         sp.add_argument(
@@ -505,7 +595,24 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--emit",
         default="llvm",
-        choices=["linalg", "decided", "tiled", "vector", "llvm", "asm", "obj", "so", "jit", "accel-asm", "accel-bin"],
+        choices=[
+            "linalg",
+            "decided",
+            "tiled",
+            "vector",
+            "llvm",
+            "asm",
+            "obj",
+            "so",
+            "jit",
+            "accel-asm",
+            "accel-bin",
+            "gpu",
+            "nvvm",
+            "ptx",
+            "cubin",
+        ],
+        help="what to write (GPU targets: linalg, decided, tiled, gpu, nvvm, llvm (LLVM IR), ptx, cubin)",
     )
     c.add_argument("-o", "--output", help="output file (default: stdout for text)")
     c.set_defaults(fn=cmd_compile)
