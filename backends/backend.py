@@ -5,7 +5,7 @@ string becomes one), its schedule record and the legal schedule space per kernel
 ordered stages (each a registered pass, so `tilecraft-opt -p` runs any of them), the
 emit kinds it can produce, its runtime, and frozen options with a `hash()` that keys the
 compile cache. `create(kind)` is the one place a backend is resolved by name: `cpu`
-(`backends/cpu/backend.py`) and `accel` (`backends/accel/backend.py`).
+(`backends/cpu/backend.py`), `gpu` (`backends/gpu/backend.py`) and `accel` (`backends/accel/backend.py`).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class Backend:
         raise NotImplementedError
 
 
-BACKENDS = ("cpu", "accel")
+BACKENDS = ("cpu", "gpu", "accel")
 
 
 def create(kind: str) -> Backend:
@@ -68,6 +68,10 @@ def create(kind: str) -> Backend:
         from tilecraft.backends.cpu.backend import CpuBackend
 
         return CpuBackend()
+    if kind == "gpu":
+        from tilecraft.backends.gpu.backend import GpuBackend
+
+        return GpuBackend()
     if kind == "accel":
         from tilecraft.backends.accel.backend import AccelBackend
 

@@ -16,14 +16,14 @@ class TargetError(ValueError):
 
 
 class Target(Protocol):
-    kind: str  # the backend family: "cpu" (later "gpu", "accel")
+    kind: str  # the backend family: "cpu", "gpu", "accel"
 
     def hash(self) -> str: ...
 
     def to_json(self) -> str: ...
 
 
-KINDS = ("cpu", "accel")
+KINDS = ("cpu", "gpu", "accel")
 
 
 def parse_target(text: str) -> Target:
@@ -38,6 +38,10 @@ def parse_target(text: str) -> Target:
         if text.endswith(".json"):
             return AccelTarget.from_file(text)
         return AccelTarget.parse(text)
+    if kind == "gpu":
+        from tilecraft.backends.gpu.target import GpuTarget
+
+        return GpuTarget.from_file(text) if text.endswith(".json") else GpuTarget.parse(text)
     if kind in ("cpu", "") or text.endswith(".json"):
         from tilecraft.backends.cpu.target import Target as CpuTarget
 

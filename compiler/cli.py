@@ -502,9 +502,7 @@ def cmd_explain(args) -> int:
         from tilecraft import gpu_driver
 
         _gpu_refuse(args, "measure", "png", "precision", "error_budget", "decisions")
-        compiled = gpu_driver.compile_gpu(
-            args.model, target=args.target, emit="ptx", cost_model=_gpu_cost_model(args)
-        )
+        compiled = gpu_driver.compile_gpu(args.model, target=args.target, emit="ptx", cost_model=_gpu_cost_model(args))
         print(gpu_driver.format_report(compiled, runner_up=True))
         if args.json:
             atomic_write(args.json, gpu_driver.report_json(compiled).encode())

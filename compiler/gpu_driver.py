@@ -410,3 +410,19 @@ def run_and_check(
         spec, torch.cuda.get_device_name(), t, cmp.max_abs, cmp.max_rel, cmp.ok, min(eager), min(ours),
         compiled.compile_seconds, len(compiled.launches),
     )  # fmt: skip
+
+
+def emulate(spec: str | frontend.Imported, *, target: str | GpuTarget = "gpu", cost_model: str = "analytical"):
+    """The model's GPU kernels, as planned and tiled for `target`, run on the host: each
+    forall a sequential loop (`lowering.emulate_on_cpu`), JIT-compiled by the CPU backend.
+    Checks the kernel structure (tiling, fusion, register tiles, bufferization, the
+    leftover kernels) against eager where no GPU is. Returns (function, Imported)."""
+    from tilecraft.backends.cpu import lowering as cpu_lowering
+
+    compiled = compile_gpu(spec, target=target, emit="tiled", cost_model=cost_model)
+    imported = compiled.imported
+    with imported.module.context:
+        lowering.emulate_on_cpu(imported.module)
+        engine = cpu_lowering.jit(imported.module)
+    fn = cpu_runtime.from_engine(engine, imported.func_name, imported.signature, bound=imported.params)
+    return imported.eager_semantics(fn), imported

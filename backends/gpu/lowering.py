@@ -45,13 +45,31 @@ BUFFERIZE = (
     "builtin.module(one-shot-bufferize{bufferize-function-boundaries=true "
     "function-boundary-type-conversion=identity-layout-map}, canonicalize, cse)"
 )
-OUTLINE = "builtin.module(func.func(convert-linalg-to-loops), lower-affine, canonicalize, cse, gpu-kernel-outlining)"
+LOWER_VECTORS = named_sequence(
+    f"""    %g = transform.structured.match ops{{["func.func"]}} in %root : ({ANY}) -> {ANY}
+    transform.apply_patterns to %g {{
+      transform.apply_patterns.vector.lower_contraction lowering_strategy = "outerproduct"
+      transform.apply_patterns.vector.transfer_permutation_patterns
+      transform.apply_patterns.vector.transfer_to_scf max_transfer_rank = 1 full_unroll = true
+      transform.apply_patterns.vector.lower_transfer max_transfer_rank = 1
+      transform.apply_patterns.vector.lower_outerproduct
+    }} : {ANY}
+    transform.apply_patterns to %g {{
+      transform.apply_patterns.vector.lower_shape_cast
+      transform.apply_patterns.vector.lower_transpose lowering_strategy = "shuffle_1d"
+    }} : {ANY}""",
+    consumed=False,
+)
+OUTLINE = (
+    "builtin.module(func.func(convert-linalg-to-loops), lower-affine, canonicalize, cse, "
+    "gpu-launch-sink-index-computations, gpu-kernel-outlining, func.func(canonicalize))"
+)
 
 
 def _nvvm_pipeline(arch: str, features: str) -> str:
     return (
         f"builtin.module(nvvm-attach-target{{chip={arch} features={features}}}, "
-        "gpu.module(expand-strided-metadata, lower-affine, convert-scf-to-cf, "
+        "gpu.module(expand-strided-metadata, lower-affine, convert-vector-to-scf, convert-scf-to-cf, convert-vector-to-llvm, "
         "convert-gpu-to-nvvm{index-bitwidth=64}), reconcile-unrealized-casts)"
     )
 
@@ -67,7 +85,9 @@ def _mapping(kind: str, n: int) -> str:
     return ", ".join(f"#gpu.{kind}<{a}>" for a in _XYZ[:n][::-1])
 
 
-def tiling_script(kernels: list[gs.Kernel], schedules: Mapping[int, gs.GpuSchedule]) -> str:
+def tiling_script(
+    kernels: list[gs.Kernel], schedules: Mapping[int, gs.GpuSchedule], *, register_tiles: bool = True
+) -> str:
     """Match every kernel op first (op ids stay valid), then per kernel: tile the sink over
     blocks, fuse the members into the block tile, tile again over threads and fuse the
     members into each thread's tile."""
@@ -100,15 +120,60 @@ def tiling_script(kernels: list[gs.Kernel], schedules: Mapping[int, gs.GpuSchedu
             f"    %t{k.sink}, %tl{k.sink} = transform.structured.tile_using_forall %b{k.sink} tile_sizes [{thread}]"
             f" (mapping = [{_mapping('thread', n)}]) : ({ANY}) -> ({ANY}, {ANY})"
         )
-        loop = f"%tl{k.sink}"
+        loop, inner = f"%tl{k.sink}", {k.sink: f"%t{k.sink}"}
         for m in k.members:
             body.append(
                 f"    %g{m}, %d{m} = transform.structured.fuse_into_containing_op {fused[m]} into {loop}"
                 f" : ({ANY}, {ANY}) -> ({ANY}, {ANY})"
             )
-            loop = f"%d{m}"
+            loop, inner[m] = f"%d{m}", f"%g{m}"
+        if register_tiles:
+            body += _register_tiles(k, inner)
     body.append(_cleanup())
+    if register_tiles:
+        body.append(_hoist())
     return named_sequence("\n".join(body), consumed=False)
+
+
+def _register_tiles(k: gs.Kernel, inner: Mapping[int, str]) -> list[str]:
+    """A thread's matmul tile as rank-1 updates of a vector accumulator: its k loop tiled
+    by one, the r×c×1 product and the accumulator's zero fill vectorized (hoisted into
+    registers by `_hoist`), so each loaded element of A or B is used c or r times."""
+    out = []
+    for info in k.infos:
+        if info.kind not in ("matmul", "batch_matmul") or "i1" in info.dtypes:
+            continue
+        h = inner[info.op_id]
+        tiles = ", ".join(["0"] * (len(info.extents) - 1) + ["1"])
+        out.append(
+            f"    %r{info.op_id}, %rl{info.op_id} = transform.structured.tile_using_for {h} tile_sizes [{tiles}]"
+            f" : ({ANY}) -> ({ANY}, {ANY})\n"
+            f"    transform.structured.vectorize %r{info.op_id} : {ANY}"
+        )
+    for info in k.infos:
+        if info.name == "linalg.fill" and any(i.kind in ("matmul", "batch_matmul") for i in k.infos):
+            out.append(f"    transform.structured.vectorize {inner[info.op_id]} : {ANY}")
+    return out
+
+
+def _hoist() -> str:
+    """Vectorized accumulators out of their k loops (a vector loop-carried value)."""
+    return f"""    %fv = transform.structured.match ops{{["func.func"]}} in %root : ({ANY}) -> {ANY}
+    transform.apply_patterns to %fv {{
+      transform.apply_patterns.vector.transfer_permutation_patterns
+      transform.apply_patterns.vector.reduction_to_contract
+      transform.apply_patterns.vector.sink_ops
+      transform.apply_patterns.vector.cast_away_vector_leading_one_dim
+      transform.apply_patterns.vector.drop_unit_dims_with_shape_cast
+      transform.apply_patterns.canonicalization
+      transform.apply_patterns.tensor.fold_tensor_subset_ops_into_vector_transfers
+    }} : {ANY}
+    %loops = transform.structured.match ops{{["scf.for"]}} in %root : ({ANY}) -> {ANY}
+    transform.apply_licm to %loops : {ANY}
+    transform.loop.hoist_loop_invariant_subsets %loops : {ANY}
+    transform.apply_patterns to %fv {{
+      transform.apply_patterns.canonicalization
+    }} : {ANY}"""
 
 
 def _cleanup() -> str:
@@ -116,8 +181,7 @@ def _cleanup() -> str:
     transform.apply_patterns to %fn {{
       transform.apply_patterns.canonicalization
       transform.apply_patterns.linalg.tiling_canonicalization
-    }} : {ANY}
-    transform.apply_cse to %fn : {ANY}"""
+    }} : {ANY}"""  # (no CSE: each thread's accumulator stays a tensor.empty of its own, not the output)
 
 
 def to_tiled(
@@ -272,6 +336,7 @@ def to_kernels(module: ir.Module) -> None:
     before = str(module)
     cpu_lowering.mark_arguments_read_only(module)
     run_pipeline(module, BUFFERIZE, stage="gpu", reproduce="gpu-launch", before=before)
+    apply_transform(module, LOWER_VECTORS, stage="gpu", reproduce="gpu-launch", before=before)
     _erase_self_copies(module)
     _copies_as_linalg(module)
     leftovers = [op for op in _top_level(module) if op.name.startswith("linalg.")]
