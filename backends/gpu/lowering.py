@@ -69,7 +69,8 @@ OUTLINE = (
 def _nvvm_pipeline(arch: str, features: str) -> str:
     return (
         f"builtin.module(nvvm-attach-target{{chip={arch} features={features}}}, "
-        "gpu.module(expand-strided-metadata, lower-affine, convert-vector-to-scf, convert-scf-to-cf, convert-vector-to-llvm, "
+        "gpu.module(expand-strided-metadata, lower-affine, convert-vector-to-scf, convert-scf-to-cf, "
+        "convert-vector-to-llvm, "
         "convert-gpu-to-nvvm{index-bitwidth=64}), reconcile-unrealized-casts)"
     )
 
