@@ -71,6 +71,7 @@ class GpuCompiled:
     cost_model: str = "analytical"
     choices: dict[int, Choice] = dataclasses.field(default_factory=dict)  # by sink op id
     text: str | None = None
+    kernels_mlir: str | None = None  # every kernel in one LLVM-dialect module (what becomes PTX)
     data: bytes | None = None  # the cubin
     path: str | None = None
     plan: runtime.HostPlan | None = None
@@ -94,14 +95,16 @@ def parse_target(target: str | GpuTarget) -> GpuTarget:
 
 
 def decide(module, model: GpuCostModel | None, pinned: Mapping[int, gs.GpuSchedule] | None = None) -> dict[int, Choice]:
-    """Every kernel's schedule: pinned (by sink op id), else the cost model's fastest of its
-    space (the runner-up kept for explain), else the heuristic. Attaches the kernels as
+    """Every kernel's schedule: pinned (by sink op id), else the one the module carries (a
+    decided module read back), else the cost model's fastest of its space (the runner-up
+    kept for explain), else the heuristic. Attaches the kernels as
     `tc.gpu_kernels` records and each schedule as its sink's `tc.gpu_schedule`."""
     kernels = gs.kernels(module)
     nodes = fusion.analyze(module)
+    pinned = {**gs.attached(module), **(pinned or {})}  # (a decided module's own schedules)
     out: dict[int, Choice] = {}
     for k in kernels:
-        if pinned and k.sink in pinned:
+        if k.sink in pinned:
             s = pinned[k.sink]
             gs.check(k, s)
             out[k.sink] = Choice(k, s, model.predict(k, s) if model else None)
@@ -190,7 +193,7 @@ def compile_gpu(
         if emit in STAGES:
             done.text = str(module)
         else:
-            kernels = lowering.kernels_module(module)
+            kernels = done.kernels_mlir = lowering.kernels_module(module)
             if emit == "llvm":
                 done.text = step(
                     "llvm", lambda: ptx.to_llvm_ir(kernels, arch=target.arch, features=target.ptx_features)

@@ -171,4 +171,6 @@ class GpuTarget:
                 raise TargetError(
                     f"target option {key}={value!r} is not {'a number' if kind is float else 'an integer'}"
                 ) from None
+            if not changes[key] > 0:  # (0 is the field's "the reference part's figure")
+                raise TargetError(f"target option {key}={value} must be positive")
         return GpuTarget(**changes)
