@@ -54,6 +54,7 @@ CASES = [
         [r"^known configs: lightgbm\s+0\.\d{3}", r"^unseen config: adapted \(10 samples\)\s+0\.\d{3}"],
         id="accel_costmodel",
     ),
+    pytest.param(["gpu.py"], [r"^mlp\s+(sm_80\s+[\d.]+\s+3\s|yes\s)", r"^conv_autoencoder\s"], id="gpu"),
     pytest.param(["accel.py"], [r"^mlp\s+[\d.]+\s+3\s+0\s+[\d,]+\s.*\syes\s+0\.0\d+$"], id="accel"),
     pytest.param(["fusion.py"], [r"^softmax_4x128x128\s.*\syes$", r"^chosen partition within 5%"], id="fusion"),
     pytest.param(["fusion.py", "--calibrate"], [r"^factors \{'\w+': [\d.]+"], id="fusion-calibrate"),

@@ -267,27 +267,35 @@ class GpuFunction:
             return args[buffer].data_ptr()
         return self._arena.data_ptr() + self.plan.offsets[buffer - self.plan.n_args]
 
-    def _launch_all(self, args: list[torch.Tensor]) -> None:
+    def _params(self, launch: Launch, args: list[torch.Tensor]) -> tuple[list, object]:
+        """The launch's kernel parameters: each value a ctypes object, and the array of
+        their addresses `cuLaunchKernel` reads (keep both alive until it returns)."""
+        values: list = []
+        for a in launch.args:
+            if isinstance(a, Scalar):
+                values.append(_CTYPES[a.dtype](a.value))
+                continue
+            base = self._base(a.buffer, args)
+            values += [ctypes.c_void_p(base), ctypes.c_void_p(base), ctypes.c_int64(a.offset)]
+            values += [ctypes.c_int64(s) for s in a.sizes] + [ctypes.c_int64(s) for s in a.strides]
+        return values, (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
+
+    def _launch(self, launch: Launch, params, stream: int) -> None:
         from cuda.bindings import driver as cu
 
+        _check(
+            cu.cuLaunchKernel(
+                self._kernels[launch.kernel], *launch.grid, *launch.block, 0, stream, ctypes.addressof(params), 0
+            )
+        )
+
+    def _launch_all(self, args: list[torch.Tensor]) -> None:
         stream = torch.cuda.current_stream().cuda_stream
         for launch in self.plan.launches:
-            values = []
-            for a in launch.args:
-                if isinstance(a, Scalar):
-                    values.append(_CTYPES[a.dtype](a.value))
-                    continue
-                base = self._base(a.buffer, args)
-                values += [ctypes.c_void_p(base), ctypes.c_void_p(base), ctypes.c_int64(a.offset)]
-                values += [ctypes.c_int64(s) for s in a.sizes] + [ctypes.c_int64(s) for s in a.strides]
-            params = (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
-            _check(
-                cu.cuLaunchKernel(
-                    self._kernels[launch.kernel], *launch.grid, *launch.block, 0, stream, ctypes.addressof(params), 0
-                )
-            )
+            _values, params = self._params(launch, args)
+            self._launch(launch, params, stream)
 
-    def __call__(self, *inputs):
+    def _args(self, inputs) -> list[torch.Tensor]:
         user = self.user_inputs
         if len(inputs) != len(user):
             raise CallError(f"expected {len(user)} inputs, got {len(inputs)}")
@@ -300,7 +308,32 @@ class GpuFunction:
             t = t.detach().contiguous()
             self._check(i, t)
             tensors.append(t)
-        args = [*self._bound, *tensors]
+        return [*self._bound, *tensors]
+
+    def time_launches(self, *inputs, repeats: int = 20) -> list[float]:
+        """Seconds of each launch alone (median of `repeats`, CUDA events, after a warm-up
+        run of the whole sequence): what the GPU corpus records per kernel."""
+        import statistics
+
+        args = self._args(inputs)
+        self._launch_all(args)
+        stream = torch.cuda.current_stream()
+        out = []
+        for launch in self.plan.launches:
+            _values, params = self._params(launch, args)
+            times = []
+            for _ in range(repeats):
+                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                a.record(stream)
+                self._launch(launch, params, stream.cuda_stream)
+                b.record(stream)
+                b.synchronize()
+                times.append(a.elapsed_time(b) / 1e3)
+            out.append(statistics.median(times))
+        return out
+
+    def __call__(self, *inputs):
+        args = self._args(inputs)
         self._launch_all(args)
         outs = []
         for r, spec in zip(self.plan.results, self.signature.outputs):
