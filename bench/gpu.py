@@ -23,10 +23,8 @@ predicted time — so the script never rots.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
-import random
 import statistics
 import sys
 import time
@@ -104,7 +102,7 @@ def on_gpu_zoo(models, rounds: int) -> list[dict]:
         imp = c.imported
         xs = [x.cuda() for x in imp.inputs]
         model = copy.deepcopy(imp.model).cuda().eval()
-        with torch.no_grad():
+        with gpu_driver.no_tf32(), torch.no_grad():  # eager in true f32
             ref = model(*xs)
             out = fn(*xs)
             cmp = compare([o.cpu() for o in flatten(out)], [r.cpu() for r in flatten(ref)])
@@ -167,49 +165,6 @@ def on_gpu_matmul(rounds: int) -> dict:
         f"Tilecraft {r['tilecraft_ms']:.3f} ms ({r['tilecraft_tflops']:.1f} TFLOP/s): {r['of_cublas']:.1%} of cuBLAS"
     )
     return r
-
-
-def collect(models, variants: int, seed: int) -> list[dict]:
-    """Corpus rows: per model, the planned schedules and `variants` random legal ones per
-    kernel; every launch of a kernel timed alone."""
-    from tilecraft import gpu_driver
-    from tilecraft.backends.gpu import schedule as gs
-    from tilecraft.costmodel import gpu_model
-
-    rng = random.Random(seed)
-    t = gpu_driver.device_target("gpu")
-    rows = []
-    for name in models:
-        base = gpu_driver.compile_gpu(name, target=t, emit="decided")
-        kernels = {k: ch.kernel for k, ch in base.choices.items()}
-        spaces = {k: gs.space(kern) for k, kern in kernels.items()}
-        for v in range(variants + 1):
-            pinned = None if v == 0 else {k: rng.choice(sp) for k, sp in spaces.items()}
-            c = gpu_driver.compile_gpu(name, target=t, emit="ptx", schedules=pinned)
-            fn = gpu_driver.load(c)
-            xs = [x.cuda() for x in c.imported.inputs]
-            seconds = fn.time_launches(*xs)
-            for launch, sink, sec in zip(c.plan.launches, c.sinks, seconds):
-                if sink is None:
-                    continue
-                ch = c.choices[sink]
-                res = c.resources[launch.kernel]
-                rows.append(
-                    {
-                        "model": name,
-                        "sink": sink,
-                        "kernel": ch.kernel.label(),
-                        "key": ch.kernel.info.key,
-                        "schedule": json.loads(ch.schedule.to_json()),
-                        "arch": t.arch,
-                        "resources": res.to_json(),
-                        "features": gpu_model.features(ch.kernel, ch.schedule, t, res),
-                        "seconds": sec,
-                        "analytical": gpu_model.analytical(ch.kernel, ch.schedule, t, res).seconds,
-                    }
-                )
-        print(f"  corpus: {name}: {len(rows)} rows so far", flush=True)
-    return rows
 
 
 def pairwise(rows, key: str) -> float:
@@ -282,6 +237,7 @@ def main() -> int:
         models, args.variants, args.rounds = ["mlp", "conv_autoencoder"], 2, 2
         args.out = os.path.join(HERE, "results", "quick", "gpu")
     os.makedirs(args.out, exist_ok=True)
+    from tilecraft import gpu_driver
     from tilecraft.backends.gpu import runtime
 
     why = runtime.gpu_available()
@@ -297,10 +253,8 @@ def main() -> int:
         doc["zoo"] = on_gpu_zoo(models, args.rounds)
         if not args.no_matmul and not args.quick:
             doc["matmul_f16"] = on_gpu_matmul(args.rounds)
-        rows = collect(models, args.variants, args.seed)
-        with gzip.open(os.path.join(args.out, "gpu-corpus.jsonl.gz"), "wt") as f:
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
+        rows = gpu_driver.collect_corpus(models, variants=args.variants, seed=args.seed)
+        gpu_driver.write_rows(os.path.join(args.out, "gpu-corpus.jsonl.gz"), rows)
         doc["costmodel"] = train_and_evaluate(rows, args.out)
     with open(os.path.join(args.out, "gpu.json"), "w") as f:
         json.dump(doc, f, indent=1)

@@ -334,6 +334,28 @@ def cmd_cache_clear(args) -> int:
     return 0
 
 
+def _gpu_collect(args) -> int:
+    """`corpus collect --target gpu`: GPU corpus rows (JSON lines, gzipped) measured on the
+    GPU of this process; `--db` names the file (`.jsonl.gz`)."""
+    from tilecraft import gpu_driver
+    from tilecraft.corpus import zoo
+    from tilecraft.driver import DriverError
+
+    if not args.db.endswith(".jsonl.gz"):
+        raise DriverError(f"--db {args.db}: GPU corpus rows are written as a .jsonl.gz file")
+    names = list(zoo.ZOO) if args.models == "zoo" else [m for m in args.models.split(",") if m]
+    unknown = [m for m in names if m not in zoo.ZOO]
+    if unknown:
+        raise DriverError(f"--models: unknown zoo model {unknown[0]!r} (known: {', '.join(zoo.ZOO)})")
+    rows = gpu_driver.collect_corpus(
+        names, variants=max(0, args.decisions_per_kernel), seed=args.seed, target=args.target,
+        progress=(lambda _m: None) if args.quiet else print,
+    )  # fmt: skip
+    gpu_driver.write_rows(args.db, rows)
+    print(f"wrote {len(rows)} GPU corpus rows to {args.db}")
+    return 0
+
+
 def cmd_corpus_collect(args) -> int:
     from tilecraft import driver, frontend
     from tilecraft.backends.cpu.target import Target
@@ -341,6 +363,8 @@ def cmd_corpus_collect(args) -> int:
     from tilecraft.corpus.db import CorpusDB, CorpusError
     from tilecraft.dialects.opinfo import KINDS
 
+    if _gpu(args):
+        return _gpu_collect(args)
     target = Target.parse(args.target)
     names = list(zoo.ZOO) if args.models == "zoo" else [m for m in args.models.split(",") if m]
     each = f"up to {args.decisions_per_kernel}" if args.decisions_per_kernel > 0 else "all legal"

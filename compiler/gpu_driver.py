@@ -13,6 +13,7 @@ and checks it against eager CUDA.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -338,18 +339,39 @@ class GpuRunReport:
 
 
 def device_target(text: str) -> GpuTarget:
-    """`text` with the arch of the GPU in this process when `text` names none."""
+    """`text` with the arch of the GPU in this process when `text` names none (its other
+    options kept); a GPU of a generation this backend does not assemble for is refused."""
+    import re
+
     import torch
 
-    t = parse_target(text)
-    if "arch=" not in text and not text.strip().endswith(".json"):
-        major, minor = torch.cuda.get_device_capability()
-        arch = f"sm_{major}{minor}"
-        from tilecraft.backends.gpu.target import ARCHS
+    from tilecraft.backends.gpu.target import ARCHS
 
-        known = [a for a in ARCHS if int(a[3:]) <= major * 10 + minor]
-        t = parse_target(f"gpu{{arch={arch if arch in ARCHS else known[-1]}}}")
-    return t
+    t = parse_target(text)
+    major, minor = torch.cuda.get_device_capability()
+    if "arch=" in text or text.strip().endswith(".json"):
+        return t
+    arch = f"sm_{major}{minor}"
+    if arch not in ARCHS:  # a cubin runs only on its own major version
+        same = [a for a in ARCHS if a[3] == str(major) and int(a[3:]) <= major * 10 + minor]
+        if not same:
+            raise DriverError(f"this GPU is {arch}; the GPU backend assembles for {', '.join(ARCHS)}")
+        arch = same[-1]
+    options = re.fullmatch(r"\s*gpu\s*(?:\{(.*)\})?\s*", text).group(1) or ""
+    return parse_target(f"gpu{{{options} arch={arch}}}")
+
+
+@contextlib.contextmanager
+def no_tf32():
+    """Eager CUDA in true f32: TF32 off for cuDNN convolutions and cuBLAS matmuls."""
+    import torch
+
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def cuda_ms(fn: Callable[[], object], *, rounds: int = 20) -> float:
@@ -400,15 +422,14 @@ def run_and_check(
     fn = load(compiled)
     xs = [x.to("cuda") for x in (inputs or imported.inputs)]
     model = copy.deepcopy(imported.model).to("cuda").eval()
-    with torch.no_grad():
+    with no_tf32(), torch.no_grad():  # eager in true f32 (cuDNN's convolutions default to TF32)
         ref = model(*xs)
         out = fn(*xs)
-    cmp = compare([o.cpu() for o in flatten(out)], [r.cpu() for r in flatten(ref)], rtol=rtol, atol=atol)
-    eager, ours = [], []
-    for _ in range(3):  # interleaved rounds
-        with torch.no_grad():
+        cmp = compare([o.cpu() for o in flatten(out)], [r.cpu() for r in flatten(ref)], rtol=rtol, atol=atol)
+        eager, ours = [], []
+        for _ in range(3):  # interleaved rounds
             eager.append(cuda_ms(lambda: model(*xs)))
-        ours.append(cuda_ms(lambda: fn(*xs)))
+            ours.append(cuda_ms(lambda: fn(*xs)))
     return GpuRunReport(
         spec, torch.cuda.get_device_name(), t, cmp.max_abs, cmp.max_rel, cmp.ok, min(eager), min(ours),
         compiled.compile_seconds, len(compiled.launches),
@@ -429,3 +450,57 @@ def emulate(spec: str | frontend.Imported, *, target: str | GpuTarget = "gpu", c
         engine = cpu_lowering.jit(imported.module)
     fn = cpu_runtime.from_engine(engine, imported.func_name, imported.signature, bound=imported.params)
     return imported.eager_semantics(fn), imported
+
+
+def collect_corpus(models, *, variants: int = 6, seed: int = 0, target: str = "gpu", progress=print) -> list[dict]:
+    """GPU corpus rows, measured on the GPU of this process: per model, its planned
+    schedules and `variants` assignments of random legal ones; every launch of a kernel
+    timed alone (`GpuFunction.time_launches`). A row: the kernel, the schedule, ptxas's
+    resources, the cost model's features, the measured and the analytical seconds."""
+    import random
+
+    from tilecraft.costmodel import gpu_model
+
+    why = runtime.gpu_available()
+    if why:
+        raise DriverError(why)
+    rng = random.Random(seed)
+    t = device_target(target)
+    rows: list[dict] = []
+    for name in models:
+        base = compile_gpu(name, target=t, emit="decided")
+        spaces = {k: gs.space(ch.kernel) for k, ch in base.choices.items()}
+        for v in range(variants + 1):
+            pinned = None if v == 0 else {k: rng.choice(sp) for k, sp in spaces.items()}
+            c = compile_gpu(name, target=t, emit="ptx", schedules=pinned)
+            xs = [x.to("cuda") for x in c.imported.inputs]
+            seconds = load(c).time_launches(*xs)
+            for launch, sink, sec in zip(c.plan.launches, c.sinks, seconds):
+                if sink is None:
+                    continue
+                ch = c.choices[sink]
+                res = c.resources[launch.kernel]
+                rows.append(
+                    {
+                        "model": name,
+                        "sink": sink,
+                        "kernel": ch.kernel.label(),
+                        "key": ch.kernel.info.key,
+                        "schedule": json.loads(ch.schedule.to_json()),
+                        "arch": t.arch,
+                        "resources": res.to_json(),
+                        "features": gpu_model.features(ch.kernel, ch.schedule, t, res),
+                        "seconds": sec,
+                        "analytical": gpu_model.analytical(ch.kernel, ch.schedule, t, res).seconds,
+                    }
+                )
+        progress(f"  corpus: {name}: {len(rows)} rows so far")
+    return rows
+
+
+def write_rows(path: str, rows: list[dict]) -> None:
+    """GPU corpus rows as gzipped JSON lines, written whole or not at all."""
+    import gzip
+
+    data = gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode())
+    atomic_write(path, data)

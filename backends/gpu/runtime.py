@@ -152,10 +152,14 @@ def host_plan(module, func_name: str) -> HostPlan:
             root[op.results[0]] = root[op.operands[0]]
         elif name == "gpu.launch_func":
             seg = list(ir.DenseI32ArrayAttr(op.attributes["operandSegmentSizes"]))
+            if seg[0] or any(seg[7:11]):
+                raise HostPlanError("a launch with async dependencies, clusters or dynamic shared memory")
             ops = list(op.operands)
             pos = seg[0]
             dims = []
             for k in range(6):
+                if ops[pos] not in consts:
+                    raise HostPlanError("a launch whose grid or block size is not a constant")
                 dims.append(int(consts[ops[pos]]))
                 pos += seg[1 + k]
             pos += sum(seg[7:11])
@@ -187,8 +191,7 @@ def plan_arena(
                 first[b], last[b] = min(first[b], i), max(last[b], i)
     for r in results:
         if r.buffer >= n_args:
-            b = r.buffer - n_args
-            first[b], last[b] = min(first[b], 0), len(launches)
+            last[r.buffer - n_args] = len(launches)  # (live to the end: read after the last launch)
     order = sorted(range(len(sizes)), key=lambda b: -sizes[b])
     placed: list[tuple[int, int, int]] = []  # (offset, end, buffer)
     offsets = [0] * len(sizes)
@@ -227,11 +230,18 @@ def _check(result) -> object:
     return result[1] if len(result) == 2 else result[1:]
 
 
-_CTYPES = {"i64": ctypes.c_int64, "i32": ctypes.c_int32, "f32": ctypes.c_float, "f64": ctypes.c_double}
+_CTYPES = {
+    "i64": ctypes.c_int64, "i32": ctypes.c_int32, "i16": ctypes.c_int16, "i8": ctypes.c_int8,
+    "f32": ctypes.c_float, "f64": ctypes.c_double,
+}  # fmt: skip
 
 
 class GpuFunction:
-    """A compiled model on the GPU: `bound` weights first, then the caller's inputs."""
+    """A compiled model on the GPU: `bound` weights first, then the caller's inputs.
+
+    The module is loaded into torch's primary context of the current device, made current
+    on every call (a thread of its own may call). Each launch's parameter array is built
+    once; a call rewrites only the pointer slots of the caller's inputs."""
 
     def __init__(self, cubin: bytes, plan: HostPlan, signature: Signature, *, bound: Sequence[torch.Tensor] = ()):
         why = gpu_available()
@@ -241,16 +251,32 @@ class GpuFunction:
 
         torch.cuda.init()
         _check(cu.cuInit(0))
+        self._device = torch.cuda.current_device()
+        self._ctx = _check(cu.cuDevicePrimaryCtxRetain(_check(cu.cuDeviceGet(self._device))))
+        _check(cu.cuCtxSetCurrent(self._ctx))
         self.plan, self.signature = plan, signature
         self._module = _check(cu.cuModuleLoadData(cubin))
         self._kernels = {
             name: _check(cu.cuModuleGetFunction(self._module, name.encode()))
             for name in {x.kernel for x in plan.launches}
         }
-        self._bound = [t.detach().to("cuda").contiguous() for t in bound]
+        dev = torch.device("cuda", self._device)
+        self._bound = [t.detach().to(dev).contiguous() for t in bound]
         for i, t in enumerate(self._bound):
             self._check(i, t)
-        self._arena = torch.empty(max(plan.arena_bytes, 1), dtype=torch.uint8, device="cuda")
+        self._arena = torch.empty(max(plan.arena_bytes, 1), dtype=torch.uint8, device=dev)
+        # per launch: its parameter values (ctypes), the address array, and the slots that
+        # hold a caller's input pointer: (value, input buffer index)
+        self._prepared = [self._params(launch) for launch in plan.launches]
+
+    def __del__(self):
+        try:
+            from cuda.bindings import driver as cu
+
+            cu.cuModuleUnload(self._module)
+            cu.cuDevicePrimaryCtxRelease(self._device)
+        except Exception:  # interpreter shutdown: nothing left to release into
+            pass
 
     @property
     def user_inputs(self) -> tuple[TensorSpec, ...]:
@@ -262,38 +288,53 @@ class GpuFunction:
             which = f"input {index - len(self._bound)}" if index >= len(self._bound) else f"bound argument {index}"
             raise CallError(f"{which}: expected tensor<{want}>, got tensor<{got}>")
 
-    def _base(self, buffer: int, args: list[torch.Tensor]) -> int:
-        if buffer < self.plan.n_args:
-            return args[buffer].data_ptr()
-        return self._arena.data_ptr() + self.plan.offsets[buffer - self.plan.n_args]
-
-    def _params(self, launch: Launch, args: list[torch.Tensor]) -> tuple[list, object]:
-        """The launch's kernel parameters: each value a ctypes object, and the array of
-        their addresses `cuLaunchKernel` reads (keep both alive until it returns)."""
+    def _params(self, launch: Launch) -> tuple[list, object, list]:
+        """The launch's kernel parameters as ctypes values (a memref: allocated and aligned
+        pointer, offset, sizes, strides), the array of their addresses `cuLaunchKernel`
+        reads, and the pointer slots a call fills with its inputs' addresses."""
         values: list = []
+        slots: list = []
+        n_bound = len(self._bound)
         for a in launch.args:
             if isinstance(a, Scalar):
                 values.append(_CTYPES[a.dtype](a.value))
                 continue
-            base = self._base(a.buffer, args)
-            values += [ctypes.c_void_p(base), ctypes.c_void_p(base), ctypes.c_int64(a.offset)]
+            if a.buffer >= self.plan.n_args:
+                base = self._arena.data_ptr() + self.plan.offsets[a.buffer - self.plan.n_args]
+            elif a.buffer < n_bound:
+                base = self._bound[a.buffer].data_ptr()
+            else:
+                base = 0
+            ptrs = [ctypes.c_void_p(base), ctypes.c_void_p(base)]
+            if a.buffer < self.plan.n_args and a.buffer >= n_bound:
+                slots += [(p, a.buffer) for p in ptrs]
+            values += [*ptrs, ctypes.c_int64(a.offset)]
             values += [ctypes.c_int64(s) for s in a.sizes] + [ctypes.c_int64(s) for s in a.strides]
-        return values, (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
+        return values, (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values]), slots
 
-    def _launch(self, launch: Launch, params, stream: int) -> None:
+    def _launch(self, index: int, stream: int) -> None:
         from cuda.bindings import driver as cu
 
+        launch, (_values, params, _slots) = self.plan.launches[index], self._prepared[index]
         _check(
             cu.cuLaunchKernel(
                 self._kernels[launch.kernel], *launch.grid, *launch.block, 0, stream, ctypes.addressof(params), 0
             )
         )
 
+    def _bind(self, args: list[torch.Tensor]) -> None:
+        from cuda.bindings import driver as cu
+
+        _check(cu.cuCtxSetCurrent(self._ctx))
+        for _values, _params, slots in self._prepared:
+            for ptr, buffer in slots:
+                ptr.value = args[buffer].data_ptr()
+
     def _launch_all(self, args: list[torch.Tensor]) -> None:
-        stream = torch.cuda.current_stream().cuda_stream
-        for launch in self.plan.launches:
-            _values, params = self._params(launch, args)
-            self._launch(launch, params, stream)
+        self._bind(args)
+        stream = torch.cuda.current_stream(self._device).cuda_stream
+        for i in range(len(self.plan.launches)):
+            self._launch(i, stream)
 
     def _args(self, inputs) -> list[torch.Tensor]:
         user = self.user_inputs
@@ -303,8 +344,11 @@ class GpuFunction:
         for i, t in enumerate(inputs, start=len(self._bound)):
             if not isinstance(t, torch.Tensor):
                 raise CallError(f"input {i - len(self._bound)}: expected a tensor, got {type(t).__name__}")
-            if t.device.type != "cuda":
-                raise CallError(f"input {i - len(self._bound)}: a tensor on {t.device}; the compiled code runs on CUDA")
+            if t.device != self._arena.device:
+                where = self._arena.device
+                raise CallError(
+                    f"input {i - len(self._bound)}: a tensor on {t.device}; the compiled code runs on {where}"
+                )
             t = t.detach().contiguous()
             self._check(i, t)
             tensors.append(t)
@@ -317,15 +361,14 @@ class GpuFunction:
 
         args = self._args(inputs)
         self._launch_all(args)
-        stream = torch.cuda.current_stream()
+        stream = torch.cuda.current_stream(self._device)
         out = []
-        for launch in self.plan.launches:
-            _values, params = self._params(launch, args)
+        for i in range(len(self.plan.launches)):
             times = []
             for _ in range(repeats):
                 a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 a.record(stream)
-                self._launch(launch, params, stream.cuda_stream)
+                self._launch(i, stream.cuda_stream)
                 b.record(stream)
                 b.synchronize()
                 times.append(a.elapsed_time(b) / 1e3)
@@ -335,13 +378,22 @@ class GpuFunction:
     def __call__(self, *inputs):
         args = self._args(inputs)
         self._launch_all(args)
-        outs = []
-        for r, spec in zip(self.plan.results, self.signature.outputs):
-            base = args[r.buffer] if r.buffer < self.plan.n_args else None
-            if base is None:
-                start = self.plan.offsets[r.buffer - self.plan.n_args]
-                flat = self._arena[start:].view(spec.torch_dtype)
-            else:
-                flat = base.reshape(-1)
-            outs.append(torch.as_strided(flat, r.sizes, r.strides, r.offset).clone())
+        outs = read_results(self.plan, self.signature.outputs, args, self._arena)
         return outs[0] if len(outs) == 1 else tuple(outs)
+
+
+def read_results(
+    plan: HostPlan, outputs: Sequence[TensorSpec], args: Sequence[torch.Tensor], arena: torch.Tensor
+) -> list[torch.Tensor]:
+    """Fresh copies of the results: each a strided view of an argument or of its
+    allocation in the arena (a byte tensor)."""
+    outs = []
+    for r, spec in zip(plan.results, outputs):
+        if r.buffer < plan.n_args:
+            base = args[r.buffer]
+        else:
+            start = plan.offsets[r.buffer - plan.n_args]
+            base = arena[start:].view(spec.torch_dtype)
+        # (as_strided's offset counts from the storage's start, not the view's)
+        outs.append(base.as_strided(r.sizes, r.strides, base.storage_offset() + r.offset).clone())
+    return outs

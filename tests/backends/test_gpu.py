@@ -173,6 +173,23 @@ def test_host_plan_arena_never_overlaps_live_buffers():
     assert plan.arena_bytes < sum(plan.buffers)  # buffers whose lives do not overlap share memory
 
 
+def test_results_read_from_their_arena_offset():
+    """A result lives at its allocation's offset in the arena (and a view's own offset on
+    top): read back from there, not from the arena's start."""
+    from tilecraft.backends.cpu.runtime import TensorSpec
+
+    arena = torch.zeros(4096, dtype=torch.uint8)
+    want = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    arena[512 + 8 : 512 + 8 + 48] = want.reshape(-1).view(torch.uint8)
+    plan = runtime.HostPlan(1, (1024, 1024), (), (runtime.View(2, 2, (3, 4), (4, 1), "f32"),), (0, 512), 2048)
+    (got,) = runtime.read_results(plan, [TensorSpec((3, 4), "f32")], [torch.zeros(1)], arena)
+    assert torch.equal(got, want)
+    x = torch.arange(20.0)[4:]  # an argument result with a storage offset of its own
+    plan = runtime.HostPlan(1, (), (), (runtime.View(0, 1, (2, 2), (2, 1), "f32"),), (), 0)
+    (got,) = runtime.read_results(plan, [TensorSpec((2, 2), "f32")], [x], arena)
+    assert got.tolist() == [[5.0, 6.0], [7.0, 8.0]]
+
+
 def test_ptxas_report_parsing():
     text = """ptxas info    : 0 bytes gmem
 ptxas info    : Compiling entry function 'k0' for 'sm_90'
