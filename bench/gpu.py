@@ -49,19 +49,22 @@ def matmul_f16():
 
 
 def compile_only(models, archs=("sm_80", "sm_90")) -> list[dict]:
+    """`models`: zoo names or (label, spec) pairs."""
     from tilecraft import gpu_driver
 
     rows = []
-    for name in models:
+    for entry in models:
+        name, spec = entry if isinstance(entry, tuple) else (entry, entry)
         for arch in archs:
             t0 = time.perf_counter()
-            c = gpu_driver.compile_gpu(name, target=f"gpu{{arch={arch}}}", emit="ptx")
+            c = gpu_driver.compile_gpu(spec, target=f"gpu{{arch={arch}}}", emit="ptx")
             rows.append(
                 {
                     "model": name,
                     "arch": arch,
                     "compile_s": time.perf_counter() - t0,
                     "launches": len(c.launches),
+                    "tensor_core_launches": sum("mma" in r.schedule for r in c.launches),
                     "max_regs": max(r.resources.registers for r in c.launches),
                     "spill_bytes": sum(r.resources.spill_stores + r.resources.spill_loads for r in c.launches),
                     "predicted_us": c.predicted_us,
@@ -69,8 +72,8 @@ def compile_only(models, archs=("sm_80", "sm_90")) -> list[dict]:
             )
             r = rows[-1]
             print(
-                f"{name:<18}{arch:<7}{r['compile_s']:>9.2f}{r['launches']:>10}{r['max_regs']:>10}"
-                f"{r['spill_bytes']:>10}{r['predicted_us']:>14.1f}",
+                f"{name:<18}{arch:<7}{r['compile_s']:>9.2f}{r['launches']:>10}{r['tensor_core_launches']:>6}"
+                f"{r['max_regs']:>10}{r['spill_bytes']:>10}{r['predicted_us']:>14.1f}",
                 flush=True,
             )
     return rows
@@ -244,9 +247,11 @@ def main() -> int:
     doc: dict = {"quick": args.quick}
     if why:
         print(f"no GPU ({why}): compile-only table (PTX and cubin by ptxas for sm_80 and sm_90)")
-        print(f"{'model':<18}{'arch':<7}{'compile s':>9}{'launches':>10}{'max regs':>10}{'spill B':>10}"
+        print(f"{'model':<18}{'arch':<7}{'compile s':>9}{'launches':>10}{'mma':>6}{'max regs':>10}{'spill B':>10}"
               f"{'predicted us':>14}")  # fmt: skip
-        doc["compile_only"] = compile_only(models)
+        matmul = ("matmul_f16 4096^3", f"{os.path.abspath(__file__)}:matmul_f16")
+        extra = [] if args.no_matmul or args.quick else [matmul]
+        doc["compile_only"] = compile_only(models + extra)
     else:
         print(f"{'model':<18}{'correct':>8}{'eager ms':>10}{'inductor ms':>12}{'tilecraft ms':>12}{'speedup':>10}"
               f"{'pred ms':>12}")  # fmt: skip

@@ -39,6 +39,10 @@ from tilecraft.backends.gpu.target import GpuTarget
 
 MODEL_PATH = os.path.join(os.path.dirname(__file__), "data", "gpu-model.json.gz")
 L1_BYTES_PER_CLOCK = 128  # per SM
+WARP = 32
+# the share of the tensor cores' peak an mma.sync kernel reaches with its fragments loaded
+# from global memory through L1 (no shared-memory staging, no ldmatrix, no async copies)
+MMA_EFFICIENCY = 0.35
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,8 +61,13 @@ class GpuPrediction:
 
 def estimated_registers(kernel: Kernel, s: GpuSchedule) -> int:
     """Registers a thread needs before ptxas says: its tile's accumulators and the
-    operands it loads for them, over a base for indices and addresses."""
+    operands it loads for them, over a base for indices and addresses (under `mma`, a
+    lane's share of the warp's accumulator fragments and of one k step's A and B
+    fragments: 4 and 2 registers each)."""
     per = s.per_thread()
+    if s.mma:
+        wm, wn = (t for t in s.thread if t)
+        return min(255, 24 + per + 4 * (wm // 16) + 2 * (wn // 8))
     rows_cols = sum(t for t in s.thread if t)
     if kernel.contraction is not None:
         return min(255, 24 + per + 2 * rows_cols)
@@ -101,6 +110,10 @@ def analytical(kernel: Kernel, s: GpuSchedule, target: GpuTarget, resources: Res
     latency_hiding = min(1.0, warps_sm / 16)
     ilp = 1.0 if kernel.contraction is None else min(1.0, 0.25 + 0.75 * s.per_thread() / 16)
     peak = target.fp32_tflops * 1e12 * (active_sms / target.sms)
+    if s.mma:  # a warp's fragments a k step: independent mma.sync ops in flight
+        frags = s.per_thread() * WARP // (16 * 8)
+        ilp = min(1.0, 0.25 + 0.75 * frags / 16)
+        peak = target.tc_tflops * MMA_EFFICIENCY * 1e12 * (active_sms / target.sms)
     compute = kernel.flops / (peak * latency_hiding * ilp)
     dram_bytes = kernel.out_bytes + sum(b for _, b in kernel.operand_loops)
     dram = dram_bytes / (target.dram_gbs * 1e9)
@@ -118,7 +131,8 @@ def analytical(kernel: Kernel, s: GpuSchedule, target: GpuTarget, resources: Res
 FEATURES = (
     "log_flops", "log_out_bytes", "log_in_bytes", "contraction", "n_ops", "threads", "per_thread",
     "log_grid", "blocks_per_sm", "occupancy", "wave_eff", "registers", "spills", "log_l2_reads",
-    "log_l1_reads", "log_analytical", "gpu_sms", "gpu_dram_gbs", "gpu_l2_gbs", "gpu_fp32_tflops", "gpu_capability",
+    "log_l1_reads", "log_analytical", "mma", "gpu_sms", "gpu_dram_gbs", "gpu_l2_gbs", "gpu_fp32_tflops",
+    "gpu_capability",
 )  # fmt: skip
 
 
@@ -142,6 +156,7 @@ def features(kernel: Kernel, s: GpuSchedule, target: GpuTarget, resources: Resou
         "log_l2_reads": math.log1p(_reads(kernel, s, "block")),
         "log_l1_reads": math.log1p(_reads(kernel, s, "thread")),
         "log_analytical": math.log(p.seconds),
+        "mma": float(s.mma),
         **target.features(),
     }
     return [float(row[f]) for f in FEATURES]

@@ -612,12 +612,15 @@ def _closure_size(nodes: Mapping[int, Node], group: set[int]) -> int:
     return len(ops) - max(0, links - 1)
 
 
-def maximal(nodes: Mapping[int, Node], target=None) -> list[FusionDecision]:
+def maximal(nodes: Mapping[int, Node], target=None, *, keep=None) -> list[FusionDecision]:
     """Without a cost model: the largest legal group of each sink, taken from the last op
     backwards, skipping groups that overlap ones already taken (what the rewrite does to
-    every fusable chain; for tests and for inspecting the rewrite)."""
+    every fusable chain; for tests and for inspecting the rewrite). `keep`: a predicate
+    on groups, those it rejects are never taken."""
     by_sink: dict[int, FusionDecision] = {}
     for g in candidates(nodes, target):
+        if keep is not None and not keep(g):
+            continue
         if len(g.ops) > len(by_sink.get(g.sink, FusionDecision(g.sink, (), ())).ops):
             by_sink[g.sink] = g
     taken: set[int] = set()

@@ -38,6 +38,7 @@ KERNEL = "tc.kernel"  # on a top-level forall: the kernel's number (which launch
 SINK = "tc.sink"  # on a kernel's block forall: its sink's op id (none on a leftover's)
 KERNEL_OPS = "tc.kernel_ops"  # on the outlined gpu.func: the op ids it computes
 _XYZ = ("x", "y", "z")
+WARP = 32  # threads a warp: a #gpu.warp<x> forall spans 32 threads of x each
 # ops that compute: after the gpu stage none may stay in the host function
 HOST_COMPUTE = ("linalg.", "scf.", "memref.copy", "memref.load", "memref.store", "vector.", "cf.")
 
@@ -45,32 +46,45 @@ BUFFERIZE = (
     "builtin.module(one-shot-bufferize{bufferize-function-boundaries=true "
     "function-boundary-type-conversion=identity-layout-map}, canonicalize, cse)"
 )
-LOWER_VECTORS = named_sequence(
-    f"""    %g = transform.structured.match ops{{["func.func"]}} in %root : ({ANY}) -> {ANY}
-    transform.apply_patterns to %g {{
+_LOWER_VECTOR_PATTERNS = """
+    transform.apply_patterns to %g {
       transform.apply_patterns.vector.lower_contraction lowering_strategy = "outerproduct"
       transform.apply_patterns.vector.transfer_permutation_patterns
       transform.apply_patterns.vector.transfer_to_scf max_transfer_rank = 1 full_unroll = true
       transform.apply_patterns.vector.lower_transfer max_transfer_rank = 1
       transform.apply_patterns.vector.lower_outerproduct
-    }} : {ANY}
-    transform.apply_patterns to %g {{
+    } : ANY
+    transform.apply_patterns to %g {
       transform.apply_patterns.vector.lower_shape_cast
       transform.apply_patterns.vector.lower_transpose lowering_strategy = "shuffle_1d"
-    }} : {ANY}""",
+    } : ANY""".replace("ANY", ANY)
+# vector code → scalar/1-D vector ops: in the whole function, or (`SIMT`) in the kernels
+# marked `tc.simt` only (the others' contractions become tensor-core ops after outlining)
+LOWER_VECTORS = named_sequence(
+    f"""    %g = transform.structured.match ops{{["func.func"]}} in %root : ({ANY}) -> {ANY}{_LOWER_VECTOR_PATTERNS}""",
     consumed=False,
 )
+SIMT = "tc.simt"
+LOWER_SIMT_VECTORS = named_sequence(
+    f"""    %g = transform.structured.match attributes{{{SIMT}}} in %root : ({ANY}) -> {ANY}{_LOWER_VECTOR_PATTERNS}""",
+    consumed=False,
+)
+# in a kernel module whose warps contract m16n8k16 fragments: `nvgpu.mma.sync` (the pass
+# only runs there: it rejects the scalar f32↔f16 casts of other kernels)
+TENSOR_CORES = "gpu.module(convert-vector-to-gpu{use-nvgpu=true}, canonicalize, cse)"
 OUTLINE = (
-    "builtin.module(func.func(convert-linalg-to-loops), lower-affine, canonicalize, cse, "
+    "builtin.module(func.func(convert-linalg-to-loops), canonicalize, cse, "
     "gpu-launch-sink-index-computations, gpu-kernel-outlining, func.func(canonicalize))"
 )
+# after the tensor-core conversion (which rejects index arithmetic in its operands' slices)
+LOWER_AFFINE = "builtin.module(lower-affine, canonicalize, cse)"
 
 
 def _nvvm_pipeline(arch: str, features: str) -> str:
     return (
         f"builtin.module(nvvm-attach-target{{chip={arch} features={features}}}, "
         "gpu.module(expand-strided-metadata, lower-affine, convert-vector-to-scf, convert-scf-to-cf, "
-        "convert-vector-to-llvm, "
+        "convert-vector-to-llvm, convert-nvgpu-to-nvvm, "
         "convert-gpu-to-nvvm{index-bitwidth=64}), reconcile-unrealized-casts)"
     )
 
@@ -101,6 +115,9 @@ def tiling_script(
             )
     for k in kernels:
         s = schedules[k.sink]
+        if s.mma:
+            body += _mma_tiles(k, s)
+            continue
         n = sum(1 for b in s.block if b)
         tiles = ", ".join(map(str, s.block))
         body.append(
@@ -134,6 +151,58 @@ def tiling_script(
     if register_tiles:
         body.append(_hoist())
     return named_sequence("\n".join(body), consumed=False)
+
+
+def _mma_tiles(k: gs.Kernel, s: gs.GpuSchedule) -> list[str]:
+    """An f16 matmul on tensor cores: tiled over blocks, then over warps (`#gpu.warp`), the
+    zero fill fused into each warp's tile; the warp's k loop in steps of 16 vectorized into
+    one mixed-precision `vector.contract` (f16 operands, f32 accumulator), unrolled into
+    m16n8k16 fragments (`convert-vector-to-gpu` makes each an `nvgpu.mma.sync` in the gpu
+    stage); `_hoist` keeps the accumulators in registers across the k loop."""
+    x = k.sink
+    (bm, bn, _), (wm, wn, _) = s.block, s.thread
+    out = [
+        f"    %b{x}, %bl{x} = transform.structured.tile_using_forall %m{x} tile_sizes [{bm}, {bn}, 0]"
+        f" (mapping = [#gpu.block<y>, #gpu.block<x>]) : ({ANY}) -> ({ANY}, {ANY})",
+        f"    %p{x} = transform.param.constant {x} : i64 -> !transform.param<i64>",
+        f'    transform.annotate %bl{x} "{SINK}" = %p{x} : {ANY}, !transform.param<i64>',
+    ]
+    loop, fused = f"%bl{x}", {}
+    for m in k.members:
+        out.append(
+            f"    %f{m}, %c{m} = transform.structured.fuse_into_containing_op %m{m} into {loop}"
+            f" : ({ANY}, {ANY}) -> ({ANY}, {ANY})"
+        )
+        loop, fused[m] = f"%c{m}", f"%f{m}"
+    out.append(
+        f"    %t{x}, %tl{x} = transform.structured.tile_using_forall %b{x} tile_sizes [{wm}, {wn}, 0]"
+        f" (mapping = [#gpu.warp<y>, #gpu.warp<x>]) : ({ANY}) -> ({ANY}, {ANY})"
+    )
+    loop = f"%tl{x}"
+    for m in k.members:
+        out.append(
+            f"    %g{m}, %d{m} = transform.structured.fuse_into_containing_op {fused[m]} into {loop}"
+            f" : ({ANY}, {ANY}) -> ({ANY}, {ANY})\n"
+            f"    transform.structured.vectorize %g{m} : {ANY}"
+        )
+        loop = f"%d{m}"
+    fm, fn, fk = gs.MMA_SHAPE
+    out.append(
+        f"    %r{x}, %rl{x} = transform.structured.tile_using_for %t{x} tile_sizes [0, 0, {fk}]"
+        f" : ({ANY}) -> ({ANY}, {ANY})\n"
+        f"    transform.structured.vectorize %r{x} : {ANY}\n"
+        f"    transform.apply_patterns to {loop} {{\n"
+        "      transform.apply_patterns.vector.transfer_permutation_patterns\n"
+        "      transform.apply_patterns.vector.reduction_to_contract\n"
+        "      transform.apply_patterns.vector.fold_arith_extension\n"
+        "      transform.apply_patterns.canonicalization\n"
+        f"    }} : {ANY}\n"
+        f"    transform.apply_patterns to {loop} {{\n"
+        f"      transform.apply_patterns.gpu.unroll_vectors_subgroup_mma [{fm}, {fn}, {fk}]\n"
+        "      transform.apply_patterns.canonicalization\n"
+        f"    }} : {ANY}"
+    )
+    return out
 
 
 def _register_tiles(k: gs.Kernel, inner: Mapping[int, str]) -> list[str]:
@@ -284,12 +353,13 @@ def map_to_launches(module: ir.Module) -> list[int | None]:
             if op.name != "scf.forall" or "mapping" not in op.attributes:
                 return
             maps = [str(a) for a in ir.ArrayAttr(op.attributes["mapping"])]
-            if not all(m.startswith("#gpu.thread") for m in maps):
+            warps = all(m.startswith("#gpu.warp") for m in maps)
+            if not warps and not all(m.startswith("#gpu.thread") for m in maps):
                 return
             ubs = list(ir.DenseI64ArrayAttr(op.attributes["staticUpperBound"]))
             for m, ub in zip(maps, ubs):
                 d = _XYZ.index(m.split("<")[1].rstrip(">"))
-                dims[d] = max(dims[d], ub)
+                dims[d] = max(dims[d], ub * (WARP if warps and d == 0 else 1))
 
         walk_ops(forall, visit)
         if math.prod(dims) > gs.MAX_THREADS:
@@ -329,20 +399,47 @@ def _private_allocs_on_stack(module: ir.Module) -> None:
         op.erase()
 
 
-def to_kernels(module: ir.Module) -> None:
+def to_kernels(module: ir.Module, *, tensor_cores: bool = True) -> None:
     """tiled → buffers: bufferize (arguments read-only: compiled code never writes into
-    the caller's inputs or the bound weights), and tile what bufferization left outside
-    every kernel as kernels of their own. Every computation is then inside a top-level
-    forall over blocks (the input of `map_to_launches`, and of the CPU emulation)."""
+    the caller's inputs or the bound weights), warps' m16n8k16 contractions as
+    `nvgpu.mma.sync` (unless `tensor_cores` is off: the CPU emulation runs them as vector
+    code), and tile what bufferization left outside every kernel as kernels of their own.
+    Every computation is then inside a top-level forall over blocks (the input of
+    `map_to_launches`, and of the CPU emulation)."""
     before = str(module)
     cpu_lowering.mark_arguments_read_only(module)
     run_pipeline(module, BUFFERIZE, stage="gpu", reproduce="gpu-launch", before=before)
-    apply_transform(module, LOWER_VECTORS, stage="gpu", reproduce="gpu-launch", before=before)
+    warps = _warp_kernels(module) if tensor_cores else []
+    if warps:
+        for op in _top_level(module):
+            if op.name == "scf.forall" and op not in warps:
+                op.attributes[SIMT] = ir.UnitAttr.get()
+        apply_transform(module, LOWER_SIMT_VECTORS, stage="gpu", reproduce="gpu-launch", before=before)
+    else:
+        apply_transform(module, LOWER_VECTORS, stage="gpu", reproduce="gpu-launch", before=before)
     _erase_self_copies(module)
     _copies_as_linalg(module)
     leftovers = [op for op in _top_level(module) if op.name.startswith("linalg.")]
     if leftovers:
         apply_transform(module, _leftover_script(leftovers), stage="gpu", reproduce="gpu-launch", before=before)
+
+
+def _warp_kernels(module: ir.Module) -> list[ir.Operation]:
+    """The top-level foralls (kernels) that hold a forall over warps."""
+    out = []
+    for op in _top_level(module):
+        if op.name != "scf.forall":
+            continue
+        found = []
+
+        def visit(o: ir.Operation, found=found) -> None:
+            if o.name == "scf.forall" and "mapping" in o.attributes and "#gpu.warp" in str(o.attributes["mapping"]):
+                found.append(o)
+
+        walk_ops(op, visit)
+        if found:
+            out.append(op)
+    return out
 
 
 def to_gpu(module: ir.Module) -> list[int | None]:
@@ -356,7 +453,21 @@ def to_gpu(module: ir.Module) -> list[int | None]:
         raise gs.GpuScheduleError(f"ops left outside every kernel: {', '.join(sorted(set(stray)))}")
     _private_allocs_on_stack(module)
     run_pipeline(module, OUTLINE, stage="gpu", reproduce="gpu-launch", before=before)
+    for g in _gpu_modules(module):
+        if _contains(g, "vector.contract"):
+            run_pipeline(g, TENSOR_CORES, stage="gpu", reproduce="gpu-launch", before=before)
+    run_pipeline(module, LOWER_AFFINE, stage="gpu", reproduce="gpu-launch", before=before)
     return sinks
+
+
+def _gpu_modules(module: ir.Module) -> list[ir.Operation]:
+    return [op.operation for op in module.body.operations if op.operation.name == "gpu.module"]
+
+
+def _contains(op: ir.Operation, name: str) -> bool:
+    found = []
+    walk_ops(op, lambda o: found.append(o) if o.name == name else None)
+    return bool(found)
 
 
 def emulate_on_cpu(module: ir.Module) -> ir.Module:
@@ -364,7 +475,7 @@ def emulate_on_cpu(module: ir.Module) -> ir.Module:
     checking tiling, fusion and bufferization against eager where no GPU is: `to_kernels`,
     then foralls → for loops and the CPU backend's LLVM stage. Returns the LLVM-dialect
     module (`backends/cpu/lowering.jit` runs it)."""
-    to_kernels(module)
+    to_kernels(module, tensor_cores=False)
     run_pipeline(module, "builtin.module(func.func(scf-forall-to-for))", stage="emulate")
     return cpu_lowering.to_llvm(module)
 

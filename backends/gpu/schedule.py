@@ -9,7 +9,10 @@ block spans it whole) and the per-thread tile inside it (`thread`: a thread comp
 `thread[i]` consecutive points along loop i, so it reuses what it loads from a row of A or
 a column of B that many times). At most three loops are tiled; the innermost tiled loop
 is x (consecutive threads touch consecutive addresses: coalesced), the next y, then z.
-Reduction loops run whole inside each thread. `space` lists the legal schedules of a
+Reduction loops run whole inside each thread. An f16 matmul (f32 accumulator) may run on
+tensor cores instead (`mma`): the block tile is split into warp tiles (`thread` is then
+each warp's tile of m and n), each warp's tile a grid of m16n8k16 `mma.sync` fragments
+accumulated in registers over k steps of 16. `space` lists the legal schedules of a
 kernel (the heuristic first); the cost model (`costmodel/gpu_model.py`) ranks them.
 """
 
@@ -32,6 +35,11 @@ GPU_KERNELS = "tc.gpu_kernels"  # on the module: the fusion groups that are kern
 MAX_THREADS = 1024
 MAX_MAPPED = 3  # x, y, z
 THREAD_TILES = (1, 2, 4, 8)
+WARP = 32
+MMA_SHAPE = (16, 8, 16)  # mma.sync m16n8k16: f16 operands, f32 accumulators
+MMA_BLOCKS = (32, 64, 128, 256)
+MMA_WARP_TILES = ((16, 8), (16, 16), (32, 16), (32, 32), (64, 32), (32, 64), (64, 64))
+MMA_MAX_WARPS = 8
 BLOCK_TILES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
@@ -41,16 +49,22 @@ class GpuScheduleError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class GpuSchedule:
-    """Per sink loop: the thread-block tile and each thread's tile in it (0 = untiled)."""
+    """Per sink loop: the thread-block tile and each thread's tile in it (0 = untiled);
+    with `mma`, each warp's tile instead (tensor cores)."""
 
     block: tuple[int, ...]
     thread: tuple[int, ...]
+    mma: bool = False
 
     def threads(self) -> tuple[int, int, int]:
-        """Threads per block along (x, y, z): the tiled loops, innermost first."""
+        """Threads per block along (x, y, z): the tiled loops, innermost first (x counts
+        a warp as 32 threads under `mma`)."""
         per = [b // t for b, t in zip(self.block, self.thread) if b]
         per = per[::-1] + [1] * (MAX_MAPPED - len(per))
-        return per[0], per[1], per[2]
+        return per[0] * (WARP if self.mma else 1), per[1], per[2]
+
+    def warps(self) -> int:
+        return -(-self.threads_per_block() // WARP)
 
     def grid(self, extents: Sequence[int]) -> tuple[int, int, int]:
         per = [e // b for e, b in zip(extents, self.block) if b]
@@ -61,18 +75,27 @@ class GpuSchedule:
         return math.prod(self.threads())
 
     def per_thread(self) -> int:
-        return math.prod(t for t in self.thread if t)
+        """Output points a thread accumulates (a warp's tile spread over its 32 lanes)."""
+        return math.prod(t for t in self.thread if t) // (WARP if self.mma else 1)
 
     def to_json(self) -> str:
-        return json.dumps({"block": list(self.block), "thread": list(self.thread)})
+        d = {"block": list(self.block), "thread": list(self.thread)}
+        if self.mma:
+            d["mma"] = True
+        return json.dumps(d)
 
     @staticmethod
     def from_json(text: str | dict) -> GpuSchedule:
         try:
             d = json.loads(text) if isinstance(text, str) else dict(text)
-            if set(d) != {"block", "thread"}:
+            if not {"block", "thread"} <= set(d) <= {"block", "thread", "mma"} or d.get("mma", False) not in (
+                True,
+                False,
+            ):
                 raise ValueError
-            return GpuSchedule(tuple(int(x) for x in d["block"]), tuple(int(x) for x in d["thread"]))
+            return GpuSchedule(
+                tuple(int(x) for x in d["block"]), tuple(int(x) for x in d["thread"]), bool(d.get("mma", False))
+            )
         except (ValueError, TypeError):
             raise GpuScheduleError(f"not a GPU schedule: {text!r}") from None
 
@@ -81,6 +104,8 @@ class GpuSchedule:
         blocks = "x".join(str(b) for b, _ in tiled)
         per = "x".join(str(t) for _, t in tiled)
         x, y, z = self.threads()
+        if self.mma:
+            return f"block {blocks} / warp {per} (mma m16n8k16, {self.warps()} warps)"
         return f"block {blocks} / thread {per} ({x}x{y}x{z} threads)"
 
 
@@ -94,6 +119,7 @@ class Kernel:
     infos: tuple[opinfo.OpInfo, ...]  # sink first, then members
     operand_loops: tuple[tuple[tuple[int, ...], int], ...]  # external inputs: (sink loops it varies with, bytes)
     out_bytes: int
+    mma: bool = False  # tensor cores can compute it (`mma_kernel`)
 
     @property
     def info(self) -> opinfo.OpInfo:
@@ -128,7 +154,17 @@ def kernels(module: ir.Module, groups: Sequence[fusion.FusionDecision] | None = 
     """The module's kernels: `groups` (default: the largest legal group of each sink, as
     `fusion.maximal` takes them), every other op alone with its zero fills. Tags ops."""
     nodes = fusion.analyze(module)
-    groups = fusion.maximal(nodes) if groups is None else groups
+    if groups is None:
+        # an f16 matmul stays a kernel of its own (with its zero fill) to run on tensor
+        # cores: its accumulators live in mma fragments, which no epilogue reads in place
+        mma = {i for i, n in nodes.items() if mma_kernel(n.op, (n.info,))}
+
+        def keep(g: fusion.FusionDecision) -> bool:
+            if mma & set(g.members):
+                return False
+            return g.sink not in mma or all(fusion.is_fill(nodes[m]) for m in g.members)
+
+        groups = fusion.maximal(nodes, keep=keep)
     out: list[Kernel] = []
     taken: set[int] = set()
     plans: list[tuple[int, tuple[int, ...]]] = []
@@ -165,8 +201,25 @@ def kernels(module: ir.Module, groups: Sequence[fusion.FusionDecision] | None = 
                 inputs.append((sink_loops, _bytes(v.type)))
         out_bytes = sum(_bytes(r.type) for r in nodes[sink].op.results)
         infos = (nodes[sink].info, *(nodes[m].info for m in members))
-        out.append(Kernel(sink, members, tuple(tileable), infos, tuple(inputs), out_bytes))
+        mma = mma_kernel(nodes[sink].op, infos)
+        out.append(Kernel(sink, members, tuple(tileable), infos, tuple(inputs), out_bytes, mma))
     return out
+
+
+def mma_kernel(op: ir.Operation, infos: Sequence[opinfo.OpInfo]) -> bool:
+    """Tensor cores can compute the kernel: a plain `linalg.matmul` (row-major A and B, no
+    transposed maps) of f16 operands into an f32 accumulator, m, n and k multiples of the
+    m16n8k16 fragment, fused with nothing but its accumulator's zero fill."""
+    info = infos[0]
+    if info.name != "linalg.matmul" or any(i.name != "linalg.fill" for i in infos[1:]):
+        return False
+    if tuple(info.dtypes) != ("f16", "f16", "f32"):
+        return False
+    if "indexing_maps" in op.attributes:
+        maps = [str(ir.AffineMapAttr(a).value) for a in ir.ArrayAttr(op.attributes["indexing_maps"])]
+        if maps != [f"(d0, d1, d2) -> ({r})" for r in ("d0, d2", "d2, d1", "d0, d1")]:
+            return False
+    return all(e % f == 0 for e, f in zip(info.extents, MMA_SHAPE))
 
 
 def _reads_init(node) -> bool:
@@ -195,6 +248,9 @@ def check(kernel: Kernel, s: GpuSchedule) -> None:
     ext = kernel.info.extents
     if len(s.block) != len(ext) or len(s.thread) != len(ext):
         raise GpuScheduleError(f"schedule {s.to_json()} has not {len(ext)} loops")
+    if s.mma:
+        _check_mma(kernel, s)
+        return
     tiled = [i for i, b in enumerate(s.block) if b]
     if not tiled or len(tiled) > MAX_MAPPED:
         raise GpuScheduleError(f"schedule {s.to_json()} tiles {len(tiled)} loops (1 to {MAX_MAPPED})")
@@ -209,6 +265,38 @@ def check(kernel: Kernel, s: GpuSchedule) -> None:
             raise GpuScheduleError(f"loop {i}: block {b} / thread {t} do not divide {ext[i]}")
     if s.threads_per_block() > MAX_THREADS:
         raise GpuScheduleError(f"{s.threads_per_block()} threads per block (at most {MAX_THREADS})")
+
+
+def _check_mma(kernel: Kernel, s: GpuSchedule) -> None:
+    if not kernel.mma:
+        raise GpuScheduleError(
+            f"schedule {s.to_json()}: tensor cores take only a plain f16 matmul into f32"
+            " (m, n, k multiples of 16, 8, 16)"
+        )
+    (bm, bn, bk), (wm, wn, wk) = s.block, s.thread
+    if bk or wk:
+        raise GpuScheduleError(f"schedule {s.to_json()}: the k loop of an mma schedule is not tiled")
+    for name, e, b, w, f in (("m", kernel.info.extents[0], bm, wm, 16), ("n", kernel.info.extents[1], bn, wn, 8)):
+        if b <= 0 or w <= 0 or e % b or b % w or w % f:
+            raise GpuScheduleError(f"loop {name}: block {b} / warp {w} do not divide {e} in fragments of {f}")
+    if s.warps() > MMA_MAX_WARPS:
+        raise GpuScheduleError(f"{s.warps()} warps per block (at most {MMA_MAX_WARPS} with tensor cores)")
+
+
+def mma_space(kernel: Kernel) -> list[GpuSchedule]:
+    """The tensor-core schedules of an f16 matmul kernel (none for any other): block tiles
+    of m and n, warp tiles of m16n8 fragments, 1 to 8 warps a block."""
+    if not kernel.mma:
+        return []
+    m, n, _ = kernel.info.extents
+    out = []
+    for bm, bn in itertools.product(MMA_BLOCKS, MMA_BLOCKS):
+        for wm, wn in MMA_WARP_TILES:
+            s = GpuSchedule((bm, bn, 0), (wm, wn, 0), True)
+            if m % bm or n % bn or bm % wm or bn % wn or s.warps() > MMA_MAX_WARPS:
+                continue
+            out.append(s)
+    return out
 
 
 def space(kernel: Kernel, *, limit: int = 400) -> list[GpuSchedule]:
@@ -231,6 +319,10 @@ def space(kernel: Kernel, *, limit: int = 400) -> list[GpuSchedule]:
         choices.append(opts)
     out = [default(kernel)]
     seen = {out[0]}
+    for s in mma_space(kernel):  # tensor-core schedules first (they are few)
+        if s not in seen:
+            seen.add(s)
+            out.append(s)
     for combo in itertools.product(*choices):
         threads = math.prod(b // t for b, t in combo)
         per = math.prod(t for _, t in combo)
@@ -251,9 +343,17 @@ def space(kernel: Kernel, *, limit: int = 400) -> list[GpuSchedule]:
 
 
 def default(kernel: Kernel) -> GpuSchedule:
-    """The heuristic: a contraction's 64x64 output tile of 4x4 points a thread (256
-    threads); anything else 256 threads of one point each, x across the innermost loop."""
+    """The heuristic: an f16 matmul on tensor cores, the largest block tile up to 128x128
+    in warp tiles of 64x32 (or smaller); any other contraction's 64x64 output tile of 4x4
+    points a thread (256 threads); anything else 256 threads of one point each, x across
+    the innermost loop."""
     ext = kernel.info.extents
+    if kernel.mma:
+        bm = max(b for b in (16, *MMA_BLOCKS[:-1]) if ext[0] % b == 0)
+        bn = max(b for b in (8, 16, *MMA_BLOCKS[:-1]) if ext[1] % b == 0)
+        wm = max(w for w in (16, 32, 64) if bm % w == 0)
+        wn = max(w for w in (8, 16, 32) if bn % w == 0)
+        return GpuSchedule((bm, bn, 0), (wm, wn, 0), True)
     loops = mapped_loops(kernel)
     block = [0] * len(ext)
     thread = [0] * len(ext)

@@ -150,6 +150,100 @@ def test_pinned_register_tiles_match_eager(tmp_path):
     assert torch.allclose(fn(a, b), a @ b, rtol=1e-4, atol=1e-4)
 
 
+# ------------------------------------------------------------------------ tensor cores
+def _f16_matmul(tmp_path, m: int, n: int, kk: int, *, a_dtype: str = "f16", transpose_b: bool = False) -> str:
+    path = tmp_path / f"mm_{a_dtype}_{m}x{n}x{kk}_{int(transpose_b)}.mlir"
+    bt = f"{n}x{kk}" if transpose_b else f"{kk}x{n}"
+    maps = (
+        " indexing_maps = [affine_map<(d0, d1, d2) -> (d0, d2)>, affine_map<(d0, d1, d2) -> (d1, d2)>,"
+        " affine_map<(d0, d1, d2) -> (d0, d1)>]"
+        if transpose_b
+        else ""
+    )
+    path.write_text(
+        f"""func.func @forward(%a: tensor<{m}x{kk}x{a_dtype}>, %b: tensor<{bt}x{a_dtype}>) -> tensor<{m}x{n}xf32> {{
+  %cst = arith.constant 0.0 : f32
+  %e = tensor.empty() : tensor<{m}x{n}xf32>
+  %z = linalg.fill ins(%cst : f32) outs(%e : tensor<{m}x{n}xf32>) -> tensor<{m}x{n}xf32>
+  %r = linalg.matmul{maps} ins(%a, %b : tensor<{m}x{kk}x{a_dtype}>, tensor<{bt}x{a_dtype}>)
+    outs(%z : tensor<{m}x{n}xf32>) -> tensor<{m}x{n}xf32>
+  return %r : tensor<{m}x{n}xf32>
+}}
+"""
+    )
+    return str(path)
+
+
+def _matmul_kernel(path: str) -> gs.Kernel:
+    c = gpu_driver.compile_gpu(path, emit="decided", cost_model="heuristic")
+    return next(ch.kernel for ch in c.choices.values() if ch.kernel.contraction is not None)
+
+
+def test_only_plain_f16_matmuls_go_to_tensor_cores(tmp_path):
+    assert _matmul_kernel(_f16_matmul(tmp_path, 64, 64, 32)).mma
+    assert not _matmul_kernel(_f16_matmul(tmp_path, 64, 64, 32, a_dtype="bf16")).mma  # (no nvgpu lowering)
+    assert not _matmul_kernel(_f16_matmul(tmp_path, 64, 64, 32, transpose_b=True)).mma
+    assert not _matmul_kernel(_f16_matmul(tmp_path, 64, 64, 24)).mma  # k not a multiple of 16
+    f32 = _kernel_of(tmp_path, 64, 64, 32)
+    assert not f32.mma
+    with pytest.raises(gs.GpuScheduleError, match="tensor cores"):
+        gs.check(f32, gs.GpuSchedule((64, 64, 0), (32, 32, 0), True))
+
+
+def test_mma_schedules_are_legal_and_the_default(tmp_path):
+    k = _matmul_kernel(_f16_matmul(tmp_path, 256, 256, 64))
+    d = gs.default(k)
+    assert d.mma and d == gs.GpuSchedule((128, 128, 0), (64, 32, 0), True)
+    assert d.threads() == (128, 2, 1) and d.warps() == 8 and d.per_thread() == 64
+    assert "mma m16n8k16, 8 warps" in d.describe()
+    mma = [s for s in gs.space(k) if s.mma]
+    assert len(mma) > 10 and all(s.warps() <= gs.MMA_MAX_WARPS for s in mma)
+    for s in mma:
+        gs.check(k, s)
+        assert gs.GpuSchedule.from_json(s.to_json()) == s
+    with pytest.raises(gs.GpuScheduleError, match="fragments"):
+        gs.check(k, gs.GpuSchedule((128, 128, 0), (24, 32, 0), True))
+    with pytest.raises(gs.GpuScheduleError, match="warps per block"):
+        gs.check(k, gs.GpuSchedule((256, 256, 0), (32, 32, 0), True))
+    t = GpuTarget()
+    ranked = gpu_model.GpuCostModel(t).rank(k, gs.space(k))
+    assert ranked[0][0].mma  # tensor cores beat the FP32 units on an f16 matmul
+    # ... but not past their peak
+    best = gpu_model.analytical(_matmul_kernel(_f16_matmul(tmp_path, 4096, 4096, 4096)), d, t)
+    assert best.seconds > 2 * 4096**3 / (t.tc_tflops * 1e12)
+
+
+def test_an_f16_matmul_with_its_cast_runs_on_tensor_cores_and_matches_eager(tmp_path):
+    """A model's f16 matmul (f32 accumulator, cast back to f16): the matmul a kernel of its
+    own on tensor cores, the cast another; the mma kernel's vector code run on the host
+    matches eager, and its PTX has the m16n8k16 mma.sync that ptxas accepts."""
+    src = tmp_path / "mm.py"
+    src.write_text(
+        "import torch\n"
+        "class M(torch.nn.Module):\n"
+        "    def forward(self, a, b):\n"
+        "        return a @ b\n"
+        "def make():\n"
+        "    g = torch.Generator().manual_seed(0)\n"
+        "    return M(), (torch.randn(64, 96, generator=g).half(), torch.randn(96, 128, generator=g).half())\n"
+    )
+    spec = f"{src}:make"
+    c = gpu_driver.compile_gpu(spec, emit="tiled", cost_model="heuristic")
+    mma = [ch for ch in c.choices.values() if ch.schedule.mma]
+    assert len(mma) == 1 and mma[0].kernel.label() == "matmul"
+    fn, imported = gpu_driver.emulate(spec, cost_model="heuristic")
+    a, b = imported.inputs
+    out = fn(a, b)
+    ref = a.float() @ b.float()
+    assert out.dtype == torch.float16
+    assert float((out.float() - ref).norm() / ref.norm()) < 1e-2
+    if ptx.available() is None:
+        for arch in ("sm_80", "sm_90"):
+            c = gpu_driver.compile_gpu(spec, target=f"gpu{{arch={arch}}}", emit="ptx", cost_model="heuristic")
+            assert "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32" in c.text
+            assert all(r.spill_stores == 0 for r in c.resources.values())
+
+
 # ------------------------------------------------------------------------ launch plan
 def test_host_plan_arena_never_overlaps_live_buffers():
     c = gpu_driver.compile_gpu("conv_autoencoder", emit="gpu", cost_model="heuristic")
