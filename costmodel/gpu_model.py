@@ -33,16 +33,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from tilecraft.backends.gpu import schedule as gs
 from tilecraft.backends.gpu.ptx import Resources
 from tilecraft.backends.gpu.schedule import GpuSchedule, Kernel
 from tilecraft.backends.gpu.target import GpuTarget
 
 MODEL_PATH = os.path.join(os.path.dirname(__file__), "data", "gpu-model.json.gz")
 L1_BYTES_PER_CLOCK = 128  # per SM
-WARP = 32
 # the share of the tensor cores' peak an mma.sync kernel reaches with its fragments loaded
 # from global memory through L1 (no shared-memory staging, no ldmatrix, no async copies)
-MMA_EFFICIENCY = 0.35
+MMA_EFFICIENCY = 0.25  # (a guess: no GPU has measured it yet)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +111,7 @@ def analytical(kernel: Kernel, s: GpuSchedule, target: GpuTarget, resources: Res
     ilp = 1.0 if kernel.contraction is None else min(1.0, 0.25 + 0.75 * s.per_thread() / 16)
     peak = target.fp32_tflops * 1e12 * (active_sms / target.sms)
     if s.mma:  # a warp's fragments a k step: independent mma.sync ops in flight
-        frags = s.per_thread() * WARP // (16 * 8)
+        frags = s.per_thread() * gs.WARP // (gs.MMA_SHAPE[0] * gs.MMA_SHAPE[1])
         ilp = min(1.0, 0.25 + 0.75 * frags / 16)
         peak = target.tc_tflops * MMA_EFFICIENCY * 1e12 * (active_sms / target.sms)
     compute = kernel.flops / (peak * latency_hiding * ilp)
@@ -132,7 +132,7 @@ FEATURES = (
     "log_flops", "log_out_bytes", "log_in_bytes", "contraction", "n_ops", "threads", "per_thread",
     "log_grid", "blocks_per_sm", "occupancy", "wave_eff", "registers", "spills", "log_l2_reads",
     "log_l1_reads", "log_analytical", "mma", "gpu_sms", "gpu_dram_gbs", "gpu_l2_gbs", "gpu_fp32_tflops",
-    "gpu_capability",
+    "gpu_tc_tflops", "gpu_capability",
 )  # fmt: skip
 
 
@@ -195,6 +195,8 @@ class GpuCostModel:
 
         with gzip.open(path, "rt") as f:
             doc = json.load(f)
+        if doc.get("features") != list(FEATURES):  # trained on another feature schema
+            return GpuCostModel(target)
         return GpuCostModel(target, lgb.Booster(model_str=doc["model"]))
 
 

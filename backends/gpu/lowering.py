@@ -31,14 +31,13 @@ from torch_mlir.dialects import memref as memref_d
 from tilecraft.backends.cpu import lowering as cpu_lowering
 from tilecraft.backends.gpu import schedule as gs
 from tilecraft.dialects import opinfo, tc
-from tilecraft.dialects.irutil import ANY, apply_transform, named_sequence, run_pipeline, walk_ops
+from tilecraft.dialects.irutil import ANY, apply_transform, named_sequence, ops_named, run_pipeline, walk_ops
 from tilecraft.passes import fusion
 
 KERNEL = "tc.kernel"  # on a top-level forall: the kernel's number (which launch it becomes)
 SINK = "tc.sink"  # on a kernel's block forall: its sink's op id (none on a leftover's)
 KERNEL_OPS = "tc.kernel_ops"  # on the outlined gpu.func: the op ids it computes
 _XYZ = ("x", "y", "z")
-WARP = 32  # threads a warp: a #gpu.warp<x> forall spans 32 threads of x each
 # ops that compute: after the gpu stage none may stay in the host function
 HOST_COMPUTE = ("linalg.", "scf.", "memref.copy", "memref.load", "memref.store", "vector.", "cf.")
 
@@ -46,27 +45,22 @@ BUFFERIZE = (
     "builtin.module(one-shot-bufferize{bufferize-function-boundaries=true "
     "function-boundary-type-conversion=identity-layout-map}, canonicalize, cse)"
 )
-_LOWER_VECTOR_PATTERNS = """
-    transform.apply_patterns to %g {
+# vector code → scalar and 1-D vector ops, in the kernels marked `tc.simt` (the others'
+# contractions become tensor-core ops after outlining)
+SIMT = "tc.simt"
+LOWER_VECTORS = named_sequence(
+    f"""    %g = transform.structured.match attributes{{{SIMT}}} in %root : ({ANY}) -> {ANY}
+    transform.apply_patterns to %g {{
       transform.apply_patterns.vector.lower_contraction lowering_strategy = "outerproduct"
       transform.apply_patterns.vector.transfer_permutation_patterns
       transform.apply_patterns.vector.transfer_to_scf max_transfer_rank = 1 full_unroll = true
       transform.apply_patterns.vector.lower_transfer max_transfer_rank = 1
       transform.apply_patterns.vector.lower_outerproduct
-    } : ANY
-    transform.apply_patterns to %g {
+    }} : {ANY}
+    transform.apply_patterns to %g {{
       transform.apply_patterns.vector.lower_shape_cast
       transform.apply_patterns.vector.lower_transpose lowering_strategy = "shuffle_1d"
-    } : ANY""".replace("ANY", ANY)
-# vector code → scalar/1-D vector ops: in the whole function, or (`SIMT`) in the kernels
-# marked `tc.simt` only (the others' contractions become tensor-core ops after outlining)
-LOWER_VECTORS = named_sequence(
-    f"""    %g = transform.structured.match ops{{["func.func"]}} in %root : ({ANY}) -> {ANY}{_LOWER_VECTOR_PATTERNS}""",
-    consumed=False,
-)
-SIMT = "tc.simt"
-LOWER_SIMT_VECTORS = named_sequence(
-    f"""    %g = transform.structured.match attributes{{{SIMT}}} in %root : ({ANY}) -> {ANY}{_LOWER_VECTOR_PATTERNS}""",
+    }} : {ANY}""",
     consumed=False,
 )
 # in a kernel module whose warps contract m16n8k16 fragments: `nvgpu.mma.sync` (the pass
@@ -100,9 +94,7 @@ def _mapping(kind: str, n: int) -> str:
     return ", ".join(f"#gpu.{kind}<{a}>" for a in _XYZ[:n][::-1])
 
 
-def tiling_script(
-    kernels: list[gs.Kernel], schedules: Mapping[int, gs.GpuSchedule], *, register_tiles: bool = True
-) -> str:
+def tiling_script(kernels: list[gs.Kernel], schedules: Mapping[int, gs.GpuSchedule]) -> str:
     """Match every kernel op first (op ids stay valid), then per kernel: tile the sink over
     blocks, fuse the members into the block tile, tile again over threads and fuse the
     members into each thread's tile."""
@@ -145,11 +137,9 @@ def tiling_script(
                 f" : ({ANY}, {ANY}) -> ({ANY}, {ANY})"
             )
             loop, inner[m] = f"%d{m}", f"%g{m}"
-        if register_tiles:
-            body += _register_tiles(k, inner)
+        body += _register_tiles(k, inner)
     body.append(_cleanup())
-    if register_tiles:
-        body.append(_hoist())
+    body.append(_hoist())
     return named_sequence("\n".join(body), consumed=False)
 
 
@@ -359,7 +349,7 @@ def map_to_launches(module: ir.Module) -> list[int | None]:
             ubs = list(ir.DenseI64ArrayAttr(op.attributes["staticUpperBound"]))
             for m, ub in zip(maps, ubs):
                 d = _XYZ.index(m.split("<")[1].rstrip(">"))
-                dims[d] = max(dims[d], ub * (WARP if warps and d == 0 else 1))
+                dims[d] = max(dims[d], ub * (gs.WARP if warps and d == 0 else 1))
 
         walk_ops(forall, visit)
         if math.prod(dims) > gs.MAX_THREADS:
@@ -409,14 +399,10 @@ def to_kernels(module: ir.Module, *, tensor_cores: bool = True) -> None:
     before = str(module)
     cpu_lowering.mark_arguments_read_only(module)
     run_pipeline(module, BUFFERIZE, stage="gpu", reproduce="gpu-launch", before=before)
-    warps = _warp_kernels(module) if tensor_cores else []
-    if warps:
-        for op in _top_level(module):
-            if op.name == "scf.forall" and op not in warps:
-                op.attributes[SIMT] = ir.UnitAttr.get()
-        apply_transform(module, LOWER_SIMT_VECTORS, stage="gpu", reproduce="gpu-launch", before=before)
-    else:
-        apply_transform(module, LOWER_VECTORS, stage="gpu", reproduce="gpu-launch", before=before)
+    for op in _top_level(module):
+        if op.name == "scf.forall" and not (tensor_cores and ops_named(op, "vector.contract") and _warps(op)):
+            op.attributes[SIMT] = ir.UnitAttr.get()
+    apply_transform(module, LOWER_VECTORS, stage="gpu", reproduce="gpu-launch", before=before)
     _erase_self_copies(module)
     _copies_as_linalg(module)
     leftovers = [op for op in _top_level(module) if op.name.startswith("linalg.")]
@@ -424,22 +410,10 @@ def to_kernels(module: ir.Module, *, tensor_cores: bool = True) -> None:
         apply_transform(module, _leftover_script(leftovers), stage="gpu", reproduce="gpu-launch", before=before)
 
 
-def _warp_kernels(module: ir.Module) -> list[ir.Operation]:
-    """The top-level foralls (kernels) that hold a forall over warps."""
-    out = []
-    for op in _top_level(module):
-        if op.name != "scf.forall":
-            continue
-        found = []
-
-        def visit(o: ir.Operation, found=found) -> None:
-            if o.name == "scf.forall" and "mapping" in o.attributes and "#gpu.warp" in str(o.attributes["mapping"]):
-                found.append(o)
-
-        walk_ops(op, visit)
-        if found:
-            out.append(op)
-    return out
+def _warps(kernel: ir.Operation) -> bool:
+    """The kernel (a top-level forall) holds a forall over warps."""
+    foralls = [f for f in ops_named(kernel, "scf.forall") if "mapping" in f.attributes]
+    return any("#gpu.warp" in str(f.attributes["mapping"]) for f in foralls)
 
 
 def to_gpu(module: ir.Module) -> list[int | None]:
@@ -454,7 +428,7 @@ def to_gpu(module: ir.Module) -> list[int | None]:
     _private_allocs_on_stack(module)
     run_pipeline(module, OUTLINE, stage="gpu", reproduce="gpu-launch", before=before)
     for g in _gpu_modules(module):
-        if _contains(g, "vector.contract"):
+        if ops_named(g, "vector.contract"):
             run_pipeline(g, TENSOR_CORES, stage="gpu", reproduce="gpu-launch", before=before)
     run_pipeline(module, LOWER_AFFINE, stage="gpu", reproduce="gpu-launch", before=before)
     return sinks
@@ -462,12 +436,6 @@ def to_gpu(module: ir.Module) -> list[int | None]:
 
 def _gpu_modules(module: ir.Module) -> list[ir.Operation]:
     return [op.operation for op in module.body.operations if op.operation.name == "gpu.module"]
-
-
-def _contains(op: ir.Operation, name: str) -> bool:
-    found = []
-    walk_ops(op, lambda o: found.append(o) if o.name == name else None)
-    return bool(found)
 
 
 def emulate_on_cpu(module: ir.Module) -> ir.Module:

@@ -40,6 +40,7 @@ MMA_SHAPE = (16, 8, 16)  # mma.sync m16n8k16: f16 operands, f32 accumulators
 MMA_BLOCKS = (32, 64, 128, 256)
 MMA_WARP_TILES = ((16, 8), (16, 16), (32, 16), (32, 32), (64, 32), (32, 64), (64, 64))
 MMA_MAX_WARPS = 8
+MMA_MAX_WARP_TILE = 64  # along m or n: a 64x64 warp tile is 128 f32 accumulators a lane
 BLOCK_TILES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
@@ -86,16 +87,21 @@ class GpuSchedule:
 
     @staticmethod
     def from_json(text: str | dict) -> GpuSchedule:
+        """A schedule from its JSON: `block` and `thread` lists of integers (not booleans,
+        not floats), `mma` a boolean when present; anything else is refused."""
+
+        def ints(v) -> tuple[int, ...]:
+            if not isinstance(v, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+                raise ValueError
+            return tuple(v)
+
         try:
             d = json.loads(text) if isinstance(text, str) else dict(text)
-            if not {"block", "thread"} <= set(d) <= {"block", "thread", "mma"} or d.get("mma", False) not in (
-                True,
-                False,
-            ):
+            if not {"block", "thread"} <= set(d) <= {"block", "thread", "mma"}:
                 raise ValueError
-            return GpuSchedule(
-                tuple(int(x) for x in d["block"]), tuple(int(x) for x in d["thread"]), bool(d.get("mma", False))
-            )
+            if not isinstance(d.get("mma", False), bool):
+                raise ValueError
+            return GpuSchedule(ints(d["block"]), ints(d["thread"]), d.get("mma", False))
         except (ValueError, TypeError):
             raise GpuScheduleError(f"not a GPU schedule: {text!r}") from None
 
@@ -103,9 +109,9 @@ class GpuSchedule:
         tiled = [(b, t) for b, t in zip(self.block, self.thread) if b]
         blocks = "x".join(str(b) for b, _ in tiled)
         per = "x".join(str(t) for _, t in tiled)
-        x, y, z = self.threads()
         if self.mma:
             return f"block {blocks} / warp {per} (mma m16n8k16, {self.warps()} warps)"
+        x, y, z = self.threads()
         return f"block {blocks} / thread {per} ({x}x{y}x{z} threads)"
 
 
@@ -183,6 +189,12 @@ def kernels(module: ir.Module, groups: Sequence[fusion.FusionDecision] | None = 
             taken.add(op_id)
     for sink, members in sorted(plans):
         group = {sink, *members}
+        if "parallel" not in nodes[sink].info.iterators:
+            info = nodes[sink].info
+            raise GpuScheduleError(
+                f"op {sink} ({info.name} over {list(info.extents)}): a reduction to a scalar has no parallel"
+                " loop to spread over the grid; the GPU backend does not compile it yet"
+            )
         to_sink = fusion.loops_to_sink(nodes, group, sink)
         if to_sink is None:
             raise GpuScheduleError(f"op {sink}'s group does not map onto its loops")
@@ -209,7 +221,7 @@ def kernels(module: ir.Module, groups: Sequence[fusion.FusionDecision] | None = 
 def mma_kernel(op: ir.Operation, infos: Sequence[opinfo.OpInfo]) -> bool:
     """Tensor cores can compute the kernel: a plain `linalg.matmul` (row-major A and B, no
     transposed maps) of f16 operands into an f32 accumulator, m, n and k multiples of the
-    m16n8k16 fragment, fused with nothing but its accumulator's zero fill."""
+    m16n8k16 fragment, fused with nothing but its accumulator's fill."""
     info = infos[0]
     if info.name != "linalg.matmul" or any(i.name != "linalg.fill" for i in infos[1:]):
         return False
@@ -276,9 +288,14 @@ def _check_mma(kernel: Kernel, s: GpuSchedule) -> None:
     (bm, bn, bk), (wm, wn, wk) = s.block, s.thread
     if bk or wk:
         raise GpuScheduleError(f"schedule {s.to_json()}: the k loop of an mma schedule is not tiled")
-    for name, e, b, w, f in (("m", kernel.info.extents[0], bm, wm, 16), ("n", kernel.info.extents[1], bn, wn, 8)):
+    fm, fn, _ = MMA_SHAPE
+    for name, e, b, w, f in (("m", kernel.info.extents[0], bm, wm, fm), ("n", kernel.info.extents[1], bn, wn, fn)):
         if b <= 0 or w <= 0 or e % b or b % w or w % f:
             raise GpuScheduleError(f"loop {name}: block {b} / warp {w} do not divide {e} in fragments of {f}")
+        if w > MMA_MAX_WARP_TILE:
+            raise GpuScheduleError(
+                f"loop {name}: a warp tile of {w} (at most {MMA_MAX_WARP_TILE}: the accumulators live in registers)"
+            )
     if s.warps() > MMA_MAX_WARPS:
         raise GpuScheduleError(f"{s.warps()} warps per block (at most {MMA_MAX_WARPS} with tensor cores)")
 
@@ -336,9 +353,10 @@ def space(kernel: Kernel, *, limit: int = 400) -> list[GpuSchedule]:
         if s not in seen:
             seen.add(s)
             out.append(s)
-    if len(out) > limit:  # keep an even spread of the enumeration
-        step = len(out) / (limit - 1)
-        out = [out[0]] + [out[1 + int(k * step)] for k in range(limit - 1) if 1 + int(k * step) < len(out)]
+    keep = 1 + sum(1 for s in out[1:] if s.mma)  # the heuristic and every tensor-core schedule
+    if len(out) > limit > keep:  # and an even spread of the rest of the enumeration
+        rest, step = out[keep:], (len(out) - keep) / (limit - keep)
+        out = out[:keep] + [rest[int(k * step)] for k in range(limit - keep) if int(k * step) < len(rest)]
     return out
 
 
@@ -378,7 +396,10 @@ def attached(module: ir.Module) -> dict[int, GpuSchedule]:
     def visit(op: ir.Operation) -> None:
         if GPU_SCHEDULE in op.attributes and tc.OP_ID in op.attributes:
             op_id = ir.IntegerAttr(op.attributes[tc.OP_ID]).value
-            out[op_id] = GpuSchedule.from_json(ir.StringAttr(op.attributes[GPU_SCHEDULE]).value)
+            attr = op.attributes[GPU_SCHEDULE]
+            if not isinstance(attr, ir.StringAttr):
+                raise GpuScheduleError(f"op {op_id}: {GPU_SCHEDULE} is not a JSON string: {attr}")
+            out[op_id] = GpuSchedule.from_json(attr.value)
 
     walk_ops(module.operation, visit)
     return out

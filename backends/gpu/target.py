@@ -74,6 +74,10 @@ ARCHS = tuple(_PARTS)
 _PTX_VERSION = {"sm_80": "+ptx84", "sm_86": "+ptx84", "sm_89": "+ptx84", "sm_90": "+ptx84"}
 
 
+_INTS = ("sms", "smem_kb", "regs", "max_threads_sm", "max_blocks_sm")
+_FLOATS = ("clock_mhz", "dram_gbs", "l2_gbs", "l2_mb", "fp32_tflops", "tc_tflops", "launch_us")
+
+
 @dataclasses.dataclass(frozen=True)
 class GpuTarget:
     kind: str = "gpu"
@@ -97,13 +101,20 @@ class GpuTarget:
             raise TargetError(f"not a GPU target: {self.kind!r}")
         if self.arch not in _PARTS:
             raise TargetError(f"arch={self.arch!r} is not one of {', '.join(ARCHS)}")
+        if not isinstance(self.part, str):
+            raise TargetError(f"part={self.part!r} is not a string")
+        for name in _INTS + _FLOATS:  # (a target file's JSON can hold anything)
+            v = getattr(self, name)
+            ok = isinstance(v, int) if name in _INTS else isinstance(v, int | float)
+            if not ok or isinstance(v, bool):
+                raise TargetError(f"{name}={v!r} is not {'an integer' if name in _INTS else 'a number'}")
         for key, value in _PARTS[self.arch].items():  # the reference part's figures where not given
             if not getattr(self, key):
                 object.__setattr__(self, key, value)
-        for name in ("sms", "smem_kb", "regs", "max_threads_sm", "max_blocks_sm"):
+        for name in _INTS:
             if getattr(self, name) <= 0:
                 raise TargetError(f"{name}={getattr(self, name)} must be positive")
-        for name in ("clock_mhz", "dram_gbs", "l2_gbs", "l2_mb", "fp32_tflops", "tc_tflops", "launch_us"):
+        for name in _FLOATS:
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):
                 raise TargetError(f"{name}={v} must be a positive finite number")
@@ -124,6 +135,7 @@ class GpuTarget:
             "gpu_dram_gbs": self.dram_gbs,
             "gpu_l2_gbs": self.l2_gbs,
             "gpu_fp32_tflops": self.fp32_tflops,
+            "gpu_tc_tflops": self.tc_tflops,
             "gpu_capability": self.capability,
         }
 

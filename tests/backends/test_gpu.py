@@ -70,6 +70,62 @@ def test_check_rejects_illegal_schedules(bert_kernels):
         gs.GpuSchedule.from_json('{"block": [1]}')
 
 
+@pytest.mark.parametrize(
+    "text",
+    ['{"block": [Infinity, 32, 0], "thread": [1, 1, 0]}', '{"block": "640", "thread": [1, 1, 0]}',
+     '{"block": [true, 32, 0], "thread": [1, 1, 0]}', '{"block": [64.9, 32, 0], "thread": [1, 1, 0]}',
+     '{"block": [64, 32, 0], "thread": [16, 8, 0], "mma": 1}', '[1, 2]', 'not json'],
+)  # fmt: skip
+def test_schedule_json_is_strict(text):
+    with pytest.raises(gs.GpuScheduleError, match="not a GPU schedule"):
+        gs.GpuSchedule.from_json(text)
+
+
+def test_bad_schedule_attributes_and_target_files_are_one_line_errors(tmp_path):
+    path = tmp_path / "m.mlir"
+    path.write_text(
+        """func.func @forward(%a: tensor<64x32xf32>) -> tensor<64x32xf32> {
+  %e = tensor.empty() : tensor<64x32xf32>
+  %r = linalg.generic {indexing_maps = [affine_map<(d0, d1) -> (d0, d1)>, affine_map<(d0, d1) -> (d0, d1)>],
+    iterator_types = ["parallel", "parallel"]} ins(%a : tensor<64x32xf32>) outs(%e : tensor<64x32xf32>)
+    attrs = {tc.gpu_schedule = 5 : i64} {
+  ^bb0(%x: f32, %o: f32):
+    %y = arith.addf %x, %x : f32
+    linalg.yield %y : f32
+  } -> tensor<64x32xf32>
+  return %r : tensor<64x32xf32>
+}
+"""
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "tilecraft.cli", "compile", str(path), "--target", "gpu", "--emit", "tiled"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "is not a JSON string" in proc.stderr and "internal" not in proc.stderr
+    for doc, why in (('{"sms": 1e400}', "not an integer"), ('{"sms": true}', "not an integer"),
+                     ('{"dram_gbs": "fast"}', "not a number"), ('{"clock_mhz": 1e400}', "finite")):  # fmt: skip
+        f = tmp_path / "t.json"
+        f.write_text(doc)
+        with pytest.raises(TargetError, match=why):
+            GpuTarget.from_file(str(f))
+
+
+def test_a_reduction_to_a_scalar_is_refused_in_one_line(tmp_path):
+    src = tmp_path / "s.py"
+    src.write_text(
+        "import torch\nclass M(torch.nn.Module):\n    def forward(self, x):\n        return x.sum()\n"
+        "def make():\n    return M(), (torch.randn(64, 32),)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "tilecraft.cli", "compile", f"{src}:make", "--target", "gpu", "--emit", "tiled"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "a reduction to a scalar" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
 # ------------------------------------------------------------------------ cost model
 def test_analytical_model_prefers_register_tiles_on_a_large_matmul(tmp_path):
     k = _kernel_of(tmp_path, 2048, 2048, 2048)
@@ -205,6 +261,10 @@ def test_mma_schedules_are_legal_and_the_default(tmp_path):
         gs.check(k, gs.GpuSchedule((128, 128, 0), (24, 32, 0), True))
     with pytest.raises(gs.GpuScheduleError, match="warps per block"):
         gs.check(k, gs.GpuSchedule((256, 256, 0), (32, 32, 0), True))
+    with pytest.raises(gs.GpuScheduleError, match="accumulators live in registers"):
+        gs.check(k, gs.GpuSchedule((256, 128, 0), (128, 128, 0), True))
+    big = _matmul_kernel(_f16_matmul(tmp_path, 4096, 4096, 64))
+    assert {s for s in gs.space(big) if s.mma} == set(gs.mma_space(big))  # none trimmed away
     t = GpuTarget()
     ranked = gpu_model.GpuCostModel(t).rank(k, gs.space(k))
     assert ranked[0][0].mma  # tensor cores beat the FP32 units on an f16 matmul
