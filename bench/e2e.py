@@ -1,11 +1,12 @@
 """End-to-end benchmark: every zoo model (and a 512³ matmul): torch eager, torch.compile
 (Inductor, CPU, with freezing) and Tilecraft fused and unfused, in one run.
 
-Same process, same inputs; eager at 1 and 2 threads, Tilecraft's code is single-threaded
-(its 2-thread column is the same code); Inductor at 1 thread. The 1-thread eager, fused and
-unfused columns are timed in 5 interleaved rounds (median of the rounds' medians) so that
-the shared machine's drift hits them alike; the others are medians of ≥ 30 samples after
-warm-up. A sample is one call, or for a model under 5 ms the mean of the back-to-back
+Same process, same inputs; eager at 1 and 2 threads, Tilecraft fused compiled for 1 and
+for 2 threads (`threads=2`: large kernels split into a chunk a thread, on OpenMP);
+Inductor at 1 thread. The 1-thread eager, fused and unfused columns are timed in 5
+interleaved rounds (median of the rounds' medians) so that the shared machine's drift hits
+them alike, and so are the two 2-thread columns; Inductor is the median of ≥ 30 samples
+after warm-up. A sample is one call, or for a model under 5 ms the mean of the back-to-back
 calls that fill 5 ms (`median_ms`). Every compiled result (Tilecraft fused and unfused,
 Inductor) is checked against eager before it is timed. Prints a table with geomeans, saves JSON.
 
@@ -68,16 +69,17 @@ def bench_one(name: str, model, inputs, runs: int, *, atol: float = driver.ATOL,
         ref = model(*inputs)
     ok = True
     fns = {}
-    for label, fuse in (("tilecraft", True), ("unfused", False)):
-        compiled = driver.compile_model(frontend.import_module(model, inputs, spec=name), fuse=fuse)
+    for label, fuse, threads in (("tilecraft", True, 1), ("unfused", False, 1), ("tilecraft_2t", True, 2)):
+        compiled = driver.compile_model(frontend.import_module(model, inputs, spec=name), fuse=fuse, threads=threads)
         cmp = driver.compare(compiled.fn(*inputs), ref, atol=atol)
         ok = ok and cmp.ok
         row[f"{label}_compile_s"] = compiled.compile_seconds
         row[f"{label}_max_abs"] = cmp.max_abs
-        row[f"{label}_ms_1t"] = None
+        if threads == 1:
+            row[f"{label}_ms_1t"] = None
         if cmp.ok:
             fns[label] = compiled.fn
-        if fuse:
+        if label == "tilecraft":
             row["fused_groups"] = len(compiled.fusion)
     row["ok"], row["compile_s"] = ok, row["tilecraft_compile_s"]
 
@@ -85,18 +87,20 @@ def bench_one(name: str, model, inputs, runs: int, *, atol: float = driver.ATOL,
         with torch.no_grad():
             return model(*inputs)
 
-    timed = {f"{label}_ms_1t": (lambda f=f: f(*inputs)) for label, f in fns.items()}
-    timed["eager_ms_1t"] = eager
-    torch.set_num_threads(1)
-    samples = {k: [] for k in timed}
+    one = {f"{label}_ms_1t": (lambda f=f: f(*inputs)) for label, f in fns.items() if label != "tilecraft_2t"}
+    one["eager_ms_1t"] = eager
+    two = {"eager_ms_2t": eager}
+    if "tilecraft_2t" in fns:
+        two["tilecraft_ms_2t"] = lambda: fns["tilecraft_2t"](*inputs)
+    row["tilecraft_ms_2t"] = None
     per_round = max(3, runs // ROUNDS)
-    for _ in range(ROUNDS):
-        for key, fn in timed.items():
-            samples[key].append(median_ms(fn, per_round))
-    row.update({k: statistics.median(v) for k, v in samples.items()})
-    torch.set_num_threads(2)
-    row["eager_ms_2t"] = median_ms(eager, runs)
-    row["tilecraft_ms_2t"] = median_ms(lambda: fns["tilecraft"](*inputs), runs) if "tilecraft" in fns else None
+    for threads, timed in ((1, one), (2, two)):
+        torch.set_num_threads(threads)
+        samples = {k: [] for k in timed}
+        for _ in range(ROUNDS):
+            for key, fn in timed.items():
+                samples[key].append(median_ms(fn, per_round))
+        row.update({k: statistics.median(v) for k, v in samples.items()})
     row["inductor_ms_1t"] = inductor_ms(model, inputs, ref, runs, atol) if inductor else None
     return row
 

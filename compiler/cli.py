@@ -102,7 +102,7 @@ def _gpu_refuse(args, *names: str) -> None:
     from tilecraft.driver import DriverError
 
     defaults = {"decisions": None, "precision": "f32", "measure": False, "png": None, "no_cache": False,
-                "error_budget": None}  # fmt: skip
+                "error_budget": None, "threads": None}  # fmt: skip
     for name in names:
         if getattr(args, name, defaults.get(name)) != defaults.get(name):
             flag = "--" + name.replace("_", "-")
@@ -123,7 +123,7 @@ def _gpu_compile(args) -> int:
     from tilecraft import gpu_driver
     from tilecraft.driver import DriverError
 
-    _gpu_refuse(args, "decisions", "precision", "error_budget")
+    _gpu_refuse(args, "decisions", "precision", "error_budget", "threads")
     emit = args.emit
     if emit not in gpu_driver.EMITS:
         raise DriverError(f"--emit {emit} is not a GPU output (one of: {', '.join(gpu_driver.EMITS)})")
@@ -148,7 +148,7 @@ def _gpu_compile(args) -> int:
 def _gpu_run(args) -> int:
     from tilecraft import gpu_driver
 
-    _gpu_refuse(args, "decisions", "precision", "error_budget", "no_cache")
+    _gpu_refuse(args, "decisions", "precision", "error_budget", "no_cache", "threads")
     inputs = _load_inputs(args.inputs) if args.inputs else None
     report = gpu_driver.run_and_check(
         args.model, target=args.target, inputs=inputs, cost_model=_gpu_cost_model(args), dump_ir_dir=args.dump_ir_dir
@@ -171,6 +171,7 @@ def cmd_compile(args) -> int:
     compiled = driver.compile_model(
         args.model,
         target=args.target,
+        threads=_threads(args),
         emit=args.emit,
         output=args.output,
         dump_ir_dir=args.dump_ir_dir,
@@ -188,6 +189,17 @@ def cmd_compile(args) -> int:
     else:
         print(f"wrote {compiled.path} ({compiled.compile_seconds:.2f} s)", file=sys.stderr)
     return 0
+
+
+def _threads(args) -> int:
+    """`--threads`, else the cores available; at least 1."""
+    from tilecraft import driver
+
+    if args.threads is None:
+        return driver.available_threads()
+    if args.threads < 1:
+        raise driver.DriverError(f"--threads must be at least 1 (got {args.threads})")
+    return args.threads
 
 
 def _load_decisions(path: str | None):
@@ -231,7 +243,7 @@ def _accel_refuse(args, *names: str) -> None:
     from tilecraft.driver import DriverError
 
     defaults = {"dump_ir_dir": None, "decisions": None, "precision": "f32", "cost_model": "lightgbm", "measure": False,
-                "json": None, "png": None, "no_cache": False, "error_budget": None}  # fmt: skip
+                "json": None, "png": None, "no_cache": False, "error_budget": None, "threads": None}  # fmt: skip
     for name in names:
         value = getattr(args, name, defaults.get(name))
         if value != defaults.get(name):
@@ -243,7 +255,7 @@ def _accel_compile(args) -> int:
     from tilecraft import accel_driver
     from tilecraft.driver import DriverError, atomic_write
 
-    _accel_refuse(args, "dump_ir_dir", "decisions", "precision", "error_budget", "cost_model")
+    _accel_refuse(args, "dump_ir_dir", "decisions", "precision", "error_budget", "cost_model", "threads")
     emit = args.emit if args.emit != "llvm" else "accel-asm"
     if emit not in accel_driver.EMITS:
         raise DriverError(f"--emit {emit} is not an accelerator output (one of: {', '.join(accel_driver.EMITS)})")
@@ -262,14 +274,11 @@ def _accel_compile(args) -> int:
 
 def _accel_run(args) -> int:
     from tilecraft import accel_driver
-    from tilecraft.driver import DriverError
 
     _accel_refuse(args, "dump_ir_dir", "decisions", "precision", "error_budget", "cost_model", "no_cache")
-    if args.threads < 1:
-        raise DriverError(f"--threads must be at least 1 (got {args.threads})")
     import torch
 
-    torch.set_num_threads(args.threads)  # the host's share: the ops left on the host
+    torch.set_num_threads(_threads(args))  # the host's share: the ops left on the host
     inputs = _load_inputs(args.inputs) if args.inputs else None
     compiled = accel_driver.compile_accel(args.model, args.target)
     r = accel_driver.run(compiled, inputs)
@@ -288,13 +297,11 @@ def cmd_run(args) -> int:
     if _gpu(args):
         return _gpu_run(args)
 
-    if args.threads < 1:
-        raise driver.DriverError(f"--threads must be at least 1 (got {args.threads})")
     inputs = _load_inputs(args.inputs) if args.inputs else None
     report = driver.run_and_check(
         args.model,
         target=args.target,
-        threads=args.threads,
+        threads=_threads(args),
         inputs=inputs,
         dump_ir_dir=args.dump_ir_dir,
         cost_model=args.cost_model,
@@ -609,6 +616,13 @@ def build_parser() -> argparse.ArgumentParser:
             help="who picks each kernel's schedule: lightgbm (shipped, default), analytical, heuristic, or a file",
         )
         sp.add_argument("--decisions", metavar="JSON", help="pinned decisions (as written by `tilecraft tune`)")
+        sp.add_argument(
+            "--threads",
+            type=int,
+            default=None,
+            help="threads for the compiled code (large kernels split into one chunk a thread) and for eager;"
+            " default: the cores available",
+        )
         precision_options(sp)
         sp.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="print tracebacks on errors")
 
@@ -641,7 +655,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="compile, run, compare with PyTorch eager, and time both")
     common(r)
-    r.add_argument("--threads", type=int, default=1, help="torch threads for eager (Tilecraft code is single-threaded)")
     r.add_argument(
         "--inputs", metavar="NPZ", help="inputs as an .npz of arrays in argument order (default: the model's examples)"
     )

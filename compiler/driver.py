@@ -26,6 +26,7 @@ from tilecraft.backends.cpu.schedule import TileDecision
 from tilecraft.backends.cpu.target import Target
 from tilecraft.dialects import tc
 from tilecraft.dialects.irutil import PipelineError
+from tilecraft.passes import parallel
 from tilecraft.passes.base import ModulePass
 from tilecraft.passes.depthwise import DepthwiseTapsPass
 from tilecraft.passes.drop_empty_ops import DropEmptyOpsPass
@@ -35,6 +36,7 @@ from tilecraft.passes.fusion import FusePass
 from tilecraft.passes.im2col import Im2colPass
 from tilecraft.passes.inline_broadcasts import InlineBroadcastsPass
 from tilecraft.passes.pad_weights import PadWeightsPass
+from tilecraft.passes.parallel import ParallelizePass
 from tilecraft.passes.precision import PrecisionPass
 from tilecraft.passes.sink_expand_shapes import SinkExpandShapesPass
 from tilecraft.passes.sink_extract_slices import SinkExtractSlicesPass
@@ -61,6 +63,7 @@ class Compiled:
     choices: list = dataclasses.field(default_factory=list)  # costmodel.search.Choice per kernel
     fusion: list = dataclasses.field(default_factory=list)  # passes.fusion.FusionDecision per fused group
     fusion_report: dict | None = None
+    parallel: list = dataclasses.field(default_factory=list)  # passes.parallel.ParallelDecision per split kernel
     precision: object = None  # costmodel.precision_plan.PrecisionPlan when a precision mode was asked for
     passes: list = dataclasses.field(default_factory=list)  # every pass that ran, in order (`pipeline.spec`)
 
@@ -108,6 +111,7 @@ def compile_model(
     im2col: bool | None = None,
     replace: Sequence[ModulePass] = (),
     options: CpuOptions | None = None,
+    threads: int = 1,
     on_step: Callable[[str, object, Compiled], None] | None = None,
 ) -> Compiled:
     """Compile a model spec up to `emit`. `decisions` pins tile decisions (by op id or
@@ -124,8 +128,10 @@ def compile_model(
     GEMMs, layouts, weight padding; `canonical_passes`); the default, None, does so unless
     `fusion` pins groups (pinned groups name the op ids of the module as imported).
     `replace`: passes that replace the driver's pass of the same name (to compare with a
-    rewrite's option off); `options`: the backend's code-generation options. `on_step(name,
-    module, compiled)` runs after every step (`explain` records with it).
+    rewrite's option off); `options`: the backend's code-generation options. `threads`:
+    kernels with enough work are split into that many chunks run on OpenMP threads
+    (`costmodel/parallel_plan.py`). `on_step(name, module, compiled)` runs after every
+    step (`explain` records with it).
 
     Every decision is attached to the module as a `tc` attribute before the backend's
     stages run (`emit="decided"` stops there): the backend reads them back, so
@@ -183,7 +189,8 @@ def compile_model(
             for p in canonical_passes(fusing=fusing):  # conv → GEMM, NHWC, weight layouts, unit dims
                 step("canonical", lambda p=p: run(p))
         imported.signature = runtime.Signature.of_func(module, imported.func_name)
-        if wanted("decided") and tile and (fusion is not None or (model is not None and fuse)):
+        fusing = wanted("decided") and tile and (fusion is not None or (model is not None and fuse))
+        if fusing:
             if fusion is not None:
                 done.fusion = list(fusion)  # pinned fusion groups
             else:  # groups by predicted latency (integer program)
@@ -193,6 +200,15 @@ def compile_model(
 
                 step("plan-fusion", planned)
             tc.set_records(module, tc.FUSION, [d.to_json() for d in done.fusion])
+        if wanted("decided") and tile and threads > 1:  # a chunk of each large kernel a thread
+
+            def planned_threads() -> None:
+                done.parallel = plan_parallel(module, threads, done.fusion or ())
+                tc.set_records(module, parallel.PARALLEL, [d.to_json() for d in done.parallel])
+
+            step("plan-threads", planned_threads)
+            step("parallelize", lambda: run(ParallelizePass()))
+        if fusing:
             step("fuse", lambda: run(FusePass()))  # tile each group's sink, fuse its members
         if wanted("decided") and tile:  # every kernel's schedule: pinned, the model's pick, or the heuristic
             done.choices = step("decide", lambda: decide(module, model, target, decisions, options))
@@ -302,6 +318,13 @@ def plan_fusion(module, model, target: Target):
     from tilecraft.costmodel import fusion_plan
 
     return fusion_plan.partition(module, model, target)
+
+
+def plan_parallel(module, threads: int, groups):
+    """The kernels split across `threads` threads (`costmodel/parallel_plan.py`)."""
+    from tilecraft.costmodel import parallel_plan
+
+    return parallel_plan.plan(module, threads, groups)
 
 
 def decide(module, model, target: Target, pinned: Mapping | None, options: CpuOptions):
@@ -458,6 +481,11 @@ class RunReport:
 DEFAULT_PRECISION_BUDGET = 0.01  # = costmodel.precision_plan.DEFAULT_BUDGET (kept here to import lazily)
 
 
+def available_threads() -> int:
+    """The cores this process may run on (its CPU affinity)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def run_and_check(
     spec: str,
     *,
@@ -477,7 +505,8 @@ def run_and_check(
     f32 tolerances. With `cache`, an f32 compile is looked up in the on-disk compile cache
     (`compiler/cache.py`) and stored there on a miss; cached code is checked and timed
     like fresh code. A low-precision compile is not cached: its plan is calibrated on the
-    example inputs."""
+    example inputs. `threads`: both sides' threads (eager's intra-op threads; the
+    compiled code's kernels split into as many chunks)."""
     from tilecraft.costmodel.precision_plan import relative_error
 
     torch.set_num_threads(threads)
@@ -492,6 +521,7 @@ def run_and_check(
         decisions=decisions,
         precision=precision if precision != "f32" else None,
         error_budget=error_budget,
+        threads=threads,
     )
     t0 = time.perf_counter()  # (wall clock: the JIT compiles at its first lookup, after the stages' clocks)
     if cache and options["precision"] is None:

@@ -696,7 +696,10 @@ def fusion_script(decisions: Sequence[FusionDecision], kinds: Mapping[int, str])
                 )
                 handle = f"%{tag}{g.sink}s"
             continue
-        sink, fused = tile_and_fuse(f"a{g.sink}", f"%m{g.sink}", g.tiles, [(m, f"%m{m}") for m in g.members])
+        if any(g.tiles):
+            sink, fused = tile_and_fuse(f"a{g.sink}", f"%m{g.sink}", g.tiles, [(m, f"%m{m}") for m in g.members])
+        else:  # (a thread's chunk is the group's tile: `passes/parallel.py` dropped it)
+            sink, fused = f"%m{g.sink}", {m: f"%m{m}" for m in g.members}
         if g.inner:
             light = [
                 (m, fused[m]) for m in g.members if g.registers or (kinds[m] not in CONTRACTIONS and kinds[m] != "fill")
@@ -718,7 +721,7 @@ def apply(module: ir.Module, decisions: Sequence[FusionDecision], *, reproduce: 
     in register tiles (every member but a contraction and its fill, unless `registers`)
     are marked `tc.fused`: the tiling pass schedules each as one whole vectorized tile
     (a matmul: its k loop around one), so the chain stays in vector registers."""
-    decisions = [d for d in decisions if d.members and any(d.tiles)]
+    decisions = [d for d in decisions if d.members and (any(d.tiles) or any(d.inner))]
     if not decisions:
         return module
     nodes = analyze(module)

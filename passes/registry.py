@@ -15,6 +15,7 @@ from tilecraft.passes.fusion import FusePass
 from tilecraft.passes.im2col import Im2colPass
 from tilecraft.passes.inline_broadcasts import InlineBroadcastsPass
 from tilecraft.passes.pad_weights import PadWeightsPass
+from tilecraft.passes.parallel import ParallelizePass
 from tilecraft.passes.precision import PrecisionPass
 from tilecraft.passes.private_fills import PrivateFillsPass
 from tilecraft.passes.sink_expand_shapes import SinkExpandShapesPass
@@ -38,6 +39,7 @@ PASSES: dict[str, type[ModulePass]] = {
         DropUnitReadsPass,
         SplitRaggedPass,
         PrivateFillsPass,
+        ParallelizePass,
         FusePass,
     )
 }

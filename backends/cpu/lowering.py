@@ -11,6 +11,7 @@ shared library or assembly text.
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import tempfile
@@ -253,9 +254,50 @@ def to_llvm(module: ir.Module) -> ir.Module:
     distinct_results(module)
     if _has_tm_tensor_ops(module):  # (bufferized in the vector stage) → scf loops
         run_pipeline(module, "builtin.module(func.func(tm-tensor-to-loops))", stage="llvm", reproduce="cpu-llvm")
-    run_pipeline(module, LLVM_PIPELINE, stage="llvm", reproduce="cpu-llvm")
+    threads = parallel_chunks(module)
+    pipeline = LLVM_PIPELINE
+    if threads > 1:  # kernels split into chunks: each forall an OpenMP parallel loop
+        pipeline = pipeline.replace(
+            "lower-affine,convert-scf-to-cf,convert-vector-to-llvm{enable-x86},finalize-memref-to-llvm,",
+            "lower-affine,func.func(scf-forall-to-parallel),"
+            f"convert-scf-to-openmp{{num-threads={threads}}},"
+            "convert-vector-to-llvm{enable-x86},finalize-memref-to-llvm,convert-scf-to-cf,convert-openmp-to-llvm,",
+        )
+    run_pipeline(module, pipeline, stage="llvm", reproduce="cpu-llvm")
     amx.keep_blocks_out_of_line(module)
     return module
+
+
+def parallel_chunks(module: ir.Module) -> int:
+    """The most iterations of a top-level `scf.forall` (a kernel split into chunks, one a
+    thread: `passes/parallel.py`); 1 when there is none."""
+    most = 1
+    for func in public_funcs(module):
+        for op in func.regions[0].blocks[0].operations:
+            op = op.operation
+            if op.name == "scf.forall" and "staticUpperBound" in op.attributes:
+                most = max(most, math.prod(ir.DenseI64ArrayAttr(op.attributes["staticUpperBound"])))
+    return most
+
+
+def uses_openmp(module: ir.Module) -> bool:
+    """The LLVM-dialect module has OpenMP parallel regions (its code calls libiomp5)."""
+    return any(ops_named(f.operation, "omp.parallel") for f in module.body.operations)
+
+
+def openmp_library() -> str:
+    """The OpenMP runtime the project installs (PyPI's `intel-openmp`: libiomp5, LLVM's
+    `__kmpc_*` ABI; torch's libgomp is not that ABI)."""
+    import importlib.metadata
+
+    try:
+        dist = importlib.metadata.distribution("intel-openmp")
+    except importlib.metadata.PackageNotFoundError:
+        raise RuntimeError("multi-threaded code needs the OpenMP runtime: pip install intel-openmp") from None
+    for f in dist.files or ():
+        if f.name == "libiomp5.so":
+            return str(dist.locate_file(f).resolve())
+    raise RuntimeError("the intel-openmp package has no libiomp5.so")
 
 
 def vectorize_script(*, vectorize: bool = True, pads_in_place: bool = True) -> str:
@@ -353,7 +395,8 @@ def jit(module: ir.Module, *, opt_level: int = 3):
 
     if amx.uses_amx(module):
         amx.enable()
-    return ExecutionEngine(module, opt_level=opt_level)
+    libs = [openmp_library()] if uses_openmp(module) else []
+    return ExecutionEngine(module, opt_level=opt_level, shared_libs=libs)
 
 
 def emit_object(module: ir.Module, path: str, *, opt_level: int = 3) -> None:
@@ -364,7 +407,11 @@ def emit_shared_library(module: ir.Module, path: str, *, opt_level: int = 3) -> 
     with tempfile.TemporaryDirectory() as tmp:
         obj = os.path.join(tmp, "kernel.o")
         emit_object(module, obj, opt_level=opt_level)
-        subprocess.run(["cc", "-shared", "-o", path, obj, "-lm"], check=True, capture_output=True)
+        link = ["-lm"]
+        if uses_openmp(module):
+            lib_dir = os.path.dirname(openmp_library())
+            link += [f"-L{lib_dir}", "-liomp5", f"-Wl,-rpath,{lib_dir}"]
+        subprocess.run(["cc", "-shared", "-o", path, obj, *link], check=True, capture_output=True)
 
 
 def emit_assembly(module: ir.Module, *, opt_level: int = 3) -> str:

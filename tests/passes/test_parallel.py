@@ -1,0 +1,95 @@
+"""Threads: kernels split into one chunk a thread (passes/parallel.py, costmodel/parallel_plan.py),
+run on OpenMP threads (the CPU backend's LLVM stage and runtime)."""
+
+from __future__ import annotations
+
+import collections
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tilecraft import driver
+from tilecraft.backends.cpu import runtime
+from tilecraft.driver import compare, flatten
+from tilecraft.passes.parallel import ParallelDecision, chunk_ok
+
+
+def test_chunks_are_whole_tiles():
+    assert chunk_ok(512, 2) and not chunk_ok(510, 4) and not chunk_ok(64, 1)
+    assert chunk_ok(512, 2, tile=128) and not chunk_ok(512, 2, tile=96)
+    assert not chunk_ok(512, 2, tile=256)  # one tile a chunk: nothing left to fuse the group into ...
+    assert chunk_ok(512, 2, tile=256, inner=32)  # ... unless a register tile stays (the tile is dropped)
+    assert not chunk_ok(160, 2, inner=32)  # 80 is no whole number of register tiles
+    assert not chunk_ok(64, 2, inner=32)  # one register tile a chunk
+    d = ParallelDecision(4, (3, 2, 0), 1, 2)
+    assert ParallelDecision.from_json(d.to_json()) == d
+
+
+@pytest.mark.parametrize("name", ["mlp", "gpt2_block", "conv_autoencoder"])
+def test_zoo_model_on_two_threads_matches_eager(name):
+    c = driver.compile_model(name, threads=2)
+    assert c.parallel and all(d.chunks == 2 for d in c.parallel)
+    imported = c.imported
+    c2 = compare(flatten(c.fn(*imported.inputs)), flatten(imported.reference(*imported.inputs)))
+    assert c2.ok, c2
+
+
+def test_split_kernels_are_foralls_then_openmp_loops():
+    c = driver.compile_model("mlp", threads=2, emit="decided")
+    text = str(c.imported.module)
+    assert "tc.parallelized" in text and text.count("scf.forall (") == len(c.parallel)
+    ids = collections.Counter(re.findall(r"tc.op_id = (\d+)", text))
+    assert max(ids.values()) == 1  # every op once: the records still name them
+    c = driver.compile_model("mlp", threads=2, emit="llvm")
+    assert str(c.imported.module).count("omp.parallel num_threads") == len(c.parallel)
+    one = driver.compile_model("mlp", threads=1, emit="llvm")
+    assert not one.parallel and "omp." not in str(one.imported.module)
+
+
+def test_small_kernels_stay_on_one_thread(tmp_path):
+    path = tmp_path / "small.mlir"
+    path.write_text(
+        """func.func @forward(%a: tensor<8x16xf32>) -> tensor<8x16xf32> {
+  %e = tensor.empty() : tensor<8x16xf32>
+  %r = linalg.generic {indexing_maps = [affine_map<(d0, d1) -> (d0, d1)>, affine_map<(d0, d1) -> (d0, d1)>],
+    iterator_types = ["parallel", "parallel"]} ins(%a : tensor<8x16xf32>) outs(%e : tensor<8x16xf32>) {
+  ^bb0(%x: f32, %o: f32):
+    %y = arith.addf %x, %x : f32
+    linalg.yield %y : f32
+  } -> tensor<8x16xf32>
+  return %r : tensor<8x16xf32>
+}
+"""
+    )
+    assert not driver.compile_model(str(path), threads=2, emit="decided").parallel
+
+
+def test_shared_library_links_the_openmp_runtime(tmp_path):
+    out = str(tmp_path / "mlp.so")
+    c = driver.compile_model("mlp", threads=2, emit="so", output=out)
+    done = c.imported
+    fn = done.eager_semantics(runtime.from_shared_library(out, done.func_name, done.signature, bound=done.params))
+    got = compare(flatten(fn(*done.inputs)), flatten(done.reference(*done.inputs)))
+    assert got.ok, got
+    deps = subprocess.run(["ldd", out], capture_output=True, text=True).stdout
+    assert "libiomp5" in deps and "not found" not in deps
+
+
+def test_cli_threads():
+    run = [sys.executable, "-m", "tilecraft.cli", "run", "mlp", "--threads", "2", "--no-cache"]
+    proc = subprocess.run(run, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"threads\s+2", proc.stdout) and re.search(r"matches reference\s+yes", proc.stdout)
+    bad = subprocess.run([*run[:5], "--threads", "0"], capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: --threads must be at least 1 (got 0)"
+    gpu = [sys.executable, "-m", "tilecraft.cli", "compile", "mlp", "--target", "gpu", "--threads", "2"]
+    gpu = subprocess.run([*gpu, "--emit", "linalg"], capture_output=True, text=True)
+    assert gpu.returncode == 2 and "--threads is not supported" in gpu.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["bert_mini", "resnet18", "mobilenet_v2"])
+def test_large_zoo_model_on_two_threads_matches_eager(name):
+    test_zoo_model_on_two_threads_matches_eager(name)
