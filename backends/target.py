@@ -8,6 +8,9 @@ and the compile cache are keyed by its `hash()`.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import re
 from typing import Protocol
 
 
@@ -52,11 +55,49 @@ def parse_target(text: str) -> Target:
 def json_kind(path: str) -> str:
     """The `kind` a target JSON file names (cpu when it names none or cannot be read: the
     CPU parser then says what is wrong with it)."""
-    import json
-
     try:
         with open(path) as f:
             doc = json.load(f)
         return str(doc.get("kind", "cpu")) if isinstance(doc, dict) else "cpu"
     except (OSError, ValueError):
         return "cpu"
+
+
+def from_file(cls, path: str, what: str):
+    """A target dataclass `cls` from a JSON file written by its `to_json` (`what` names
+    it in errors: "a GPU target")."""
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+        return cls(**doc)
+    except OSError as exc:
+        raise TargetError(f"cannot read target file {path}: {exc.strerror}") from None
+    except (ValueError, TypeError) as exc:
+        raise TargetError(f"{path} is not {what}: {exc}") from None
+
+
+def parse_options(cls, kind: str, text: str, example: str) -> dict[str, object]:
+    """The `key=value` options of `kind{...}` for target dataclass `cls`, typed by its
+    fields (str, int or float); `example` shows the syntax in errors."""
+    m = re.fullmatch(rf"\s*{kind}\s*(?:\{{(.*)\}})?\s*", text)
+    if not m:
+        raise TargetError(f"malformed target {text!r} (expected {kind} or {example})")
+    fields = {f.name: f.type for f in dataclasses.fields(cls) if f.name != "kind"}
+    changes: dict[str, object] = {}
+    for item in (m.group(1) or "").replace(",", " ").split():
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise TargetError(f"target option {item!r} is not key=value")
+        if key not in fields:
+            raise TargetError(f"unknown {kind} target option {key!r} (known: {', '.join(fields)})")
+        if fields[key] == "str":
+            changes[key] = value
+            continue
+        number = float if fields[key] == "float" else int
+        try:
+            changes[key] = number(value)
+        except ValueError:
+            raise TargetError(
+                f"target option {key}={value!r} is not {'a number' if number is float else 'an integer'}"
+            ) from None
+    return changes

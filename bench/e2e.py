@@ -61,6 +61,9 @@ def median_ms(fn, runs: int) -> float:
 
 
 ROUNDS = 5  # the 1-thread columns are timed in interleaved rounds: drift hits them alike
+# between columns: the OpenMP runtime's idle workers spin 200 ms after a parallel region
+# (KMP_BLOCKTIME) before they sleep, on the core the next column would use
+SETTLE_S = 0.3
 
 
 def bench_one(name: str, model, inputs, runs: int, *, atol: float = driver.ATOL, inductor: bool = True) -> dict:
@@ -99,6 +102,7 @@ def bench_one(name: str, model, inputs, runs: int, *, atol: float = driver.ATOL,
         samples = {k: [] for k in timed}
         for _ in range(ROUNDS):
             for key, fn in timed.items():
+                time.sleep(SETTLE_S)
                 samples[key].append(median_ms(fn, per_round))
         row.update({k: statistics.median(v) for k, v in samples.items()})
     row["inductor_ms_1t"] = inductor_ms(model, inputs, ref, runs, atol) if inductor else None

@@ -15,9 +15,8 @@ import dataclasses
 import hashlib
 import json
 import math
-import re
 
-from tilecraft.backends.target import TargetError
+from tilecraft.backends.target import TargetError, from_file, parse_options
 
 _INDEX_BITS = {"inp": 11, "acc": 11, "wgt": 10, "uop": 13}
 
@@ -130,33 +129,8 @@ class AccelTarget:
     @staticmethod
     def from_file(path: str) -> AccelTarget:
         """A target written by `to_json`."""
-        try:
-            with open(path) as f:
-                doc = json.load(f)
-            return AccelTarget(**doc)
-        except OSError as exc:
-            raise TargetError(f"cannot read target file {path}: {exc.strerror}") from None
-        except (ValueError, TypeError) as exc:
-            raise TargetError(f"{path} is not an accelerator target: {exc}") from None
+        return from_file(AccelTarget, path, "an accelerator target")
 
     @staticmethod
     def parse(text: str) -> AccelTarget:
-        m = re.fullmatch(r"\s*accel\s*(?:\{(.*)\})?\s*", text)
-        if not m:
-            raise TargetError(f"malformed target {text!r} (expected accel or accel{{key=value ...}})")
-        fields = {f.name: f.type for f in dataclasses.fields(AccelTarget) if f.name != "kind"}
-        changes: dict[str, object] = {}
-        for item in (m.group(1) or "").replace(",", " ").split():
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise TargetError(f"target option {item!r} is not key=value")
-            if key not in fields:
-                raise TargetError(f"unknown accel target option {key!r} (known: {', '.join(fields)})")
-            kind = float if fields[key] == "float" else int
-            try:
-                changes[key] = kind(value)
-            except ValueError:
-                raise TargetError(
-                    f"target option {key}={value!r} is not {'a number' if kind is float else 'an integer'}"
-                ) from None
-        return AccelTarget(**changes)
+        return AccelTarget(**parse_options(AccelTarget, "accel", text, "accel{key=value ...}"))

@@ -14,9 +14,8 @@ import dataclasses
 import hashlib
 import json
 import math
-import re
 
-from tilecraft.backends.target import TargetError
+from tilecraft.backends.target import TargetError, from_file, parse_options
 
 # Per architecture: the reference part and its figures (vendor data sheets; dense, no sparsity).
 _PARTS = {
@@ -151,38 +150,12 @@ class GpuTarget:
     @staticmethod
     def from_file(path: str) -> GpuTarget:
         """A target written by `to_json`."""
-        try:
-            with open(path) as f:
-                doc = json.load(f)
-            return GpuTarget(**doc)
-        except OSError as exc:
-            raise TargetError(f"cannot read target file {path}: {exc.strerror}") from None
-        except (ValueError, TypeError) as exc:
-            raise TargetError(f"{path} is not a GPU target: {exc}") from None
+        return from_file(GpuTarget, path, "a GPU target")
 
     @staticmethod
     def parse(text: str) -> GpuTarget:
-        m = re.fullmatch(r"\s*gpu\s*(?:\{(.*)\})?\s*", text)
-        if not m:
-            raise TargetError(f"malformed target {text!r} (expected gpu or gpu{{arch=sm_90 ...}})")
-        fields = {f.name: f.type for f in dataclasses.fields(GpuTarget) if f.name != "kind"}
-        changes: dict[str, object] = {}
-        for item in (m.group(1) or "").replace(",", " ").split():
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise TargetError(f"target option {item!r} is not key=value")
-            if key not in fields:
-                raise TargetError(f"unknown gpu target option {key!r} (known: {', '.join(fields)})")
-            if fields[key] == "str":
-                changes[key] = value
-                continue
-            kind = float if fields[key] == "float" else int
-            try:
-                changes[key] = kind(value)
-            except ValueError:
-                raise TargetError(
-                    f"target option {key}={value!r} is not {'a number' if kind is float else 'an integer'}"
-                ) from None
-            if not changes[key] > 0:  # (0 is the field's "the reference part's figure")
+        changes = parse_options(GpuTarget, "gpu", text, "gpu{arch=sm_90 ...}")
+        for key, value in changes.items():
+            if not isinstance(value, str) and not value > 0:  # (0 is the field's "the reference part's figure")
                 raise TargetError(f"target option {key}={value} must be positive")
         return GpuTarget(**changes)
