@@ -10,9 +10,13 @@ after warm-up. A sample is one call, or for a model under 5 ms the mean of the b
 calls that fill 5 ms (`median_ms`). Every compiled result (Tilecraft fused and unfused,
 Inductor) is checked against eager before it is timed. Prints a table with geomeans, saves JSON.
 
+ONNX Runtime and OpenVINO (f32, `bench/peers.py`) at 1 and 2 threads are timed in the
+rounds of their thread count; a second table sets Tilecraft against the best of every
+peer per model and thread count.
+
 `--quick` (CI) runs mlp alone, 5 samples a column, no Inductor, into bench/results/quick/.
 
-    python bench/e2e.py [--models mlp,resnet18] [--runs 30] [--no-inductor] [--json bench/results/e2e.json]
+    python bench/e2e.py [--models mlp,resnet18] [--runs 30] [--no-inductor] [--no-peers] [--json bench/results/e2e.json]
     python bench/e2e.py --quick
 """
 
@@ -32,6 +36,9 @@ import torch
 
 from tilecraft import driver, frontend
 from tilecraft.corpus import zoo
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import peers  # noqa: E402  (bench/peers.py: ONNX Runtime, OpenVINO)
 
 
 class MatMul512(torch.nn.Module):
@@ -66,7 +73,9 @@ ROUNDS = 5  # the 1-thread columns are timed in interleaved rounds: drift hits t
 SETTLE_S = 0.3
 
 
-def bench_one(name: str, model, inputs, runs: int, *, atol: float = driver.ATOL, inductor: bool = True) -> dict:
+def bench_one(
+    name: str, model, inputs, runs: int, *, atol: float = driver.ATOL, inductor: bool = True, use_peers: bool = True
+) -> dict:
     row = {"model": name}
     with torch.no_grad():
         ref = model(*inputs)
@@ -96,6 +105,20 @@ def bench_one(name: str, model, inputs, runs: int, *, atol: float = driver.ATOL,
     if "tilecraft_2t" in fns:
         two["tilecraft_ms_2t"] = lambda: fns["tilecraft_2t"](*inputs)
     row["tilecraft_ms_2t"] = None
+    for peer in peers.PEERS if use_peers else ():
+        for threads, timed in ((1, one), (2, two)):
+            key = f"{peer}_ms_{threads}t"
+            row[key] = None
+            try:
+                fn = peers.runtime(peer, model, inputs, threads)
+            except peers.PeerUnavailable as exc:
+                print(f"{peer} on {name}: {exc}", file=sys.stderr)
+                continue
+            cmp = driver.compare(driver.flatten(fn()), driver.flatten(ref), atol=atol)
+            if not cmp.ok:  # a wrong result is not timed
+                print(f"{peer} on {name} ({threads} threads) differs from eager: {cmp}", file=sys.stderr)
+                continue
+            timed[key] = fn
     per_round = max(3, runs // ROUNDS)
     for threads, timed in ((1, one), (2, two)):
         torch.set_num_threads(threads)
@@ -143,6 +166,7 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=30)
     p.add_argument("--json", default="bench/results/e2e.json")
     p.add_argument("--no-inductor", action="store_true", help="skip torch.compile")
+    p.add_argument("--no-peers", action="store_true", help="skip ONNX Runtime and OpenVINO")
     p.add_argument("--quick", action="store_true", help="CI: mlp alone, 5 samples, no Inductor")
     args = p.parse_args(argv)
     if args.quick:  # the quick defaults; options given still win
@@ -158,7 +182,11 @@ def main(argv=None) -> int:
         # A 512-term f32 dot product: elements near zero differ by ~1e-5 between any two
         # summation orders, so the matmul is checked with atol 1e-4 (rtol stays 1e-4).
         atol = 1e-4 if name == "matmul512" else driver.ATOL
-        rows.append(bench_one(name, model, inputs, args.runs, atol=atol, inductor=not args.no_inductor))
+        rows.append(
+            bench_one(
+                name, model, inputs, args.runs, atol=atol, inductor=not args.no_inductor, use_peers=not args.no_peers
+            )
+        )
         print(f"... {name} done", file=sys.stderr)
 
     def ratio(a, b):
@@ -169,7 +197,7 @@ def main(argv=None) -> int:
 
     print(
         f"{'model':<18}{'ok':>4}{'groups':>7}{'eager 1t':>10}{'unfused':>10}{'fused':>10}{'inductor':>10}"
-        f"{'fused/unf':>10}{'vs eager':>10}{'ind/eager':>10}{'eager 2t':>10}{'vs e 2t':>10}"
+        f"{'fused/unf':>10}{'vs eager':>10}{'ind/eager':>10}{'eager 2t':>10}{'fused 2t':>10}{'vs e 2t':>10}"
     )
     for r in rows:
         r["fusion_speedup"] = ratio(r["unfused_ms_1t"], r["tilecraft_ms_1t"])
@@ -180,15 +208,35 @@ def main(argv=None) -> int:
             f"{r['model']:<18}{'yes' if r['ok'] else 'NO':>4}{r['fused_groups']:>7}{f(r['eager_ms_1t'])}"
             f"{f(r['unfused_ms_1t'])}{f(r['tilecraft_ms_1t'])}{f(r['inductor_ms_1t'])}"
             f"{f(r['fusion_speedup'], '>10.2f')}{f(r['ratio_1t'], '>10.2f')}{f(r['inductor_ratio_1t'], '>10.2f')}"
-            f"{f(r['eager_ms_2t'])}{f(r['ratio_2t'], '>10.2f')}"
+            f"{f(r['eager_ms_2t'])}{f(r['tilecraft_ms_2t'])}{f(r['ratio_2t'], '>10.2f')}"
         )
     zoo_rows = [r for r in rows if r["model"] != "matmul512"]
     print(
         f"{'geomean (zoo)':<29}{'':>40}{geomean(r['fusion_speedup'] for r in zoo_rows):>10.2f}"
         f"{geomean(r['ratio_1t'] for r in zoo_rows):>10.2f}{geomean(r['inductor_ratio_1t'] for r in zoo_rows):>10.2f}"
-        f"{'':>10}{geomean(r['ratio_2t'] for r in zoo_rows):>10.2f}"
+        f"{'':>20}{geomean(r['ratio_2t'] for r in zoo_rows):>10.2f}"
     )
     print("fused/unf = Tilecraft unfused / fused; vs eager, ind/eager = eager / that (> 1: faster than eager)")
+    print()
+    head = f"{'best 1t':>22}{'fused 1t':>10}{'ratio':>8}{'best 2t':>22}{'fused 2t':>10}{'ratio':>8}"
+    print(f"{'against the best peer':<18}{head}")
+    for r in rows:
+        cells = ""
+        for t in (1, 2):
+            options = {p: r.get(f"{p}_ms_{t}t") for p in ("eager", "inductor", *peers.PEERS)}
+            options = {p: ms for p, ms in options.items() if ms}
+            best = min(options, key=options.get) if options else None
+            r[f"best_peer_{t}t"] = best
+            r[f"best_ratio_{t}t"] = ratio(options.get(best), r[f"tilecraft_ms_{t}t"])
+            label = f"{options[best]:.3f} ({best})" if best else "-"
+            cells += f"{label:>22}{f(r[f'tilecraft_ms_{t}t'])}{f(r[f'best_ratio_{t}t'], '>8.2f')}"
+        print(f"{r['model']:<18}{cells}")
+    print(
+        f"{'geomean (zoo)':<18}{'':>32}{geomean(r['best_ratio_1t'] for r in zoo_rows):>8.2f}"
+        f"{'':>32}{geomean(r['best_ratio_2t'] for r in zoo_rows):>8.2f}"
+    )
+    print("best = the fastest of eager, Inductor (1 thread), ONNX Runtime and OpenVINO (f32), each checked first;")
+    print("ratio = best / Tilecraft (> 1: Tilecraft ahead of every peer)")
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     meta = {
         "torch": torch.__version__,

@@ -48,7 +48,9 @@ CASES = [
     ),
     pytest.param(["models.py"], [r"^bert\s+[\d.]+\s+yes\s+[\d.]+\s+[\d.]+\s+[\d.]+"], id="models"),
     pytest.param(["torch_compile.py"], [r"^mlp(\s+[\d.]+){7}$", r"^geomean: tilecraft vs eager"], id="torch_compile"),
-    pytest.param(["e2e.py"], [r"^mlp\s+yes\s+\d+\s+[\d.]+"], id="e2e"),
+    pytest.param(
+        ["e2e.py"], [r"^mlp\s+yes\s+\d+\s+[\d.]+", r"^mlp\s+[\d.]+ \((onnxruntime|openvino|eager)\)"], id="e2e"
+    ),
     pytest.param(
         ["accel_costmodel.py"],
         [r"^known configs: lightgbm\s+0\.\d{3}", r"^unseen config: adapted \(10 samples\)\s+0\.\d{3}"],
