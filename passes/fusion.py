@@ -721,7 +721,9 @@ def apply(module: ir.Module, decisions: Sequence[FusionDecision], *, reproduce: 
     in register tiles (every member but a contraction and its fill, unless `registers`)
     are marked `tc.fused`: the tiling pass schedules each as one whole vectorized tile
     (a matmul: its k loop around one), so the chain stays in vector registers."""
-    decisions = [d for d in decisions if d.members and (any(d.tiles) or any(d.inner))]
+    # (a group split into chunks a thread whose chunk is its tile keeps only register tiles)
+    split = {r["sink"] for r in tc.read_records(module, tc.PARALLELIZED) or []}
+    decisions = [d for d in decisions if d.members and (any(d.tiles) or (d.sink in split and any(d.inner)))]
     if not decisions:
         return module
     nodes = analyze(module)

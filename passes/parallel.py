@@ -30,8 +30,7 @@ from tilecraft.passes import fusion
 from tilecraft.passes.base import ModulePass, Weights
 from tilecraft.passes.private_fills import private_fills
 
-PARALLEL = "tc.parallel"  # module records: the ParallelDecisions
-PARALLELIZED = "tc.parallelized"  # the records once applied
+PARALLEL, PARALLELIZED = tc.PARALLEL, tc.PARALLELIZED
 
 
 @dataclasses.dataclass(frozen=True)
