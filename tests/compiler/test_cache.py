@@ -69,11 +69,13 @@ def test_no_cache_neither_reads_nor_writes(spec, capsys):
     assert "cache" not in compile_time_line(capsys.readouterr().out)
     assert cache.CompileCache().entries() == []
 
-    assert run(spec).cache == "cache miss, stored"
-    assert cli.main(["run", spec, "--no-cache"]) == 0
+    assert run(spec).cache == "cache miss, stored"  # (1 thread)
+    assert cli.main(["run", spec, "--no-cache", "--threads", "1"]) == 0
     assert "cache" not in compile_time_line(capsys.readouterr().out)
-    assert cli.main(["run", spec]) == 0
+    assert cli.main(["run", spec, "--threads", "1"]) == 0
     assert "(cache hit" in compile_time_line(capsys.readouterr().out)
+    assert cli.main(["run", spec, "--threads", "2"]) == 0  # code for another thread count: its own entry
+    assert "(cache miss" in compile_time_line(capsys.readouterr().out)
 
 
 @pytest.mark.parametrize("damaged", [cache.LIBRARY, cache.PARAMS, cache.META])
