@@ -1,5 +1,5 @@
 """The CPU inference runtimes users pick, as peers for the benchmarks: ONNX Runtime and
-OpenVINO (see ../shared/PEERS.md), each built for a thread count and checked against eager
+OpenVINO, each built for a thread count and checked against eager
 before it is timed.
 
 `runtime(name, model, inputs, threads)` returns a callable that runs the model on the

@@ -192,11 +192,12 @@ def cmd_compile(args) -> int:
 
 
 def _threads(args) -> int:
-    """`--threads`, else the cores available; at least 1."""
+    """`--threads`, else the cores available (one thread with `--decisions`: `tune` picks
+    them for the kernels of a one-thread compile); at least 1."""
     from tilecraft import driver
 
     if args.threads is None:
-        return driver.available_threads()
+        return 1 if getattr(args, "decisions", None) else driver.available_threads()
     if args.threads < 1:
         raise driver.DriverError(f"--threads must be at least 1 (got {args.threads})")
     return args.threads
@@ -621,7 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
             type=int,
             default=None,
             help="threads for the compiled code (large kernels split into one chunk a thread) and for eager;"
-            " default: the cores available",
+            " default: the cores available (1 with --decisions, which tune makes for one thread)",
         )
         precision_options(sp)
         sp.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="print tracebacks on errors")

@@ -26,7 +26,6 @@ from tilecraft.backends.cpu.schedule import TileDecision
 from tilecraft.backends.cpu.target import Target
 from tilecraft.dialects import tc
 from tilecraft.dialects.irutil import PipelineError
-from tilecraft.passes import parallel
 from tilecraft.passes.base import ModulePass
 from tilecraft.passes.depthwise import DepthwiseTapsPass
 from tilecraft.passes.drop_empty_ops import DropEmptyOpsPass
@@ -204,7 +203,7 @@ def compile_model(
 
             def planned_threads() -> None:
                 done.parallel = plan_parallel(module, threads, done.fusion or ())
-                tc.set_records(module, parallel.PARALLEL, [d.to_json() for d in done.parallel])
+                tc.set_records(module, tc.PARALLEL, [d.to_json() for d in done.parallel])
 
             step("plan-threads", planned_threads)
             step("parallelize", lambda: run(ParallelizePass()))

@@ -3,10 +3,11 @@
 On the cost-model floor. With `threads` > 1, every kernel (a fusion group, or an op with
 its fills) whose work is large enough to pay for a fork and join is split into `threads`
 equal chunks along one parallel loop of its sink (`passes/parallel.py` applies the
-`ParallelDecision`s). The loop: among the sink's loops a chunk of the group's tiles
-could take (for a group, those every member spans, `fusion.tileable_loops`), the longest
-one whose extent splits into whole tiles per thread (outermost on ties: the chunks are
-then contiguous in memory).
+`ParallelDecision`s), or, where no loop splits into that many whole tiles, into the most
+chunks one does (an OpenMP team of `threads` then leaves some threads idle there). The
+loop: among the sink's loops a chunk of the group's tiles could take (for a group, those
+every member spans, `fusion.tileable_loops`), the longest one whose extent splits into
+whole tiles per thread (outermost on ties: the chunks are then contiguous in memory).
 
 This is the documented heuristic: the learned model does not yet price parallel kernels
 (its corpus has no threaded rows), and the fusion and schedule planners rank as on one
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 
 from tilecraft.passes import fusion
 from tilecraft.passes.parallel import ParallelDecision, chunk_ok
+from tilecraft.passes.private_fills import private_fills
 
 # Below these a kernel runs on one thread: a fork and join of a hot OpenMP team costs a
 # few microseconds, a kernel this small takes about ten.
@@ -30,6 +32,7 @@ def plan(module, threads: int, groups: Sequence[fusion.FusionDecision] = ()) -> 
     """One decision per kernel worth splitting (`groups`: the fusion plan)."""
     if threads < 2:
         return []
+    private_fills(module)  # (first: the parallelize pass runs it, and the op ids must not move after planning)
     nodes = fusion.analyze(module)
     kernels: list[tuple[int, tuple[int, ...], tuple[tuple[int, ...], ...]]] = []  # (sink, members, tile levels)
     taken: set[int] = set()
@@ -64,14 +67,15 @@ def decide(nodes, sink: int, members: tuple[int, ...], levels, threads: int) -> 
         loops = [i for i, ok in enumerate(fusion.tileable_loops(nodes, group, sink, to_sink)) if ok]
     else:
         loops = [i for i, it in enumerate(info.iterators) if it == "parallel"]
-    ok = [i for i in loops if chunk_ok(info.extents[i], threads, *_at(levels, i))]
-    if not ok:
-        return None
-    loop = max(ok, key=lambda i: (info.extents[i], -i))
-    return ParallelDecision(sink, members, loop, threads)
+    for chunks in range(threads, 1, -1):  # as many chunks as threads, else the most that fit
+        ok = [i for i in loops if chunk_ok(info.extents[i], chunks, *_at(levels, i))]
+        if ok:
+            loop = max(ok, key=lambda i: (info.extents[i], -i))
+            return ParallelDecision(sink, members, loop, chunks)
+    return None
 
 
 def _at(levels, i: int) -> tuple[int, int]:
     """The group's (tile, register tile) along sink loop i (0: not tiled there)."""
-    sizes = [lv[i] if i < len(lv) else 0 for lv in levels]
-    return (sizes + [0, 0])[0], (sizes + [0, 0])[1]
+    tile, inner = ([lv[i] if i < len(lv) else 0 for lv in levels] + [0, 0])[:2]
+    return tile, inner

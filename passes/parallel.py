@@ -30,8 +30,6 @@ from tilecraft.passes import fusion
 from tilecraft.passes.base import ModulePass, Weights
 from tilecraft.passes.private_fills import private_fills
 
-PARALLEL, PARALLELIZED = tc.PARALLEL, tc.PARALLELIZED
-
 
 @dataclasses.dataclass(frozen=True)
 class ParallelDecision:
@@ -108,11 +106,12 @@ def script(decisions: Sequence[ParallelDecision], nodes: Mapping[int, fusion.Nod
     return named_sequence("\n".join(body), consumed=False)
 
 
-def apply(module: ir.Module, decisions: Sequence[ParallelDecision], *, reproduce: str = "parallelize") -> None:
+def apply(module: ir.Module, decisions: Sequence[ParallelDecision], *, reproduce: str = "parallelize") -> dict:
+    """Split every kernel `decisions` name; returns the nodes as they were before."""
     decisions = [d for d in decisions if d.chunks > 1]
-    if not decisions:
-        return
     nodes = fusion.analyze(module)
+    if not decisions:
+        return nodes
     for d in decisions:
         if d.sink not in nodes or any(m not in nodes for m in d.members):
             raise ValueError(f"parallelize: kernel {d.sink} names ops the module does not have")
@@ -127,6 +126,7 @@ def apply(module: ir.Module, decisions: Sequence[ParallelDecision], *, reproduce
         dead = [op for op in ops_with_ids(module) if op.results and all(not list(r.uses) for r in op.results)]
         for op in reversed(dead):
             op.erase()
+    return nodes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,12 +136,11 @@ class ParallelizePass(ModulePass):
 
     def apply(self, module: ir.Module, weights: Weights) -> None:
         private_fills(module)  # (a fill shared by two kernels would be cloned into one of them)
-        records = tc.read_records(module, PARALLEL) or []
+        records = tc.read_records(module, tc.PARALLEL) or []
         decisions = [ParallelDecision.from_json(r) for r in records]
-        nodes = fusion.analyze(module)
-        apply(module, decisions, reproduce=self.spec())
+        nodes = apply(module, decisions, reproduce=self.spec())
         if records:
-            tc.take_records(module, PARALLEL, PARALLELIZED)
+            tc.take_records(module, tc.PARALLEL, tc.PARALLELIZED)
             _drop_chunk_tiles(module, decisions, nodes)
             _renumber(module)
 
@@ -164,7 +163,7 @@ def _renumber(module: ir.Module) -> None:
         if old in op.attributes:
             new_of[ir.IntegerAttr(op.attributes[old]).value] = ir.IntegerAttr(op.attributes[tc.OP_ID]).value
             del op.attributes[old]
-    for name in (tc.FUSION, PARALLELIZED):
+    for name in (tc.FUSION, tc.PARALLELIZED):
         records = tc.read_records(module, name)
         if records is None:
             continue

@@ -257,8 +257,10 @@ def to_llvm(module: ir.Module) -> ir.Module:
     threads = parallel_chunks(module)
     pipeline = LLVM_PIPELINE
     if threads > 1:  # kernels split into chunks: each forall an OpenMP parallel loop
+        serial = "lower-affine,convert-scf-to-cf,convert-vector-to-llvm{enable-x86},finalize-memref-to-llvm,"
+        assert serial in pipeline, "LLVM_PIPELINE changed: update the OpenMP variant"
         pipeline = pipeline.replace(
-            "lower-affine,convert-scf-to-cf,convert-vector-to-llvm{enable-x86},finalize-memref-to-llvm,",
+            serial,
             "lower-affine,func.func(scf-forall-to-parallel),"
             f"convert-scf-to-openmp{{num-threads={threads}}},"
             "convert-vector-to-llvm{enable-x86},finalize-memref-to-llvm,convert-scf-to-cf,convert-openmp-to-llvm,",

@@ -36,6 +36,19 @@ def test_zoo_model_on_two_threads_matches_eager(name):
     assert c2.ok, c2
 
 
+def test_heuristic_schedules_and_uneven_thread_counts(tmp_path):
+    """Without a cost model (no fusion plan, so fills made private only here), and with a
+    thread count no loop splits into (3): the most chunks that fit, each a thread."""
+    c = driver.compile_model("gpt2_block", threads=2, cost_model="heuristic")
+    assert c.parallel
+    got = compare(flatten(c.fn(*c.imported.inputs)), flatten(c.imported.reference(*c.imported.inputs)))
+    assert got.ok, got
+    c = driver.compile_model("mlp", threads=3)
+    assert c.parallel and {d.chunks for d in c.parallel} == {2}
+    got = compare(flatten(c.fn(*c.imported.inputs)), flatten(c.imported.reference(*c.imported.inputs)))
+    assert got.ok, got
+
+
 def test_split_kernels_are_foralls_then_openmp_loops():
     c = driver.compile_model("mlp", threads=2, emit="decided")
     text = str(c.imported.module)
