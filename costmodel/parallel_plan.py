@@ -23,9 +23,10 @@ from tilecraft.passes.parallel import ParallelDecision, chunk_ok
 from tilecraft.passes.private_fills import private_fills
 
 # Below these a kernel runs on one thread: a fork and join of a hot OpenMP team costs a
-# few microseconds, a kernel this small takes about ten.
-MIN_CONTRACTION_FLOPS = 1 << 21
-MIN_POINTS = 1 << 15
+# few microseconds, a kernel this small takes a few tens. (Measured on the Xeon, 2 threads:
+# 4M/64K beat 2M/32K and 8M/128K on bert_mini and gpt2_block; `bench/e2e.py`.)
+MIN_CONTRACTION_FLOPS = 1 << 22
+MIN_POINTS = 1 << 16
 
 
 def plan(module, threads: int, groups: Sequence[fusion.FusionDecision] = ()) -> list[ParallelDecision]:
