@@ -112,19 +112,7 @@ def tiling_script(kernels: list[gs.Kernel], schedules: Mapping[int, gs.GpuSchedu
             continue
         n = sum(1 for b in s.block if b)
         tiles = ", ".join(map(str, s.block))
-        body.append(
-            f"    %b{k.sink}, %bl{k.sink} = transform.structured.tile_using_forall %m{k.sink} tile_sizes [{tiles}]"
-            f" (mapping = [{_mapping('block', n)}]) : ({ANY}) -> ({ANY}, {ANY})"
-        )
-        body.append(f"    %p{k.sink} = transform.param.constant {k.sink} : i64 -> !transform.param<i64>")
-        body.append(f'    transform.annotate %bl{k.sink} "{SINK}" = %p{k.sink} : {ANY}, !transform.param<i64>')
-        loop, fused = f"%bl{k.sink}", {}
-        for m in k.members:
-            body.append(
-                f"    %f{m}, %c{m} = transform.structured.fuse_into_containing_op %m{m} into {loop}"
-                f" : ({ANY}, {ANY}) -> ({ANY}, {ANY})"
-            )
-            loop, fused[m] = f"%c{m}", f"%f{m}"
+        fused = _over_blocks(k, tiles, _mapping("block", n), body)
         thread = ", ".join(str(t if b else 0) for b, t in zip(s.block, s.thread))
         body.append(
             f"    %t{k.sink}, %tl{k.sink} = transform.structured.tile_using_forall %b{k.sink} tile_sizes [{thread}]"
@@ -143,6 +131,27 @@ def tiling_script(kernels: list[gs.Kernel], schedules: Mapping[int, gs.GpuSchedu
     return named_sequence("\n".join(body), consumed=False)
 
 
+def _over_blocks(k: gs.Kernel, tiles: str, mapping: str, body: list[str]) -> dict[int, str]:
+    """The sink tiled by a forall over thread blocks (`%b<sink>` the tiled op, `%bl<sink>`
+    the forall, annotated with the sink's id) and the members fused into it; appends to
+    `body`, returns each member's fused handle."""
+    x = k.sink
+    body.append(
+        f"    %b{x}, %bl{x} = transform.structured.tile_using_forall %m{x} tile_sizes [{tiles}]"
+        f" (mapping = [{mapping}]) : ({ANY}) -> ({ANY}, {ANY})"
+    )
+    body.append(f"    %p{x} = transform.param.constant {x} : i64 -> !transform.param<i64>")
+    body.append(f'    transform.annotate %bl{x} "{SINK}" = %p{x} : {ANY}, !transform.param<i64>')
+    loop, fused = f"%bl{x}", {}
+    for m in k.members:
+        body.append(
+            f"    %f{m}, %c{m} = transform.structured.fuse_into_containing_op %m{m} into {loop}"
+            f" : ({ANY}, {ANY}) -> ({ANY}, {ANY})"
+        )
+        loop, fused[m] = f"%c{m}", f"%f{m}"
+    return fused
+
+
 def _mma_tiles(k: gs.Kernel, s: gs.GpuSchedule) -> list[str]:
     """An f16 matmul on tensor cores: tiled over blocks, then over warps (`#gpu.warp`), the
     zero fill fused into each warp's tile; the warp's k loop in steps of 16 vectorized into
@@ -151,19 +160,8 @@ def _mma_tiles(k: gs.Kernel, s: gs.GpuSchedule) -> list[str]:
     stage); `_hoist` keeps the accumulators in registers across the k loop."""
     x = k.sink
     (bm, bn, _), (wm, wn, _) = s.block, s.thread
-    out = [
-        f"    %b{x}, %bl{x} = transform.structured.tile_using_forall %m{x} tile_sizes [{bm}, {bn}, 0]"
-        f" (mapping = [#gpu.block<y>, #gpu.block<x>]) : ({ANY}) -> ({ANY}, {ANY})",
-        f"    %p{x} = transform.param.constant {x} : i64 -> !transform.param<i64>",
-        f'    transform.annotate %bl{x} "{SINK}" = %p{x} : {ANY}, !transform.param<i64>',
-    ]
-    loop, fused = f"%bl{x}", {}
-    for m in k.members:
-        out.append(
-            f"    %f{m}, %c{m} = transform.structured.fuse_into_containing_op %m{m} into {loop}"
-            f" : ({ANY}, {ANY}) -> ({ANY}, {ANY})"
-        )
-        loop, fused[m] = f"%c{m}", f"%f{m}"
+    out: list[str] = []
+    fused = _over_blocks(k, f"{bm}, {bn}, 0", "#gpu.block<y>, #gpu.block<x>", out)
     out.append(
         f"    %t{x}, %tl{x} = transform.structured.tile_using_forall %b{x} tile_sizes [{wm}, {wn}, 0]"
         f" (mapping = [#gpu.warp<y>, #gpu.warp<x>]) : ({ANY}) -> ({ANY}, {ANY})"
