@@ -240,7 +240,8 @@ def _fit(xa: np.ndarray, resid: np.ndarray, kind: str) -> dict:
 
 def _correction(entry: dict, xa: np.ndarray) -> np.ndarray:
     out = np.full(len(xa), entry["offset"])
-    return out + entry["booster"].predict(xa) if entry["booster"] is not None else out
+    threads = 1 if len(xa) < 2000 else 0  # small batches: one thread (LightGBM threads cost ~7 ms a call)
+    return out + entry["booster"].predict(xa, num_threads=threads) if entry["booster"] is not None else out
 
 
 def _loo_error(xa: np.ndarray, resid: np.ndarray, kind: str) -> float:
@@ -315,7 +316,7 @@ class AccelCostModel:
     def _log_base(self, x: np.ndarray) -> np.ndarray:
         if self.booster is None:
             raise AccelModelError("the model is not trained (fit or load one)")
-        return _base_score(x) + (self.booster.predict(x) if len(x) else 0.0)
+        return _base_score(x) + (self.booster.predict(x, num_threads=1 if len(x) < 2000 else 0) if len(x) else 0.0)
 
     def log_cycles(self, x: np.ndarray, target: AccelTarget) -> np.ndarray:
         out = self._log_base(x)

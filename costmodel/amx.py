@@ -125,7 +125,7 @@ class AmxCostModel:
             raise AmxModelError("the AMX cost model is not trained")
         x = np.array([features(kernel, s) for s in schedules])
         base = x[:, FEATURES.index("log_roofline_s")] * math.log(2)
-        return np.exp(self.booster.predict(x) + base)
+        return np.exp(self.booster.predict(x, num_threads=1 if len(x) < 2000 else 0) + base)
 
     def best(self, kernel: Kernel, schedules: Sequence[AmxSchedule] = SPACE) -> tuple[AmxSchedule, float]:
         p = self.predict(kernel, schedules)

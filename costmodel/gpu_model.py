@@ -177,7 +177,7 @@ class GpuCostModel:
         if self.learned is None:
             return p
         x = np.asarray([features(kernel, s, self.target, resources)])
-        log_ratio = float(self.learned.predict(x)[0])  # boosted from the analytical estimate
+        log_ratio = float(self.learned.predict(x, num_threads=1)[0])  # boosted from the analytical estimate
         return dataclasses.replace(p, seconds=p.seconds * math.exp(log_ratio))
 
     def rank(self, kernel: Kernel, schedules: Sequence[GpuSchedule]) -> list[tuple[GpuSchedule, GpuPrediction]]:

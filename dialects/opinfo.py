@@ -148,8 +148,9 @@ def _normalized_body(op: ir.Operation, state: ir.AsmState | None = None) -> str:
     return re.sub(r"%[\w.$-]+", lambda m: names.setdefault(m.group(0), f"%v{len(names)}"), text)
 
 
-def describe(op: ir.Operation, op_id: int, *, state: ir.AsmState | None = None) -> OpInfo:
-    """Loop extents and iterator types of a structured op with static shapes."""
+def describe(op: ir.Operation, op_id: int, *, state: ir.AsmState | None = None, body: bool = True) -> OpInfo:
+    """Loop extents and iterator types of a structured op with static shapes. `body=False`:
+    without the generic's normalized body (printing it is most of the cost)."""
     name = op.name
     kind = NAMED_KINDS.get(name)
     operands = list(op.operands)
@@ -175,8 +176,8 @@ def describe(op: ir.Operation, op_id: int, *, state: ir.AsmState | None = None) 
         raise ValueError(f"dynamic shapes are not supported: {name} at {op.location}")
     dtypes = tuple(_element_type(v.type) for v in operands)
     shapes = tuple(tuple(_shape(v)) if isinstance(v.type.maybe_downcast(), ir.ShapedType) else () for v in operands)
-    body = _normalized_body(op, state)
-    return OpInfo(op_id, name, kind, tuple(int(e) for e in extents), tuple(its), strides, dtypes, shapes, body)
+    text = _normalized_body(op, state) if body else ""
+    return OpInfo(op_id, name, kind, tuple(int(e) for e in extents), tuple(its), strides, dtypes, shapes, text)
 
 
 def _generic_domain(op: ir.Operation, name: str) -> tuple[tuple[int, ...], tuple[str, ...]]:

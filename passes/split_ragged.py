@@ -61,7 +61,7 @@ def _split_dims(op: ir.Operation, extents: set[int] | None = None) -> list[tuple
     if not op.results or any(not isinstance(v.type.maybe_downcast(), ir.RankedTensorType) for v in op.results):
         return []
     try:
-        info = describe(op, -1)
+        info = describe(op, -1, body=False)  # extents and kind only
     except (ValueError, ir.MLIRError):
         return []
     if info.kind not in _SPLIT_KINDS:
@@ -82,7 +82,7 @@ def _contraction_extents(ops: list[ir.Operation]) -> set[int]:
         if op.name in ("linalg.matmul", "linalg.batch_matmul"):
             dims = _split_dims(op)
             if dims:
-                info = describe(op, -1)
+                info = describe(op, -1, body=False)  # extents and kind only
                 out |= {info.extents[d] for d, _ in dims}
     return out
 

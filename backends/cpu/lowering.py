@@ -114,6 +114,13 @@ def to_vector(
     return apply_transform(module, lower_vectors_script(copies), stage="vector", reproduce="cpu-vector", before=before)
 
 
+# A copy's (or a fill's) register tile: 64 elements, four zmm registers. A copy moves memory,
+# so a longer vector buys nothing, and LLVM legalizes a 512-lane load into 32 with ~1 s of
+# instruction selection each (ResNet-18's im2col taps: 33 s of compile at 1,024 lanes, 20 s at
+# 64; the run time did not change).
+COPY_BUDGET = 64
+
+
 def tidy_copies(module: ir.Module, *, vectorize_fills: bool = True) -> list[tuple[int, tuple[int, ...]]]:
     """The buffer copies bufferization left: erase the ones that copy a buffer onto itself
     (a fused tile written back into the subview it was computed in), and tag the rest with
@@ -144,7 +151,7 @@ def tidy_copies(module: ir.Module, *, vectorize_fills: bool = True) -> list[tupl
         i64 = ir.IntegerType.get_signless(64, context=module.context)
         op.attributes[COPY_ID] = ir.IntegerAttr.get(i64, len(out))
         shape = list(t.shape)
-        out.append((len(out), tuple(0 if r >= x else r for r, x in zip(tiling.budget_tile(shape), shape))))
+        out.append((len(out), tuple(0 if r >= x else r for r, x in zip(tiling.budget_tile(shape, COPY_BUDGET), shape))))
 
     tiling.walk_ops(module.operation, visit)
     for op in dead:
@@ -390,10 +397,40 @@ def lower_vectors_script(copies=()) -> str:
 
 
 # ---------------------------------------------------------------------- llvm → machine
+# LLVM codegen options for every compile in this process, set once (LLVM's option parser
+# exits the process on a repeated option). Store merging in the SelectionDAG combiner is
+# quadratic in a block's stores: the scalar loops LLVM unrolls fully (a stride-2 depthwise
+# convolution's 56 × 3 × 3 taps) spent 7.5 s of a 9.5 s MobileNet-V2 compile there; our
+# kernels store whole vectors already, so merging buys nothing.
+LLVM_OPTIONS = ("-combiner-store-merging=0",)
+_llvm_options_set = False
+
+
+def set_llvm_options() -> None:
+    """Pass `LLVM_OPTIONS` to the bundled LLVM (its C API's command-line parser), once."""
+    global _llvm_options_set
+    if _llvm_options_set:
+        return
+    _llvm_options_set = True
+    import ctypes
+
+    import torch_mlir._mlir_libs as libs
+
+    try:
+        lib = ctypes.CDLL(os.path.join(os.path.dirname(libs.__file__), "libTorchMLIRAggregateCAPI.so"))
+        parse = lib.LLVMParseCommandLineOptions
+    except (OSError, AttributeError):  # another build of the bindings: its defaults stand
+        return
+    args = [b"tilecraft", *(o.encode() for o in LLVM_OPTIONS)]
+    parse(len(args), (ctypes.c_char_p * len(args))(*args), None)
+
+
 def jit(module: ir.Module, *, opt_level: int = 3):
     """JIT for the host. Code with AMX kernels first asks Linux for the tile state (this
     process only; a shared library's user must do the same, see `backends/cpu/amx.py`)."""
     from torch_mlir.execution_engine import ExecutionEngine
+
+    set_llvm_options()
 
     if amx.uses_amx(module):
         amx.enable()

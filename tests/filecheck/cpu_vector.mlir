@@ -2,7 +2,8 @@
 
 // The cpu-vector stage alone on tiled IR: a vectorized ReLU tile on tensors whose result is
 // zero-padded for a convolution. The pad is made in place: its whole buffer is filled
-// (the fill vectorized: one 10-wide store per row) and the ReLU writes its result straight
+// (the fill vectorized in register tiles of at most 64 elements, `COPY_BUDGET`: a loop over
+// the 2 planes, one 10-wide store per row) and the ReLU writes its result straight
 // into the buffer's interior, a subview at offset (0, 1, 1), so no copy is left. The
 // function is bufferized (memrefs at its boundary) and the vector ops are lowered to 1-D
 // loads and stores.
@@ -12,7 +13,9 @@
 // CHECK: arith.maximumf {{.*}} : vector<2x4x8xf32>
 // CHECK: %[[BUF:[^ ]+]] = memref.alloc() {{.*}} : memref<2x6x10xf32>
 // CHECK-NOT: linalg.
-// CHECK: vector.store %{{.*}}, %[[BUF]][{{.*}}] : memref<2x6x10xf32>, vector<10xf32>
+// CHECK: scf.for
+// CHECK: %[[PLANE:[^ ]+]] = memref.subview %[[BUF]][%{{.*}}, 0, 0] [1, 6, 10] [1, 1, 1]
+// CHECK-COUNT-6: vector.store %{{.*}}, %[[PLANE]][{{.*}}] : memref<1x6x10xf32, strided<[60, 10, 1], offset: ?>>, vector<10xf32>
 // CHECK: %[[IN:[^ ]+]] = memref.subview %[[BUF]][0, 1, 1] [2, 4, 8] [1, 1, 1]
 // CHECK: vector.store %{{.*}}, %[[IN]][{{.*}}] : memref<2x4x8xf32, strided<[60, 10, 1], offset: 11>>, vector<8xf32>
 // CHECK-NOT: copy
