@@ -278,17 +278,32 @@ def backend_stages(options: CpuOptions, wanted: Callable[[str], bool], tile: boo
 def plan_precision(imported: frontend.Imported, mode: str, budget: float | None, cost_model, target: Target):
     """Each layer's precision (`passes/precision.py`), priced by `cost_model` (f32 kernels;
     the analytical model stands in for `heuristic`) and the AMX model (bf16/int8)."""
-    from tilecraft.backends.cpu import amx
     from tilecraft.costmodel import precision_plan
     from tilecraft.costmodel.amx import AmxModelError, LayerPrices
     from tilecraft.passes import precision
 
     model = load_cost_model(cost_model if cost_model not in (None, "heuristic") else "analytical", target)
+    isa = low_precision_isa(target)
     try:
-        prices = LayerPrices(imported.module, model, target)
-        return precision_plan.plan(imported, mode=mode, budget=budget, price=prices, amx_available=amx.available())
+        prices = LayerPrices(imported.module, model, target, isa=isa or "amx")
+        return precision_plan.plan(
+            imported, mode=mode, budget=budget, price=prices, amx_available=isa is not None, isa=isa or "amx"
+        )
     except (precision.PrecisionError, AmxModelError) as exc:
         raise DriverError(str(exc)) from None
+
+
+def low_precision_isa(target: Target) -> str | None:
+    """The kernels low-precision layers lower to on `target`: "amx" where it has AMX (and
+    Linux grants it), else "avx512" with AVX512-BF16 (`vdpbf16ps`, bf16 only), else None.
+    `cpu{amx=false}` asks for the AVX-512 kernels on an AMX machine."""
+    from tilecraft.backends.cpu import amx
+
+    if target.has("amx") and amx.available():
+        return "amx"
+    if target.has("avx512bf16"):
+        return "avx512"
+    return None
 
 
 def convolutions_as_gemms(imported: frontend.Imported, *, fusing: bool = True, layout: bool = True) -> None:

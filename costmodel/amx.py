@@ -12,6 +12,7 @@ model plus the conversions around the lowered layer.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -255,17 +256,53 @@ def f32_latencies(module: ir.Module, model, target) -> list[float | None]:
     return out
 
 
+# ------------------------------------------------------- AVX-512 BF16 (no AMX) kernels
+def avx512_schedule(m: int, n: int) -> AmxSchedule:
+    """The register block of `backends/cpu/avx512_dot.py` for an M × N output: 4 vectors of
+    16 columns × 6 rows where N allows (24 accumulators + 4 B vectors + the A broadcast of
+    the 32 zmm registers), narrower blocks with more rows for narrow N."""
+    nr = max(1, min(4, -(-n // 16)))
+    mr = {4: 6, 3: 7, 2: 8, 1: 12}[nr]
+    return AmxSchedule(max(1, min(mr, m)), nr, order="ij", isa="avx512")
+
+
+@functools.cache
+def avx512_dot_rate() -> float:
+    """This host's measured bf16 flop/s of the AVX-512 dot kernel on a convolution-sized
+    GEMM (784 × 128 × 576, blocked B), once per process (~50 ms). `vdpbf16ps` runs at a
+    different rate per microarchitecture (a Zen 4 issues one a cycle, twice its f32 FMA
+    rate; the Sapphire Rapids Xeon measured here half of that), which the CPU's feature
+    flags do not tell, so the host is asked."""
+    from tilecraft.corpus.amx import measure
+
+    kernel = workload(1, 784, 128, 576, "bf16", blocked=True)
+    m = measure(kernel, avx512_schedule(784, 128), budget_s=0.05, min_runs=5)
+    if m.status != "ok":
+        raise AmxModelError(f"the AVX-512 bf16 kernel failed its check on this host: {m.error}")
+    return kernel.flops / m.median_s
+
+
 class LayerPrices:
     """`prices(layer, precision)` → (AMX schedule or None, predicted seconds or None): the
-    callback `costmodel/precision_plan.plan` prices layers with."""
+    callback `costmodel/precision_plan.plan` prices layers with. `isa`: "amx" (the AMX
+    model prices each layer's best schedule) or "avx512" (bf16 only, on a CPU without AMX:
+    the layer's flops at this host's measured `avx512_dot_rate`)."""
 
-    def __init__(self, module: ir.Module, cost_model, target, amx_model: AmxCostModel | None = None):
+    def __init__(
+        self, module: ir.Module, cost_model, target, amx_model: AmxCostModel | None = None, *, isa: str = "amx"
+    ):
         self.f32 = f32_latencies(module, cost_model, target)
         self.amx_model = amx_model
+        self.isa = isa
 
     def __call__(self, layer: Layer, precision: str) -> tuple[AmxSchedule | None, float | None]:
         if precision == "f32":
             return None, self.f32[layer.index]
+        if self.isa == "avx512":
+            if precision != "bf16":
+                return None, None
+            seconds = layer.flops / avx512_dot_rate()
+            return avx512_schedule(layer.m, layer.n), seconds + overhead_bytes(layer, precision) / STREAM_BYTES_PER_S
         if self.amx_model is None:
             self.amx_model = AmxCostModel.load()
         kernel = workload(layer.batch, layer.m, layer.n, layer.k, precision, blocked=layer.blocked)

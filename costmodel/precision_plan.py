@@ -169,6 +169,8 @@ def calibration_inputs(inputs: Sequence[torch.Tensor], count: int, *, seed: int 
 # ------------------------------------------------------------------------------ choosing
 DEFAULT_BUDGET = 0.01  # relative L2 error of the model output
 MODES = ("f32", "bf16", "int8", "auto")
+# The precisions each kind of low-precision kernel runs (`backends/cpu/amx.py`, `avx512_dot.py`)
+ISA_PRECISIONS = {"amx": ("bf16", "int8"), "avx512": ("bf16",)}
 
 
 @dataclasses.dataclass
@@ -266,12 +268,15 @@ def plan(
     price,
     amx_available: bool = True,
     calibration: int = 2,
+    isa: str = "amx",
 ) -> PrecisionPlan:
     """Choose every layer's precision (see the module docstring). `mode`: f32, bf16 or int8
     (every eligible layer; with a budget, a plan over it falls back to f32), or auto (the
     integer program under `budget`, default 1%). `price(layer, precision)` → (AMX schedule,
     predicted seconds) is the latency model (`costmodel/amx.py: LayerPrices`). A plan whose
-    output error exceeds the budget never runs: it falls back to f32 and says why."""
+    output error exceeds the budget never runs: it falls back to f32 and says why. `isa`:
+    the kernels the layers lower to, "amx" (bf16 and int8) or "avx512" (AVX512-BF16
+    `vdpbf16ps` without AMX: bf16 only; `amx_available` then means "low precision runs")."""
     if mode not in MODES:
         raise PrecisionError(f"unknown precision {mode!r} (one of {', '.join(MODES)})")
     if budget is not None and not budget > 0:
@@ -284,7 +289,14 @@ def plan(
     if mode == "auto" and budget is None:
         budget = DEFAULT_BUDGET
     if not amx_available:
-        return PrecisionPlan(mode, budget, all_layers, f32_only, message="AMX is not available here: running f32")
+        return PrecisionPlan(
+            mode, budget, all_layers, f32_only, message="neither AMX nor AVX512-BF16 is available here: running f32"
+        )
+    allowed = ISA_PRECISIONS[isa]
+    if mode not in ("auto", *allowed):
+        return PrecisionPlan(
+            mode, budget, all_layers, f32_only, message=f"{mode} needs AMX, which this CPU lacks: running f32"
+        )
     if imported.fx is None or imported.model is None:
         raise PrecisionError(
             f"{imported.spec}: low precision needs the PyTorch model (for calibration), not MLIR input"
@@ -303,7 +315,7 @@ def plan(
     for layer in all_layers:
         a_max, b_max = amax.get(layer.index, (0.0, 0.0))
         options = {"f32": PrecisionDecision(layer.index, "f32", sensitivity=0.0, f32_s=f32_s[layer.index])}
-        wanted = [p for p in layer.eligible if p != "f32" and (mode == "auto" or p == mode)]
+        wanted = [p for p in layer.eligible if p in allowed and (mode == "auto" or p == mode)]
         for p in wanted:
             sched, seconds = price(layer, p)
             d = PrecisionDecision(

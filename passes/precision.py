@@ -53,6 +53,9 @@ _ELEM = {"bf16": "bf16", "int8": "i8"}
 _CONTRACTIONS = ("linalg.matmul", "linalg.batch_matmul", "linalg.conv_2d_nchw_fchw")
 
 
+ISAS = ("amx", "avx512")
+
+
 class PrecisionError(ValueError):
     """A precision request that cannot be honoured (unknown layer, ineligible precision)."""
 
@@ -71,11 +74,20 @@ class AmxSchedule:
     kc: int = 1024
     order: str = "ij"
     nc: int = 0
+    # "amx" (tiles), or "avx512": `backends/cpu/avx512_dot.py`'s vdpbf16ps register blocks of
+    # mr rows × nr 16-column vectors (kc and nc unused), for a CPU with AVX512-BF16 and no AMX
+    isa: str = "amx"
+
+    def __post_init__(self):
+        if self.isa not in ISAS:
+            raise PrecisionError(f"unknown low-precision kernel isa {self.isa!r} (one of {', '.join(ISAS)})")
 
     def to_json(self) -> str:
         d = dataclasses.asdict(self)
         if not d["nc"]:  # the form measured before nc existed: corpus rows keep matching
             del d["nc"]
+        if d["isa"] == "amx":  # likewise before isa existed
+            del d["isa"]
         return json.dumps(d, sort_keys=True)
 
     @staticmethod

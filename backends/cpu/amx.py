@@ -335,6 +335,7 @@ def _offsets(sizes: list[int]) -> Iterator[int]:
 
 # ------------------------------------------------------------------------------ lowering
 _BLOCK_FUNC = re.compile(r"^__tc_amx_\d+_b\d+$")
+_ANY_BLOCK_FUNC = re.compile(r"^__tc_(amx|dot)_\d+_b\d+$")  # AMX and AVX-512 dot kernels (`avx512_dot.py`)
 
 
 def uses_amx(module: ir.Module) -> bool:
@@ -351,7 +352,7 @@ def keep_blocks_out_of_line(module: ir.Module) -> None:
     drops the attribute, so it is set here."""
     for op in module.body.operations:
         op = op.operation
-        if op.name == "llvm.func" and _BLOCK_FUNC.match(ir.StringAttr(op.attributes["sym_name"]).value):
+        if op.name == "llvm.func" and _ANY_BLOCK_FUNC.match(ir.StringAttr(op.attributes["sym_name"]).value):
             op.attributes["no_inline"] = ir.UnitAttr.get(module.context)
 
 
@@ -420,8 +421,14 @@ def lower_marked(module: ir.Module) -> int:
             fill.erase()
         key = json.dumps([types, sched.to_json(), fill is not None])
         if key not in kernels:
-            kernels[key] = f"__tc_amx_{len(kernels)}"
-            text = kernel_text(kernels[key], *types, sched, zero_init=fill is not None)
+            if sched.isa == "avx512":  # no AMX here: vdpbf16ps register blocks
+                from tilecraft.backends.cpu import avx512_dot
+
+                kernels[key] = f"__tc_dot_{len(kernels)}"
+                text = avx512_dot.kernel_text(kernels[key], *types, sched, zero_init=fill is not None)
+            else:
+                kernels[key] = f"__tc_amx_{len(kernels)}"
+                text = kernel_text(kernels[key], *types, sched, zero_init=fill is not None)
             parsed = ir.Module.parse(text, context=ctx)
             for kop in list(parsed.body.operations):
                 module.body.append(kop.operation)

@@ -176,3 +176,89 @@ def test_cli_run_precision_auto_and_budget_errors(tmp_path):
     assert tiny.returncode == 0 and "too small for any speedup" in tiny.stdout
     bad = subprocess.run([*run, "--precision", "auto", "--error-budget", "-1"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("error: the error budget must be positive")
+
+
+# ------------------------------------------------------------ AVX-512 BF16 without AMX
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return set(next((line for line in f if line.startswith("flags")), "").split())
+    except OSError:
+        return set()
+
+
+needs_avx512_bf16 = pytest.mark.skipif("avx512_bf16" not in _cpu_flags(), reason="needs AVX512-BF16 (vdpbf16ps)")
+
+
+@needs_avx512_bf16
+@pytest.mark.parametrize(
+    ("batch", "m", "n", "k", "blocked", "sched"),
+    [
+        (1, 64, 64, 128, False, precision.AmxSchedule(4, 2, isa="avx512")),
+        (1, 64, 64, 128, True, precision.AmxSchedule(6, 4, isa="avx512")),
+        (1, 33, 50, 72, False, precision.AmxSchedule(6, 4, isa="avx512")),  # row and masked column edges
+        (1, 7, 8, 20, False, precision.AmxSchedule(1, 4, order="ji", isa="avx512")),
+        (3, 40, 24, 64, False, precision.AmxSchedule(8, 2, isa="avx512")),  # batched
+        (1, 1, 1000, 512, False, precision.AmxSchedule(1, 4, isa="avx512")),  # one row, N % 16 = 8
+    ],
+)
+def test_avx512_dot_kernel_matches_exact_reference(batch, m, n, k, blocked, sched):
+    kernel = amx_workloads.workload(batch, m, n, k, "bf16", blocked=blocked)
+    result = amx_workloads.measure(kernel, sched, budget_s=0.0, min_runs=2)
+    assert result.status == "ok", result.error
+
+
+@needs_avx512_bf16
+def test_avx512_bf16_layers_compile_and_match_their_emulation():
+    """Every layer lowered to vdpbf16ps kernels (what a CPU without AMX runs): the compiled
+    output equals the emulated bf16 rounding, and stays near eager f32."""
+    from tilecraft.costmodel.amx import avx512_schedule
+
+    imp = _imported()
+    layers = precision.layers(imp.module, len(imp.params))
+    emu = precision_plan.Emulator(imp.fx, imp.params, layers)
+    decisions = [
+        precision.PrecisionDecision(x.index, "bf16", schedule=avx512_schedule(x.m, x.n))
+        for x in layers
+        if "bf16" in x.eligible
+    ]
+    emulated = emu.run(imp.inputs, {d.layer: d for d in decisions})
+    compiled = driver.compile_model(imp, cost_model="heuristic", precision=decisions)
+    out = compiled.fn(*imp.inputs)
+    assert precision_plan.relative_error(out, emulated) < 2e-3
+    assert precision_plan.relative_error(out, imp.reference()) < 2e-2
+
+
+def test_low_precision_isa_follows_the_target():
+    from tilecraft.backends.cpu.target import Target
+
+    no_bf16 = Target.parse("cpu{amx=false avx512bf16=false}")
+    assert driver.low_precision_isa(no_bf16) is None
+    if "avx512_bf16" in _cpu_flags():
+        assert driver.low_precision_isa(Target.parse("cpu{amx=false}")) == "avx512"
+    if amx.available():
+        assert driver.low_precision_isa(Target.parse("cpu")) == "amx"
+
+
+def test_plan_without_amx_offers_bf16_only():
+    """With AVX-512 kernels (no AMX) int8 is not offered: `int8` runs f32 and says why,
+    `auto` chooses among f32 and bf16 only."""
+    imp = _imported()
+    sched = precision.AmxSchedule(4, 2, isa="avx512")
+
+    def price(layer, p):  # bf16 twice as fast as f32: every layer worth lowering
+        return (None, 1e-3) if p == "f32" else ((sched, 0.5e-3) if p == "bf16" else (None, None))
+
+    int8 = precision_plan.plan(imp, mode="int8", budget=None, price=price, isa="avx512")
+    assert all(d.precision == "f32" for d in int8.decisions) and "AMX" in int8.message
+    auto = precision_plan.plan(imp, mode="auto", budget=0.05, price=price, isa="avx512")
+    assert {d.precision for d in auto.decisions} <= {"f32", "bf16"}
+    assert any(d.precision == "bf16" and d.schedule.isa == "avx512" for d in auto.decisions)
+
+
+def test_avx512_schedule_json_roundtrip_and_bad_isa():
+    s = precision.AmxSchedule(6, 4, isa="avx512")
+    assert precision.AmxSchedule.from_json(s.to_json()) == s
+    assert "isa" not in precision.AmxSchedule().to_json()  # AMX rows of the corpus keep their form
+    with pytest.raises(precision.PrecisionError, match="isa"):
+        precision.AmxSchedule(isa="sse")

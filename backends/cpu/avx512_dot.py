@@ -1,0 +1,217 @@
+"""AVX-512 dot-product kernels for bf16 contractions where there is no AMX (`vdpbf16ps`).
+
+On the backends floor; called by `backends/cpu/amx.py: lower_marked` in the `cpu-llvm`
+stage for a `tc.amx` contraction whose schedule says `isa = "avx512"` (the precision planner
+picks it on a CPU with AVX512-BF16 and no AMX). The operands are the AMX kernel's, so the
+VNNI-packed layouts, the rewrite in `passes/precision.py` and its exact semantics are shared:
+A `[(batch,) M, K/2, 2]`; B plain `[(batch,) K/2, N, 2]` or blocked
+`[(batch,) N/16, K/2, 16, 2]`; C `[(batch,) M, N]` or `[(batch,) M, N/16, 16]`.
+
+A register block is `mr` rows × `nr` vectors of 16 columns, its `mr · nr` f32 accumulators
+carried in registers over the whole K loop. Each step of K/2 loads `nr` B vectors (a K pair
+of 16 columns: 32 bf16, one zmm, contiguous in both layouts), broadcasts each row's A pair
+(one 32-bit lane) and issues `mr · nr` `x86.avx512.dot` (`vdpbf16ps`: per lane, acc + the
+pair's two products, exact products summed in f32). A column remainder (a plain B with
+N % 16 ≠ 0) is read and written with masked loads and stores; a row remainder is a block of
+fewer rows. Each block shape is its own function (kept out of line), like the AMX kernels.
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch_mlir import ir
+
+from tilecraft.backends.cpu.amx import AmxError, _collapse, _Writer
+
+LANES = 16  # f32 accumulators per zmm; a K pair of 16 columns is 32 bf16
+
+
+def kernel_text(name: str, a_type: str, b_type: str, c_type: str, sched, *, zero_init: bool = False) -> str:
+    """Private funcs: `@name(%A, %B, %C)` accumulates A × B into C (or, with `zero_init`,
+    writes A × B into C, whose contents are ignored)."""
+    a, b, c = (ir.MemRefType(ir.Type.parse(t)) for t in (a_type, b_type, c_type))
+    elem = str(a.element_type)
+    if elem != "bf16":
+        raise AmxError(f"AVX-512 dot kernel: {elem} operands are not supported (bf16 only)")
+    v = 2
+    lead = a.rank - 3
+    if lead not in (0, 1) or b.rank - lead not in (3, 4):
+        raise AmxError(f"AVX-512 dot kernel: unexpected operand types {a_type}, {b_type}, {c_type}")
+    batched, blocked = lead == 1, b.rank - lead == 4
+    w = _Writer()
+    params = (a_type, b_type, c_type)
+    keep = [[i] for i in range(lead)]
+    a_val, a_t = _collapse(w, "%A", a, [*keep, [lead], [lead + 1, lead + 2]])  # [M, K]
+    if blocked:  # [N/16 · K/2, 32]: row (j/16)·(K/2) + k/2
+        b_val, b_t = _collapse(w, "%B", b, [*keep, [lead, lead + 1], [lead + 2, lead + 3]])
+        c_val, c_t = _collapse(w, "%C", c, [*keep, [lead], [lead + 1, lead + 2]])  # [M, N]
+    else:  # [K/2, 2N]: column 2j
+        b_val, b_t = _collapse(w, "%B", b, [*keep, [lead], [lead + 1, lead + 2]])
+        c_val, c_t = "%C", c_type
+    a, b, c = (ir.MemRefType(ir.Type.parse(t)) for t in (a_t, b_t, c_t))
+    *_, m, k = a.shape
+    *_, n = c.shape
+    if blocked and n % LANES:
+        raise AmxError(f"AVX-512 dot kernel: a blocked B needs N % 16 == 0, got N={n}")
+    if k % v:
+        raise AmxError(f"AVX-512 dot kernel: K={k} is not a multiple of {v}")
+    kh_n = k // v
+    funcs: list[str] = []
+    blocks: dict[tuple, str] = {}
+
+    def view(val: str, ty) -> tuple[str, str]:
+        """2-D view of batch %b (rank-reducing subview)."""
+        _, r, cols = ty.shape
+        strides, _ = ty.get_strides_and_offset()
+        if strides[2] != 1:
+            raise AmxError(f"AVX-512 dot kernel: operand {ty} has a non-unit inner stride")
+        row = "?" if ty.is_dynamic_stride_or_offset(strides[1]) else str(strides[1])
+        out = w.tmp("v")
+        res = f"memref<{r}x{cols}x{ty.element_type}, strided<[{row}, 1], offset: ?>>"
+        w(f"{out} = memref.subview {val}[%b, 0, 0] [1, {r}, {cols}] [1, 1, 1] : {ty} to {res}")
+        return out, res
+
+    def block_func(at: str, bt: str, ct: str, rows: int, widths: tuple[int, ...]) -> str:
+        """C[i:i+rows, j:j+Σwidths] (+)= A · B: one register block; `widths` are the
+        columns of each vector (16, or a remainder read and written under a mask)."""
+        key = (at, bt, ct, rows, widths)
+        if key in blocks:
+            return blocks[key]
+        fname = blocks[key] = f"{name}_b{len(blocks)}"
+        bw = _Writer()
+        vf, vb = f"vector<{LANES}xf32>", f"vector<{2 * LANES}xbf16>"
+        ri = [bw.tmp("i") for _ in range(rows)]
+        for x, r in enumerate(ri):
+            bw(f"{r} = arith.addi %i, {bw.c(x)} : index")
+        cj = [bw.tmp("j") for _ in widths]
+        for y, cc in enumerate(cj):
+            bw(f"{cc} = arith.addi %j, {bw.c(LANES * y)} : index")
+        masks = {}
+        for wd in sorted(set(widths) - {LANES}):
+            masks[wd] = (bw.tmp("mc"), bw.tmp("mb"))
+            bw(f"{masks[wd][0]} = vector.constant_mask [{wd}] : vector<{LANES}xi1>")
+            bw(f"{masks[wd][1]} = vector.constant_mask [{2 * wd}] : vector<{2 * LANES}xi1>")
+        zf, zb = bw.tmp("zf"), bw.tmp("zb")
+        bw(f"{zf} = arith.constant dense<0.000000e+00> : {vf}")
+        bw(f"{zb} = arith.constant dense<0.000000e+00> : {vb}")
+        acc0 = []
+        for r in ri:
+            for cc, wd in zip(cj, widths):
+                t = bw.tmp("cin")
+                if zero_init:
+                    t = zf
+                elif wd == LANES:
+                    bw(f"{t} = vector.load %C[{r}, {cc}] : {ct}, {vf}")
+                else:
+                    mc = masks[wd][0]
+                    bw(f"{t} = vector.maskedload %C[{r}, {cc}], {mc}, {zf} : {ct}, vector<{LANES}xi1>, {vf} into {vf}")
+                acc0.append(t)
+        kv, accs = bw.tmp("kh"), [bw.tmp("a") for _ in acc0]
+        res = bw.tmp("r")
+        iter_args = ", ".join(f"{x} = {y}" for x, y in zip(accs, acc0))
+        bw(
+            f"{res}:{len(accs)} = scf.for {kv} = {bw.c(0)} to {bw.c(kh_n)} step {bw.c(1)} "
+            f"iter_args({iter_args}) -> ({', '.join([vf] * len(accs))}) {{"
+        )
+        ka = bw.tmp("ka")
+        bw(f"  {ka} = arith.muli {kv}, {bw.c(v)} : index")
+        bvec = []
+        for cc, wd in zip(cj, widths):
+            t = bw.tmp("bv")
+            if blocked:  # row (j / 16) · K/2 + k/2
+                jb, row = bw.tmp("jb"), bw.tmp("row")
+                bw(f"  {jb} = arith.divui {cc}, {bw.c(LANES)} : index")
+                bw(f"  {row} = affine.apply affine_map<(d0, d1) -> (d0 * {kh_n} + d1)>({jb}, {kv})")
+                bw(f"  {t} = vector.load %B[{row}, {bw.c(0)}] : {bt}, {vb}")
+            else:
+                col = bw.tmp("col")
+                bw(f"  {col} = arith.muli {cc}, {bw.c(v)} : index")
+                if wd == LANES:
+                    bw(f"  {t} = vector.load %B[{kv}, {col}] : {bt}, {vb}")
+                else:
+                    mb, mt = masks[wd][1], f"vector<{2 * LANES}xi1>"
+                    bw(f"  {t} = vector.maskedload %B[{kv}, {col}], {mb}, {zb} : {bt}, {mt}, {vb} into {vb}")
+            bvec.append(t)
+        new = []
+        for x, r in enumerate(ri):
+            pair, word, lane, bcast, av = (bw.tmp(s) for s in ("p", "w", "l", "s", "av"))
+            bw(f"  {pair} = vector.load %A[{r}, {ka}] : {at}, vector<2xbf16>")
+            bw(f"  {word} = vector.bitcast {pair} : vector<2xbf16> to vector<1xi32>")
+            bw(f"  {lane} = vector.extract {word}[0] : i32 from vector<1xi32>")
+            bw(f"  {bcast} = vector.broadcast {lane} : i32 to vector<{LANES}xi32>")
+            bw(f"  {av} = vector.bitcast {bcast} : vector<{LANES}xi32> to {vb}")
+            for y in range(len(widths)):
+                t = bw.tmp("d")
+                bw(f"  {t} = x86.avx512.dot {accs[x * len(widths) + y]}, {av}, {bvec[y]} : {vb} -> {vf}")
+                new.append(t)
+        bw(f"  scf.yield {', '.join(new)} : {', '.join([vf] * len(new))}")
+        bw("}")
+        for x, r in enumerate(ri):
+            for y, (cc, wd) in enumerate(zip(cj, widths)):
+                val = f"{res}#{x * len(widths) + y}"
+                if wd == LANES:
+                    bw(f"vector.store {val}, %C[{r}, {cc}] : {ct}, {vf}")
+                else:
+                    bw(f"vector.maskedstore %C[{r}, {cc}], {masks[wd][0]}, {val} : {ct}, vector<{LANES}xi1>, {vf}")
+        args = f"%A: {at}, %B: {bt}, %C: {ct}, %i: index, %j: index"
+        head = [f"func.func private @{fname}({args}) {{"]
+        head += [f"  %c{x} = arith.constant {x} : index" for x in sorted(bw.consts)]
+        funcs.append("\n".join(head + ["  " + line for line in bw.lines] + ["  return", "}"]))
+        return fname
+
+    def col_parts(width: int) -> list[tuple[str, int, tuple[int, ...]]]:
+        """(kind, extent of full blocks or offset of the remainder, vector widths)."""
+        step = LANES * sched.nr
+        full = width - width % step
+        rem = width - full
+        widths = [LANES] * (rem // LANES) + ([rem % LANES] if rem % LANES else [])
+        return ([("loop", full, (LANES,) * sched.nr)] if full else []) + ([("rem", full, tuple(widths))] if rem else [])
+
+    def row_parts() -> list[tuple[str, int, int]]:
+        full = m - m % sched.mr
+        return ([("loop", full, sched.mr)] if full else []) + ([("rem", full, m - full)] if m > full else [])
+
+    def start(kind: str, ext: int, step: int, stem: str) -> str:
+        var = w.tmp(stem)
+        if kind == "loop":
+            w(f"scf.for {var} = {w.c(0)} to {w.c(ext)} step {w.c(step)} {{")
+        else:
+            w(f"{var} = arith.constant {ext} : index")
+        return var
+
+    def body(av: str, at: str, bv: str, bt: str, cv: str, ct: str) -> None:
+        sig = f"({at}, {bt}, {ct}, index, index) -> ()"
+        rows, cols = row_parts(), col_parts(n)
+        ij = sched.order == "ij"
+        for okind, oext, osize in rows if ij else cols:
+            ov = start(okind, oext, osize if ij else LANES * len(osize), "o")
+            for ikind, iext, isize in cols if ij else rows:
+                iv = start(ikind, iext, LANES * len(isize) if ij else isize, "p")
+                i, j, r, wd = (ov, iv, osize, isize) if ij else (iv, ov, isize, osize)
+                f = block_func(at, bt, ct, r, wd)
+                w(f"func.call @{f}({av}, {bv}, {cv}, {i}, {j}) : {sig}")
+                if ikind == "loop":
+                    w("}")
+            if okind == "loop":
+                w("}")
+
+    if batched:
+        w(f"scf.for %b = {w.c(0)} to {w.c(a.shape[0])} step {w.c(1)} {{")
+        body(*view(a_val, a), *view(b_val, b), *view(c_val, c))
+        w("}")
+    else:
+        body(a_val, a_t, b_val, b_t, c_val, c_t)
+    head = [f"func.func private @{name}(%A: {params[0]}, %B: {params[1]}, %C: {params[2]}) {{"]
+    head += [f"  %c{x} = arith.constant {x} : index" for x in sorted(w.consts)]
+    return "\n\n".join(["\n".join(head + ["  " + line for line in w.lines] + ["  return", "}"]), *funcs])
+
+
+def registers(mr: int, nr: int) -> int:
+    """zmm registers a block holds live: accumulators, B vectors, one A broadcast."""
+    return mr * nr + nr + 1
+
+
+def flops_per_cycle(target) -> float:
+    """Peak bf16 flops per cycle and core: `vdpbf16ps` does two products per f32 lane."""
+    return 2 * 2 * target.f32_lanes * target.fma_units * (1 if target.has("avx512bf16") else math.nan)
