@@ -12,7 +12,6 @@ model plus the conversions around the lowered layer.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -266,27 +265,47 @@ def avx512_schedule(m: int, n: int) -> AmxSchedule:
     return AmxSchedule(max(1, min(mr, m)), nr, order="ij", isa="avx512")
 
 
-@functools.cache
-def avx512_dot_rate() -> float:
-    """This host's measured bf16 flop/s of the AVX-512 dot kernel on a convolution-sized
-    GEMM (784 × 128 × 576, blocked B), once per process (~50 ms). `vdpbf16ps` runs at a
-    different rate per microarchitecture (a Zen 4 issues one a cycle, twice its f32 FMA
-    rate; the Sapphire Rapids Xeon measured here half of that), which the CPU's feature
-    flags do not tell, so the host is asked."""
-    from tilecraft.corpus.amx import measure
+_RATIO_CACHE: dict[str, float] = {}
+REFERENCE_GEMM = (784, 128, 576)  # resnet18's second-stage 3×3 convolution as a GEMM
 
-    kernel = workload(1, 784, 128, 576, "bf16", blocked=True)
-    m = measure(kernel, avx512_schedule(784, 128), budget_s=0.05, min_runs=5)
-    if m.status != "ok":
-        raise AmxModelError(f"the AVX-512 bf16 kernel failed its check on this host: {m.error}")
-    return kernel.flops / m.median_s
+
+def avx512_bf16_ratio(cost_model, target) -> float:
+    """(bf16 seconds with the AVX-512 dot kernel) / (f32 seconds with the f32 kernel the
+    cost model picks) on a convolution-sized GEMM (`REFERENCE_GEMM`), both measured on this
+    host, once per process and target (~1 s). `vdpbf16ps` runs at a different rate per
+    microarchitecture (a Zen 4 issues one a cycle, twice its f32 FMA rate; the Sapphire
+    Rapids Xeon measured here one every two cycles, half its f32 FMA rate), which the
+    feature flags do not tell, so the host is asked; a ratio, not a rate, so that the bf16
+    price carries the f32 cost model's bias too and the planner compares like with like."""
+    key = target.hash()
+    if key in _RATIO_CACHE:
+        return _RATIO_CACHE[key]
+    from tilecraft.backends.cpu import schedule as tiling
+    from tilecraft.corpus import generator, kernels
+    from tilecraft.corpus.amx import measure
+    from tilecraft.corpus.measure import MeasureOptions, measure_in_process
+    from tilecraft.costmodel.model import best_decision
+
+    m, n, k = REFERENCE_GEMM
+    with ir.Context() as ctx:
+        f32_kernel = kernels.extract(ir.Module.parse(generator.matmul(m, n, k), context=ctx))[0]
+        info = kernels.infos_of(f32_kernel.mlir, ctx)
+    decision, _ = best_decision(cost_model, f32_kernel, tiling.space(info, target))
+    f32 = measure_in_process(f32_kernel, decision, target, MeasureOptions(max_seconds=0.1))
+    bf16_kernel = workload(1, m, n, k, "bf16", blocked=True)
+    bf16 = measure(bf16_kernel, avx512_schedule(m, n), budget_s=0.1, min_runs=5)
+    for what, r in (("f32", f32), ("AVX-512 bf16", bf16)):
+        if r.status != "ok":
+            raise AmxModelError(f"the {what} reference kernel failed its check on this host: {r.error}")
+    _RATIO_CACHE[key] = bf16.median_s / f32.median_s
+    return _RATIO_CACHE[key]
 
 
 class LayerPrices:
     """`prices(layer, precision)` → (AMX schedule or None, predicted seconds or None): the
     callback `costmodel/precision_plan.plan` prices layers with. `isa`: "amx" (the AMX
     model prices each layer's best schedule) or "avx512" (bf16 only, on a CPU without AMX:
-    the layer's flops at this host's measured `avx512_dot_rate`)."""
+    its f32 price times this host's measured `avx512_bf16_ratio`)."""
 
     def __init__(
         self, module: ir.Module, cost_model, target, amx_model: AmxCostModel | None = None, *, isa: str = "amx"
@@ -294,14 +313,16 @@ class LayerPrices:
         self.f32 = f32_latencies(module, cost_model, target)
         self.amx_model = amx_model
         self.isa = isa
+        self.cost_model, self.target = cost_model, target
 
     def __call__(self, layer: Layer, precision: str) -> tuple[AmxSchedule | None, float | None]:
         if precision == "f32":
             return None, self.f32[layer.index]
         if self.isa == "avx512":
-            if precision != "bf16":
+            f32_s = self.f32[layer.index]
+            if precision != "bf16" or f32_s is None:
                 return None, None
-            seconds = layer.flops / avx512_dot_rate()
+            seconds = f32_s * avx512_bf16_ratio(self.cost_model, self.target)
             return avx512_schedule(layer.m, layer.n), seconds + overhead_bytes(layer, precision) / STREAM_BYTES_PER_S
         if self.amx_model is None:
             self.amx_model = AmxCostModel.load()
