@@ -493,8 +493,69 @@ def cmd_costmodel_train_amx(args) -> int:
 def cmd_costmodel_train(args) -> int:
     from tilecraft.costmodel import train
 
-    s = train.train(args.db, args.out, text=args.text, all_targets=args.all_targets, scheduler=args.scheduler)
+    s = train.train(
+        args.db,
+        args.out,
+        text=args.text,
+        all_targets=args.all_targets,
+        scheduler=args.scheduler,
+        for_target=args.for_target,
+        repeat=args.repeat,
+    )
     print(f"trained on {s['rows']} measurements of {s['kernels']} kernels in {s['seconds']:.0f} s -> {s['out']}")
+    return 0
+
+
+def cmd_costmodel_adapt(args) -> int:
+    from tilecraft.backends.cpu.target import host
+    from tilecraft.corpus.db import CorpusDB, CorpusError, is_server_url
+    from tilecraft.costmodel import adapt
+    from tilecraft.costmodel import model as cm
+
+    # every input checked before a second of measuring
+    if not args.budget > 0:
+        raise cm.CostModelError(f"--budget must be a positive number of seconds (got {args.budget:g})")
+    target = host()
+    base_path = args.base or cm.choose(target, installed=False).path
+    base = cm.load(base_path, target)
+    out = args.out or cm.installed_path(target)
+    folder = os.path.dirname(os.path.abspath(out))
+    existing = folder
+    while not args.out and not os.path.exists(existing):  # the model directory is made when written
+        existing = os.path.dirname(existing)
+    if os.path.isdir(out) or not os.path.isdir(existing) or not os.access(existing, os.W_OK):
+        what = "--out" if args.out else "the model directory:"
+        raise cm.CostModelError(f"{what} {out}: cannot write a model file there")
+    if args.db:
+        if args.db.endswith(".gz"):
+            raise CorpusError(f"--db {args.db}: a compressed corpus opens read-only (gunzip it to add to it)")
+        if is_server_url(args.db) or os.path.exists(args.db):
+            with CorpusDB(args.db):
+                pass
+        elif not os.access(os.path.dirname(os.path.abspath(args.db)), os.W_OK):
+            raise CorpusError(f"--db {args.db}: cannot create a corpus database there")
+    say = None if args.quiet else (lambda msg: print(f"  {msg}", file=sys.stderr))
+    print(f"measuring for up to {args.budget:g} s on {target.cpu_name} (target {target.hash()})", file=sys.stderr)
+    r = adapt.adapt(base, target, budget_s=args.budget, base_name=base_path, seed=args.seed, progress=say)
+    m = r.measured
+    kinds = ", ".join(f"{k} {n}" for k, n in sorted(m.kinds().items()))
+    kernels = sum(m.kinds().values())
+    print(f"measured {len(m.records)} rows of {kernels} kernels ({kinds}) in {m.seconds:.0f} s; {m.failed} failed")
+    if r.cv:
+        b, a = r.cv["base"], r.cv[r.mode]
+        print(
+            f"held out by kernel ({adapt.FOLDS}-fold, on those rows): pairwise {b['pairwise']:.3f} -> "
+            f"{a['pairwise']:.3f}, MAPE {b['mape']:.1%} -> {a['mape']:.1%} (fine-tuned: {r.mode})"
+        )
+    else:
+        print(f"too few kernels to cross-validate; fine-tuned: {r.mode}")
+    os.makedirs(folder, exist_ok=True)
+    r.model.save(out)
+    where = "installed for this machine" if not args.out else "written"
+    print(f"{where}: {out} (base: {base_path})")
+    if args.db:
+        n = adapt.record_measurements(args.db, target, m)
+        print(f"added {n} measurements to {args.db}")
     return 0
 
 
@@ -733,7 +794,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS)
     x.set_defaults(fn=cmd_explain)
 
-    cm = sub.add_parser("costmodel", help="train and evaluate cost models")
+    cm = sub.add_parser("costmodel", help="train, evaluate and adapt cost models")
     cmsub = cm.add_subparsers(dest="costmodel_command", required=True)
     ct = cmsub.add_parser("train", help="fit the LightGBM cost model on a corpus")
     ct.add_argument("--db", required=True, help=DB_HELP)
@@ -749,11 +810,33 @@ def build_parser() -> argparse.ArgumentParser:
     ct.add_argument(
         "--scheduler", metavar="ADDR", help="train with lightgbm.dask on the workers of this Dask scheduler"
     )
+    ct.add_argument(
+        "--for-target",
+        metavar="HASH",
+        help="the model of this machine of the corpus (its target hash): trained on every machine's rows, its own "
+        "counted --repeat times",
+    )
+    ct.add_argument("--repeat", type=int, default=1, metavar="N", help="with --for-target: its rows count N times")
     ct.set_defaults(fn=cmd_costmodel_train)
     cta = cmsub.add_parser("train-amx", help="fit the AMX (bf16/int8) contraction cost model on a corpus")
     cta.add_argument("--db", required=True, help=DB_HELP)
     cta.add_argument("--out", default=None, help="model file (default: the shipped costmodel/data/amx-cpu.json)")
     cta.set_defaults(fn=cmd_costmodel_train_amx)
+    cad = cmsub.add_parser(
+        "adapt",
+        help="measure a few well-chosen kernels here and fine-tune the cost model for this machine (installed "
+        "where `--cost-model lightgbm` finds it)",
+    )
+    cad.add_argument("--budget", type=float, default=120.0, metavar="S", help="seconds of measuring (default 120)")
+    cad.add_argument("--base", metavar="MODEL", help="model file to start from (default: the shipped one for here)")
+    cad.add_argument(
+        "--out", metavar="FILE", help="write the model here instead of installing it ($TILECRAFT_MODEL_DIR, else "
+        "$XDG_DATA_HOME/tilecraft/models, else ~/.local/share/tilecraft/models, as <target hash>.json.gz)"
+    )  # fmt: skip
+    cad.add_argument("--db", metavar="CORPUS", help="also add the measurements to this " + DB_HELP)
+    cad.add_argument("--seed", type=int, default=0, help="which kernels of the reference pool come first")
+    cad.add_argument("--quiet", action="store_true", help="no line per measured kernel")
+    cad.set_defaults(fn=cmd_costmodel_adapt)
     cv = cmsub.add_parser("eval", help="held-out metrics (split by kernel, leave-one-model-out), search study, PNGs")
     cv.add_argument("--db", required=True, help=DB_HELP)
     cv.add_argument("--model", help="model file whose configuration is evaluated (default: the default config)")

@@ -6,6 +6,12 @@ ranking score (higher = better candidate). `update(records)` folds new measureme
 `save`/`load` write and read a model file that carries the feature-schema version it was
 trained with. On the costmodel floor: passes never call a model, the driver and
 `costmodel/search.py` do; `create(kind)` reads a model file when given a path.
+
+A model per machine: `create("lightgbm", target)` takes the model `tilecraft costmodel
+adapt` installed for this target (`installed_path`: the per-user model directory, keyed by
+`Target.hash()`), else the shipped model of this machine's class (`SHIPPED_MODELS`: same CPU
+name and ISA features), else the nearest shipped one, saying so once on stderr with how to
+adapt it (`choose` tells which and why).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -23,7 +30,32 @@ from tilecraft.corpus.kernels import Kernel
 
 MODEL_FORMAT = "tilecraft-costmodel"
 SHIPPED_DIR = os.path.join(os.path.dirname(__file__), "data")
-SHIPPED_MODEL = os.path.join(SHIPPED_DIR, "cpu-avx512.json.gz")
+MODEL_DIR_ENV = "TILECRAFT_MODEL_DIR"  # where adapted models are installed (tests point it elsewhere)
+
+
+@dataclasses.dataclass(frozen=True)
+class ShippedModel:
+    """A pretrained model in costmodel/data and the machine class it was trained for: the
+    CPU name and ISA features of `Target` (a test checks them against the file's target)."""
+
+    file: str
+    cpu_name: str
+    features: tuple[str, ...]
+
+    @property
+    def path(self) -> str:
+        return os.path.join(SHIPPED_DIR, self.file)
+
+
+SHIPPED_MODELS = (
+    ShippedModel(
+        "cpu-avx512.json.gz",
+        "Intel(R) Xeon(R) Processor",
+        ("amx", "amx_bf16", "amx_int8", "avx2", "avx512", "avx512bf16", "avx512fp16", "avx512vnni", "fma"),
+    ),
+    ShippedModel("cpu-amd-epyc.json.gz", "AMD EPYC", ("avx2", "avx512", "avx512bf16", "avx512vnni", "fma")),
+)
+SHIPPED_MODEL = SHIPPED_MODELS[0].path  # the seed machine's (the Intel Xeon with AMX)
 
 
 class CostModelError(RuntimeError):
@@ -67,18 +99,103 @@ def best_decision(model: CostModel, kernel: Kernel, space: Sequence[TileDecision
 
 
 def create(spec: str, target) -> CostModel:
-    """`analytical`, `lightgbm` (the shipped pretrained model) or a model file path."""
+    """`analytical`, `lightgbm` (the model for this machine: `choose`) or a model file path."""
     from tilecraft.costmodel.analytical import AnalyticalCostModel
 
     if spec == "analytical":
         return AnalyticalCostModel(target)
     if spec == "lightgbm":
-        if not os.path.exists(SHIPPED_MODEL):
-            raise CostModelError(f"no shipped model at {SHIPPED_MODEL}: train one with `tilecraft costmodel train`")
-        return load(SHIPPED_MODEL, target)
+        choice = choose(target)
+        if choice.how == "installed":
+            try:
+                return load(choice.path, target)
+            except CostModelError as exc:  # say why, then fall back to the shipped models
+                _note_once(choice.path, f"{exc}; using a shipped model (rerun 'tilecraft costmodel adapt')")
+                choice = choose(target, installed=False)
+        if choice.how == "foreign":
+            _note_once(choice.path + target_hash(target), choice.note(target))
+        return load(choice.path, target)
     if os.path.exists(spec):
         return load(spec, target)
     raise CostModelError(f"unknown cost model {spec!r} (analytical, lightgbm, or a model file)")
+
+
+# ------------------------------------------------------------------- a model per machine
+def models_dir() -> str:
+    """Where `tilecraft costmodel adapt` installs models: $TILECRAFT_MODEL_DIR, else
+    $XDG_DATA_HOME/tilecraft/models, else ~/.local/share/tilecraft/models."""
+    if os.environ.get(MODEL_DIR_ENV):
+        return os.environ[MODEL_DIR_ENV]
+    data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(data, "tilecraft", "models")
+
+
+def target_hash(target) -> str:
+    return target.hash() if hasattr(target, "hash") else ""
+
+
+def installed_path(target) -> str:
+    """The adapted model of exactly this target (it need not exist)."""
+    return os.path.join(models_dir(), f"{target_hash(target)}.json.gz")
+
+
+def machine_class(target) -> tuple[str, tuple[str, ...]]:
+    """What a shipped model must share with a machine to be its own: CPU name, ISA features."""
+    return getattr(target, "cpu_name", ""), tuple(sorted(getattr(target, "features", ())))
+
+
+def describe_machine(cpu_name: str, features: Sequence[str]) -> str:
+    """`Intel(R) Xeon(R) Processor, AVX-512 + AMX`: the name and the widest vector ISA."""
+    isa = "AVX-512" if "avx512" in features else "AVX2" if "avx2" in features else "SSE"
+    return f"{cpu_name}, {isa}{' + AMX' if 'amx' in features else ''}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelChoice:
+    path: str
+    how: str  # "installed" (adapted to this target), "class" (shipped, same class), "foreign"
+    trained_on: str  # the machine it was trained for, in words
+
+    def note(self, target) -> str:
+        from tilecraft.backends.cpu.target import host
+
+        here = describe_machine(*machine_class(target))
+        where = "" if target_hash(target) == host().hash() else " on that machine"
+        return (
+            f"no cost model for this machine ({here}; target {target_hash(target)}): using the one "
+            f"trained on {self.trained_on}; run 'tilecraft costmodel adapt'{where} to adapt it"
+        )
+
+
+def choose(target, *, installed: bool = True) -> ModelChoice:
+    """The LightGBM model `create("lightgbm", target)` loads, and why."""
+    path = installed_path(target)
+    if installed and target_hash(target) and os.path.exists(path):
+        return ModelChoice(path, "installed", f"this machine (target {target_hash(target)})")
+    shipped = [s for s in SHIPPED_MODELS if os.path.exists(s.path)]
+    if not shipped:
+        raise CostModelError(f"no shipped model in {SHIPPED_DIR}: train one with `tilecraft costmodel train`")
+    cpu_name, features = machine_class(target)
+    for s in shipped:
+        if (s.cpu_name, tuple(sorted(s.features))) == (cpu_name, features):
+            return ModelChoice(s.path, "class", describe_machine(s.cpu_name, s.features))
+
+    def likeness(s: ShippedModel) -> tuple:  # same vendor first, then the most ISA features in common
+        ours, theirs = set(features), set(s.features)
+        vendor = cpu_name.split(" ", 1)[0] == s.cpu_name.split(" ", 1)[0]
+        return vendor, len(ours & theirs) / max(len(ours | theirs), 1)
+
+    best = max(shipped, key=likeness)  # ties: the first listed (the seed machine's)
+    return ModelChoice(best.path, "foreign", describe_machine(best.cpu_name, best.features))
+
+
+_NOTED: set[str] = set()
+
+
+def _note_once(key: str, message: str) -> None:
+    if key not in _NOTED:
+        _NOTED.add(key)
+        print(f"tilecraft: {message}", file=sys.stderr)
 
 
 def read_model_file(path: str) -> dict:
@@ -119,6 +236,11 @@ def write_model_file(path: str, doc: dict) -> None:
 
     tmp = f"{path}.tmp{os.getpid()}"
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(tmp, "wt") as f:
-        json.dump(doc, f)
-    os.replace(tmp, path)
+    try:
+        with opener(tmp, "wt") as f:
+            json.dump(doc, f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

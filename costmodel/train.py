@@ -22,6 +22,20 @@ from tilecraft.costmodel.lightgbm_model import LightGBMCostModel
 from tilecraft.costmodel.model import CostModelError, Record
 
 
+def kernel_of_row(row: dict, mlir: str) -> Kernel:
+    """The `Kernel` of a corpus row (`CorpusDB.rows`), given its workload's MLIR."""
+    return Kernel(
+        row["workload"],
+        row["kind"],
+        row["op"],
+        tuple(row["extents"]),
+        tuple(row["dtypes"]),
+        tuple(tuple(s) for s in row["shapes"]),
+        int(row["flops"]),
+        mlir,
+    )
+
+
 def load_records(
     db_path: str, *, target: Target | None = None, all_targets: bool = False
 ) -> tuple[list[Record], Target]:
@@ -48,16 +62,7 @@ def load_records(
         if r["kind"].startswith("amx_"):  # AMX contractions: their own model (costmodel/amx.py)
             continue
         if key not in kernels:
-            kernels[key] = Kernel(
-                key,
-                r["kind"],
-                r["op"],
-                tuple(r["extents"]),
-                tuple(r["dtypes"]),
-                tuple(tuple(s) for s in r["shapes"]),
-                int(r["flops"]),
-                mlir[key],
-            )
+            kernels[key] = kernel_of_row(r, mlir[key])
         if not r["median_s"] or r["median_s"] <= 0:
             raise CorpusError(f"corrupt corpus row: workload {key} has latency {r['median_s']!r}")
         try:
@@ -78,13 +83,31 @@ def load_records(
 
 
 def train(
-    db_path: str, out: str, *, text: bool = True, all_targets: bool = False, scheduler: str | None = None
+    db_path: str,
+    out: str,
+    *,
+    text: bool = True,
+    all_targets: bool = False,
+    scheduler: str | None = None,
+    for_target: str | None = None,
+    repeat: int = 1,
 ) -> dict:
     """Fit on every record of the corpus (of its main target, or of every machine with
     `all_targets`) and save; returns a summary. With `scheduler` (a Dask scheduler's
-    address), the boosting runs data-parallel on its workers (`lightgbm.dask`)."""
+    address), the boosting runs data-parallel on its workers (`lightgbm.dask`). With
+    `for_target` (a target hash of the corpus), the model is that machine's, trained on
+    every machine's rows with its own counted `repeat` times (so a machine with few rows
+    steers the trees where it has them, and borrows the others' elsewhere)."""
     t0 = time.perf_counter()
-    records, target = load_records(db_path, all_targets=all_targets)
+    if repeat < 1:
+        raise CostModelError(f"--repeat must be at least 1 (got {repeat})")
+    records, target = load_records(db_path, all_targets=all_targets or for_target is not None)
+    if for_target is not None:
+        mine = [r for r in records if r.target.hash() == for_target]
+        if not mine:
+            raise CostModelError(f"{redacted(db_path)} holds no measurements of target {for_target}")
+        target = mine[0].target
+        records = [r for r in records if r.target.hash() != for_target] + mine * repeat
     model = LightGBMCostModel(target, text=text)
     if scheduler:
         from tilecraft.corpus.cluster import connect
@@ -96,7 +119,9 @@ def train(
     else:
         model.fit(records)
     model.meta.update({"db": redacted(db_path), "trained_s": round(time.perf_counter() - t0, 1)})
-    if all_targets:
+    if all_targets or for_target is not None:
         model.meta["targets"] = dict(collections.Counter(r.target.cpu_name for r in records))
+    if for_target is not None:
+        model.meta.update({"for_target": for_target, "repeat": repeat})
     model.save(out)
     return {"rows": len(records), "kernels": model.meta["kernels"], "seconds": model.meta["trained_s"], "out": out}
