@@ -284,10 +284,19 @@ def plan_precision(imported: frontend.Imported, mode: str, budget: float | None,
 
     model = load_cost_model(cost_model if cost_model not in (None, "heuristic") else "analytical", target)
     isa = low_precision_isa(target)
+    allowed = None
+    if isa == "avx512":  # the instructions this CPU has: vdpbf16ps (bf16), vpdpbusd (int8)
+        allowed = tuple(p for p, f in (("bf16", "avx512bf16"), ("int8", "avx512vnni")) if target.has(f))
     try:
         prices = LayerPrices(imported.module, model, target, isa=isa or "amx")
         return precision_plan.plan(
-            imported, mode=mode, budget=budget, price=prices, amx_available=isa is not None, isa=isa or "amx"
+            imported,
+            mode=mode,
+            budget=budget,
+            price=prices,
+            amx_available=isa is not None,
+            isa=isa or "amx",
+            allowed=allowed,
         )
     except (precision.PrecisionError, AmxModelError) as exc:
         raise DriverError(str(exc)) from None
@@ -295,13 +304,13 @@ def plan_precision(imported: frontend.Imported, mode: str, budget: float | None,
 
 def low_precision_isa(target: Target) -> str | None:
     """The kernels low-precision layers lower to on `target`: "amx" where it has AMX (and
-    Linux grants it), else "avx512" with AVX512-BF16 (`vdpbf16ps`, bf16 only), else None.
-    `cpu{amx=false}` asks for the AVX-512 kernels on an AMX machine."""
+    Linux grants it), else "avx512" with AVX512-BF16 or AVX512-VNNI (`vdpbf16ps`,
+    `vpdpbusd`), else None. `cpu{amx=false}` asks for the AVX-512 kernels on an AMX machine."""
     from tilecraft.backends.cpu import amx
 
     if target.has("amx") and amx.available():
         return "amx"
-    if target.has("avx512bf16"):
+    if target.has("avx512bf16") or target.has("avx512vnni"):
         return "avx512"
     return None
 

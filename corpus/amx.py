@@ -39,10 +39,13 @@ class AmxWorkloadError(ValueError):
 
 
 # ------------------------------------------------------------------------------ workloads
-def workload(batch: int, m: int, n: int, k: int, precision: str, *, blocked: bool | None = None) -> Kernel:
+def workload(
+    batch: int, m: int, n: int, k: int, precision: str, *, blocked: bool | None = None, unsigned: str = ""
+) -> Kernel:
     """The AMX contraction of one GEMM shape as a corpus kernel (`func.func @kernel`), with
     B plain or blocked (default: blocked when N % 16 == 0, as the precision pass packs a
-    matmul's B; a convolution's im2col B is plain)."""
+    matmul's B; a convolution's im2col B is plain). int8 with `unsigned` "a" or "b": that
+    operand's bytes are unsigned (the AVX-512 `vpdpbusd` kernels' form)."""
     elem, acc = _ELEM[precision]
     v = _VNNI[precision]
     if k % v:
@@ -62,9 +65,10 @@ def workload(batch: int, m: int, n: int, k: int, precision: str, *, blocked: boo
             "      %s = arith.addf %z, %p : f32\n      linalg.yield %s : f32"
         )
     else:
+        xe, ye = ("extui" if unsigned == "a" else "extsi"), ("extui" if unsigned == "b" else "extsi")
         body = (
-            "^bb0(%x: i8, %y: i8, %z: i32):\n      %xi = arith.extsi %x : i8 to i32\n"
-            "      %yi = arith.extsi %y : i8 to i32\n      %p = arith.muli %xi, %yi : i32\n"
+            f"^bb0(%x: i8, %y: i8, %z: i32):\n      %xi = arith.{xe} %x : i8 to i32\n"
+            f"      %yi = arith.{ye} %y : i8 to i32\n      %p = arith.muli %xi, %yi : i32\n"
             "      %s = arith.addi %z, %p : i32\n      linalg.yield %s : i32"
         )
     its = ", ".join(f'"{i}"' for i in iters)
@@ -75,7 +79,7 @@ def workload(batch: int, m: int, n: int, k: int, precision: str, *, blocked: boo
         f"  return %r : {types[2]}\n}}\n"
     )
     extents = (batch, m, n, k)
-    key_doc = [KINDS[precision], extents] + (["blocked"] if blocked else [])
+    key_doc = [KINDS[precision], extents] + (["blocked"] if blocked else []) + ([f"u{unsigned}"] if unsigned else [])
     key = hashlib.sha256(json.dumps(key_doc).encode()).hexdigest()[:16]
     return Kernel(
         key=key,
@@ -155,7 +159,12 @@ def reference(kernel: Kernel, a, b, c) -> torch.Tensor:
     eq = "...mkv,...bknv->...mbn" if is_blocked(kernel) else "...mkv,...knv->...mn"
     if kernel.kind == KINDS["bf16"]:
         return c.double() + torch.einsum(eq, a.double(), b.double())
-    return c.long() + torch.einsum(eq, a.long(), b.long())
+    a, b = a.long(), b.long()
+    if "arith.extui %x" in kernel.mlir:  # an unsigned operand: the same bytes read as 0..255
+        a = a % 256
+    if "arith.extui %y" in kernel.mlir:
+        b = b % 256
+    return c.long() + torch.einsum(eq, a, b)
 
 
 def measure(kernel: Kernel, sched: AmxSchedule, *, budget_s: float = 0.1, min_runs: int = 5) -> Measurement:

@@ -265,19 +265,20 @@ def avx512_schedule(m: int, n: int) -> AmxSchedule:
     return AmxSchedule(max(1, min(mr, m)), nr, order="ij", isa="avx512")
 
 
-_RATIO_CACHE: dict[str, float] = {}
+_RATIO_CACHE: dict[tuple[str, str], float] = {}
 REFERENCE_GEMM = (784, 128, 576)  # resnet18's second-stage 3×3 convolution as a GEMM
 
 
-def avx512_bf16_ratio(cost_model, target) -> float:
-    """(bf16 seconds with the AVX-512 dot kernel) / (f32 seconds with the f32 kernel the
-    cost model picks) on a convolution-sized GEMM (`REFERENCE_GEMM`), both measured on this
-    host, once per process and target (~1 s). `vdpbf16ps` runs at a different rate per
-    microarchitecture (a Zen 4 issues one a cycle, twice its f32 FMA rate; the Sapphire
-    Rapids Xeon measured here one every two cycles, half its f32 FMA rate), which the
-    feature flags do not tell, so the host is asked; a ratio, not a rate, so that the bf16
-    price carries the f32 cost model's bias too and the planner compares like with like."""
-    key = target.hash()
+def avx512_ratio(cost_model, target, precision: str) -> float:
+    """(seconds of the AVX-512 `precision` dot kernel) / (seconds of the f32 kernel the cost
+    model picks) on a convolution-sized GEMM (`REFERENCE_GEMM`), both measured on this host,
+    once per process, target and precision (~0.5 s). The dot instructions run at different
+    rates per microarchitecture (`vdpbf16ps`: one a cycle on a Zen 4, twice its f32 FMA
+    rate, one every two cycles on the Sapphire Rapids Xeon measured here, half its f32 rate;
+    `vpdpbusd` three times f32 there), which the feature flags do not tell, so the host is
+    asked; a ratio, not a rate, so that the low-precision price carries the f32 cost
+    model's bias too and the planner compares like with like."""
+    key = (target.hash(), precision)
     if key in _RATIO_CACHE:
         return _RATIO_CACHE[key]
     from tilecraft.backends.cpu import schedule as tiling
@@ -287,25 +288,29 @@ def avx512_bf16_ratio(cost_model, target) -> float:
     from tilecraft.costmodel.model import best_decision
 
     m, n, k = REFERENCE_GEMM
-    with ir.Context() as ctx:
-        f32_kernel = kernels.extract(ir.Module.parse(generator.matmul(m, n, k), context=ctx))[0]
-        info = kernels.infos_of(f32_kernel.mlir, ctx)
-    decision, _ = best_decision(cost_model, f32_kernel, tiling.space(info, target))
-    f32 = measure_in_process(f32_kernel, decision, target, MeasureOptions(max_seconds=0.1))
-    bf16_kernel = workload(1, m, n, k, "bf16", blocked=True)
-    bf16 = measure(bf16_kernel, avx512_schedule(m, n), budget_s=0.1, min_runs=5)
-    for what, r in (("f32", f32), ("AVX-512 bf16", bf16)):
-        if r.status != "ok":
-            raise AmxModelError(f"the {what} reference kernel failed its check on this host: {r.error}")
-    _RATIO_CACHE[key] = bf16.median_s / f32.median_s
+    f32_key = (target.hash(), "f32")
+    if f32_key not in _RATIO_CACHE:
+        with ir.Context() as ctx:
+            f32_kernel = kernels.extract(ir.Module.parse(generator.matmul(m, n, k), context=ctx))[0]
+            info = kernels.infos_of(f32_kernel.mlir, ctx)
+        decision, _ = best_decision(cost_model, f32_kernel, tiling.space(info, target))
+        f32 = measure_in_process(f32_kernel, decision, target, MeasureOptions(max_seconds=0.1))
+        if f32.status != "ok":
+            raise AmxModelError(f"the f32 reference kernel failed its check on this host: {f32.error}")
+        _RATIO_CACHE[f32_key] = f32.median_s
+    lowp_kernel = workload(1, m, n, k, precision, blocked=True, unsigned="a" if precision == "int8" else "")
+    lowp = measure(lowp_kernel, avx512_schedule(m, n), budget_s=0.1, min_runs=5)
+    if lowp.status != "ok":
+        raise AmxModelError(f"the AVX-512 {precision} reference kernel failed its check on this host: {lowp.error}")
+    _RATIO_CACHE[key] = lowp.median_s / _RATIO_CACHE[f32_key]
     return _RATIO_CACHE[key]
 
 
 class LayerPrices:
     """`prices(layer, precision)` → (AMX schedule or None, predicted seconds or None): the
     callback `costmodel/precision_plan.plan` prices layers with. `isa`: "amx" (the AMX
-    model prices each layer's best schedule) or "avx512" (bf16 only, on a CPU without AMX:
-    its f32 price times this host's measured `avx512_bf16_ratio`)."""
+    model prices each layer's best schedule) or "avx512" (on a CPU without AMX: its f32
+    price times this host's measured `avx512_ratio`)."""
 
     def __init__(
         self, module: ir.Module, cost_model, target, amx_model: AmxCostModel | None = None, *, isa: str = "amx"
@@ -320,9 +325,9 @@ class LayerPrices:
             return None, self.f32[layer.index]
         if self.isa == "avx512":
             f32_s = self.f32[layer.index]
-            if precision != "bf16" or f32_s is None:
+            if f32_s is None:
                 return None, None
-            seconds = f32_s * avx512_bf16_ratio(self.cost_model, self.target)
+            seconds = f32_s * avx512_ratio(self.cost_model, self.target, precision)
             return avx512_schedule(layer.m, layer.n), seconds + overhead_bytes(layer, precision) / STREAM_BYTES_PER_S
         if self.amx_model is None:
             self.amx_model = AmxCostModel.load()

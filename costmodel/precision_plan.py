@@ -170,7 +170,7 @@ def calibration_inputs(inputs: Sequence[torch.Tensor], count: int, *, seed: int 
 DEFAULT_BUDGET = 0.01  # relative L2 error of the model output
 MODES = ("f32", "bf16", "int8", "auto")
 # The precisions each kind of low-precision kernel runs (`backends/cpu/amx.py`, `avx512_dot.py`)
-ISA_PRECISIONS = {"amx": ("bf16", "int8"), "avx512": ("bf16",)}
+ISA_PRECISIONS = {"amx": ("bf16", "int8"), "avx512": ("bf16", "int8")}
 
 
 @dataclasses.dataclass
@@ -269,14 +269,17 @@ def plan(
     amx_available: bool = True,
     calibration: int = 2,
     isa: str = "amx",
+    allowed: Sequence[str] | None = None,
 ) -> PrecisionPlan:
     """Choose every layer's precision (see the module docstring). `mode`: f32, bf16 or int8
     (every eligible layer; with a budget, a plan over it falls back to f32), or auto (the
     integer program under `budget`, default 1%). `price(layer, precision)` → (AMX schedule,
     predicted seconds) is the latency model (`costmodel/amx.py: LayerPrices`). A plan whose
     output error exceeds the budget never runs: it falls back to f32 and says why. `isa`:
-    the kernels the layers lower to, "amx" (bf16 and int8) or "avx512" (AVX512-BF16
-    `vdpbf16ps` without AMX: bf16 only; `amx_available` then means "low precision runs")."""
+    the kernels the layers lower to, "amx" or "avx512" (`vdpbf16ps` / `vpdpbusd` without AMX;
+    int8 only for layers with a 2-D weight, whose sums make up for the u8 shift;
+    `amx_available` then means "low precision runs"); `allowed`: the precisions the CPU
+    has instructions for (default: both)."""
     if mode not in MODES:
         raise PrecisionError(f"unknown precision {mode!r} (one of {', '.join(MODES)})")
     if budget is not None and not budget > 0:
@@ -290,13 +293,11 @@ def plan(
         budget = DEFAULT_BUDGET
     if not amx_available:
         return PrecisionPlan(
-            mode, budget, all_layers, f32_only, message="neither AMX nor AVX512-BF16 is available here: running f32"
+            mode, budget, all_layers, f32_only, message="no AMX, AVX512-BF16 or AVX512-VNNI here: running f32"
         )
-    allowed = ISA_PRECISIONS[isa]
+    allowed = tuple(allowed) if allowed is not None else ISA_PRECISIONS[isa]
     if mode not in ("auto", *allowed):
-        return PrecisionPlan(
-            mode, budget, all_layers, f32_only, message=f"{mode} needs AMX, which this CPU lacks: running f32"
-        )
+        return PrecisionPlan(mode, budget, all_layers, f32_only, message=f"this CPU has no {mode} kernels: running f32")
     if imported.fx is None or imported.model is None:
         raise PrecisionError(
             f"{imported.spec}: low precision needs the PyTorch model (for calibration), not MLIR input"
@@ -316,8 +317,12 @@ def plan(
         a_max, b_max = amax.get(layer.index, (0.0, 0.0))
         options = {"f32": PrecisionDecision(layer.index, "f32", sensitivity=0.0, f32_s=f32_s[layer.index])}
         wanted = [p for p in layer.eligible if p in allowed and (mode == "auto" or p == mode)]
+        if isa == "avx512" and (layer.weight is None or layer.batch > 1):  # vpdpbusd needs a 2-D weight (u8 shift)
+            wanted = [p for p in wanted if p != "int8"]
         for p in wanted:
             sched, seconds = price(layer, p)
+            if seconds is None:  # no price for it (no f32 price to scale): not a candidate
+                continue
             d = PrecisionDecision(
                 layer.index,
                 p,

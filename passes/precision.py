@@ -256,9 +256,10 @@ def _generic(
     )
 
 
-def _convert_body(h: _Helper, precision: str, scale: float | None) -> str:
+def _convert_body(h: _Helper, precision: str, scale: float | None, *, shifted: bool = False) -> str:
     """The region converting one f32 to bf16, or to int8 with `scale` (its constants are
-    written to `h` first)."""
+    written to `h` first); `shifted`: the int8 value + 128 as an unsigned byte (1..255, the
+    u8 operand of `vpdpbusd`; the contraction subtracts the shift's contribution)."""
     if precision == "bf16":
         return "^bb0(%x: f32, %o: bf16):\n  %t = arith.truncf %x : f32 to bf16\n  linalg.yield %t : bf16"
     inv, lo, hi, magic = h.tmp(), h.tmp(), h.tmp(), h.tmp()
@@ -266,6 +267,16 @@ def _convert_body(h: _Helper, precision: str, scale: float | None) -> str:
     h(f"{lo} = arith.constant -1.270000e+02 : f32")
     h(f"{hi} = arith.constant 1.270000e+02 : f32")
     h(f"{magic} = arith.constant 0x4B400000 : f32")  # 1.5 · 2^23: adding it rounds to nearest even
+    if shifted:
+        shift = h.tmp()
+        h(f"{shift} = arith.constant 1.280000e+02 : f32")
+        return (
+            f"^bb0(%x: f32, %o: i8):\n  %s = arith.mulf %x, {inv} : f32\n"
+            f"  %l = arith.maximumf %s, {lo} : f32\n  %h = arith.minimumf %l, {hi} : f32\n"
+            f"  %m = arith.addf %h, {magic} : f32\n  %r = arith.subf %m, {magic} : f32\n"
+            f"  %u = arith.addf %r, {shift} : f32\n  %w = arith.fptosi %u : f32 to i32\n"
+            "  %q = arith.trunci %w : i32 to i8\n  linalg.yield %q : i8"
+        )
     return (
         f"^bb0(%x: f32, %o: i8):\n  %s = arith.mulf %x, {inv} : f32\n"
         f"  %l = arith.maximumf %s, {lo} : f32\n  %h = arith.minimumf %l, {hi} : f32\n"
@@ -274,15 +285,18 @@ def _convert_body(h: _Helper, precision: str, scale: float | None) -> str:
     )
 
 
-def _contract_body(precision: str) -> str:
+def _contract_body(precision: str, unsigned: str = "") -> str:
+    """The multiply-accumulate region; int8 with `unsigned` "a" or "b": that operand's bytes
+    are unsigned (zero-extended)."""
     if precision == "bf16":
         return (
             "^bb0(%x: bf16, %y: bf16, %z: f32):\n  %xf = arith.extf %x : bf16 to f32\n"
             "  %yf = arith.extf %y : bf16 to f32\n  %p = arith.mulf %xf, %yf : f32\n"
             "  %s = arith.addf %z, %p : f32\n  linalg.yield %s : f32"
         )
+    xe, ye = ("extui" if unsigned == "a" else "extsi"), ("extui" if unsigned == "b" else "extsi")
     return (
-        "^bb0(%x: i8, %y: i8, %z: i32):\n  %xi = arith.extsi %x : i8 to i32\n  %yi = arith.extsi %y : i8 to i32\n"
+        f"^bb0(%x: i8, %y: i8, %z: i32):\n  %xi = arith.{xe} %x : i8 to i32\n  %yi = arith.{ye} %y : i8 to i32\n"
         "  %p = arith.muli %xi, %yi : i32\n  %s = arith.addi %z, %p : i32\n  linalg.yield %s : i32"
     )
 
@@ -328,9 +342,11 @@ class _Helper:
         return f"func.func private @{self.name}({args}) -> {rty} {{\n{body}\n}}"
 
 
-def _convert(h: _Helper, src: str, shape: Sequence[int], precision: str, scale: float | None) -> str:
+def _convert(
+    h: _Helper, src: str, shape: Sequence[int], precision: str, scale: float | None, *, shifted: bool = False
+) -> str:
     """Elementwise f32 → bf16/i8 of a whole tensor."""
-    body = _convert_body(h, precision, scale)
+    body = _convert_body(h, precision, scale, shifted=shifted)
     e, out = h.tmp(), h.tmp()
     ty = tensor_t(shape, _ELEM[precision])
     h(f"{e} = tensor.empty() : {ty}")
@@ -382,18 +398,46 @@ def _amx_contract(
     sched: AmxSchedule,
     *,
     blocked: bool = False,
+    unsigned: str = "",
 ) -> str:
     out = h.tmp()
     maps, iters = generic_maps(1 if batched else 0, blocked=blocked)
     attrs = f"{AMX} = {json.dumps(sched.to_json())}"
-    h(_generic(out, [a, b], c, maps, iters, _contract_body(precision), attrs=attrs))
+    h(_generic(out, [a, b], c, maps, iters, _contract_body(precision, unsigned), attrs=attrs))
     return out
 
 
 def _dequantize(
-    h: _Helper, acc: str, init: str | None, shape: Sequence[int], scales: torch.Tensor, channel_dim: int
+    h: _Helper,
+    acc: str,
+    init: str | None,
+    shape: Sequence[int],
+    scales: torch.Tensor,
+    channel_dim: int,
+    shift: torch.Tensor | None = None,
 ) -> str:
-    """init + float(acc) · scale[channel] (f32; no init: a zero one)."""
+    """init + float(acc - shift[channel]) · scale[channel] (f32; no init: a zero one).
+    `shift`: the i32 contribution of a u8-shifted activation (128 · the weight's sum over
+    K per channel), subtracted exactly before the conversion."""
+    if shift is not None:  # acc - shift[channel], in i32
+        sc, sub, e0 = h.tmp(), h.tmp(), h.tmp()
+        vals = ", ".join(str(int(x)) for x in shift.tolist())
+        h(f"{sc} = arith.constant dense<[{vals}]> : {tensor_t([len(shift)], 'i32')}")
+        h(f"{e0} = tensor.empty() : {tensor_t(shape, 'i32')}")
+        r0 = len(shape)
+        ident0 = _map(r0, ", ".join(f"d{i}" for i in range(r0)))
+        body0 = "^bb0(%q: i32, %t: i32, %o: i32):\n  %d = arith.subi %q, %t : i32\n  linalg.yield %d : i32"
+        h(
+            _generic(
+                sub,
+                [(acc, tensor_t(shape, "i32")), (sc, tensor_t([len(shift)], "i32"))],
+                (e0, tensor_t(shape, "i32")),
+                [ident0, _map(r0, f"d{channel_dim}"), ident0],
+                ["parallel"] * r0,
+                body0,
+            )
+        )
+        acc = sub
     cst, out = h.tmp(), h.tmp()
     values = ", ".join(repr(float(x)) for x in scales.tolist())
     h(f"{cst} = arith.constant dense<[{values}]> : {tensor_t([len(scales)], 'f32')}")
@@ -449,18 +493,23 @@ def _rewrite_one(
     if p == "int8" and d.act_scale is None:
         raise PrecisionError(f"layer {layer.index} ({layer.name}): int8 needs a calibrated activation scale")
     acc = "f32" if p == "bf16" else "i32"
+    # int8 on AVX-512 VNNI (no AMX): vpdpbusd multiplies u8 by s8, so the activation is
+    # shifted into u8 and 128 · (the weight's sum over K) is subtracted per channel after
+    u8 = p == "int8" and sched.isa == "avx512"
+    if u8 and (layer.weight is None or op.name == "linalg.batch_matmul"):
+        raise PrecisionError(f"layer {layer.index} ({layer.name}): int8 without AMX needs a 2-D weight operand")
     if op.name in ("linalg.matmul", "linalg.batch_matmul"):
         batched = op.name == "linalg.batch_matmul"
         lead = [layer.batch] if batched else []
         a = h.arg(tensor_t([*lead, layer.m, layer.k], "f32"))
         operands.append(a_val)
-        al = _convert(h, a, [*lead, layer.m, layer.k], p, d.act_scale)
+        al = _convert(h, a, [*lead, layer.m, layer.k], p, d.act_scale, shifted=u8)
         a3 = _expand_k(h, al, [*lead, layer.m], layer.k, v, elem)
         blocked = layer.blocked  # B tiles contiguous: [N/16, K/v, 16, v]
         kv, n = layer.k // v, layer.n
         bshape = [*lead, n // 16, kv, 16, v] if blocked else [*lead, kv, n, v]
         bty = tensor_t(bshape, elem)
-        scales = None
+        scales = shift = None
         if layer.weight is not None:  # packed once, here
             w = params[layer.weight]
             if p == "bf16":
@@ -468,6 +517,8 @@ def _rewrite_one(
             else:
                 q, scales = quantize_per_channel(w, 1)
                 packed = _pack_vnni(q, v)
+                if u8:  # Σ_k (a + 128) · w = Σ_k a · w + 128 · Σ_k w, per column
+                    shift = 128 * q.to(torch.int64).sum(dim=0)
             if blocked:
                 packed = packed.reshape(kv, n // 16, 16, v).permute(1, 0, 2, 3).contiguous()
             new_params[layer.weight] = packed
@@ -503,11 +554,13 @@ def _rewrite_one(
         else:  # zeros in the contraction's own layout (a fill behind a reshape is rewritten without its mark)
             init = _zeros(h, split, acc)
         cty = tensor_t(split, acc)
-        r = _amx_contract(h, (a3[0], a3[1]), (b3, bty), (init, cty), batched, p, sched, blocked=blocked)
+        r = _amx_contract(
+            h, (a3[0], a3[1]), (b3, bty), (init, cty), batched, p, sched, blocked=blocked, unsigned="a" if u8 else ""
+        )
         if blocked:
             r = _join_n(h, r, cshape, acc)
         if p == "int8":
-            r = _dequantize(h, r, c, cshape, scales * d.act_scale, len(cshape) - 1)
+            r = _dequantize(h, r, c, cshape, scales * d.act_scale, len(cshape) - 1, shift)
         return h.text(r, tensor_t(cshape, "f32")), operands, new_params
     # convolution, batch 1: W[F, KH·KW·C] · cols[KH·KW·C, OH·OW]
     (_, ch, _, _), (f, _, kh, kw), (_, _, oh, ow) = shape_of(a_val), shape_of(b_val), shape_of(c_val)
@@ -527,7 +580,7 @@ def _rewrite_one(
         c = h.arg(tensor_t(shape_of(c_val), "f32"))
         operands.append(c_val)
     cols_shape = [kh, kw, ch // v, oh, ow, v]
-    cbody = _convert_body(h, p, d.act_scale)
+    cbody = _convert_body(h, p, d.act_scale, shifted=u8)
     e, cols = h.tmp(), h.tmp()
     h(f"{e} = tensor.empty() : {tensor_t(cols_shape, elem)}")
     src = _map(6, f"0, d2 * {v} + d5, d3 * {sh} + d0, d4 * {sw} + d1")
@@ -557,9 +610,11 @@ def _rewrite_one(
         False,
         p,
         sched,
+        unsigned="b" if u8 else "",
     )
-    if p == "int8":
-        r = _dequantize(h, r, c2, [f, oh * ow], scales * d.act_scale, 0)
+    if p == "int8":  # (u8: the activation columns are B; 128 · each filter's sum over K)
+        shift = 128 * wq.to(torch.int64).sum(dim=1) if u8 else None
+        r = _dequantize(h, r, c2, [f, oh * ow], scales * d.act_scale, 0, shift)
     out = h.tmp()
     oty = tensor_t(shape_of(c_val), "f32")
     h(f"{out} = tensor.expand_shape {r} [[0, 1], [2, 3]] output_shape [1, {f}, {oh}, {ow}] : {c2ty} into {oty}")

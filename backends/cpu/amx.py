@@ -403,6 +403,18 @@ def _zero_fill_of(op: ir.Operation) -> ir.Operation | None:
     return fills[0]
 
 
+def unsigned_operand(op: ir.Operation) -> str:
+    """ "a" or "b" when the contraction's body zero-extends that operand (u8 bytes: an int8
+    activation shifted by 128 for `vpdpbusd`), else ""."""
+    block = op.regions[0].blocks[0]
+    for inner in block.operations:
+        if inner.operation.name == "arith.extui":
+            for i, name in enumerate("ab"):
+                if inner.operands[0] == block.arguments[i]:
+                    return name
+    return ""
+
+
 def lower_marked(module: ir.Module) -> int:
     """Replace every `tc.amx` generic on memrefs by a call to its AMX kernel; returns how
     many. Generics still on tensors (not bufferized) are an error."""
@@ -421,17 +433,28 @@ def lower_marked(module: ir.Module) -> int:
             fill.erase()
         key = json.dumps([types, sched.to_json(), fill is not None])
         if key not in kernels:
-            if sched.isa == "avx512":  # no AMX here: vdpbf16ps register blocks
+            unsigned = unsigned_operand(op)
+            if sched.isa == "avx512":  # no AMX here: vdpbf16ps / vpdpbusd register blocks
                 from tilecraft.backends.cpu import avx512_dot
 
                 kernels[key] = f"__tc_dot_{len(kernels)}"
-                text = avx512_dot.kernel_text(kernels[key], *types, sched, zero_init=fill is not None)
+                text = avx512_dot.kernel_text(
+                    kernels[key], *types, sched, zero_init=fill is not None, unsigned=unsigned
+                )
+            elif unsigned:
+                raise AmxError(f"AMX contraction at {op.location}: unsigned operands are lowered by AVX-512 kernels")
             else:
                 kernels[key] = f"__tc_amx_{len(kernels)}"
                 text = kernel_text(kernels[key], *types, sched, zero_init=fill is not None)
             parsed = ir.Module.parse(text, context=ctx)
+            present = {
+                ir.StringAttr(o.attributes["sym_name"]).value
+                for o in module.body.operations
+                if "sym_name" in o.attributes
+            }
             for kop in list(parsed.body.operations):
-                module.body.append(kop.operation)
+                if ir.StringAttr(kop.attributes["sym_name"]).value not in present:  # (a shared declaration: once)
+                    module.body.append(kop.operation)
         with ir.InsertionPoint(op), op.location:
             func.CallOp([], ir.FlatSymbolRefAttr.get(kernels[key], context=ctx), list(op.operands))
         op.erase()

@@ -1,4 +1,5 @@
-"""AVX-512 dot-product kernels for bf16 contractions where there is no AMX (`vdpbf16ps`).
+"""AVX-512 dot-product kernels for bf16 and int8 contractions where there is no AMX
+(`vdpbf16ps`, AVX512-BF16; `vpdpbusd`, AVX512-VNNI).
 
 On the backends floor; called by `backends/cpu/amx.py: lower_marked` in the `cpu-llvm`
 stage for a `tc.amx` contraction whose schedule says `isa = "avx512"` (the precision planner
@@ -11,14 +12,15 @@ A register block is `mr` rows × `nr` vectors of 16 columns, its `mr · nr` f32 
 carried in registers over the whole K loop. Each step of K/2 loads `nr` B vectors (a K pair
 of 16 columns: 32 bf16, one zmm, contiguous in both layouts), broadcasts each row's A pair
 (one 32-bit lane) and issues `mr · nr` `x86.avx512.dot` (`vdpbf16ps`: per lane, acc + the
-pair's two products, exact products summed in f32). A column remainder (a plain B with
+pair's two products, exact products summed in f32). int8 (v = 4) is the same block with
+`vpdpbusd`: each i32 lane adds four u8 × s8 products, so one operand's bytes are unsigned
+(the precision pass shifts that activation by 128 and subtracts the shift's contribution,
+known from the weights, after the contraction). A column remainder (a plain B with
 N % 16 ≠ 0) is read and written with masked loads and stores; a row remainder is a block of
 fewer rows. Each block shape is its own function (kept out of line), like the AMX kernels.
 """
 
 from __future__ import annotations
-
-import math
 
 from torch_mlir import ir
 
@@ -27,14 +29,54 @@ from tilecraft.backends.cpu.amx import AmxError, _collapse, _Writer
 LANES = 16  # f32 accumulators per zmm; a K pair of 16 columns is 32 bf16
 
 
-def kernel_text(name: str, a_type: str, b_type: str, c_type: str, sched, *, zero_init: bool = False) -> str:
+# `vpdpbusd` has no op in the x86 dialect, and `llvm.call_intrinsic` inside a kernel stops the
+# buffer-deallocation pass ("ops with unknown memory side effects"): the kernels call this
+# private function, declared (with each int8 kernel's text) until the module is LLVM dialect,
+# then defined (`define_vpdpbusd`)
+# as the intrinsic, always inlined.
+VPDPBUSD = "__tc_vpdpbusd_512"
+_I8_SIG = "(vector<16xi32>, vector<64xi8>, vector<64xi8>) -> vector<16xi32>"
+VPDPBUSD_DECL = f"func.func private @{VPDPBUSD}{_I8_SIG}"
+VPDPBUSD_DEF = (
+    f"llvm.func internal @{VPDPBUSD}(%acc: vector<16xi32>, %a: vector<64xi8>, %b: vector<64xi8>) -> vector<16xi32> "
+    "attributes {always_inline} {\n"
+    f'  %r = llvm.call_intrinsic "llvm.x86.avx512.vpdpbusd.512"(%acc, %a, %b) : {_I8_SIG}\n'
+    "  llvm.return %r : vector<16xi32>\n}"
+)
+
+
+def define_vpdpbusd(module: ir.Module) -> None:
+    """In the LLVM-dialect module: the `VPDPBUSD` declaration becomes its definition."""
+    decl = next((op for op in module.body.operations if _sym(op) == VPDPBUSD), None)
+    if decl is None:
+        return
+    decl.operation.erase()
+    for op in ir.Module.parse(VPDPBUSD_DEF, context=module.context).body.operations:
+        module.body.append(op.operation)
+
+
+def _sym(op) -> str | None:
+    attrs = op.operation.attributes
+    return ir.StringAttr(attrs["sym_name"]).value if "sym_name" in attrs else None
+
+
+# element type → (VNNI factor, accumulator element)
+_TYPES = {"bf16": (2, "f32"), "i8": (4, "i32")}
+
+
+def kernel_text(
+    name: str, a_type: str, b_type: str, c_type: str, sched, *, zero_init: bool = False, unsigned: str = ""
+) -> str:
     """Private funcs: `@name(%A, %B, %C)` accumulates A × B into C (or, with `zero_init`,
-    writes A × B into C, whose contents are ignored)."""
+    writes A × B into C, whose contents are ignored). int8 (`vpdpbusd`) multiplies unsigned
+    by signed bytes: `unsigned` names the operand ("a" or "b") whose bytes are unsigned."""
     a, b, c = (ir.MemRefType(ir.Type.parse(t)) for t in (a_type, b_type, c_type))
     elem = str(a.element_type)
-    if elem != "bf16":
-        raise AmxError(f"AVX-512 dot kernel: {elem} operands are not supported (bf16 only)")
-    v = 2
+    if elem not in _TYPES:
+        raise AmxError(f"AVX-512 dot kernel: {elem} operands are not supported (bf16, i8)")
+    if (elem == "i8") != (unsigned in ("a", "b")):
+        raise AmxError("AVX-512 dot kernel: int8 needs exactly one unsigned operand (vpdpbusd: u8 × s8)")
+    v, acc_elem = _TYPES[elem]
     lead = a.rank - 3
     if lead not in (0, 1) or b.rank - lead not in (3, 4):
         raise AmxError(f"AVX-512 dot kernel: unexpected operand types {a_type}, {b_type}, {c_type}")
@@ -80,7 +122,8 @@ def kernel_text(name: str, a_type: str, b_type: str, c_type: str, sched, *, zero
             return blocks[key]
         fname = blocks[key] = f"{name}_b{len(blocks)}"
         bw = _Writer()
-        vf, vb = f"vector<{LANES}xf32>", f"vector<{2 * LANES}xbf16>"
+        vf, vb = f"vector<{LANES}x{acc_elem}>", f"vector<{v * LANES}x{elem}>"
+        zero = "0" if acc_elem == "i32" else "0.000000e+00"
         ri = [bw.tmp("i") for _ in range(rows)]
         for x, r in enumerate(ri):
             bw(f"{r} = arith.addi %i, {bw.c(x)} : index")
@@ -91,10 +134,10 @@ def kernel_text(name: str, a_type: str, b_type: str, c_type: str, sched, *, zero
         for wd in sorted(set(widths) - {LANES}):
             masks[wd] = (bw.tmp("mc"), bw.tmp("mb"))
             bw(f"{masks[wd][0]} = vector.constant_mask [{wd}] : vector<{LANES}xi1>")
-            bw(f"{masks[wd][1]} = vector.constant_mask [{2 * wd}] : vector<{2 * LANES}xi1>")
+            bw(f"{masks[wd][1]} = vector.constant_mask [{v * wd}] : vector<{v * LANES}xi1>")
         zf, zb = bw.tmp("zf"), bw.tmp("zb")
-        bw(f"{zf} = arith.constant dense<0.000000e+00> : {vf}")
-        bw(f"{zb} = arith.constant dense<0.000000e+00> : {vb}")
+        bw(f"{zf} = arith.constant dense<{zero}> : {vf}")
+        bw(f"{zb} = arith.constant dense<{'0' if elem == 'i8' else zero}> : {vb}")
         acc0 = []
         for r in ri:
             for cc, wd in zip(cj, widths):
@@ -130,20 +173,24 @@ def kernel_text(name: str, a_type: str, b_type: str, c_type: str, sched, *, zero
                 if wd == LANES:
                     bw(f"  {t} = vector.load %B[{kv}, {col}] : {bt}, {vb}")
                 else:
-                    mb, mt = masks[wd][1], f"vector<{2 * LANES}xi1>"
+                    mb, mt = masks[wd][1], f"vector<{v * LANES}xi1>"
                     bw(f"  {t} = vector.maskedload %B[{kv}, {col}], {mb}, {zb} : {bt}, {mt}, {vb} into {vb}")
             bvec.append(t)
         new = []
         for x, r in enumerate(ri):
             pair, word, lane, bcast, av = (bw.tmp(s) for s in ("p", "w", "l", "s", "av"))
-            bw(f"  {pair} = vector.load %A[{r}, {ka}] : {at}, vector<2xbf16>")
-            bw(f"  {word} = vector.bitcast {pair} : vector<2xbf16> to vector<1xi32>")
+            bw(f"  {pair} = vector.load %A[{r}, {ka}] : {at}, vector<{v}x{elem}>")
+            bw(f"  {word} = vector.bitcast {pair} : vector<{v}x{elem}> to vector<1xi32>")
             bw(f"  {lane} = vector.extract {word}[0] : i32 from vector<1xi32>")
             bw(f"  {bcast} = vector.broadcast {lane} : i32 to vector<{LANES}xi32>")
             bw(f"  {av} = vector.bitcast {bcast} : vector<{LANES}xi32> to {vb}")
             for y in range(len(widths)):
-                t = bw.tmp("d")
-                bw(f"  {t} = x86.avx512.dot {accs[x * len(widths) + y]}, {av}, {bvec[y]} : {vb} -> {vf}")
+                t, acc = bw.tmp("d"), accs[x * len(widths) + y]
+                if elem == "bf16":
+                    bw(f"  {t} = x86.avx512.dot {acc}, {av}, {bvec[y]} : {vb} -> {vf}")
+                else:  # vpdpbusd: acc + the four u8 × s8 products of each lane (see `VPDPBUSD`)
+                    u, sg = (av, bvec[y]) if unsigned == "a" else (bvec[y], av)
+                    bw(f"  {t} = func.call @{VPDPBUSD}({acc}, {u}, {sg}) : ({vf}, {vb}, {vb}) -> {vf}")
                 new.append(t)
         bw(f"  scf.yield {', '.join(new)} : {', '.join([vf] * len(new))}")
         bw("}")
@@ -204,14 +251,10 @@ def kernel_text(name: str, a_type: str, b_type: str, c_type: str, sched, *, zero
         body(a_val, a_t, b_val, b_t, c_val, c_t)
     head = [f"func.func private @{name}(%A: {params[0]}, %B: {params[1]}, %C: {params[2]}) {{"]
     head += [f"  %c{x} = arith.constant {x} : index" for x in sorted(w.consts)]
-    return "\n\n".join(["\n".join(head + ["  " + line for line in w.lines] + ["  return", "}"]), *funcs])
+    decl = [VPDPBUSD_DECL] if elem == "i8" else []  # (the module keeps one: `amx.lower_marked`)
+    return "\n\n".join(["\n".join(head + ["  " + line for line in w.lines] + ["  return", "}"]), *funcs, *decl])
 
 
 def registers(mr: int, nr: int) -> int:
     """zmm registers a block holds live: accumulators, B vectors, one A broadcast."""
     return mr * nr + nr + 1
-
-
-def flops_per_cycle(target) -> float:
-    """Peak bf16 flops per cycle and core: `vdpbf16ps` does two products per f32 lane."""
-    return 2 * 2 * target.f32_lanes * target.fma_units * (1 if target.has("avx512bf16") else math.nan)

@@ -188,6 +188,7 @@ def _cpu_flags() -> set[str]:
 
 
 needs_avx512_bf16 = pytest.mark.skipif("avx512_bf16" not in _cpu_flags(), reason="needs AVX512-BF16 (vdpbf16ps)")
+needs_avx512_vnni = pytest.mark.skipif("avx512_vnni" not in _cpu_flags(), reason="needs AVX512-VNNI (vpdpbusd)")
 
 
 @needs_avx512_bf16
@@ -232,7 +233,7 @@ def test_avx512_bf16_layers_compile_and_match_their_emulation():
 def test_low_precision_isa_follows_the_target():
     from tilecraft.backends.cpu.target import Target
 
-    no_bf16 = Target.parse("cpu{amx=false avx512bf16=false}")
+    no_bf16 = Target.parse("cpu{amx=false avx512bf16=false avx512vnni=false}")
     assert driver.low_precision_isa(no_bf16) is None
     if "avx512_bf16" in _cpu_flags():
         assert driver.low_precision_isa(Target.parse("cpu{amx=false}")) == "avx512"
@@ -240,20 +241,67 @@ def test_low_precision_isa_follows_the_target():
         assert driver.low_precision_isa(Target.parse("cpu")) == "amx"
 
 
-def test_plan_without_amx_offers_bf16_only():
-    """With AVX-512 kernels (no AMX) int8 is not offered: `int8` runs f32 and says why,
-    `auto` chooses among f32 and bf16 only."""
+def test_plan_without_amx_offers_int8_only_with_a_weight():
+    """With AVX-512 kernels (no AMX) int8 needs a 2-D weight (its sums make up for the u8
+    shift): the batched matmul of two activations is offered bf16 only; precisions the CPU
+    lacks are not offered at all."""
     imp = _imported()
     sched = precision.AmxSchedule(4, 2, isa="avx512")
 
-    def price(layer, p):  # bf16 twice as fast as f32: every layer worth lowering
-        return (None, 1e-3) if p == "f32" else ((sched, 0.5e-3) if p == "bf16" else (None, None))
+    def price(layer, p):  # low precision twice as fast as f32: every layer worth lowering
+        return (None, 1e-3) if p == "f32" else (sched, 0.5e-3)
 
     int8 = precision_plan.plan(imp, mode="int8", budget=None, price=price, isa="avx512")
-    assert all(d.precision == "f32" for d in int8.decisions) and "AMX" in int8.message
-    auto = precision_plan.plan(imp, mode="auto", budget=0.05, price=price, isa="avx512")
+    by_op = {x.op: d.precision for x, d in zip(int8.layers, int8.decisions)}
+    assert by_op == {"linalg.conv_2d_nchw_fchw": "int8", "linalg.matmul": "int8", "linalg.batch_matmul": "f32"}
+    no_vnni = precision_plan.plan(imp, mode="int8", budget=None, price=price, isa="avx512", allowed=("bf16",))
+    assert all(d.precision == "f32" for d in no_vnni.decisions) and "no int8 kernels" in no_vnni.message
+    auto = precision_plan.plan(imp, mode="auto", budget=0.05, price=price, isa="avx512", allowed=("bf16",))
     assert {d.precision for d in auto.decisions} <= {"f32", "bf16"}
     assert any(d.precision == "bf16" and d.schedule.isa == "avx512" for d in auto.decisions)
+
+
+@needs_avx512_vnni
+@pytest.mark.parametrize("unsigned", ["a", "b"])
+@pytest.mark.parametrize(
+    ("m", "n", "k", "blocked", "sched"),
+    [
+        (64, 64, 128, True, precision.AmxSchedule(6, 4, isa="avx512")),
+        (33, 50, 72, False, precision.AmxSchedule(6, 4, isa="avx512")),  # row and masked column edges
+        (1, 1000, 512, False, precision.AmxSchedule(1, 4, order="ji", isa="avx512")),
+    ],
+)
+def test_avx512_vnni_kernel_matches_exact_reference(unsigned, m, n, k, blocked, sched):
+    kernel = amx_workloads.workload(1, m, n, k, "int8", blocked=blocked, unsigned=unsigned)
+    result = amx_workloads.measure(kernel, sched, budget_s=0.0, min_runs=2)
+    assert result.status == "ok", result.error
+
+
+@needs_avx512_vnni
+def test_avx512_int8_layers_compile_and_match_their_emulation():
+    """The weighted layers in int8 on vpdpbusd (activations shifted into u8, the shift's
+    contribution subtracted per channel): the compiled output equals the emulated int8
+    quantization exactly as AMX's s8 × s8 would, and stays near eager f32."""
+    from tilecraft.costmodel.amx import avx512_schedule
+
+    imp = _imported()
+    layers = precision.layers(imp.module, len(imp.params))
+    emu = precision_plan.Emulator(imp.fx, imp.params, layers)
+    amax = {}
+    emu.run(imp.inputs, record=amax)
+    decisions = [
+        precision.PrecisionDecision(
+            x.index, "int8", act_scale=amax[x.index][0] / 127, schedule=avx512_schedule(x.m, x.n)
+        )
+        for x in layers
+        if x.weight is not None and "int8" in x.eligible
+    ]
+    assert len(decisions) == 2  # the convolution and the linear layer
+    emulated = emu.run(imp.inputs, {d.layer: d for d in decisions})
+    compiled = driver.compile_model(imp, cost_model="heuristic", precision=decisions)
+    out = compiled.fn(*imp.inputs)
+    assert precision_plan.relative_error(out, emulated) < 2e-3
+    assert precision_plan.relative_error(out, imp.reference()) < 5e-2
 
 
 def test_avx512_schedule_json_roundtrip_and_bad_isa():
