@@ -16,9 +16,11 @@ Part 2 (zoo models, one thread): Tilecraft f32 (the shipped cost model, fusion o
 the output against eager f32 and the per-layer decisions.
 
 `--quick` (CI): 256³ GEMMs and mlp, timed for 0.2 s each; on a CPU without AMX
-(`backends/cpu/amx.available`) it says so and runs part 2 alone, where `auto` keeps f32.
+(`backends/cpu/amx.available`) it says so and runs part 2 alone, with the AVX-512 kernels
+where the CPU has AVX512-BF16/VNNI. `--target 'cpu{amx=false}'` runs part 2 that way on an
+AMX machine.
 
-    python bench/precision.py [--models resnet18,bert_mini] [--json out.json]
+    python bench/precision.py [--models resnet18,bert_mini] [--target T] [--json out.json]
     python bench/precision.py --quick
 """
 
@@ -32,6 +34,7 @@ import torch
 
 from tilecraft import driver, frontend
 from tilecraft.backends.cpu import amx
+from tilecraft.backends.cpu.target import Target
 from tilecraft.corpus import amx as amx_workloads
 from tilecraft.costmodel import amx as amx_cost
 from tilecraft.costmodel import precision_plan
@@ -113,18 +116,18 @@ def dataclasses_str(sched) -> str:
     return f"{sched.mr}x{sched.nr} kc {sched.kc} {sched.order}" + (f" nc {sched.nc}" if sched.nc else "")
 
 
-def model_rows(names: list[str], *, budget: float = 2.0) -> list[dict]:
+def model_rows(names: list[str], *, budget: float = 2.0, target: str = "cpu") -> list[dict]:
     rows = []
     for name in names:
         imp = frontend.import_spec(name)
         with torch.no_grad():
             eager_s = _time(lambda: imp.model(*imp.inputs), budget)
             ref = imp.model(*imp.inputs)
-        f32 = driver.compile_model(imp)
+        f32 = driver.compile_model(imp, target=target)
         f32_err = precision_plan.relative_error(f32.fn(*imp.inputs), ref)
         f32_s = _time(lambda: f32.fn(*imp.inputs), budget)
         imp = frontend.import_spec(name)  # fresh module: compiling rewrites it in place
-        low = driver.compile_model(imp, precision="auto")
+        low = driver.compile_model(imp, precision="auto", target=target)
         plan = low.precision
         low_err = precision_plan.relative_error(low.fn(*imp.inputs), ref)
         low_s = _time(lambda: low.fn(*imp.inputs), budget)
@@ -159,14 +162,20 @@ def main(argv=None) -> int:
     p.add_argument("--budget", type=float, default=2.0, help="seconds of timing per measurement")
     p.add_argument("--json", help="also write the rows as JSON")
     p.add_argument("--quick", action="store_true", help="CI: 256^3 GEMMs (with AMX) and mlp, briefly")
+    p.add_argument(
+        "--target",
+        default="cpu",
+        help="part 2's target; cpu{amx=false} runs the AVX-512 kernels (vdpbf16ps, vpdpbusd) on an AMX machine",
+    )
     args = p.parse_args(argv)
     if args.quick:  # the quick defaults; options given still win
         p.set_defaults(**QUICK)
         args = p.parse_args(argv)
     torch.set_num_threads(1)
     gemms = []
-    if args.quick and not amx.available():
-        print("AMX is not available on this CPU: part 1 (the AMX GEMMs) skipped", file=sys.stderr)
+    no_amx = not amx.available() or not Target.parse(args.target).has("amx")
+    if no_amx and (args.quick or args.target != "cpu"):
+        print("no AMX (on this CPU or in --target): part 1 (the AMX GEMMs) skipped", file=sys.stderr)
     else:
         amx.enable()
         gemms = gemm_rows(args.size, budget=args.budget)
@@ -177,7 +186,7 @@ def main(argv=None) -> int:
                 f"{r['case']:<32}{r['peer']:<18}{r['peer_gops']:>11.0f}{r['tilecraft_gops']:>11.0f}"
                 f"{r['ratio']:>7.2f}  {r['schedule']:<20}{r['error']:>9.1e}"
             )
-    models = model_rows([m for m in args.models.split(",") if m], budget=args.budget)
+    models = model_rows([m for m in args.models.split(",") if m], budget=args.budget, target=args.target)
     print("\nzoo, 1 thread: Tilecraft f32 vs --precision auto (default budget; errors vs eager f32)")
     print(
         f"{'model':<14}{'eager ms':>9}{'f32 ms':>9}{'auto ms':>9}{'auto/f32':>9}{'auto/eager':>11}"

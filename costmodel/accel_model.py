@@ -240,7 +240,7 @@ def _fit(xa: np.ndarray, resid: np.ndarray, kind: str) -> dict:
 
 def _correction(entry: dict, xa: np.ndarray) -> np.ndarray:
     out = np.full(len(xa), entry["offset"])
-    threads = 1 if len(xa) < 2000 else 0  # small batches: one thread (LightGBM threads cost ~7 ms a call)
+    threads = 1 if len(xa) < 2000 else 0  # small batches: one thread (see LightGBMCostModel.predict)
     return out + entry["booster"].predict(xa, num_threads=threads) if entry["booster"] is not None else out
 
 

@@ -272,12 +272,11 @@ REFERENCE_GEMM = (784, 128, 576)  # resnet18's second-stage 3×3 convolution as 
 def avx512_ratio(cost_model, target, precision: str) -> float:
     """(seconds of the AVX-512 `precision` dot kernel) / (seconds of the f32 kernel the cost
     model picks) on a convolution-sized GEMM (`REFERENCE_GEMM`), both measured on this host,
-    once per process, target and precision (~0.5 s). The dot instructions run at different
-    rates per microarchitecture (`vdpbf16ps`: one a cycle on a Zen 4, twice its f32 FMA
-    rate, one every two cycles on the Sapphire Rapids Xeon measured here, half its f32 rate;
-    `vpdpbusd` three times f32 there), which the feature flags do not tell, so the host is
-    asked; a ratio, not a rate, so that the low-precision price carries the f32 cost
-    model's bias too and the planner compares like with like."""
+    once per process, target and precision. The dot instructions' throughput differs by
+    microarchitecture (relative to f32 FMAs, `vdpbf16ps` is faster on a Zen 4 than on a
+    Sapphire Rapids Xeon; docs/measurements.md), which the feature flags do
+    not tell, so the host is asked; a ratio, not a rate, so that the low-precision price
+    carries the f32 cost model's bias too and the planner compares like with like."""
     key = (target.hash(), precision)
     if key in _RATIO_CACHE:
         return _RATIO_CACHE[key]

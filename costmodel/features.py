@@ -46,8 +46,8 @@ class FeatureError(ValueError):
 # ------------------------------------------------------------------ kernel structure
 @functools.cache
 def _scratch_context():
-    """One MLIR context for parsing kernels here: making one costs ~3 ms (MobileNet-V2's
-    fusion plan featurizes 319 kernels: 1 s of contexts)."""
+    """One MLIR context for parsing kernels here: making a context (loading every dialect)
+    costs more than parsing a kernel, and a fusion plan featurizes hundreds."""
     from torch_mlir import ir
 
     return ir.Context()

@@ -174,9 +174,9 @@ class LightGBMCostModel:
         if not self.boosters:
             raise CostModelError("the model is not trained")
         x, base = self._matrix(kernel, decisions)
-        # A few rows on one thread: LightGBM's threaded path costs ~7 ms a call whatever the
-        # rows (0.03 ms for one row on one thread), and the compiler predicts thousands of
-        # small batches (MobileNet-V2's fusion plan: 8.6 s of 15).
+        # A few rows on one thread: LightGBM's threaded path has a fixed cost per call far
+        # above a small batch's work, and the compiler predicts thousands of small batches
+        # (docs/measurements.md, compile time).
         kw = {"num_threads": 1} if len(x) < PARALLEL_PREDICT_ROWS else {}
         log_latency = self.boosters["latency"].predict(x, **kw) + base + self.offsets.get(kernel.key, 0.0)
         # Rank by the ranker and the latency regressor together (each standardized over the

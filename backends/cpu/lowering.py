@@ -115,9 +115,8 @@ def to_vector(
 
 
 # A copy's (or a fill's) register tile: 64 elements, four zmm registers. A copy moves memory,
-# so a longer vector buys nothing, and LLVM legalizes a 512-lane load into 32 with ~1 s of
-# instruction selection each (ResNet-18's im2col taps: 33 s of compile at 1,024 lanes, 20 s at
-# 64; the run time did not change).
+# so a longer vector buys nothing, while LLVM's instruction selection is slow on vectors it
+# must split into dozens of registers (docs/measurements.md, compile time).
 COPY_BUDGET = 64
 
 
@@ -400,9 +399,9 @@ def lower_vectors_script(copies=()) -> str:
 # ---------------------------------------------------------------------- llvm → machine
 # LLVM codegen options for every compile in this process, set once (LLVM's option parser
 # exits the process on a repeated option). Store merging in the SelectionDAG combiner is
-# quadratic in a block's stores: the scalar loops LLVM unrolls fully (a stride-2 depthwise
-# convolution's 56 × 3 × 3 taps) spent 7.5 s of a 9.5 s MobileNet-V2 compile there; our
-# kernels store whole vectors already, so merging buys nothing.
+# quadratic in a block's stores, and the scalar loops LLVM unrolls fully (a stride-2
+# depthwise convolution's taps) spent most of a MobileNet-V2 compile there
+# (docs/measurements.md, compile time); our kernels store whole vectors already.
 LLVM_OPTIONS = ("-combiner-store-merging=0",)
 _llvm_options_set = False
 
