@@ -53,6 +53,7 @@ SEED_CORPUS = os.path.join(os.path.dirname(os.path.dirname(measure.__file__)), "
 BUDGET_S = 120.0
 PER_KERNEL = 6
 KINDS = ("matmul", "conv2d", "elementwise", "reduction", "batch_matmul", "depthwise_conv2d", "pooling")
+CANDIDATE_TIMEOUT_S = 60.0  # a candidate that runs longer counts as hung (the budget may cut it sooner)
 KERNEL_SHARE = 0.12  # no kernel may be expected to take more of the budget than this
 MIN_SPREAD = 1.15  # slowest / fastest of a kernel's decisions on the seed machine, to be chosen
 FOLDS = 4
@@ -194,13 +195,14 @@ def measure_planned(
     """Measure planned kernels here, one worker on a core of its own, until the budget is
     spent (starting the worker counts): a kernel expected to overrun what is left is
     skipped for a cheaper one, and a candidate still running when the budget ends is
-    stopped (recorded as a timeout)."""
+    stopped and left out (it did not fail: it was cut short)."""
     start = time.perf_counter()
+    end = start
     records: list[Record] = []
     results = []
     cpu = measure.claim_core()
     try:
-        with measure.MeasureWorker(timeout_s=budget_s, cpu=cpu) as worker:
+        with measure.MeasureWorker(timeout_s=CANDIDATE_TIMEOUT_S, cpu=cpu) as worker:
             for p, decisions, expected in planned:
                 left = budget_s - (time.perf_counter() - start)
                 if left <= 0.5:
@@ -212,8 +214,11 @@ def measure_planned(
                     left = budget_s - (time.perf_counter() - start)
                     if left <= 0:
                         break
-                    worker.timeout_s = max(left, 1.0)
+                    worker.timeout_s = min(left, CANDIDATE_TIMEOUT_S)
                     m = worker.measure(p.kernel, d, target)
+                    end = time.perf_counter()
+                    if m.status == "timeout" and left < CANDIDATE_TIMEOUT_S:
+                        break  # the budget ran out under it
                     results.append((p.kernel, p.source, m))
                     if m.status == "ok":
                         ok += 1
@@ -223,7 +228,7 @@ def measure_planned(
                     progress(f"{p.kernel.kind} {extents}: {ok} of {len(decisions)} in {time.perf_counter() - t0:.1f} s")
     finally:
         measure.release_core(cpu)
-    return Measured(records, results, time.perf_counter() - start)
+    return Measured(records, results, end - start)
 
 
 # ------------------------------------------------------------------- fine-tuning
