@@ -148,10 +148,12 @@ class LightGBMCostModel:
         # no bagging: a round of one or two measurements would sample no row at all
         p = {**self.params, "min_data_in_leaf": 2, "learning_rate": 0.2, "bagging_fraction": 1.0, "bagging_freq": 0}
         offsets = np.concatenate([np.full(len(rs), self.offsets[key]) for key, rs in by_kernel.items()])
-        init_lat = self.boosters["latency"].predict(x) + base + offsets
+        # Continued boosting starts from the old trees' raw output (LightGBM replaces any
+        # init_score with it), so the label is what the trees model: the log latency less
+        # the roofline base and the kernel's offset.
         self.boosters["latency"] = lgb.train(
             {**p, "objective": "regression"},
-            lgb.Dataset(x, lat, init_score=init_lat),
+            lgb.Dataset(x, lat - base - offsets),
             UPDATE_ROUNDS,
             init_model=self.boosters["latency"],
         )

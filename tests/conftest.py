@@ -34,6 +34,13 @@ def _private_compile_cache(tmp_path_factory):
         os.environ["TILECRAFT_CACHE_DIR"] = saved
 
 
+@pytest.fixture(autouse=True)
+def _private_model_dir(tmp_path, monkeypatch):
+    """No test (nor the CLIs it starts) reads an adapted cost model installed in the user's
+    home: each gets an empty model directory of its own (`costmodel/model.py`)."""
+    monkeypatch.setenv("TILECRAFT_MODEL_DIR", str(tmp_path / "models"))
+
+
 @pytest.fixture(scope="session")
 def pg_server():
     """The URL of a PostgreSQL server's `postgres` database: the one `.ci/run` started

@@ -83,6 +83,11 @@ CASES = [
         id="accel_crosscheck",
     ),
     pytest.param(["schedules.py"], [r"^matmul 128\^3\s+4/\d+\s+[\d.]+"], id="schedules"),
+    pytest.param(
+        ["costmodel_adapt.py"],
+        [r"^xeon\s+\d+\s+\d+\s+[\d.]+\s+\S+\s+0\.\d{3} -> 0\.\d{3}", r"^amd-only\s+\d+"],
+        id="costmodel_adapt",
+    ),
 ]
 
 

@@ -115,6 +115,22 @@ def test_update_moves_predictions_towards_new_measurements(synthetic):
     assert np.abs(np.log(after / truth)).mean() < np.abs(np.log(before / truth)).mean()
 
 
+def test_update_on_rows_it_fits_keeps_its_accuracy(synthetic):
+    """Continued boosting starts from the old trees' raw output: the new trees must fit the
+    log latency less the roofline base, or every prediction loses the base (an update once
+    took a model from 26% to ~100% error)."""
+    target, records = synthetic
+    m = LightGBMCostModel(target, rounds=FAST).fit(records[:100])
+
+    def error() -> float:
+        p = np.concatenate([m.predict(r.kernel, [r.decision]).latency_s for r in records[:100]])
+        return float(np.abs(np.log(p / np.array([r.latency_s for r in records[:100]]))).mean())
+
+    before = error()
+    m.update(records[:100])
+    assert error() < 1.5 * before + 0.05
+
+
 def test_update_with_a_single_measurement(synthetic):
     """A search round whose other candidates all failed hands `update` one record: with
     bagging on, LightGBM sampled no row and aborted (`tune --budget 3`)."""
