@@ -230,7 +230,7 @@ def compile_model(
             jitted = lambda: runtime.from_engine(  # noqa: E731  (the lookup compiles: timed with the JIT)
                 lowering.jit(module), imported.func_name, imported.signature, bound=imported.params
             )
-            done.fn = imported.eager_semantics(step("jit", jitted))  # ExecutionEngine, -O3, host CPU
+            done.fn = imported.eager_semantics(step("jit", jitted))  # ExecutionEngine, -O2, host CPU
     if output and done.text is not None:
         atomic_write(output, done.text.encode())
         done.path = output

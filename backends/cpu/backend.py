@@ -5,7 +5,7 @@ On the backends floor; the first `Backend`. Stages after a decided module:
 tiles, packing, conv → 1-D, per-tile vectorization), `cpu-vector` (hoisting, pads in
 destination-passing style, one-shot bufferization, copies and fills vectorized, vector
 lowering), `cpu-llvm` (AMX kernels, out-params, the LLVM dialect); then the JIT
-(`ExecutionEngine`, -O3), an object file, a shared library or assembly
+(`ExecutionEngine`, -O2), an object file, a shared library or assembly
 (`backends/cpu/lowering.py`). Schedules are `TileDecision`s (`backends/cpu/schedule.py`).
 """
 

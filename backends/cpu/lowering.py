@@ -5,7 +5,7 @@ Reads the decided linalg-on-tensors module (the frontend's, rewritten by the pas
 per-op schedules (`backends/cpu/schedule.py`: given ones, else the module's `tc.schedule`
 attributes, else the heuristic); each stage is a function from a module to a module, so
 any stage's IR can be dumped or resumed from. The last stages hand the LLVM-dialect module
-to `ExecutionEngine` (JIT, opt level 3, host CPU with AVX-512) or write an object file, a
+to `ExecutionEngine` (JIT, opt level 2, host CPU with AVX-512) or write an object file, a
 shared library or assembly text.
 """
 
@@ -403,6 +403,10 @@ def lower_vectors_script(copies=()) -> str:
 # depthwise convolution's taps) spent most of a MobileNet-V2 compile there
 # (docs/measurements.md, compile time); our kernels store whole vectors already.
 LLVM_OPTIONS = ("-combiner-store-merging=0",)
+# LLVM's optimization level for compiled code: our kernels arrive vectorized, tiled and
+# unrolled, and -O3's extra passes over -O2 cost LLVM time with no run-time gain on the zoo
+# (docs/measurements.md, compile time).
+OPT_LEVEL = 2
 _llvm_options_set = False
 
 
@@ -425,7 +429,7 @@ def set_llvm_options() -> None:
     parse(len(args), (ctypes.c_char_p * len(args))(*args), None)
 
 
-def jit(module: ir.Module, *, opt_level: int = 3):
+def jit(module: ir.Module, *, opt_level: int = OPT_LEVEL):
     """JIT for the host. Code with AMX kernels first asks Linux for the tile state (this
     process only; a shared library's user must do the same, see `backends/cpu/amx.py`)."""
     from torch_mlir.execution_engine import ExecutionEngine
@@ -438,11 +442,11 @@ def jit(module: ir.Module, *, opt_level: int = 3):
     return ExecutionEngine(module, opt_level=opt_level, shared_libs=libs)
 
 
-def emit_object(module: ir.Module, path: str, *, opt_level: int = 3) -> None:
+def emit_object(module: ir.Module, path: str, *, opt_level: int = OPT_LEVEL) -> None:
     jit(module, opt_level=opt_level).dump_to_object_file(path)
 
 
-def emit_shared_library(module: ir.Module, path: str, *, opt_level: int = 3) -> None:
+def emit_shared_library(module: ir.Module, path: str, *, opt_level: int = OPT_LEVEL) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         obj = os.path.join(tmp, "kernel.o")
         emit_object(module, obj, opt_level=opt_level)
@@ -453,7 +457,7 @@ def emit_shared_library(module: ir.Module, path: str, *, opt_level: int = 3) -> 
         subprocess.run(["cc", "-shared", "-o", path, obj, *link], check=True, capture_output=True)
 
 
-def emit_assembly(module: ir.Module, *, opt_level: int = 3) -> str:
+def emit_assembly(module: ir.Module, *, opt_level: int = OPT_LEVEL) -> str:
     """Host assembly of exactly the code the JIT runs: the ExecutionEngine's object file,
     disassembled by binutils' objdump (AT&T syntax). llvmlite cannot be used here: its LLVM
     is older than the bundled MLIR's and rejects the LLVM IR text this MLIR prints."""
