@@ -218,7 +218,7 @@ def main(argv=None) -> int:
     )
     print("fused/unf = Tilecraft unfused / fused; vs eager, ind/eager = eager / that (> 1: faster than eager)")
     print()
-    head = f"{'best 1t':>22}{'fused 1t':>10}{'ratio':>8}{'best 2t':>22}{'fused 2t':>10}{'ratio':>8}"
+    head = f"{'best 1t':>22}{'fused 1t':>10}{'ratio':>8}{'best 2t':>22}{'fused 2t':>10}{'ratio':>8}{'compile s':>11}"
     print(f"{'against the best peer':<18}{head}")
     for r in rows:
         cells = ""
@@ -230,13 +230,14 @@ def main(argv=None) -> int:
             r[f"best_ratio_{t}t"] = ratio(options.get(best), r[f"tilecraft_ms_{t}t"])
             label = f"{options[best]:.3f} ({best})" if best else "-"
             cells += f"{label:>22}{f(r[f'tilecraft_ms_{t}t'])}{f(r[f'best_ratio_{t}t'], '>8.2f')}"
-        print(f"{r['model']:<18}{cells}")
+        print(f"{r['model']:<18}{cells}{r['compile_s']:>11.1f}")
     print(
         f"{'geomean (zoo)':<18}{'':>32}{geomean(r['best_ratio_1t'] for r in zoo_rows):>8.2f}"
         f"{'':>32}{geomean(r['best_ratio_2t'] for r in zoo_rows):>8.2f}"
     )
     print("best = the fastest of eager, Inductor (1 thread), ONNX Runtime and OpenVINO (f32), each checked first;")
-    print("ratio = best / Tilecraft (> 1: Tilecraft ahead of every peer)")
+    print("ratio = best / Tilecraft (> 1: Tilecraft ahead of every peer); compile s = the fused 1-thread compile,")
+    print("every stage from torch.export to machine code, no cache (in this process: imports already done)")
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     meta = {
         "torch": torch.__version__,
