@@ -17,6 +17,7 @@ import traceback
 def _errors():
     from tilecraft.backends.accel.lower import ScheduleError
     from tilecraft.backends.accel.model import AccelCompileError
+    from tilecraft.backends.cpu.amx import AmxError
     from tilecraft.backends.cpu.runtime import CallError
     from tilecraft.backends.cpu.target import TargetError
     from tilecraft.backends.gpu.schedule import GpuScheduleError
@@ -41,6 +42,7 @@ def _errors():
         CorpusError,
         CostModelError,
         GpuScheduleError,
+        AmxError,
         FileNotFoundError,
     )
 

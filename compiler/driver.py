@@ -284,9 +284,7 @@ def plan_precision(imported: frontend.Imported, mode: str, budget: float | None,
 
     model = load_cost_model(cost_model if cost_model not in (None, "heuristic") else "analytical", target)
     isa = low_precision_isa(target)
-    allowed = None
-    if isa == "avx512":  # the instructions this CPU has: vdpbf16ps (bf16), vpdpbusd (int8)
-        allowed = tuple(p for p, f in (("bf16", "avx512bf16"), ("int8", "avx512vnni")) if target.has(f))
+    allowed = low_precision_features(target) if isa == "avx512" else None  # vdpbf16ps, vpdpbusd
     try:
         prices = LayerPrices(imported.module, model, target, isa=isa or "amx")
         return precision_plan.plan(
@@ -310,9 +308,19 @@ def low_precision_isa(target: Target) -> str | None:
 
     if target.has("amx") and amx.available():
         return "amx"
-    if target.has("avx512bf16") or target.has("avx512vnni"):
+    if low_precision_features(target):
         return "avx512"
     return None
+
+
+def low_precision_features(target: Target) -> tuple[str, ...]:
+    """The AVX-512 low-precision precisions `target` can run: bf16 with AVX512-BF16, int8
+    with AVX512-VNNI, each only where this host has it too (code is generated for the host:
+    a target claiming an instruction the host lacks would make LLVM abort)."""
+    from tilecraft.backends.cpu.target import host
+
+    here = host()
+    return tuple(p for p, f in (("bf16", "avx512bf16"), ("int8", "avx512vnni")) if target.has(f) and here.has(f))
 
 
 def convolutions_as_gemms(imported: frontend.Imported, *, fusing: bool = True, layout: bool = True) -> None:

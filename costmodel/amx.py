@@ -265,21 +265,18 @@ def avx512_schedule(m: int, n: int) -> AmxSchedule:
     return AmxSchedule(max(1, min(mr, m)), nr, order="ij", isa="avx512")
 
 
-_RATIO_CACHE: dict[tuple[str, str], float] = {}
+_MEASURED: dict[tuple[str, str], float] = {}  # (target hash, kernel + decision) → seconds
 REFERENCE_GEMM = (784, 128, 576)  # resnet18's second-stage 3×3 convolution as a GEMM
 
 
 def avx512_ratio(cost_model, target, precision: str) -> float:
     """(seconds of the AVX-512 `precision` dot kernel) / (seconds of the f32 kernel the cost
     model picks) on a convolution-sized GEMM (`REFERENCE_GEMM`), both measured on this host,
-    once per process, target and precision. The dot instructions' throughput differs by
+    each kernel once per process and target. The dot instructions' throughput differs by
     microarchitecture (relative to f32 FMAs, `vdpbf16ps` is faster on a Zen 4 than on a
-    Sapphire Rapids Xeon; docs/measurements.md), which the feature flags do
-    not tell, so the host is asked; a ratio, not a rate, so that the low-precision price
-    carries the f32 cost model's bias too and the planner compares like with like."""
-    key = (target.hash(), precision)
-    if key in _RATIO_CACHE:
-        return _RATIO_CACHE[key]
+    Sapphire Rapids Xeon; docs/measurements.md), which the feature flags do not tell, so
+    the host is asked; a ratio, not a rate, so that the low-precision price carries the
+    f32 cost model's bias too and the planner compares like with like."""
     from tilecraft.backends.cpu import schedule as tiling
     from tilecraft.corpus import generator, kernels
     from tilecraft.corpus.amx import measure
@@ -287,22 +284,24 @@ def avx512_ratio(cost_model, target, precision: str) -> float:
     from tilecraft.costmodel.model import best_decision
 
     m, n, k = REFERENCE_GEMM
-    f32_key = (target.hash(), "f32")
-    if f32_key not in _RATIO_CACHE:
-        with ir.Context() as ctx:
-            f32_kernel = kernels.extract(ir.Module.parse(generator.matmul(m, n, k), context=ctx))[0]
-            info = kernels.infos_of(f32_kernel.mlir, ctx)
-        decision, _ = best_decision(cost_model, f32_kernel, tiling.space(info, target))
+    with ir.Context() as ctx:
+        f32_kernel = kernels.extract(ir.Module.parse(generator.matmul(m, n, k), context=ctx))[0]
+        info = kernels.infos_of(f32_kernel.mlir, ctx)
+    decision, _ = best_decision(cost_model, f32_kernel, tiling.space(info, target))  # (this model's pick)
+    f32_key = (target.hash(), f"f32 {decision.to_json()}")
+    if f32_key not in _MEASURED:
         f32 = measure_in_process(f32_kernel, decision, target, MeasureOptions(max_seconds=0.1))
         if f32.status != "ok":
             raise AmxModelError(f"the f32 reference kernel failed its check on this host: {f32.error}")
-        _RATIO_CACHE[f32_key] = f32.median_s
-    lowp_kernel = workload(1, m, n, k, precision, blocked=True, unsigned="a" if precision == "int8" else "")
-    lowp = measure(lowp_kernel, avx512_schedule(m, n), budget_s=0.1, min_runs=5)
-    if lowp.status != "ok":
-        raise AmxModelError(f"the AVX-512 {precision} reference kernel failed its check on this host: {lowp.error}")
-    _RATIO_CACHE[key] = lowp.median_s / _RATIO_CACHE[f32_key]
-    return _RATIO_CACHE[key]
+        _MEASURED[f32_key] = f32.median_s
+    key = (target.hash(), precision)
+    if key not in _MEASURED:
+        lowp_kernel = workload(1, m, n, k, precision, blocked=True, unsigned="a" if precision == "int8" else "")
+        lowp = measure(lowp_kernel, avx512_schedule(m, n), budget_s=0.1, min_runs=5)
+        if lowp.status != "ok":
+            raise AmxModelError(f"the AVX-512 {precision} reference kernel failed its check on this host: {lowp.error}")
+        _MEASURED[key] = lowp.median_s
+    return _MEASURED[key] / _MEASURED[f32_key]
 
 
 class LayerPrices:

@@ -160,13 +160,13 @@ class LightGBMCostModel:
         if max(groups) > 1:
             self.boosters["rank"] = lgb.train(
                 {**p, "objective": "lambdarank"},
-                lgb.Dataset(x, np.concatenate(rel), group=groups, init_score=self.boosters["rank"].predict(x)),
+                lgb.Dataset(x, np.concatenate(rel), group=groups),  # (continues from the old trees' output)
                 UPDATE_ROUNDS,
                 init_model=self.boosters["rank"],
             )
         self.boosters["util"] = lgb.train(
             {**p, "objective": "regression"},
-            lgb.Dataset(x, util, init_score=self.boosters["util"].predict(x)),
+            lgb.Dataset(x, util),
             UPDATE_ROUNDS,
             init_model=self.boosters["util"],
         )

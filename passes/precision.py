@@ -81,6 +81,11 @@ class AmxSchedule:
     def __post_init__(self):
         if self.isa not in ISAS:
             raise PrecisionError(f"unknown low-precision kernel isa {self.isa!r} (one of {', '.join(ISAS)})")
+        if min(self.mr, self.nr, self.kc) < 1 or self.nc < 0 or self.order not in ("ij", "ji"):
+            raise PrecisionError(
+                f"bad low-precision schedule: mr={self.mr} nr={self.nr} kc={self.kc} nc={self.nc} order={self.order!r}"
+                " (mr, nr, kc >= 1; nc >= 0; order ij or ji)"
+            )
 
     def to_json(self) -> str:
         d = dataclasses.asdict(self)

@@ -431,11 +431,16 @@ def lower_marked(module: ir.Module) -> int:
         fill = _zero_fill_of(op)
         if fill is not None:  # the kernel starts from zero tiles: the fill's pass over C is saved
             fill.erase()
-        key = json.dumps([types, sched.to_json(), fill is not None])
+        unsigned = unsigned_operand(op)  # (part of the key: a vpdpbusd kernel reads one operand as u8)
+        key = json.dumps([types, sched.to_json(), fill is not None, unsigned])
         if key not in kernels:
-            unsigned = unsigned_operand(op)
             if sched.isa == "avx512":  # no AMX here: vdpbf16ps / vpdpbusd register blocks
                 from tilecraft.backends.cpu import avx512_dot
+                from tilecraft.backends.cpu.target import host
+
+                need = "avx512vnni" if unsigned else "avx512bf16"  # (LLVM aborts on an instruction the host lacks)
+                if not host().has(need):
+                    raise AmxError(f"this CPU lacks {need}: the low-precision kernel at {op.location} cannot run here")
 
                 kernels[key] = f"__tc_dot_{len(kernels)}"
                 text = avx512_dot.kernel_text(

@@ -397,8 +397,8 @@ def lower_vectors_script(copies=()) -> str:
 
 
 # ---------------------------------------------------------------------- llvm → machine
-# LLVM codegen options for every compile in this process, set once (LLVM's option parser
-# exits the process on a repeated option). Store merging in the SelectionDAG combiner is
+# LLVM codegen options for every compile in this process, set once (a repeated option is an
+# error LLVM reports on stderr). Store merging in the SelectionDAG combiner is
 # quadratic in a block's stores, and the scalar loops LLVM unrolls fully (a stride-2
 # depthwise convolution's taps) spent most of a MobileNet-V2 compile there
 # (docs/measurements.md, compile time); our kernels store whole vectors already.

@@ -310,3 +310,56 @@ def test_avx512_schedule_json_roundtrip_and_bad_isa():
     assert "isa" not in precision.AmxSchedule().to_json()  # AMX rows of the corpus keep their form
     with pytest.raises(precision.PrecisionError, match="isa"):
         precision.AmxSchedule(isa="sse")
+
+
+class _SameGemms(torch.nn.Module):
+    """A convolution and a linear layer whose int8 contractions are the same 16 × 49 × 72
+    GEMM with opposite unsigned operands (the convolution's activation is B, the linear
+    layer's is A): one kernel must not serve both."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(8, 16, 3, padding=1)
+        self.fc = torch.nn.Linear(72, 49)
+
+    def forward(self, x, z):
+        return self.conv(x).flatten(), self.fc(z).flatten()
+
+
+@needs_avx512_vnni
+def test_avx512_int8_kernels_are_not_shared_across_unsigned_operands():
+    from tilecraft.costmodel.amx import avx512_schedule
+
+    torch.manual_seed(0)
+    imp = frontend.import_module(_SameGemms(), (torch.randn(1, 8, 7, 7), torch.randn(16, 72)), spec="same-gemms")
+    layers = precision.layers(imp.module, len(imp.params))
+    emu = precision_plan.Emulator(imp.fx, imp.params, layers)
+    amax = {}
+    emu.run(imp.inputs, record=amax)
+    decisions = [
+        precision.PrecisionDecision(
+            x.index, "int8", act_scale=amax[x.index][0] / 127, schedule=avx512_schedule(x.m, x.n)
+        )
+        for x in layers
+    ]
+    emulated = emu.run(imp.inputs, {d.layer: d for d in decisions})
+    compiled = driver.compile_model(imp, cost_model="heuristic", precision=decisions)
+    for out, want in zip(compiled.fn(*imp.inputs), emulated):
+        assert precision_plan.relative_error(out, want) < 2e-3
+
+
+def test_bad_low_precision_schedule_is_a_precision_error():
+    with pytest.raises(precision.PrecisionError, match="mr=0"):
+        precision.AmxSchedule(0, 4, isa="avx512")
+
+
+def test_low_precision_isa_needs_the_host_to_have_it(monkeypatch):
+    """A target claiming AVX512-BF16/VNNI the host lacks gets no AVX-512 kernels (LLVM would
+    abort compiling them for this host)."""
+    from tilecraft.backends.cpu import target as target_mod
+
+    bare = target_mod.Target(features=("avx2", "avx512", "fma"))
+    monkeypatch.setattr(target_mod, "host", lambda: bare)
+    claims = target_mod.Target(features=("avx2", "avx512", "avx512bf16", "avx512vnni", "fma"))
+    assert driver.low_precision_features(claims) == ()
+    assert driver.low_precision_isa(claims) is None
