@@ -25,6 +25,7 @@ SIGILL.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import functools
 import json
 import math
@@ -113,41 +114,14 @@ def kernel_text(
     if elem not in _TYPES:
         raise AmxError(f"AMX kernel: unsupported element type {elem}")
     v, kt, acc, mul = _TYPES[elem]
-    lead = a.rank - 3
-    if lead not in (0, 1) or b.rank - lead not in (3, 4):
-        raise AmxError(f"AMX kernel: unexpected operand types {a_type}, {b_type}, {c_type}")
-    batched, blocked = lead == 1, b.rank - lead == 4
     w = _Writer()
     params = (a_type, b_type, c_type)
-    keep = [[i] for i in range(lead)]
-    a_val, a_type = _collapse(w, "%A", a, [*keep, [lead], [lead + 1, lead + 2]])
-    if blocked:
-        b_val, b_type = _collapse(w, "%B", b, [*keep, [lead, lead + 1], [lead + 2, lead + 3]])
-        c_val, c_type = _collapse(w, "%C", c, [*keep, [lead], [lead + 1, lead + 2]])
-    else:
-        b_val, b_type = _collapse(w, "%B", b, [*keep, [lead], [lead + 1, lead + 2]])
-        c_val = "%C"
-    a, b, c = (ir.MemRefType(ir.Type.parse(t)) for t in (a_type, b_type, c_type))
-    *_, m, k = a.shape
-    *_, n = c.shape
-    if blocked and n % 16:
-        raise AmxError(f"AMX kernel: a blocked B needs N % 16 == 0, got N={n}")
-    if k % v:
-        raise AmxError(f"AMX kernel: K={k} is not a multiple of {v}")
+    ops = gemm_operands(w, a, b, c, v, "AMX kernel")
+    a_val, a_type, b_val, b_type, c_val, c_type = ops.values
+    a, b, c = ops.a, ops.b, ops.c
+    batched, blocked, m, n, k = ops.batched, ops.blocked, ops.m, ops.n, ops.k
     blocks: dict[tuple, str] = {}
     funcs: list[str] = []
-
-    def view(val: str, ty) -> tuple[str, str]:
-        """2-D view of batch %b (rank-reducing subview)."""
-        _, r, cols = ty.shape
-        strides, _ = ty.get_strides_and_offset()
-        if strides[2] != 1:
-            raise AmxError(f"AMX kernel: operand {ty} has a non-unit inner stride")
-        row = "?" if ty.is_dynamic_stride_or_offset(strides[1]) else str(strides[1])
-        out = w.tmp("v")
-        res = f"memref<{r}x{cols}x{ty.element_type}, strided<[{row}, 1], offset: ?>>"
-        w(f"{out} = memref.subview {val}[%b, 0, 0] [1, {r}, {cols}] [1, 1, 1] : {ty} to {res}")
-        return out, res
 
     def chunk_func(at: str, bt: str, ct: str, rows: tuple, cols: tuple, ktiles: tuple, zero: bool = False) -> str:
         """The function adding one K chunk of one register block into C[i:, j:], from K
@@ -290,13 +264,68 @@ def kernel_text(
 
     if batched:
         w(f"scf.for %b = {w.c(0)} to {w.c(a.shape[0])} step {w.c(1)} {{")
-        body(*view(a_val, a), *view(b_val, b), *view(c_val, c))
+        body(*batch_view(w, a_val, a), *batch_view(w, b_val, b), *batch_view(w, c_val, c))
         w("}")
     else:
         body(a_val, a_type, b_val, b_type, c_val, c_type)
     head = [f"func.func private @{name}(%A: {params[0]}, %B: {params[1]}, %C: {params[2]}) {{"]
     head += [f"  %c{x} = arith.constant {x} : index" for x in sorted(w.consts)]
     return "\n\n".join(["\n".join(head + ["  " + line for line in w.lines] + ["  return", "}"]), *funcs])
+
+
+@dataclasses.dataclass(frozen=True)
+class GemmOperands:
+    """A `tc.amx` contraction's operands as 2-D (or batched 2-D) views: A `[(batch,) M, K]`,
+    B `[(batch,) K/v, N·v]` or, blocked, `[(batch,) N/16 · K/v, 16·v]`, C `[(batch,) M, N]`;
+    `values` are (A, its type, B, its type, C, its type) as SSA names and type strings."""
+
+    values: tuple[str, str, str, str, str, str]
+    a: ir.MemRefType
+    b: ir.MemRefType
+    c: ir.MemRefType
+    batched: bool
+    blocked: bool
+    m: int
+    n: int
+    k: int
+
+
+def gemm_operands(w: _Writer, a, b, c, v: int, who: str) -> GemmOperands:
+    """Collapse the VNNI operands (`kernel_text`'s layouts) into `GemmOperands`, writing the
+    reshapes to `w`; `who` names the kernel in errors."""
+    lead = a.rank - 3
+    if lead not in (0, 1) or b.rank - lead not in (3, 4):
+        raise AmxError(f"{who}: unexpected operand types {a}, {b}, {c}")
+    batched, blocked = lead == 1, b.rank - lead == 4
+    keep = [[i] for i in range(lead)]
+    a_val, a_t = _collapse(w, "%A", a, [*keep, [lead], [lead + 1, lead + 2]])
+    if blocked:
+        b_val, b_t = _collapse(w, "%B", b, [*keep, [lead, lead + 1], [lead + 2, lead + 3]])
+        c_val, c_t = _collapse(w, "%C", c, [*keep, [lead], [lead + 1, lead + 2]])
+    else:
+        b_val, b_t = _collapse(w, "%B", b, [*keep, [lead], [lead + 1, lead + 2]])
+        c_val, c_t = "%C", str(c)
+    a2, b2, c2 = (ir.MemRefType(ir.Type.parse(t)) for t in (a_t, b_t, c_t))
+    *_, m, k = a2.shape
+    *_, n = c2.shape
+    if blocked and n % 16:
+        raise AmxError(f"{who}: a blocked B needs N % 16 == 0, got N={n}")
+    if k % v:
+        raise AmxError(f"{who}: K={k} is not a multiple of {v}")
+    return GemmOperands((a_val, a_t, b_val, b_t, c_val, c_t), a2, b2, c2, batched, blocked, m, n, k)
+
+
+def batch_view(w: _Writer, val: str, ty) -> tuple[str, str]:
+    """2-D view of batch %b of a batched operand (rank-reducing subview): (value, type)."""
+    _, r, cols = ty.shape
+    strides, _ = ty.get_strides_and_offset()
+    if strides[2] != 1:
+        raise AmxError(f"low-precision kernel: operand {ty} has a non-unit inner stride")
+    row = "?" if ty.is_dynamic_stride_or_offset(strides[1]) else str(strides[1])
+    out = w.tmp("v")
+    res = f"memref<{r}x{cols}x{ty.element_type}, strided<[{row}, 1], offset: ?>>"
+    w(f"{out} = memref.subview {val}[%b, 0, 0] [1, {r}, {cols}] [1, 1, 1] : {ty} to {res}")
+    return out, res
 
 
 def _collapse(w: _Writer, val: str, ty, groups: list[list[int]]) -> tuple[str, str]:

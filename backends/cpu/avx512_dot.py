@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from torch_mlir import ir
 
-from tilecraft.backends.cpu.amx import AmxError, _collapse, _Writer
+from tilecraft.backends.cpu.amx import AmxError, _Writer, batch_view, gemm_operands
 
 LANES = 16  # f32 accumulators per zmm; a K pair of 16 columns is 32 bf16
 
@@ -77,42 +77,16 @@ def kernel_text(
     if (elem == "i8") != (unsigned in ("a", "b")):
         raise AmxError("AVX-512 dot kernel: int8 needs exactly one unsigned operand (vpdpbusd: u8 × s8)")
     v, acc_elem = _TYPES[elem]
-    lead = a.rank - 3
-    if lead not in (0, 1) or b.rank - lead not in (3, 4):
-        raise AmxError(f"AVX-512 dot kernel: unexpected operand types {a_type}, {b_type}, {c_type}")
-    batched, blocked = lead == 1, b.rank - lead == 4
     w = _Writer()
     params = (a_type, b_type, c_type)
-    keep = [[i] for i in range(lead)]
-    a_val, a_t = _collapse(w, "%A", a, [*keep, [lead], [lead + 1, lead + 2]])  # [M, K]
-    if blocked:  # [N/16 · K/2, 32]: row (j/16)·(K/2) + k/2
-        b_val, b_t = _collapse(w, "%B", b, [*keep, [lead, lead + 1], [lead + 2, lead + 3]])
-        c_val, c_t = _collapse(w, "%C", c, [*keep, [lead], [lead + 1, lead + 2]])  # [M, N]
-    else:  # [K/2, 2N]: column 2j
-        b_val, b_t = _collapse(w, "%B", b, [*keep, [lead], [lead + 1, lead + 2]])
-        c_val, c_t = "%C", c_type
-    a, b, c = (ir.MemRefType(ir.Type.parse(t)) for t in (a_t, b_t, c_t))
-    *_, m, k = a.shape
-    *_, n = c.shape
-    if blocked and n % LANES:
-        raise AmxError(f"AVX-512 dot kernel: a blocked B needs N % 16 == 0, got N={n}")
-    if k % v:
-        raise AmxError(f"AVX-512 dot kernel: K={k} is not a multiple of {v}")
+    # A [M, K]; B blocked [N/16 · K/v, 16·v]: row (j/16)·(K/v) + k/v, or plain [K/v, N·v]: column v·j
+    ops = gemm_operands(w, a, b, c, v, "AVX-512 dot kernel")
+    a_val, a_t, b_val, b_t, c_val, c_t = ops.values
+    a, b, c = ops.a, ops.b, ops.c
+    batched, blocked, m, n, k = ops.batched, ops.blocked, ops.m, ops.n, ops.k
     kh_n = k // v
     funcs: list[str] = []
     blocks: dict[tuple, str] = {}
-
-    def view(val: str, ty) -> tuple[str, str]:
-        """2-D view of batch %b (rank-reducing subview)."""
-        _, r, cols = ty.shape
-        strides, _ = ty.get_strides_and_offset()
-        if strides[2] != 1:
-            raise AmxError(f"AVX-512 dot kernel: operand {ty} has a non-unit inner stride")
-        row = "?" if ty.is_dynamic_stride_or_offset(strides[1]) else str(strides[1])
-        out = w.tmp("v")
-        res = f"memref<{r}x{cols}x{ty.element_type}, strided<[{row}, 1], offset: ?>>"
-        w(f"{out} = memref.subview {val}[%b, 0, 0] [1, {r}, {cols}] [1, 1, 1] : {ty} to {res}")
-        return out, res
 
     def block_func(at: str, bt: str, ct: str, rows: int, widths: tuple[int, ...]) -> str:
         """C[i:i+rows, j:j+Σwidths] (+)= A · B: one register block; `widths` are the
@@ -245,7 +219,7 @@ def kernel_text(
 
     if batched:
         w(f"scf.for %b = {w.c(0)} to {w.c(a.shape[0])} step {w.c(1)} {{")
-        body(*view(a_val, a), *view(b_val, b), *view(c_val, c))
+        body(*batch_view(w, a_val, a), *batch_view(w, b_val, b), *batch_view(w, c_val, c))
         w("}")
     else:
         body(a_val, a_t, b_val, b_t, c_val, c_t)
