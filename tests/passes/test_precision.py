@@ -277,14 +277,11 @@ def test_avx512_vnni_kernel_matches_exact_reference(unsigned, m, n, k, blocked, 
     assert result.status == "ok", result.error
 
 
-@needs_avx512_vnni
-def test_avx512_int8_layers_compile_and_match_their_emulation():
-    """The weighted layers in int8 on vpdpbusd (activations shifted into u8, the shift's
-    contribution subtracted per channel): the compiled output equals the emulated int8
-    quantization exactly as AMX's s8 × s8 would, and stays near eager f32."""
+def _int8_on_avx512(imp, keep=lambda layer: True):
+    """Compile `imp` with the kept layers in int8 on vpdpbusd kernels: (compiled outputs,
+    emulated outputs, the decisions)."""
     from tilecraft.costmodel.amx import avx512_schedule
 
-    imp = _imported()
     layers = precision.layers(imp.module, len(imp.params))
     emu = precision_plan.Emulator(imp.fx, imp.params, layers)
     amax = {}
@@ -294,12 +291,21 @@ def test_avx512_int8_layers_compile_and_match_their_emulation():
             x.index, "int8", act_scale=amax[x.index][0] / 127, schedule=avx512_schedule(x.m, x.n)
         )
         for x in layers
-        if x.weight is not None and "int8" in x.eligible
+        if keep(x)
     ]
-    assert len(decisions) == 2  # the convolution and the linear layer
     emulated = emu.run(imp.inputs, {d.layer: d for d in decisions})
     compiled = driver.compile_model(imp, cost_model="heuristic", precision=decisions)
-    out = compiled.fn(*imp.inputs)
+    return compiled.fn(*imp.inputs), emulated, decisions
+
+
+@needs_avx512_vnni
+def test_avx512_int8_layers_compile_and_match_their_emulation():
+    """The weighted layers in int8 on vpdpbusd (activations shifted into u8, the shift's
+    contribution subtracted per channel): the compiled output equals the emulated int8
+    quantization exactly as AMX's s8 × s8 would, and stays near eager f32."""
+    imp = _imported()
+    out, emulated, decisions = _int8_on_avx512(imp, lambda x: x.weight is not None and "int8" in x.eligible)
+    assert len(decisions) == 2  # the convolution and the linear layer
     assert precision_plan.relative_error(out, emulated) < 2e-3
     assert precision_plan.relative_error(out, imp.reference()) < 5e-2
 
@@ -328,23 +334,10 @@ class _SameGemms(torch.nn.Module):
 
 @needs_avx512_vnni
 def test_avx512_int8_kernels_are_not_shared_across_unsigned_operands():
-    from tilecraft.costmodel.amx import avx512_schedule
-
     torch.manual_seed(0)
     imp = frontend.import_module(_SameGemms(), (torch.randn(1, 8, 7, 7), torch.randn(16, 72)), spec="same-gemms")
-    layers = precision.layers(imp.module, len(imp.params))
-    emu = precision_plan.Emulator(imp.fx, imp.params, layers)
-    amax = {}
-    emu.run(imp.inputs, record=amax)
-    decisions = [
-        precision.PrecisionDecision(
-            x.index, "int8", act_scale=amax[x.index][0] / 127, schedule=avx512_schedule(x.m, x.n)
-        )
-        for x in layers
-    ]
-    emulated = emu.run(imp.inputs, {d.layer: d for d in decisions})
-    compiled = driver.compile_model(imp, cost_model="heuristic", precision=decisions)
-    for out, want in zip(compiled.fn(*imp.inputs), emulated):
+    outs, emulated, _ = _int8_on_avx512(imp)
+    for out, want in zip(outs, emulated):
         assert precision_plan.relative_error(out, want) < 2e-3
 
 
