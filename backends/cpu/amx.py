@@ -76,7 +76,7 @@ def _split(extent: int, block: int, tile: int) -> tuple[int, list[int]]:
     return full, [tile] * (rem // tile) + ([rem % tile] if rem % tile else [])
 
 
-class _Writer:
+class KernelWriter:
     def __init__(self):
         self.lines: list[str] = []
         self.consts: set[int] = set()
@@ -114,7 +114,7 @@ def kernel_text(
     if elem not in _TYPES:
         raise AmxError(f"AMX kernel: unsupported element type {elem}")
     v, kt, acc, mul = _TYPES[elem]
-    w = _Writer()
+    w = KernelWriter()
     params = (a_type, b_type, c_type)
     ops = gemm_operands(w, a, b, c, v, "AMX kernel")
     a_val, a_type, b_val, b_type, c_val, c_type = ops.values
@@ -131,7 +131,7 @@ def kernel_text(
         if key in blocks:
             return blocks[key]
         fname = blocks[key] = f"{name}_b{len(blocks)}"
-        bw = _Writer()
+        bw = KernelWriter()
         ri = [bw.tmp("i") for _ in rows]
         cj = [bw.tmp("j") for _ in cols]
         cjv = [bw.tmp("jv") for _ in cols]
@@ -290,7 +290,7 @@ class GemmOperands:
     k: int
 
 
-def gemm_operands(w: _Writer, a, b, c, v: int, who: str) -> GemmOperands:
+def gemm_operands(w: KernelWriter, a, b, c, v: int, who: str) -> GemmOperands:
     """Collapse the VNNI operands (`kernel_text`'s layouts) into `GemmOperands`, writing the
     reshapes to `w`; `who` names the kernel in errors."""
     lead = a.rank - 3
@@ -315,7 +315,7 @@ def gemm_operands(w: _Writer, a, b, c, v: int, who: str) -> GemmOperands:
     return GemmOperands((a_val, a_t, b_val, b_t, c_val, c_t), a2, b2, c2, batched, blocked, m, n, k)
 
 
-def batch_view(w: _Writer, val: str, ty) -> tuple[str, str]:
+def batch_view(w: KernelWriter, val: str, ty) -> tuple[str, str]:
     """2-D view of batch %b of a batched operand (rank-reducing subview): (value, type)."""
     _, r, cols = ty.shape
     strides, _ = ty.get_strides_and_offset()
@@ -328,7 +328,7 @@ def batch_view(w: _Writer, val: str, ty) -> tuple[str, str]:
     return out, res
 
 
-def _collapse(w: _Writer, val: str, ty, groups: list[list[int]]) -> tuple[str, str]:
+def _collapse(w: KernelWriter, val: str, ty, groups: list[list[int]]) -> tuple[str, str]:
     """`memref.collapse_shape` of `val` by `groups` (each group contiguous): (value, type)."""
     if all(len(g) == 1 for g in groups):
         return val, str(ty)

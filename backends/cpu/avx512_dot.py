@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from torch_mlir import ir
 
-from tilecraft.backends.cpu.amx import AmxError, _Writer, batch_view, gemm_operands
+from tilecraft.backends.cpu.amx import AmxError, KernelWriter, batch_view, gemm_operands
 
 LANES = 16  # f32 accumulators per zmm; a K pair of 16 columns is 32 bf16
 
@@ -77,7 +77,7 @@ def kernel_text(
     if (elem == "i8") != (unsigned in ("a", "b")):
         raise AmxError("AVX-512 dot kernel: int8 needs exactly one unsigned operand (vpdpbusd: u8 × s8)")
     v, acc_elem = _TYPES[elem]
-    w = _Writer()
+    w = KernelWriter()
     params = (a_type, b_type, c_type)
     # A [M, K]; B blocked [N/16 · K/v, 16·v]: row (j/16)·(K/v) + k/v, or plain [K/v, N·v]: column v·j
     ops = gemm_operands(w, a, b, c, v, "AVX-512 dot kernel")
@@ -95,7 +95,7 @@ def kernel_text(
         if key in blocks:
             return blocks[key]
         fname = blocks[key] = f"{name}_b{len(blocks)}"
-        bw = _Writer()
+        bw = KernelWriter()
         vf, vb = f"vector<{LANES}x{acc_elem}>", f"vector<{v * LANES}x{elem}>"
         zero = "0" if acc_elem == "i32" else "0.000000e+00"
         ri = [bw.tmp("i") for _ in range(rows)]
