@@ -77,6 +77,9 @@ def _split(extent: int, block: int, tile: int) -> tuple[int, list[int]]:
 
 
 class KernelWriter:
+    """The MLIR text of one kernel function being written: its lines, the index constants
+    they use (`c(v)` → `%cV`, declared once at the top) and fresh SSA names (`tmp`)."""
+
     def __init__(self):
         self.lines: list[str] = []
         self.consts: set[int] = set()
