@@ -38,6 +38,7 @@ from tilecraft.corpus.db import CorpusDB
 from tilecraft.costmodel import adapt, evaluate, train
 from tilecraft.costmodel import model as cm
 from tilecraft.costmodel.lightgbm_model import LightGBMCostModel
+from tilecraft.driver import atomic_write
 
 HELDOUT_SEED = 2027
 SEED_DB = adapt.SEED_CORPUS
@@ -207,9 +208,7 @@ def main(argv=None) -> int:
     print(header)
     print("\n".join(lines))
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json + ".tmp", "w") as f:
-        json.dump(report, f, indent=1, default=float)
-    os.replace(args.json + ".tmp", args.json)
+    atomic_write(args.json, json.dumps(report, indent=1, default=float).encode())
     return 0
 
 

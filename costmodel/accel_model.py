@@ -240,7 +240,7 @@ def _fit(xa: np.ndarray, resid: np.ndarray, kind: str) -> dict:
 
 def _correction(entry: dict, xa: np.ndarray) -> np.ndarray:
     out = np.full(len(xa), entry["offset"])
-    threads = 1 if len(xa) < 2000 else 0  # small batches: one thread (see LightGBMCostModel.predict)
+    threads = lightgbm_model.predict_threads(len(xa))
     return out + entry["booster"].predict(xa, num_threads=threads) if entry["booster"] is not None else out
 
 
@@ -316,7 +316,9 @@ class AccelCostModel:
     def _log_base(self, x: np.ndarray) -> np.ndarray:
         if self.booster is None:
             raise AccelModelError("the model is not trained (fit or load one)")
-        return _base_score(x) + (self.booster.predict(x, num_threads=1 if len(x) < 2000 else 0) if len(x) else 0.0)
+        if not len(x):
+            return _base_score(x) + 0.0
+        return _base_score(x) + self.booster.predict(x, num_threads=lightgbm_model.predict_threads(len(x)))
 
     def log_cycles(self, x: np.ndarray, target: AccelTarget) -> np.ndarray:
         out = self._log_base(x)

@@ -125,7 +125,9 @@ class AmxCostModel:
             raise AmxModelError("the AMX cost model is not trained")
         x = np.array([features(kernel, s) for s in schedules])
         base = x[:, FEATURES.index("log_roofline_s")] * math.log(2)
-        return np.exp(self.booster.predict(x, num_threads=1 if len(x) < 2000 else 0) + base)
+        from tilecraft.costmodel.lightgbm_model import predict_threads
+
+        return np.exp(self.booster.predict(x, num_threads=predict_threads(len(x))) + base)
 
     def best(self, kernel: Kernel, schedules: Sequence[AmxSchedule] = SPACE) -> tuple[AmxSchedule, float]:
         p = self.predict(kernel, schedules)
@@ -317,6 +319,7 @@ class LayerPrices:
         self.amx_model = amx_model
         self.isa = isa
         self.cost_model, self.target = cost_model, target
+        self.ratios: dict[str, float] = {}  # AVX-512: precision → `avx512_ratio`, asked once
 
     def __call__(self, layer: Layer, precision: str) -> tuple[AmxSchedule | None, float | None]:
         if precision == "f32":
@@ -325,7 +328,9 @@ class LayerPrices:
             f32_s = self.f32[layer.index]
             if f32_s is None:
                 return None, None
-            seconds = f32_s * avx512_ratio(self.cost_model, self.target, precision)
+            if precision not in self.ratios:
+                self.ratios[precision] = avx512_ratio(self.cost_model, self.target, precision)
+            seconds = f32_s * self.ratios[precision]
             return avx512_schedule(layer.m, layer.n), seconds + overhead_bytes(layer, precision) / STREAM_BYTES_PER_S
         if self.amx_model is None:
             self.amx_model = AmxCostModel.load()

@@ -46,7 +46,15 @@ PARAMS = {
 }
 ROUNDS = {"latency": 600, "rank": 300, "util": 300}
 UPDATE_ROUNDS = 20
-PARALLEL_PREDICT_ROWS = 2000  # fewer rows predict on one thread (see `predict`)
+PARALLEL_PREDICT_ROWS = 2000  # fewer rows predict on one thread (see `predict_threads`)
+
+
+def predict_threads(rows: int) -> int:
+    """`num_threads` for a booster's `predict` of `rows` rows: one for a small batch
+    (LightGBM's threaded path has a fixed cost per call far above a small batch's work, and
+    the compiler predicts thousands of small batches: docs/measurements.md, compile time),
+    else LightGBM's default (0)."""
+    return 1 if rows < PARALLEL_PREDICT_ROWS else 0
 
 
 def relevance(latencies: np.ndarray) -> np.ndarray:
@@ -176,10 +184,7 @@ class LightGBMCostModel:
         if not self.boosters:
             raise CostModelError("the model is not trained")
         x, base = self._matrix(kernel, decisions)
-        # A few rows on one thread: LightGBM's threaded path has a fixed cost per call far
-        # above a small batch's work, and the compiler predicts thousands of small batches
-        # (docs/measurements.md, compile time).
-        kw = {"num_threads": 1} if len(x) < PARALLEL_PREDICT_ROWS else {}
+        kw = {"num_threads": predict_threads(len(x))}
         log_latency = self.boosters["latency"].predict(x, **kw) + base + self.offsets.get(kernel.key, 0.0)
         # Rank by the ranker and the latency regressor together (each standardized over the
         # candidates): on held-out kernels the blend orders pairs better than either alone.

@@ -96,6 +96,23 @@ class KernelWriter:
     def __call__(self, line: str) -> None:
         self.lines.append(line)
 
+    def function(self, name: str, args: str) -> str:
+        """The written lines as `func.func private @name(args)`, constants first."""
+        head = [f"func.func private @{name}({args}) {{"]
+        head += [f"  %c{x} = arith.constant {x} : index" for x in sorted(self.consts)]
+        return "\n".join(head + ["  " + line for line in self.lines] + ["  return", "}"])
+
+    def per_batch(self, ops: GemmOperands, body) -> None:
+        """`body(A, its type, B, its type, C, its type)` once, or in a loop over the batch
+        (`%b`) on each batch's 2-D views."""
+        if not ops.batched:
+            body(*ops.values)
+            return
+        a_val, _, b_val, _, c_val, _ = ops.values
+        self(f"scf.for %b = {self.c(0)} to {self.c(ops.a.shape[0])} step {self.c(1)} {{")
+        body(*batch_view(self, a_val, ops.a), *batch_view(self, b_val, ops.b), *batch_view(self, c_val, ops.c))
+        self("}")
+
 
 def kernel_text(
     name: str, a_type: str, b_type: str, c_type: str, sched: AmxSchedule, *, zero_init: bool = False
@@ -120,9 +137,7 @@ def kernel_text(
     w = KernelWriter()
     params = (a_type, b_type, c_type)
     ops = gemm_operands(w, a, b, c, v, "AMX kernel")
-    a_val, a_type, b_val, b_type, c_val, c_type = ops.values
-    a, b, c = ops.a, ops.b, ops.c
-    batched, blocked, m, n, k = ops.batched, ops.blocked, ops.m, ops.n, ops.k
+    blocked, m, n, k = ops.blocked, ops.m, ops.n, ops.k
     blocks: dict[tuple, str] = {}
     funcs: list[str] = []
 
@@ -182,9 +197,7 @@ def kernel_text(
             for y, jj in enumerate(cj):
                 bw(f"x86.amx.tile_store %C[{rr}, {jj}], {accs[x, y]} : {ct}, !x86.amx.tile<{rows[x]}x{cols[y]}x{acc}>")
         args = f"%A: {at}, %B: {bt}, %C: {ct}, %i: index, %j: index, %k: index"
-        head = [f"func.func private @{fname}({args}) {{"]
-        head += [f"  %c{x} = arith.constant {x} : index" for x in sorted(bw.consts)]
-        funcs.append("\n".join(head + ["  " + line for line in bw.lines] + ["  return", "}"]))
+        funcs.append(bw.function(fname, args))
         return fname
 
     def block(av: str, at: str, bv: str, bt: str, cv: str, ct: str, i: str, j: str, rows, cols) -> None:
@@ -265,15 +278,8 @@ def kernel_text(
         if rem:
             sweep(av, at, bv, bt, cv, ct, w.c(full), rem)
 
-    if batched:
-        w(f"scf.for %b = {w.c(0)} to {w.c(a.shape[0])} step {w.c(1)} {{")
-        body(*batch_view(w, a_val, a), *batch_view(w, b_val, b), *batch_view(w, c_val, c))
-        w("}")
-    else:
-        body(a_val, a_type, b_val, b_type, c_val, c_type)
-    head = [f"func.func private @{name}(%A: {params[0]}, %B: {params[1]}, %C: {params[2]}) {{"]
-    head += [f"  %c{x} = arith.constant {x} : index" for x in sorted(w.consts)]
-    return "\n\n".join(["\n".join(head + ["  " + line for line in w.lines] + ["  return", "}"]), *funcs])
+    w.per_batch(ops, body)
+    return "\n\n".join([w.function(name, f"%A: {params[0]}, %B: {params[1]}, %C: {params[2]}"), *funcs])
 
 
 @dataclasses.dataclass(frozen=True)

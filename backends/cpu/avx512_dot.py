@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from torch_mlir import ir
 
-from tilecraft.backends.cpu.amx import AmxError, KernelWriter, batch_view, gemm_operands
+from tilecraft.backends.cpu.amx import AmxError, KernelWriter, gemm_operands
 
 LANES = 16  # f32 accumulators per zmm; a K pair of 16 columns is 32 bf16
 
@@ -81,9 +81,7 @@ def kernel_text(
     params = (a_type, b_type, c_type)
     # A [M, K]; B blocked [N/16 · K/v, 16·v]: row (j/16)·(K/v) + k/v, or plain [K/v, N·v]: column v·j
     ops = gemm_operands(w, a, b, c, v, "AVX-512 dot kernel")
-    a_val, a_t, b_val, b_t, c_val, c_t = ops.values
-    a, b, c = ops.a, ops.b, ops.c
-    batched, blocked, m, n, k = ops.batched, ops.blocked, ops.m, ops.n, ops.k
+    blocked, m, n, k = ops.blocked, ops.m, ops.n, ops.k
     kh_n = k // v
     funcs: list[str] = []
     blocks: dict[tuple, str] = {}
@@ -176,9 +174,7 @@ def kernel_text(
                 else:
                     bw(f"vector.maskedstore %C[{r}, {cc}], {masks[wd][0]}, {val} : {ct}, vector<{LANES}xi1>, {vf}")
         args = f"%A: {at}, %B: {bt}, %C: {ct}, %i: index, %j: index"
-        head = [f"func.func private @{fname}({args}) {{"]
-        head += [f"  %c{x} = arith.constant {x} : index" for x in sorted(bw.consts)]
-        funcs.append("\n".join(head + ["  " + line for line in bw.lines] + ["  return", "}"]))
+        funcs.append(bw.function(fname, args))
         return fname
 
     def col_parts(width: int) -> list[tuple[str, int, tuple[int, ...]]]:
@@ -217,18 +213,6 @@ def kernel_text(
             if okind == "loop":
                 w("}")
 
-    if batched:
-        w(f"scf.for %b = {w.c(0)} to {w.c(a.shape[0])} step {w.c(1)} {{")
-        body(*batch_view(w, a_val, a), *batch_view(w, b_val, b), *batch_view(w, c_val, c))
-        w("}")
-    else:
-        body(a_val, a_t, b_val, b_t, c_val, c_t)
-    head = [f"func.func private @{name}(%A: {params[0]}, %B: {params[1]}, %C: {params[2]}) {{"]
-    head += [f"  %c{x} = arith.constant {x} : index" for x in sorted(w.consts)]
+    w.per_batch(ops, body)
     decl = [VPDPBUSD_DECL] if elem == "i8" else []  # (the module keeps one: `amx.lower_marked`)
-    return "\n\n".join(["\n".join(head + ["  " + line for line in w.lines] + ["  return", "}"]), *funcs, *decl])
-
-
-def registers(mr: int, nr: int) -> int:
-    """zmm registers a block holds live: accumulators, B vectors, one A broadcast."""
-    return mr * nr + nr + 1
+    return "\n\n".join([w.function(name, f"%A: {params[0]}, %B: {params[1]}, %C: {params[2]}"), *funcs, *decl])
