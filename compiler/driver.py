@@ -202,7 +202,10 @@ def compile_model(
         if wanted("decided") and tile and threads > 1:  # a chunk of each large kernel a thread
 
             def planned_threads() -> None:
-                done.parallel = plan_parallel(module, threads, done.fusion or ())
+                done.parallel, groups = plan_parallel(module, threads, done.fusion or ())
+                if done.fusion:  # (a group's tile cut to fit its chunks)
+                    done.fusion = groups
+                    tc.set_records(module, tc.FUSION, [d.to_json() for d in done.fusion])
                 tc.set_records(module, tc.PARALLEL, [d.to_json() for d in done.parallel])
 
             step("plan-threads", planned_threads)
@@ -352,7 +355,8 @@ def plan_fusion(module, model, target: Target):
 
 
 def plan_parallel(module, threads: int, groups):
-    """The kernels split across `threads` threads (`costmodel/parallel_plan.py`)."""
+    """The kernels split across `threads` threads (`costmodel/parallel_plan.py`), and the
+    fusion groups with their tiles fitted to the chunks."""
     from tilecraft.costmodel import parallel_plan
 
     return parallel_plan.plan(module, threads, groups)

@@ -9,6 +9,11 @@ loop: among the sink's loops a chunk of the group's tiles could take (for a grou
 every member spans, `fusion.tileable_loops`), the longest one whose extent splits into
 whole tiles per thread (outermost on ties: the chunks are then contiguous in memory).
 
+A depthwise or pooling window is priced by its points as an elementwise op is (memory-bound:
+MobileNet-V2's stride-2 depthwise layers, under 4 MFLOP, take 0.1-0.8 ms). A group whose tile
+along the chosen loop does not fit a chunk a whole number of times gets a smaller tile that
+does (`fit_tile`); the fusion plan is rewritten with it.
+
 This is the documented heuristic: the learned model does not yet price parallel kernels
 (its corpus has no threaded rows), and the fusion and schedule planners rank as on one
 thread.
@@ -16,6 +21,7 @@ thread.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 from tilecraft.passes import fusion
@@ -27,38 +33,49 @@ from tilecraft.passes.private_fills import private_fills
 # 4M/64K beat 2M/32K and 8M/128K on bert_mini and gpt2_block; `bench/e2e.py`.)
 MIN_CONTRACTION_FLOPS = 1 << 22
 MIN_POINTS = 1 << 16
+GEMMS = ("matmul", "batch_matmul", "conv2d")  # (priced by flops; depthwise and pooling windows by points)
 
 
-def plan(module, threads: int, groups: Sequence[fusion.FusionDecision] = ()) -> list[ParallelDecision]:
-    """One decision per kernel worth splitting (`groups`: the fusion plan)."""
+def plan(
+    module, threads: int, groups: Sequence[fusion.FusionDecision] = ()
+) -> tuple[list[ParallelDecision], list[fusion.FusionDecision]]:
+    """One decision per kernel worth splitting (`groups`: the fusion plan), and the fusion
+    plan again, with the tile of a group along its split loop cut where whole tiles did
+    not fit a chunk (`fit_tile`)."""
+    groups = list(groups)
     if threads < 2:
-        return []
+        return [], groups
     private_fills(module)  # (first: the parallelize pass runs it, and the op ids must not move after planning)
     nodes = fusion.analyze(module)
-    kernels: list[tuple[int, tuple[int, ...], tuple[tuple[int, ...], ...]]] = []  # (sink, members, tile levels)
+    kernels: list[tuple[int, tuple[int, ...], tuple[tuple[int, ...], ...], int | None]] = []
     taken: set[int] = set()
-    for g in groups:
-        kernels.append((g.sink, tuple(g.members), (tuple(g.tiles), tuple(g.inner))))
+    for k, g in enumerate(groups):  # (sink, members, tile levels, index in `groups`)
+        kernels.append((g.sink, tuple(g.members), (tuple(g.tiles), tuple(g.inner)), k))
         taken |= set(g.ops)
     for op_id, node in nodes.items():
         if op_id not in taken and not fusion.is_fill(node) and node.op.results:
-            kernels.append((op_id, (), ()))
+            kernels.append((op_id, (), (), None))
     out = []
-    for sink, members, tiles in kernels:
-        d = decide(nodes, sink, members, tiles, threads)
-        if d is not None:
-            out.append(d)
-    return out
+    for sink, members, levels, k in kernels:
+        d = decide(nodes, sink, members, levels, threads)
+        if d is None:
+            continue
+        out.append(d)
+        tile = fit_tile(nodes[sink].info.extents[d.loop], d.chunks, *_at(levels, d.loop))
+        if k is not None and tile != _at(levels, d.loop)[0]:
+            g = groups[k]
+            groups[k] = dataclasses.replace(g, tiles=tuple(tile if i == d.loop else t for i, t in enumerate(g.tiles)))
+    return out, groups
 
 
 def decide(nodes, sink: int, members: tuple[int, ...], levels, threads: int) -> ParallelDecision | None:
     """`levels`: the group's tile sizes per sink loop, outer then register tiles."""
     info = nodes[sink].info
     infos = [info, *(nodes[m].info for m in members)]
-    if any(i.kind in fusion.CONTRACTIONS for i in infos):
+    if any(i.kind in GEMMS for i in infos):
         if sum(i.flops for i in infos) < MIN_CONTRACTION_FLOPS:
             return None
-    elif max(i.flops for i in infos) < MIN_POINTS:
+    elif max(i.flops for i in infos) < MIN_POINTS:  # (depthwise, pooling: memory-bound, as elementwise ops)
         return None
     group = {sink, *members}
     if members:
@@ -70,9 +87,26 @@ def decide(nodes, sink: int, members: tuple[int, ...], levels, threads: int) -> 
         loops = [i for i, it in enumerate(info.iterators) if it == "parallel"]
     for chunks in range(threads, 1, -1):  # as many chunks as threads, else the most that fit
         ok = [i for i in loops if chunk_ok(info.extents[i], chunks, *_at(levels, i))]
+        if not ok:  # a loop whose chunk takes whole tiles once the group's tile is cut
+            ok = [i for i in loops if fit_tile(info.extents[i], chunks, *_at(levels, i)) is not None]
         if ok:
             loop = max(ok, key=lambda i: (info.extents[i], -i))
             return ParallelDecision(sink, members, loop, chunks)
+    return None
+
+
+def fit_tile(extent: int, chunks: int, tile: int, inner: int) -> int | None:
+    """The group's tile along a loop split into `chunks`: as it is where a chunk takes
+    whole tiles (`chunk_ok`), else the largest smaller size that does (a multiple of the
+    register tile `inner`, at least half the tile: a much smaller tile changes the
+    kernel the fusion plan priced); None if none does."""
+    if chunk_ok(extent, chunks, tile, inner):
+        return tile
+    if not tile or chunks < 2 or extent % chunks:
+        return None
+    for t in range(tile - 1, (tile + 1) // 2 - 1, -1):
+        if (not inner or t % inner == 0) and chunk_ok(extent, chunks, t, inner):
+            return t
     return None
 
 

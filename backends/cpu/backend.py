@@ -32,6 +32,7 @@ class CpuOptions(BackendOptions):
     pads_in_place: bool = True
     strided_reads: bool = True
     vectorize_fills: bool = True
+    border_fills: bool = True
 
 
 # ------------------------------------------------------------------------------ passes
@@ -86,6 +87,7 @@ class CpuVectorPass(ModulePass):
     pads_in_place: bool = True
     strided_reads: bool = True
     vectorize_fills: bool = True
+    border_fills: bool = True
 
     def apply(self, module: ir.Module, weights: Weights) -> None:
         lowering.to_vector(
@@ -94,6 +96,7 @@ class CpuVectorPass(ModulePass):
             pads_in_place=self.pads_in_place,
             strided_reads=self.strided_reads,
             vectorize_fills=self.vectorize_fills,
+            border_fills=self.border_fills,
         )
 
 
@@ -145,6 +148,7 @@ class CpuBackend(Backend):
                 pads_in_place=o.pads_in_place,
                 strided_reads=o.strided_reads,
                 vectorize_fills=o.vectorize_fills,
+                border_fills=o.border_fills,
             ),
             CpuLlvmPass(),
         ]

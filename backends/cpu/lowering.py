@@ -19,7 +19,7 @@ from collections.abc import Mapping
 
 from torch_mlir import ir
 
-from tilecraft.backends.cpu import amx, avx512_dot, broadcasts, math_approx, reductions, strided
+from tilecraft.backends.cpu import amx, avx512_dot, broadcasts, math_approx, pads, reductions, strided
 from tilecraft.backends.cpu import schedule as tiling
 from tilecraft.dialects.irutil import (
     ANY,
@@ -89,6 +89,7 @@ def to_vector(
     pads_in_place: bool = True,
     strided_reads: bool = True,
     vectorize_fills: bool = True,
+    border_fills: bool = True,
 ) -> ir.Module:
     """tiled → vector: vectorize, hoist, bufferize, lower vector ops to LLVM-friendly form.
 
@@ -100,9 +101,13 @@ def to_vector(
     the padded buffer in place instead of a buffer copied into it. `strided_reads`: a read
     along a strided last dim as contiguous loads and a shuffle per row
     (`backends/cpu/strided.py`). `vectorize_fills`: fills made after tiling vectorized like
-    copies (`tidy_copies`). Each is off only to compare."""
+    copies (`tidy_copies`). `border_fills`: a constant pad fills only its buffer's border
+    (`backends/cpu/pads.py`), not the whole buffer before the copy. Each is off only to
+    compare."""
     mark_arguments_read_only(module)
     before = str(module) if wants_reproducer() else None  # a failure anywhere in the stage saves its input
+    if border_fills:
+        pads.border_fills(module)  # a padded buffer: its border filled, its interior the source
     bufferize_tm_tensor_ops(module)
     script = vectorize_script(vectorize=vectorize, pads_in_place=pads_in_place)
     apply_transform(module, script, stage="vector", reproduce="cpu-vector", before=before)

@@ -120,7 +120,8 @@ def test_a_padded_input_is_written_in_place_by_its_producer():
 
     def buffers(in_place: bool) -> tuple[int, str]:
         imported = frontend.import_module(model, inputs, spec="<test>")
-        text = driver.compile_model(imported, emit="vector", options=CpuOptions(pads_in_place=in_place)).text
+        options = CpuOptions(pads_in_place=in_place, border_fills=in_place)
+        text = driver.compile_model(imported, emit="vector", options=options).text
         return len(re.findall(r"memref\.alloc\b", text)), text
 
     copied, before = buffers(False)

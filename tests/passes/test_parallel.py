@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from tilecraft import driver
 from tilecraft.backends.cpu import runtime
@@ -25,6 +26,43 @@ def test_chunks_are_whole_tiles():
     assert not chunk_ok(64, 2, inner=32)  # one register tile a chunk
     d = ParallelDecision(4, (3, 2, 0), 1, 2)
     assert ParallelDecision.from_json(d.to_json()) == d
+
+
+def test_a_group_tile_is_cut_to_fit_its_chunks():
+    from tilecraft.costmodel.parallel_plan import fit_tile
+
+    assert fit_tile(512, 2, 128, 0) == 128  # whole tiles already
+    assert fit_tile(12544, 2, 256, 32) == 224  # 6272 = 28 × 224 (a multiple of the register tile)
+    assert fit_tile(144, 2, 48, 1) == 36
+    assert fit_tile(160, 2, 0, 32) is None  # untiled there: nothing to cut
+    assert fit_tile(192, 2, 64, 8) == 48 and fit_tile(98, 2, 64, 16) is None
+    assert fit_tile(96, 2, 64, 0) is None  # 48 would be one tile a chunk, with no register tile left
+
+
+class _DepthwiseBlock(torch.nn.Module):
+    """MobileNet-V2's expand → depthwise → project at 56²: a 1×1 conv whose tiles (256
+    columns) did not fit half of 3136, and a depthwise conv of under 4 MFLOP."""
+
+    def __init__(self):
+        super().__init__()
+        self.expand = torch.nn.Conv2d(24, 144, 1, bias=False)
+        self.dw = torch.nn.Conv2d(144, 144, 3, padding=1, groups=144, bias=False)
+        self.bn = torch.nn.BatchNorm2d(144)
+
+    def forward(self, x):
+        return torch.clamp(self.bn(self.dw(torch.relu(self.expand(x)))), 0, 6)
+
+
+def test_memory_bound_kernels_are_split_too():
+    from tilecraft import frontend
+
+    torch.manual_seed(0)
+    model, x = _DepthwiseBlock().eval(), torch.randn(1, 24, 56, 56)
+    c = driver.compile_model(frontend.import_module(model, (x,), spec="<test>"), threads=2)
+    kernels = 1 + len(c.fusion) if c.fusion else 0
+    assert len(c.parallel) >= 2 and kernels >= 2, (c.parallel, c.fusion)
+    with torch.no_grad():
+        assert compare(c.fn(x), model(x)).ok
 
 
 @pytest.mark.parametrize("name", ["mlp", "gpt2_block", "conv_autoencoder"])
