@@ -19,7 +19,7 @@ from collections.abc import Mapping
 
 from torch_mlir import ir
 
-from tilecraft.backends.cpu import amx, avx512_dot, broadcasts, math_approx, pads, reductions, strided
+from tilecraft.backends.cpu import amx, avx512_dot, broadcasts, math_approx, pads, pool, reductions, strided
 from tilecraft.backends.cpu import schedule as tiling
 from tilecraft.dialects.irutil import (
     ANY,
@@ -279,6 +279,7 @@ def to_llvm(module: ir.Module) -> ir.Module:
     run_pipeline(module, pipeline, stage="llvm", reproduce="cpu-llvm")
     amx.keep_blocks_out_of_line(module)
     avx512_dot.define_vpdpbusd(module)  # int8 kernels without AMX: the vpdpbusd intrinsic
+    pool.pool_allocations(module)  # heap temporaries reused from the module's own pool
     return module
 
 
