@@ -3,25 +3,29 @@
 // The cpu-llvm stage alone on
 // vector-stage IR. The returned buffer becomes an out-parameter (its allocation is the
 // caller's: the function takes a second memref descriptor and returns nothing), a
-// temporary buffer is freed when the function ends, the loop becomes branches, the
-// vector loads, multiply and stores become LLVM ops on vector<16xf32>, and the C
-// interface wrapper takes both memrefs by pointer.
+// temporary buffer is freed when the function ends (to the module's own pool,
+// `backends/cpu/pool.py`, which calls malloc only on a miss and free only when full or
+// unloaded), the loop becomes branches, the vector loads, multiply and stores become LLVM
+// ops on vector<16xf32>, and the C interface wrapper takes both memrefs by pointer.
 // CHECK-DAG: llvm.func @free(!llvm.ptr)
 // CHECK-DAG: llvm.func @malloc(i64) -> !llvm.ptr
 // CHECK-LABEL: llvm.func @scale(
 // CHECK-SAME: %{{.*}}: !llvm.ptr, %{{.*}}: !llvm.ptr, %{{.*}}: i64, %{{.*}}: i64, %{{.*}}: i64, %{{.*}}: i64, %{{.*}}: i64, %{{.*}}: !llvm.ptr, %{{.*}}: !llvm.ptr, %{{.*}}: i64, %{{.*}}: i64, %{{.*}}: i64, %{{.*}}: i64, %{{.*}}: i64)
 // CHECK-SAME: attributes {llvm.emit_c_interface}
-// CHECK: %[[TMP:[^ ]+]] = llvm.call @malloc(
-// CHECK-NOT: llvm.call @malloc
+// CHECK: %[[TMP:[^ ]+]] = llvm.call @__tc_pool_alloc(
+// CHECK-NOT: llvm.call @__tc_pool_alloc
 // CHECK: llvm.cond_br
 // CHECK: llvm.load {{.*}} : !llvm.ptr -> vector<16xf32>
 // CHECK: llvm.fmul {{.*}} : vector<16xf32>
 // CHECK: llvm.store {{.*}} : vector<16xf32>, !llvm.ptr
 // CHECK: llvm.br
-// CHECK: llvm.call @free(%[[TMP]])
+// CHECK: llvm.call @__tc_pool_free(%[[TMP]])
 // CHECK-NEXT: llvm.return{{$}}
 // CHECK-LABEL: llvm.func @_mlir_ciface_scale(%{{.*}}: !llvm.ptr, %{{.*}}: !llvm.ptr)
 // CHECK: llvm.call @scale(
+// CHECK: llvm.mlir.global_dtors dtors = [@__tc_pool_release]
+// CHECK: llvm.func @__tc_pool_alloc(
+// CHECK: llvm.call @malloc(
 func.func @scale(%x: memref<4x16xf32>) -> memref<4x16xf32> {
   %c0 = arith.constant 0 : index
   %c1 = arith.constant 1 : index
