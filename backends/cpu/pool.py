@@ -44,7 +44,7 @@ llvm.mlir.global internal @__tc_pool_lock() {{addr_space = 0 : i32}} : !llvm.arr
 }}
 llvm.mlir.global_dtors dtors = [@{RELEASE}], priorities = [65535 : i32], data = [#llvm.zero]
 
-llvm.func @{ALLOC}(%n: i64) -> !llvm.ptr {{
+llvm.func @{ALLOC}(%n: i64) -> !llvm.ptr attributes {{no_inline}} {{
   %c0 = llvm.mlir.constant(0 : i64) : i64
   %c1 = llvm.mlir.constant(1 : i64) : i64
   %c16 = llvm.mlir.constant(16 : i64) : i64
@@ -101,7 +101,7 @@ llvm.func @{ALLOC}(%n: i64) -> !llvm.ptr {{
   llvm.return %user : !llvm.ptr
 }}
 
-llvm.func @{FREE}(%p: !llvm.ptr) {{
+llvm.func @{FREE}(%p: !llvm.ptr) attributes {{no_inline}} {{
   %c0 = llvm.mlir.constant(0 : i64) : i64
   %c1 = llvm.mlir.constant(1 : i64) : i64
   %cap = llvm.mlir.constant({SLOTS} : i64) : i64
