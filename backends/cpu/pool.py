@@ -44,7 +44,7 @@ llvm.mlir.global internal @__tc_pool_lock() {{addr_space = 0 : i32}} : !llvm.arr
 }}
 llvm.mlir.global_dtors dtors = [@{RELEASE}], priorities = [65535 : i32], data = [#llvm.zero]
 
-llvm.func @{ALLOC}(%n: i64) -> !llvm.ptr attributes {{no_inline}} {{
+llvm.func hidden @{ALLOC}(%n: i64) -> !llvm.ptr attributes {{no_inline}} {{
   %c0 = llvm.mlir.constant(0 : i64) : i64
   %c1 = llvm.mlir.constant(1 : i64) : i64
   %c16 = llvm.mlir.constant(16 : i64) : i64
@@ -101,7 +101,7 @@ llvm.func @{ALLOC}(%n: i64) -> !llvm.ptr attributes {{no_inline}} {{
   llvm.return %user : !llvm.ptr
 }}
 
-llvm.func @{FREE}(%p: !llvm.ptr) attributes {{no_inline}} {{
+llvm.func hidden @{FREE}(%p: !llvm.ptr) attributes {{no_inline}} {{
   %c0 = llvm.mlir.constant(0 : i64) : i64
   %c1 = llvm.mlir.constant(1 : i64) : i64
   %cap = llvm.mlir.constant({SLOTS} : i64) : i64
@@ -153,7 +153,7 @@ llvm.func @{FREE}(%p: !llvm.ptr) attributes {{no_inline}} {{
   llvm.return
 }}
 
-llvm.func @{RELEASE}() {{
+llvm.func hidden @{RELEASE}() {{
   %c0 = llvm.mlir.constant(0 : i64) : i64
   %c1 = llvm.mlir.constant(1 : i64) : i64
   %cap = llvm.mlir.constant({SLOTS} : i64) : i64
@@ -207,15 +207,22 @@ def pool_allocations(module: ir.Module) -> int:
             if ir.FlatSymbolRefAttr(op.attributes["callee"]).value in renames:
                 calls.append(op)
 
+    top = [op.operation for op in module.body.operations]
+    have = {_sym(op) for op in top} - {None}
+    if ALLOC in have:  # (pooled already: its own malloc and free stay as they are)
+        return 0
     walk_ops(module.operation, visit)
     if not calls:
         return 0
     for op in calls:
         name = ir.FlatSymbolRefAttr(op.attributes["callee"]).value
         op.attributes["callee"] = ir.FlatSymbolRefAttr.get(renames[name], context=ctx)
-    have = {_sym(op.operation) for op in module.body.operations}
+    dtors = any(op.name == "llvm.mlir.global_dtors" for op in top)
     defs = ir.Module.parse("\n".join(_DECLS.values()) + _DEFS, context=ctx)  # (alive while its ops move)
     for op in list(defs.body.operations):
-        if _sym(op.operation) not in have:  # (malloc and free are declared once)
-            module.body.append(op.operation)
+        op = op.operation
+        if op.name == "llvm.mlir.global_dtors" and dtors:
+            raise ValueError("pool: the module has destructors of its own (the pool's release needs merging)")
+        if _sym(op) not in have:  # (malloc and free are declared once)
+            module.body.append(op)
     return len(calls)

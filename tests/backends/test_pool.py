@@ -58,3 +58,27 @@ def test_malloc_and_free_calls_go_through_the_pool():
     calls = [line for line in text.splitlines() if "llvm.call @malloc" in line or "llvm.call @free" in line]
     assert "llvm.call @__tc_pool_alloc" in text and "llvm.call @__tc_pool_free" in text
     assert len(calls) == 3  # only the pool's own: a miss, a full pool, the release at unload
+
+
+def test_pooling_keeps_its_destructor_hides_its_functions_and_runs_once():
+    from torch_mlir import ir
+
+    from tilecraft import frontend
+    from tilecraft.backends.cpu import pool
+
+    text = """
+    llvm.module_flags [#llvm.mlir.module_flag<error, "tc", 1 : i32>]
+    llvm.func @malloc(i64) -> !llvm.ptr
+    llvm.func @free(!llvm.ptr)
+    llvm.func @f(%n: i64) {
+      %p = llvm.call @malloc(%n) : (i64) -> !llvm.ptr
+      llvm.call @free(%p) : (!llvm.ptr) -> ()
+      llvm.return
+    }"""
+    module = ir.Module.parse(text, context=frontend.new_context())
+    assert pool.pool_allocations(module) == 2
+    assert pool.pool_allocations(module) == 0  # (a second call must not make the pool call itself)
+    out = str(module)
+    assert "llvm.mlir.global_dtors dtors = [@__tc_pool_release]" in out  # (beside an op without a name)
+    assert "llvm.func hidden @__tc_pool_alloc" in out and out.count("llvm.call @__tc_pool_alloc") == 1
+    assert out.count("llvm.call @malloc") == 1 and module.operation.verify()

@@ -24,7 +24,7 @@
 // CHECK-LABEL: llvm.func @_mlir_ciface_scale(%{{.*}}: !llvm.ptr, %{{.*}}: !llvm.ptr)
 // CHECK: llvm.call @scale(
 // CHECK: llvm.mlir.global_dtors dtors = [@__tc_pool_release]
-// CHECK: llvm.func @__tc_pool_alloc(
+// CHECK: llvm.func hidden @__tc_pool_alloc(
 // CHECK: llvm.call @malloc(
 func.func @scale(%x: memref<4x16xf32>) -> memref<4x16xf32> {
   %c0 = arith.constant 0 : index
