@@ -145,13 +145,14 @@ def compile_model(
     times: dict[str, float] = {}
     imported = spec if isinstance(spec, frontend.Imported) else None
     done = Compiled(imported, emit, times)
+    module = imported.module if imported is not None else None
 
     def step(name: str, fn: Callable[[], object]):
         t0 = time.perf_counter()
         result = fn()
         times[name] = times.get(name, 0.0) + time.perf_counter() - t0
-        if on_step is not None:
-            on_step(name, module, done)
+        if on_step is not None:  # (the frontend step: its result holds the module)
+            on_step(name, module if module is not None else getattr(result, "module", None), done)
         if dump_ir_dir and name in STAGES:
             os.makedirs(dump_ir_dir, exist_ok=True)
             path = os.path.join(dump_ir_dir, f"{STAGES.index(name) + 1:02d}-{name}.mlir")
@@ -202,7 +203,8 @@ def compile_model(
         if wanted("decided") and tile and threads > 1:  # a chunk of each large kernel a thread
 
             def planned_threads() -> None:
-                done.parallel, groups = plan_parallel(module, threads, done.fusion or ())
+                pinned = fusion is not None  # (pinned groups keep their tiles: a kernel they do not fit stays whole)
+                done.parallel, groups = plan_parallel(module, threads, done.fusion or (), fit=not pinned)
                 if done.fusion:  # (a group's tile cut to fit its chunks)
                     done.fusion = groups
                     tc.set_records(module, tc.FUSION, [d.to_json() for d in done.fusion])
@@ -354,12 +356,12 @@ def plan_fusion(module, model, target: Target):
     return fusion_plan.partition(module, model, target)
 
 
-def plan_parallel(module, threads: int, groups):
+def plan_parallel(module, threads: int, groups, *, fit: bool = True):
     """The kernels split across `threads` threads (`costmodel/parallel_plan.py`), and the
     fusion groups with their tiles fitted to the chunks."""
     from tilecraft.costmodel import parallel_plan
 
-    return parallel_plan.plan(module, threads, groups)
+    return parallel_plan.plan(module, threads, groups, fit=fit)
 
 
 def decide(module, model, target: Target, pinned: Mapping | None, options: CpuOptions):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+from tilecraft.dialects.opinfo import LANES
 from tilecraft.passes import fusion
 from tilecraft.passes.parallel import ParallelDecision, chunk_ok
 from tilecraft.passes.private_fills import private_fills
@@ -37,11 +38,12 @@ GEMMS = ("matmul", "batch_matmul", "conv2d")  # (priced by flops; depthwise and 
 
 
 def plan(
-    module, threads: int, groups: Sequence[fusion.FusionDecision] = ()
+    module, threads: int, groups: Sequence[fusion.FusionDecision] = (), *, fit: bool = True
 ) -> tuple[list[ParallelDecision], list[fusion.FusionDecision]]:
     """One decision per kernel worth splitting (`groups`: the fusion plan), and the fusion
     plan again, with the tile of a group along its split loop cut where whole tiles did
-    not fit a chunk (`fit_tile`)."""
+    not fit a chunk (`fit_tile`; with `fit` off, as for pinned groups, such a kernel
+    stays whole)."""
     groups = list(groups)
     if threads < 2:
         return [], groups
@@ -57,7 +59,7 @@ def plan(
             kernels.append((op_id, (), (), None))
     out = []
     for sink, members, levels, k in kernels:
-        d = decide(nodes, sink, members, levels, threads)
+        d = decide(nodes, sink, members, levels, threads, fit=fit)
         if d is None:
             continue
         out.append(d)
@@ -68,7 +70,9 @@ def plan(
     return out, groups
 
 
-def decide(nodes, sink: int, members: tuple[int, ...], levels, threads: int) -> ParallelDecision | None:
+def decide(
+    nodes, sink: int, members: tuple[int, ...], levels, threads: int, *, fit: bool = True
+) -> ParallelDecision | None:
     """`levels`: the group's tile sizes per sink loop, outer then register tiles."""
     info = nodes[sink].info
     infos = [info, *(nodes[m].info for m in members)]
@@ -87,7 +91,7 @@ def decide(nodes, sink: int, members: tuple[int, ...], levels, threads: int) -> 
         loops = [i for i, it in enumerate(info.iterators) if it == "parallel"]
     for chunks in range(threads, 1, -1):  # as many chunks as threads, else the most that fit
         ok = [i for i in loops if chunk_ok(info.extents[i], chunks, *_at(levels, i))]
-        if not ok:  # a loop whose chunk takes whole tiles once the group's tile is cut
+        if not ok and fit:  # a loop whose chunk takes whole tiles once the group's tile is cut
             ok = [i for i in loops if fit_tile(info.extents[i], chunks, *_at(levels, i)) is not None]
         if ok:
             loop = max(ok, key=lambda i: (info.extents[i], -i))
@@ -104,8 +108,9 @@ def fit_tile(extent: int, chunks: int, tile: int, inner: int) -> int | None:
         return tile
     if not tile or chunks < 2 or extent % chunks:
         return None
+    step = inner or (LANES if tile % LANES == 0 else 1)  # (whole register tiles; whole vectors stay whole)
     for t in range(tile - 1, (tile + 1) // 2 - 1, -1):
-        if (not inner or t % inner == 0) and chunk_ok(extent, chunks, t, inner):
+        if t % step == 0 and chunk_ok(extent, chunks, t, inner):
             return t
     return None
 

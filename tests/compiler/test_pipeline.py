@@ -81,3 +81,11 @@ def test_every_registered_pass_is_listed_with_options_and_has_a_filecheck_test(c
     )
     untested = [name for name in known if not re.search(rf"-p [\"']?[^|]*\b{re.escape(name)}\b", runs)]
     assert not untested, f"passes without a FileCheck test: {untested}"
+
+
+def test_on_step_sees_the_module_from_the_frontend_step_on():
+    from tilecraft import driver
+
+    seen = []
+    driver.compile_model("mlp", emit="linalg", on_step=lambda name, module, done: seen.append((name, module)))
+    assert seen[0][0] == "frontend" and seen[0][1] is not None

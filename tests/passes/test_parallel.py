@@ -37,6 +37,21 @@ def test_a_group_tile_is_cut_to_fit_its_chunks():
     assert fit_tile(160, 2, 0, 32) is None  # untiled there: nothing to cut
     assert fit_tile(192, 2, 64, 8) == 48 and fit_tile(98, 2, 64, 16) is None
     assert fit_tile(96, 2, 64, 0) is None  # 48 would be one tile a chunk, with no register tile left
+    assert fit_tile(160, 2, 32, 0) == 16  # whole vectors stay whole (20 would divide 80 too)
+
+
+def test_pinned_groups_keep_their_tiles():
+    from tilecraft import frontend
+
+    torch.manual_seed(0)
+    model, x = _DepthwiseBlock().eval(), torch.randn(1, 24, 56, 56)
+    planned = driver.compile_model(frontend.import_module(model, (x,), spec="<t>"), threads=2, emit="decided")
+    pinned = driver.compile_model(frontend.import_module(model, (x,), spec="<t>"), emit="decided").fusion
+    again = driver.compile_model(frontend.import_module(model, (x,), spec="<t>"), threads=2, fusion=pinned, im2col=True)
+    assert again.fusion == pinned  # (not rewritten; a kernel the pinned tiles do not fit stays whole)
+    assert len(again.parallel) <= len(planned.parallel)
+    with torch.no_grad():
+        assert compare(again.fn(x), model(x)).ok
 
 
 class _DepthwiseBlock(torch.nn.Module):
