@@ -111,7 +111,7 @@ def to_vector(
     bufferize_tm_tensor_ops(module)
     script = vectorize_script(vectorize=vectorize, pads_in_place=pads_in_place)
     apply_transform(module, script, stage="vector", reproduce="cpu-vector", before=before)
-    copies = tidy_copies(module, vectorize_fills=vectorize_fills) if vectorize else []
+    copies = tidy_copies(module, vectorize_fills=vectorize_fills, threads=parallel_chunks(module)) if vectorize else []
     reductions.split_row_reductions(module)  # rows reduced a register at a time, not a lane
     broadcasts.rows_without_transposes(module)  # a per-row value: one broadcast per row, no shuffle
     if strided_reads:
@@ -125,14 +125,18 @@ def to_vector(
 COPY_BUDGET = 64
 
 
-def tidy_copies(module: ir.Module, *, vectorize_fills: bool = True) -> list[tuple[int, tuple[int, ...]]]:
+def tidy_copies(
+    module: ir.Module, *, vectorize_fills: bool = True, threads: int = 1
+) -> list[tuple[int, tuple[int, ...], tuple[int, ...]]]:
     """The buffer copies bufferization left: erase the ones that copy a buffer onto itself
     (a fused tile written back into the subview it was computed in), and tag the rest with
     `tc.copy_id` for `lower_vectors_script` to vectorize (else each is a scalar loop nest).
     Fills made after tiling (a pad's border value, written in place; not an AMX kernel's
     zero fill, which the kernel folds) are tagged alike: as scalar loops, LLVM vectorized
-    ResNet-18's 114×114×64 pad fill across rows, with scatters. Returns (copy id, register
-    tile) per tagged op."""
+    ResNet-18's 114×114×64 pad fill across rows, with scatters. In a threaded module
+    (`threads` > 1) a copy of `PARALLEL_COPY_BYTES` or more at a function's top level is
+    also split into one chunk a thread. Returns (copy id, register tile, chunk tile sizes
+    or ()) per tagged op."""
     out: list[tuple[int, tuple[int, ...]]] = []
     dead: list[ir.Operation] = []
 
@@ -155,12 +159,39 @@ def tidy_copies(module: ir.Module, *, vectorize_fills: bool = True) -> list[tupl
         i64 = ir.IntegerType.get_signless(64, context=module.context)
         op.attributes[COPY_ID] = ir.IntegerAttr.get(i64, len(out))
         shape = list(t.shape)
-        out.append((len(out), tuple(0 if r >= x else r for r, x in zip(tiling.budget_tile(shape, COPY_BUDGET), shape))))
+        tile = tuple(0 if r >= x else r for r, x in zip(tiling.budget_tile(shape, COPY_BUDGET), shape))
+        chunks: tuple[int, ...] = ()
+        if threads > 1 and op.name == "linalg.copy" and _top_level(op) and 4 * math.prod(shape) >= PARALLEL_COPY_BYTES:
+            chunks = _copy_chunks(shape, tile, threads)
+        out.append((len(out), tile, chunks))
 
     tiling.walk_ops(module.operation, visit)
     for op in dead:
         op.erase()
     return out
+
+
+# A copy of at least this many bytes at a function's top level (a padded buffer's interior,
+# MobileNet-V2's 4.8 MB one among them) is split across the threads of a threaded module:
+# one chunk each, like the kernels `passes/parallel.py` splits.
+PARALLEL_COPY_BYTES = 1 << 20
+
+
+def _top_level(op: ir.Operation) -> bool:
+    parent = op.parent
+    return parent is not None and parent.name == "func.func"
+
+
+def _copy_chunks(shape: list[int], tile: tuple[int, ...], threads: int) -> tuple[int, ...]:
+    """Forall tile sizes splitting a copy into `threads` chunks along its outermost dim
+    that splits into whole register tiles; () if none does."""
+    for d, (x, r) in enumerate(zip(shape, tile)):
+        if x % threads or x < threads:
+            continue
+        chunk = x // threads
+        if r == 0 or chunk % r == 0:
+            return tuple(chunk if i == d else 0 for i in range(len(shape)))
+    return ()
 
 
 def _alias_root(v: ir.Value) -> ir.Value:
@@ -363,11 +394,17 @@ def lower_vectors_script(copies=()) -> str:
     """After bufferization: vectorize the tagged buffer copies (each tiled to its register
     tile first), then lower vector ops to the 1-D, LLVM-friendly form."""
     body = []
-    for cid, tile in copies:
+    for cid, tile, chunks in copies:
         h = f"%c{cid}"
         body.append(
             f"    {h} = transform.structured.match attributes{{{COPY_ID} = {cid} : i64}} in %root : ({ANY}) -> {ANY}"
         )
+        if chunks:  # one chunk a thread, then register tiles within each
+            body.append(
+                f"    {h}p, {h}f = transform.structured.tile_using_forall {h} "
+                f"tile_sizes [{', '.join(map(str, chunks))}] : ({ANY}) -> ({ANY}, {ANY})"
+            )
+            h = f"{h}p"
         loops = sum(1 for t in tile if t)
         t_h = h
         if loops:

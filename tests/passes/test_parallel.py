@@ -159,3 +159,38 @@ def test_cli_threads():
 @pytest.mark.parametrize("name", ["bert_mini", "resnet18", "mobilenet_v2"])
 def test_large_zoo_model_on_two_threads_matches_eager(name):
     test_zoo_model_on_two_threads_matches_eager(name)
+
+
+class _ExpandStrided(torch.nn.Module):
+    """A 1×1 convolution whose output is zero-padded for a stride-2 depthwise one: the pad's
+    interior is a 4.8 MB copy (the GEMM's rows are no view of the padded buffer)."""
+
+    def __init__(self):
+        super().__init__()
+        self.expand = torch.nn.Conv2d(16, 96, 1, bias=False)
+        self.dw = torch.nn.Conv2d(96, 96, 3, stride=2, padding=1, groups=96, bias=False)
+
+    def forward(self, x):
+        return self.dw(torch.relu(self.expand(x)))
+
+
+def test_large_copies_are_split_across_threads(monkeypatch):
+    from tilecraft import frontend
+    from tilecraft.backends.cpu import lowering
+
+    seen = []
+    tidy = lowering.tidy_copies
+
+    def spy(module, **kw):
+        out = tidy(module, **kw)
+        seen.extend(out)
+        return out
+
+    monkeypatch.setattr(lowering, "tidy_copies", spy)
+    torch.manual_seed(0)
+    model, x = _ExpandStrided().eval(), torch.randn(1, 16, 112, 112)
+    c = driver.compile_model(frontend.import_module(model, (x,), spec="<t>"), threads=2)
+    split = [chunks for _, _, chunks in seen if chunks]
+    assert split and all(sum(1 for t in chunks if t) == 1 for chunks in split), seen
+    with torch.no_grad():
+        assert compare(c.fn(x), model(x)).ok
