@@ -29,6 +29,74 @@ from tilecraft.dialects.irutil import walk_ops
 SLOTS = 256
 ALLOC, FREE, RELEASE = "__tc_pool_alloc", "__tc_pool_free", "__tc_pool_release"
 
+# The constants and pool addresses every pool function starts with.
+_HEAD = f"""  %c0 = llvm.mlir.constant(0 : i64) : i64
+  %c1 = llvm.mlir.constant(1 : i64) : i64
+  %cap = llvm.mlir.constant({SLOTS} : i64) : i64
+  %z32 = llvm.mlir.constant(0 : i32) : i32
+  %o32 = llvm.mlir.constant(1 : i32) : i32
+  %null = llvm.mlir.zero : !llvm.ptr
+  %ptrs = llvm.mlir.addressof @__tc_pool_ptr : !llvm.ptr
+  %sizes = llvm.mlir.addressof @__tc_pool_size : !llvm.ptr
+  %locks = llvm.mlir.addressof @__tc_pool_lock : !llvm.ptr
+"""
+
+
+def _scan(size: str, after: str, locked: str) -> str:
+    """The slot loop alloc and free share: a slot whose size reads `size` is locked (a
+    compare-and-swap of its lock from 0 to 1) and handed to `locked` (with %sp, %lp and
+    %pp, the slot's size, lock and pointer addresses; it branches to ^unlock to go on, or
+    unlocks and returns); past the last slot the loop branches to ^`after`."""
+    return f"""^loop(%i: i64):
+  %end = llvm.icmp "eq" %i, %cap : i64
+  llvm.cond_br %end, ^{after}, ^probe
+^probe:
+  %sp = llvm.getelementptr %sizes[0, %i] : (!llvm.ptr, i64) -> !llvm.ptr, !llvm.array<{SLOTS} x i64>
+  %s = llvm.load %sp atomic monotonic {{alignment = 8 : i64}} : !llvm.ptr -> i64
+  %want = llvm.icmp "eq" %s, {size} : i64
+  llvm.cond_br %want, ^lock, ^next
+^lock:
+  %lp = llvm.getelementptr %locks[0, %i] : (!llvm.ptr, i64) -> !llvm.ptr, !llvm.array<{SLOTS} x i32>
+  %r = llvm.cmpxchg %lp, %z32, %o32 acquire monotonic : !llvm.ptr, i32
+  %ok = llvm.extractvalue %r[1] : !llvm.struct<(i32, i1)>
+  llvm.cond_br %ok, ^locked, ^next
+^locked:
+  %pp = llvm.getelementptr %ptrs[0, %i] : (!llvm.ptr, i64) -> !llvm.ptr, !llvm.array<{SLOTS} x ptr>
+{locked}^unlock:
+  llvm.store %z32, %lp atomic release {{alignment = 4 : i64}} : i32, !llvm.ptr
+  llvm.br ^next
+^next:
+  %i1 = llvm.add %i, %c1 : i64
+  llvm.br ^loop(%i1 : i64)
+"""
+
+
+# alloc, with a slot of the wanted size locked: take its block if it still holds one
+_ALLOC_LOCKED = """  %p = llvm.load %pp {alignment = 8 : i64} : !llvm.ptr -> !llvm.ptr
+  %s2 = llvm.load %sp atomic monotonic {alignment = 8 : i64} : !llvm.ptr -> i64
+  %same = llvm.icmp "eq" %s2, %n : i64
+  %full = llvm.icmp "ne" %p, %null : !llvm.ptr
+  %take = llvm.and %same, %full : i1
+  llvm.cond_br %take, ^taken, ^unlock
+^taken:
+  llvm.store %c0, %sp atomic monotonic {alignment = 8 : i64} : i64, !llvm.ptr
+  llvm.store %null, %pp {alignment = 8 : i64} : !llvm.ptr, !llvm.ptr
+  llvm.store %z32, %lp atomic release {alignment = 4 : i64} : i32, !llvm.ptr
+  llvm.return %p : !llvm.ptr
+"""
+
+# free, with an empty slot locked: keep the block there if the slot is still vacant
+_FREE_LOCKED = """  %old = llvm.load %pp {alignment = 8 : i64} : !llvm.ptr -> !llvm.ptr
+  %vacant = llvm.icmp "eq" %old, %null : !llvm.ptr
+  llvm.cond_br %vacant, ^keep, ^unlock
+^keep:
+  llvm.store %p, %pp {alignment = 8 : i64} : !llvm.ptr, !llvm.ptr
+  llvm.store %n, %sp atomic monotonic {alignment = 8 : i64} : i64, !llvm.ptr
+  llvm.store %z32, %lp atomic release {alignment = 4 : i64} : i32, !llvm.ptr
+  llvm.return
+"""
+
+
 _DEFS = f"""
 llvm.mlir.global internal @__tc_pool_ptr() {{addr_space = 0 : i32}} : !llvm.array<{SLOTS} x ptr> {{
   %0 = llvm.mlir.zero : !llvm.array<{SLOTS} x ptr>
@@ -45,50 +113,9 @@ llvm.mlir.global internal @__tc_pool_lock() {{addr_space = 0 : i32}} : !llvm.arr
 llvm.mlir.global_dtors dtors = [@{RELEASE}], priorities = [65535 : i32], data = [#llvm.zero]
 
 llvm.func hidden @{ALLOC}(%n: i64) -> !llvm.ptr attributes {{no_inline}} {{
-  %c0 = llvm.mlir.constant(0 : i64) : i64
-  %c1 = llvm.mlir.constant(1 : i64) : i64
+{_HEAD}  llvm.br ^loop(%c0 : i64)
+{_scan("%n", "miss", _ALLOC_LOCKED)}^miss:
   %c16 = llvm.mlir.constant(16 : i64) : i64
-  %cap = llvm.mlir.constant({SLOTS} : i64) : i64
-  %z32 = llvm.mlir.constant(0 : i32) : i32
-  %o32 = llvm.mlir.constant(1 : i32) : i32
-  %null = llvm.mlir.zero : !llvm.ptr
-  %ptrs = llvm.mlir.addressof @__tc_pool_ptr : !llvm.ptr
-  %sizes = llvm.mlir.addressof @__tc_pool_size : !llvm.ptr
-  %locks = llvm.mlir.addressof @__tc_pool_lock : !llvm.ptr
-  llvm.br ^loop(%c0 : i64)
-^loop(%i: i64):
-  %end = llvm.icmp "eq" %i, %cap : i64
-  llvm.cond_br %end, ^miss, ^probe
-^probe:
-  %sp = llvm.getelementptr %sizes[0, %i] : (!llvm.ptr, i64) -> !llvm.ptr, !llvm.array<{SLOTS} x i64>
-  %s = llvm.load %sp atomic monotonic {{alignment = 8 : i64}} : !llvm.ptr -> i64
-  %hit = llvm.icmp "eq" %s, %n : i64
-  llvm.cond_br %hit, ^lock, ^next
-^lock:
-  %lp = llvm.getelementptr %locks[0, %i] : (!llvm.ptr, i64) -> !llvm.ptr, !llvm.array<{SLOTS} x i32>
-  %r = llvm.cmpxchg %lp, %z32, %o32 acquire monotonic : !llvm.ptr, i32
-  %ok = llvm.extractvalue %r[1] : !llvm.struct<(i32, i1)>
-  llvm.cond_br %ok, ^locked, ^next
-^locked:
-  %pp = llvm.getelementptr %ptrs[0, %i] : (!llvm.ptr, i64) -> !llvm.ptr, !llvm.array<{SLOTS} x ptr>
-  %p = llvm.load %pp {{alignment = 8 : i64}} : !llvm.ptr -> !llvm.ptr
-  %s2 = llvm.load %sp atomic monotonic {{alignment = 8 : i64}} : !llvm.ptr -> i64
-  %same = llvm.icmp "eq" %s2, %n : i64
-  %full = llvm.icmp "ne" %p, %null : !llvm.ptr
-  %take = llvm.and %same, %full : i1
-  llvm.cond_br %take, ^taken, ^unlock
-^taken:
-  llvm.store %c0, %sp atomic monotonic {{alignment = 8 : i64}} : i64, !llvm.ptr
-  llvm.store %null, %pp {{alignment = 8 : i64}} : !llvm.ptr, !llvm.ptr
-  llvm.store %z32, %lp atomic release {{alignment = 4 : i64}} : i32, !llvm.ptr
-  llvm.return %p : !llvm.ptr
-^unlock:
-  llvm.store %z32, %lp atomic release {{alignment = 4 : i64}} : i32, !llvm.ptr
-  llvm.br ^next
-^next:
-  %i1 = llvm.add %i, %c1 : i64
-  llvm.br ^loop(%i1 : i64)
-^miss:
   %total = llvm.add %n, %c16 : i64
   %q = llvm.call @malloc(%total) : (i64) -> !llvm.ptr
   %bad = llvm.icmp "eq" %q, %null : !llvm.ptr
@@ -102,51 +129,13 @@ llvm.func hidden @{ALLOC}(%n: i64) -> !llvm.ptr attributes {{no_inline}} {{
 }}
 
 llvm.func hidden @{FREE}(%p: !llvm.ptr) attributes {{no_inline}} {{
-  %c0 = llvm.mlir.constant(0 : i64) : i64
-  %c1 = llvm.mlir.constant(1 : i64) : i64
-  %cap = llvm.mlir.constant({SLOTS} : i64) : i64
-  %z32 = llvm.mlir.constant(0 : i32) : i32
-  %o32 = llvm.mlir.constant(1 : i32) : i32
-  %null = llvm.mlir.zero : !llvm.ptr
-  %ptrs = llvm.mlir.addressof @__tc_pool_ptr : !llvm.ptr
-  %sizes = llvm.mlir.addressof @__tc_pool_size : !llvm.ptr
-  %locks = llvm.mlir.addressof @__tc_pool_lock : !llvm.ptr
-  %none = llvm.icmp "eq" %p, %null : !llvm.ptr
+{_HEAD}  %none = llvm.icmp "eq" %p, %null : !llvm.ptr
   llvm.cond_br %none, ^done, ^start
 ^start:
   %q = llvm.getelementptr %p[-16] : (!llvm.ptr) -> !llvm.ptr, i8
   %n = llvm.load %q {{alignment = 8 : i64}} : !llvm.ptr -> i64
   llvm.br ^loop(%c0 : i64)
-^loop(%i: i64):
-  %end = llvm.icmp "eq" %i, %cap : i64
-  llvm.cond_br %end, ^release, ^probe
-^probe:
-  %sp = llvm.getelementptr %sizes[0, %i] : (!llvm.ptr, i64) -> !llvm.ptr, !llvm.array<{SLOTS} x i64>
-  %s = llvm.load %sp atomic monotonic {{alignment = 8 : i64}} : !llvm.ptr -> i64
-  %empty = llvm.icmp "eq" %s, %c0 : i64
-  llvm.cond_br %empty, ^lock, ^next
-^lock:
-  %lp = llvm.getelementptr %locks[0, %i] : (!llvm.ptr, i64) -> !llvm.ptr, !llvm.array<{SLOTS} x i32>
-  %r = llvm.cmpxchg %lp, %z32, %o32 acquire monotonic : !llvm.ptr, i32
-  %ok = llvm.extractvalue %r[1] : !llvm.struct<(i32, i1)>
-  llvm.cond_br %ok, ^locked, ^next
-^locked:
-  %pp = llvm.getelementptr %ptrs[0, %i] : (!llvm.ptr, i64) -> !llvm.ptr, !llvm.array<{SLOTS} x ptr>
-  %old = llvm.load %pp {{alignment = 8 : i64}} : !llvm.ptr -> !llvm.ptr
-  %vacant = llvm.icmp "eq" %old, %null : !llvm.ptr
-  llvm.cond_br %vacant, ^keep, ^unlock
-^keep:
-  llvm.store %p, %pp {{alignment = 8 : i64}} : !llvm.ptr, !llvm.ptr
-  llvm.store %n, %sp atomic monotonic {{alignment = 8 : i64}} : i64, !llvm.ptr
-  llvm.store %z32, %lp atomic release {{alignment = 4 : i64}} : i32, !llvm.ptr
-  llvm.return
-^unlock:
-  llvm.store %z32, %lp atomic release {{alignment = 4 : i64}} : i32, !llvm.ptr
-  llvm.br ^next
-^next:
-  %i1 = llvm.add %i, %c1 : i64
-  llvm.br ^loop(%i1 : i64)
-^release:
+{_scan("%c0", "release", _FREE_LOCKED)}^release:
   llvm.call @free(%q) : (!llvm.ptr) -> ()
   llvm.return
 ^done:
