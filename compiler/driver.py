@@ -205,7 +205,7 @@ def compile_model(
             def planned_threads() -> None:
                 pinned = fusion is not None  # (pinned groups keep their tiles: a kernel they do not fit stays whole)
                 done.parallel, groups = plan_parallel(module, threads, done.fusion or (), fit=not pinned)
-                if done.fusion:  # (a group's tile cut to fit its chunks)
+                if groups != (done.fusion or []):  # (a group's tile cut to fit its chunks)
                     done.fusion = groups
                     tc.set_records(module, tc.FUSION, [d.to_json() for d in done.fusion])
                 tc.set_records(module, tc.PARALLEL, [d.to_json() for d in done.parallel])

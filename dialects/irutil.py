@@ -120,13 +120,27 @@ def replace_op(op: ir.Operation, value: ir.Value | None = None) -> None:
 
 
 # ------------------------------------------------------------------ helper functions
+def symbol_name(op) -> str | None:
+    """The op's `sym_name`, or None if it has none."""
+    attrs = op.operation.attributes
+    return ir.StringAttr(attrs["sym_name"]).value if "sym_name" in attrs else None
+
+
+def append_helper(module: ir.Module, text: str, keep=None) -> None:
+    """Parse `text` (top-level ops: functions, globals) and move its ops to the end of the
+    module, those `keep(op)` accepts where it is given. The parsed module stays alive until
+    every op has moved (they are freed with it before)."""
+    helper = ir.Module.parse(text, context=module.context)
+    for hop in list(helper.body.operations):
+        if keep is None or keep(hop.operation):
+            module.body.append(hop.operation)
+
+
 def call_helper(module: ir.Module, op: ir.Operation, text: str, name: str, operands: Sequence[ir.Value]) -> None:
     """Replace `op` (one result) by a call to `name`, the private function `text` defines
     (appended to the module; `inline_helpers` inlines it)."""
     ctx = module.context
-    helper = ir.Module.parse(text, context=ctx)
-    for hop in list(helper.body.operations):
-        module.body.append(hop.operation)
+    append_helper(module, text)
     with ir.InsertionPoint(op), op.location:
         call = func.CallOp([op.results[0].type], ir.FlatSymbolRefAttr.get(name, context=ctx), list(operands))
     op.results[0].replace_all_uses_with(call.results[0])

@@ -25,6 +25,7 @@ from __future__ import annotations
 from torch_mlir import ir
 
 from tilecraft.backends.cpu.amx import AmxError, KernelWriter, gemm_operands
+from tilecraft.dialects.irutil import append_helper, symbol_name
 
 LANES = 16  # f32 accumulators per zmm; a K pair of 16 columns is 32 bf16
 
@@ -47,17 +48,11 @@ VPDPBUSD_DEF = (
 
 def define_vpdpbusd(module: ir.Module) -> None:
     """In the LLVM-dialect module: the `VPDPBUSD` declaration becomes its definition."""
-    decl = next((op for op in module.body.operations if _sym(op) == VPDPBUSD), None)
+    decl = next((op for op in module.body.operations if symbol_name(op) == VPDPBUSD), None)
     if decl is None:
         return
     decl.operation.erase()
-    for op in ir.Module.parse(VPDPBUSD_DEF, context=module.context).body.operations:
-        module.body.append(op.operation)
-
-
-def _sym(op) -> str | None:
-    attrs = op.operation.attributes
-    return ir.StringAttr(attrs["sym_name"]).value if "sym_name" in attrs else None
+    append_helper(module, VPDPBUSD_DEF)
 
 
 # element type → (VNNI factor, accumulator element)

@@ -137,7 +137,7 @@ def tidy_copies(
     (`threads` > 1) a copy of `PARALLEL_COPY_BYTES` or more at a function's top level is
     also split into one chunk a thread. Returns (copy id, register tile, chunk tile sizes
     or ()) per tagged op."""
-    out: list[tuple[int, tuple[int, ...]]] = []
+    out: list[tuple[int, tuple[int, ...], tuple[int, ...]]] = []
     dead: list[ir.Operation] = []
 
     def visit(op: ir.Operation) -> None:

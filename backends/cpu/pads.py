@@ -17,12 +17,10 @@ still make that op write the interior in place.
 
 from __future__ import annotations
 
-import itertools
-
 from torch_mlir import ir
 from torch_mlir.dialects import func
 
-from tilecraft.dialects.irutil import inline_helpers, owner_op, tensor_t, walk_ops
+from tilecraft.dialects.irutil import append_helper, call_helper, inline_helpers, owner_op, tensor_t, walk_ops
 
 _RESHAPES = ("tensor.expand_shape", "tensor.collapse_shape")
 _FLOATS = ("f32", "bf16", "f16", "f64")
@@ -104,7 +102,7 @@ def border_fills(module: ir.Module) -> int:
     """Rewrite every eligible `tensor.pad` (see the module docstring); returns how many."""
     pads: list[ir.Operation] = []
     walk_ops(module.operation, lambda op: pads.append(op) if op.name == "tensor.pad" else None)
-    ctx, done, counter = module.context, 0, itertools.count()
+    ctx, done = module.context, 0
     for pad in pads:
         spec = _static_pad(pad)
         if spec is None:
@@ -113,18 +111,11 @@ def border_fills(module: ir.Module) -> int:
         rt = ir.RankedTensorType(pad.results[0].type)
         shape, elem = list(rt.shape), str(rt.element_type)
         src = list(ir.RankedTensorType(pad.operands[0].type).shape)
-        k = next(counter)
-        make, put = f"__tc_pad_buffer_{k}", f"__tc_pad_insert_{k}"
-        for text in (_buffer_text(make, shape, elem, low, high, value), _insert_text(put, src, shape, elem, low)):
-            helper = ir.Module.parse(text, context=ctx)  # (alive while its ops move: they are its until then)
-            for hop in list(helper.body.operations):
-                module.body.append(hop.operation)
+        make, put = f"__tc_pad_buffer_{done}", f"__tc_pad_insert_{done}"
+        append_helper(module, _buffer_text(make, shape, elem, low, high, value))
         with ir.InsertionPoint(_anchor(pad)), pad.location:
             buf = func.CallOp([rt], ir.FlatSymbolRefAttr.get(make, context=ctx), []).results[0]
-        with ir.InsertionPoint(pad), pad.location:
-            call = func.CallOp([rt], ir.FlatSymbolRefAttr.get(put, context=ctx), [pad.operands[0], buf])
-        pad.results[0].replace_all_uses_with(call.results[0])
-        pad.erase()
+        call_helper(module, pad, _insert_text(put, src, shape, elem, low), put, [pad.operands[0], buf])
         done += 1
     if done:
         with ctx:

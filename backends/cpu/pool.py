@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from torch_mlir import ir
 
-from tilecraft.dialects.irutil import walk_ops
+from tilecraft.dialects.irutil import append_helper, symbol_name, walk_ops
 
 SLOTS = 256
 ALLOC, FREE, RELEASE = "__tc_pool_alloc", "__tc_pool_free", "__tc_pool_release"
@@ -179,11 +179,6 @@ _DECLS = {
 }
 
 
-def _sym(op: ir.Operation) -> str | None:
-    attrs = op.attributes
-    return ir.StringAttr(attrs["sym_name"]).value if "sym_name" in attrs else None
-
-
 def pool_allocations(module: ir.Module) -> int:
     """Calls of `malloc` and `free` in the LLVM-dialect module redirected to the module's
     own pool (see the module docstring); returns how many calls were redirected."""
@@ -197,21 +192,17 @@ def pool_allocations(module: ir.Module) -> int:
                 calls.append(op)
 
     top = [op.operation for op in module.body.operations]
-    have = {_sym(op) for op in top} - {None}
+    have = {symbol_name(op) for op in top} - {None}
     if ALLOC in have:  # (pooled already: its own malloc and free stay as they are)
         return 0
     walk_ops(module.operation, visit)
     if not calls:
         return 0
+    if any(op.name == "llvm.mlir.global_dtors" for op in top):
+        raise ValueError("pool: the module has destructors of its own (the pool's release needs merging)")
     for op in calls:
         name = ir.FlatSymbolRefAttr(op.attributes["callee"]).value
         op.attributes["callee"] = ir.FlatSymbolRefAttr.get(renames[name], context=ctx)
-    dtors = any(op.name == "llvm.mlir.global_dtors" for op in top)
-    defs = ir.Module.parse("\n".join(_DECLS.values()) + _DEFS, context=ctx)  # (alive while its ops move)
-    for op in list(defs.body.operations):
-        op = op.operation
-        if op.name == "llvm.mlir.global_dtors" and dtors:
-            raise ValueError("pool: the module has destructors of its own (the pool's release needs merging)")
-        if _sym(op) not in have:  # (malloc and free are declared once)
-            module.body.append(op)
+    text = "\n".join(_DECLS.values()) + _DEFS
+    append_helper(module, text, keep=lambda op: symbol_name(op) not in have)  # (malloc and free declared once)
     return len(calls)
