@@ -47,7 +47,9 @@ from tilecraft.dialects.irutil import (
     named_sequence,
     print_op,
     walk_ops,
+    wants_reproducer,
 )
+from tilecraft.dialects.islands import islands
 from tilecraft.passes.base import ModulePass, Weights
 from tilecraft.passes.private_fills import private_fills
 
@@ -732,7 +734,9 @@ def apply(module: ir.Module, decisions: Sequence[FusionDecision], *, reproduce: 
         for op in g.ops:
             if g.registers or (kinds[op] not in CONTRACTIONS and kinds[op] != "fill"):
                 nodes[op].op.attributes[FUSED] = ir.UnitAttr.get(module.context)
-    apply_transform(module, fusion_script(decisions, kinds), stage="fuse", reproduce=reproduce)
+    before = str(module) if wants_reproducer() else None  # (a failure's input: the module, not its islands)
+    with islands(module, [[nodes[op].op for op in g.ops] for g in decisions]):  # (each fusion costs its kernel's size)
+        apply_transform(module, fusion_script(decisions, kinds), stage="fuse", reproduce=reproduce, before=before)
     return module
 
 

@@ -25,7 +25,8 @@ from typing import ClassVar
 from torch_mlir import ir
 
 from tilecraft.dialects import opinfo, tc
-from tilecraft.dialects.irutil import ANY, apply_transform, named_sequence, walk_ops
+from tilecraft.dialects.irutil import ANY, apply_transform, named_sequence, walk_ops, wants_reproducer
+from tilecraft.dialects.islands import islands
 from tilecraft.passes import fusion
 from tilecraft.passes.base import ModulePass, Weights
 from tilecraft.passes.private_fills import private_fills
@@ -80,7 +81,6 @@ def script(decisions: Sequence[ParallelDecision], nodes: Mapping[int, fusion.Nod
                 f"    %m{op} = transform.structured.match attributes{{{tc.OP_ID} = {op} : i64}} in %root"
                 f" : ({ANY}) -> {ANY}"
             )
-    body.append(f'    %fn = transform.structured.match ops{{["func.func"]}} in %root : ({ANY}) -> {ANY}')
     for d, fused in order:
         ext = nodes[d.sink].info.extents
         tiles = [0] * len(ext)
@@ -90,15 +90,17 @@ def script(decisions: Sequence[ParallelDecision], nodes: Mapping[int, fusion.Nod
             f" tile_sizes [{', '.join(map(str, tiles))}] : ({ANY}) -> ({ANY}, {ANY})"
         )
         loop = f"%f{d.sink}"
+        body.append(f"    %fn{d.sink} = transform.get_parent_op %f{d.sink} {{isolated_from_above}} : ({ANY}) -> {ANY}")
         for m in fused:
             body.append(  # (CSE first: two members' slices of one producer become one, fused once)
-                f"    transform.apply_cse to %fn : {ANY}\n"
+                f"    transform.apply_cse to %fn{d.sink} : {ANY}\n"
                 f"    %g{m}, %c{m} = transform.structured.fuse_into_containing_op %m{m} into {loop}"
                 f" : ({ANY}, {ANY}) -> ({ANY}, {ANY})"
             )
             loop = f"%c{m}"
     body.append(
-        f"""    transform.apply_patterns to %fn {{
+        f"""    %fn = transform.structured.match ops{{["func.func"]}} in %root : ({ANY}) -> {ANY}
+    transform.apply_patterns to %fn {{
       transform.apply_patterns.canonicalization
       transform.apply_patterns.linalg.tiling_canonicalization
     }} : {ANY}"""
@@ -120,7 +122,10 @@ def apply(module: ir.Module, decisions: Sequence[ParallelDecision], *, reproduce
             raise ValueError(f"parallelize: loop {d.loop} of op {d.sink} is not a parallel loop")
         if not chunk_ok(ext[d.loop], d.chunks):
             raise ValueError(f"parallelize: loop {d.loop} of op {d.sink} ({ext[d.loop]}) in {d.chunks} chunks")
-    apply_transform(module, script(decisions, nodes), stage="parallelize", reproduce=reproduce)
+    before = str(module) if wants_reproducer() else None  # (a failure's input: the module, not its islands)
+    kernels = [[nodes[op].op for op in (d.sink, *d.members)] for d in decisions]
+    with islands(module, kernels):  # (each fusion costs its kernel's size, not the model's)
+        apply_transform(module, script(decisions, nodes), stage="parallelize", reproduce=reproduce, before=before)
     dead = True
     while dead:  # an original fused into a chunk that canonicalization kept (its body asserts)
         dead = [op for op in ops_with_ids(module) if op.results and all(not list(r.uses) for r in op.results)]
