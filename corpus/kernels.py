@@ -12,6 +12,7 @@ of SSA names and weight values, so the same layer in two models is one workload.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 
@@ -46,6 +47,7 @@ class Kernel:
         return sum(math.prod(shape) * b for shape, b in zip(self.shapes, self.element_bytes))
 
 
+@functools.lru_cache(maxsize=4096)
 def _token(name: str) -> re.Pattern:
     return re.compile(re.escape(name) + r"(?![\w.$-])")
 

@@ -78,6 +78,7 @@ class GroupCoster:
         self.model, self.target, self.context = model, target, context
         self.calibration = load_calibration() if calibration is None else dict(calibration)
         self.cache: dict[str, float] = {}
+        self.picks: dict = {}  # the model's predictions by kernel (`search.pick`'s memo)
         self.evaluated = 0
 
     def __call__(
@@ -114,7 +115,7 @@ class GroupCoster:
             if len(contraction) > 1:  # an accumulation chain: one matmul over the chain's whole K
                 m, n, k = nodes[min(contraction)].info.extents
                 module = ir.Module.parse(generator.matmul(m, n, k * len(contraction)), context=self.context)
-            picks = search.pick(module, self.model, self.target)
+            picks = search.pick(module, self.model, self.target, memo=self.picks)
             heavy = sum(c.predicted_s for c in picks if c.kernel.kind in CONTRACTIONS)
             total = light * light_factor + heavy
             self.cache[key] = total
@@ -122,7 +123,7 @@ class GroupCoster:
         apply(module, [whole])
         trips = loop_trips(module)
         heavy = 0.0
-        for choice in search.pick(module, self.model, self.target):
+        for choice in search.pick(module, self.model, self.target, memo=self.picks):
             heavy += sum(choice.predicted_s * trips.get(op, 1) for op in choice.op_ids)
         total = light * light_factor + heavy * factor
         self.cache[key] = total
@@ -196,14 +197,14 @@ def partition(
 
     private_fills(module)
     nodes = analyze(module)
+    coster = GroupCoster(model, target, module.context, calibration)
     if singles is None:
         singles = {}
-        for c in search.pick(module, model, target):
+        for c in search.pick(module, model, target, memo=coster.picks):
             for op in c.op_ids:
                 singles[op] = c.predicted_s
     cands = candidates(nodes, target)
     state = ir.AsmState(module.operation)
-    coster = GroupCoster(model, target, module.context, calibration)
     costs, kept, failed = [], [], []
     for g in cands:
         try:

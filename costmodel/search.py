@@ -117,33 +117,45 @@ class Choice:
     runner_up_s: float | None
 
 
-def pick(module, model: CostModel, target) -> list[Choice]:
+def pick(module, model: CostModel, target, *, memo: dict | None = None) -> list[Choice]:
     """One decision per distinct kernel of a linalg module: the model's best-ranked
     candidate of the kernel's legal space, with no measurement. Kernels the features do
-    not cover keep the heuristic default (they get no Choice)."""
+    not cover keep the heuristic default (they get no Choice). `memo`: the model's
+    predictions by kernel and space, kept by a caller that asks about the same kernels
+    again with the same model (a planner pricing groups that share ops)."""
     from tilecraft.backends.cpu import schedule as tiling
     from tilecraft.corpus import kernels
     from tilecraft.costmodel.features import FeatureError
 
+    memo = {} if memo is None else memo
     infos = tiling.tag_ops(module)
     fused = tiling.fused_ids(module, infos)  # register-tile ops of fused groups: scheduled whole
-    by_key = {k.key: k for k in kernels.extract(module)}
     ops: dict[str, list[int]] = {}
+    first_info: dict[str, tiling.OpInfo] = {}
     for info in infos:
         if info.op_id in fused:
             continue
         ops.setdefault(info.key, []).append(info.op_id)
+        first_info.setdefault(info.key, info)
+    spaces = {key: tiling.space(first_info[key], target) for key in ops}
+    by_key = None
     out = []
     for key, op_ids in ops.items():
-        kernel = by_key.get(key)
-        if kernel is None:  # an op with no results (nothing to outline): heuristic default
+        space = spaces[key]
+        known = (key, tuple(space))
+        if known not in memo:
+            by_key = by_key if by_key is not None else {k.key: k for k in kernels.extract(module)}
+            kernel = by_key.get(key)
+            if kernel is None:  # an op with no results (nothing to outline): heuristic default
+                memo[known] = None
+            else:
+                try:
+                    memo[known] = (kernel, model.predict(kernel, space))
+                except FeatureError:  # outside the feature schema (a 0-d fill, say): heuristic default
+                    memo[known] = None
+        if memo[known] is None:
             continue
-        info = next(i for i in infos if i.key == key)
-        space = tiling.space(info, target)
-        try:
-            p = model.predict(kernel, space)
-        except FeatureError:  # outside the feature schema (a 0-d fill, say): heuristic default
-            continue
+        kernel, p = memo[known]
         order = np.argsort(-p.score, kind="stable")
         first, second = order[0], (order[1] if len(order) > 1 else None)
         out.append(

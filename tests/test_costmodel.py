@@ -300,3 +300,21 @@ def test_tune_measures_records_and_pins(tmp_path, capsys):
     # the pins are what the kernel carries, over the cost model's own pick (run's default)
     decided = driver.compile_model(str(mlir), decisions=tuned, emit="decided")
     assert list(tiling.attached(decided.imported.module).values()) == list(tuned.values())
+
+
+def test_pick_memo_asks_the_model_once_per_kernel(fake_cost_model):
+    from torch_mlir import ir
+
+    calls = []
+
+    class Counting:
+        def predict(self, kernel, space):
+            calls.append(kernel.key)
+            return fake_cost_model.predict(kernel, space)
+
+    target, memo = host(), {}
+    with ir.Context():
+        first = search.pick(ir.Module.parse(generator.matmul(64, 64, 64)), Counting(), target, memo=memo)
+        again = search.pick(ir.Module.parse(generator.matmul(64, 64, 64)), Counting(), target, memo=memo)
+    assert len(calls) == len(set(calls)) == len(first) >= 1
+    assert [(c.decision, c.predicted_s) for c in again] == [(c.decision, c.predicted_s) for c in first]
