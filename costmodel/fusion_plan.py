@@ -206,13 +206,20 @@ def partition(
     cands = candidates(nodes, target)
     state = ir.AsmState(module.operation)
     costs, kept, failed = [], [], []
+    single_texts: dict[int, str] = {}  # (an op alone, outlined once for every group it is in)
+
+    def alone_text(op: int) -> str:
+        if op not in single_texts:
+            single_texts[op] = outline_group(nodes, (op,), state)
+        return single_texts[op]
+
     for g in cands:
         try:
             text = outline_group(nodes, g.ops, state)
             cls = group_class(nodes[o].info.kind for o in g.ops)
             tiles = [o for o in g.ops if nodes[o].info.kind not in CONTRACTIONS and not fusion.is_fill(nodes[o])]
             priced = all(o in singles for o in tiles)
-            alone = [outline_group(nodes, (o,), state) for o in tiles] if priced else []
+            alone = [alone_text(o) for o in tiles] if priced else []
             if cls in ("light", "reduction") and alone:
                 costs.append(coster.light(alone, sum(singles[o] for o in tiles), text))
             elif cls in ("matmul", "conv") and alone:

@@ -262,7 +262,11 @@ def loops_to_sink(nodes: Mapping[int, Node], group: set[int], sink: int) -> dict
 
 
 def topo_order(nodes: Mapping[int, Node], group: Iterable[int]) -> list[int]:
+    """The group's ops, producers first, the smallest op id first among the ready ones
+    (op ids number the ops in program order, so that is almost always the ids sorted)."""
     group = set(group)
+    if all(p < c for c in group for p in nodes[c].producers.values() if p in group):
+        return sorted(group)  # (the lexicographic topological order, without building a graph)
     g = nx.DiGraph()
     g.add_nodes_from(group)
     for c in group:
