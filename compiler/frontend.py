@@ -694,9 +694,11 @@ def fold_weight_only(prog, *, n_params: int, params: list[torch.Tensor], inputs)
     ]
     if frontier:
         interp = torch.fx.Interpreter(gm, garbage_collect_values=False)
+        it = iter(inputs)
+        args = [values[n] if n in values else next(it) for n in placeholders]
         with torch.no_grad():
-            it = iter(inputs)
-            interp.run(*[values[n] if n in values else next(it) for n in placeholders])
+            if not _run_folded(interp, placeholders, args, const):  # (a `full_like` of an activation, say)
+                interp.run(*args)
         fake_mode = (
             next(  # (a model with no tensor input has no placeholder to take it from)
                 (n.meta["val"].fake_mode for n in graph.nodes if hasattr(n.meta.get("val"), "fake_mode")), None
@@ -727,6 +729,22 @@ def fold_weight_only(prog, *, n_params: int, params: list[torch.Tensor], inputs)
     graph.lint()
     bound = [values[n] for n in graph.nodes if n.op == "placeholder" and n in values]
     return graph, bound
+
+
+def _run_folded(interp: torch.fx.Interpreter, placeholders, args, const) -> bool:
+    """Evaluate only the folded nodes (not the whole model, as `interp.run` would); False,
+    with nothing evaluated, where one of them reads a value computed from the inputs."""
+    env = dict(zip(placeholders, args))
+    for node in interp.graph.nodes:
+        if node in const and node.op == "call_function" and any(i not in env for i in node.all_input_nodes):
+            return False
+        if node in const and node.op == "call_function":
+            env[node] = None  # (computed below; here only whether every input will be there)
+    interp.env = dict(zip(placeholders, args))
+    for node in interp.graph.nodes:
+        if node in const and node.op == "call_function":
+            interp.env[node] = interp.run_node(node)
+    return True
 
 
 def _scalar_constructor(node) -> bool:
