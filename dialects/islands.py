@@ -12,8 +12,9 @@ its size squared. Inside an island, each costs its own kernel's size.
 `func.func` marked `tc.island`, called where the last of them stood: values defined
 outside become arguments (constants and static `tensor.empty`s are cloned in), values
 used outside become results. It refuses (None) where a value the island defines is used
-outside before that point. `inline(call)` puts the body back in place of the call and
-erases the island. `islands(module, groups)` does both around a `with` block.
+outside before that point. `inline(call, island)` puts the body back in place of the call
+and erases both. `islands(module, groups)` does both around a `with` block, and merges
+the copied constants with their originals again (CSE) once all are back.
 """
 
 from __future__ import annotations
