@@ -3,6 +3,7 @@ nodes are evaluated, unless one of them reads a value computed from the inputs."
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from conftest import compile_and_compare
@@ -33,8 +34,10 @@ class _ShapedByActivation(torch.nn.Module):
         return h + torch.ones_like(h) * 2.0
 
 
-def test_only_the_folded_nodes_are_evaluated(monkeypatch):
-    calls = []
+@pytest.fixture
+def folded_paths(monkeypatch) -> list[bool]:
+    """What each `_run_folded` call answered (True: only the folded nodes evaluated)."""
+    calls: list[bool] = []
     real = frontend._run_folded
 
     def spy(*args):
@@ -42,18 +45,14 @@ def test_only_the_folded_nodes_are_evaluated(monkeypatch):
         return calls[-1]
 
     monkeypatch.setattr(frontend, "_run_folded", spy)
+    return calls
+
+
+def test_only_the_folded_nodes_are_evaluated(folded_paths):
     assert compile_and_compare(_Scaled(), [torch.randn(4, 16)]).ok
-    assert calls == [True]
+    assert folded_paths == [True]
 
 
-def test_a_folded_node_reading_an_activation_runs_the_whole_graph(monkeypatch):
-    calls = []
-    real = frontend._run_folded
-
-    def spy(*args):
-        calls.append(real(*args))
-        return calls[-1]
-
-    monkeypatch.setattr(frontend, "_run_folded", spy)
+def test_a_folded_node_reading_an_activation_runs_the_whole_graph(folded_paths):
     assert compile_and_compare(_ShapedByActivation(), [torch.randn(4, 8)]).ok
-    assert calls == [False]
+    assert folded_paths == [False]
