@@ -734,16 +734,15 @@ def fold_weight_only(prog, *, n_params: int, params: list[torch.Tensor], inputs)
 def _run_folded(interp: torch.fx.Interpreter, placeholders, args, const) -> bool:
     """Evaluate only the folded nodes (not the whole model, as `interp.run` would); False,
     with nothing evaluated, where one of them reads a value computed from the inputs."""
-    env = dict(zip(placeholders, args))
-    for node in interp.graph.nodes:
-        if node in const and node.op == "call_function" and any(i not in env for i in node.all_input_nodes):
+    folded = [n for n in interp.graph.nodes if n in const and n.op == "call_function"]
+    ready = set(placeholders)
+    for node in folded:
+        if any(i not in ready for i in node.all_input_nodes):
             return False
-        if node in const and node.op == "call_function":
-            env[node] = None  # (computed below; here only whether every input will be there)
+        ready.add(node)
     interp.env = dict(zip(placeholders, args))
-    for node in interp.graph.nodes:
-        if node in const and node.op == "call_function":
-            interp.env[node] = interp.run_node(node)
+    for node in folded:
+        interp.env[node] = interp.run_node(node)
     return True
 
 

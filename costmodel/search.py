@@ -137,11 +137,10 @@ def pick(module, model: CostModel, target, *, memo: dict | None = None) -> list[
             continue
         ops.setdefault(info.key, []).append(info.op_id)
         first_info.setdefault(info.key, info)
-    spaces = {key: tiling.space(first_info[key], target) for key in ops}
     by_key = None
     out = []
     for key, op_ids in ops.items():
-        space = spaces[key]
+        space = tiling.space(first_info[key], target)
         known = (key, tuple(space))
         if known not in memo:
             by_key = by_key if by_key is not None else {k.key: k for k in kernels.extract(module)}

@@ -14,7 +14,8 @@ outside become arguments (constants and static `tensor.empty`s are cloned in), v
 used outside become results. It refuses (None) where a value the island defines is used
 outside before that point. `inline(call, island)` puts the body back in place of the call
 and erases both. `islands(module, groups)` does both around a `with` block, and merges
-the copied constants with their originals again (CSE) once all are back.
+the copied constants with their originals again (CSE) once all are back;
+`apply_transform_in_islands` runs a transform script so.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from collections.abc import Iterable, Sequence
 
 from torch_mlir import ir, passmanager
 from torch_mlir.dialects import func
+
+from tilecraft.dialects.irutil import apply_transform, wants_reproducer
 
 ISLAND = "tc.island"
 CLONED = ("arith.constant", "tensor.empty")  # defined outside, copied in (a constant, a shape)
@@ -75,12 +78,14 @@ def _defined_inside(v: ir.Value, inside: dict[int, ir.Operation]) -> bool:
     return key(owner.owner if isinstance(owner, ir.Block) else owner) in inside
 
 
-def outline(fn: ir.Operation, ops: Sequence[ir.Operation], name: str) -> tuple[ir.Operation, ir.Operation] | None:
+def outline(
+    fn: ir.Operation, ops: Sequence[ir.Operation], name: str, *, order: dict[int, int] | None = None
+) -> tuple[ir.Operation, ir.Operation] | None:
     """Move `ops` (top-level in `fn`, any order) into a private function `name`; returns
     the `func.call` that replaced them and the function, or None (nothing changed) where
-    a value they define is used outside before the last of them."""
-    block = fn.regions[0].blocks[0]
-    order = {key(o): i for i, o in enumerate(block.operations)}
+    a value they define is used outside before the last of them. `order`: the position of
+    each of `fn`'s top-level ops by key (`positions`), kept up to date for the next call."""
+    order = positions(fn) if order is None else order
     ops = sorted({key(op): op.operation for op in ops}.values(), key=lambda op: order[key(op)])
     last = order[key(ops[-1])]
     inside = _nested(ops)
@@ -118,6 +123,7 @@ def outline(fn: ir.Operation, ops: Sequence[ir.Operation], name: str) -> tuple[i
             call = func.CallOp([v.type for v in outputs], ir.FlatSymbolRefAttr.get(name), list(inputs.values()))
         call = call.operation
         call.move_after(ops[-1])
+        order[key(call)] = last
         for op in ops:
             op.move_before(ret)
         for v, arg in zip(inputs.values(), body.arguments):
@@ -132,6 +138,11 @@ def outline(fn: ir.Operation, ops: Sequence[ir.Operation], name: str) -> tuple[i
         for v, r in zip(outputs, call.results):
             _replace_uses(v, r, outside)
     return call, island.operation
+
+
+def positions(fn: ir.Operation) -> dict[int, int]:
+    """The position of each of `fn`'s top-level ops in its body, by key."""
+    return {key(o): i for i, o in enumerate(fn.regions[0].blocks[0].operations)}
 
 
 def _replace_uses(v: ir.Value, new: ir.Value, where) -> None:
@@ -191,10 +202,13 @@ def islands(module: ir.Module, groups: Sequence[Sequence[ir.Operation]], *, pref
     for idx, (fn, ops) in enumerate(tops):
         _absorb(fn, ops, where, idx)
     calls = []
+    orders: dict[int, dict[int, int]] = {}  # function → its ops' positions (computed once)
     try:
         for fn, ops in tops:
             if ops:
-                made = outline(fn, list(ops.values()), f"{prefix}{len(calls)}")
+                if key(fn) not in orders:
+                    orders[key(fn)] = positions(fn)
+                made = outline(fn, list(ops.values()), f"{prefix}{len(calls)}", order=orders[key(fn)])
                 if made is not None:
                     calls.append(made)
         yield len(calls)
@@ -223,3 +237,13 @@ def _absorb(fn: ir.Operation, ops: dict[int, ir.Operation], where: dict[int, int
                     where[key(p)] = idx
                     ops[key(p)] = p
                     work.append(p)
+
+
+def apply_transform_in_islands(
+    module: ir.Module, script: str, groups: Sequence[Sequence[ir.Operation]], *, stage: str, reproduce: str
+) -> None:
+    """`irutil.apply_transform` with each group in an island; a failure saves the module
+    as it was before, not its islands."""
+    before = str(module) if wants_reproducer() else None
+    with islands(module, groups):
+        apply_transform(module, script, stage=stage, reproduce=reproduce, before=before)

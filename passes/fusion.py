@@ -42,14 +42,12 @@ from torch_mlir import ir
 from tilecraft.dialects import opinfo, tc
 from tilecraft.dialects.irutil import (
     ANY,
-    apply_transform,
     captured,
     named_sequence,
     print_op,
     walk_ops,
-    wants_reproducer,
 )
-from tilecraft.dialects.islands import islands
+from tilecraft.dialects.islands import apply_transform_in_islands
 from tilecraft.passes.base import ModulePass, Weights
 from tilecraft.passes.private_fills import private_fills
 
@@ -738,9 +736,8 @@ def apply(module: ir.Module, decisions: Sequence[FusionDecision], *, reproduce: 
         for op in g.ops:
             if g.registers or (kinds[op] not in CONTRACTIONS and kinds[op] != "fill"):
                 nodes[op].op.attributes[FUSED] = ir.UnitAttr.get(module.context)
-    before = str(module) if wants_reproducer() else None  # (a failure's input: the module, not its islands)
-    with islands(module, [[nodes[op].op for op in g.ops] for g in decisions]):  # (each fusion costs its kernel's size)
-        apply_transform(module, fusion_script(decisions, kinds), stage="fuse", reproduce=reproduce, before=before)
+    groups = [[nodes[op].op for op in g.ops] for g in decisions]  # (in islands: each fusion costs its kernel's size)
+    apply_transform_in_islands(module, fusion_script(decisions, kinds), groups, stage="fuse", reproduce=reproduce)
     return module
 
 

@@ -25,8 +25,8 @@ from typing import ClassVar
 from torch_mlir import ir
 
 from tilecraft.dialects import opinfo, tc
-from tilecraft.dialects.irutil import ANY, apply_transform, named_sequence, walk_ops, wants_reproducer
-from tilecraft.dialects.islands import islands
+from tilecraft.dialects.irutil import ANY, named_sequence, walk_ops
+from tilecraft.dialects.islands import apply_transform_in_islands
 from tilecraft.passes import fusion
 from tilecraft.passes.base import ModulePass, Weights
 from tilecraft.passes.private_fills import private_fills
@@ -122,10 +122,8 @@ def apply(module: ir.Module, decisions: Sequence[ParallelDecision], *, reproduce
             raise ValueError(f"parallelize: loop {d.loop} of op {d.sink} is not a parallel loop")
         if not chunk_ok(ext[d.loop], d.chunks):
             raise ValueError(f"parallelize: loop {d.loop} of op {d.sink} ({ext[d.loop]}) in {d.chunks} chunks")
-    before = str(module) if wants_reproducer() else None  # (a failure's input: the module, not its islands)
-    kernels = [[nodes[op].op for op in (d.sink, *d.members)] for d in decisions]
-    with islands(module, kernels):  # (each fusion costs its kernel's size, not the model's)
-        apply_transform(module, script(decisions, nodes), stage="parallelize", reproduce=reproduce, before=before)
+    kernels = [[nodes[op].op for op in (d.sink, *d.members)] for d in decisions]  # (in islands: see fusion.apply)
+    apply_transform_in_islands(module, script(decisions, nodes), kernels, stage="parallelize", reproduce=reproduce)
     dead = True
     while dead:  # an original fused into a chunk that canonicalization kept (its body asserts)
         dead = [op for op in ops_with_ids(module) if op.results and all(not list(r.uses) for r in op.results)]
