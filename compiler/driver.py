@@ -217,7 +217,12 @@ def compile_model(
         if wanted("decided") and tile:  # every kernel's schedule: pinned, the model's pick, or the heuristic
             done.choices = step("decide", lambda: decide(module, model, target, decisions, options))
         step("decided", lambda: None)  # (dump only)
+        two_cores = None  # (a large model's LLVM stage and JIT on two cores: `backends/cpu/split.py`)
         for p in backend_stages(options, wanted, tile):  # cpu-tiled, cpu-vector, cpu-llvm
+            if p.name == "cpu-llvm" and emit == "jit" and not dump_ir_dir and p.name not in swaps:
+                if (options or CpuOptions()).two_core_jit:
+                    two_cores = step("llvm", lambda p=p: _llvm_on_two_cores(module, imported.func_name, p, done))
+                    continue
             step(p.name.removeprefix("cpu-"), lambda p=p: run(p))
         if emit in STAGES:
             done.text = str(module)
@@ -231,6 +236,17 @@ def compile_model(
                 with open(tmp_out, "rb") as f:
                     atomic_write(output, f.read())
             done.path = output
+        elif two_cores is not None:  # both halves' objects linked into one shared library
+
+            def linked():
+                try:
+                    path = two_cores.finish()
+                    signature, params = imported.signature, imported.params
+                    return runtime.from_shared_library(path, imported.func_name, signature, bound=params)
+                finally:
+                    two_cores.close()
+
+            done.fn = imported.eager_semantics(step("jit", linked))
         else:
             jitted = lambda: runtime.from_engine(  # noqa: E731  (the lookup compiles: timed with the JIT)
                 lowering.jit(module), imported.func_name, imported.signature, bound=imported.params
@@ -240,6 +256,25 @@ def compile_model(
         atomic_write(output, done.text.encode())
         done.path = output
     return done
+
+
+def _llvm_on_two_cores(module, func_name: str, p: ModulePass, done: Compiled):
+    """The LLVM stage (`p`, cpu-llvm) with the model's second half lowered and compiled by
+    a forked child meanwhile (`lowering.ParallelJit`); None where the module compiled whole
+    (small, one core): then this was the plain stage, and the JIT follows as usual."""
+    parallel = lowering.ParallelJit.start(module, func_name)
+    try:
+        if parallel is None:
+            lowering.convert_to_llvm(module)
+        else:
+            parallel.lower()
+        verify(module, p.name)
+    except BaseException:
+        if parallel is not None:
+            parallel.close()
+        raise
+    done.passes.append(p)
+    return parallel
 
 
 def verify(module, after: str) -> None:

@@ -79,12 +79,18 @@ def _defined_inside(v: ir.Value, inside: dict[int, ir.Operation]) -> bool:
 
 
 def outline(
-    fn: ir.Operation, ops: Sequence[ir.Operation], name: str, *, order: dict[int, int] | None = None
+    fn: ir.Operation,
+    ops: Sequence[ir.Operation],
+    name: str,
+    *,
+    order: dict[int, int] | None = None,
+    cloned: Sequence[str] = CLONED,
 ) -> tuple[ir.Operation, ir.Operation] | None:
     """Move `ops` (top-level in `fn`, any order) into a private function `name`; returns
     the `func.call` that replaced them and the function, or None (nothing changed) where
     a value they define is used outside before the last of them. `order`: the position of
-    each of `fn`'s top-level ops by key (`positions`), kept up to date for the next call."""
+    each of `fn`'s top-level ops by key (`positions`), kept up to date for the next call.
+    `cloned`: ops without operands copied in rather than passed."""
     order = positions(fn) if order is None else order
     ops = sorted({key(op): op.operation for op in ops}.values(), key=lambda op: order[key(op)])
     last = order[key(ops[-1])]
@@ -106,8 +112,8 @@ def outline(
             if _defined_inside(v, inside):
                 continue
             owner = v.owner
-            cloned = not isinstance(owner, ir.Block) and owner.operation.name in CLONED
-            if cloned and not list(owner.operation.operands) and len(owner.operation.results) == 1:
+            copy = not isinstance(owner, ir.Block) and owner.operation.name in cloned
+            if copy and not list(owner.operation.operands) and len(owner.operation.results) == 1:
                 clones[key(v)] = v
             else:
                 inputs[key(v)] = v

@@ -290,12 +290,24 @@ def mark_arguments_read_only(module: ir.Module) -> None:
 def to_llvm(module: ir.Module) -> ir.Module:
     """vector → llvm: AMX kernels, out-params, loops, deallocation, and conversion to the
     LLVM dialect."""
+    prepare_llvm(module)
+    return convert_to_llvm(module)
+
+
+def prepare_llvm(module: ir.Module) -> None:
+    """The LLVM stage's first steps, on the whole module: C interfaces, AMX kernels,
+    distinct results, tm_tensor loops."""
     for func in public_funcs(module):
         func.attributes["llvm.emit_c_interface"] = ir.UnitAttr.get(module.context)
     amx.lower_marked(module)  # low-precision contractions → AMX kernels
     distinct_results(module)
     if _has_tm_tensor_ops(module):  # (bufferized in the vector stage) → scf loops
         run_pipeline(module, "builtin.module(func.func(tm-tensor-to-loops))", stage="llvm", reproduce="cpu-llvm")
+
+
+def convert_to_llvm(module: ir.Module, *, pool_role: str = "own") -> ir.Module:
+    """The rest of the LLVM stage: out-params, loops, deallocation, the conversion to the
+    LLVM dialect, the pool (`pool.pool_allocations`'s `role`)."""
     threads = parallel_chunks(module)
     pipeline = LLVM_PIPELINE
     if threads > 1:  # kernels split into chunks: each forall an OpenMP parallel loop
@@ -310,7 +322,7 @@ def to_llvm(module: ir.Module) -> ir.Module:
     run_pipeline(module, pipeline, stage="llvm", reproduce="cpu-llvm")
     amx.keep_blocks_out_of_line(module)
     avx512_dot.define_vpdpbusd(module)  # int8 kernels without AMX: the vpdpbusd intrinsic
-    pool.pool_allocations(module)  # heap temporaries reused from the module's own pool
+    pool.pool_allocations(module, role=pool_role)  # heap temporaries reused from the module's own pool
     return module
 
 
@@ -493,11 +505,118 @@ def emit_shared_library(module: ir.Module, path: str, *, opt_level: int = OPT_LE
     with tempfile.TemporaryDirectory() as tmp:
         obj = os.path.join(tmp, "kernel.o")
         emit_object(module, obj, opt_level=opt_level)
-        link = ["-lm"]
-        if uses_openmp(module):
-            lib_dir = os.path.dirname(openmp_library())
-            link += [f"-L{lib_dir}", "-liomp5", f"-Wl,-rpath,{lib_dir}"]
-        subprocess.run(["cc", "-shared", "-o", path, obj, *link], check=True, capture_output=True)
+        link_shared(path, [obj], openmp=uses_openmp(module))
+
+
+def link_shared(path: str, objects: list[str], *, openmp: bool) -> None:
+    """Link object files into a shared library (`-Bsymbolic`: its calls between objects
+    stay inside it); the OpenMP runtime where the code has parallel regions."""
+    link = ["-lm"]
+    if openmp:
+        lib_dir = os.path.dirname(openmp_library())
+        link += [f"-L{lib_dir}", "-liomp5", f"-Wl,-rpath,{lib_dir}"]
+    subprocess.run(["cc", "-shared", "-Wl,-Bsymbolic", "-o", path, *objects, *link], check=True, capture_output=True)
+
+
+class ParallelJit:
+    """The LLVM stage and the JIT of a large module on two cores (`backends/cpu/split.py`):
+    `start` moves the second half of the entry function's kernels into a module of their
+    own and forks a child that lowers and compiles it to an object file, while this
+    process lowers the rest (`module`, in place: the LLVM stage); `finish` compiles the
+    rest, waits for the child and links both objects into a shared library in `self.dir`
+    (removed by `close`). A child that fails leaves its half to this process, which then
+    compiles it itself (and reports its errors as the whole-module path would)."""
+
+    HALF = "__tc_half"
+
+    def __init__(self, module: ir.Module, other: ir.Module, pid: int, tmp: str):
+        self.module, self.other, self.pid, self.dir = module, other, pid, tmp
+
+    @classmethod
+    def start(cls, module: ir.Module, func_name: str) -> ParallelJit | None:
+        """Split and fork where it pays (two cores, fork, a large entry function);
+        otherwise None, and nothing changed but the stage's first steps."""
+        from tilecraft.backends.cpu import split
+
+        prepare_llvm(module)
+        if split.cores() < 2 or not hasattr(os, "fork"):
+            return None
+        fn = next((f for f in public_funcs(module) if ir.StringAttr(f.attributes["sym_name"]).value == func_name), None)
+        ops = split.plan(fn) if fn is not None else None
+        other = split.outline(module, fn, ops, f"{func_name}{cls.HALF}") if ops else None
+        if other is None:
+            return None
+        set_llvm_options()  # (the child inherits them)
+        tmp = tempfile.mkdtemp(prefix="tilecraft-jit-")
+        text = other.operation.get_asm(assume_verified=True)
+        pid = os.fork()
+        if pid == 0:  # the child: its half to an object file, then gone without cleanup
+            code = 1
+            try:
+                _compile_half(text, tmp)
+                code = 0
+            except BaseException as exc:  # noqa: BLE001  (reported by the parent's own attempt)
+                try:
+                    with open(os.path.join(tmp, "half.err"), "w") as f:
+                        f.write(f"{type(exc).__name__}: {exc}")
+                except OSError:
+                    pass
+            finally:
+                os._exit(code)
+        return cls(module, other, pid, tmp)
+
+    def lower(self) -> None:
+        """This process's half to the LLVM dialect (the LLVM stage); its pool serves both."""
+        convert_to_llvm(self.module, pool_role="host")
+
+    def finish(self) -> str:
+        """Compile this process's half, wait for the child's, link; the library's path."""
+        a = os.path.join(self.dir, "rest.o")
+        emit_object(self.module, a)
+        _, status = os.waitpid(self.pid, 0)
+        self.pid = None
+        b = os.path.join(self.dir, "half.o")
+        flags = os.path.join(self.dir, "half.flags")
+        if status != 0 or not os.path.exists(flags):  # the child failed: this half here
+            convert_to_llvm(self.other, pool_role="guest")
+            emit_object(self.other, b)
+            half_amx, half_openmp = amx.uses_amx(self.other), uses_openmp(self.other)
+        else:
+            with open(flags) as f:
+                half_amx, half_openmp = (w == "1" for w in f.read().split())
+        if half_amx:
+            amx.enable()
+        # the JIT's wrappers of the half's functions (`_mlir_<name>`) and its ORC init and
+        # deinit functions exist in both objects: the half's stay local to it
+        subprocess.run(
+            ["objcopy", "-w", "--localize-symbol=_mlir_*", "--localize-symbol=__orc_*", b],
+            check=True,
+            capture_output=True,
+        )
+        path = os.path.join(self.dir, "model.so")
+        link_shared(path, [a, b], openmp=uses_openmp(self.module) or half_openmp)
+        return path
+
+    def close(self) -> None:
+        import shutil
+
+        if self.pid is not None:  # (finish never ran: the child is not left behind)
+            os.waitpid(self.pid, 0)
+            self.pid = None
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _compile_half(text: str, tmp: str) -> None:
+    """(In the forked child.) Parse the half in a context of its own, single-threaded (the
+    parent's thread pool did not survive the fork), lower and compile it."""
+    ctx = ir.Context()
+    ctx.enable_multithreading(False)
+    ctx.allow_unregistered_dialects = True
+    module = ir.Module.parse(text, ctx)
+    convert_to_llvm(module, pool_role="guest")
+    emit_object(module, os.path.join(tmp, "half.o"))
+    with open(os.path.join(tmp, "half.flags"), "w") as f:
+        f.write(f"{int(amx.uses_amx(module))} {int(uses_openmp(module))}")
 
 
 def emit_assembly(module: ir.Module, *, opt_level: int = OPT_LEVEL) -> str:

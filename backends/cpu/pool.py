@@ -173,15 +173,25 @@ llvm.func hidden @{RELEASE}() {{
 }}
 """
 
+# A guest's pool functions: weak, replaced by the host's when the objects are linked (the
+# JIT that compiles the guest alone must resolve every symbol it calls).
+_GUEST_DECLS = (
+    f"llvm.func weak @{ALLOC}(%n: i64) -> !llvm.ptr {{\n"
+    "  %0 = llvm.mlir.zero : !llvm.ptr\n  llvm.return %0 : !llvm.ptr\n}",
+    f"llvm.func weak @{FREE}(%p: !llvm.ptr) {{\n  llvm.return\n}}",
+)
 _DECLS = {
     "malloc": "llvm.func @malloc(i64) -> !llvm.ptr",
     "free": "llvm.func @free(!llvm.ptr)",
 }
 
 
-def pool_allocations(module: ir.Module) -> int:
+def pool_allocations(module: ir.Module, *, role: str = "own") -> int:
     """Calls of `malloc` and `free` in the LLVM-dialect module redirected to the module's
-    own pool (see the module docstring); returns how many calls were redirected."""
+    own pool (see the module docstring); returns how many calls were redirected.
+    `role`: "own" (the pool defined where used), "host" (defined even without a call:
+    another object linked with this one uses it) or "guest" (weak stand-ins the host's
+    definitions replace at link time)."""
     ctx = module.context
     renames = {"malloc": ALLOC, "free": FREE}
     calls: list[ir.Operation] = []
@@ -196,13 +206,13 @@ def pool_allocations(module: ir.Module) -> int:
     if ALLOC in have:  # (pooled already: its own malloc and free stay as they are)
         return 0
     walk_ops(module.operation, visit)
-    if not calls:
+    if not calls and role != "host":
         return 0
     if any(op.name == "llvm.mlir.global_dtors" for op in top):
         raise ValueError("pool: the module has destructors of its own (the pool's release needs merging)")
     for op in calls:
         name = ir.FlatSymbolRefAttr(op.attributes["callee"]).value
         op.attributes["callee"] = ir.FlatSymbolRefAttr.get(renames[name], context=ctx)
-    text = "\n".join(_DECLS.values()) + _DEFS
+    text = "\n".join(_DECLS.values()) + _DEFS if role != "guest" else "\n".join(_GUEST_DECLS)
     append_helper(module, text, keep=lambda op: symbol_name(op) not in have)  # (malloc and free declared once)
     return len(calls)

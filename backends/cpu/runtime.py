@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import functools
+import weakref
 from collections.abc import Sequence
 
 import numpy as np
@@ -197,4 +198,22 @@ def from_shared_library(
 ) -> CompiledFunction:
     lib = ctypes.CDLL(path)
     address = ctypes.cast(getattr(lib, f"_mlir__mlir_ciface_{name}"), ctypes.c_void_p).value
+    try:  # the pool's release (the JIT's object keeps no destructor list a loader runs)
+        release = ctypes.cast(lib[_RELEASE], ctypes.c_void_p).value
+    except AttributeError:
+        release = None
+    weakref.finalize(lib, _unload, lib._handle, release)
     return CompiledFunction(address, signature, owner=lib, bound=bound)
+
+
+_RELEASE = "_mlir___tc_pool_release"  # (`pool.RELEASE`'s packed wrapper: `void(void **args)`)
+
+
+def _unload(handle: int, release: int | None) -> None:
+    """A dropped library's pool released, then `dlclose` (ctypes never closes one): its
+    pooled buffers and its code go back, as a dropped JIT engine's do."""
+    import _ctypes
+
+    if release:
+        ctypes.CFUNCTYPE(None, ctypes.c_void_p)(release)((ctypes.c_void_p * 1)())
+    _ctypes.dlclose(handle)

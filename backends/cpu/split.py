@@ -1,0 +1,187 @@
+"""A large model's LLVM lowering and machine code, made on two cores at once.
+
+On the backends floor; used by the driver's `jit` path (`lowering.ParallelJit`). LLVM
+compiles a module on one thread, and a model arrives as one `forward` function (every
+kernel inlined): MobileNet-V2's LLVM stage and JIT took 2.4 + 5.3 s on one core of two.
+Here, after the vector stage, the second half of `forward`'s top-level ops (by weight:
+the ops they hold) moves into a public function of a
+module of its own, and a forked child process lowers that module to LLVM and machine code
+while this process does the rest; both objects are linked into one shared library.
+
+Values the two halves share stay in `forward` and are passed in: buffers (`memref.alloc`
+and views of them, made in `forward` before the call) and constants (copied in). A half
+whose computed value the other reads (a scalar a kernel loads) is not split: `plan` says
+None and the module is compiled whole, as is a small one.
+"""
+
+from __future__ import annotations
+
+import os
+
+from torch_mlir import ir
+
+from tilecraft.dialects import islands
+
+# Ops whose results the halves may share: they stay in `forward` (made before the call:
+# buffers and views, no data computed), their results passed as arguments.
+SHARED = (
+    "memref.alloc",
+    "memref.alloca",
+    "memref.subview",
+    "memref.expand_shape",
+    "memref.collapse_shape",
+    "memref.reinterpret_cast",
+    "memref.cast",
+    "memref.dim",
+    "memref.get_global",
+    "memref.view",
+    "arith.constant",
+    "ub.poison",
+)
+# Ops without operands copied into the half that reads them (a loop bound stays a constant).
+CLONED = ("arith.constant", "ub.poison")
+# The first half's share of the weight.
+FIRST = 0.5
+# Below this weight a module compiles whole: forking and linking cost more than they save.
+MIN_WEIGHT = 4000
+
+
+def weight(op: ir.Operation) -> int:
+    """`op` and the ops nested in it: a count that tracks the LLVM code it becomes (on the
+    zoo, closer than counting each vector op once per 1-D vector it unrolls to, or a
+    loop LLVM unrolls once per iteration: resnet18's halves came out 66 / 34% so)."""
+    total = 0
+
+    def visit(_):
+        nonlocal total
+        total += 1
+        return ir.WalkResult.ADVANCE
+
+    op.walk(visit)
+    return total
+
+
+def plan(fn: ir.Operation, *, min_weight: int | None = None) -> list[ir.Operation] | None:
+    """The top-level ops of `fn` that move out (a contiguous second half by weight, less
+    the ops it shares with the rest), or None where the function is small or its halves
+    share a computed value."""
+    min_weight = MIN_WEIGHT if min_weight is None else min_weight
+    body = fn.regions[0].blocks[0]
+    ops = [o.operation for o in body.operations][:-1]  # (not the return)
+    weights = [0 if o.name in SHARED else weight(o) for o in ops]
+    total = sum(weights)
+    if total < min_weight or len(ops) < 2:
+        return None
+    acc, cut = 0, len(ops)
+    for i, w in enumerate(weights):
+        acc += w
+        if acc >= total * FIRST:
+            cut = i + 1
+            break
+    if cut >= len(ops):
+        return None
+    for o in ops:
+        if o.name == "scf.for":
+            _forward_buffers(o)
+    second = {islands.key(o) for o in ops[cut:]}
+    stay: set[int] = set()  # second-half ops that stay in `forward`: shared with it
+    moved = []
+    for o in reversed(ops[cut:]):  # (users before producers: each user already placed)
+        outside = False
+        for r in o.results:
+            for u in r.uses:
+                top = islands._top_level(u.owner.operation, fn)
+                k = islands.key(top) if top is not None else None
+                outside |= k not in second or k in stay
+        if outside:
+            if o.name not in SHARED:  # a value computed in the half read after it
+                return None
+            stay.add(islands.key(o))
+        else:
+            moved.append(o)
+    moved.reverse()
+    if sum(weight(o) for o in moved) < min_weight / 4:
+        return None
+    return moved
+
+
+def _same_buffer(v: ir.Value, arg: ir.Value) -> bool:
+    """`v` is `arg`, or a loop's result that carries `arg` through unchanged."""
+    if v == arg:
+        return True
+    owner = v.owner
+    if isinstance(owner, ir.Block) or owner.operation.name != "scf.for":
+        return False
+    loop = owner.operation
+    i = ir.OpResult(v).result_number
+    return _same_buffer(loop.operands[3 + i], arg) and _carried(loop, i)
+
+
+def _carried(loop: ir.Operation, i: int) -> bool:
+    """The `scf.for`'s i-th iter_arg is yielded unchanged (a buffer its body writes into)."""
+    body = loop.regions[0].blocks[0]
+    yielded = list(body.operations)[-1].operation.operands[i]
+    return _same_buffer(yielded, body.arguments[1 + i])
+
+
+def _forward_buffers(loop: ir.Operation) -> None:
+    """Uses of a bufferized loop's memref results read its init buffer instead (the same
+    buffer), so the loop's result is no value the halves share."""
+    for i, r in enumerate(loop.results):
+        if isinstance(r.type, ir.MemRefType) and _carried(loop, i):
+            r.replace_all_uses_with(loop.operands[3 + i])
+
+
+def outline(module: ir.Module, fn: ir.Operation, ops: list[ir.Operation], name: str) -> ir.Module | None:
+    """Move `ops` into a new module's public function `name`, called from `fn`; `module`
+    keeps an empty weak definition of it (replaced when the objects are linked).
+    The new module gets copies of the private functions the moved code calls."""
+    done = islands.outline(fn, ops, name, cloned=CLONED)
+    if done is None:
+        return None
+    call, part = done
+    if len(call.results):  # (values the rest reads: `plan` left none)
+        islands.inline(call, part)
+        return None
+    ctx = module.context
+    part.attributes.__delitem__(islands.ISLAND)
+    part.attributes.__delitem__("sym_visibility")
+    callees = set()
+
+    def visit(o):
+        o = o.operation
+        if o.name == "func.call":
+            callees.add(ir.FlatSymbolRefAttr(o.attributes["callee"]).value)
+        return ir.WalkResult.ADVANCE
+
+    part.walk(visit)
+    with ctx, ir.Location.unknown():
+        other = ir.Module.create()
+        internal = ir.Attribute.parse("#llvm.linkage<internal>")
+        for top in list(module.body.operations):
+            top = top.operation
+            if top.name != "func.func" or ir.StringAttr(top.attributes["sym_name"]).value not in callees:
+                continue
+            copy = top.clone(ir.InsertionPoint(other.body))
+            if len(top.regions[0].blocks):  # a definition: one copy in each object
+                copy.attributes["llvm.linkage"] = internal
+                top.attributes["llvm.linkage"] = internal
+        ir.InsertionPoint(other.body).insert(part.detach_from_parent())
+        # what stays: an empty weak definition, so the JIT compiles this half without the
+        # other (it cannot leave a symbol unresolved); linking takes the real one. A weak
+        # function may be replaced: LLVM neither inlines it nor reads anything from its body.
+        args = ", ".join(f"%a{i}: {v.type}" for i, v in enumerate(call.operands))
+        stub = ir.Operation.parse(
+            f"func.func private @{name}({args}) attributes {{llvm.linkage = #llvm.linkage<weak>}} {{\n  return\n}}",
+            context=ctx,
+        )
+        ir.InsertionPoint(fn).insert(stub)
+    return other
+
+
+def cores() -> int:
+    """Cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # (not Linux)
+        return 1

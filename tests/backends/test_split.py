@@ -1,0 +1,98 @@
+"""A large model's LLVM stage and JIT on two cores (`backends/cpu/split.py`,
+`lowering.ParallelJit`): the same results as one module compiled whole, a child that fails
+leaves its half to the parent, and a dropped library is unloaded."""
+
+import gc
+
+import pytest
+import torch
+
+from tilecraft import driver, frontend
+from tilecraft.backends.cpu import lowering, runtime, split
+from tilecraft.backends.cpu.backend import CpuOptions
+from tilecraft.corpus import zoo
+
+
+@pytest.fixture
+def two_cores(monkeypatch):
+    """Split wherever the module is large enough, on any host; count the splits."""
+    monkeypatch.setattr(split, "cores", lambda: 2)
+    started = []
+    start = lowering.ParallelJit.start.__func__
+
+    def spy(cls, module, name):
+        out = start(cls, module, name)
+        started.append(out is not None)
+        return out
+
+    monkeypatch.setattr(lowering.ParallelJit, "start", classmethod(spy))
+    return started
+
+
+def _compile(name: str, **kw):
+    return driver.compile_model(frontend.import_spec(name), **kw)
+
+
+def test_split_matches_the_whole_module(two_cores):
+    model, inputs = zoo.get("conv_autoencoder")
+    whole = _compile("conv_autoencoder", options=CpuOptions(two_core_jit=False))
+    halves = _compile("conv_autoencoder")
+    assert two_cores == [True]
+    ref = model(*inputs)
+    assert torch.allclose(halves.fn(*inputs), ref, rtol=1e-4, atol=1e-5)
+    assert torch.equal(halves.fn(*inputs), whole.fn(*inputs))
+
+
+def test_split_with_threads(two_cores):
+    model, inputs = zoo.get("conv_autoencoder")
+    c = _compile("conv_autoencoder", threads=2)
+    assert two_cores == [True]
+    assert torch.allclose(c.fn(*inputs), model(*inputs), rtol=1e-4, atol=1e-5)
+
+
+def test_small_module_compiles_whole(two_cores):
+    _compile("mlp")
+    assert two_cores == [False]
+
+
+def test_failed_child_leaves_its_half_to_the_parent(two_cores, monkeypatch):
+    def broken(text, tmp):
+        raise RuntimeError("child broke")
+
+    monkeypatch.setattr(lowering, "_compile_half", broken)
+    model, inputs = zoo.get("conv_autoencoder")
+    c = _compile("conv_autoencoder")
+    assert two_cores == [True]
+    assert torch.allclose(c.fn(*inputs), model(*inputs), rtol=1e-4, atol=1e-5)
+
+
+def test_dropped_library_is_unloaded(two_cores, monkeypatch):
+    unloaded = []
+    unload = runtime._unload
+    monkeypatch.setattr(runtime, "_unload", lambda h, d: (unloaded.append(d is not None), unload(h, d)))
+    _, inputs = zoo.get("conv_autoencoder")
+    c = _compile("conv_autoencoder")
+    c.fn(*inputs)
+    del c
+    gc.collect()
+    assert unloaded == [True]  # (its destructors found and run: the pool's blocks freed)
+
+
+def test_plan_keeps_shared_values_in_forward(two_cores):
+    """Buffers both halves use are made in `forward` and passed in; the moved half
+    returns nothing."""
+    imported = frontend.import_spec("conv_autoencoder")
+    driver.compile_model(imported, emit="vector")
+    module = imported.module
+    lowering.prepare_llvm(module)
+    fn = next(lowering.public_funcs(module))
+    ops = split.plan(fn, min_weight=1)
+    assert ops
+    other = split.outline(module, fn, ops, "forward__tc_half")
+    assert other is not None
+    names = [op.operation.name for op in fn.regions[0].blocks[0].operations]
+    assert names.count("func.call") == 1
+    call = next(op for op in fn.regions[0].blocks[0].operations if op.operation.name == "func.call")
+    assert len(call.results) == 0
+    module.operation.verify()
+    other.operation.verify()
