@@ -242,7 +242,7 @@ def compile_model(
                 try:
                     path = two_cores.finish()
                     signature, params = imported.signature, imported.params
-                    return runtime.from_shared_library(path, imported.func_name, signature, bound=params)
+                    return runtime.from_shared_library(path, imported.func_name, signature, bound=params, unload=True)
                 finally:
                     two_cores.close()
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import subprocess
 import tempfile
+import weakref
 from collections.abc import Mapping
 
 from torch_mlir import ir
@@ -498,7 +500,29 @@ def jit(module: ir.Module, *, opt_level: int = OPT_LEVEL):
 
 
 def emit_object(module: ir.Module, path: str, *, opt_level: int = OPT_LEVEL) -> None:
-    jit(module, opt_level=opt_level).dump_to_object_file(path)
+    """The module's object file. The engine compiles lazily, and its dump compiles by
+    looking up each function's wrapper (`_mlir_<name>`) and gives up, writing nothing, on
+    the first it does not find: an internal function LLVM inlined everywhere and dropped
+    (the `vpdpbusd` helper) has none. One lookup of an exported function compiles the
+    whole module first."""
+    engine = jit(module, opt_level=opt_level)
+    exported = next((n for n in _defined_exported(module)), None)
+    if exported is not None:
+        engine.raw_lookup(exported)
+    engine.dump_to_object_file(path)
+    if not os.path.exists(path):
+        raise RuntimeError(f"LLVM wrote no object file for the module (to {path})")
+
+
+def _defined_exported(module: ir.Module):
+    """Names of the LLVM-dialect module's function definitions with external linkage."""
+    for op in module.body.operations:
+        op = op.operation
+        if op.name != "llvm.func" or not len(op.regions[0].blocks):
+            continue
+        linkage = str(op.attributes["linkage"]) if "linkage" in op.attributes else "#llvm.linkage<external>"
+        if linkage == "#llvm.linkage<external>":
+            yield ir.StringAttr(op.attributes["sym_name"]).value
 
 
 def emit_shared_library(module: ir.Module, path: str, *, opt_level: int = OPT_LEVEL) -> None:
@@ -529,8 +553,16 @@ class ParallelJit:
 
     HALF = "__tc_half"
 
-    def __init__(self, module: ir.Module, other: ir.Module, pid: int, tmp: str):
-        self.module, self.other, self.pid, self.dir = module, other, pid, tmp
+    def __init__(self, module: ir.Module, other: ir.Module, pid: int, tmp: str, local: list[str]):
+        self.module, self.other, self.dir = module, other, tmp
+        self.local = local  # the half's copies of the rest's symbols: local to its object
+        self._child = [pid]  # (the finalizer's: the child reaped once, by whoever is first)
+        # dropped without `close` (an error between the stages): no child or files left
+        self._cleanup = weakref.finalize(self, _reap, self._child, tmp)
+
+    @property
+    def pid(self) -> int | None:
+        return self._child[0]
 
     @classmethod
     def start(cls, module: ir.Module, func_name: str) -> ParallelJit | None:
@@ -539,16 +571,17 @@ class ParallelJit:
         from tilecraft.backends.cpu import split
 
         prepare_llvm(module)
-        if split.cores() < 2 or not hasattr(os, "fork"):
+        if split.cores() < 2 or not hasattr(os, "fork") or not all(map(shutil.which, ("cc", "objcopy"))):
             return None
         fn = next((f for f in public_funcs(module) if ir.StringAttr(f.attributes["sym_name"]).value == func_name), None)
         ops = split.plan(fn) if fn is not None else None
         other = split.outline(module, fn, ops, f"{func_name}{cls.HALF}") if ops else None
         if other is None:
             return None
+        local = split.copied(other, f"{func_name}{cls.HALF}")
         set_llvm_options()  # (the child inherits them)
-        tmp = tempfile.mkdtemp(prefix="tilecraft-jit-")
         text = other.operation.get_asm(assume_verified=True)
+        tmp = tempfile.mkdtemp(prefix="tilecraft-jit-")
         pid = os.fork()
         if pid == 0:  # the child: its half to an object file, then gone without cleanup
             code = 1
@@ -563,7 +596,7 @@ class ParallelJit:
                     pass
             finally:
                 os._exit(code)
-        return cls(module, other, pid, tmp)
+        return cls(module, other, pid, tmp, local)
 
     def lower(self) -> None:
         """This process's half to the LLVM dialect (the LLVM stage); its pool serves both."""
@@ -571,10 +604,12 @@ class ParallelJit:
 
     def finish(self) -> str:
         """Compile this process's half, wait for the child's, link; the library's path."""
+        import time
+
         a = os.path.join(self.dir, "rest.o")
+        t0 = time.monotonic()
         emit_object(self.module, a)
-        _, status = os.waitpid(self.pid, 0)
-        self.pid = None
+        status = self._wait(deadline=time.monotonic() + self.PATIENCE * (time.monotonic() - t0) + self.GRACE)
         b = os.path.join(self.dir, "half.o")
         flags = os.path.join(self.dir, "half.flags")
         if status != 0 or not os.path.exists(flags):  # the child failed: this half here
@@ -586,10 +621,12 @@ class ParallelJit:
                 half_amx, half_openmp = (w == "1" for w in f.read().split())
         if half_amx:
             amx.enable()
-        # the JIT's wrappers of the half's functions (`_mlir_<name>`) and its ORC init and
-        # deinit functions exist in both objects: the half's stay local to it
+        # the JIT's wrappers of the half's functions (`_mlir_<name>`), its ORC init and
+        # deinit functions and the functions and globals copied into it exist in both
+        # objects: the half's stay local to it
+        copies = [f"--localize-symbol={n}" for n in self.local]
         subprocess.run(
-            ["objcopy", "-w", "--localize-symbol=_mlir_*", "--localize-symbol=__orc_*", b],
+            ["objcopy", "-w", "--localize-symbol=_mlir_*", "--localize-symbol=__orc_*", *copies, b],
             check=True,
             capture_output=True,
         )
@@ -597,13 +634,50 @@ class ParallelJit:
         link_shared(path, [a, b], openmp=uses_openmp(self.module) or half_openmp)
         return path
 
-    def close(self) -> None:
-        import shutil
+    # How long the child may take beyond this process's own half: `PATIENCE` times as long,
+    # then `GRACE` seconds more. A child stuck past that (a lock another thread held when
+    # it was forked) is killed, and its half compiled here.
+    PATIENCE, GRACE = 3, 10.0
 
-        if self.pid is not None:  # (finish never ran: the child is not left behind)
-            os.waitpid(self.pid, 0)
-            self.pid = None
-        shutil.rmtree(self.dir, ignore_errors=True)
+    def _wait(self, deadline: float) -> int:
+        """The child's exit status; -1 where it was killed once `deadline` passed (or
+        someone else reaped it)."""
+        import time
+
+        pause = 0.001
+        while True:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # (reaped elsewhere: SIGCHLD ignored, a waitpid(-1))
+                self._child[0] = None
+                return -1
+            if pid:
+                self._child[0] = None
+                return status
+            if time.monotonic() > deadline:
+                _reap(self._child, None)
+                return -1
+            time.sleep(pause)
+            pause = min(pause * 2, 0.02)
+
+    def close(self) -> None:
+        """Kill and reap the child if it still runs; remove the files."""
+        self._cleanup()
+
+
+def _reap(child: list, tmp: str | None) -> None:
+    """Kill and reap the child `child[0]` (if any); remove `tmp` (if given)."""
+    import signal
+
+    pid, child[0] = child[0], None
+    if pid is not None:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+    if tmp is not None:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _compile_half(text: str, tmp: str) -> None:

@@ -194,15 +194,20 @@ def from_engine(engine, name: str, signature: Signature, *, bound: Sequence[torc
 
 
 def from_shared_library(
-    path: str, name: str, signature: Signature, *, bound: Sequence[torch.Tensor] = ()
+    path: str, name: str, signature: Signature, *, bound: Sequence[torch.Tensor] = (), unload: bool = False
 ) -> CompiledFunction:
+    """The entry function `name` of the library at `path`. `unload`: the library is this
+    function's alone (a path no one else loads): when the function is dropped, its pool's
+    blocks are freed and the library closed, as a dropped JIT engine's are (a library
+    loaded twice is one handle, its pool shared: it stays loaded)."""
     lib = ctypes.CDLL(path)
     address = ctypes.cast(getattr(lib, f"_mlir__mlir_ciface_{name}"), ctypes.c_void_p).value
-    try:  # the pool's release (the JIT's object keeps no destructor list a loader runs)
-        release = ctypes.cast(lib[_RELEASE], ctypes.c_void_p).value
-    except AttributeError:
-        release = None
-    weakref.finalize(lib, _unload, lib._handle, release)
+    if unload:
+        try:  # the pool's release (the JIT's object keeps no destructor list a loader runs)
+            release = ctypes.cast(lib[_RELEASE], ctypes.c_void_p).value
+        except AttributeError:
+            release = None
+        weakref.finalize(lib, _unload, lib._handle, release).atexit = False  # (not under running threads at exit)
     return CompiledFunction(address, signature, owner=lib, bound=bound)
 
 

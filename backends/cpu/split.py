@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import os
 
-from torch_mlir import ir
+from torch_mlir import ir, passmanager
 
 from tilecraft.dialects import islands
 
@@ -192,8 +192,18 @@ def _forward_buffers(loop: ir.Operation) -> None:
 
 def outline(module: ir.Module, fn: ir.Operation, ops: list[ir.Operation], name: str) -> ir.Module | None:
     """Move `ops` into a new module's public function `name`, called from `fn`; `module`
-    keeps an empty weak definition of it (replaced when the objects are linked).
-    The new module gets copies of the private functions the moved code calls."""
+    keeps an empty weak definition of it (replaced when the objects are linked). The new
+    module gets copies of the functions and constant globals the moved code refers to,
+    and theirs (`copied`: made local to its object once compiled); None (nothing
+    changed) where that cannot be (a global the code may write)."""
+    symbols = {
+        ir.StringAttr(op.attributes["sym_name"]).value: op.operation
+        for op in module.body.operations
+        if "sym_name" in op.attributes
+    }
+    needed = _referenced(ops, symbols)
+    if any(symbols[n].name == "memref.global" and "constant" not in symbols[n].attributes for n in needed):
+        return None  # (two copies of a variable would be two variables)
     done = islands.outline(fn, ops, name, cloned=CLONED)
     if done is None:
         return None
@@ -204,26 +214,12 @@ def outline(module: ir.Module, fn: ir.Operation, ops: list[ir.Operation], name: 
     ctx = module.context
     part.attributes.__delitem__(islands.ISLAND)
     part.attributes.__delitem__("sym_visibility")
-    callees = set()
-
-    def visit(o):
-        o = o.operation
-        if o.name == "func.call":
-            callees.add(ir.FlatSymbolRefAttr(o.attributes["callee"]).value)
-        return ir.WalkResult.ADVANCE
-
-    part.walk(visit)
     with ctx, ir.Location.unknown():
         other = ir.Module.create()
-        internal = ir.Attribute.parse("#llvm.linkage<internal>")
-        for top in list(module.body.operations):
+        for top in module.body.operations:  # (in the module's order: definitions before uses)
             top = top.operation
-            if top.name != "func.func" or ir.StringAttr(top.attributes["sym_name"]).value not in callees:
-                continue
-            copy = top.clone(ir.InsertionPoint(other.body))
-            if len(top.regions[0].blocks):  # a definition: one copy in each object
-                copy.attributes["llvm.linkage"] = internal
-                top.attributes["llvm.linkage"] = internal
+            if "sym_name" in top.attributes and ir.StringAttr(top.attributes["sym_name"]).value in needed:
+                top.clone(ir.InsertionPoint(other.body))  # (made local to the half's object: `copied`)
         ir.InsertionPoint(other.body).insert(part.detach_from_parent())
         # what stays: an empty weak definition, so the JIT compiles this half without the
         # other (it cannot leave a symbol unresolved); linking takes the real one. A weak
@@ -234,7 +230,38 @@ def outline(module: ir.Module, fn: ir.Operation, ops: list[ir.Operation], name: 
             context=ctx,
         )
         ir.InsertionPoint(fn).insert(stub)
+    # what the moved code alone called goes: an unused private function LLVM deletes would
+    # leave the JIT a wrapper (`_mlir_<name>`) it cannot find
+    passmanager.PassManager.parse("builtin.module(symbol-dce)", context=ctx).run(module.operation)
     return other
+
+
+def copied(other: ir.Module, name: str) -> list[str]:
+    """The symbols `outline` copied into `other` (all but its function `name`)."""
+    names = [
+        ir.StringAttr(op.attributes["sym_name"]).value for op in other.body.operations if "sym_name" in op.attributes
+    ]
+    return [n for n in names if n != name]
+
+
+def _referenced(ops: list[ir.Operation], symbols: dict[str, ir.Operation]) -> set[str]:
+    """The module's symbols `ops` refer to (a called function, a global read), and the
+    ones those refer to in turn (an AMX kernel's block functions, their intrinsics)."""
+    found: set[str] = set()
+    todo = list(ops)
+
+    def visit(o):
+        attrs = o.operation.attributes
+        for key in attrs:
+            a = attrs[key]
+            if isinstance(a, ir.FlatSymbolRefAttr) and a.value in symbols and a.value not in found:
+                found.add(a.value)
+                todo.append(symbols[a.value])
+        return ir.WalkResult.ADVANCE
+
+    while todo:
+        todo.pop().walk(visit)
+    return found
 
 
 def cores() -> int:

@@ -96,3 +96,53 @@ def test_plan_keeps_shared_values_in_forward(two_cores):
     assert len(call.results) == 0
     module.operation.verify()
     other.operation.verify()
+
+
+def test_stuck_child_is_killed_and_its_half_compiled_here(two_cores, monkeypatch):
+    import time
+
+    monkeypatch.setattr(lowering, "_compile_half", lambda text, tmp: time.sleep(600))
+    monkeypatch.setattr(lowering.ParallelJit, "PATIENCE", 0)
+    monkeypatch.setattr(lowering.ParallelJit, "GRACE", 0.5)
+    model, inputs = zoo.get("conv_autoencoder")
+    t0 = time.monotonic()
+    c = _compile("conv_autoencoder")
+    assert two_cores == [True] and time.monotonic() - t0 < 120
+    assert torch.allclose(c.fn(*inputs), model(*inputs), rtol=1e-4, atol=1e-5)
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return set(next((line for line in f if line.startswith("flags")), "").split())
+    except OSError:
+        return set()
+
+
+@pytest.mark.skipif("avx512_vnni" not in _cpu_flags(), reason="needs AVX512-VNNI (vpdpbusd)")
+def test_split_with_low_precision_kernels(two_cores, monkeypatch):
+    """int8 kernels are functions calling block functions calling the `vpdpbusd` helper:
+    the half gets all of them (and the rest keeps what it still calls)."""
+    monkeypatch.setattr(split, "MIN_WEIGHT", 1)
+    _, inputs = zoo.get("mlp")
+    low = {"precision": "int8", "target": "cpu{amx=false}"}
+    whole = _compile("mlp", **low, options=CpuOptions(two_core_jit=False))
+    halves = _compile("mlp", **low)
+    assert two_cores == [True]
+    assert {d.precision for d in halves.precision.decisions} == {"int8"}
+    assert torch.equal(halves.fn(*inputs), whole.fn(*inputs))
+
+
+@pytest.mark.skipif("avx512_vnni" not in _cpu_flags(), reason="needs AVX512-VNNI (vpdpbusd)")
+def test_shared_library_with_the_vpdpbusd_helper(tmp_path):
+    """`--emit so` of int8 kernels without AMX: the inlined, dropped helper once made the
+    object dump give up and write nothing."""
+    _, inputs = zoo.get("mlp")
+    imported = frontend.import_spec("mlp")
+    path = str(tmp_path / "m.so")
+    low = {"precision": "int8", "target": "cpu{amx=false}"}
+    c = driver.compile_model(imported, **low, emit="so", output=path)
+    loaded = runtime.from_shared_library(c.path, imported.func_name, imported.signature, bound=imported.params)
+    fn = imported.eager_semantics(loaded)
+    jitted = _compile("mlp", **low, options=CpuOptions(two_core_jit=False))
+    assert torch.equal(fn(*inputs), jitted.fn(*inputs))
