@@ -114,3 +114,12 @@ def compile_and_compare(model: torch.nn.Module, inputs, *, spec: str = "<test>")
     with torch.no_grad():
         ref = model(*inputs)
     return driver.compare(compiled.fn(*inputs), ref)
+
+
+def cpu_flags() -> set[str]:
+    """The host CPU's feature flags (/proc/cpuinfo), empty where unreadable."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return set(next((line for line in f if line.startswith("flags")), "").split())
+    except OSError:
+        return set()

@@ -7,6 +7,7 @@ import gc
 import pytest
 import torch
 
+from conftest import cpu_flags
 from tilecraft import driver, frontend
 from tilecraft.backends.cpu import lowering, runtime, split
 from tilecraft.backends.cpu.backend import CpuOptions
@@ -111,15 +112,7 @@ def test_stuck_child_is_killed_and_its_half_compiled_here(two_cores, monkeypatch
     assert torch.allclose(c.fn(*inputs), model(*inputs), rtol=1e-4, atol=1e-5)
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return set(next((line for line in f if line.startswith("flags")), "").split())
-    except OSError:
-        return set()
-
-
-@pytest.mark.skipif("avx512_vnni" not in _cpu_flags(), reason="needs AVX512-VNNI (vpdpbusd)")
+@pytest.mark.skipif("avx512_vnni" not in cpu_flags(), reason="needs AVX512-VNNI (vpdpbusd)")
 def test_split_with_low_precision_kernels(two_cores, monkeypatch):
     """int8 kernels are functions calling block functions calling the `vpdpbusd` helper:
     the half gets all of them (and the rest keeps what it still calls)."""
@@ -133,7 +126,7 @@ def test_split_with_low_precision_kernels(two_cores, monkeypatch):
     assert torch.equal(halves.fn(*inputs), whole.fn(*inputs))
 
 
-@pytest.mark.skipif("avx512_vnni" not in _cpu_flags(), reason="needs AVX512-VNNI (vpdpbusd)")
+@pytest.mark.skipif("avx512_vnni" not in cpu_flags(), reason="needs AVX512-VNNI (vpdpbusd)")
 def test_shared_library_with_the_vpdpbusd_helper(tmp_path):
     """`--emit so` of int8 kernels without AMX: the inlined, dropped helper once made the
     object dump give up and write nothing."""

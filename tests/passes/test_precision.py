@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from conftest import cpu_flags
 from tilecraft import driver, frontend
 from tilecraft.backends.cpu import amx
 from tilecraft.corpus import amx as amx_workloads
@@ -179,16 +180,10 @@ def test_cli_run_precision_auto_and_budget_errors(tmp_path):
 
 
 # ------------------------------------------------------------ AVX-512 BF16 without AMX
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return set(next((line for line in f if line.startswith("flags")), "").split())
-    except OSError:
-        return set()
 
 
-needs_avx512_bf16 = pytest.mark.skipif("avx512_bf16" not in _cpu_flags(), reason="needs AVX512-BF16 (vdpbf16ps)")
-needs_avx512_vnni = pytest.mark.skipif("avx512_vnni" not in _cpu_flags(), reason="needs AVX512-VNNI (vpdpbusd)")
+needs_avx512_bf16 = pytest.mark.skipif("avx512_bf16" not in cpu_flags(), reason="needs AVX512-BF16 (vdpbf16ps)")
+needs_avx512_vnni = pytest.mark.skipif("avx512_vnni" not in cpu_flags(), reason="needs AVX512-VNNI (vpdpbusd)")
 
 
 @needs_avx512_bf16
@@ -235,7 +230,7 @@ def test_low_precision_isa_follows_the_target():
 
     no_bf16 = Target.parse("cpu{amx=false avx512bf16=false avx512vnni=false}")
     assert driver.low_precision_isa(no_bf16) is None
-    if "avx512_bf16" in _cpu_flags():
+    if "avx512_bf16" in cpu_flags():
         assert driver.low_precision_isa(Target.parse("cpu{amx=false}")) == "avx512"
     if amx.available():
         assert driver.low_precision_isa(Target.parse("cpu")) == "amx"
