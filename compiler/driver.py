@@ -219,7 +219,7 @@ def compile_model(
         step("decided", lambda: None)  # (dump only)
         two_cores = None  # (a large model's LLVM stage and JIT on two cores: `backends/cpu/split.py`)
         for p in backend_stages(options, wanted, tile):  # cpu-tiled, cpu-vector, cpu-llvm
-            if p.name == "cpu-llvm" and emit == "jit" and not dump_ir_dir and p.name not in swaps:
+            if p.name == "cpu-llvm" and emit in ("jit", "so") and not dump_ir_dir and p.name not in swaps:
                 if (options or CpuOptions()).two_core_jit:
                     two_cores = step("llvm", lambda p=p: _llvm_on_two_cores(module, imported.func_name, p, done))
                     continue
@@ -228,6 +228,17 @@ def compile_model(
             done.text = str(module)
         elif emit == "asm":
             done.text = step("asm", lambda: lowering.emit_assembly(module))  # host assembly
+        elif emit == "so" and two_cores is not None:  # both halves' objects linked into the library
+
+            def library():
+                try:
+                    with open(two_cores.finish(), "rb") as f:
+                        atomic_write(output, f.read())
+                finally:
+                    two_cores.close()
+
+            step(emit, library)
+            done.path = output
         elif emit in ("obj", "so"):
             with tempfile.TemporaryDirectory() as tmp:
                 tmp_out = os.path.join(tmp, f"out.{emit}")

@@ -139,3 +139,15 @@ def test_shared_library_with_the_vpdpbusd_helper(tmp_path):
     fn = imported.eager_semantics(loaded)
     jitted = _compile("mlp", **low, options=CpuOptions(two_core_jit=False))
     assert torch.equal(fn(*inputs), jitted.fn(*inputs))
+
+
+def test_shared_library_of_two_halves(two_cores, tmp_path):
+    """`--emit so` (the compile cache's form) splits too: the linked library is the file."""
+    _, inputs = zoo.get("conv_autoencoder")
+    imported = frontend.import_spec("conv_autoencoder")
+    c = driver.compile_model(imported, emit="so", output=str(tmp_path / "m.so"))
+    assert two_cores == [True]
+    loaded = runtime.from_shared_library(c.path, imported.func_name, imported.signature, bound=imported.params)
+    whole = _compile("conv_autoencoder", options=CpuOptions(two_core_jit=False))
+    assert torch.equal(imported.eager_semantics(loaded)(*inputs), whole.fn(*inputs))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.so"]  # (nothing else left there)
