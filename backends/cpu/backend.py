@@ -33,7 +33,7 @@ class CpuOptions(BackendOptions):
     strided_reads: bool = True
     vectorize_fills: bool = True
     border_fills: bool = True
-    two_core_jit: bool = True  # a large model's LLVM stage and JIT split over two cores (`split.py`)
+    two_core_jit: bool = True  # a large model's LLVM stage and JIT (or .so) split over two cores (`split.py`)
 
 
 # ------------------------------------------------------------------------------ passes

@@ -1,6 +1,6 @@
 """A large model's LLVM lowering and machine code, made on two cores at once.
 
-On the backends floor; used by the driver's `jit` path (`lowering.ParallelJit`). LLVM
+On the backends floor; used by the driver's `jit` and `so` paths (`lowering.ParallelJit`). LLVM
 compiles a module on one thread, and a model arrives as one `forward` function (every
 kernel inlined): MobileNet-V2's LLVM stage and JIT took 2.4 + 5.3 s on one core of two.
 Here, after the vector stage, the second half of `forward`'s top-level ops moves into a
