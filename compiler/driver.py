@@ -218,11 +218,11 @@ def compile_model(
             done.choices = step("decide", lambda: decide(module, model, target, decisions, options))
         step("decided", lambda: None)  # (dump only)
         two_cores = None  # (a large model's LLVM stage and JIT on two cores: `backends/cpu/split.py`)
+        halves = emit in ("jit", "so") and not dump_ir_dir and (options or CpuOptions()).two_core_jit
         for p in backend_stages(options, wanted, tile):  # cpu-tiled, cpu-vector, cpu-llvm
-            if p.name == "cpu-llvm" and emit in ("jit", "so") and not dump_ir_dir and p.name not in swaps:
-                if (options or CpuOptions()).two_core_jit:
-                    two_cores = step("llvm", lambda p=p: _llvm_on_two_cores(module, imported.func_name, p, done))
-                    continue
+            if p.name == "cpu-llvm" and halves and p.name not in swaps:
+                two_cores = step("llvm", lambda p=p: _llvm_on_two_cores(module, imported.func_name, p, done))
+                continue
             step(p.name.removeprefix("cpu-"), lambda p=p: run(p))
         if emit in STAGES:
             done.text = str(module)

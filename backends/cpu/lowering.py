@@ -14,8 +14,10 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 import weakref
 from collections.abc import Mapping
 
@@ -506,7 +508,7 @@ def emit_object(module: ir.Module, path: str, *, opt_level: int = OPT_LEVEL) -> 
     (the `vpdpbusd` helper) has none. One lookup of an exported function compiles the
     whole module first."""
     engine = jit(module, opt_level=opt_level)
-    exported = next((n for n in _defined_exported(module)), None)
+    exported = next(_defined_exported(module), None)
     if exported is not None:
         engine.raw_lookup(exported)
     engine.dump_to_object_file(path)
@@ -575,25 +577,20 @@ class ParallelJit:
             return None
         fn = next((f for f in public_funcs(module) if ir.StringAttr(f.attributes["sym_name"]).value == func_name), None)
         ops = split.plan(fn) if fn is not None else None
-        other = split.outline(module, fn, ops, f"{func_name}{cls.HALF}") if ops else None
+        half = f"{func_name}{cls.HALF}"
+        other = split.outline(module, fn, ops, half) if ops else None
         if other is None:
             return None
-        local = split.copied(other, f"{func_name}{cls.HALF}")
+        local = split.copied(other, half)
         set_llvm_options()  # (the child inherits them)
         text = other.operation.get_asm(assume_verified=True)
         tmp = tempfile.mkdtemp(prefix="tilecraft-jit-")
         pid = os.fork()
         if pid == 0:  # the child: its half to an object file, then gone without cleanup
-            code = 1
+            code = 1  # (a failure is reported by the parent's own attempt at the half)
             try:
                 _compile_half(text, tmp)
                 code = 0
-            except BaseException as exc:  # noqa: BLE001  (reported by the parent's own attempt)
-                try:
-                    with open(os.path.join(tmp, "half.err"), "w") as f:
-                        f.write(f"{type(exc).__name__}: {exc}")
-                except OSError:
-                    pass
             finally:
                 os._exit(code)
         return cls(module, other, pid, tmp, local)
@@ -604,8 +601,6 @@ class ParallelJit:
 
     def finish(self) -> str:
         """Compile this process's half, wait for the child's, link; the library's path."""
-        import time
-
         a = os.path.join(self.dir, "rest.o")
         t0 = time.monotonic()
         emit_object(self.module, a)
@@ -642,8 +637,6 @@ class ParallelJit:
     def _wait(self, deadline: float) -> int:
         """The child's exit status; -1 where it was killed once `deadline` passed (or
         someone else reaped it)."""
-        import time
-
         pause = 0.001
         while True:
             try:
@@ -667,8 +660,6 @@ class ParallelJit:
 
 def _reap(child: list, tmp: str | None) -> None:
     """Kill and reap the child `child[0]` (if any); remove `tmp` (if given)."""
-    import signal
-
     pid, child[0] = child[0], None
     if pid is not None:
         try:

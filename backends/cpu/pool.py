@@ -175,7 +175,7 @@ llvm.func hidden @{RELEASE}() {{
 
 # A guest's pool functions: weak, replaced by the host's when the objects are linked (the
 # JIT that compiles the guest alone must resolve every symbol it calls).
-_GUEST_DECLS = (
+_GUEST_DEFS = (
     f"llvm.func weak @{ALLOC}(%n: i64) -> !llvm.ptr {{\n"
     "  %0 = llvm.mlir.zero : !llvm.ptr\n  llvm.return %0 : !llvm.ptr\n}",
     f"llvm.func weak @{FREE}(%p: !llvm.ptr) {{\n  llvm.return\n}}",
@@ -213,6 +213,6 @@ def pool_allocations(module: ir.Module, *, role: str = "own") -> int:
     for op in calls:
         name = ir.FlatSymbolRefAttr(op.attributes["callee"]).value
         op.attributes["callee"] = ir.FlatSymbolRefAttr.get(renames[name], context=ctx)
-    text = "\n".join(_DECLS.values()) + _DEFS if role != "guest" else "\n".join(_GUEST_DECLS)
+    text = "\n".join(_DECLS.values()) + _DEFS if role != "guest" else "\n".join(_GUEST_DEFS)
     append_helper(module, text, keep=lambda op: symbol_name(op) not in have)  # (malloc and free declared once)
     return len(calls)
