@@ -56,6 +56,9 @@ class OpInfo:
     dtypes: tuple[str, ...] = ()  # element type of each operand
     shapes: tuple[tuple[int, ...], ...] = ()  # static shape of each operand
     body: str = ""  # normalized region text of a linalg.generic (what it computes)
+    # an elementwise generic every operand of which reads its innermost loop contiguously,
+    # or not at all (a broadcast): it vectorizes with plain loads (not part of `key`)
+    unit_stride: bool = False
 
     @property
     def flops(self) -> int:
@@ -177,7 +180,26 @@ def describe(op: ir.Operation, op_id: int, *, state: ir.AsmState | None = None, 
     dtypes = tuple(_element_type(v.type) for v in operands)
     shapes = tuple(tuple(_shape(v)) if isinstance(v.type.maybe_downcast(), ir.ShapedType) else () for v in operands)
     text = _normalized_body(op, state) if body else ""
-    return OpInfo(op_id, name, kind, tuple(int(e) for e in extents), tuple(its), strides, dtypes, shapes, text)
+    unit = kind == "elementwise" and _unit_stride(op)
+    return OpInfo(op_id, name, kind, tuple(int(e) for e in extents), tuple(its), strides, dtypes, shapes, text, unit)
+
+
+def _unit_stride(op: ir.Operation) -> bool:
+    """Every indexing map of the generic a projection keeping the loops' order (results:
+    loop dims in increasing order, or constants): an operand that the innermost loop
+    indexes has it as its last, contiguous dim. Transposes and gathers are not."""
+    if op.name != "linalg.generic" or "indexing_maps" not in op.attributes:
+        return False
+    for m in ir.ArrayAttr(op.attributes["indexing_maps"]):
+        last = -1
+        for expr in ir.AffineMapAttr(m).value.results:
+            expr = expr.maybe_downcast()
+            if isinstance(expr, ir.AffineConstantExpr):
+                continue
+            if not isinstance(expr, ir.AffineDimExpr) or expr.position <= last:
+                return False
+            last = expr.position
+    return True
 
 
 def _generic_domain(op: ir.Operation, name: str) -> tuple[tuple[int, ...], tuple[str, ...]]:

@@ -70,3 +70,41 @@ def test_every_decision_in_the_space_is_legal(seed):
         assert len(set(space)) == len(space)
         for d in space:
             d.validate(info)
+
+
+UNIT_STRIDE_OPS = """
+#id = affine_map<(d0, d1, d2) -> (d0, d1, d2)>
+#ch = affine_map<(d0, d1, d2) -> (d0)>
+#tr = affine_map<(d0, d1, d2) -> (d2, d0, d1)>
+func.func @f(%a: tensor<64x7x7xf32>, %b: tensor<64x7x7xf32>, %w: tensor<64xf32>, %t: tensor<7x64x7xf32>)
+    -> (tensor<64x7x7xf32>, tensor<64x7x7xf32>) {
+  %e = tensor.empty() : tensor<64x7x7xf32>
+  %taps = linalg.generic {indexing_maps = [#id, #id, #ch, #id], iterator_types = ["parallel", "parallel", "parallel"]}
+      ins(%a, %b, %w : tensor<64x7x7xf32>, tensor<64x7x7xf32>, tensor<64xf32>) outs(%e : tensor<64x7x7xf32>) {
+  ^bb0(%x: f32, %y: f32, %s: f32, %o: f32):
+    %m = arith.mulf %x, %s : f32
+    %r = arith.addf %m, %y : f32
+    linalg.yield %r : f32
+  } -> tensor<64x7x7xf32>
+  %tt = linalg.generic {indexing_maps = [#tr, #id], iterator_types = ["parallel", "parallel", "parallel"]}
+      ins(%t : tensor<7x64x7xf32>) outs(%e : tensor<64x7x7xf32>) {
+  ^bb0(%x: f32, %o: f32):
+    linalg.yield %x : f32
+  } -> tensor<64x7x7xf32>
+  return %taps, %tt : tensor<64x7x7xf32>, tensor<64x7x7xf32>
+}
+"""
+
+
+def test_no_scalar_schedule_for_an_op_that_vectorizes_with_plain_loads():
+    """Depthwise taps with a per-channel weight read every operand contiguously (or
+    broadcast): only vectorized schedules are offered, even along 7 columns. A transpose
+    still gets the scalar one."""
+    from tilecraft.dialects.opinfo import tag_ops
+
+    ctx = frontend.new_context()
+    module = frontend.parse_mlir(UNIT_STRIDE_OPS, context=ctx)
+    taps, transpose = (i for i in tag_ops(module) if i.name == "linalg.generic")
+    assert taps.unit_stride and not transpose.unit_stride
+    assert all(d.vectorize for d in tiling.space(taps, host()))
+    assert any(not d.vectorize for d in tiling.space(transpose, host()))
