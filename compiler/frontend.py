@@ -101,6 +101,14 @@ class EagerFunction:
 
     def __init__(self, fn, plan: OutputPlan):
         self.fn, self.plan = fn, plan
+        # eager's output is the compiled function's own (one tensor, or a flat tuple of
+        # them, none an input's in-place update, none reinterpreted): returned as it is
+        self._direct = (
+            not (plan.unsigned_inputs or plan.complex_inputs or plan.unsigned_results or plan.complex_results)
+            and not plan.mutations
+            and plan.items == tuple(("result", k) for k in range(plan.n_results))
+            and _plain_spec(plan.spec, plan.n_results)
+        )
 
     def _signless(self, inputs) -> list:
         """uint8 inputs as the int8 bytes the compiled code reads (others as they are)."""
@@ -128,6 +136,8 @@ class EagerFunction:
         return out
 
     def __call__(self, *inputs):
+        if self._direct:
+            return self.fn(*inputs)
         return self.plan.apply(self.fn(*self._signless(inputs)), inputs)
 
     def prepare(self, *inputs):
@@ -135,6 +145,13 @@ class EagerFunction:
 
     def __getattr__(self, name):
         return getattr(self.fn, name)
+
+
+def _plain_spec(spec, n: int) -> bool:
+    """The pytree spec of one tensor (n = 1) or of a flat tuple of n tensors (n > 1)."""
+    if n == 1:
+        return spec.is_leaf()
+    return spec.type is tuple and spec.num_children == n and all(c.is_leaf() for c in spec.children())
 
 
 def plan_outputs(

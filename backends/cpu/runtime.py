@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import functools
+import threading
 import weakref
 from collections.abc import Sequence
 
@@ -105,6 +106,14 @@ def _descriptor(t: torch.Tensor):
     return desc
 
 
+def _contiguous_strides(shape) -> list[int]:
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= max(n, 1)
+    return strides[::-1]
+
+
 def _packed(descs: list) -> tuple:
     """The packed wrapper's argument: `packed[i]` points at `args[i]`, the address of the
     i-th descriptor. Returns both (the caller keeps `args` and `descs` alive)."""
@@ -130,6 +139,30 @@ class CompiledFunction:
         for i, t in enumerate(self._bound):
             self._check(i, t)
         self._bound_descs = [_descriptor(t) for t in self._bound]
+        # the fast path's per-call work: shapes and dtypes to check against, and per calling
+        # thread one set of argument arrays whose descriptors only change their data pointers
+        self._user = [(torch.Size(s.shape), s.torch_dtype) for s in self.user_inputs]
+        self._outs = [(s.shape, s.torch_dtype) for s in signature.outputs]
+        self._local = threading.local()
+
+    def _frame(self):
+        """This thread's argument arrays: a descriptor per user input and per output, laid
+        out for contiguous tensors of the signature's shapes, and the packed pointers to
+        every descriptor (the bound ones shared). Calls on one thread never overlap (the
+        compiled code calls nothing back), so one set per thread serves every call."""
+        frame = getattr(self._local, "frame", None)
+        if frame is None:
+            specs = [*self.user_inputs, *self.signature.outputs]
+            descs = []
+            for spec in specs:
+                desc = _descriptor_type(len(spec.shape))()
+                if spec.shape:
+                    desc.sizes[:] = list(spec.shape)
+                    desc.strides[:] = _contiguous_strides(spec.shape)
+                descs.append(desc)
+            args, packed = _packed([*self._bound_descs, *descs])
+            frame = self._local.frame = (descs, args, packed)
+        return frame
 
     @property
     def user_inputs(self) -> tuple[TensorSpec, ...]:
@@ -163,6 +196,28 @@ class CompiledFunction:
         return run, outs
 
     def __call__(self, *inputs):
+        """Run on `inputs` (tensors or numpy arrays) into fresh output tensors. Tensors of
+        exactly the signature's shapes and dtypes take a fast path: no descriptor is built
+        (a few microseconds a call, which a sub-millisecond model feels)."""
+        user = self._user
+        if len(inputs) == len(user):
+            ptrs = []
+            for t, (shape, dtype) in zip(inputs, user):
+                if type(t) is not torch.Tensor or t.dtype is not dtype or t.shape != shape or t.device.type != "cpu":
+                    break
+                if not t.is_contiguous():
+                    t = t.contiguous()  # (kept alive in `keep` below)
+                ptrs.append(t)
+            else:
+                outs = [torch.empty(shape, dtype=dtype) for shape, dtype in self._outs]
+                descs, _, packed = self._frame()
+                for desc, t in zip(descs, ptrs + outs):
+                    desc.allocated = desc.aligned = t.data_ptr()
+                self._fn(packed)  # (`ptrs` keeps inputs made contiguous alive until it returns)
+                return outs[0] if len(outs) == 1 else tuple(outs)
+        return self._call_checked(inputs)
+
+    def _call_checked(self, inputs):
         user = self.user_inputs
         if len(inputs) != len(user):
             raise CallError(f"expected {len(user)} inputs, got {len(inputs)}")
