@@ -23,7 +23,7 @@ from collections.abc import Mapping
 
 from torch_mlir import ir
 
-from tilecraft.backends.cpu import amx, avx512_dot, broadcasts, math_approx, pads, pool, reductions, strided
+from tilecraft.backends.cpu import amx, avx512_dot, broadcasts, math_approx, pads, pool, reductions, scratch, strided
 from tilecraft.backends.cpu import schedule as tiling
 from tilecraft.dialects.irutil import (
     ANY,
@@ -120,7 +120,10 @@ def to_vector(
     broadcasts.rows_without_transposes(module)  # a per-row value: one broadcast per row, no shuffle
     if strided_reads:
         strided.contiguous_strided_reads(module)  # a strided last-dim read: loads and shuffles
-    return apply_transform(module, lower_vectors_script(copies), stage="vector", reproduce="cpu-vector", before=before)
+    apply_transform(module, lower_vectors_script(copies), stage="vector", reproduce="cpu-vector", before=before)
+    if scratch.ENABLED:
+        scratch.stack_scratch(module)  # a loop's small scratch buffers: on the stack, made once
+    return module
 
 
 # A copy's (or a fill's) register tile: 64 elements, four zmm registers. A copy moves memory,
