@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch_mlir import ir, passmanager
 
-from tilecraft import complex_pairs
+from tilecraft import batchnorm, complex_pairs
 from tilecraft.backends.cpu.runtime import Signature
 from tilecraft.dialects import tc
 
@@ -562,18 +562,19 @@ def import_module(
     names = list(state)
     params = [t.detach() for t in state.values()]
     ctx = context or new_context()
+    decompositions = get_decomposition_table()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                prog = export_decomposed(_Lifted(model, names), (*params, *inputs), get_decomposition_table())
+                prog = export_decomposed(_Lifted(model, names), (*params, *inputs), batchnorm.table(decompositions))
             except Exception as exc:
                 if "DataDependent" not in type(exc).__name__:
                     raise
                 # `int(t)`, `.item()` in Python control flow: strict export (TorchDynamo) traces
                 # through many of them, specializing on the example input's value
                 prog = torch.export.export(_Lifted(model, names), (*params, *inputs), strict=True)
-                prog = prog.run_decompositions(get_decomposition_table())
+                prog = prog.run_decompositions(batchnorm.table(decompositions))
     except Exception as exc:
         raise FrontendError(f"{spec}: torch.export failed: {type(exc).__name__}: {_first_line(exc)}") from None
     _refuse_data_dependent_shapes(prog, spec)
@@ -584,6 +585,7 @@ def import_module(
         params, real_inputs = real[:n_params], tuple(real[n_params:])
         complex_inputs = tuple(i for i, c in enumerate(flags[n_params:]) if c)
     widen_narrow_arithmetic(prog.graph)
+    batchnorm.fold_batch_norms(prog.graph)  # into the convolution before, or a scale and shift
     importer = FxImporter(context=ctx)
     try:
         graph, params = fold_weight_only(prog, n_params=n_params, params=params, inputs=real_inputs)
@@ -760,7 +762,7 @@ def fold_weight_only(prog, *, n_params: int, params: list[torch.Tensor], inputs)
             with graph.inserting_before(anchor):
                 ph = graph.placeholder(f"folded_{i}")
             ph.meta = dict(node.meta)
-            ph.meta["val"] = fake_mode.from_tensor(value)
+            ph.meta["val"] = fake_mode.from_tensor(value, static_shapes=True)  # (a new weight: static)
             node.replace_all_uses_with(ph)
             values[ph] = value
         graph.eliminate_dead_code()

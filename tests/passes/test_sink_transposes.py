@@ -50,7 +50,8 @@ def test_chain_epilogue_joins_the_chain_in_registers():
     ReLU, so fusion makes chain + epilogue one kernel, accumulators in registers."""
     model, x = _block_pair(16, 28)
     compiled = driver.compile_model(frontend.import_module(model, (x,), spec="<test>"))
-    chains = [d for d in compiled.fusion if d.registers and len(d.members) >= 13]
+    # (9 taps, the fill and the epilogue: the batch norm folded into the taps' weights, its shift, the ReLU)
+    chains = [d for d in compiled.fusion if d.registers and len(d.members) >= 10]
     assert len(chains) == 3  # all but the last (its epilogue ends in the NCHW result)
     with torch.no_grad():
         assert driver.compare(compiled.fn(x), model(x)).ok
