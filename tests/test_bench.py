@@ -84,6 +84,11 @@ CASES = [
     ),
     pytest.param(["schedules.py"], [r"^matmul 128\^3\s+4/\d+\s+[\d.]+"], id="schedules"),
     pytest.param(
+        ["ab.py"],
+        [r"^mlp\s+1t  SCALAR_ONLY_STRIDED=False:\s+[\d.]+ ms  SCALAR_ONLY_STRIDED=True:\s+[\d.]+ ms  ratio [\d.]+$"],
+        id="ab",
+    ),
+    pytest.param(
         ["costmodel_adapt.py"],
         [r"^xeon\s+\d+\s+\d+\s+[\d.]+\s+\S+\s+0\.\d{3} -> 0\.\d{3}", r"^amd-only\s+\d+"],
         id="costmodel_adapt",
