@@ -241,10 +241,15 @@ class PrecisionPlan:
 
 
 def solve(options: Mapping[int, Mapping[str, tuple[float, float]]], budget: float) -> dict[int, str]:
-    """Minimize Σ latency subject to Σ sensitivity ≤ budget, one precision per layer.
+    """Minimize Σ latency subject to Σ sensitivity² ≤ budget², one precision per layer.
 
-    `options[layer][precision] = (latency_s, sensitivity)`; f32 must be present with
-    sensitivity 0. HiGHS through `scipy.optimize.milp`."""
+    Layers' rounding errors are independent, so their relative L2 errors add in
+    quadrature, not linearly: BERT-mini with every eligible layer in int8 (no AMX) errs
+    8.08e-3 measured, against √Σs² = 8.2e-3 and Σs = 2.6e-2 (the linear sum kept 6 of its
+    16 layers f32 under a 1% budget). The caller checks the plan's real error and
+    tightens the budget where it is over. `options[layer][precision] = (latency_s,
+    sensitivity)`; f32 must be present with sensitivity 0. HiGHS through
+    `scipy.optimize.milp`."""
     keys = [(layer, p) for layer, ps in options.items() for p in ps]
     if not keys:
         return {}
@@ -252,9 +257,9 @@ def solve(options: Mapping[int, Mapping[str, tuple[float, float]]], budget: floa
     one = np.zeros((len(layer_ids), len(keys)))
     for j, (layer, _) in enumerate(keys):
         one[layer_ids.index(layer), j] = 1.0
-    sens = np.array([[options[layer][p][1] for layer, p in keys]])
+    sens = np.array([[options[layer][p][1] ** 2 for layer, p in keys]])
     try:
-        chosen, _ = solve_binary([options[layer][p][0] for layer, p in keys], equal=(one, 1), at_most=(sens, budget))
+        chosen, _ = solve_binary([options[layer][p][0] for layer, p in keys], equal=(one, 1), at_most=(sens, budget**2))
     except InfeasibleError:  # cannot happen with f32 at zero sensitivity, but be explicit
         return {layer: "f32" for layer in layer_ids}
     return {keys[j][0]: keys[j][1] for j in chosen}
