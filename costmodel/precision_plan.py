@@ -356,8 +356,8 @@ def plan(
             )
         return PrecisionPlan(mode, budget, all_layers, [chosen[x.index] for x in all_layers], error=err)
 
-    # auto: the integer program, tightened until the combined error (not just the sum of
-    # per-layer sensitivities) fits the budget
+    # auto: the integer program, tightened until the combined error (not just the
+    # quadrature sum of per-layer sensitivities) fits the budget
     table = {  # (predicted seconds, sensitivity); a layer the f32 model cannot price stays f32
         i: {
             p: ((d.predicted_s if d.predicted_s is not None else d.f32_s) or 0.0, d.sensitivity or 0.0)
