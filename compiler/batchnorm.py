@@ -47,11 +47,11 @@ def fold_batch_norms(graph: torch.fx.Graph) -> int:
             scale = make(torch.ops.aten.rsqrt.default, make(torch.ops.aten.add.Scalar, var, eps))
             if gamma is not None:
                 scale = make(torch.ops.aten.mul.Tensor, scale, gamma)
-            conv = x if _foldable(x, bn) else None
-            if conv is not None:
-                w, b = conv.args[1], conv.args[2]
-                shape = [-1] + [1] * (_val(w).dim() - 1)
-                new_w = make(torch.ops.aten.mul.Tensor, w, make(torch.ops.aten.view.default, scale, shape))
+            shape = [-1] + [1] * (_val(x).dim() - 2)  # per channel (dim 1), broadcast from the right
+            if _foldable(x, bn):
+                conv, w, b = x, x.args[1], x.args[2]
+                w_shape = [-1] + [1] * (_val(w).dim() - 1)
+                new_w = make(torch.ops.aten.mul.Tensor, w, make(torch.ops.aten.view.default, scale, w_shape))
                 if b is None:
                     shift = make(torch.ops.aten.neg.default, mean)
                 else:
@@ -62,11 +62,9 @@ def fold_batch_norms(graph: torch.fx.Graph) -> int:
                 conv.args = (conv.args[0], new_w, None, *conv.args[3:])
                 # (the shift as an add after it, not the convolution's bias: the GEMM and
                 # tap-chain rewrites and fusion take a zero-filled accumulator)
-                shape = [-1] + [1] * (_val(x).dim() - 2)  # (channels: dim 1, broadcast from the right)
                 result = make(torch.ops.aten.add.Tensor, conv, make(torch.ops.aten.view.default, new_b, shape))
                 folded += 1
             else:
-                shape = [-1] + [1] * (_val(x).dim() - 2)  # (channels: dim 1, broadcast from the right)
                 y = make(torch.ops.aten.sub.Tensor, x, make(torch.ops.aten.view.default, mean, shape))
                 y = make(torch.ops.aten.mul.Tensor, y, make(torch.ops.aten.view.default, scale, shape))
                 if beta is not None:

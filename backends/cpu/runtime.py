@@ -206,7 +206,7 @@ class CompiledFunction:
                 if type(t) is not torch.Tensor or t.dtype is not dtype or t.shape != shape or t.device.type != "cpu":
                     break
                 if not t.is_contiguous():
-                    t = t.contiguous()  # (kept alive in `keep` below)
+                    t = t.contiguous()
                 ptrs.append(t)
             else:
                 outs = [torch.empty(shape, dtype=dtype) for shape, dtype in self._outs]

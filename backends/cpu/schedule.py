@@ -47,9 +47,9 @@ ONE_ROW_K = 16
 
 # No scalar schedule is offered for an elementwise op that vectorizes with plain loads
 # (`OpInfo.unit_stride`) along an innermost loop of MIN_VECTOR_WIDTH or more: the cost
-# model ranked such schedules first where they ran 2-3x slower than vectorized ones
+# model ranked such a schedule first where it ran about 2x slower than vectorized ones
 # (MobileNet-V2's 3x3 depthwise taps over 960 channels at 7x7: 0.24 vs 0.11 ms with
-# their batch norm; ResNet-18's max-pool taps), a corner its training rows barely cover.
+# their batch norm), a corner its training rows barely cover.
 SCALAR_ONLY_STRIDED = True
 MIN_VECTOR_WIDTH = 4
 

@@ -28,7 +28,6 @@ from tilecraft.dialects.irutil import ops_named
 
 ENABLED = True  # (off only to compare)
 MAX_BYTES = 256  # scratch of this size or less (the stack a function holds stays small)
-_BYTES = {"f64": 8, "i64": 8, "f32": 4, "i32": 4, "f16": 2, "bf16": 2, "i16": 2, "i8": 1, "i1": 1}
 # users that only read or write the buffer in place (a view, a yield, a call is none of these)
 _PLAIN_USERS = (
     "memref.load",
@@ -55,20 +54,13 @@ def stack_scratch(module: ir.Module) -> int:
         home = _home(alloc)
         if home is None or not _small(alloc) or not _local(alloc):
             continue
-        block = home.regions[0].blocks[0]
-        with ir.InsertionPoint.at_block_begin(block), alloc.location:
-            attrs = {"alignment": alloc.attributes["alignment"]} if "alignment" in alloc.attributes else {}
-            stack = memref.AllocaOp(alloc.results[0].type, [], [], **_alignment(attrs))
+        align = ir.IntegerAttr(alloc.attributes["alignment"]).value if "alignment" in alloc.attributes else None
+        with ir.InsertionPoint.at_block_begin(home.regions[0].blocks[0]), alloc.location:
+            stack = memref.AllocaOp(alloc.results[0].type, [], [], alignment=align)
         alloc.results[0].replace_all_uses_with(stack.result)
         alloc.erase()
         moved += 1
     return moved
-
-
-def _alignment(attrs: dict) -> dict:
-    if "alignment" not in attrs:
-        return {}
-    return {"alignment": ir.IntegerAttr(attrs["alignment"]).value}
 
 
 def _small(alloc: ir.Operation) -> bool:
@@ -77,8 +69,10 @@ def _small(alloc: ir.Operation) -> bool:
     t = ir.MemRefType(alloc.results[0].type)
     if not t.has_static_shape or "strided" in str(t):
         return False
-    elem = str(t.element_type)
-    return elem in _BYTES and math.prod(t.shape) * _BYTES[elem] <= MAX_BYTES
+    elem = t.element_type.maybe_downcast()
+    if not isinstance(elem, (ir.FloatType, ir.IntegerType)):
+        return False
+    return math.prod(t.shape) * max(elem.width // 8, 1) <= MAX_BYTES
 
 
 def _home(alloc: ir.Operation) -> ir.Operation | None:
