@@ -307,7 +307,7 @@ def canonical_passes(*, fusing: bool = True, layout: bool = True) -> list[Module
     return [
         DropEmptyOpsPass(),  # an op over a zero-size tensor: its inits, nothing to compute
         Im2colPass(thin=fusing),  # convolutions with a window as gather/taps + GEMM, filters packed
-        DepthwiseTapsPass(),  # depthwise convolutions: elementwise sums of shifted slices
+        DepthwiseTapsPass(),  # depthwise convolutions: elementwise sums of shifted slices (NHWC by NHWC)
         InlineBroadcastsPass(),  # a bias read where it is added, not spread first
         *([SinkTransposesPass(), SinkExtractSlicesPass()] if layout else []),  # NHWC between convolutions
         PadWeightsPass(),  # B: whole vectors, rows not k·1 KB apart

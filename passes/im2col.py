@@ -17,8 +17,8 @@ filter a bound argument used once) becomes
   64-channel 3×3 layer at 56² with its batch norm and ReLU (the one gather, a transpose
   per tap, one transpose and a copy per tap), the last is the fastest; its strided 3×3
   layers by taps and its 1×1 downsample layers (direct before) gain as GEMMs too. An
-  unstrided 1×1 keeps the one gather (itself a transpose): transposing to [N, H, W, C]
-  first made MobileNet-V2 slower,
+  unpadded, unstrided 1×1 layer's gather is the input transposed to [N, H, W, C], which
+  `sink_transposes` cancels against the transpose of the NHWC op before it,
 - a `linalg.matmul` of that matrix with the filter packed once, here, as [K, F]
   (output channels contiguous: the register tile's vectors run along them, whatever the
   spatial size; NCHW's direct convolution vectorizes along OW, 7 of 16 lanes at 7×7),
@@ -39,11 +39,11 @@ fastest as one chain of 49 taps (a gather + K = 147 GEMM is slower, and so is th
 in parts, which `passes/fusion.py` avoids by counting a chain's links as one op against its
 size cap); MobileNet-V2's 3×3/2 stem and the autoencoder gain the same way.
 
-A 1×1 convolution (batch 1, stride 1, H·W a multiple of 16) needs no gather: it becomes
-out[F, H·W] = filter[F, C] × x[C, H·W] on the tensors as they stand (MobileNet-V2's
-pointwise layers run faster this way than direct). Other unstrided 1×1 convolutions
-(MobileNet-V2's at 14² and 7²) take the im2col path, whose gather is then a transpose:
-their blocks run faster that way than with the direct convolution.
+A 1×1 convolution with fewer than 16 output channels (batch 1, stride 1, H·W a multiple
+of 16) needs no gather: it becomes out[F, H·W] = filter[F, C] × x[C, H·W] on the tensors
+as they stand, its vectors along H·W (the autoencoder's 16→3 head). Wider 1×1 layers
+take the im2col path, NHWC like their neighbours: MobileNet-V2's, between depthwise
+layers that `passes/depthwise.py` runs on NHWC, with no transpose left between them.
 
 Every new op has exact linalg semantics; the tiling pass and the cost model schedule them
 like any other matmul and elementwise op. ResNet-18's 3×3 convolutions, each compiled
@@ -87,6 +87,11 @@ MIN_CHANNELS = 16
 # besides its OW: at most this share of extra work.
 MAX_CHAIN_WASTE = 0.08
 MAX_THIN_OUTPUT = 1 << 18  # outputs of a thin convolution rewritten even without fusion
+# A 1×1 layer with fewer output channels than this runs as filter × x on NCHW (`pointwise`):
+# on NHWC its GEMM's vectors would run along those few channels (the autoencoder's 16→3 head
+# at 64²: 0.67 vs 0.89 ms for the model). Wider ones take the im2col path, on NHWC like the
+# layers around them (MobileNet-V2's, between its NHWC depthwise layers: 13.2 vs 5.2 ms).
+POINTWISE_NCHW_BELOW = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,10 +122,17 @@ class ConvLayer:
 
     @property
     def pointwise(self) -> bool:
-        """A 1×1 convolution that runs as filter[F, C] × x[C, H·W] on NCHW as it stands
-        (batch 1, H·W a multiple of 16: the register tile's vectors run along H·W); other
-        1×1 convolutions take the im2col path, whose gather is then a transpose."""
-        return self.kh * self.kw == 1 and self.strides == (1, 1) and self.n == 1 and (self.oh * self.ow) % LANES == 0
+        """A 1×1 convolution with few output channels (`POINTWISE_NCHW_BELOW`) that runs as
+        filter[F, C] × x[C, H·W] on NCHW as it stands (batch 1, H·W a multiple of 16: the
+        register tile's vectors run along H·W); other 1×1 convolutions take the im2col
+        path, whose gather is then a transpose (`_transpose_gather`)."""
+        return (
+            self.f < POINTWISE_NCHW_BELOW
+            and self.kh * self.kw == 1
+            and self.strides == (1, 1)
+            and self.n == 1
+            and (self.oh * self.ow) % LANES == 0
+        )
 
     @property
     def by_taps(self) -> bool:
@@ -277,6 +289,24 @@ def _gather(layer: ConvLayer, x_t: str, col_t: str) -> str:
   }} -> {col_t}"""
 
 
+def _transpose_gather(layer: ConvLayer, x_t: str, col_t: str) -> str:
+    """`%col` [N, OH, OW, C, 1, 1] of an unpadded, unstrided 1×1 layer: the input
+    transposed to [N, H, W, C] (a pure transpose, which `sink_transposes` can cancel
+    against the NHWC → NCHW transpose of the op that made it), with two unit dims."""
+    n, c, oh, ow = layer.n, layer.c, layer.oh, layer.ow
+    t_t = tensor_t([n, oh, ow, c], "f32")
+    par = ", ".join(['"parallel"'] * 4)
+    return f"""  %e0 = tensor.empty() : {t_t}
+  %xt = linalg.generic {{indexing_maps = [affine_map<(n, y, x, c) -> (n, c, y, x)>,
+      affine_map<(n, y, x, c) -> (n, y, x, c)>], iterator_types = [{par}]}}
+      ins(%x : {x_t}) outs(%e0 : {t_t}) {{
+  ^bb0(%a: f32, %b: f32):
+    linalg.yield %a : f32
+  }} -> {t_t}
+  %col = tensor.expand_shape %xt [[0], [1], [2], [3, 4, 5]] output_shape [{n}, {oh}, {ow}, {c}, 1, 1]
+      : {t_t} into {col_t}"""
+
+
 def _patch_gather(layer: ConvLayer, x_t: str, col_t: str) -> str:
     """`%col` [N, OH, OW, C, KH, KW] of a patch embedding: the input split into its
     patches and permuted (`ConvLayer.patchify`)."""
@@ -343,6 +373,9 @@ def _helper(layer: ConvLayer, x_shape: Sequence[int], zero_init: bool, name: str
     elif layer.patchify:
         col_t = tensor_t([n, oh, ow, c, kh, kw], "f32")
         gather = _patch_gather(layer, x_t, col_t)
+    elif kh * kw == 1 and layer.strides == (1, 1) and list(x_shape[2:]) == [oh, ow]:
+        col_t = tensor_t([n, oh, ow, c, kh, kw], "f32")
+        gather = _transpose_gather(layer, x_t, col_t)
     else:
         col_t = tensor_t([n, oh, ow, c, kh, kw], "f32")
         gather = _gather(layer, x_t, col_t)

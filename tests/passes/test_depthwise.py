@@ -1,12 +1,16 @@
 """Depthwise convolutions as sums of shifted slices (`passes/depthwise.py`)."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
+from torch_mlir import ir
 
 from tilecraft import driver, frontend
 from tilecraft.backends.cpu import schedule as tiling
-from tilecraft.passes import depthwise
+from tilecraft.passes import depthwise, im2col
+from tilecraft.passes.sink_transposes import transpose_of
 
 
 def _block(c: int, stride: int, bias: bool) -> nn.Module:
@@ -79,3 +83,81 @@ def test_other_windows_and_batches_match_eager(c, k, pad, n, hw):
 def test_a_window_over_the_tap_limit_keeps_the_named_op():
     model, x = nn.Conv2d(8, 8, 7, 1, 3, groups=8, bias=False).eval(), torch.randn(1, 8, 14, 14)
     assert depthwise.rewrite(frontend.import_module(model, (x,), spec="<test>").module) == 0
+
+
+class _InvertedResidual(nn.Module):
+    """MobileNet-V2's block: 1×1 expansion, depthwise k×k, 1×1 projection, each with batch
+    norm (ReLU6 after the first two)."""
+
+    def __init__(self, c: int, e: int, k: int, stride: int, bias: bool):
+        super().__init__()
+        self.expand = nn.Sequential(nn.Conv2d(c, e, 1, bias=False), nn.BatchNorm2d(e), nn.ReLU6())
+        self.dw = nn.Sequential(nn.Conv2d(e, e, k, stride, k // 2, groups=e, bias=bias), nn.BatchNorm2d(e), nn.ReLU6())
+        self.project = nn.Sequential(nn.Conv2d(e, c, 1, bias=False), nn.BatchNorm2d(c))
+
+    def forward(self, x):
+        return self.project(self.dw(self.expand(x)))
+
+
+def _inverted_residual(c, e, k, stride, bias):
+    torch.manual_seed(0)
+    m = _InvertedResidual(c, e, k, stride, bias).eval()
+    for bn in (m.expand[1], m.dw[1], m.project[1]):
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+    return m
+
+
+@pytest.mark.parametrize(
+    "e, k, stride, bias, hw",
+    [(32, 3, 1, False, (14, 14)), (32, 3, 2, False, (15, 13)), (48, 3, 2, True, (16, 16)), (16, 5, 1, True, (9, 11))],
+    ids=["3x3", "3x3-stride2-odd", "3x3-stride2-bias", "5x5-bias"],
+)
+def test_depthwise_between_nhwc_layers_runs_on_nhwc_without_padded_copies(e, k, stride, bias, hw, monkeypatch):
+    """Between two 1×1 layers (NHWC GEMMs), a depthwise layer is restated on NHWC: every
+    transpose between the three cancels, its padding is one flat pad (the expansion's
+    result lies in it contiguously: bufferization copies nothing of that size), its filter
+    is packed [KH, KW, C], and the masked edge columns (a column of padding reads the next
+    row's pixel) match eager."""
+    from tilecraft.backends.cpu import lowering
+
+    copies = []
+
+    def spy(module, **kw):  # the copies left once those of a buffer onto itself are erased
+        out = tidy(module, **kw)
+        tiling.walk_ops(
+            module.operation, lambda op: copies.append(op.operands[1].type) if op.name == "linalg.copy" else None
+        )
+        return out
+
+    tidy = lowering.tidy_copies
+    monkeypatch.setattr(lowering, "tidy_copies", spy)
+    model, x = _inverted_residual(16, e, k, stride, bias), torch.randn(1, 16, *hw)
+    imported = frontend.import_module(model, (x,), spec="<test>")
+    driver.convolutions_as_gemms(imported)
+    names = _names(imported.module)
+    assert depthwise.DEPTHWISE not in names
+    ops = []
+    tiling.walk_ops(imported.module.operation, ops.append)
+    transposes = [op for op in ops if op.name == "linalg.generic" and transpose_of(op) is not None]
+    assert len(transposes) == 2  # the input's and the result's, no more
+    pads = [op for op in ops if op.name == "tensor.pad"]
+    assert len(pads) == 1 and ir.RankedTensorType(pads[0].results[0].type).rank == 2
+    assert any(tuple(p.shape) == (k, k, e) for p in imported.params)
+    compiled = driver.compile_model(frontend.import_module(model, (x,), spec="<test>"))
+    big = [str(t) for t in copies if math.prod(ir.ShapedType(t).shape) >= hw[0] * hw[1] * e]
+    assert not big, big
+    with torch.no_grad():
+        assert driver.compare(compiled.fn(x), model(x)).ok
+
+
+def test_an_unbound_filter_is_transposed_in_the_module():
+    model, x = _inverted_residual(16, 32, 3, 2, False), torch.randn(1, 16, 12, 12)
+    imported = frontend.import_module(model, (x,), spec="<test>")
+    with imported.module.context:
+        imported.params[:], _ = im2col.rewrite(imported.module, imported.params)
+        assert depthwise.rewrite(imported.module) == 1  # no bound weights at hand: the filter stays [C, KH, KW]
+    assert "tensor<32x3x3xf32>" in str(imported.module)
+    compiled = driver.compile_model(imported)
+    with torch.no_grad():
+        assert driver.compare(compiled.fn(x), model(x)).ok

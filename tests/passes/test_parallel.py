@@ -162,13 +162,14 @@ def test_large_zoo_model_on_two_threads_matches_eager(name):
 
 
 class _ExpandStrided(torch.nn.Module):
-    """A 1×1 convolution whose output is zero-padded for a stride-2 depthwise one: the pad's
-    interior is a 4.8 MB copy (the GEMM's rows are no view of the padded buffer)."""
+    """A 1×1 convolution to 8 channels (on NCHW: `im2col.POINTWISE_NCHW_BELOW`) whose output
+    is zero-padded for a stride-2 depthwise one: the pad's interior is a 1.6 MB copy (the
+    GEMM's rows are no view of the padded buffer)."""
 
     def __init__(self):
         super().__init__()
-        self.expand = torch.nn.Conv2d(16, 96, 1, bias=False)
-        self.dw = torch.nn.Conv2d(96, 96, 3, stride=2, padding=1, groups=96, bias=False)
+        self.expand = torch.nn.Conv2d(16, 8, 1, bias=False)
+        self.dw = torch.nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8, bias=False)
 
     def forward(self, x):
         return self.dw(torch.relu(self.expand(x)))
@@ -188,7 +189,7 @@ def test_large_copies_are_split_across_threads(monkeypatch):
 
     monkeypatch.setattr(lowering, "tidy_copies", spy)
     torch.manual_seed(0)
-    model, x = _ExpandStrided().eval(), torch.randn(1, 16, 112, 112)
+    model, x = _ExpandStrided().eval(), torch.randn(1, 16, 224, 224)
     c = driver.compile_model(frontend.import_module(model, (x,), spec="<t>"), threads=2)
     split = [chunks for _, _, chunks in seen if chunks]
     assert split and all(sum(1 for t in chunks if t) == 1 for chunks in split), seen
