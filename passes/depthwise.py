@@ -151,7 +151,7 @@ def _helper_nhwc(src_shape, pad, w_shape, o_shape, strides, zero_init: bool, pac
     then copies), every SW-th pixel of each row. Rows above and below the
     image land in the zero ends; a column left or right of it lands on the neighbouring
     row's pixel instead, so the taps of such a column j are summed apart and dropped
-    (`arith.select` on a constant [OW] mask) at the output columns x where x·SW + j is
+    (`arith.select` on the output column, `linalg.index`) at the columns x where x·SW + j is
     padding. The filter is [KH, KW, C] (`packed`, as bound; else [C, KH, KW], transposed
     here): each tap's weights are a vector of channels. The [OH, OW, C] result is
     transposed back to NCHW (`sink_transposes` cancels the two transposes against their
@@ -167,7 +167,7 @@ def _helper_nhwc(src_shape, pad, w_shape, o_shape, strides, zero_init: bool, pac
     w_t, wl_t = tensor_t(w_shape, f32), tensor_t([kh, kw, c], f32)
     nhwc_t, flat_t, padded_t = tensor_t([1, h, w, c], f32), tensor_t([h * w, c], f32), tensor_t([length, c], f32)
     rows_t, wide_t = tensor_t([(oh + 1) * sh * w, c], f32), tensor_t([oh + 1, sh * w, c], f32)
-    ol_t, ol4_t, m_t = tensor_t([oh, ow, c], f32), tensor_t([1, oh, ow, c], f32), tensor_t([ow], f32)
+    ol_t, ol4_t = tensor_t([oh, ow, c], f32), tensor_t([1, oh, ow, c], f32)
     par3, par4 = ", ".join(['"parallel"'] * 3), ", ".join(['"parallel"'] * 4)
     ident3 = "affine_map<(y, x, c) -> (y, x, c)>"
 
@@ -224,37 +224,45 @@ def _helper_nhwc(src_shape, pad, w_shape, o_shape, strides, zero_init: bool, pac
             maps += [ident3, "affine_map<(y, x, c) -> (c)>"]
             args += [f"%a{t}: f32", f"%b{t}: f32"]
             by_column.setdefault(j, []).append(t)
-    masked = {}
+    masked = {}  # column j → the output columns [lo, hi) where x·SW + j is inside the image
     for j in range(kw):
-        keep = [left <= x * sw + j < left + w for x in range(ow)]
-        if not all(keep):
-            masked[j] = len(ins)
-            values = ", ".join("1.0" if k else "0.0" for k in keep)
-            lines.append(f"  %m{j} = arith.constant dense<[{values}]> : {m_t}")
-            ins.append(f"%m{j}")
-            in_ts.append(m_t)
-            maps.append("affine_map<(y, x, c) -> (x)>")
-            args.append(f"%k{j}: f32")
-    body, acc = ["    %zz = arith.constant 0.0 : f32"] if masked else [], None if zero_init else "%acc"
-    for j, taps in by_column.items():
-        part = None
+        lo = max(0, -(-(left - j) // sw))
+        hi = min(ow, -(-(left + w - j) // sw))
+        if lo > 0 or hi < ow:
+            masked[j] = (lo, hi)
+    body, acc = [], None if zero_init else "%acc"
+    if masked:
+        body += ["    %zz = arith.constant 0.0 : f32", "    %xi = linalg.index 1 : index"]
+    for j in sorted(by_column, key=lambda j: j in masked):  # whole columns first, onto the accumulator
+        taps = by_column[j]
+        part = acc if j not in masked else None
         for t in taps:
-            body.append(f"    %p{t} = arith.mulf %a{t}, %b{t} : f32")
             if part is None:
-                part = f"%p{t}"
+                body.append(f"    %p{t} = arith.mulf %a{t}, %b{t} : f32")
             else:
-                body.append(f"    %s{t} = arith.addf {part}, %p{t} : f32")
-                part = f"%s{t}"
-        if j in masked:
-            body += [
-                f"    %c{j} = arith.cmpf one, %k{j}, %zz : f32",
-                f"    %z{j} = arith.select %c{j}, {part}, %zz : f32",
-            ]
-            part = f"%z{j}"
-        if acc is None:
+                body.append(f"    %p{t} = math.fma %a{t}, %b{t}, {part} : f32")
+            part = f"%p{t}"
+        if j not in masked:
             acc = part
+            continue
+        lo, hi = masked[j]
+        checks = []
+        if lo > 0:
+            body += [f"    %lo{j} = arith.constant {lo} : index"]
+            body += [f"    %ge{j} = arith.cmpi uge, %xi, %lo{j} : index"]
+            checks.append(f"%ge{j}")
+        if hi < ow:
+            body += [f"    %hi{j} = arith.constant {hi} : index"]
+            body += [f"    %lt{j} = arith.cmpi ult, %xi, %hi{j} : index"]
+            checks.append(f"%lt{j}")
+        if len(checks) == 2:
+            body.append(f"    %in{j} = arith.andi %ge{j}, %lt{j} : i1")
+            checks = [f"%in{j}"]
+        body.append(f"    %z{j} = arith.select {checks[0]}, {part}, %zz : f32")
+        if acc is None:
+            acc = f"%z{j}"
         else:
-            body.append(f"    %u{j} = arith.addf {acc}, {part} : f32")
+            body.append(f"    %u{j} = arith.addf {acc}, %z{j} : f32")
             acc = f"%u{j}"
     maps.append(ident3)
     out = "%e" if zero_init else "%il"

@@ -8,11 +8,14 @@
 //   of the padded input transposed once to NHWC, and the filter is packed [KH*KW, C, F];
 // - a strided 3x3 layer (16 channels: whole vectors) gathers its column matrix tap by tap,
 //   each tap a strided window slice of the NHWC input, for one matmul on a [K, F] filter;
-// - a 1x1 stride-1 layer at batch 1 is filter[F, C] x x[C, H*W] on NCHW as it stands.
+// - a 1x1 stride-1 layer with 16 outputs gathers its column matrix as one transpose of its
+//   input to NHWC (which sink-transposes cancels against the transpose before it), for one
+//   matmul on a [C, F] filter (with fewer than 16 outputs it would be filter[F, C] x
+//   x[C, H*W] on NCHW as it stands: tests/passes/test_im2col.py).
 // Each GEMM's [N*OH*OW, F] result is transposed back to NCHW. A filter that is not a
 // bound argument (%wd) cannot be repacked: its convolution stays.
 // CHECK-LABEL: func.func @convs(
-// CHECK-SAME: %[[WA:[^:]+]]: tensor<9x16x16xf32>, %[[WB:[^:]+]]: tensor<144x32xf32>, %[[WC:[^:]+]]: tensor<16x32xf32>, %{{.*}}: tensor<1x16x27x27xf32>, %[[WD:[^:]+]]: tensor<8x16x1x1xf32>)
+// CHECK-SAME: %[[WA:[^:]+]]: tensor<9x16x16xf32>, %[[WB:[^:]+]]: tensor<144x32xf32>, %[[WC:[^:]+]]: tensor<32x16xf32>, %{{.*}}: tensor<1x16x27x27xf32>, %[[WD:[^:]+]]: tensor<8x16x1x1xf32>)
 
 // The tap chain:
 // CHECK: tensor.collapse_shape {{.*}} : tensor<1x28x27x16xf32> into tensor<756x16xf32>
@@ -25,9 +28,9 @@
 // CHECK: tensor.collapse_shape {{.*}} into tensor<144x144xf32>
 // CHECK: linalg.matmul ins(%{{.*}}, %[[WB]] : tensor<144x144xf32>, tensor<144x32xf32>)
 
-// The pointwise layer:
-// CHECK: tensor.collapse_shape {{.*}} : tensor<1x32x12x12xf32> into tensor<32x144xf32>
-// CHECK: linalg.matmul ins(%[[WC]], %{{.*}} : tensor<16x32xf32>, tensor<32x144xf32>)
+// The 1x1 layer: its input transposed to NHWC, one matmul
+// CHECK: linalg.generic {{.*}} ins(%{{.*}} : tensor<1x32x12x12xf32>) outs(%{{.*}} : tensor<1x12x12x32xf32>)
+// CHECK: linalg.matmul ins(%{{.*}}, %[[WC]] : tensor<144x32xf32>, tensor<32x16xf32>)
 
 // The unbound filter's convolution, untouched:
 // CHECK: linalg.conv_2d_nchw_fchw {{.*}} ins(%{{.*}}, %[[WD]] : tensor<1x16x12x12xf32>, tensor<8x16x1x1xf32>)

@@ -6,7 +6,8 @@
 // every map is a projected permutation and the op vectorizes along the output width. The
 // zero-filled accumulator is dropped: the first tap's product starts the sum, so a 3x3
 // window takes 9 products and 8 additions. A strided depthwise convolution stays (its taps
-// would be strided vector reads, which gain nothing).
+// would be strided vector reads, which gain nothing). Beside NHWC layers both run on NHWC:
+// depthwise_nhwc.mlir.
 // CHECK-LABEL: func.func @depthwise(
 // CHECK-SAME: %[[X:[^:]+]]: tensor<1x32x10x10xf32>, %[[W:[^:]+]]: tensor<32x3x3xf32>
 // CHECK-NOT: linalg.fill
