@@ -12,7 +12,8 @@ whole tiles per thread (outermost on ties: the chunks are then contiguous in mem
 A depthwise or pooling window is priced by its points as an elementwise op is (memory-bound:
 MobileNet-V2's stride-2 depthwise layers, under 4 MFLOP, take 0.1-0.8 ms). A group whose tile
 along the chosen loop does not fit a chunk a whole number of times gets a smaller tile that
-does (`fit_tile`); the fusion plan is rewritten with it.
+does (`fit_tile`), and one whose register tile does not divide a chunk a halved register
+tile (`fit_levels`); the fusion plan is rewritten with them.
 
 This is the documented heuristic: the learned model does not yet price parallel kernels
 (its corpus has no threaded rows), and the fusion and schedule planners rank as on one
@@ -69,10 +70,12 @@ def plan(
         if d is None:
             continue
         out.append(d)
-        tile = fit_tile(nodes[sink].info.extents[d.loop], d.chunks, *_at(levels, d.loop))
-        if k is not None and tile != _at(levels, d.loop)[0]:
+        tile, inner = fit_levels(nodes[sink].info.extents[d.loop], d.chunks, *_at(levels, d.loop))
+        if k is not None and (tile, inner) != _at(levels, d.loop):
             g = groups[k]
-            groups[k] = dataclasses.replace(g, tiles=tuple(tile if i == d.loop else t for i, t in enumerate(g.tiles)))
+            tiles = tuple(tile if i == d.loop else t for i, t in enumerate(g.tiles))
+            inners = tuple(inner if i == d.loop else t for i, t in enumerate(g.inner))
+            groups[k] = dataclasses.replace(g, tiles=tiles, inner=inners)
     return out, groups
 
 
@@ -98,7 +101,7 @@ def decide(
     for chunks in range(threads, 1, -1):  # as many chunks as threads, else the most that fit
         ok = [i for i in loops if chunk_ok(info.extents[i], chunks, *_at(levels, i))]
         if not ok and fit:  # a loop whose chunk takes whole tiles once the group's tile is cut
-            ok = [i for i in loops if fit_tile(info.extents[i], chunks, *_at(levels, i)) is not None]
+            ok = [i for i in loops if fit_levels(info.extents[i], chunks, *_at(levels, i)) is not None]
         if ok:
             loop = max(ok, key=lambda i: (info.extents[i], -i))
             return ParallelDecision(sink, members, loop, chunks)
@@ -119,6 +122,27 @@ def fit_tile(extent: int, chunks: int, tile: int, inner: int) -> int | None:
         if t % step == 0 and chunk_ok(extent, chunks, t, inner):
             return t
     return None
+
+
+# A group whose register tile along a loop does not divide a chunk of it may halve that
+# tile (down to one vector of 16) to be split: MobileNet-V2's 7x7 projections, 960 -> 160
+# channels (49 x 160 x 960), whose 7x32 accumulator tiles fit neither 49 rows nor 80
+# columns per thread, ran serial at 2 threads (30% of the main thread's serial time) and
+# split along the columns as 7x16 tiles instead.
+HALVE_REGISTER_TILES = True
+
+
+def fit_levels(extent: int, chunks: int, tile: int, inner: int) -> tuple[int, int] | None:
+    """The group's (tile, register tile) along a loop split into `chunks`: `fit_tile`
+    with the register tile as it is, else halved while it stays whole vectors
+    (`HALVE_REGISTER_TILES`); None if none fits."""
+    while True:
+        t = fit_tile(extent, chunks, tile, inner)
+        if t is not None:
+            return t, inner
+        if not (HALVE_REGISTER_TILES and inner >= 2 * LANES and inner % (2 * LANES) == 0):
+            return None
+        inner //= 2
 
 
 def _at(levels, i: int) -> tuple[int, int]:

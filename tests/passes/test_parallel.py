@@ -40,6 +40,17 @@ def test_a_group_tile_is_cut_to_fit_its_chunks():
     assert fit_tile(160, 2, 32, 0) == 16  # whole vectors stay whole (20 would divide 80 too)
 
 
+def test_a_register_tile_is_halved_to_fit_its_chunks(monkeypatch):
+    from tilecraft.costmodel import parallel_plan
+
+    assert parallel_plan.fit_levels(160, 2, 0, 32) == (0, 16)  # 80 columns a thread: 5 tiles of 16
+    assert parallel_plan.fit_levels(256, 2, 0, 32) == (0, 32)  # 128 a thread: kept
+    assert parallel_plan.fit_levels(144, 2, 0, 48) is None  # 72: not a whole number of vectors
+    assert parallel_plan.fit_levels(98, 2, 0, 16) is None  # one vector already
+    monkeypatch.setattr(parallel_plan, "HALVE_REGISTER_TILES", False)
+    assert parallel_plan.fit_levels(160, 2, 0, 32) is None
+
+
 def test_pinned_groups_keep_their_tiles():
     from tilecraft import frontend
 
