@@ -223,8 +223,19 @@ def _alias_root(v: ir.Value) -> ir.Value:
     return v
 
 
+def _unreshaped(v: ir.Value) -> ir.Value:
+    """`v`, or the view it is when it collapses an expansion of that view back to its own
+    type (a padded buffer's interior copied into as [H, W, C], `pads.py`)."""
+    owner = getattr(v.owner, "operation", v.owner)
+    if isinstance(owner, ir.Operation) and owner.name == "memref.collapse_shape":
+        inner = getattr(owner.operands[0].owner, "operation", owner.operands[0].owner)
+        if isinstance(inner, ir.Operation) and inner.name == "memref.expand_shape" and inner.operands[0].type == v.type:
+            return inner.operands[0]
+    return v
+
+
 def _same_buffer(a: ir.Value, b: ir.Value) -> bool:
-    a, b = _alias_root(a), _alias_root(b)
+    a, b = _alias_root(_unreshaped(a)), _alias_root(_unreshaped(b))
     if a == b:
         return True
     oa, ob = (getattr(v.owner, "operation", v.owner) for v in (a, b))

@@ -161,3 +161,37 @@ def test_an_unbound_filter_is_transposed_in_the_module():
     compiled = driver.compile_model(imported)
     with torch.no_grad():
         assert driver.compare(compiled.fn(x), model(x)).ok
+
+
+def test_a_tap_chain_result_is_copied_into_the_padded_buffer_once(monkeypatch):
+    """A 3-channel stem (a tap chain whose [OH, OW + 1, C] result carries a wrapped-around
+    column per row) before an NHWC depthwise layer: its result without that column is
+    copied straight into the flat padded buffer's interior (`backends/cpu/pads.py`), not
+    compacted into a buffer of its own first."""
+    from tilecraft.backends.cpu import lowering
+
+    copies = []
+
+    def spy(module, **kw):
+        out = tidy(module, **kw)
+        tiling.walk_ops(
+            module.operation, lambda op: copies.append(op.operands[1].type) if op.name == "linalg.copy" else None
+        )
+        return out
+
+    tidy = lowering.tidy_copies
+    monkeypatch.setattr(lowering, "tidy_copies", spy)
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 32, 3, 2, 1, bias=False),
+        nn.BatchNorm2d(32),
+        nn.ReLU6(),
+        _block(32, 1, False),
+        nn.Conv2d(32, 16, 1),
+    ).eval()
+    x = torch.randn(1, 3, 96, 96)
+    compiled = driver.compile_model(frontend.import_module(model, (x,), spec="<test>"))
+    big = [str(t) for t in copies if math.prod(ir.ShapedType(t).shape) >= 48 * 48 * 32]
+    assert len(big) == 1 and "48x48x32" in big[0], big
+    with torch.no_grad():
+        assert driver.compare(compiled.fn(x), model(x)).ok
