@@ -99,6 +99,24 @@ class _InvertedResidual(nn.Module):
         return self.project(self.dw(self.expand(x)))
 
 
+def _copies_left(monkeypatch) -> list:
+    """The destination types of the buffer copies a compile leaves (once those of a
+    buffer onto itself are erased), filled as it runs."""
+    from tilecraft.backends.cpu import lowering
+
+    copies, tidy = [], lowering.tidy_copies
+
+    def spy(module, **kw):
+        out = tidy(module, **kw)
+        tiling.walk_ops(
+            module.operation, lambda op: copies.append(op.operands[1].type) if op.name == "linalg.copy" else None
+        )
+        return out
+
+    monkeypatch.setattr(lowering, "tidy_copies", spy)
+    return copies
+
+
 def _inverted_residual(c, e, k, stride, bias):
     torch.manual_seed(0)
     m = _InvertedResidual(c, e, k, stride, bias).eval()
@@ -119,19 +137,7 @@ def test_depthwise_between_nhwc_layers_runs_on_nhwc_without_padded_copies(e, k, 
     result lies in it contiguously: bufferization copies nothing of that size), its filter
     is packed [KH, KW, C], and the masked edge columns (a column of padding reads the next
     row's pixel) match eager."""
-    from tilecraft.backends.cpu import lowering
-
-    copies = []
-
-    def spy(module, **kw):  # the copies left once those of a buffer onto itself are erased
-        out = tidy(module, **kw)
-        tiling.walk_ops(
-            module.operation, lambda op: copies.append(op.operands[1].type) if op.name == "linalg.copy" else None
-        )
-        return out
-
-    tidy = lowering.tidy_copies
-    monkeypatch.setattr(lowering, "tidy_copies", spy)
+    copies = _copies_left(monkeypatch)
     model, x = _inverted_residual(16, e, k, stride, bias), torch.randn(1, 16, *hw)
     imported = frontend.import_module(model, (x,), spec="<test>")
     driver.convolutions_as_gemms(imported)
@@ -168,19 +174,7 @@ def test_a_tap_chain_result_is_copied_into_the_padded_buffer_once(monkeypatch):
     column per row) before an NHWC depthwise layer: its result without that column is
     copied straight into the flat padded buffer's interior (`backends/cpu/pads.py`), not
     compacted into a buffer of its own first."""
-    from tilecraft.backends.cpu import lowering
-
-    copies = []
-
-    def spy(module, **kw):
-        out = tidy(module, **kw)
-        tiling.walk_ops(
-            module.operation, lambda op: copies.append(op.operands[1].type) if op.name == "linalg.copy" else None
-        )
-        return out
-
-    tidy = lowering.tidy_copies
-    monkeypatch.setattr(lowering, "tidy_copies", spy)
+    copies = _copies_left(monkeypatch)
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Conv2d(3, 32, 3, 2, 1, bias=False),
