@@ -120,6 +120,8 @@ def to_vector(
     if border_fills:
         pads.border_fills(module)  # a padded buffer: its border filled, its interior the source
     bufferize_tm_tensor_ops(module)
+    if DISTINCT_EMPTIES:
+        distinct_empty_tensors(module)
     script = vectorize_script(vectorize=vectorize, pads_in_place=pads_in_place)
     apply_transform(module, script, stage="vector", reproduce="cpu-vector", before=before)
     copies = tidy_copies(module, vectorize_fills=vectorize_fills, threads=parallel_chunks(module)) if vectorize else []
@@ -131,6 +133,24 @@ def to_vector(
     if scratch.ENABLED:
         scratch.stack_scratch(module)  # a loop's small scratch buffers: on the stack, made once
     return module
+
+
+# Every `tensor.empty` tagged with an id of its own before the cleanup's CSE, which would
+# otherwise merge equal ones: two padded buffers of one shape (MobileNet-V2's four 14²×384
+# depthwise inputs), or two GEMM results, then started from one empty tensor, and
+# bufferization copied whole buffers and interiors apart (31 copies, 11.9 MB per inference).
+DISTINCT_EMPTIES = True
+
+
+def distinct_empty_tensors(module: ir.Module) -> int:
+    """Tag each `tensor.empty` with a distinct `tc.empty` id (CSE then keeps them apart);
+    returns how many were tagged."""
+    empties: list[ir.Operation] = []
+    tiling.walk_ops(module.operation, lambda op: empties.append(op) if op.name == "tensor.empty" else None)
+    i64 = ir.IntegerType.get_signless(64, context=module.context)
+    for k, op in enumerate(empties):
+        op.attributes["tc.empty"] = ir.IntegerAttr.get(i64, k)
+    return len(empties)
 
 
 # A copy's (or a fill's) register tile: 64 elements, four zmm registers. A copy moves memory,

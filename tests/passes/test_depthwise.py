@@ -189,3 +189,17 @@ def test_a_tap_chain_result_is_copied_into_the_padded_buffer_once(monkeypatch):
     assert len(big) == 1 and "48x48x32" in big[0], big
     with torch.no_grad():
         assert driver.compare(compiled.fn(x), model(x)).ok
+
+
+def test_padded_buffers_of_one_shape_stay_apart(monkeypatch):
+    """Two blocks whose depthwise inputs are padded to the same shape: CSE would merge
+    their buffers' empty tensors (and their expansions' results), and bufferization then
+    copied buffers and interiors apart (`lowering.DISTINCT_EMPTIES`)."""
+    copies = _copies_left(monkeypatch)
+    model = nn.Sequential(_inverted_residual(16, 48, 3, 1, False), _inverted_residual(16, 48, 3, 1, False)).eval()
+    x = torch.randn(1, 16, 14, 14)
+    compiled = driver.compile_model(frontend.import_module(model, (x,), spec="<test>"))
+    big = [str(t) for t in copies if math.prod(ir.ShapedType(t).shape) >= 14 * 14 * 48]
+    assert not big, big
+    with torch.no_grad():
+        assert driver.compare(compiled.fn(x), model(x)).ok
