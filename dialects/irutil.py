@@ -45,6 +45,15 @@ def owner_op(v: ir.Value) -> ir.Operation | None:
     return o if isinstance(o, ir.Operation) else None
 
 
+def pad_value(pad: ir.Operation) -> float | None:
+    """The constant a `tensor.pad` pads with, or None if it is not a float constant."""
+    block = pad.regions[0].blocks[0]
+    o = owner_op(list(block.operations)[-1].operands[0])
+    if o is None or o.name != "arith.constant":
+        return None
+    return ir.FloatAttr(o.attributes["value"]).value
+
+
 def entry_func(module: ir.Module) -> ir.Operation:
     """The module's first `func.func` (the model's entry point)."""
     return next(op.operation for op in module.body.operations if op.operation.name == "func.func")

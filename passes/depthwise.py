@@ -50,6 +50,7 @@ from tilecraft.dialects.irutil import (
     int_list_attr,
     is_zero_fill,
     owner_op,
+    pad_value,
     shape_of,
     tensor_t,
 )
@@ -135,7 +136,7 @@ def _flat_layout(src_shape, pad, o_shape, kernel, strides) -> tuple[int, int] | 
     return base, length
 
 
-def _helper_nhwc(src_shape, pad, w_shape, o_shape, strides, zero_init: bool, packed: bool, name: str) -> str:
+def _helper_nhwc(src_shape, pad, layout, w_shape, o_shape, strides, zero_init: bool, packed: bool, name: str) -> str:
     """A depthwise convolution on NHWC, its taps read as slices of one flattened, padded
     input.
 
@@ -161,7 +162,7 @@ def _helper_nhwc(src_shape, pad, w_shape, o_shape, strides, zero_init: bool, pac
     kh, kw = (w_shape[0], w_shape[1]) if packed else (w_shape[1], w_shape[2])
     sh, sw = strides
     top, _, left, _ = pad
-    base, length = _flat_layout(src_shape, pad, o_shape, (kh, kw), strides)
+    base, length = layout  # (`_flat_layout`)
     f32 = "f32"
     src_t, o_t, c_t = tensor_t(src_shape, f32), tensor_t(o_shape, f32), tensor_t([c], f32)
     w_t, wl_t = tensor_t(w_shape, f32), tensor_t([kh, kw, c], f32)
@@ -294,9 +295,7 @@ def _zero_pad(x: ir.Value) -> tuple[ir.Operation, tuple[int, int, int, int]] | N
     pad = owner_op(x)
     if pad is None or pad.name != "tensor.pad" or len(pad.operands) != 1 or len(list(x.uses)) != 1:
         return None
-    block = pad.regions[0].blocks[0]
-    v = owner_op(list(block.operations)[-1].operands[0])
-    if v is None or v.name != "arith.constant" or ir.FloatAttr(v.attributes["value"]).value != 0.0:
+    if pad_value(pad) != 0.0:
         return None
     low = list(ir.DenseI64ArrayAttr(pad.attributes["static_low"]))
     high = list(ir.DenseI64ArrayAttr(pad.attributes["static_high"]))
@@ -374,8 +373,8 @@ def rewrite(module: ir.Module, params: list | None = None) -> int:
         padded = _zero_pad(x)
         src, pad = (padded[0].operands[0], padded[1]) if padded else (x, (0, 0, 0, 0))
         layout = _flat_layout(shape_of(src), pad, shape_of(init), (kh, kw), strides)
-        nhwc = _nhwc_above(src) or _nhwc_below(op.results[0])  # else two transposes of its own
-        if CHANNELS_LAST and layout is not None and nhwc:
+        # (with no NHWC neighbour the layer would add two transposes of its own)
+        if CHANNELS_LAST and layout is not None and (_nhwc_above(src) or _nhwc_below(op.results[0])):
             bound = _bound_filter(w, len(params)) if params is not None else None
             if bound is not None:
                 collapse, arg = bound
@@ -384,7 +383,8 @@ def rewrite(module: ir.Module, params: list | None = None) -> int:
                 block_arg.set_type(ir.Type.parse(tensor_t([kh, kw, c], "f32"), context=module.context))
                 w = block_arg
             w_shape = [kh, kw, c] if bound is not None else [c, kh, kw]
-            text = _helper_nhwc(shape_of(src), pad, w_shape, shape_of(init), strides, zero, bound is not None, name)
+            packed = bound is not None
+            text = _helper_nhwc(shape_of(src), pad, layout, w_shape, shape_of(init), strides, zero, packed, name)
             x, pad_op = src, padded[0] if padded else None
         elif strides != (1, 1):
             continue  # (a strided tap of NCHW reads every other pixel: the named op is faster)

@@ -52,6 +52,7 @@ from tilecraft.dialects.irutil import (
     erase_if_dead,
     inline_helpers,
     owner_op,
+    pad_value,
     replace_op,
     tensor_t,
 )
@@ -152,15 +153,6 @@ def _restate(g: ir.Operation, t: ir.Operation, perm: list[int]) -> ir.Operation 
     return back
 
 
-def _pad_value(pad: ir.Operation) -> float | None:
-    block = pad.regions[0].blocks[0]
-    v = list(block.operations)[-1].operands[0]
-    o = owner_op(v)
-    if o is None or o.name != "arith.constant":
-        return None
-    return ir.FloatAttr(o.attributes["value"]).value
-
-
 def _static(pad: ir.Operation, name: str) -> list[int]:
     return list(ir.DenseI64ArrayAttr(pad.attributes[name]))
 
@@ -173,7 +165,7 @@ def _pads_above(v: ir.Value) -> tuple[list[ir.Operation], ir.Operation | None]:
         o = owner_op(v)
         if o is None or o.name != "tensor.pad":
             return pads, o
-        if len(list(o.results[0].uses)) != 1 or len(o.operands) != 1 or _pad_value(o) is None:
+        if len(list(o.results[0].uses)) != 1 or len(o.operands) != 1 or pad_value(o) is None:
             return pads, None
         pads.append(o)
         v = o.operands[0]
@@ -190,7 +182,7 @@ def _restated_pads(pads: list[ir.Operation], perm: list[int], shape: list[int]) 
         new_shape = [d + a + b for d, a, b in zip(shape, lo, hi)]
         idx = ", ".join(f"%i{d}: index" for d in range(len(shape)))
         lines.append(
-            f"  %z{n} = arith.constant {_f32_hex(_pad_value(pad))} : f32\n"
+            f"  %z{n} = arith.constant {_f32_hex(pad_value(pad))} : f32\n"
             f"  %x{n + 1} = tensor.pad %x{n} low{lo} high{hi} {{\n  ^bb0({idx}):\n    tensor.yield %z{n} : f32\n"
             f"  }} : {tensor_t(shape, 'f32')} to {tensor_t(new_shape, 'f32')}"
         )
@@ -218,7 +210,7 @@ def _cancel(u: ir.Operation, module: ir.Module, done: list) -> bool:
         return False
     pads, t = _pads_above(u.operands[0])
     perm_t = transpose_of(t) if t is not None else None
-    if perm_t is None or any(_pad_value(p) != 0.0 for p in pads) or not _inverts(perm_u, perm_t):
+    if perm_t is None or any(pad_value(p) != 0.0 for p in pads) or not _inverts(perm_u, perm_t):
         return False
     shape = list(ir.RankedTensorType(t.operands[0].type).shape)
     name = f"__tc_layout_{len(done)}"

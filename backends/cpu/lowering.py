@@ -29,6 +29,7 @@ from tilecraft.dialects.irutil import (
     ANY,
     apply_transform,
     ops_named,
+    owner_op,
     public_funcs,
     run_pipeline,
     walk_ops,
@@ -246,10 +247,10 @@ def _alias_root(v: ir.Value) -> ir.Value:
 def _unreshaped(v: ir.Value) -> ir.Value:
     """`v`, or the view it is when it collapses an expansion of that view back to its own
     type (a padded buffer's interior copied into as [H, W, C], `pads.py`)."""
-    owner = getattr(v.owner, "operation", v.owner)
-    if isinstance(owner, ir.Operation) and owner.name == "memref.collapse_shape":
-        inner = getattr(owner.operands[0].owner, "operation", owner.operands[0].owner)
-        if isinstance(inner, ir.Operation) and inner.name == "memref.expand_shape" and inner.operands[0].type == v.type:
+    owner = owner_op(v)
+    if owner is not None and owner.name == "memref.collapse_shape":
+        inner = owner_op(owner.operands[0])
+        if inner is not None and inner.name == "memref.expand_shape" and inner.operands[0].type == v.type:
             return inner.operands[0]
     return v
 

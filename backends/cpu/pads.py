@@ -79,9 +79,14 @@ def _buffer_text(name: str, shape: list[int], elem: str, low, high, value: str) 
     return f"func.func private @{name}() -> {t} {{\n{body}\n  return %b{last} : {t}\n}}"
 
 
+def _interior(low, src: list[int]) -> str:
+    """The offsets, sizes and strides of the buffer's interior (slice syntax)."""
+    return f"[{', '.join(map(str, low))}] [{', '.join(map(str, src))}] [{', '.join(['1'] * len(src))}]"
+
+
 def _insert_text(name: str, src: list[int], shape: list[int], elem: str, low) -> str:
     s, t = tensor_t(src, elem), tensor_t(shape, elem)
-    where = f"[{', '.join(map(str, low))}] [{', '.join(map(str, src))}] [{', '.join(['1'] * len(shape))}]"
+    where = _interior(low, src)
     return (
         f"func.func private @{name}(%x: {s}, %b: {t}) -> {t} {{\n"
         f"  %r = tensor.insert_slice %x into %b{where} : {s} into {t}\n  return %r : {t}\n}}"
@@ -92,7 +97,7 @@ def _copy_in_text(name: str, src: list[int], view: list[int], reassoc: str, shap
     """Insert `%x` (of shape `view`, collapsed to `src` by `reassoc`) into the buffer's
     interior by one copy into the interior expanded to `view`."""
     x_t, s_t, t = tensor_t(view, elem), tensor_t(src, elem), tensor_t(shape, elem)
-    where = f"[{', '.join(map(str, low))}] [{', '.join(map(str, src))}] [{', '.join(['1'] * len(shape))}]"
+    where = _interior(low, src)
     return (
         f"func.func private @{name}(%x: {x_t}, %b: {t}) -> {t} {{\n"
         f"  %i = tensor.extract_slice %b{where} : {t} to {s_t}\n"
