@@ -256,19 +256,25 @@ def layers(module: ir.Module, n_bound: int, *, thin: bool = False) -> list[ConvL
 
 
 _IDENT4 = "affine_map<(n, f, y, x) -> (n, f, y, x)>"
+FOLD_BACK = "tc.fold_back"  # a transpose split from the add it fed: `sink_transposes` folds it back if it stays
 
 
 def _nchw_result(src: str, src_t: str, src_map: str, o_t: str, *, zero_init: bool) -> str:
     """`%o`, the NCHW result: `src` read through `src_map`, plus the convolution's
     accumulator init (`%init`) unless that was a zero fill."""
     par = ", ".join(['"parallel"'] * 4)
-    if zero_init:
+    if zero_init or src_map == _IDENT4:
         maps, ins, args = [src_map, _IDENT4], f"{src} : {src_t}", "%a: f32, %b: f32"
         body = "    linalg.yield %a : f32"
-    else:
-        maps, ins, args = [src_map, _IDENT4, _IDENT4], f"{src}, %init : {src_t}, {o_t}", "%a: f32, %i: f32, %b: f32"
+        head = ""
+    else:  # a pure transpose, then the add: the layout pass sinks the transpose through it (or folds it back)
+        head = _nchw_result(src, src_t, src_map, o_t, zero_init=True).replace("%eo", "%et").replace("%o ", "%t ")
+        head = head.replace("iterator_types = [", f"{FOLD_BACK}, iterator_types = [", 1)
+        src, src_t = "%t", o_t
+    if not zero_init:
+        maps, ins, args = [_IDENT4, _IDENT4, _IDENT4], f"{src}, %init : {src_t}, {o_t}", "%a: f32, %i: f32, %b: f32"
         body = "    %s = arith.addf %a, %i : f32\n    linalg.yield %s : f32"
-    return (
+    return head + (
         f"  %eo = tensor.empty() : {o_t}\n"
         f"  %o = linalg.generic {{indexing_maps = [{', '.join(maps)}], iterator_types = [{par}]}}"
         f" ins({ins}) outs(%eo : {o_t}) {{\n  ^bb0({args}):\n{body}\n  }} -> {o_t}\n"

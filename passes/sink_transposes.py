@@ -153,6 +153,125 @@ def _restate(g: ir.Operation, t: ir.Operation, perm: list[int]) -> ir.Operation 
     return back
 
 
+def _new_dims(perm: list[int]) -> list[int]:
+    """Old loop i (a transpose's result dim) is new loop new_dim[i] (its source dim)."""
+    new_dim = [0] * len(perm)
+    for k, p in enumerate(perm):
+        new_dim[p] = k
+    return new_dim
+
+
+def _transposed_back(t: ir.Operation, v: ir.Value, shape: list[int]) -> ir.Operation:
+    """A clone of transpose `t` reading `v` into a fresh [shape] tensor (at the insertion point)."""
+    elem = ir.RankedTensorType(v.type).element_type
+    init = tensor.empty(shape, elem)
+    back = t.clone()
+    back.operands[0] = v
+    back.operands[1] = init
+    back.results[0].set_type(ir.RankedTensorType.get(shape, elem))
+    return back
+
+
+def gather_of(use: ir.OpOperand) -> ir.Operation | None:
+    """The generic a `tensor.extract` reading `use`'s value sits in, when that generic is
+    an index gather this pass can restate over other loops (a nearest upsampling as
+    torch-mlir lowers it): all-parallel, no inputs, its output read through the identity
+    and not read in its body, the extract in its body's own block; else None."""
+    ex = owner_op(use)
+    if ex is None or ex.name != "tensor.extract" or use.operand_number != 0:
+        return None
+    g = ex.parent
+    if g is None or g.name != "linalg.generic" or len(g.operands) != 1 or len(g.results) != 1:
+        return None
+    if any("parallel" not in str(a) for a in ir.ArrayAttr(g.attributes["iterator_types"])):
+        return None
+    out_map = indexing_maps(g)[0]
+    if out_map != ir.AffineMap.get_identity(out_map.n_dims, g.context):
+        return None
+    block = g.regions[0].blocks[0]
+    if list(block.arguments[0].uses) or ex.parent != g:
+        return None
+    return g
+
+
+def _restate_gather(g: ir.Operation, t: ir.Operation, perm: list[int]) -> ir.Operation | None:
+    """Restate index gather `g` (`gather_of`), whose extracts read transpose `t`'s result,
+    over the loops in `t`'s source order, its extracts reading `t`'s source with their
+    indices permuted; returns the transpose of its new result, which replaces `g`."""
+    shape = list(ir.RankedTensorType(g.results[0].type).shape)
+    if len(shape) != len(perm) or ir.RankedTensorType(t.results[0].type).rank != len(perm):
+        return None
+    new_dim = _new_dims(perm)
+    i64 = ir.IntegerType.get_signless(64, g.context)
+    elem = ir.RankedTensorType(g.results[0].type).element_type
+    new_shape = [shape[perm[k]] for k in range(len(perm))]
+    with ir.InsertionPoint(g), g.location:
+        init = tensor.empty(new_shape, elem)
+        new = g.clone()
+        new.operands[0] = init
+        new.results[0].set_type(ir.RankedTensorType.get(new_shape, elem))
+        for op in new.regions[0].blocks[0].operations:
+            op = op.operation
+            if op.name == "linalg.index":
+                op.attributes["dim"] = ir.IntegerAttr.get(i64, new_dim[ir.IntegerAttr(op.attributes["dim"]).value])
+            elif op.name == "tensor.extract" and op.operands[0] == t.results[0]:
+                idx = [op.operands[1 + j] for j in range(len(perm))]
+                op.operands[0] = t.operands[0]
+                for k in range(len(perm)):
+                    op.operands[1 + k] = idx[perm[k]]
+        back = _transposed_back(t, new.results[0], shape)
+    replace_op(g, back.results[0])
+    return back
+
+
+def _transposed_forward(t: ir.Operation, v: ir.Value, perm: list[int]) -> ir.Value:
+    """`v` (laid out as transpose `t`'s result) transposed to `t`'s source order: the
+    inverse of `t` (at the insertion point)."""
+    new_dim = _new_dims(perm)
+    shape = list(ir.RankedTensorType(v.type).shape)
+    elem = ir.RankedTensorType(v.type).element_type
+    ctx = t.context
+    init = tensor.empty([shape[perm[k]] for k in range(len(perm))], elem)
+    fwd = t.clone()
+    fwd.operands[0] = v
+    fwd.operands[1] = init
+    fwd.results[0].set_type(ir.RankedTensorType(fwd.operands[1].type))
+    in_map = ir.AffineMap.get(len(perm), 0, [ir.AffineDimExpr.get(new_dim[k], ctx) for k in range(len(perm))], ctx)
+    identity = ir.AffineMap.get_identity(len(perm), ctx)
+    fwd.attributes["indexing_maps"] = ir.ArrayAttr.get([ir.AffineMapAttr.get(m) for m in (in_map, identity)])
+    return fwd.results[0]
+
+
+def _restate_concat(c: ir.Operation, t: ir.Operation, perm: list[int]) -> ir.Operation | None:
+    """Restate a `tensor.concat` reading transpose `t` (`perm`) on the transposes'
+    sources, along the permuted dim (an input that is no such transpose is transposed to
+    the source order: only its channels, not the whole result, are moved); returns the
+    transpose of its new result, which replaces it."""
+    ins = [owner_op(v) for v in c.operands]
+    shape = list(ir.RankedTensorType(c.results[0].type).shape)
+    if len(shape) != len(perm) or any(ir.RankedTensorType(v.type).rank != len(perm) for v in c.operands):
+        return None
+    dim = _new_dims(perm)[ir.IntegerAttr(c.attributes["dim"]).value]
+    elem = ir.RankedTensorType(c.results[0].type).element_type
+    with ir.InsertionPoint(c), c.location:
+        srcs = [
+            o.operands[0] if o is not None and transpose_of(o) == perm else _transposed_forward(t, v, perm)
+            for o, v in zip(ins, c.operands)
+        ]
+        new = c.clone()
+        for i, v in enumerate(srcs):
+            new.operands[i] = v
+        new.attributes["dim"] = ir.IntegerAttr.get(ir.IntegerType.get_signless(64, c.context), dim)
+        new.results[0].set_type(ir.RankedTensorType.get([shape[perm[k]] for k in range(len(perm))], elem))
+        back = _transposed_back(t, new.results[0], shape)
+    c.results[0].replace_all_uses_with(back.results[0])
+    c.erase()
+    for o in ins:
+        if o is not None and transpose_of(o) == perm and is_live(o) and not list(o.results[0].uses):
+            replace_op(o)
+    return back
+
+
 def _static(pad: ir.Operation, name: str) -> list[int]:
     return list(ir.DenseI64ArrayAttr(pad.attributes[name]))
 
@@ -312,6 +431,7 @@ def sink_transposes(module: ir.Module, *, through_inverse: bool = True) -> int:
             total += changed
             if not pooled:
                 break
+        _fold_back(module)
     return total
 
 
@@ -336,6 +456,11 @@ def _sink_transposes(module: ir.Module, fold: bool) -> tuple[int, int]:
                     changed += 1
                     work.append(back)
         changed += _fold_into_reads(t, perm) if fold else 0
+        moved = _sink_into_gathers_and_concats(t, perm, fold) if GATHERS_AND_CONCATS else []
+        changed += len(moved)
+        work.extend(moved)
+        if not is_live(t):
+            continue
         for use in list(t.results[0].uses):
             u = _through_pads(owner_op(use))
             if u is not None and _cancel(u, module, cancelled):
@@ -349,6 +474,65 @@ def _sink_transposes(module: ir.Module, fold: bool) -> tuple[int, int]:
     if cancelled:
         inline_helpers(module)
     return changed, pooled
+
+
+FOLD_BACK = "tc.fold_back"  # (`passes/im2col.py`: a biased convolution's transpose, split from its add)
+
+
+def _fold_back(module: ir.Module) -> int:
+    """A transpose split from the elementwise op it fed (`FOLD_BACK`, a biased
+    convolution's bias add) that did not sink away is folded back into that op's read: the
+    op reads the GEMM's rows transposed, as fusion would have it anyway, and the reshapes
+    around it can sink (`sink-expand-shapes`). Returns how many were folded."""
+    body = entry_func(module).regions[0].blocks[0]
+    folded = 0
+    for op in list(body.operations):
+        t = op.operation
+        if FOLD_BACK not in t.attributes:
+            continue
+        del t.attributes[FOLD_BACK]
+        uses = list(t.results[0].uses)
+        if len(uses) != 1 or transpose_of(t) is None:
+            continue
+        g, i = owner_op(uses[0]), uses[0].operand_number
+        if g is None or not is_elementwise(g) or transpose_of(g) is not None or i >= len(g.operands) - 1:
+            continue
+        maps = indexing_maps(g)
+        if maps[i] != ir.AffineMap.get_identity(maps[i].n_dims, g.context):
+            continue
+        maps[i] = indexing_maps(t)[0]
+        g.operands[i] = t.operands[0]
+        g.attributes["indexing_maps"] = ir.ArrayAttr.get([ir.AffineMapAttr.get(m) for m in maps])
+        replace_op(t)
+        folded += 1
+    return folded
+
+
+def _sink_into_gathers_and_concats(t: ir.Operation, perm: list[int], fold: bool) -> list[ir.Operation]:
+    """Restate the index gathers and concatenations that read transpose `t` (when they
+    reach its inverse) on its source; returns the transposes of their new results."""
+    gathers, concats = [], []
+    for use in t.results[0].uses:
+        user = owner_op(use)
+        g = gather_of(use)
+        if g is not None and not any(g == o for o in gathers):
+            gathers.append(g)
+        elif user is not None and user.name == "tensor.concat" and not any(user == o for o in concats):
+            concats.append(user)
+    backs = []
+    for g in gathers:
+        if _reaches_inverse(g.results[0], perm, 1, fold):
+            back = _restate_gather(g, t, perm)
+            if back is not None:
+                backs.append(back)
+    for c in concats:
+        if _reaches_inverse(c.results[0], perm, 1, fold):
+            back = _restate_concat(c, t, perm)
+            if back is not None:
+                backs.append(back)
+    if is_live(t) and not list(t.results[0].uses):
+        replace_op(t)
+    return backs
 
 
 def _reads_through_inverse(g: ir.Operation, i: int, perm: list[int]) -> bool:
@@ -377,6 +561,7 @@ def _fold_into_reads(t: ir.Operation, perm: list[int]) -> int:
     return folded
 
 
+GATHERS_AND_CONCATS = True  # index gathers (nearest upsampling) and concatenations restated on NHWC
 MAX_SINK_DEPTH = 32  # elementwise ops searched below a transpose for its inverse
 
 
@@ -404,6 +589,11 @@ def _reaches_inverse(v: ir.Value, perm: list[int], depth: int, fold: bool = True
         if u is not None and u.name in POOLINGS and perm == NCHW_FROM_NHWC:
             if _reaches_inverse(u.results[0], perm, depth + 1, fold):
                 return True
+        g = gather_of(use) if GATHERS_AND_CONCATS else None
+        if g is None and GATHERS_AND_CONCATS and user.name == "tensor.concat":
+            g = user
+        if g is not None and _reaches_inverse(g.results[0], perm, depth + 1, fold):
+            return True
     return False
 
 

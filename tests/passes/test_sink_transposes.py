@@ -140,3 +140,43 @@ def test_a_read_through_the_inverse_permutation_takes_the_source():
     compiled = driver.compile_model(frontend.import_module(model, (x,), spec="<test>"), fuse=False)
     with torch.no_grad():
         assert driver.compare(compiled.fn(x), model(x)).ok
+
+
+class _Decoder(torch.nn.Module):
+    """A U-Net step: biased convolutions, a nearest upsampling and a skip concatenation
+    between them, every tensor read by a later 3x3 convolution."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.down = torch.nn.Conv2d(c, 2 * c, 3, 2, 1)
+        self.mid = torch.nn.Conv2d(2 * c, c, 3, 1, 1)
+        self.out = torch.nn.Conv2d(2 * c, c, 3, 1, 1)
+
+    def forward(self, x):
+        z = torch.relu(self.down(x))
+        y = torch.relu(self.mid(torch.nn.functional.interpolate(z, scale_factor=2.0, mode="nearest")))
+        return self.out(torch.cat([y, x], 1))
+
+
+def test_upsampling_and_concatenation_between_convolutions_run_on_nhwc(monkeypatch):
+    """A biased convolution's result is transposed, then its bias added (not one
+    transposing add), so the transpose sinks; a nearest upsampling (an index gather) and a
+    channel concatenation are restated on NHWC. Left: the input's two transposes, into the
+    first convolution and (only its channels) into the concatenation; the last
+    convolution's is folded back into its bias add, which writes the NCHW result."""
+    torch.manual_seed(0)
+    model = _Decoder(16).eval()
+    x = torch.relu(torch.randn(1, 16, 32, 32))  # (the skip input reads the NCHW input)
+    counts = {}
+    for on in (False, True):
+        monkeypatch.setattr(layout, "GATHERS_AND_CONCATS", on)
+        imported = frontend.import_module(model, (x,), spec="<test>")
+        with imported.module.context:
+            driver.convolutions_as_gemms(imported, fusing=True)
+        counts[on] = _transposes(imported.module)
+        for fuse in (True, False):
+            compiled = driver.compile_model(frontend.import_module(model, (x,), spec="<test>"), fuse=fuse)
+            with torch.no_grad():
+                assert driver.compare(compiled.fn(x), model(x)).ok
+    assert counts[True] < counts[False]
+    assert counts[True] == 2
