@@ -41,6 +41,7 @@ from tilecraft.passes.sink_expand_shapes import SinkExpandShapesPass
 from tilecraft.passes.sink_extract_slices import SinkExtractSlicesPass
 from tilecraft.passes.sink_transposes import SinkTransposesPass
 from tilecraft.passes.split_ragged import SplitRaggedPass
+from tilecraft.passes.subpixel import SubpixelConvPass
 
 STAGES = ("linalg", "decided", *CpuBackend.stages)  # IR stages `--emit` can stop after
 EMITS = (*STAGES, "asm", "obj", "so", "jit")
@@ -306,6 +307,7 @@ def canonical_passes(*, fusing: bool = True, layout: bool = True) -> list[Module
     compare)."""
     return [
         DropEmptyOpsPass(),  # an op over a zero-size tensor: its inits, nothing to compute
+        SubpixelConvPass(),  # a convolution of a nearest upsampling: one small convolution per output phase
         Im2colPass(thin=fusing),  # convolutions with a window as gather/taps + GEMM, filters packed
         DepthwiseTapsPass(),  # depthwise convolutions: elementwise sums of shifted slices (NHWC by NHWC)
         InlineBroadcastsPass(),  # a bias read where it is added, not spread first

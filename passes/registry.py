@@ -22,12 +22,14 @@ from tilecraft.passes.sink_expand_shapes import SinkExpandShapesPass
 from tilecraft.passes.sink_extract_slices import SinkExtractSlicesPass
 from tilecraft.passes.sink_transposes import SinkTransposesPass
 from tilecraft.passes.split_ragged import SplitRaggedPass
+from tilecraft.passes.subpixel import SubpixelConvPass
 
 PASSES: dict[str, type[ModulePass]] = {
     p.name: p
     for p in (
         PrecisionPass,
         DropEmptyOpsPass,
+        SubpixelConvPass,
         Im2colPass,
         DepthwiseTapsPass,
         InlineBroadcastsPass,
