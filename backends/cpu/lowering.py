@@ -207,9 +207,12 @@ def tidy_copies(
 
 
 # A copy of at least this many bytes at a function's top level (a padded buffer's interior,
-# MobileNet-V2's 4.8 MB one among them) is split across the threads of a threaded module:
-# one chunk each, like the kernels `passes/parallel.py` splits.
-PARALLEL_COPY_BYTES = 1 << 20
+# MobileNet-V2's 4.8 MB one among them; an im2col gather's tap blocks, 64 KB each in the
+# autoencoder) is split across the threads of a threaded module: one chunk each, like the
+# kernels `passes/parallel.py` splits. 2 threads, 5 interleaved rounds (`bench/ab.py`),
+# 64 KB against 1 MB: conv_autoencoder 1.28x, resnet18 1.07x, mobilenet_v2 1.01x; 32 KB and
+# 16 KB gained the autoencoder 4-8% more and cost resnet18 and mobilenet_v2 1-2%.
+PARALLEL_COPY_BYTES = 1 << 16
 
 
 def _top_level(op: ir.Operation) -> bool:
