@@ -259,7 +259,7 @@ _IDENT4 = "affine_map<(n, f, y, x) -> (n, f, y, x)>"
 FOLD_BACK = "tc.fold_back"  # a transpose split from the add it fed: `sink_transposes` folds it back if it stays
 
 
-def _nchw_result(src: str, src_t: str, src_map: str, o_t: str, *, zero_init: bool) -> str:
+def nchw_result(src: str, src_t: str, src_map: str, o_t: str, *, zero_init: bool) -> str:
     """`%o`, the NCHW result: `src` read through `src_map`, plus the convolution's
     accumulator init (`%init`) unless that was a zero fill."""
     par = ", ".join(['"parallel"'] * 4)
@@ -268,7 +268,7 @@ def _nchw_result(src: str, src_t: str, src_map: str, o_t: str, *, zero_init: boo
         body = "    linalg.yield %a : f32"
         head = ""
     else:  # a pure transpose, then the add: the layout pass sinks the transpose through it (or folds it back)
-        head = _nchw_result(src, src_t, src_map, o_t, zero_init=True).replace("%eo", "%et").replace("%o ", "%t ")
+        head = nchw_result(src, src_t, src_map, o_t, zero_init=True).replace("%eo", "%et").replace("%o ", "%t ")
         head = head.replace("iterator_types = [", f"{FOLD_BACK}, iterator_types = [", 1)
         src, src_t = "%t", o_t
     if not zero_init:
@@ -331,7 +331,7 @@ def _patch_gather(layer: ConvLayer, x_t: str, col_t: str) -> str:
   }} -> {col_t}"""
 
 
-def _to_nhwc(src: str, src_t: str, xt_t: str) -> str:
+def to_nhwc(src: str, src_t: str, xt_t: str) -> str:
     """`%xt`: `src` [N, C, H, W] transposed to [N, H, W, C] (one `linalg.generic`)."""
     maps = "affine_map<(n, y, x, c) -> (n, c, y, x)>, affine_map<(n, y, x, c) -> (n, y, x, c)>"
     par4 = ", ".join(['"parallel"'] * 4)
@@ -350,7 +350,7 @@ def _tap_gather(layer: ConvLayer, x_t: str, col_t: str, x_shape: Sequence[int]) 
     n, c, oh, ow = layer.n, layer.c, layer.oh, layer.ow
     (sh, sw), (_, _, h, w) = layer.strides, x_shape
     xt_t, blk_t = tensor_t([n, h, w, c], "f32"), tensor_t([n, oh, ow, c], "f32")
-    lines = [_to_nhwc("%x", x_t, xt_t), f"  %col0 = tensor.empty() : {col_t}"]
+    lines = [to_nhwc("%x", x_t, xt_t), f"  %col0 = tensor.empty() : {col_t}"]
 
     for t, (i, j) in enumerate((i, j) for i in range(layer.kh) for j in range(layer.kw)):
         at = f"[0, 0, 0, {i}, {j}, 0] [{n}, {oh}, {ow}, 1, 1, {c}] [1, 1, 1, 1, 1, 1]"
@@ -393,7 +393,7 @@ def _helper(layer: ConvLayer, x_shape: Sequence[int], zero_init: bool, name: str
   %acc = linalg.fill ins(%z : f32) outs(%e1 : {r_t}) -> {r_t}
   %r = linalg.matmul ins(%a2, %w : {a_t}, {w_t}) outs(%acc : {r_t}) -> {r_t}
   %r4 = tensor.expand_shape %r [[0, 1, 2], [3]] output_shape [{n}, {oh}, {ow}, {f}] : {r_t} into {nhwf_t}
-{_nchw_result("%r4", nhwf_t, to_nchw, o_t, zero_init=zero_init)}  return %o : {o_t}
+{nchw_result("%r4", nhwf_t, to_nchw, o_t, zero_init=zero_init)}  return %o : {o_t}
 }}"""
 
 
@@ -451,7 +451,7 @@ def _helper_chain(layer: ConvLayer, x_shape: Sequence[int], zero_init: bool, nam
   ^bb0(%i0: index, %i1: index, %i2: index, %i3: index):
     tensor.yield %z : f32
   }} : {xc_t} to {xp_t}
-{_to_nhwc("%xp", xp_t, xt_t)}"""
+{to_nhwc("%xp", xp_t, xt_t)}"""
     ]
     if phases == 1:
         lines.append(f"  %flat = tensor.collapse_shape %xt [[0, 1, 2], [3]] : {xt_t} into {flat_t}")
@@ -473,7 +473,7 @@ def _helper_chain(layer: ConvLayer, x_shape: Sequence[int], zero_init: bool, nam
     shape = f"[1, {oh}, {wp}, {f}]"
     lines.append(f"""  %r3 = tensor.expand_shape %acc{kh * kw} [[0, 1, 2], [3]] output_shape {shape} : {r_t} into {r3_t}
   %r4 = tensor.extract_slice %r3[0, 0, 0, 0] [1, {oh}, {ow}, {f}] [1, 1, 1, 1] : {r3_t} to {nhwf_t}
-{_nchw_result("%r4", nhwf_t, "affine_map<(n, f, y, x) -> (n, y, x, f)>", o_t, zero_init=zero_init)}  return %o : {o_t}
+{nchw_result("%r4", nhwf_t, "affine_map<(n, f, y, x) -> (n, y, x, f)>", o_t, zero_init=zero_init)}  return %o : {o_t}
 }}""")
     return "\n".join(lines)
 
@@ -489,7 +489,7 @@ def _helper_pointwise(layer: ConvLayer, zero_init: bool, name: str) -> str:
     )
     b_t, r_t = tensor_t([c, p], "f32"), tensor_t([f, p], "f32")
     init_arg = "" if zero_init else f", %init: {o_t}"
-    tail = "" if zero_init else _nchw_result("%r4", o_t, _IDENT4, o_t, zero_init=False)
+    tail = "" if zero_init else nchw_result("%r4", o_t, _IDENT4, o_t, zero_init=False)
     return f"""func.func private @{name}(%x: {x_t}, %w: {w_t}{init_arg}) -> {o_t} {{
   %z = arith.constant 0.0 : f32
   %xb = tensor.collapse_shape %x [[0, 1], [2, 3]] : {x_t} into {b_t}

@@ -51,7 +51,7 @@ from tilecraft.dialects.irutil import (
 )
 from tilecraft.dialects.opinfo import LANES
 from tilecraft.passes.base import ModulePass, Weights
-from tilecraft.passes.im2col import CONV, _nchw_result, _to_nhwc
+from tilecraft.passes.im2col import CONV, nchw_result, to_nhwc
 
 MAX_SCALE = 4  # upsampling factors rewritten (S² phases each)
 ENABLED = True  # (off only to compare: `bench/ab.py tilecraft.passes.subpixel ENABLED`)
@@ -207,7 +207,7 @@ def _helper(c: int, f: int, h: int, w: int, s: int, k: int, pad: int, zero_init:
   ^bb0(%i0: index, %i1: index, %i2: index, %i3: index):
     tensor.yield %z : f32
   }} : {x_t} to {xp_t}
-{_to_nhwc("%xp", xp_t, xt_t)}
+{to_nhwc("%xp", xp_t, xt_t)}
   %flat = tensor.collapse_shape %xt [[0, 1, 2], [3]] : {xt_t} into {flat_t}
   %e = tensor.empty() : {r_t}
   %il0 = tensor.empty() : {il_t}"""
@@ -240,7 +240,7 @@ def _helper(c: int, f: int, h: int, w: int, s: int, k: int, pad: int, zero_init:
         f"  %r6 = tensor.collapse_shape %il{s * s} [[0, 1], [2, 3], [4]] : {il_t} into {r6_t}",
         f"  %r4 = tensor.expand_shape %r6 [[0, 1], [2], [3]] output_shape [1, {s * h}, {s * w}, {f}]"
         f" : {r6_t} into {nhwf_t}",
-        f"{_nchw_result('%r4', nhwf_t, to_nchw, o_t, zero_init=zero_init)}  return %o : {o_t}\n}}",
+        f"{nchw_result('%r4', nhwf_t, to_nchw, o_t, zero_init=zero_init)}  return %o : {o_t}\n}}",
     ]
     return "\n".join(lines)
 
