@@ -25,7 +25,7 @@ from tilecraft.backends.cpu.backend import CpuBackend, CpuOptions
 from tilecraft.backends.cpu.schedule import TileDecision
 from tilecraft.backends.cpu.target import Target
 from tilecraft.dialects import tc
-from tilecraft.dialects.irutil import PipelineError
+from tilecraft.dialects.irutil import PipelineError, replace_file
 from tilecraft.passes.base import ModulePass
 from tilecraft.passes.depthwise import DepthwiseTapsPass
 from tilecraft.passes.drop_empty_ops import DropEmptyOpsPass
@@ -87,9 +87,10 @@ def atomic_write(path: str, data: bytes) -> None:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make every output private
-        os.replace(tmp, path)
+        replace_file(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
         raise
 
 

@@ -305,4 +305,6 @@ def draw(r: dict, path: str) -> None:
     tmp = f"{path}.tmp{os.getpid()}.png"
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
+    from tilecraft.dialects.irutil import replace_file
+
+    replace_file(tmp, path)

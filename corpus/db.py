@@ -598,7 +598,9 @@ class CorpusDB:
         table = pa.Table.from_pylist(rows) if rows else pa.table({})
         tmp = path + ".tmp"
         pq.write_table(table, tmp)
-        os.replace(tmp, path)
+        from tilecraft.dialects.irutil import replace_file
+
+        replace_file(tmp, path)
         return len(rows)
 
 

@@ -168,7 +168,9 @@ def _save(fig, path: str) -> None:
     tmp = f"{path}.tmp{os.getpid()}.png"
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
+    from tilecraft.dialects.irutil import replace_file
+
+    replace_file(tmp, path)
 
 
 # ------------------------------------------------------------------------ search study

@@ -215,5 +215,7 @@ def train(rows: Sequence[tuple[list[float], float]], *, path: str | None = None,
         tmp = path + ".tmp"
         with gzip.open(tmp, "wt") as f:
             json.dump({"features": list(FEATURES), "model": booster.model_to_string()}, f)
-        os.replace(tmp, path)
+        from tilecraft.dialects.irutil import replace_file
+
+        replace_file(tmp, path)
     return booster

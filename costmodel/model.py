@@ -239,7 +239,9 @@ def write_model_file(path: str, doc: dict) -> None:
     try:
         with opener(tmp, "wt") as f:
             json.dump(doc, f)
-        os.replace(tmp, path)
+        from tilecraft.dialects.irutil import replace_file
+
+        replace_file(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

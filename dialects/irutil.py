@@ -279,3 +279,20 @@ def reassociation_attr(groups: Sequence[Sequence[int]], ctx) -> ir.ArrayAttr:
     """A reshape's `reassociation` attribute from its groups of dims."""
     i64 = ir.IntegerType.get_signless(64, ctx)
     return ir.ArrayAttr.get([ir.ArrayAttr.get([ir.IntegerAttr.get(i64, d) for d in g]) for g in groups])
+
+
+# ------------------------------------------------------------------------ output files
+def replace_file(tmp: str, path: str) -> None:
+    """Put the finished temporary file `tmp` in `path`'s place: renamed over it (atomic),
+    unless `path` is a device, pipe or socket (`-o /dev/null`, a FIFO): its bytes are then
+    written into it and `tmp` removed. Renamed over /dev/null, a root process replaced the
+    device with a regular file."""
+    if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
+        try:
+            with open(tmp, "rb") as src, open(path, "wb") as dst:
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)
+        finally:
+            os.unlink(tmp)
+        return
+    os.replace(tmp, path)

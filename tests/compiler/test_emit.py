@@ -178,3 +178,30 @@ def test_a_read_along_a_strided_last_dim_is_contiguous_loads_and_a_shuffle():
     assert not re.search(r"memref\.load %\w+\[[^\]]*\] : memref<[^>]*strided<\[[^\]]*, [2-9]\]", text)
     compiled = driver.compile_model(frontend.import_module(EvenOdd(), (x,), spec="<test>"))
     assert driver.compare(compiled.fn(x), EvenOdd()(x)).ok
+
+
+def test_an_output_that_is_a_device_or_a_pipe_is_written_into_not_replaced(tmp_path):
+    """`-o /dev/null` (any path that is no regular file) gets the bytes written into it:
+    the atomic rename of a finished temporary file over it replaced /dev/null itself with
+    a regular file when tilecraft ran as root. A FIFO stands in for the device here."""
+    import stat
+    import threading
+
+    from tilecraft.dialects.irutil import replace_file
+
+    fifo = tmp_path / "out.pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    driver.atomic_write(str(fifo), b"module {}\n")
+    reader.join(timeout=60)
+    assert got == [b"module {}\n"]
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)  # still the pipe
+    assert [p.name for p in tmp_path.iterdir()] == ["out.pipe"]  # no temporary left
+    # a regular file is still replaced whole
+    plain, tmp = tmp_path / "out.mlir", tmp_path / "out.mlir.tmp"
+    plain.write_text("old")
+    tmp.write_text("new")
+    replace_file(str(tmp), str(plain))
+    assert plain.read_text() == "new" and not tmp.exists()
