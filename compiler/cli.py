@@ -611,6 +611,7 @@ def cmd_explain(args) -> int:
         measure=args.measure,
         precision=args.precision,
         error_budget=args.error_budget,
+        threads=_threads(args),
     )
     print(explain.format_table(r))
     if args.json:
@@ -790,6 +791,13 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--cost-model", default="lightgbm", help="lightgbm (shipped), analytical, or a model file")
     x.add_argument("--target", default="cpu")
     x.add_argument("--measure", action="store_true", help="also measure the chosen and runner-up schedules")
+    x.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="plan for this many threads, as compile does (default: the cores available): each kernel's split"
+        " is shown (measured kernels run on one thread)",
+    )
     x.add_argument("--json", help="write the table as JSON (with the dataflow graph's edges)")
     x.add_argument("--png", help="draw the dataflow graph")
     precision_options(x)

@@ -47,9 +47,12 @@ def explain(
     measure: bool = False,
     precision: str = "f32",
     error_budget: float | None = None,
+    threads: int = 1,
 ) -> dict:
     """The kernels `compile` would make (with `precision`, the layers lowered first, and
-    each layer's precision, sensitivity and predicted saving under "precision")."""
+    each layer's precision, sensitivity and predicted saving under "precision"); with
+    `threads` > 1, each kernel's split ("split": the chunks and the loop, or None: one
+    thread). Measured kernels run on one thread."""
     from torch_mlir import ir
 
     from tilecraft.backends.cpu import schedule as tiling
@@ -86,8 +89,10 @@ def explain(
         cost_model=cost_model,
         precision=precision if precision != "f32" else None,
         error_budget=error_budget,
+        threads=threads,
         on_step=record,
     )
+    split = {d.sink: d for d in compiled.parallel or ()}
     plan, groups, report, choices = compiled.precision, compiled.fusion, compiled.fusion_report, compiled.choices
     if report is None:
         raise driver.DriverError(f"explain needs a cost model that plans fusion, not {cost_model!r}")
@@ -114,8 +119,9 @@ def explain(
         for what, x in kernels:
             if what == "group":
                 g, ops = x, list(x.ops)
-                predicted = next(c for cand, c in by_sink[g.sink] if cand == g)
-                others = sorted(((c, cand) for cand, c in by_sink[g.sink] if cand != g), key=lambda t: t[0])
+                # (a group the thread plan cut to fit its chunks has other tiles than its candidate)
+                predicted = next(c for cand, c in by_sink[g.sink] if cand.ops == g.ops)
+                others = sorted(((c, cand) for cand, c in by_sink[g.sink] if cand.ops != g.ops), key=lambda t: t[0])
                 alternatives = [
                     {"grouping": "unfused", "ops": ops, "predicted_ms": sum(singles.get(o, 0.0) for o in ops) * 1e3}
                 ]
@@ -164,6 +170,7 @@ def explain(
                 if choice and choice.runner_up_s is not None
                 else None,
                 "kernel": choice.kernel.key if choice else None,
+                "split": _split_of(split.get(ops[0] if g is None else g.sink)),
             }
             if worker is not None:
                 if g is not None:
@@ -181,6 +188,7 @@ def explain(
     return {
         "model": spec,
         "cost_model": cost_model,
+        "threads": threads,
         "kernels": rows,
         # each kernel alone, warm: the sum is a floor for the model, not its time
         "measured_total_ms": sum(row["measured_ms"] for row in measured) if measured else None,
@@ -193,6 +201,11 @@ def explain(
         "precision": plan.to_json() if plan else None,
         "precision_table": plan.table() if plan else None,
     }
+
+
+def _split_of(d) -> dict | None:
+    """A kernel's thread split for the report: its chunks and the loop cut, or None."""
+    return {"chunks": d.chunks, "loop": d.loop} if d is not None else None
 
 
 def measure_group(text: str, group, target: Target, *, fused: bool = True) -> float | None:
@@ -224,11 +237,14 @@ def measure_group(text: str, group, target: Target, *, fused: bool = True) -> fl
 
 def format_table(r: dict) -> str:
     measured = any("measured_ms" in row for row in r["kernels"])
+    threaded = r.get("threads", 1) > 1
     head = f"{'kernel (ops fused)':<34}{'fusion':<22}{'pred ms':>9}" + (f"{'meas ms':>9}" if measured else "")
+    head += f"  {'split':<10}" if threaded else ""
     head += f"  {'best alternative':<30}{'pred ms':>9}"
     head += f"  {'chosen schedule':<30}{'pred ms':>9}  {'runner-up':<30}{'pred ms':>9}"
     lines = [
-        f"{r['model']}: {len(r['kernels'])} kernels ({len(r['groups'])} fused), by the {r['cost_model']} cost model",
+        f"{r['model']}: {len(r['kernels'])} kernels ({len(r['groups'])} fused), by the {r['cost_model']} cost model"
+        + (f", {r['threads']} threads (split: chunks x loop; '-': one thread)" if threaded else ""),
         head,
     ]
 
@@ -241,6 +257,9 @@ def format_table(r: dict) -> str:
         name = f"{kinds} {ext}"
         line = f"{name[:33]:<34}{row['fusion'][:21]:<22}{ms(row['predicted_ms'])}"
         line += ms(row.get("measured_ms")) if measured else ""
+        if threaded:
+            sp = row.get("split")
+            line += f"  {(str(sp['chunks']) + ' x d' + str(sp['loop'])) if sp else '-':<10}"
         alt = row["alternatives"][0] if row["alternatives"] else None
         alt_text = f"{alt['grouping']} ({len(alt['ops'])} ops)" if alt else "-"
         line += f"  {alt_text[:29]:<30}{ms(alt['predicted_ms'] if alt else None)}"

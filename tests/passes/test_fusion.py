@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -166,6 +167,21 @@ def test_explain_command(tmp_path, capsys):
     fused = [k for k in doc["kernels"] if len(k["ops"]) > 1]
     assert fused and all(k["alternatives"] and k["fusion"] != "-" for k in fused)
     assert out_png.stat().st_size > 1000
+
+
+def test_explain_shows_each_kernels_thread_split(tmp_path, capsys):
+    """`explain --threads 2` plans as `compile --threads 2` does: the split of each kernel
+    (its chunks and the loop cut) is a column of the table and a field of the JSON."""
+    out_json = tmp_path / "e.json"
+    assert cli.main(["explain", "conv_autoencoder", "--threads", "2", "--json", str(out_json)]) == 0
+    text = capsys.readouterr().out
+    assert "2 threads" in text and "split" in text and re.search(r"\b2 x d[0-9]\b", text)
+    doc = json.loads(out_json.read_text())
+    splits = [k["split"] for k in doc["kernels"] if k["split"] is not None]
+    assert doc["threads"] == 2 and splits and all(s["chunks"] == 2 for s in splits)
+    assert cli.main(["explain", "mlp", "--threads", "1", "--json", str(out_json)]) == 0
+    assert all(k["split"] is None for k in json.loads(out_json.read_text())["kernels"])
+    assert "split" not in capsys.readouterr().out
 
 
 def test_measured_tap_chain_reads_its_taps_from_one_input():
