@@ -266,8 +266,8 @@ def _restate_concat(c: ir.Operation, t: ir.Operation, perm: list[int]) -> ir.Ope
         back = _transposed_back(t, new.results[0], shape)
     c.results[0].replace_all_uses_with(back.results[0])
     c.erase()
-    for o in ins:
-        if o is not None and transpose_of(o) == perm and is_live(o) and not list(o.results[0].uses):
+    for o in ins:  # (an input read twice is one op: erased once)
+        if o is not None and is_live(o) and transpose_of(o) == perm and not list(o.results[0].uses):
             replace_op(o)
     return back
 

@@ -183,3 +183,25 @@ def test_upsampling_and_concatenation_between_convolutions_run_on_nhwc(monkeypat
                 assert driver.compare(compiled.fn(x), model(x)).ok
     assert counts[True] < counts[False]
     assert counts[True] == 2
+
+
+class _CatSame(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Conv2d(16, 16, 3, 1, 1)
+        self.o = torch.nn.Conv2d(32, 16, 3, 1, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.a(x))
+        return self.o(torch.cat([y, y], 1))
+
+
+def test_a_concatenation_of_one_tensor_twice_runs_on_nhwc():
+    """Both inputs of the concatenation are one transpose: restated once, erased once (the
+    second erase of the same op failed with an out-of-bounds block)."""
+    torch.manual_seed(0)
+    model, x = _CatSame().eval(), torch.randn(1, 16, 6, 6)
+    for fuse in (True, False):
+        compiled = driver.compile_model(frontend.import_module(model, (x,), spec="<test>"), fuse=fuse)
+        with torch.no_grad():
+            assert driver.compare(compiled.fn(x), model(x)).ok
