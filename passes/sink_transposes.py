@@ -441,8 +441,8 @@ def _sink_transposes(module: ir.Module, fold: bool) -> tuple[int, int]:
     work = [op.operation for op in body.operations if transpose_of(op.operation) is not None]
     while work:
         t = work.pop()
-        perm = transpose_of(t)
-        if perm is None or not is_live(t) or not _reaches_inverse(t.results[0], perm, 0, fold):
+        perm = transpose_of(t) if is_live(t) else None  # (a concatenation restated erases its other inputs)
+        if perm is None or not _reaches_inverse(t.results[0], perm, 0, fold):
             continue
         for use in list(t.results[0].uses):
             user = owner_op(use)
