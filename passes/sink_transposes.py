@@ -58,6 +58,7 @@ from tilecraft.dialects.irutil import (
 )
 from tilecraft.dialects.opinfo import indexing_maps, is_elementwise, is_live, positions_any, yields_its_input
 from tilecraft.passes.base import ModulePass, Weights
+from tilecraft.passes.im2col import FOLD_BACK  # (a biased convolution's transpose, split from its add)
 
 
 def _positions(amap: ir.AffineMap) -> list[int] | None:
@@ -474,9 +475,6 @@ def _sink_transposes(module: ir.Module, fold: bool) -> tuple[int, int]:
     if cancelled:
         inline_helpers(module)
     return changed, pooled
-
-
-FOLD_BACK = "tc.fold_back"  # (`passes/im2col.py`: a biased convolution's transpose, split from its add)
 
 
 def _fold_back(module: ir.Module) -> int:

@@ -103,12 +103,12 @@ def _eval(v: ir.Value, index: dict[int, int], block: ir.Block):
     return fn(*args) if fn is not None else None
 
 
-def _reads(ex: ir.Operation, k: int, block: ir.Block, loop: int, size: int) -> list[int] | None:
-    """The source index extract `ex`'s index k reads as loop `loop` runs 0..size-1 (the
-    other loops at 0), or None where it cannot be evaluated."""
+def _reads_with(ex: ir.Operation, k: int, block: ir.Block, fixed: dict[int, int], size: int) -> list[int] | None:
+    """The source index extract `ex`'s index k reads as loop k runs 0..size-1, the loops in
+    `fixed` at those values and the rest at 0; None where it cannot be evaluated."""
     out = []
     for y in range(size):
-        v = _eval(ex.operands[1 + k], {d: (y if d == loop else 0) for d in range(4)}, block)
+        v = _eval(ex.operands[1 + k], {d: (y if d == k else fixed.get(d, 0)) for d in range(4)}, block)
         if v is None:
             return None
         out.append(v)
@@ -140,10 +140,11 @@ def nearest_upsampling(v: ir.Value) -> tuple[ir.Value, int] | None:
     sizes = (1, c, oh, ow)
     for k in range(4):
         want = list(range(sizes[k])) if k < 2 else [y // s for y in range(sizes[k])]
-        if _reads(ex, k, block, k, sizes[k]) != want:
+        if _reads_with(ex, k, block, {}, sizes[k]) != want:
             return None
-        for other in range(4):  # (and it does not move with the other loops)
-            if other != k and _reads(ex, k, block, other, min(sizes[other], 2)) != want[:1] * min(sizes[other], 2):
+        for other in range(4):  # (and it does not move with the other loops: each at its last value)
+            last = {other: sizes[other] - 1}
+            if other != k and sizes[other] > 1 and _reads_with(ex, k, block, last, sizes[k]) != want:
                 return None
     return src, s
 
