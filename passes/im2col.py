@@ -261,24 +261,27 @@ FOLD_BACK = "tc.fold_back"  # a transpose split from the add it fed: `sink_trans
 
 def nchw_result(src: str, src_t: str, src_map: str, o_t: str, *, zero_init: bool) -> str:
     """`%o`, the NCHW result: `src` read through `src_map`, plus the convolution's
-    accumulator init (`%init`) unless that was a zero fill."""
+    accumulator init (`%init`) unless that was a zero fill. A transposing read with an
+    init is a pure transpose (`%t`, marked `FOLD_BACK`) and then the add: the layout pass
+    sinks the transpose through the add, or folds it back into it."""
     par = ", ".join(['"parallel"'] * 4)
-    if zero_init or src_map == _IDENT4:
-        maps, ins, args = [src_map, _IDENT4], f"{src} : {src_t}", "%a: f32, %b: f32"
-        body = "    linalg.yield %a : f32"
-        head = ""
-    else:  # a pure transpose, then the add: the layout pass sinks the transpose through it (or folds it back)
-        head = nchw_result(src, src_t, src_map, o_t, zero_init=True).replace("%eo", "%et").replace("%o ", "%t ")
-        head = head.replace("iterator_types = [", f"{FOLD_BACK}, iterator_types = [", 1)
+
+    def generic(res: str, maps: list[str], ins: str, args: str, body: str, attrs: str = "") -> str:
+        return (
+            f"  %e{res} = tensor.empty() : {o_t}\n"
+            f"  %{res} = linalg.generic {{indexing_maps = [{', '.join(maps)}], {attrs}iterator_types = [{par}]}}"
+            f" ins({ins}) outs(%e{res} : {o_t}) {{\n  ^bb0({args}):\n{body}\n  }} -> {o_t}\n"
+        )
+
+    copy = "%a: f32, %b: f32", "    linalg.yield %a : f32"
+    if zero_init:
+        return generic("o", [src_map, _IDENT4], f"{src} : {src_t}", *copy)
+    head = ""
+    if src_map != _IDENT4:
+        head = generic("t", [src_map, _IDENT4], f"{src} : {src_t}", *copy, attrs=f"{FOLD_BACK}, ")
         src, src_t = "%t", o_t
-    if not zero_init:
-        maps, ins, args = [_IDENT4, _IDENT4, _IDENT4], f"{src}, %init : {src_t}, {o_t}", "%a: f32, %i: f32, %b: f32"
-        body = "    %s = arith.addf %a, %i : f32\n    linalg.yield %s : f32"
-    return head + (
-        f"  %eo = tensor.empty() : {o_t}\n"
-        f"  %o = linalg.generic {{indexing_maps = [{', '.join(maps)}], iterator_types = [{par}]}}"
-        f" ins({ins}) outs(%eo : {o_t}) {{\n  ^bb0({args}):\n{body}\n  }} -> {o_t}\n"
-    )
+    add = "    %s = arith.addf %a, %i : f32\n    linalg.yield %s : f32"
+    return head + generic("o", [_IDENT4] * 3, f"{src}, %init : {src_t}, {o_t}", "%a: f32, %i: f32, %b: f32", add)
 
 
 def _gather(layer: ConvLayer, x_t: str, col_t: str) -> str:

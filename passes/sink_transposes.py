@@ -119,9 +119,7 @@ def _restate(g: ir.Operation, t: ir.Operation, perm: list[int]) -> ir.Operation 
     if ir.RankedTensorType(g.results[0].type).shape != t_out.shape:
         return None
     identity = ir.AffineMap.get_identity(len(perm), ctx)
-    new_dim = [0] * len(perm)  # old loop perm[k] is new loop k
-    for k, p in enumerate(perm):
-        new_dim[p] = k
+    new_dim = _new_dims(perm)
     src = t.operands[0]
     operands, new_maps = [], []
     for i in range(n_in):
@@ -145,11 +143,7 @@ def _restate(g: ir.Operation, t: ir.Operation, perm: list[int]) -> ir.Operation 
             new.operands[i] = v
         new.attributes["indexing_maps"] = ir.ArrayAttr.get([ir.AffineMapAttr.get(m) for m in new_maps + [identity]])
         new.results[0].set_type(out_t)
-        back_init = tensor.empty(t_out.shape, out_t.element_type)
-        back = t.clone()
-        back.operands[0] = new.results[0]
-        back.operands[1] = back_init
-        back.results[0].set_type(ir.RankedTensorType.get(t_out.shape, out_t.element_type))
+        back = _transposed_back(t, new.results[0], list(t_out.shape))
     replace_op(g, back.results[0])
     return back
 
@@ -173,26 +167,27 @@ def _transposed_back(t: ir.Operation, v: ir.Value, shape: list[int]) -> ir.Opera
     return back
 
 
+def is_index_gather(g: ir.Operation | None) -> bool:
+    """An index gather (a nearest upsampling as torch-mlir lowers it): an all-parallel
+    generic with no inputs and one result, its output read through the identity and not
+    read in its body, which computes indices and `tensor.extract`s."""
+    if g is None or g.name != "linalg.generic" or len(g.operands) != 1 or len(g.results) != 1:
+        return False
+    if any("parallel" not in str(a) for a in ir.ArrayAttr(g.attributes["iterator_types"])):
+        return False
+    out_map = indexing_maps(g)[0]
+    if out_map != ir.AffineMap.get_identity(out_map.n_dims, g.context):
+        return False
+    return not list(g.regions[0].blocks[0].arguments[0].uses)
+
+
 def gather_of(use: ir.OpOperand) -> ir.Operation | None:
-    """The generic a `tensor.extract` reading `use`'s value sits in, when that generic is
-    an index gather this pass can restate over other loops (a nearest upsampling as
-    torch-mlir lowers it): all-parallel, no inputs, its output read through the identity
-    and not read in its body, the extract in its body's own block; else None."""
+    """The index gather (`is_index_gather`) a `tensor.extract` reading `use`'s value sits
+    in, directly in its body's block; else None."""
     ex = owner_op(use)
     if ex is None or ex.name != "tensor.extract" or use.operand_number != 0:
         return None
-    g = ex.parent
-    if g is None or g.name != "linalg.generic" or len(g.operands) != 1 or len(g.results) != 1:
-        return None
-    if any("parallel" not in str(a) for a in ir.ArrayAttr(g.attributes["iterator_types"])):
-        return None
-    out_map = indexing_maps(g)[0]
-    if out_map != ir.AffineMap.get_identity(out_map.n_dims, g.context):
-        return None
-    block = g.regions[0].blocks[0]
-    if list(block.arguments[0].uses) or ex.parent != g:
-        return None
-    return g
+    return ex.parent if is_index_gather(ex.parent) else None
 
 
 def _restate_gather(g: ir.Operation, t: ir.Operation, perm: list[int]) -> ir.Operation | None:
@@ -528,8 +523,6 @@ def _sink_into_gathers_and_concats(t: ir.Operation, perm: list[int], fold: bool)
             back = _restate_concat(c, t, perm)
             if back is not None:
                 backs.append(back)
-    if is_live(t) and not list(t.results[0].uses):
-        replace_op(t)
     return backs
 
 
@@ -587,11 +580,10 @@ def _reaches_inverse(v: ir.Value, perm: list[int], depth: int, fold: bool = True
         if u is not None and u.name in POOLINGS and perm == NCHW_FROM_NHWC:
             if _reaches_inverse(u.results[0], perm, depth + 1, fold):
                 return True
-        g = gather_of(use) if GATHERS_AND_CONCATS else None
-        if g is None and GATHERS_AND_CONCATS and user.name == "tensor.concat":
-            g = user
-        if g is not None and _reaches_inverse(g.results[0], perm, depth + 1, fold):
-            return True
+        if GATHERS_AND_CONCATS:  # (restated on NHWC by `_sink_into_gathers_and_concats`)
+            below = user if user.name == "tensor.concat" else gather_of(use)
+            if below is not None and _reaches_inverse(below.results[0], perm, depth + 1, fold):
+                return True
     return False
 
 

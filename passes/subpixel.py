@@ -21,8 +21,8 @@ interleaved into [H, S, W, S, F], which is the NHWC result; its transpose to NCH
 bias add follow as in the im2col pass, for `sink_transposes` to sink.
 
 The upsampling is recognised by what it computes, not by its ops: an index gather
-(`sink_transposes.gather_of`'s form) whose extract reads source pixel (n, c, f(y), g(x))
-at output (n, c, y, x), its index arithmetic evaluated for every y and x (`_source_rows`)
+(`sink_transposes.is_index_gather`) whose extract reads source pixel (n, c, f(y), g(x))
+at output (n, c, y, x), its index arithmetic evaluated for every y and x (`_reads_with`)
 and compared with y // S.
 """
 
@@ -46,12 +46,14 @@ from tilecraft.dialects.irutil import (
     is_zero_fill,
     owner_op,
     pad_value,
+    replace_op,
     shape_of,
     tensor_t,
 )
 from tilecraft.dialects.opinfo import LANES
 from tilecraft.passes.base import ModulePass, Weights
 from tilecraft.passes.im2col import CONV, nchw_result, to_nhwc
+from tilecraft.passes.sink_transposes import is_index_gather
 
 MAX_SCALE = 4  # upsampling factors rewritten (S² phases each)
 ENABLED = True  # (off only to compare: `bench/ab.py tilecraft.passes.subpixel ENABLED`)
@@ -84,23 +86,25 @@ def _eval(v: ir.Value, index: dict[int, int], block: ir.Block):
         return np.float32(args[0])
     if name == "arith.fptosi":
         return int(np.trunc(args[0]))
-    ops = {
-        "arith.divf": lambda a, b: np.float32(a / b),
-        "arith.mulf": lambda a, b: np.float32(a * b),
-        "arith.addf": lambda a, b: np.float32(a + b),
-        "arith.subf": lambda a, b: np.float32(a - b),
-        "arith.maximumf": lambda a, b: np.float32(max(a, b)),
-        "arith.minimumf": lambda a, b: np.float32(min(a, b)),
-        "arith.addi": lambda a, b: a + b,
-        "arith.muli": lambda a, b: a * b,
-        "arith.floordivsi": lambda a, b: a // b,
-        "arith.divsi": lambda a, b: int(a / b),
-        "arith.maxsi": max,
-        "arith.minsi": min,
-        "math.floor": lambda a: np.float32(np.floor(a)),
-    }
-    fn = ops.get(name)
+    fn = _ARITH.get(name)
     return fn(*args) if fn is not None else None
+
+
+_ARITH = {  # (`_eval`'s arithmetic: f32 ops rounded to f32 as the lowering computes them)
+    "arith.divf": lambda a, b: np.float32(a / b),
+    "arith.mulf": lambda a, b: np.float32(a * b),
+    "arith.addf": lambda a, b: np.float32(a + b),
+    "arith.subf": lambda a, b: np.float32(a - b),
+    "arith.maximumf": lambda a, b: np.float32(max(a, b)),
+    "arith.minimumf": lambda a, b: np.float32(min(a, b)),
+    "arith.addi": lambda a, b: a + b,
+    "arith.muli": lambda a, b: a * b,
+    "arith.floordivsi": lambda a, b: a // b,
+    "arith.divsi": lambda a, b: int(a / b),
+    "arith.maxsi": max,
+    "arith.minsi": min,
+    "math.floor": lambda a: np.float32(np.floor(a)),
+}
 
 
 def _reads_with(ex: ir.Operation, k: int, block: ir.Block, fixed: dict[int, int], size: int) -> list[int] | None:
@@ -120,11 +124,9 @@ def nearest_upsampling(v: ir.Value) -> tuple[ir.Value, int] | None:
     gather over [1, C, S·H, S·W] whose one extract reads source (0, c, y // S, x // S) at
     (0, c, y, x); else None."""
     g = owner_op(v)
-    if g is None or g.name != "linalg.generic" or len(g.operands) != 1 or len(g.results) != 1:
+    if not is_index_gather(g):
         return None
     block = g.regions[0].blocks[0]
-    if list(block.arguments[0].uses):
-        return None
     extracts = [o.operation for o in block.operations if o.operation.name == "tensor.extract"]
     ops = list(block.operations)
     if len(extracts) != 1 or ops[-1].operation.name != "linalg.yield" or ops[-1].operands[0] != extracts[0].results[0]:
@@ -272,7 +274,7 @@ def rewrite(module: ir.Module, params: list[torch.Tensor]) -> tuple[list[torch.T
         return params, done
     for op in [o.operation for o in body.operations if o.operation.name == CONV]:
         x_val, w_val, init_val = (op.operands[i] for i in range(3))
-        (f, c, kh, kw), (n, _, oh, ow) = shape_of(w_val), shape_of(init_val)
+        (f, c, kh, kw), n = shape_of(w_val), shape_of(init_val)[0]
         weight = bound_arg_number(w_val, len(params))
         if weight is None or kh != kw or n != 1 or f % LANES:
             continue
@@ -283,27 +285,23 @@ def rewrite(module: ir.Module, params: list[torch.Tensor]) -> tuple[list[torch.T
         pad_op = owner_op(x_val)
         pad_op = pad_op if pad_op is not None and pad_op.name == "tensor.pad" else None
         pad = _same_padding(pad_op, kh)
-        up = nearest_upsampling(pad_op.operands[0] if pad_op is not None else x_val) if pad is not None else None
+        upsampled = pad_op.operands[0] if pad_op is not None else x_val
+        up = nearest_upsampling(upsampled) if pad is not None else None
         if up is None:
             continue
-        z, s = up
+        z, s = up  # (the padding keeps the size: the output is S·H × S·W)
         _, _, h, w = shape_of(z)
-        if (oh, ow) != (s * h, s * w):
-            continue
         zero = is_zero_fill(init_val)
         name = f"__tc_subpixel_{done}"
         params[weight] = phase_filters(params[weight], s, pad)
         body.arguments[weight].set_type(ir.Type.parse(tensor_t(params[weight].shape, "f32"), context=ctx))
         text = _helper(c, f, h, w, s, kh, pad, zero, name)
-        gather = owner_op(pad_op.operands[0] if pad_op is not None else x_val)
+        gather = owner_op(upsampled)
         call_helper(module, op, text, name, [z, w_val] + ([] if zero else [init_val]))
         erase_if_dead(init_val.owner)
-        for dead in (pad_op, gather):
+        for dead in (pad_op, gather):  # (unless something else reads them)
             if dead is not None and not list(dead.results[0].uses):
-                init = dead.operands[len(dead.operands) - 1] if dead.name == "linalg.generic" else None
-                dead.erase()
-                if init is not None:
-                    erase_if_dead(init.owner)
+                replace_op(dead)
         done += 1
     if done:
         inline_helpers(module)
