@@ -23,7 +23,18 @@ from collections.abc import Mapping
 
 from torch_mlir import ir
 
-from tilecraft.backends.cpu import amx, avx512_dot, broadcasts, math_approx, pads, pool, reductions, scratch, strided
+from tilecraft.backends.cpu import (
+    amx,
+    avx512_dot,
+    broadcasts,
+    math_approx,
+    pads,
+    pool,
+    prefetch,
+    reductions,
+    scratch,
+    strided,
+)
 from tilecraft.backends.cpu import schedule as tiling
 from tilecraft.dialects.irutil import (
     ANY,
@@ -133,6 +144,7 @@ def to_vector(
     apply_transform(module, lower_vectors_script(copies), stage="vector", reproduce="cpu-vector", before=before)
     if scratch.ENABLED:
         scratch.stack_scratch(module)  # a loop's small scratch buffers: on the stack, made once
+    prefetch.weight_prefetches(module)  # rows of a weight read down a k loop: prefetched ahead
     return module
 
 

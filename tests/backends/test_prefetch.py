@@ -1,0 +1,61 @@
+"""Rows of a function argument read down a k loop are prefetched ahead (`prefetch.py`)."""
+
+import torch
+
+from tilecraft import driver, frontend
+from tilecraft.backends.cpu import prefetch
+
+LOOPS = """
+func.func @f(%w: memref<64x48xf32>, %x: memref<64x48xf32>, %out: memref<48xf32>) {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  %c2 = arith.constant 2 : index
+  %c16 = arith.constant 16 : index
+  %c64 = arith.constant 64 : index
+  %local = memref.alloc() : memref<64x48xf32>
+  %panel = memref.subview %w[0, 16] [64, 32] [1, 1]
+    : memref<64x48xf32> to memref<64x32xf32, strided<[48, 1], offset: 16>>
+  scf.for %k = %c0 to %c64 step %c2 {
+    %row = arith.addi %k, %c1 : index
+    %a = vector.load %panel[%row, %c0] : memref<64x32xf32, strided<[48, 1], offset: 16>>, vector<32xf32>
+    %b = vector.load %local[%k, %c0] : memref<64x48xf32>, vector<16xf32>
+    %c = vector.load %x[%k, %c0] : memref<64x48xf32>, vector<4xf32>
+    %d = vector.load %x[%c1, %k] : memref<64x48xf32>, vector<16xf32>
+    %e = vector.load %x[%c1, %c16] : memref<64x48xf32>, vector<16xf32>
+  }
+  return
+}
+"""
+
+
+def test_a_weight_row_read_down_the_loop_is_prefetched_ahead():
+    module = frontend.parse_mlir(LOOPS, context=frontend.new_context())
+    # only %a: %b reads a buffer the function made, %c less than a vector, %d along its
+    # contiguous dim (a stream the hardware follows), %e the same row every iteration
+    assert prefetch.weight_prefetches(module) == 1
+    text = str(module)
+    assert text.count("memref.prefetch") == 1
+    line = next(x for x in text.splitlines() if "memref.prefetch" in x)
+    assert "read, locality<3>, data" in line and "strided<[48, 1], offset: 16>" in line  # through the view
+    assert f"arith.constant {prefetch.DISTANCE} : index" in text  # iterations ahead, times the step
+
+
+def test_off_inserts_nothing(monkeypatch):
+    monkeypatch.setattr(prefetch, "ENABLED", False)
+    module = frontend.parse_mlir(LOOPS, context=frontend.new_context())
+    assert prefetch.weight_prefetches(module) == 0
+    assert "memref.prefetch" not in str(module)
+
+
+def test_a_linear_layer_with_prefetches_matches_eager(monkeypatch):
+    added = []
+    run = prefetch.weight_prefetches
+    monkeypatch.setattr(prefetch, "weight_prefetches", lambda module: added.append(run(module)) or added[-1])
+    torch.manual_seed(0)
+    model, inputs = torch.nn.Linear(1024, 512).eval(), (torch.randn(49, 1024),)
+    with torch.no_grad():
+        ref = model(*inputs)
+    for threads in (1, 2):
+        compiled = driver.compile_model(frontend.import_module(model, inputs, spec="linear"), threads=threads)
+        assert driver.compare(compiled.fn(*inputs), ref).ok
+    assert all(n >= 1 for n in added)  # the weight's rows down the register tile's k loop
