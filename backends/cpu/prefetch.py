@@ -31,7 +31,10 @@ ENABLED = True  # (off only to compare)
 # thread 1.11x with 32 or 64, 128 a little less (the prefetched rows of a k tile of 64-256
 # rows run past the tile into rows read much later).
 DISTANCE = 64
-LOCALITY = 3  # keep in every cache level (prefetcht0): the row is read within the loop
+# prefetcht1: into L2, not L1. The row is read a k tile later, after a whole slab of B went
+# through L1 (`bench/ab.py ... LOCALITY --values 3,2`: resnet18 1.01x / 1.08x, bert_mini
+# 1.10x / 1.02x, mobilenet_v2 1.02x / 1.03x at 1 / 2 threads over prefetcht0).
+LOCALITY = 2
 # views a prefetch may look through to the argument (same buffer, the load's own indices)
 _VIEWS = ("memref.subview", "memref.reinterpret_cast", "memref.cast")
 

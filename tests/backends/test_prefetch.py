@@ -36,7 +36,8 @@ def test_a_weight_row_read_down_the_loop_is_prefetched_ahead():
     text = str(module)
     assert text.count("memref.prefetch") == 1
     line = next(x for x in text.splitlines() if "memref.prefetch" in x)
-    assert "read, locality<3>, data" in line and "strided<[48, 1], offset: 16>" in line  # through the view
+    assert f"read, locality<{prefetch.LOCALITY}>, data" in line
+    assert "strided<[48, 1], offset: 16>" in line  # through the view
     assert f"arith.constant {prefetch.DISTANCE} : index" in text  # iterations ahead, times the step
 
 
