@@ -6,8 +6,9 @@ equal chunks along one parallel loop of its sink (`passes/parallel.py` applies t
 `ParallelDecision`s), or, where no loop splits into that many whole tiles, into the most
 chunks one does (an OpenMP team of `threads` then leaves some threads idle there). The
 loop: among the sink's loops a chunk of the group's tiles could take (for a group, those
-every member spans, `fusion.tileable_loops`), the longest one whose extent splits into
-whole tiles per thread (outermost on ties: the chunks are then contiguous in memory).
+every member spans, `fusion.tileable_loops`), the outermost one whose extent splits into
+whole tiles per thread (`OUTERMOST`: consecutive kernels then hand each thread its own
+rows), or for a matmul much wider than tall (`WIDE`) the longest one.
 
 A depthwise or pooling window is priced by its points as an elementwise op is (memory-bound:
 MobileNet-V2's stride-2 depthwise layers, under 4 MFLOP, take 0.1-0.8 ms). A group whose tile
@@ -42,6 +43,26 @@ MIN_CONTRACTION_FLOPS = 1 << 21
 # conv_autoencoder 1.03x, resnet18 within noise (A/B, 7 interleaved rounds).
 MIN_POINTS = 1 << 14
 GEMMS = ("matmul", "batch_matmul", "conv2d")  # (priced by flops; depthwise and pooling windows by points)
+
+# Split the outermost loop that takes whole tiles per thread, so that consecutive kernels
+# give each thread the same rows (NHWC: the same image rows; a token stream: the same
+# tokens) and each thread reads what it wrote itself, from its own L2. Splitting each
+# kernel along its longest loop instead mixed channel splits (a 1x1 expansion to 384
+# channels) with row splits (the depthwise layer after it), and every such hand-over
+# crossed cores. `bench/ab.py tilecraft.costmodel.parallel_plan OUTERMOST --threads 2`
+# (7 rounds): mobilenet_v2 1.18x, bert_mini 1.08x, resnet18 1.06x, conv_autoencoder 1.03x,
+# mlp 1.02x, gpt2_block within noise.
+OUTERMOST = True
+# ... except a matmul with more than WIDE times as many columns as rows: a weight-bound
+# layer (mlp's 32 x 256 @ 256 x 512), whose threads would each read the whole weight when
+# split by rows; it keeps the longest loop, the columns (pure outermost: mlp 0.93x).
+WIDE = 8
+
+
+def _wide(infos) -> bool:
+    """The kernel's matmul has more than WIDE times as many columns as rows."""
+    mm = [i for i in infos if i.kind in ("matmul", "batch_matmul")]
+    return bool(mm) and mm[0].extents[-2] > WIDE * mm[0].extents[-3]
 
 
 def plan(
@@ -103,7 +124,7 @@ def decide(
         if not ok and fit:  # a loop whose chunk takes whole tiles once the group's tile is cut
             ok = [i for i in loops if fit_levels(info.extents[i], chunks, *_at(levels, i)) is not None]
         if ok:
-            loop = max(ok, key=lambda i: (info.extents[i], -i))
+            loop = ok[0] if OUTERMOST and not _wide(infos) else max(ok, key=lambda i: (info.extents[i], -i))
             return ParallelDecision(sink, members, loop, chunks)
     return None
 

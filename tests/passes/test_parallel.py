@@ -206,3 +206,34 @@ def test_large_copies_are_split_across_threads(monkeypatch):
     assert split and all(sum(1 for t in chunks if t) == 1 for chunks in split), seen
     with torch.no_grad():
         assert compare(c.fn(x), model(x)).ok
+
+
+def test_consecutive_kernels_split_their_rows_and_wide_matmuls_their_columns(monkeypatch):
+    """Row splits keep a thread on the rows it wrote (`parallel_plan.OUTERMOST`); a matmul
+    much wider than tall (a weight-bound layer) splits its columns (`WIDE`)."""
+    from tilecraft import frontend
+    from tilecraft.costmodel import parallel_plan
+
+    class Block(torch.nn.Module):  # 196 x 384 (expansion), then 32 x 512 (wide)
+        def __init__(self):
+            super().__init__()
+            self.expand = torch.nn.Linear(64, 384)
+            self.wide = torch.nn.Linear(384, 512)
+
+        def forward(self, x, y):
+            return torch.relu(self.expand(x)), self.wide(y)
+
+    torch.manual_seed(0)
+    model, inputs = Block().eval(), (torch.randn(196, 64), torch.randn(32, 384))
+
+    def loops(**flags):
+        for k, v in flags.items():
+            monkeypatch.setattr(parallel_plan, k, v)
+        done = driver.compile_model(frontend.import_module(model, inputs, spec="<t>"), threads=2, emit="decided")
+        return sorted((d.loop for d in done.parallel), reverse=True)
+
+    assert loops() == [1, 0]  # the expansion by rows (196 < 384), the wide one by columns
+    assert loops(OUTERMOST=False) == [1, 1]  # each along its longest loop
+    compiled = driver.compile_model(frontend.import_module(model, inputs, spec="<t>"), threads=2)
+    with torch.no_grad():
+        assert compare(compiled.fn(*inputs), model(*inputs)).ok
