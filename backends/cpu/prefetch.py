@@ -27,9 +27,10 @@ from tilecraft.dialects.irutil import ops_named
 from tilecraft.dialects.opinfo import LANES
 
 ENABLED = True  # (off only to compare)
-# Iterations ahead. `bench/ab.py tilecraft.backends.cpu.prefetch DISTANCE`: ResNet-18 at 1
-# thread 1.11x with 32 or 64, 128 a little less (the prefetched rows of a k tile of 64-256
-# rows run past the tile into rows read much later).
+# Iterations ahead: with k tiles of 64 rows, the same columns of the next k tile, read
+# after this tile's slab of B went by. 32 and 64 gained alike on ResNet-18 (1.11x at 1
+# thread); `bench/ab.py tilecraft.backends.cpu.prefetch DISTANCE --values 64,128`:
+# mobilenet_v2 0.95x, resnet18 and bert_mini within noise; 192 no better.
 DISTANCE = 64
 # prefetcht1: into L2, not L1. The row is read a k tile later, after a whole slab of B went
 # through L1 (`bench/ab.py ... LOCALITY --values 3,2`: resnet18 1.01x / 1.08x, bert_mini
