@@ -19,6 +19,7 @@ import tempfile
 from tilecraft import driver, frontend
 from tilecraft.backends.cpu.schedule import TileDecision
 from tilecraft.backends.cpu.target import Target
+from tilecraft.dialects.irutil import replace_file
 
 
 def describe(d: TileDecision | None) -> str:
@@ -324,6 +325,4 @@ def draw(r: dict, path: str) -> None:
     tmp = f"{path}.tmp{os.getpid()}.png"
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    from tilecraft.dialects.irutil import replace_file
-
     replace_file(tmp, path)

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from tilecraft.costmodel.model import CostModel, Record
+from tilecraft.dialects.irutil import replace_file
 
 NOISE = 0.05
 METRICS = ("mape", "spearman", "pairwise", "top1", "top5")
@@ -168,8 +169,6 @@ def _save(fig, path: str) -> None:
     tmp = f"{path}.tmp{os.getpid()}.png"
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    from tilecraft.dialects.irutil import replace_file
-
     replace_file(tmp, path)
 
 

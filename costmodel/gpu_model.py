@@ -37,6 +37,7 @@ from tilecraft.backends.gpu import schedule as gs
 from tilecraft.backends.gpu.ptx import Resources
 from tilecraft.backends.gpu.schedule import GpuSchedule, Kernel
 from tilecraft.backends.gpu.target import GpuTarget
+from tilecraft.dialects.irutil import replace_file
 
 MODEL_PATH = os.path.join(os.path.dirname(__file__), "data", "gpu-model.json.gz")
 L1_BYTES_PER_CLOCK = 128  # per SM
@@ -215,7 +216,5 @@ def train(rows: Sequence[tuple[list[float], float]], *, path: str | None = None,
         tmp = path + ".tmp"
         with gzip.open(tmp, "wt") as f:
             json.dump({"features": list(FEATURES), "model": booster.model_to_string()}, f)
-        from tilecraft.dialects.irutil import replace_file
-
         replace_file(tmp, path)
     return booster

@@ -27,6 +27,7 @@ import numpy as np
 
 from tilecraft.backends.cpu.schedule import TileDecision
 from tilecraft.corpus.kernels import Kernel
+from tilecraft.dialects.irutil import replace_file
 
 MODEL_FORMAT = "tilecraft-costmodel"
 SHIPPED_DIR = os.path.join(os.path.dirname(__file__), "data")
@@ -239,8 +240,6 @@ def write_model_file(path: str, doc: dict) -> None:
     try:
         with opener(tmp, "wt") as f:
             json.dump(doc, f)
-        from tilecraft.dialects.irutil import replace_file
-
         replace_file(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import tempfile
 from collections.abc import Sequence
 
@@ -290,8 +291,7 @@ def replace_file(tmp: str, path: str) -> None:
     if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
         try:
             with open(tmp, "rb") as src, open(path, "wb") as dst:
-                while chunk := src.read(1 << 20):
-                    dst.write(chunk)
+                shutil.copyfileobj(src, dst)
         finally:
             os.unlink(tmp)
         return

@@ -23,7 +23,7 @@ from torch_mlir import ir
 from torch_mlir.dialects import arith
 from torch_mlir.dialects import memref as memref_d
 
-from tilecraft.dialects.irutil import ops_named
+from tilecraft.dialects.irutil import ops_named, owner_op
 from tilecraft.dialects.opinfo import LANES
 
 ENABLED = True  # (off only to compare)
@@ -42,20 +42,17 @@ _VIEWS = ("memref.subview", "memref.reinterpret_cast", "memref.cast")
 
 def _argument_root(v: ir.Value) -> bool:
     """Whether a memref value is a view of a function argument."""
-    while True:
-        if isinstance(v.owner, ir.Block):
-            return v.owner.owner.operation.name == "func.func"
-        op = v.owner.operation
+    while (op := owner_op(v)) is not None:
         if op.name not in _VIEWS:
             return False
         v = op.operands[0]
+    return v.owner.owner.operation.name == "func.func"
 
 
 def _moves_with(index: ir.Value, iv: ir.Value) -> bool:
     """The index is the loop's induction variable or computed from it directly."""
-    if index == iv:
-        return True
-    return not isinstance(index.owner, ir.Block) and any(x == iv for x in index.owner.operation.operands)
+    op = owner_op(index)
+    return index == iv or (op is not None and any(x == iv for x in op.operands))
 
 
 def weight_prefetches(module: ir.Module) -> int:
@@ -71,6 +68,7 @@ def weight_prefetches(module: ir.Module) -> int:
         iv, step = body.arguments[0], loop.operands[2]
         if str(iv.type) != "index":
             continue
+        ahead = None  # DISTANCE steps, made before the loop's first prefetched load
         for op in ops:
             if op.name != "vector.load" or ir.VectorType(op.results[0].type).shape[-1:] < [LANES]:
                 continue
@@ -79,7 +77,8 @@ def weight_prefetches(module: ir.Module) -> int:
             if len(moving) != 1 or not _argument_root(mem):
                 continue
             with ir.InsertionPoint(op), op.location:
-                ahead = arith.MulIOp(step, arith.ConstantOp(ir.IndexType.get(), DISTANCE).result).result
+                if ahead is None:
+                    ahead = arith.MulIOp(step, arith.ConstantOp(ir.IndexType.get(), DISTANCE).result).result
                 indices[moving[0]] = arith.AddIOp(indices[moving[0]], ahead).result
                 memref_d.PrefetchOp(mem, indices, False, LOCALITY, True)
             added += 1
