@@ -35,6 +35,7 @@ from tilecraft.passes.fusion import FusePass
 from tilecraft.passes.im2col import Im2colPass
 from tilecraft.passes.inline_broadcasts import InlineBroadcastsPass
 from tilecraft.passes.pad_weights import PadWeightsPass
+from tilecraft.passes.panel_weights import PanelWeightsPass
 from tilecraft.passes.parallel import ParallelizePass
 from tilecraft.passes.precision import PrecisionPass
 from tilecraft.passes.sink_expand_shapes import SinkExpandShapesPass
@@ -313,6 +314,7 @@ def canonical_passes(*, fusing: bool = True, layout: bool = True) -> list[Module
         DepthwiseTapsPass(),  # depthwise convolutions: elementwise sums of shifted slices (NHWC by NHWC)
         InlineBroadcastsPass(),  # a bias read where it is added, not spread first
         *([SinkTransposesPass(), SinkExtractSlicesPass()] if layout else []),  # NHWC between convolutions
+        PanelWeightsPass(),  # large B: column panels, each read in order
         PadWeightsPass(),  # B: whole vectors, rows not k·1 KB apart
         SinkExpandShapesPass(),  # GEMMs and their epilogues, one chain
         FoldUnitDimsPass(),  # [1, S, D] → [S, D]: reductions, broadcasts

@@ -117,7 +117,7 @@ def fused_ids(module: ir.Module, infos: Sequence[OpInfo]) -> set[int]:
 
 def register_elements(info: OpInfo) -> int:
     """Elements a register tile of the op holds (a matmul's: its accumulator)."""
-    if info.kind == "matmul":
+    if info.kind in ("matmul", "batch_matmul"):
         return math.prod(e for e, it in zip(info.extents, info.iterators) if it == "parallel")
     return math.prod(info.extents)
 
@@ -164,7 +164,7 @@ def describe(op: ir.Operation, op_id: int, *, state: ir.AsmState | None = None, 
     if kind == "matmul":
         extents, its = (*out, _shape(operands[0])[1]), ("parallel",) * 2 + ("reduction",)
     elif kind == "batch_matmul":
-        extents, its = (*out, _shape(operands[0])[2]), ("parallel",) * 3 + ("reduction",)
+        extents, its = (*out, _shape(operands[0])[-1]), ("parallel",) * 3 + ("reduction",)
     elif kind == "conv2d":  # (n, f, oh, ow, c, kh, kw)
         extents, its = (*out, *_shape(operands[1])[1:]), ("parallel",) * 4 + ("reduction",) * 3
     elif kind == "depthwise_conv2d":  # (n, oh, ow, c, kh, kw)

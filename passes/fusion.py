@@ -346,8 +346,11 @@ def group_tiles(
     within = [t or x for t, x in zip(tiles, s.extents)]
     if _in_registers(c, at, tileable, ones, target):
         inner = [0] * len(s.extents)
-        for cloop, regs in zip((0, 1), MATMUL_REGISTERS):
-            t = opinfo.divisor_at_most(within[at[cloop]], regs, multiple_of=opinfo.LANES if cloop else 1)
+        rows = len(c.extents) - 3  # (a batched matmul's batch loops: 1 each, as its cache tile has them)
+        for b in range(rows):
+            inner[at[b]] = 1 if s.extents[at[b]] > 1 else 0
+        for cloop, regs in zip((rows, rows + 1), MATMUL_REGISTERS):
+            t = opinfo.divisor_at_most(within[at[cloop]], regs, multiple_of=opinfo.LANES if cloop > rows else 1)
             inner[at[cloop]] = t if t < s.extents[at[cloop]] else 0
         if any(inner):
             return tiles, tuple(inner), True
@@ -381,11 +384,14 @@ def _in_registers(c: opinfo.OpInfo, at: Mapping[int, int], tileable: Sequence[bo
     runs on 8×32 accumulator tiles instead of 1-row tiles after the matmul's cache tile
     (MobileNet-V2's expansions, 16→96 channels at 112², 24→144 at 56², 32→192 at 28², with
     batch norm and ReLU6; an earlier lowering had measured the other way)."""
-    if c.kind != "matmul" or not all(loop in at and tileable[at[loop]] for loop in (0, 1)):
+    if c.kind not in ("matmul", "batch_matmul") or not all(
+        loop in at and tileable[at[loop]] for loop in range(len(c.extents) - 1)
+    ):
         return False
-    if at[1] in ones or (at[0] in ones and not getattr(target, "row_broadcasts_in_registers", True)):
+    m_loop, n_loop = len(c.extents) - 3, len(c.extents) - 2
+    if at[n_loop] in ones or (at[m_loop] in ones and not getattr(target, "row_broadcasts_in_registers", True)):
         return False
-    _, n, k = c.extents
+    *_, n, k = c.extents
     return k * n * 4 <= getattr(target, "l2_bytes", 1 << 20)
 
 

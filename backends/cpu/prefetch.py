@@ -55,6 +55,15 @@ def _moves_with(index: ir.Value, iv: ir.Value) -> bool:
     return index == iv or (op is not None and any(x == iv for x in op.operands))
 
 
+def _streams(mem: ir.Value, dim: int, load: ir.Operation) -> bool:
+    """Consecutive steps read adjacent memory: the moving dim's stride is the loaded
+    vector's own bytes (a weight stored as column panels, `passes/panel_weights.py`), a
+    stream the hardware prefetchers follow."""
+    strides, _ = ir.MemRefType(mem.type).get_strides_and_offset()
+    vec = ir.VectorType(load.results[0].type)
+    return 0 < strides[dim] <= vec.shape[-1]
+
+
 def weight_prefetches(module: ir.Module) -> int:
     """Insert the prefetches (see the module docstring); returns how many."""
     if not ENABLED or DISTANCE <= 0:
@@ -74,7 +83,7 @@ def weight_prefetches(module: ir.Module) -> int:
                 continue
             mem, indices = op.operands[0], list(op.operands[1:])
             moving = [i for i, x in enumerate(indices[:-1]) if _moves_with(x, iv)]
-            if len(moving) != 1 or not _argument_root(mem):
+            if len(moving) != 1 or not _argument_root(mem) or _streams(mem, moving[0], op):
                 continue
             with ir.InsertionPoint(op), op.location:
                 if ahead is None:

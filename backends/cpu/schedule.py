@@ -117,7 +117,7 @@ class TileDecision:
 def register_tile_decision(info: OpInfo) -> TileDecision:
     """An op already the size of a register tile (fused): vectorized whole (a matmul: one
     rank-1 update per step of its k loop; the accumulator is hoisted into registers)."""
-    if info.kind == "matmul":
+    if info.kind in ("matmul", "batch_matmul"):
         return TileDecision(tiles=((*info.extents[:-1], 1),))
     return TileDecision(tiles=(info.extents,), vectorize="i1" not in info.dtypes)
 
@@ -342,6 +342,25 @@ def _as_matmul(handle: str, op_id: int, out: list[str]) -> str:
     return m
 
 
+def _unit_batch(extents: Sequence[int]) -> bool:
+    """A batched matmul of batch 1 with rows, columns and a k loop (its batch folds away)."""
+    return len(extents) > 3 and all(x == 1 for x in extents[:-3]) and all(x > 1 for x in extents[-3:])
+
+
+def _register_tile_as_matmul(handle: str, op_id: int, extents: Sequence[int], out: list[str]) -> str:
+    """A batched matmul fused as a register tile (batch 1: `passes/panel_weights.py`'s
+    panels) restated as a `linalg.matmul` (`_as_matmul`), inside a one-trip loop of its own
+    (so the unit-dim folding touches no other op of the group). Vectorized as a batched
+    contraction, its batch dim and broadcast left operand kept vector.contract from
+    lowering to outer products: a scalar reduction per element."""
+    sizes = ", ".join(str(x if i == len(extents) - 3 else 0) for i, x in enumerate(extents))
+    out.append(
+        f"    %rt{op_id}, %rt{op_id}_loop = transform.structured.tile_using_for {handle} "
+        f"tile_sizes [{sizes}] : ({ANY}) -> ({ANY}, {ANY})"
+    )
+    return _as_matmul(f"%rt{op_id}", op_id, out)
+
+
 def tiling_script(infos: Sequence[OpInfo], scheds: Mapping[int, TileDecision], *, vectorize: bool = False) -> str:
     """Transform script that tiles every op by its schedule (and decomposes conv tiles);
     with `vectorize`, each register tile is vectorized right after it is formed."""
@@ -355,6 +374,10 @@ def tiling_script(infos: Sequence[OpInfo], scheds: Mapping[int, TileDecision], *
         )
         extents = list(info.extents)
         batch = 0  # leading batch dims still on the op
+        if info.kind == "batch_matmul" and len(s.tiles) == 1 and vectorize and s.vectorize and _unit_batch(extents):
+            # a fused group's accumulator tile: a matmul before its k loop is formed
+            h, batch = _register_tile_as_matmul(h, info.op_id, extents, body), len(extents) - 3
+            extents = extents[batch:]
         for level, sizes in enumerate(s.tiles):
             sizes = sizes[batch:]
             looped = any(t < x for t, x in zip(sizes, extents))

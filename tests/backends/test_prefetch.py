@@ -4,6 +4,7 @@ import torch
 
 from tilecraft import driver, frontend
 from tilecraft.backends.cpu import prefetch
+from tilecraft.passes import panel_weights
 
 LOOPS = """
 func.func @f(%w: memref<64x48xf32>, %x: memref<64x48xf32>, %out: memref<48xf32>) {
@@ -56,7 +57,14 @@ def test_a_linear_layer_with_prefetches_matches_eager(monkeypatch):
     model, inputs = torch.nn.Linear(1024, 512).eval(), (torch.randn(49, 1024),)
     with torch.no_grad():
         ref = model(*inputs)
+    monkeypatch.setattr(panel_weights, "ENABLED", False)  # (the weight as [K, N])
     for threads in (1, 2):
         compiled = driver.compile_model(frontend.import_module(model, inputs, spec="linear"), threads=threads)
         assert driver.compare(compiled.fn(*inputs), ref).ok
     assert all(n >= 1 for n in added)  # the weight's rows down the register tile's k loop
+    # stored as column panels, consecutive rows are adjacent: a stream, no prefetch
+    monkeypatch.setattr(panel_weights, "ENABLED", True)
+    added.clear()
+    compiled = driver.compile_model(frontend.import_module(model, inputs, spec="linear"), threads=1)
+    assert driver.compare(compiled.fn(*inputs), ref).ok
+    assert added == [0]

@@ -1,0 +1,234 @@
+"""The `panel-weights` pass: a large bound matmul weight stored panel by panel.
+
+On the passes floor; one of the canonical rewrites (`compiler/driver.py`), before the
+weight padding. Reads a module and its bound weights; writes the module with each
+rewritten matmul as a batched matmul over column panels of its weight, and the weight
+relaid out as those panels among the bound arguments.
+
+A register tile of `C[M, N] += A[M, K] @ B[K, N]` reads, per step of its k loop, 128
+bytes (32 columns) of one row of B. With B in row-major [K, N] order those reads are a
+row apart (2 KB for N = 512): two to a 4 KB page, a stride the hardware prefetchers do
+not follow, so a weight that comes from memory at every inference (ResNet-18's layer-4
+GEMMs, 9.4 MB each) is read one demand miss at a time. Stored as panels
+`Bp[N/P, K, P]` (`P` columns each, `Bp[j, k, p] = B[k, j·P + p]`), the same reads are
+consecutive: each panel streams through memory once, in order. The matmul becomes
+
+    T[j, m, p] = Σ_k A[m, k] · Bp[j, k, p]       (a batch_matmul, A broadcast over j)
+    C[m, j·P + p] = T[j, m, p]                    (a transpose, then a free reshape)
+
+The batch_matmul's kernel takes one panel per step of its outermost loop (its batch), so
+threads split the panels between them; the transpose (M·N elements) is the price.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import torch
+from torch_mlir import ir
+from torch_mlir.dialects import tensor
+
+from tilecraft.dialects.irutil import (
+    bound_arg_number,
+    call_helper,
+    element_type_of,
+    entry_func,
+    erase_if_dead,
+    inline_helpers,
+    is_zero_fill,
+    owner_op,
+    reassociation_attr,
+    replace_op,
+    shape_of,
+    tensor_t,
+)
+from tilecraft.passes.base import ModulePass, Weights
+
+PANEL = 32  # columns of a panel: the register tile's width (two zmm vectors of f32)
+MIN_BYTES = 1 << 20  # weights smaller than this stay [K, N] (they stay in cache between inferences)
+MIN_ROWS = 2  # a one-row matmul streams whole rows of B already (`schedule.ONE_ROW_K`)
+ENABLED = True  # (off only to compare)
+
+
+def panel_weights(module: ir.Module, params: list[torch.Tensor]) -> tuple[list[torch.Tensor], int]:
+    """Every f32 `linalg.matmul` whose B is a bound weight [K, N] used once, at least
+    MIN_BYTES, with N a multiple of PANEL, at least MIN_ROWS rows and a zero-filled
+    accumulator, is rewritten as the batched matmul over B's panels (module docstring).
+    Returns the new bound arguments and how many matmuls were rewritten."""
+    if not ENABLED:
+        return list(params), 0
+    ctx = module.context
+    fn = entry_func(module)
+    block = fn.regions[0].blocks[0]
+    params = list(params)
+    done = 0
+    for op in [o.operation for o in block.operations if o.operation.name == "linalg.matmul"]:
+        a, b, init = (op.operands[i] for i in range(3))
+        (m, k), (_, n) = shape_of(a), shape_of(b)
+        arg = bound_arg_number(b, len(params))
+        if arg is None or {element_type_of(a), element_type_of(b), element_type_of(init)} != {"f32"}:
+            continue
+        if n % PANEL or k * n * 4 < MIN_BYTES or m < MIN_ROWS or not is_zero_fill(init):
+            continue
+        if not _plain(op):  # (a transposed or broadcast operand: its own layout)
+            continue
+        j = n // PANEL
+        w = params[arg]
+        params[arg] = w.reshape(k, j, PANEL).permute(1, 0, 2).contiguous()
+        block.arguments[arg].set_type(ir.Type.parse(tensor_t([j, k, PANEL], "f32"), context=ctx))
+        name = f"__tc_panels_{done}"
+        a_t, b_t, t_t, c3_t, o_t = (
+            tensor_t(s, "f32") for s in ([m, k], [j, k, PANEL], [j, m, PANEL], [m, j, PANEL], [m, n])
+        )
+        text = f"""func.func private @{name}(%a: {a_t}, %b: {b_t}) -> {o_t} {{
+  %z = arith.constant 0.0 : f32
+  %e = tensor.empty() : {t_t}
+  %acc = linalg.fill ins(%z : f32) outs(%e : {t_t}) -> {t_t}
+  %t = linalg.batch_matmul indexing_maps = [
+      affine_map<(d0, d1, d2, d3) -> (d1, d3)>,
+      affine_map<(d0, d1, d2, d3) -> (d0, d3, d2)>,
+      affine_map<(d0, d1, d2, d3) -> (d0, d1, d2)>]
+    ins(%a, %b : {a_t}, {b_t}) outs(%acc : {t_t}) -> {t_t}
+  %e2 = tensor.empty() : {c3_t}
+  %c3 = linalg.generic {{indexing_maps = [
+      affine_map<(d0, d1, d2) -> (d0, d1, d2)>, affine_map<(d0, d1, d2) -> (d1, d0, d2)>],
+      iterator_types = ["parallel", "parallel", "parallel"]}}
+    ins(%t : {t_t}) outs(%e2 : {c3_t}) {{
+  ^bb0(%x: f32, %y: f32):
+    linalg.yield %x : f32
+  }} -> {c3_t}
+  %o = tensor.collapse_shape %c3 [[0], [1, 2]] : {c3_t} into {o_t}
+  return %o : {o_t}
+}}"""
+        call_helper(module, op, text, name, [a, b])
+        erase_if_dead(init.owner)
+        done += 1
+    if done:
+        inline_helpers(module)
+        for collapse in [o.operation for o in block.operations if o.operation.name == "tensor.collapse_shape"]:
+            src = owner_op(collapse.operands[0])
+            if src is not None and _is_panel_transpose(src):
+                while collapse is not None:
+                    with ir.Location.unknown(ctx):
+                        collapse = _absorb_epilogue(collapse, ctx)
+    return params, done
+
+
+def _is_panel_transpose(op: ir.Operation) -> bool:
+    """`op` is the [J, M, P] → [M, J, P] copy `panel_weights` writes."""
+    if op.name != "linalg.generic" or len(op.operands) != 2:
+        return False
+    maps = [str(ir.AffineMapAttr(m).value) for m in ir.ArrayAttr(op.attributes["indexing_maps"])]
+    body = list(op.regions[0].blocks[0].operations)
+    return maps == _TRANSPOSE_MAPS and len(body) == 1
+
+
+_TRANSPOSE_MAPS = ["(d0, d1, d2) -> (d0, d1, d2)", "(d0, d1, d2) -> (d1, d0, d2)"]
+
+
+def _absorb_epilogue(collapse: ir.Operation, ctx) -> ir.Operation | None:
+    """The one elementwise op reading `collapse`'s [M, N] result (all loops parallel, its
+    output and that read the identity) restated over [M, J, P]: the panels' transpose, if
+    it is `collapse`'s source, folded into its read (T[j, m, p] at (m, j, p)), its other
+    operands' N dims expanded to (J, P), its result collapsed back. Returns that collapse,
+    or None if there is no such op."""
+    uses = list(collapse.results[0].uses)
+    if len(uses) != 1:
+        return None
+    op = getattr(uses[0].owner, "operation", uses[0].owner)
+    if op.name != "linalg.generic" or len(op.results) != 1:
+        return None
+    if any("parallel" not in str(a) for a in ir.ArrayAttr(op.attributes["iterator_types"])):
+        return None
+    if any(o.name == "linalg.index" for o in op.regions[0].blocks[0].operations):
+        return None
+    maps = [ir.AffineMapAttr(a).value for a in ir.ArrayAttr(op.attributes["indexing_maps"])]
+    identity2 = ir.AffineMap.get_identity(2, ctx)
+    n_in = len(op.operands) - 1
+    reads = [i for i in range(n_in) if op.operands[i] == collapse.results[0]]
+    if maps[-1] != identity2 or len(reads) != 1 or maps[reads[0]] != identity2:
+        return None
+    m, j, p = ir.RankedTensorType(collapse.operands[0].type).shape
+    d = [ir.AffineDimExpr.get(i, ctx) for i in range(3)]
+    src = owner_op(collapse.operands[0])
+    transpose = src if src is not None and _is_panel_transpose(src) and len(list(src.results[0].uses)) == 1 else None
+    new_maps, operands = [], []
+    with ir.InsertionPoint(op), op.location:
+        for i in range(n_in):
+            v = op.operands[i]
+            if i == reads[0]:
+                if transpose is not None:
+                    operands.append(transpose.operands[0])
+                    new_maps.append(ir.AffineMap.get(3, 0, [d[1], d[0], d[2]], ctx))
+                else:
+                    operands.append(collapse.operands[0])
+                    new_maps.append(ir.AffineMap.get_identity(3, ctx))
+                continue
+            exprs, reassoc, shape = [], [], []
+            old_shape = ir.RankedTensorType(v.type).shape if isinstance(v.type, ir.RankedTensorType) else []
+            for k, e in enumerate(maps[i].results):
+                e = e.maybe_downcast()
+                if isinstance(e, ir.AffineConstantExpr):
+                    exprs.append(e)
+                    reassoc.append([len(shape)])
+                    shape.append(old_shape[k])
+                elif isinstance(e, ir.AffineDimExpr) and e.position == 0:
+                    exprs.append(d[0])
+                    reassoc.append([len(shape)])
+                    shape.append(old_shape[k])
+                elif isinstance(e, ir.AffineDimExpr) and e.position == 1:
+                    exprs += [d[1], d[2]]
+                    reassoc.append([len(shape), len(shape) + 1])
+                    shape += [j, p]
+                else:
+                    return None
+            if shape != list(old_shape):
+                elem = ir.RankedTensorType(v.type).element_type
+                v = tensor.expand_shape(
+                    ir.RankedTensorType.get(shape, elem), v, reassociation_attr(reassoc, ctx), [], shape
+                )
+            operands.append(v)
+            new_maps.append(ir.AffineMap.get(3, 0, exprs, ctx))
+        out_t = ir.RankedTensorType(op.results[0].type)
+        operands.append(tensor.empty([m, j, p], out_t.element_type))
+        new = op.clone()
+        for i, v in enumerate(operands):
+            new.operands[i] = v
+        new.attributes["indexing_maps"] = ir.ArrayAttr.get(
+            [ir.AffineMapAttr.get(x) for x in new_maps] + [ir.AffineMapAttr.get(ir.AffineMap.get_identity(3, ctx))]
+        )
+        new.attributes["iterator_types"] = ir.ArrayAttr.get(
+            [ir.Attribute.parse("#linalg.iterator_type<parallel>", ctx)] * 3
+        )
+        new.results[0].set_type(ir.RankedTensorType.get([m, j, p], out_t.element_type))
+        back = tensor.collapse_shape(out_t, new.results[0], reassociation_attr([[0], [1, 2]], ctx))
+    replace_op(op, back)
+    if not list(collapse.results[0].uses):
+        collapse.erase()
+    if transpose is not None and not list(transpose.results[0].uses):
+        replace_op(transpose)
+    return back.owner
+
+
+_PLAIN_MAPS = ("(d0, d1, d2) -> (d0, d2)", "(d0, d1, d2) -> (d2, d1)", "(d0, d1, d2) -> (d0, d1)")
+
+
+def _plain(op: ir.Operation) -> bool:
+    """The matmul reads A as [M, K] and B as [K, N] (its default indexing maps)."""
+    if "indexing_maps" not in op.attributes:
+        return True
+    maps = [
+        str(ir.AffineMapAttr(m).value).removeprefix("affine_map<").removesuffix(">")
+        for m in ir.ArrayAttr(op.attributes["indexing_maps"])
+    ]
+    return tuple(maps) == _PLAIN_MAPS
+
+
+@dataclasses.dataclass(frozen=True)
+class PanelWeightsPass(ModulePass):
+    name: ClassVar[str] = "panel-weights"
+    summary: ClassVar[str] = "large bound matmul weights stored as column panels, read by a batched matmul"
+
+    def apply(self, module: ir.Module, weights: Weights) -> None:
+        weights[:], _ = panel_weights(module, weights)

@@ -1,0 +1,108 @@
+"""Large matmul weights stored as column panels (`passes/panel_weights.py`): which matmuls
+are rewritten, the weight's new layout, the epilogue read through the panels' transpose,
+and the compiled model against eager at 1 and 2 threads."""
+
+import pytest
+import torch
+
+from tilecraft import driver, frontend
+from tilecraft.passes import panel_weights
+
+
+def _imported(model, x):
+    return frontend.import_module(model.eval(), (x,), spec="<test>")
+
+
+class Mlp(torch.nn.Module):
+    """x @ W (+ bias) (+ a residual) → ReLU: a GEMM and an elementwise epilogue."""
+
+    def __init__(self, k, n, bias=True, residual=False):
+        super().__init__()
+        self.fc = torch.nn.Linear(k, n, bias=bias)
+        self.residual = residual
+
+    def forward(self, x, r=None):
+        y = self.fc(x)
+        if self.residual:
+            y = y + r
+        return torch.relu(y)
+
+
+def test_a_large_weight_is_stored_as_panels_and_read_by_a_batched_matmul():
+    torch.manual_seed(0)
+    k, n = 512, 1024  # 2 MB of weight
+    model, x = Mlp(k, n), torch.randn(16, k)
+    imported = _imported(model, x)
+    before = [p.clone() for p in imported.params]
+    with imported.module.context:
+        params, done = panel_weights.panel_weights(imported.module, imported.params)
+    assert done == 1
+    (w,) = [p for p in params if tuple(p.shape) == (n // 32, k, 32)]
+    (orig,) = [p for p in before if tuple(p.shape) == (k, n)]
+    assert torch.equal(w[3, 7], orig[7, 96:128])  # Bp[j, k, p] = B[k, 32j + p]
+    text = str(imported.module)
+    assert "linalg.batch_matmul" in text and "linalg.matmul" not in text
+    assert "affine_map<(d0, d1, d2, d3) -> (d1, d3)>" in text  # A broadcast over the panels
+    # the bias and ReLU read the panels' result transposed: no copy of their own
+    assert "(d0, d1, d2) -> (d1, d0, d2)" in text
+    assert "linalg.yield %in : f32" not in text  # (the transpose's body)
+
+
+@pytest.mark.parametrize(
+    "k, n, m, why",
+    [
+        (128, 256, 16, "small: stays in cache"),
+        (1024, 1000, 16, "columns not whole panels"),
+        (1024, 1024, 1, "one row: streams whole rows already"),
+    ],
+)
+def test_matmuls_left_as_they_are(k, n, m, why):
+    torch.manual_seed(0)
+    model, x = Mlp(k, n), torch.randn(m, k)
+    imported = _imported(model, x)
+    with imported.module.context:
+        _, done = panel_weights.panel_weights(imported.module, imported.params)
+    assert done == 0, why
+
+
+def test_off_means_untouched(monkeypatch):
+    monkeypatch.setattr(panel_weights, "ENABLED", False)
+    model, x = Mlp(512, 1024), torch.randn(16, 512)
+    imported = _imported(model, x)
+    with imported.module.context:
+        _, done = panel_weights.panel_weights(imported.module, imported.params)
+    assert done == 0
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("bias, residual", [(True, False), (False, True), (False, False)])
+def test_panelled_layers_match_eager(threads, bias, residual):
+    torch.manual_seed(0)
+    k, n, m = 512, 768, 48
+    model = Mlp(k, n, bias=bias, residual=residual).eval()
+    inputs = (torch.randn(m, k), torch.randn(m, n)) if residual else (torch.randn(m, k),)
+    compiled = driver.compile_model(frontend.import_module(model, inputs, spec="<test>"), threads=threads)
+    assert any(p.name == "panel-weights" for p in compiled.passes)
+    assert "linalg.batch_matmul" in str(compiled.imported.module) or compiled.fn is not None
+    with torch.no_grad():
+        assert driver.compare(compiled.fn(*inputs), model(*inputs)).ok
+
+
+def test_a_bare_matmul_keeps_the_transpose_and_matches_eager():
+    class Bare(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(1024, 512) / 32)
+
+        def forward(self, x):
+            return x @ self.w
+
+    torch.manual_seed(0)
+    model, x = Bare().eval(), torch.randn(24, 1024)
+    imported = _imported(model, x)
+    with imported.module.context:
+        _, done = panel_weights.panel_weights(imported.module, imported.params)
+    assert done == 1 and "(d0, d1, d2) -> (d1, d0, d2)" in str(imported.module)
+    compiled = driver.compile_model(_imported(model, x))
+    with torch.no_grad():
+        assert driver.compare(compiled.fn(x), model(x)).ok
