@@ -302,11 +302,12 @@ def verify(module, after: str) -> None:
         raise PipelineError(f"the IR after '{after}' does not verify: {detail}", stage=after) from None
 
 
-def canonical_passes(*, fusing: bool = True, layout: bool = True) -> list[ModulePass]:
+def canonical_passes(*, fusing: bool = True, layout: bool = True, panels: bool = True) -> list[ModulePass]:
     """The target-neutral rewrites every compile runs before planning, in order.
     `fusing`: fusion follows (thin convolutions with many outputs run as GEMMs only then:
     their output transpose is folded). `layout`: NHWC between convolutions (off only to
-    compare)."""
+    compare). `panels`: large weights as column panels (a CPU register tile's layout; the
+    GPU backend schedules plain matmuls)."""
     return [
         DropEmptyOpsPass(),  # an op over a zero-size tensor: its inits, nothing to compute
         SubpixelConvPass(),  # a convolution of a nearest upsampling: one small convolution per output phase
@@ -314,7 +315,7 @@ def canonical_passes(*, fusing: bool = True, layout: bool = True) -> list[Module
         DepthwiseTapsPass(),  # depthwise convolutions: elementwise sums of shifted slices (NHWC by NHWC)
         InlineBroadcastsPass(),  # a bias read where it is added, not spread first
         *([SinkTransposesPass(), SinkExtractSlicesPass()] if layout else []),  # NHWC between convolutions
-        PanelWeightsPass(),  # large B: column panels, each read in order
+        *([PanelWeightsPass()] if panels else []),  # large B: column panels, each read in order
         PadWeightsPass(),  # B: whole vectors, rows not k·1 KB apart
         SinkExpandShapesPass(),  # GEMMs and their epilogues, one chain
         FoldUnitDimsPass(),  # [1, S, D] → [S, D]: reductions, broadcasts

@@ -60,9 +60,18 @@ WIDE = 8
 
 
 def _wide(infos) -> bool:
-    """The kernel's matmul has more than WIDE times as many columns as rows."""
+    """The kernel's matmul has more than WIDE times as many columns as rows (a weight in
+    column panels, `passes/panel_weights.py`: all its panels' columns)."""
     mm = [i for i in infos if i.kind in ("matmul", "batch_matmul")]
-    return bool(mm) and mm[0].extents[-2] > WIDE * mm[0].extents[-3]
+    if not mm:
+        return False
+    columns = mm[0].extents[-2] * (mm[0].extents[0] if _panels(mm[0]) else 1)
+    return columns > WIDE * mm[0].extents[-3]
+
+
+def _panels(info) -> bool:
+    """A batched matmul over a weight's column panels: its A is [M, K], broadcast."""
+    return info.kind == "batch_matmul" and len(info.shapes[0]) == 2
 
 
 def plan(
@@ -125,6 +134,10 @@ def decide(
             ok = [i for i in loops if fit_levels(info.extents[i], chunks, *_at(levels, i)) is not None]
         if ok:
             loop = ok[0] if OUTERMOST and not _wide(infos) else max(ok, key=lambda i: (info.extents[i], -i))
+            panels = [m for m in (sink, *members) if _panels(nodes[m].info)]
+            if _wide(infos) and panels:  # split the panels: each thread reads its own part of the weight
+                j = to_sink[panels[0]].get(0) if members else 0
+                loop = j if j in ok else loop
             return ParallelDecision(sink, members, loop, chunks)
     return None
 

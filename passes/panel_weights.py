@@ -46,16 +46,30 @@ from tilecraft.dialects.irutil import (
 from tilecraft.passes.base import ModulePass, Weights
 
 PANEL = 32  # columns of a panel: the register tile's width (two zmm vectors of f32)
-MIN_BYTES = 1 << 20  # weights smaller than this stay [K, N] (they stay in cache between inferences)
+# Weights smaller than this stay [K, N]. `bench/ab.py tilecraft.passes.panel_weights MIN_BYTES
+# --values 1048576,262144` (5 rounds): bert_mini 1.07x / 1.07x (1 / 2 threads; its QKV
+# weight, 768 KB, and output projection, 256 KB, join), mlp 1.07x / 1.01x, gpt2_block
+# 1.04x / 1.00x, mobilenet_v2 0.97x / 1.00x (the same 7.29 ms under bench/loop_profile.py).
+MIN_BYTES = 256 << 10
 MIN_ROWS = 2  # a one-row matmul streams whole rows of B already (`schedule.ONE_ROW_K`)
+# A register tile runs down the whole K (its accumulators stay in registers), and every
+# panel reads all of A again: A must stay in L2 across the panels. ResNet-18's layer-3
+# GEMMs (196×2304 @ 2304×256: A 1.8 MB) ran 0.94x at 1 thread in panels, A coming from
+# L3 eight times; its layer-4 GEMMs (49×4608, 0.9 MB) gain.
+MAX_A_BYTES = 1 << 20
+# A weight this large comes from memory at every inference, and its first row tile per
+# panel waits on it: ResNet-18's 49×4608 @ 4608×512 (9.4 MB) with its weight evicted took
+# 2.9-3.0 ms in panels against 2.3-2.5 as [K, N] with its rows prefetched
+# (`backends/cpu/prefetch.py`), though 4% faster with the weight in cache.
+MAX_BYTES = 4 << 20
 ENABLED = True  # (off only to compare)
 
 
 def panel_weights(module: ir.Module, params: list[torch.Tensor]) -> tuple[list[torch.Tensor], int]:
-    """Every f32 `linalg.matmul` whose B is a bound weight [K, N] used once, at least
-    MIN_BYTES, with N a multiple of PANEL, at least MIN_ROWS rows and a zero-filled
-    accumulator, is rewritten as the batched matmul over B's panels (module docstring).
-    Returns the new bound arguments and how many matmuls were rewritten."""
+    """Every f32 `linalg.matmul` whose B is a bound weight [K, N] used once, of MIN_BYTES
+    to MAX_BYTES, with N a multiple of PANEL, at least MIN_ROWS rows, an A of at most
+    MAX_A_BYTES and a zero-filled accumulator, is rewritten as the batched matmul over
+    B's panels (module docstring). Returns the new bound arguments and how many matmuls were rewritten."""
     if not ENABLED:
         return list(params), 0
     ctx = module.context
@@ -69,7 +83,9 @@ def panel_weights(module: ir.Module, params: list[torch.Tensor]) -> tuple[list[t
         arg = bound_arg_number(b, len(params))
         if arg is None or {element_type_of(a), element_type_of(b), element_type_of(init)} != {"f32"}:
             continue
-        if n % PANEL or k * n * 4 < MIN_BYTES or m < MIN_ROWS or not is_zero_fill(init):
+        if n % PANEL or not MIN_BYTES <= k * n * 4 <= MAX_BYTES or m < MIN_ROWS or m * k * 4 > MAX_A_BYTES:
+            continue
+        if not is_zero_fill(init):
             continue
         if not _plain(op):  # (a transposed or broadcast operand: its own layout)
             continue

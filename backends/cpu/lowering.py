@@ -437,8 +437,13 @@ def vectorize_script(*, vectorize: bool = True, pads_in_place: bool = True) -> s
     %loops = transform.structured.match ops{{["scf.for"]}} in %root : ({ANY}) -> {ANY}
     transform.apply_licm to %loops : {ANY}
     transform.loop.hoist_loop_invariant_subsets %loops : {ANY}
-    transform.apply_patterns to %fv {{  // a read of a hoisted accumulator's last write: forwarded
+    // a read of a hoisted accumulator's last write: forwarded, also through the rank-reducing
+    // slices of a batched matmul's unit batch (panels: its zero fill and its epilogue's read
+    // stay in registers instead of a scratch tile written and read back)
+    transform.apply_patterns to %fv {{
       transform.apply_patterns.canonicalization
+      transform.apply_patterns.tensor.fold_tensor_subset_ops_into_vector_transfers
+      transform.apply_patterns.vector.cast_away_vector_leading_one_dim
     }} : {ANY}
     transform.apply_cse to %fv : {ANY}
 """

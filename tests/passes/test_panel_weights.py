@@ -52,6 +52,8 @@ def test_a_large_weight_is_stored_as_panels_and_read_by_a_batched_matmul():
     "k, n, m, why",
     [
         (128, 256, 16, "small: stays in cache"),
+        (1024, 512, 512, "A too large: read again for every panel"),
+        (4608, 512, 49, "weight too large: from memory, prefetched as [K, N] rows"),
         (1024, 1000, 16, "columns not whole panels"),
         (1024, 1024, 1, "one row: streams whole rows already"),
     ],
