@@ -123,10 +123,11 @@ def bench_one(
     for threads, timed in ((1, one), (2, two)):
         torch.set_num_threads(threads)
         samples = {k: [] for k in timed}
-        for _ in range(ROUNDS):
-            for key, fn in timed.items():
+        keys = list(timed)
+        for r in range(ROUNDS):  # each round starts one column later: no column always follows the same one
+            for key in keys[r % len(keys) :] + keys[: r % len(keys)]:
                 time.sleep(SETTLE_S)
-                samples[key].append(median_ms(fn, per_round))
+                samples[key].append(median_ms(timed[key], per_round))
         row.update({k: statistics.median(v) for k, v in samples.items()})
     row["inductor_ms_1t"] = inductor_ms(model, inputs, ref, runs, atol) if inductor else None
     return row
