@@ -35,7 +35,7 @@ from tilecraft.passes.fusion import FusePass
 from tilecraft.passes.im2col import Im2colPass
 from tilecraft.passes.inline_broadcasts import InlineBroadcastsPass
 from tilecraft.passes.pad_weights import PadWeightsPass
-from tilecraft.passes.panel_weights import PanelWeightsPass
+from tilecraft.passes.panel_weights import PanelEpiloguesPass, PanelWeightsPass
 from tilecraft.passes.parallel import ParallelizePass
 from tilecraft.passes.precision import PrecisionPass
 from tilecraft.passes.sink_expand_shapes import SinkExpandShapesPass
@@ -321,6 +321,7 @@ def canonical_passes(*, fusing: bool = True, layout: bool = True, panels: bool =
         FoldUnitDimsPass(),  # [1, S, D] → [S, D]: reductions, broadcasts
         SinkExpandShapesPass(),  # (again: those only unit dims kept apart)
         DropUnitReadsPass(),  # a [C, 1, 1] scale read as (c, 0, 0): [C] through (c)
+        *([PanelEpiloguesPass()] if panels else []),  # (epilogues the reshapes kept apart)
         SplitRaggedPass(),  # 197 tokens as 192 + 5: static tiles of whole vectors
     ]
 

@@ -122,13 +122,26 @@ def panel_weights(module: ir.Module, params: list[torch.Tensor]) -> tuple[list[t
         done += 1
     if done:
         inline_helpers(module)
-        for collapse in [o.operation for o in block.operations if o.operation.name == "tensor.collapse_shape"]:
-            src = owner_op(collapse.operands[0])
-            if src is not None and _is_panel_transpose(src):
-                while collapse is not None:
-                    with ir.Location.unknown(ctx):
-                        collapse = _absorb_epilogue(collapse, ctx)
+        absorb_epilogues(module)
     return params, done
+
+
+def absorb_epilogues(module: ir.Module) -> int:
+    """Restate the elementwise ops that read a panelled matmul's [M, N] result over
+    (m, j, p), the first reading the panels through the transpose (`_absorb_epilogue`),
+    down the chain while each result has one elementwise reader. Returns how many."""
+    ctx = module.context
+    block = entry_func(module).regions[0].blocks[0]
+    absorbed = 0
+    for collapse in [o.operation for o in block.operations if o.operation.name == "tensor.collapse_shape"]:
+        src = owner_op(collapse.operands[0])
+        if src is None or not _is_panel_transpose(src):
+            continue
+        while collapse is not None:
+            with ir.Location.unknown(ctx):
+                collapse = _absorb_epilogue(collapse, ctx)
+            absorbed += collapse is not None
+    return absorbed
 
 
 def _is_panel_transpose(op: ir.Operation) -> bool:
@@ -248,3 +261,15 @@ class PanelWeightsPass(ModulePass):
 
     def apply(self, module: ir.Module, weights: Weights) -> None:
         weights[:], _ = panel_weights(module, weights)
+
+
+@dataclasses.dataclass(frozen=True)
+class PanelEpiloguesPass(ModulePass):
+    """`absorb_epilogues` again once the reshapes between a panelled matmul and its
+    epilogue are gone (`sink-expand-shapes`: a convolution's NHWC batch norm and ReLU6)."""
+
+    name: ClassVar[str] = "panel-epilogues"
+    summary: ClassVar[str] = "elementwise ops after a panelled matmul read its panels through the transpose"
+
+    def apply(self, module: ir.Module, weights: Weights) -> None:
+        absorb_epilogues(module)

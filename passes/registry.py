@@ -15,7 +15,7 @@ from tilecraft.passes.fusion import FusePass
 from tilecraft.passes.im2col import Im2colPass
 from tilecraft.passes.inline_broadcasts import InlineBroadcastsPass
 from tilecraft.passes.pad_weights import PadWeightsPass
-from tilecraft.passes.panel_weights import PanelWeightsPass
+from tilecraft.passes.panel_weights import PanelEpiloguesPass, PanelWeightsPass
 from tilecraft.passes.parallel import ParallelizePass
 from tilecraft.passes.precision import PrecisionPass
 from tilecraft.passes.private_fills import PrivateFillsPass
@@ -41,6 +41,7 @@ PASSES: dict[str, type[ModulePass]] = {
         SinkExpandShapesPass,
         FoldUnitDimsPass,
         DropUnitReadsPass,
+        PanelEpiloguesPass,
         SplitRaggedPass,
         PrivateFillsPass,
         ParallelizePass,

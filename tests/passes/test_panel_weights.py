@@ -108,3 +108,30 @@ def test_a_bare_matmul_keeps_the_transpose_and_matches_eager():
     compiled = driver.compile_model(_imported(model, x))
     with torch.no_grad():
         assert driver.compare(compiled.fn(x), model(x)).ok
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_pointwise_convolution_block_reads_its_panels_in_its_batch_norm(threads, monkeypatch):
+    """An inverted residual's 1×1 convolutions (MobileNet-V2 at 7×7) as panelled GEMMs:
+    their NHWC batch norms join the panels' read once the reshapes are sunk
+    (`panel-epilogues`), and the block matches eager."""
+    from torch import nn
+
+    monkeypatch.setattr(panel_weights, "MIN_BYTES", 1 << 14)
+    absorbed = []
+    run = panel_weights.absorb_epilogues
+    monkeypatch.setattr(panel_weights, "absorb_epilogues", lambda m: absorbed.append(run(m)) or absorbed[-1])
+    torch.manual_seed(0)
+    block = nn.Sequential(
+        nn.Conv2d(64, 384, 1, bias=False), nn.BatchNorm2d(384), nn.ReLU6(),
+        nn.Conv2d(384, 384, 3, 1, 1, groups=384, bias=False), nn.BatchNorm2d(384), nn.ReLU6(),
+        nn.Conv2d(384, 64, 1, bias=False), nn.BatchNorm2d(64),
+    ).eval()  # fmt: skip
+    for bn in (m for m in block.modules() if isinstance(m, nn.BatchNorm2d)):
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 1.5)
+    x = torch.randn(1, 64, 7, 7)
+    compiled = driver.compile_model(frontend.import_module(block, (x,), spec="<test>"), threads=threads)
+    assert absorbed[-1] >= 1  # (panel-epilogues: the batch norm and ReLU6 behind the NHWC reshape)
+    with torch.no_grad():
+        assert driver.compare(compiled.fn(x), block(x)).ok
