@@ -170,8 +170,9 @@ def _absorb_epilogue(collapse: ir.Operation, ctx) -> ir.Operation | None:
         return None
     if any("parallel" not in str(a) for a in ir.ArrayAttr(op.attributes["iterator_types"])):
         return None
-    if any(o.name == "linalg.index" for o in op.regions[0].blocks[0].operations):
-        return None
+    body = op.regions[0].blocks[0]
+    if any(o.name == "linalg.index" for o in body.operations) or list(body.arguments[-1].uses):
+        return None  # (an index, or its output's old value, would need restating too)
     maps = [ir.AffineMapAttr(a).value for a in ir.ArrayAttr(op.attributes["indexing_maps"])]
     identity2 = ir.AffineMap.get_identity(2, ctx)
     n_in = len(op.operands) - 1
