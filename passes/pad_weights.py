@@ -32,6 +32,21 @@ from tilecraft.passes.base import ModulePass, Weights
 STRIDE_PERIOD = 1024  # bytes: a row stride that is a multiple of it maps rows onto few L1 sets
 
 
+def weight_matmuls(module: ir.Module, n_bound: int) -> list[tuple[ir.Operation, int, tuple[int, int, int]]]:
+    """(op, B's argument number, (M, K, N)) of each f32 `linalg.matmul` of the entry
+    function whose B is a bound weight that it alone reads."""
+    block = entry_func(module).regions[0].blocks[0]
+    out = []
+    for op in [o.operation for o in block.operations if o.operation.name == "linalg.matmul"]:
+        a, b, init = (op.operands[i] for i in range(3))
+        arg = bound_arg_number(b, n_bound)
+        if arg is None or {element_type_of(a), element_type_of(b), element_type_of(init)} != {"f32"}:
+            continue
+        (m, k), (_, n) = shape_of(a), shape_of(b)
+        out.append((op, arg, (m, k, n)))
+    return out
+
+
 def pad_weights(module: ir.Module, params: list[torch.Tensor]) -> tuple[list[torch.Tensor], int]:
     """Every f32 `linalg.matmul` whose B is a bound weight [K, N] used once is given a
     better layout for it, here, once:
@@ -49,16 +64,11 @@ def pad_weights(module: ir.Module, params: list[torch.Tensor]) -> tuple[list[tor
 
     Returns the new bound arguments and how many matmuls were changed."""
     ctx = module.context
-    fn = entry_func(module)
-    block = fn.regions[0].blocks[0]
+    block = entry_func(module).regions[0].blocks[0]
     params = list(params)
     padded = 0
-    for op in [o.operation for o in block.operations if o.operation.name == "linalg.matmul"]:
+    for op, arg, (m, k, n) in weight_matmuls(module, len(params)):
         a, b, init = (op.operands[i] for i in range(3))
-        (m, k), (_, n) = shape_of(a), shape_of(b)
-        arg = bound_arg_number(b, len(params))
-        if arg is None or {element_type_of(a), element_type_of(b), element_type_of(init)} != {"f32"}:
-            continue
         widen = n % LANES != 0 and n >= LANES and is_zero_fill(init)
         cols = -(-n // LANES) * LANES if widen else n  # columns the matmul computes
         stride = cols + LANES if (cols * 4) % STRIDE_PERIOD == 0 else cols  # columns stored

@@ -30,9 +30,7 @@ from torch_mlir import ir
 from torch_mlir.dialects import tensor
 
 from tilecraft.dialects.irutil import (
-    bound_arg_number,
     call_helper,
-    element_type_of,
     entry_func,
     erase_if_dead,
     inline_helpers,
@@ -40,10 +38,10 @@ from tilecraft.dialects.irutil import (
     owner_op,
     reassociation_attr,
     replace_op,
-    shape_of,
     tensor_t,
 )
 from tilecraft.passes.base import ModulePass, Weights
+from tilecraft.passes.pad_weights import weight_matmuls
 
 PANEL = 32  # columns of a panel: the register tile's width (two zmm vectors of f32)
 # Weights smaller than this stay [K, N]. `bench/ab.py tilecraft.passes.panel_weights MIN_BYTES
@@ -69,20 +67,16 @@ def panel_weights(module: ir.Module, params: list[torch.Tensor]) -> tuple[list[t
     """Every f32 `linalg.matmul` whose B is a bound weight [K, N] used once, of MIN_BYTES
     to MAX_BYTES, with N a multiple of PANEL, at least MIN_ROWS rows, an A of at most
     MAX_A_BYTES and a zero-filled accumulator, is rewritten as the batched matmul over
-    B's panels (module docstring). Returns the new bound arguments and how many matmuls were rewritten."""
+    B's panels (module docstring). Returns the new bound arguments and how many matmuls
+    were rewritten."""
     if not ENABLED:
         return list(params), 0
     ctx = module.context
-    fn = entry_func(module)
-    block = fn.regions[0].blocks[0]
+    block = entry_func(module).regions[0].blocks[0]
     params = list(params)
     done = 0
-    for op in [o.operation for o in block.operations if o.operation.name == "linalg.matmul"]:
+    for op, arg, (m, k, n) in weight_matmuls(module, len(params)):
         a, b, init = (op.operands[i] for i in range(3))
-        (m, k), (_, n) = shape_of(a), shape_of(b)
-        arg = bound_arg_number(b, len(params))
-        if arg is None or {element_type_of(a), element_type_of(b), element_type_of(init)} != {"f32"}:
-            continue
         if n % PANEL or not MIN_BYTES <= k * n * 4 <= MAX_BYTES or m < MIN_ROWS or m * k * 4 > MAX_A_BYTES:
             continue
         if not is_zero_fill(init):
