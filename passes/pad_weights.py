@@ -42,6 +42,8 @@ def weight_matmuls(module: ir.Module, n_bound: int) -> list[tuple[ir.Operation, 
         arg = bound_arg_number(b, n_bound)
         if arg is None or {element_type_of(a), element_type_of(b), element_type_of(init)} != {"f32"}:
             continue
+        if len(shape_of(a)) != 2 or len(shape_of(b)) != 2:  # (a broadcast operand: its own maps)
+            continue
         (m, k), (_, n) = shape_of(a), shape_of(b)
         out.append((op, arg, (m, k, n)))
     return out

@@ -143,11 +143,16 @@ def _is_panel_transpose(op: ir.Operation) -> bool:
     if op.name != "linalg.generic" or len(op.operands) != 2:
         return False
     maps = [str(ir.AffineMapAttr(m).value) for m in ir.ArrayAttr(op.attributes["indexing_maps"])]
-    body = list(op.regions[0].blocks[0].operations)
-    return maps == _TRANSPOSE_MAPS and len(body) == 1
+    block = op.regions[0].blocks[0]
+    body = list(block.operations)
+    return maps == _TRANSPOSE_MAPS and len(body) == 1 and body[0].operands[0] == block.arguments[0]
 
 
 _TRANSPOSE_MAPS = ["(d0, d1, d2) -> (d0, d1, d2)", "(d0, d1, d2) -> (d1, d0, d2)"]
+
+
+def _reassociation(op: ir.Operation) -> list[list[int]]:
+    return [[ir.IntegerAttr(d).value for d in group] for group in ir.ArrayAttr(op.attributes["reassociation"])]
 
 
 def _absorb_epilogue(collapse: ir.Operation, ctx) -> ir.Operation | None:
@@ -173,13 +178,36 @@ def _absorb_epilogue(collapse: ir.Operation, ctx) -> ir.Operation | None:
     reads = [i for i in range(n_in) if op.operands[i] == collapse.results[0]]
     if maps[-1] != identity2 or len(reads) != 1 or maps[reads[0]] != identity2:
         return None
+    if _reassociation(collapse) != [[0], [1, 2]]:
+        return None  # ([M·J, P]: a reshape into 32-wide heads, not the panels' [M, N])
     m, j, p = ir.RankedTensorType(collapse.operands[0].type).shape
     d = [ir.AffineDimExpr.get(i, ctx) for i in range(3)]
     src = owner_op(collapse.operands[0])
     transpose = src if src is not None and _is_panel_transpose(src) and len(list(src.results[0].uses)) == 1 else None
+    plans = []  # per input: (map over (m, j, p), the expand of its N dim or None); all, before any rewrite
+    for i in range(n_in):
+        if i == reads[0]:
+            plans.append((None, None))
+            continue
+        exprs, reassoc, shape = [], [], []
+        v = op.operands[i]
+        old_shape = list(ir.RankedTensorType(v.type).shape) if isinstance(v.type, ir.RankedTensorType) else []
+        for k, e in enumerate(maps[i].results):
+            e = e.maybe_downcast()
+            if isinstance(e, ir.AffineConstantExpr) or (isinstance(e, ir.AffineDimExpr) and e.position == 0):
+                exprs.append(d[0] if isinstance(e, ir.AffineDimExpr) else e)
+                reassoc.append([len(shape)])
+                shape.append(old_shape[k])
+            elif isinstance(e, ir.AffineDimExpr) and e.position == 1:
+                exprs += [d[1], d[2]]
+                reassoc.append([len(shape), len(shape) + 1])
+                shape += [j, p]
+            else:
+                return None  # (an index computed from a loop)
+        plans.append((ir.AffineMap.get(3, 0, exprs, ctx), (reassoc, shape) if shape != old_shape else None))
     new_maps, operands = [], []
     with ir.InsertionPoint(op), op.location:
-        for i in range(n_in):
+        for i, (amap, expand) in enumerate(plans):
             v = op.operands[i]
             if i == reads[0]:
                 if transpose is not None:
@@ -189,31 +217,14 @@ def _absorb_epilogue(collapse: ir.Operation, ctx) -> ir.Operation | None:
                     operands.append(collapse.operands[0])
                     new_maps.append(ir.AffineMap.get_identity(3, ctx))
                 continue
-            exprs, reassoc, shape = [], [], []
-            old_shape = ir.RankedTensorType(v.type).shape if isinstance(v.type, ir.RankedTensorType) else []
-            for k, e in enumerate(maps[i].results):
-                e = e.maybe_downcast()
-                if isinstance(e, ir.AffineConstantExpr):
-                    exprs.append(e)
-                    reassoc.append([len(shape)])
-                    shape.append(old_shape[k])
-                elif isinstance(e, ir.AffineDimExpr) and e.position == 0:
-                    exprs.append(d[0])
-                    reassoc.append([len(shape)])
-                    shape.append(old_shape[k])
-                elif isinstance(e, ir.AffineDimExpr) and e.position == 1:
-                    exprs += [d[1], d[2]]
-                    reassoc.append([len(shape), len(shape) + 1])
-                    shape += [j, p]
-                else:
-                    return None
-            if shape != list(old_shape):
+            if expand is not None:
+                reassoc, shape = expand
                 elem = ir.RankedTensorType(v.type).element_type
                 v = tensor.expand_shape(
                     ir.RankedTensorType.get(shape, elem), v, reassociation_attr(reassoc, ctx), [], shape
                 )
             operands.append(v)
-            new_maps.append(ir.AffineMap.get(3, 0, exprs, ctx))
+            new_maps.append(amap)
         out_t = ir.RankedTensorType(op.results[0].type)
         operands.append(tensor.empty([m, j, p], out_t.element_type))
         new = op.clone()

@@ -135,3 +135,24 @@ def test_a_pointwise_convolution_block_reads_its_panels_in_its_batch_norm(thread
     assert absorbed[-1] >= 1  # (panel-epilogues: the batch norm and ReLU6 behind the NHWC reshape)
     with torch.no_grad():
         assert driver.compare(compiled.fn(x), block(x)).ok
+
+
+def test_a_reshape_into_heads_after_a_panelled_matmul_is_not_taken_for_its_epilogue():
+    """`fc(x).reshape(-1, 32) * s`: the collapse behind the panels' transpose makes
+    [M·J, 32], not [M, N]; the op reading it stays as it is (it had been restated with the
+    panels' grouping: IR that did not verify)."""
+
+    class Heads(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(512, 512, bias=False)
+            self.s = torch.nn.Parameter(torch.randn(32))
+
+        def forward(self, x):
+            return self.fc(x).reshape(-1, 32) * self.s
+
+    torch.manual_seed(0)
+    model, x = Heads().eval(), torch.randn(16, 512)
+    compiled = driver.compile_model(_imported(model, x))
+    with torch.no_grad():
+        assert driver.compare(compiled.fn(x), model(x)).ok
