@@ -133,9 +133,10 @@ def decide(
         if not ok and fit:  # a loop whose chunk takes whole tiles once the group's tile is cut
             ok = [i for i in loops if fit_levels(info.extents[i], chunks, *_at(levels, i)) is not None]
         if ok:
-            loop = ok[0] if OUTERMOST and not _wide(infos) else max(ok, key=lambda i: (info.extents[i], -i))
+            wide = _wide(infos)
+            loop = ok[0] if OUTERMOST and not wide else max(ok, key=lambda i: (info.extents[i], -i))
             panels = [m for m in (sink, *members) if _panels(nodes[m].info)]
-            if _wide(infos) and panels:  # split the panels: each thread reads its own part of the weight
+            if wide and panels:  # split the panels: each thread reads its own part of the weight
                 j = to_sink[panels[0]].get(0) if members else 0
                 loop = j if j in ok else loop
             return ParallelDecision(sink, members, loop, chunks)

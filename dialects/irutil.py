@@ -276,6 +276,30 @@ def is_zero_fill(v: ir.Value) -> bool:
         return ir.IntegerAttr(value).value == 0
 
 
+def reassociation_of(op: ir.Operation) -> list[list[int]]:
+    """A reshape's `reassociation` as lists of dims."""
+    return [[ir.IntegerAttr(d).value for d in group] for group in ir.ArrayAttr(op.attributes["reassociation"])]
+
+
+def restated_generic(op: ir.Operation, operands: Sequence[ir.Value], in_maps, result_type: ir.Type) -> ir.Operation:
+    """A copy of the all-parallel elementwise `op` (its body as it is) over new loops:
+    `operands` (inputs, then the init), the inputs' maps `in_maps`, the identity for its
+    output, every loop parallel, and `result_type`. Inserted at the current insertion point."""
+    ctx = op.context
+    rank = len(ir.RankedTensorType(result_type).shape)
+    new = op.clone()
+    for i, v in enumerate(operands):
+        new.operands[i] = v
+    new.attributes["indexing_maps"] = ir.ArrayAttr.get(
+        [ir.AffineMapAttr.get(m) for m in in_maps] + [ir.AffineMapAttr.get(ir.AffineMap.get_identity(rank, ctx))]
+    )
+    new.attributes["iterator_types"] = ir.ArrayAttr.get(
+        [ir.Attribute.parse("#linalg.iterator_type<parallel>", ctx)] * rank
+    )
+    new.results[0].set_type(result_type)
+    return new
+
+
 def reassociation_attr(groups: Sequence[Sequence[int]], ctx) -> ir.ArrayAttr:
     """A reshape's `reassociation` attribute from its groups of dims."""
     i64 = ir.IntegerType.get_signless(64, ctx)

@@ -32,9 +32,24 @@ from tilecraft.passes.base import ModulePass, Weights
 STRIDE_PERIOD = 1024  # bytes: a row stride that is a multiple of it maps rows onto few L1 sets
 
 
+_PLAIN_MAPS = ("(d0, d1, d2) -> (d0, d2)", "(d0, d1, d2) -> (d2, d1)", "(d0, d1, d2) -> (d0, d1)")
+
+
+def _plain(op: ir.Operation) -> bool:
+    """The matmul reads A as [M, K] and B as [K, N] (its default indexing maps)."""
+    if "indexing_maps" not in op.attributes:
+        return True
+    maps = [
+        str(ir.AffineMapAttr(m).value).removeprefix("affine_map<").removesuffix(">")
+        for m in ir.ArrayAttr(op.attributes["indexing_maps"])
+    ]
+    return tuple(maps) == _PLAIN_MAPS
+
+
 def weight_matmuls(module: ir.Module, n_bound: int) -> list[tuple[ir.Operation, int, tuple[int, int, int]]]:
     """(op, B's argument number, (M, K, N)) of each f32 `linalg.matmul` of the entry
-    function whose B is a bound weight that it alone reads."""
+    function whose B is a bound weight that it alone reads, A and B read as [M, K] and
+    [K, N] (its default maps)."""
     block = entry_func(module).regions[0].blocks[0]
     out = []
     for op in [o.operation for o in block.operations if o.operation.name == "linalg.matmul"]:
@@ -42,7 +57,7 @@ def weight_matmuls(module: ir.Module, n_bound: int) -> list[tuple[ir.Operation, 
         arg = bound_arg_number(b, n_bound)
         if arg is None or {element_type_of(a), element_type_of(b), element_type_of(init)} != {"f32"}:
             continue
-        if len(shape_of(a)) != 2 or len(shape_of(b)) != 2:  # (a broadcast operand: its own maps)
+        if not _plain(op):  # (a transposed or broadcast operand: its own layout)
             continue
         (m, k), (_, n) = shape_of(a), shape_of(b)
         out.append((op, arg, (m, k, n)))

@@ -37,7 +37,9 @@ from tilecraft.dialects.irutil import (
     is_zero_fill,
     owner_op,
     reassociation_attr,
+    reassociation_of,
     replace_op,
+    restated_generic,
     tensor_t,
 )
 from tilecraft.passes.base import ModulePass, Weights
@@ -80,8 +82,6 @@ def panel_weights(module: ir.Module, params: list[torch.Tensor]) -> tuple[list[t
         if n % PANEL or not MIN_BYTES <= k * n * 4 <= MAX_BYTES or m < MIN_ROWS or m * k * 4 > MAX_A_BYTES:
             continue
         if not is_zero_fill(init):
-            continue
-        if not _plain(op):  # (a transposed or broadcast operand: its own layout)
             continue
         j = n // PANEL
         w = params[arg]
@@ -151,10 +151,6 @@ def _is_panel_transpose(op: ir.Operation) -> bool:
 _TRANSPOSE_MAPS = ["(d0, d1, d2) -> (d0, d1, d2)", "(d0, d1, d2) -> (d1, d0, d2)"]
 
 
-def _reassociation(op: ir.Operation) -> list[list[int]]:
-    return [[ir.IntegerAttr(d).value for d in group] for group in ir.ArrayAttr(op.attributes["reassociation"])]
-
-
 def _absorb_epilogue(collapse: ir.Operation, ctx) -> ir.Operation | None:
     """The one elementwise op reading `collapse`'s [M, N] result (all loops parallel, its
     output and that read the identity) restated over [M, J, P]: the panels' transpose, if
@@ -178,7 +174,7 @@ def _absorb_epilogue(collapse: ir.Operation, ctx) -> ir.Operation | None:
     reads = [i for i in range(n_in) if op.operands[i] == collapse.results[0]]
     if maps[-1] != identity2 or len(reads) != 1 or maps[reads[0]] != identity2:
         return None
-    if _reassociation(collapse) != [[0], [1, 2]]:
+    if reassociation_of(collapse) != [[0], [1, 2]]:
         return None  # ([M·J, P]: a reshape into 32-wide heads, not the panels' [M, N])
     m, j, p = ir.RankedTensorType(collapse.operands[0].type).shape
     d = [ir.AffineDimExpr.get(i, ctx) for i in range(3)]
@@ -227,16 +223,7 @@ def _absorb_epilogue(collapse: ir.Operation, ctx) -> ir.Operation | None:
             new_maps.append(amap)
         out_t = ir.RankedTensorType(op.results[0].type)
         operands.append(tensor.empty([m, j, p], out_t.element_type))
-        new = op.clone()
-        for i, v in enumerate(operands):
-            new.operands[i] = v
-        new.attributes["indexing_maps"] = ir.ArrayAttr.get(
-            [ir.AffineMapAttr.get(x) for x in new_maps] + [ir.AffineMapAttr.get(ir.AffineMap.get_identity(3, ctx))]
-        )
-        new.attributes["iterator_types"] = ir.ArrayAttr.get(
-            [ir.Attribute.parse("#linalg.iterator_type<parallel>", ctx)] * 3
-        )
-        new.results[0].set_type(ir.RankedTensorType.get([m, j, p], out_t.element_type))
+        new = restated_generic(op, operands, new_maps, ir.RankedTensorType.get([m, j, p], out_t.element_type))
         back = tensor.collapse_shape(out_t, new.results[0], reassociation_attr([[0], [1, 2]], ctx))
     replace_op(op, back)
     if not list(collapse.results[0].uses):
@@ -244,20 +231,6 @@ def _absorb_epilogue(collapse: ir.Operation, ctx) -> ir.Operation | None:
     if transpose is not None and not list(transpose.results[0].uses):
         replace_op(transpose)
     return back.owner
-
-
-_PLAIN_MAPS = ("(d0, d1, d2) -> (d0, d2)", "(d0, d1, d2) -> (d2, d1)", "(d0, d1, d2) -> (d0, d1)")
-
-
-def _plain(op: ir.Operation) -> bool:
-    """The matmul reads A as [M, K] and B as [K, N] (its default indexing maps)."""
-    if "indexing_maps" not in op.attributes:
-        return True
-    maps = [
-        str(ir.AffineMapAttr(m).value).removeprefix("affine_map<").removesuffix(">")
-        for m in ir.ArrayAttr(op.attributes["indexing_maps"])
-    ]
-    return tuple(maps) == _PLAIN_MAPS
 
 
 @dataclasses.dataclass(frozen=True)

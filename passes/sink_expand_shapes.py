@@ -19,16 +19,14 @@ from tilecraft.dialects.irutil import (
     entry_func,
     owner_op,
     reassociation_attr,
+    reassociation_of,
     replace_op,
+    restated_generic,
 )
 from tilecraft.passes.base import ModulePass, Weights
 
 
 # ------------------------------------------------------------- reshapes out of the way
-def _reassociation(op: ir.Operation) -> list[list[int]]:
-    return [[ir.IntegerAttr(d).value for d in group] for group in ir.ArrayAttr(op.attributes["reassociation"])]
-
-
 def sink_expand_shapes(module: ir.Module) -> int:
     """Move each `tensor.expand_shape` below the elementwise ops that read it (all-parallel
     `linalg.generic`s, identity output): they are restated on the collapsed loops
@@ -59,7 +57,7 @@ def sink_expand_shapes(module: ir.Module) -> int:
             expand.erase()
     for op in [op.operation for op in body.operations if op.operation.name == "tensor.collapse_shape"]:
         src = owner_op(op.operands[0])  # collapse(expand(x)) with one reassociation: x
-        if src is not None and src.name == "tensor.expand_shape" and _reassociation(src) == _reassociation(op):
+        if src is not None and src.name == "tensor.expand_shape" and reassociation_of(src) == reassociation_of(op):
             if src.operands[0].type == op.results[0].type:
                 op.results[0].replace_all_uses_with(src.operands[0])
                 op.erase()
@@ -97,7 +95,7 @@ def _restate(op, expand: ir.Operation, ctx) -> ir.Operation | None:
         return None
     if len(body) == 1 and maps[reads[0]] != identity:
         return None  # a bare transpose: left as it is (a transformer's K, 3-D: 2-D ran slower)
-    loop_groups = sorted([dims[d] for d in g] for g in _reassociation(expand))
+    loop_groups = sorted([dims[d] for d in g] for g in reassociation_of(expand))
     if [d for g in loop_groups for d in g] != list(range(len(extents))):
         return None  # a group's loops out of order or apart in the output
     group_of = {d: k for k, g in enumerate(loop_groups) for d in g}
@@ -116,7 +114,7 @@ def _restate(op, expand: ir.Operation, ctx) -> ir.Operation | None:
                 operands.append(v)
                 continue
             src = owner_op(v)
-            if src is not None and src.name == "tensor.expand_shape" and _reassociation(src) == reassoc:
+            if src is not None and src.name == "tensor.expand_shape" and reassociation_of(src) == reassoc:
                 operands.append(src.operands[0])
                 continue
             shape = ir.RankedTensorType(v.type).shape
@@ -126,17 +124,7 @@ def _restate(op, expand: ir.Operation, ctx) -> ir.Operation | None:
             operands.append(tensor.collapse_shape(in_t, v, reassociation_attr(reassoc, ctx)))
         new_t = ir.RankedTensorType.get(collapsed, out_t.element_type)
         operands.append(tensor.empty(collapsed, out_t.element_type))
-        new = op.clone()
-        for i, v in enumerate(operands):
-            new.operands[i] = v
-        new.attributes["indexing_maps"] = ir.ArrayAttr.get(
-            [ir.AffineMapAttr.get(m) for m, _ in plans]
-            + [ir.AffineMapAttr.get(ir.AffineMap.get_identity(len(loop_groups), ctx))]
-        )
-        new.attributes["iterator_types"] = ir.ArrayAttr.get(
-            [ir.Attribute.parse("#linalg.iterator_type<parallel>", ctx)] * len(loop_groups)
-        )
-        new.results[0].set_type(new_t)
+        new = restated_generic(op, operands, [m for m, _ in plans], new_t)
         back = tensor.expand_shape(out_t, new.results[0], reassociation_attr(loop_groups, ctx), [], extents)
     replace_op(op, back)
     return back.owner
