@@ -57,11 +57,14 @@ MIN_ROWS = 2  # a one-row matmul streams whole rows of B already (`schedule.ONE_
 # GEMMs (196×2304 @ 2304×256: A 1.8 MB) ran 0.94x at 1 thread in panels, A coming from
 # L3 eight times; its layer-4 GEMMs (49×4608, 0.9 MB) gain.
 MAX_A_BYTES = 1 << 20
-# A weight this large comes from memory at every inference, and its first row tile per
-# panel waits on it: ResNet-18's 49×4608 @ 4608×512 (9.4 MB) with its weight evicted took
-# 2.9-3.0 ms in panels against 2.3-2.5 as [K, N] with its rows prefetched
-# (`backends/cpu/prefetch.py`), though 4% faster with the weight in cache.
-MAX_BYTES = 4 << 20
+# Panels larger than L2 come from memory (or L3) at every inference: their group runs K
+# in chunks with the next chunk prefetched (`passes/fusion.py` CHUNK_STREAMED_PANELS,
+# `backends/cpu/prefetch.py` STREAM). So run, ResNet-18's 49×4608 @ 4608×512 (9.4 MB) with
+# batch norm and ReLU took 2.3 ms, its weight evicted, against 3.2 as [K, N] with its rows
+# prefetched and 2.4 in ONNX Runtime; `bench/ab.py tilecraft.passes.panel_weights MAX_BYTES
+# --values 4194304,16777216`: resnet18 1.02x / 1.10x (1 / 2 threads). Beyond 16 MB: not
+# measured.
+MAX_BYTES = 16 << 20
 ENABLED = True  # (off only to compare)
 
 

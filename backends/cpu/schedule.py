@@ -387,8 +387,15 @@ def tiling_script(infos: Sequence[OpInfo], scheds: Mapping[int, TileDecision], *
             extents = [min(t, x) if t else x for t, x in zip(sizes, extents)]
             if level == 0 and info.kind == "batch_matmul" and len(s.tiles) > 1 and not s.pack and vectorize:
                 # (inside a loop, batch 1; an m, n or k of 1 would fold away too: no matmul left)
-                if looped and all(x == 1 for x in extents[:-3]) and all(x > 1 for x in extents[-3:]):
-                    h, batch = _as_matmul(h, info.op_id, body), len(extents) - 3
+                if _unit_batch(extents):
+                    # (a cache tile of the whole op, in a fused group's loop: a one-trip loop
+                    # of its own first, as for a register tile; restated in the group's loop,
+                    # the unit-dim folding would reach the group's other ops)
+                    if looped:
+                        h = _as_matmul(h, info.op_id, body)
+                    else:
+                        h = _register_tile_as_matmul(h, info.op_id, extents, body)
+                    batch = len(extents) - 3
                     extents = extents[batch:]
         if s.decompose:
             body.append(f"    %d{info.op_id} = transform.structured.decompose {h} : ({ANY}) -> {ANY}")

@@ -62,9 +62,73 @@ def test_a_linear_layer_with_prefetches_matches_eager(monkeypatch):
         compiled = driver.compile_model(frontend.import_module(model, inputs, spec="linear"), threads=threads)
         assert driver.compare(compiled.fn(*inputs), ref).ok
     assert all(n >= 1 for n in added)  # the weight's rows down the register tile's k loop
-    # stored as column panels, consecutive rows are adjacent: a stream, no prefetch
+    # stored as column panels, consecutive rows are adjacent: a stream, its next panel
+    # prefetched a line at a time (two lines a 32-float row) spread over the row tiles
     monkeypatch.setattr(panel_weights, "ENABLED", True)
     added.clear()
     compiled = driver.compile_model(frontend.import_module(model, inputs, spec="linear"), threads=1)
     assert driver.compare(compiled.fn(*inputs), ref).ok
+    assert added == [2]
+    monkeypatch.setattr(prefetch, "STREAM", False)
+    added.clear()
+    compiled = driver.compile_model(frontend.import_module(model, inputs, spec="linear"), threads=1)
     assert added == [0]
+
+
+PANEL = """
+func.func @f(%w: memref<4x256x32xf32>, %out: memref<49x32xf32>) {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  %c7 = arith.constant 7 : index
+  %c49 = arith.constant 49 : index
+  %c64 = arith.constant 64 : index
+  %c256 = arith.constant 256 : index
+  scf.for %k0 = %c0 to %c256 step %c64 {
+    scf.for %m = %c0 to %c49 step %c7 {
+      scf.for %k = %c0 to %c64 step %c1 {
+        %row = arith.addi %k0, %k : index
+        %a = vector.load %w[%c1, %row, %c0] : memref<4x256x32xf32>, vector<32xf32>
+      }
+    }
+  }
+  return
+}
+"""
+
+
+def _interpret_index(text: str, k0: int, m: int, k: int) -> int:
+    """The prefetch's row index in `text` (one prefetch nest as built), evaluated."""
+    import re
+
+    ivs = re.findall(r"scf.for (%\w+) =", text)  # (k0, m, k: outermost first)
+    env = dict(zip(ivs, (k0, m, k)))
+    for name, value in re.findall(r"(%\w+) = arith.constant (\d+) : index", text):
+        env[name] = int(value)
+    ops = {
+        "addi": lambda a, b: a + b,
+        "subi": lambda a, b: a - b,
+        "muli": lambda a, b: a * b,
+        "divui": lambda a, b: a // b,
+    }
+    for name, op, a, b in re.findall(r"(%\w+) = arith\.(addi|subi|muli|divui) (%\w+), (%\w+) : index", text):
+        env[name] = ops[op](env[a], env[b])
+    line = next(x for x in text.splitlines() if "memref.prefetch" in x)
+    return env[re.search(r"memref.prefetch %\w+\[%\w+, (%\w+), ", line).group(1)]
+
+
+def test_a_panel_stream_prefetches_the_next_chunk_spread_over_the_row_tiles():
+    module = frontend.parse_mlir(PANEL, context=frontend.new_context())
+    assert prefetch.weight_prefetches(module) == 2  # both cache lines of the 32-float row
+    text = str(module)
+    assert text.count("memref.prefetch") == 2
+    assert f"locality<{prefetch.STREAM_LOCALITY}>" in text
+    # the 7 row tiles x 64 steps of the chunk at k0 fetch rows floor(g / 7) of the next one
+    rows = [_interpret_index(text, 64, m, k) for m in range(0, 49, 7) for k in range(64)]
+    assert rows == [128 + g // 7 for g in range(7 * 64)]
+    assert set(rows) == set(range(128, 192))  # every row of the next chunk, in order
+
+
+def test_streams_off_leave_panels_alone(monkeypatch):
+    monkeypatch.setattr(prefetch, "STREAM", False)
+    module = frontend.parse_mlir(PANEL, context=frontend.new_context())
+    assert prefetch.weight_prefetches(module) == 0
