@@ -380,6 +380,12 @@ def tileable_loops(nodes: Mapping[int, Node], group: set[int], sink: int, to_sin
 CHUNK_STREAMED_PANELS = True
 
 
+def _streamed_panels(c: opinfo.OpInfo, target) -> bool:
+    """A batched matmul over column panels (A broadcast: 2-D) larger than L2."""
+    panels = c.kind == "batch_matmul" and len(c.shapes) > 1 and len(c.shapes[0]) == 2
+    return CHUNK_STREAMED_PANELS and panels and math.prod(c.shapes[1]) * 4 > getattr(target, "l2_bytes", 1 << 20)
+
+
 def _in_registers(c: opinfo.OpInfo, at: Mapping[int, int], tileable: Sequence[bool], ones: set[int], target) -> bool:
     """Whether a matmul group keeps its accumulator tiles in registers over the whole K:
     both parallel loops tileable in the sink, the columns not a broadcast loop of the
@@ -402,8 +408,7 @@ def _in_registers(c: opinfo.OpInfo, at: Mapping[int, int], tileable: Sequence[bo
     if at[n_loop] in ones or (at[m_loop] in ones and not getattr(target, "row_broadcasts_in_registers", True)):
         return False
     *_, n, k = c.extents
-    panels = c.kind == "batch_matmul" and len(c.shapes[0]) == 2  # (A broadcast over B's panels)
-    if CHUNK_STREAMED_PANELS and panels and math.prod(c.shapes[1]) * 4 > getattr(target, "l2_bytes", 1 << 20):
+    if _streamed_panels(c, target):
         return False  # column panels streamed from memory: K in chunks (CHUNK_STREAMED_PANELS)
     return k * n * 4 <= getattr(target, "l2_bytes", 1 << 20)
 
