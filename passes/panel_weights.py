@@ -44,6 +44,7 @@ from tilecraft.dialects.irutil import (
 )
 from tilecraft.passes.base import ModulePass, Weights
 from tilecraft.passes.pad_weights import weight_matmuls
+from tilecraft.passes.split_ragged import QUANTUM, ragged
 
 PANEL = 32  # columns of a panel: the register tile's width (two zmm vectors of f32)
 # Weights smaller than this stay [K, N]. `bench/ab.py tilecraft.passes.panel_weights MIN_BYTES
@@ -84,6 +85,8 @@ def panel_weights(module: ir.Module, params: list[torch.Tensor]) -> tuple[list[t
         a, b, init = (op.operands[i] for i in range(3))
         if n % PANEL or not MIN_BYTES <= k * n * 4 <= MAX_BYTES or m < MIN_ROWS or m * k * 4 > MAX_A_BYTES:
             continue
+        if ragged(m) and m % QUANTUM < MIN_ROWS:
+            continue  # `split-ragged` would leave a one-row batched matmul (17 rows: 16 + 1)
         if not is_zero_fill(init):
             continue
         j = n // PANEL

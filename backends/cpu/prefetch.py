@@ -29,6 +29,7 @@ from torch_mlir import ir
 from torch_mlir.dialects import arith
 from torch_mlir.dialects import memref as memref_d
 
+from tilecraft.dialects import tc
 from tilecraft.dialects.irutil import ops_named, owner_op
 from tilecraft.dialects.opinfo import LANES
 
@@ -60,11 +61,25 @@ _VIEWS = ("memref.subview", "memref.reinterpret_cast", "memref.cast")
 
 def _argument_root(v: ir.Value) -> bool:
     """Whether a memref value is a view of a function argument."""
+    return _root(v) is not None
+
+
+def _root(v: ir.Value) -> ir.Value | None:
+    """The function argument a memref value is a view of, or None."""
     while (op := owner_op(v)) is not None:
         if op.name not in _VIEWS:
-            return False
+            return None
         v = op.operands[0]
-    return v.owner.owner.operation.name == "func.func"
+    return v if v.owner.owner.operation.name == "func.func" else None
+
+
+def _bound_panels(v: ir.Value) -> bool:
+    """Whether a memref value is a view of a bound weight stored as column panels: one of
+    the function's `tc.bound_args` leading arguments, [N/P, K, P]."""
+    root = _root(v)
+    if root is None or len(ir.MemRefType(root.type).shape) != 3:
+        return False
+    return ir.BlockArgument(root).arg_number < tc.bound_args(root.owner.owner.operation)
 
 
 def _moves_with(index: ir.Value, iv: ir.Value) -> bool:
@@ -130,7 +145,10 @@ def _stream_row(loop: ir.Operation, body: ir.Block, moving: ir.Value, mem: ir.Va
         return arith.ConstantOp(idx, x).result
 
     parent = loop.parent.operation if loop.parent is not None else None
-    outer = _bounds(parent) if parent is not None and parent.name == "scf.for" else None
+    outer = None
+    if parent is not None and parent.name == "scf.for":
+        index_iv = str(parent.regions[0].blocks[0].arguments[0].type) == "index"  # (an i32 loop: own pace)
+        outer = _bounds(parent) if index_iv else None
     if outer is not None and outer[2] > 1:
         fixed = [mem, *(x for i, x in enumerate(indices) if i != dim)]
         o_iv = parent.regions[0].blocks[0].arguments[0]
@@ -141,10 +159,10 @@ def _stream_row(loop: ir.Operation, body: ir.Block, moving: ir.Value, mem: ir.Va
             or (src is not None and any(x == o_iv for x in src.operands))
         ):
             outer = None
-    k = body.arguments[0]
-    k_iter = k if (lb, st) == (0, 1) else arith.DivUIOp(arith.SubIOp(k, c(lb)).result, c(st)).result
     if outer is None:  # the next chunk at this loop's own pace
         return arith.AddIOp(moving, c(n * st)).result
+    k = body.arguments[0]
+    k_iter = k if (lb, st) == (0, 1) else arith.DivUIOp(arith.SubIOp(k, c(lb)).result, c(st)).result
     o_lb, o_st, trips = outer
     o = parent.regions[0].blocks[0].arguments[0]
     o_iter = o if (o_lb, o_st) == (0, 1) else arith.DivUIOp(arith.SubIOp(o, c(o_lb)).result, c(o_st)).result
@@ -177,17 +195,18 @@ def weight_prefetches(module: ir.Module) -> int:
                 continue
             dim = moving[0]
             if _streams(mem, dim, op):
-                if not STREAM:
-                    continue
+                if not STREAM or not _bound_panels(mem):
+                    continue  # (an activation's rows: the hardware follows them, no next panel)
                 with ir.InsertionPoint(op), op.location:
-                    key = (indices[dim], mem)
+                    key = (mem, *indices)
                     if key not in rows:
                         rows[key] = _stream_row(loop, body, indices[dim], mem, indices, dim)
                     if rows[key] is None:
                         continue
                     indices[dim] = rows[key]
-                    width = ir.VectorType(op.results[0].type).shape[-1]
-                    for lane in range(0, width, LANES):  # every cache line of the vector
+                    vec = ir.VectorType(op.results[0].type)
+                    line = max(1, 512 // vec.element_type.width)  # elements of a 64-byte cache line
+                    for lane in range(0, vec.shape[-1], line):  # every cache line of the vector
                         at = list(indices)
                         if lane:
                             at[-1] = arith.AddIOp(at[-1], arith.ConstantOp(ir.IndexType.get(), lane).result).result

@@ -76,7 +76,7 @@ def test_a_linear_layer_with_prefetches_matches_eager(monkeypatch):
 
 
 PANEL = """
-func.func @f(%w: memref<4x256x32xf32>, %out: memref<49x32xf32>) {
+func.func @f(%w: memref<4x256x32xf32>, %out: memref<49x32xf32>) attributes {tc.bound_args = 1 : i64} {
   %c0 = arith.constant 0 : index
   %c1 = arith.constant 1 : index
   %c7 = arith.constant 7 : index
@@ -132,3 +132,21 @@ def test_streams_off_leave_panels_alone(monkeypatch):
     monkeypatch.setattr(prefetch, "STREAM", False)
     module = frontend.parse_mlir(PANEL, context=frontend.new_context())
     assert prefetch.weight_prefetches(module) == 0
+
+
+def test_a_stream_that_is_not_a_bound_weight_gets_no_prefetch():
+    """An activation read row by row (here the same loops on an argument that is not
+    among the bound weights) is followed by the hardware; its "next chunk" may be past
+    its end (an elementwise op over [4096, 32]: every row + 4096)."""
+    unbound = PANEL.replace("tc.bound_args = 1", "tc.bound_args = 0")
+    module = frontend.parse_mlir(unbound, context=frontend.new_context())
+    assert prefetch.weight_prefetches(module) == 0
+    torch.manual_seed(0)
+
+    class Ew(torch.nn.Module):
+        def forward(self, x, y):
+            return torch.relu(x) * y + 1
+
+    inputs = (torch.randn(4096, 32), torch.randn(4096, 32))
+    compiled = driver.compile_model(frontend.import_module(Ew(), inputs, spec="ew"), emit="vector")
+    assert "memref.prefetch" not in compiled.text

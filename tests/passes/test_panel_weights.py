@@ -56,6 +56,7 @@ def test_a_large_weight_is_stored_as_panels_and_read_by_a_batched_matmul():
         (4608, 1024, 49, "weight too large (18 MB): not measured"),
         (1024, 1000, 16, "columns not whole panels"),
         (1024, 1024, 1, "one row: streams whole rows already"),
+        (1024, 1024, 17, "split-ragged would leave a one-row rest (16 + 1)"),
     ],
 )
 def test_matmuls_left_as_they_are(k, n, m, why):
