@@ -46,6 +46,22 @@ def owner_op(v: ir.Value) -> ir.Operation | None:
     return o if isinstance(o, ir.Operation) else None
 
 
+def constant_int(v: ir.Value) -> int | None:
+    """The integer an `arith.constant` makes `v`, or None."""
+    op = owner_op(v)
+    if op is None or op.name != "arith.constant":
+        return None
+    return ir.IntegerAttr(op.attributes["value"]).value
+
+
+def static_loop(loop: ir.Operation) -> tuple[int, int, int] | None:
+    """An `scf.for`'s (lower bound, step, trip count) when all are constants, else None."""
+    lb, ub, step = (constant_int(v) for v in list(loop.operands)[:3])
+    if lb is None or ub is None or step is None or step <= 0:
+        return None
+    return lb, step, max(0, -(-(ub - lb) // step))
+
+
 def pad_value(pad: ir.Operation) -> float | None:
     """The constant a `tensor.pad` pads with, or None if it is not a float constant."""
     block = pad.regions[0].blocks[0]

@@ -46,6 +46,7 @@ from tilecraft.dialects.irutil import (
     captured,
     named_sequence,
     print_op,
+    static_loop,
     walk_ops,
 )
 from tilecraft.dialects.islands import apply_transform_in_islands
@@ -847,12 +848,6 @@ def loop_trips(module: ir.Module) -> dict[int, int]:
     """Per tagged op: how many times it runs (product of enclosing constant-bound loops)."""
     trips: dict[int, int] = {}
 
-    def const(v: ir.Value) -> int | None:
-        owner = getattr(v.owner, "operation", v.owner)
-        if isinstance(owner, ir.Operation) and owner.name == "arith.constant":
-            return ir.IntegerAttr(owner.attributes["value"]).value
-        return None
-
     def walk(op: ir.Operation, mult: int) -> None:
         for region in op.regions:
             for block in region.blocks:
@@ -863,10 +858,8 @@ def loop_trips(module: ir.Module) -> dict[int, int]:
                         trips[op_id] = mult
                         continue
                     inner = mult
-                    if child.name == "scf.for":
-                        lb, ub, step = (const(v) for v in list(child.operands)[:3])
-                        if None not in (lb, ub, step) and step:
-                            inner = mult * max(1, -(-(ub - lb) // step))
+                    if child.name == "scf.for" and (bounds := static_loop(child)) is not None:
+                        inner = mult * max(1, bounds[2])
                     walk(child, inner)
 
     walk(module.operation, 1)

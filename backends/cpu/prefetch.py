@@ -30,7 +30,7 @@ from torch_mlir.dialects import arith
 from torch_mlir.dialects import memref as memref_d
 
 from tilecraft.dialects import tc
-from tilecraft.dialects.irutil import ops_named, owner_op
+from tilecraft.dialects.irutil import ops_named, owner_op, static_loop
 from tilecraft.dialects.opinfo import LANES
 
 ENABLED = True  # (off only to compare)
@@ -57,11 +57,6 @@ STREAM = True
 STREAM_LOCALITY = 3  # prefetcht0: the chunk is read from L1
 # views a prefetch may look through to the argument (same buffer, the load's own indices)
 _VIEWS = ("memref.subview", "memref.reinterpret_cast", "memref.cast")
-
-
-def _argument_root(v: ir.Value) -> bool:
-    """Whether a memref value is a view of a function argument."""
-    return _root(v) is not None
 
 
 def _root(v: ir.Value) -> ir.Value | None:
@@ -97,22 +92,6 @@ def _streams(mem: ir.Value, dim: int, load: ir.Operation) -> bool:
     return 0 < strides[dim] <= vec.shape[-1]
 
 
-def _const(v: ir.Value) -> int | None:
-    """A static index value, or None."""
-    op = owner_op(v)
-    if op is None or op.name != "arith.constant":
-        return None
-    return ir.IntegerAttr(op.attributes["value"]).value
-
-
-def _bounds(loop: ir.Operation) -> tuple[int, int, int] | None:
-    """A loop's static (lower bound, step, trip count), or None."""
-    lb, ub, st = (_const(x) for x in loop.operands[:3])
-    if lb is None or ub is None or st is None or st <= 0:
-        return None
-    return lb, st, max(0, -(-(ub - lb) // st))
-
-
 def _inside(op: ir.Operation | None, loop: ir.Operation) -> bool:
     """Whether `op` is `loop` or nested in it."""
     while op is not None:
@@ -124,18 +103,16 @@ def _inside(op: ir.Operation | None, loop: ir.Operation) -> bool:
 
 
 def _outside(v: ir.Value, loop: ir.Operation) -> bool:
-    """Whether `v` is defined outside `loop` (loop-invariant for it)."""
+    """Whether `v` is defined outside `loop` (by an op, or as a block argument of an op,
+    not nested in it): loop-invariant for it."""
     op = owner_op(v)
-    if op is None:  # a block argument: of the block's owner
-        op = v.owner.owner
-        return not _inside(op, loop) if op != loop else False
-    return not _inside(op, loop)
+    return not _inside(op if op is not None else v.owner.owner.operation, loop)
 
 
 def _stream_row(loop: ir.Operation, body: ir.Block, moving: ir.Value, mem: ir.Value, indices, dim: int):
     """The row of a panel stream to prefetch (see `STREAM`), built before the current
     insertion point, or None where the loops' bounds are not static."""
-    own = _bounds(loop)
+    own = static_loop(loop)
     if own is None or own[2] == 0:
         return None
     lb, st, n = own
@@ -144,29 +121,27 @@ def _stream_row(loop: ir.Operation, body: ir.Block, moving: ir.Value, mem: ir.Va
     def c(x: int) -> ir.Value:
         return arith.ConstantOp(idx, x).result
 
+    def iteration(iv: ir.Value, lb: int, st: int) -> ir.Value:
+        return iv if (lb, st) == (0, 1) else arith.DivUIOp(arith.SubIOp(iv, c(lb)).result, c(st)).result
+
     parent = loop.parent.operation if loop.parent is not None else None
     outer = None
     if parent is not None and parent.name == "scf.for":
-        index_iv = str(parent.regions[0].blocks[0].arguments[0].type) == "index"  # (an i32 loop: own pace)
-        outer = _bounds(parent) if index_iv else None
-    if outer is not None and outer[2] > 1:
-        fixed = [mem, *(x for i, x in enumerate(indices) if i != dim)]
         o_iv = parent.regions[0].blocks[0].arguments[0]
         src = owner_op(moving)
+        fixed = [mem, *(x for i, x in enumerate(indices) if i != dim)]
         if (
-            not all(_outside(x, parent) for x in fixed)
-            or moving == o_iv
-            or (src is not None and any(x == o_iv for x in src.operands))
+            str(o_iv.type) == "index"  # (an i32 loop: its own pace)
+            and all(_outside(x, parent) for x in fixed)
+            and moving != o_iv
+            and not (src is not None and any(x == o_iv for x in src.operands))
         ):
-            outer = None
-    if outer is None:  # the next chunk at this loop's own pace
+            outer = static_loop(parent)
+    if outer is None or outer[2] <= 1:  # the next chunk at this loop's own pace
         return arith.AddIOp(moving, c(n * st)).result
-    k = body.arguments[0]
-    k_iter = k if (lb, st) == (0, 1) else arith.DivUIOp(arith.SubIOp(k, c(lb)).result, c(st)).result
+    k_iter = iteration(body.arguments[0], lb, st)
     o_lb, o_st, trips = outer
-    o = parent.regions[0].blocks[0].arguments[0]
-    o_iter = o if (o_lb, o_st) == (0, 1) else arith.DivUIOp(arith.SubIOp(o, c(o_lb)).result, c(o_st)).result
-    g = arith.AddIOp(arith.MulIOp(o_iter, c(n)).result, k_iter).result  # this step among all trips x n
+    g = arith.AddIOp(arith.MulIOp(iteration(o_iv, o_lb, o_st), c(n)).result, k_iter).result  # among trips x n
     ahead = arith.SubIOp(arith.AddIOp(arith.DivUIOp(g, c(trips)).result, c(n)).result, k_iter).result
     return arith.AddIOp(moving, arith.MulIOp(ahead, c(st)).result).result
 
@@ -185,13 +160,13 @@ def weight_prefetches(module: ir.Module) -> int:
         if str(iv.type) != "index":
             continue
         ahead = None  # DISTANCE steps, made before the loop's first prefetched load
-        rows: dict = {}  # a stream's prefetch row, per moving index
+        rows: dict = {}  # a stream's prefetch row, per load position (memref and indices)
         for op in ops:
             if op.name != "vector.load" or ir.VectorType(op.results[0].type).shape[-1:] < [LANES]:
                 continue
             mem, indices = op.operands[0], list(op.operands[1:])
             moving = [i for i, x in enumerate(indices[:-1]) if _moves_with(x, iv)]
-            if len(moving) != 1 or not _argument_root(mem):
+            if len(moving) != 1 or _root(mem) is None:
                 continue
             dim = moving[0]
             if _streams(mem, dim, op):

@@ -25,6 +25,7 @@ import os
 from torch_mlir import ir, passmanager
 
 from tilecraft.dialects import islands
+from tilecraft.dialects.irutil import static_loop
 
 # Ops whose results the halves may share: they stay in `forward` (made before the call:
 # buffers and views, no data computed), their results passed as arguments.
@@ -109,14 +110,8 @@ UNROLLED = 1200
 
 
 def _trip_count(loop: ir.Operation) -> int | None:
-    bounds = []
-    for v in loop.operands[:3]:
-        owner = v.owner
-        if isinstance(owner, ir.Block) or owner.operation.name != "arith.constant":
-            return None
-        bounds.append(ir.IntegerAttr(owner.operation.attributes["value"]).value)
-    lo, hi, step = bounds
-    return max(0, -(-(hi - lo) // step)) if step > 0 else None
+    bounds = static_loop(loop)
+    return bounds[2] if bounds is not None else None
 
 
 def plan(fn: ir.Operation, *, min_weight: int | None = None) -> list[ir.Operation] | None:
