@@ -34,6 +34,7 @@ from tilecraft.backends.cpu import (
     reductions,
     scratch,
     strided,
+    tcomp,
 )
 from tilecraft.backends.cpu import schedule as tiling
 from tilecraft.dialects.irutil import (
@@ -381,6 +382,8 @@ def convert_to_llvm(module: ir.Module, *, pool_role: str = "own") -> ir.Module:
             "convert-vector-to-llvm{enable-x86},finalize-memref-to-llvm,convert-scf-to-cf,convert-openmp-to-llvm,",
         )
     run_pipeline(module, pipeline, stage="llvm", reproduce="cpu-llvm")
+    if threads > 1:
+        tcomp.check_regions(module)
     amx.keep_blocks_out_of_line(module)
     avx512_dot.define_vpdpbusd(module)  # int8 kernels without AMX: the vpdpbusd intrinsic
     pool.pool_allocations(module, role=pool_role)  # heap temporaries reused from the module's own pool
@@ -405,9 +408,14 @@ def uses_openmp(module: ir.Module) -> bool:
 
 
 def openmp_library() -> str:
-    """The OpenMP runtime the project installs (PyPI's `intel-openmp`: libiomp5, LLVM's
-    `__kmpc_*` ABI; torch's libgomp is not that ABI)."""
+    """The OpenMP runtime parallel code runs on: Tilecraft's own (`tcomp`: iterations
+    claimed, not assigned), built on first use; else the one the project installs (PyPI's
+    `intel-openmp`: libiomp5, LLVM's `__kmpc_*` ABI; torch's libgomp is not that ABI)."""
     import importlib.metadata
+
+    own = tcomp.library()
+    if own is not None:
+        return own
 
     try:
         dist = importlib.metadata.distribution("intel-openmp")
@@ -601,8 +609,9 @@ def link_shared(path: str, objects: list[str], *, openmp: bool) -> None:
     stay inside it); the OpenMP runtime where the code has parallel regions."""
     link = ["-lm"]
     if openmp:
-        lib_dir = os.path.dirname(openmp_library())
-        link += [f"-L{lib_dir}", "-liomp5", f"-Wl,-rpath,{lib_dir}"]
+        lib = openmp_library()
+        lib_dir = os.path.dirname(lib)
+        link += [f"-L{lib_dir}", f"-l:{os.path.basename(lib)}", f"-Wl,-rpath,{lib_dir}"]
     subprocess.run(["cc", "-shared", "-Wl,-Bsymbolic", "-o", path, *objects, *link], check=True, capture_output=True)
 
 

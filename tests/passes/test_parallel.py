@@ -151,7 +151,7 @@ def test_shared_library_links_the_openmp_runtime(tmp_path):
     got = compare(flatten(fn(*done.inputs)), flatten(done.reference(*done.inputs)))
     assert got.ok, got
     deps = subprocess.run(["ldd", out], capture_output=True, text=True).stdout
-    assert "libiomp5" in deps and "not found" not in deps
+    assert "libtcomp" in deps and "not found" not in deps
 
 
 def test_cli_threads():
