@@ -68,8 +68,8 @@ def median_ms(fn, runs: int) -> float:
 
 
 ROUNDS = 5  # the 1-thread columns are timed in interleaved rounds: drift hits them alike
-# between columns: the OpenMP runtime's idle workers spin 200 ms after a parallel region
-# (KMP_BLOCKTIME) before they sleep, on the core the next column would use
+# between columns: idle OpenMP workers spin after a parallel region before they sleep (ours
+# 50 ms, libiomp5's KMP_BLOCKTIME 200 ms), on the core the next column would use
 SETTLE_S = 0.3
 
 
