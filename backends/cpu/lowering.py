@@ -403,19 +403,16 @@ def parallel_chunks(module: ir.Module) -> int:
 
 
 def uses_openmp(module: ir.Module) -> bool:
-    """The LLVM-dialect module has OpenMP parallel regions (its code calls libiomp5)."""
+    """The LLVM-dialect module has OpenMP parallel regions (its code calls an OpenMP runtime)."""
     return any(ops_named(f.operation, "omp.parallel") for f in module.body.operations)
 
 
 def openmp_library() -> str:
-    """The OpenMP runtime parallel code runs on: Tilecraft's own (`tcomp`: iterations
-    claimed, not assigned), built on first use; else the one the project installs (PyPI's
-    `intel-openmp`: libiomp5, LLVM's `__kmpc_*` ABI; torch's libgomp is not that ABI)."""
+    """The OpenMP runtime parallel code runs on where tcomp (`backends/cpu/tcomp.c`, ours:
+    iterations claimed, not assigned) cannot be built or `TILECRAFT_OPENMP=iomp5` asks for
+    it: the one the project installs (PyPI's `intel-openmp`: libiomp5, LLVM's `__kmpc_*`
+    ABI; torch's libgomp is not that ABI)."""
     import importlib.metadata
-
-    own = tcomp.library()
-    if own is not None:
-        return own
 
     try:
         dist = importlib.metadata.distribution("intel-openmp")
@@ -567,8 +564,13 @@ def jit(module: ir.Module, *, opt_level: int = OPT_LEVEL):
 
     if amx.uses_amx(module):
         amx.enable()
-    libs = [openmp_library()] if uses_openmp(module) else []
-    return ExecutionEngine(module, opt_level=opt_level, shared_libs=libs)
+    if not uses_openmp(module):
+        return ExecutionEngine(module, opt_level=opt_level)
+    if tcomp.library() is None:
+        return ExecutionEngine(module, opt_level=opt_level, shared_libs=[openmp_library()])
+    engine = ExecutionEngine(module, opt_level=opt_level)
+    tcomp.bind(engine)
+    return engine
 
 
 def emit_object(module: ir.Module, path: str, *, opt_level: int = OPT_LEVEL) -> None:
@@ -606,12 +608,14 @@ def emit_shared_library(module: ir.Module, path: str, *, opt_level: int = OPT_LE
 
 def link_shared(path: str, objects: list[str], *, openmp: bool) -> None:
     """Link object files into a shared library (`-Bsymbolic`: its calls between objects
-    stay inside it); the OpenMP runtime where the code has parallel regions."""
+    stay inside it); the OpenMP runtime where the code has parallel regions: tcomp's
+    object, its symbols hidden (the library needs nothing we built), else libiomp5."""
     link = ["-lm"]
-    if openmp:
-        lib = openmp_library()
-        lib_dir = os.path.dirname(lib)
-        link += [f"-L{lib_dir}", f"-l:{os.path.basename(lib)}", f"-Wl,-rpath,{lib_dir}"]
+    if openmp and (own := tcomp.static_object()) is not None:
+        objects, link = [*objects, own], [*link, "-pthread"]
+    elif openmp:
+        lib_dir = os.path.dirname(openmp_library())
+        link += [f"-L{lib_dir}", "-liomp5", f"-Wl,-rpath,{lib_dir}"]
     subprocess.run(["cc", "-shared", "-Wl,-Bsymbolic", "-o", path, *objects, *link], check=True, capture_output=True)
 
 

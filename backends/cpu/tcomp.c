@@ -4,9 +4,16 @@
    dialect; LLVM's OpenMP translation makes each parallel loop a call of
    `__kmpc_fork_call` with an outlined body (the "microtask") that asks
    `__kmpc_for_static_init_8u` for its iterations. This library implements the six entry
-   points that code calls (`lowering.KMPC_CALLS`) for the one shape the backend emits: a
-   parallel region holding exactly one worksharing loop and nothing else
-   (`lowering.check_parallel_regions`).
+   points that code calls (`tcomp.KMPC_CALLS`) for the one shape the backend emits: a
+   parallel region holding exactly one worksharing loop over `index` (i64), statically
+   scheduled, with no reduction, and nothing else (`tcomp.check_regions`). Built twice: a
+   shared library the JIT's symbols are bound to one by one (never loaded globally, where
+   it would shadow a real OpenMP runtime for other libraries in the process), and, with
+   TCOMP_STATIC, an object linked into every `--emit so` library with its symbols hidden
+   (the library then needs nothing but libc).
+
+   A region with more than MAX_ARGS arguments aborts: LLVM's translation passes a region's
+   captured values as one struct (argc is 1), so no code the backend emits has more.
 
    What it does differently from libiomp5: iterations are claimed, not assigned. A static
    schedule gives each thread of the team its share up front, and the region ends at a
@@ -23,7 +30,9 @@
 
    Workers spin on the job generation for TCOMP_SPIN_US (default 50 ms) after their last
    region and then sleep on a futex; the caller wakes sleepers when it publishes a job but
-   does not wait for them. One region runs on the pool at a time: a region started while
+   does not wait for them. A waiting thread yields its core every YIELD_POLLS pauses, and a
+   region runs on at most as many threads as the process has cores (its chunks are
+   claimed, so fewer threads than chunks is only slower). One region runs on the pool at a time: a region started while
    another is running (another Python thread, or a region inside a region) runs on its
    caller's thread alone, which is correct and serial. The caller's SSE control word
    (MXCSR: rounding, flush-to-zero) is copied to the workers with each job, as libiomp5
@@ -46,7 +55,12 @@
 #define MAX_THREADS 256
 #define MAX_ARGS 16
 #define BITMAP 256
+#define YIELD_POLLS 4096 /* pauses (about 100 us) between yields of a waiting thread */
+#ifdef TCOMP_STATIC /* linked into a shared library of its own: nothing exported */
+#define EXPORT __attribute__((visibility("hidden")))
+#else
 #define EXPORT __attribute__((visibility("default")))
+#endif
 
 typedef void (*microtask_t)(int32_t *, int32_t *, ...);
 
@@ -54,7 +68,7 @@ struct job {
   microtask_t fn;
   int argc;
   void *args[MAX_ARGS];
-  int team;             /* threads the region asked for, the caller included */
+  _Atomic int team;     /* threads the region runs on, the caller included */
   unsigned mxcsr;       /* the caller's SSE control word */
   _Atomic uint64_t taken[BITMAP / 64]; /* iterations below BITMAP claimed, one bit each */
   _Atomic int64_t claims;               /* iterations claimed so far */
@@ -140,7 +154,9 @@ static void *worker_main(void *arg) {
       int polls = 0;
       while ((g = atomic_load_explicit(&generation, memory_order_acquire)) == seen) {
         _mm_pause();
-        if (++polls % 256 == 0 && now_ns() - start > spin_ns) {
+        if (++polls % YIELD_POLLS == 0)
+          sched_yield(); /* another thread waiting for this core runs first */
+        if (polls % 256 == 0 && now_ns() - start > spin_ns) {
           atomic_fetch_add(&sleepers, 1);
           if (atomic_load(&generation) == seen)
             syscall(SYS_futex, &generation, FUTEX_WAIT_PRIVATE, seen, NULL, NULL, 0);
@@ -156,7 +172,7 @@ static void *worker_main(void *arg) {
     /* join the region if it is this generation's, open, and wants this thread */
     uint64_t e = atomic_load_explicit(&j->entry, memory_order_acquire);
     int joined = 0;
-    while ((uint32_t)(e >> 32) == g && !(e & 1) && tid < j->team) {
+    while ((uint32_t)(e >> 32) == g && !(e & 1) && tid < atomic_load_explicit(&j->team, memory_order_relaxed)) {
       if (atomic_compare_exchange_weak_explicit(&j->entry, &e, e + 2, memory_order_acq_rel, memory_order_acquire)) {
         joined = 1;
         break;
@@ -227,6 +243,8 @@ EXPORT void __kmpc_fork_call(void *loc, int32_t argc, microtask_t fn, ...) {
   pthread_once(&init_once, init);
   int team = self.team_request > 0 ? self.team_request : default_team;
   self.team_request = 0;
+  if (team > default_team) /* more chunks than cores: the threads there are claim them all */
+    team = default_team;
   if (argc > MAX_ARGS) {
     fprintf(stderr, "tcomp: a parallel region with %d arguments (at most %d)\n", argc, MAX_ARGS);
     abort();
@@ -251,7 +269,7 @@ EXPORT void __kmpc_fork_call(void *loc, int32_t argc, microtask_t fn, ...) {
   va_end(ap);
   j->fn = fn;
   j->argc = argc;
-  j->team = team;
+  atomic_store_explicit(&j->team, team, memory_order_relaxed);
   j->mxcsr = _mm_getcsr();
   for (int w = 0; w < BITMAP / 64; w++)
     atomic_store_explicit(&j->taken[w], 0, memory_order_relaxed);
@@ -271,8 +289,11 @@ EXPORT void __kmpc_fork_call(void *loc, int32_t argc, microtask_t fn, ...) {
   /* close the region: no worker joins from now on; wait for those that did */
   uint64_t e = atomic_fetch_or_explicit(&j->entry, 1, memory_order_acq_rel);
   uint32_t joined = (uint32_t)(e & 0xffffffffu) >> 1;
-  while (atomic_load_explicit(&j->finished, memory_order_acquire) < joined)
+  for (unsigned polls = 1; atomic_load_explicit(&j->finished, memory_order_acquire) < joined; polls++) {
     _mm_pause();
+    if (polls % YIELD_POLLS == 0) /* a worker on this core (more threads than cores) runs */
+      sched_yield();
+  }
   atomic_store_explicit(&pool_busy, 0, memory_order_release);
 }
 
@@ -281,7 +302,8 @@ EXPORT void __kmpc_fork_call(void *loc, int32_t argc, microtask_t fn, ...) {
    kernel, whose data it made in the kernel before), then the others in turn. */
 static int64_t claim(struct job *j, int64_t trips) {
   int64_t mapped = trips < BITMAP ? trips : BITMAP;
-  int team = j->team > 0 ? j->team : 1;
+  int team = atomic_load_explicit(&j->team, memory_order_relaxed);
+  team = team > 0 ? team : 1;
   int64_t first = mapped * (self.tid % team) / team;
   for (int64_t k = 0; k < mapped; k++) {
     int64_t i = (first + k) % mapped;
@@ -329,33 +351,6 @@ EXPORT void __kmpc_for_static_init_8u(void *loc, int32_t gtid, int32_t schedtype
     *lastiter = 0;
   }
   *stride = trips * step;
-}
-
-EXPORT void __kmpc_for_static_init_8(void *loc, int32_t gtid, int32_t schedtype, int32_t *lastiter, int64_t *lower,
-                                     int64_t *upper, int64_t *stride, int64_t incr, int64_t chunk) {
-  __kmpc_for_static_init_8u(loc, gtid, schedtype, lastiter, (uint64_t *)lower, (uint64_t *)upper, stride, incr,
-                            chunk);
-}
-
-EXPORT void __kmpc_for_static_init_4u(void *loc, int32_t gtid, int32_t schedtype, int32_t *lastiter,
-                                      uint32_t *lower, uint32_t *upper, int32_t *stride, int32_t incr, int32_t chunk) {
-  uint64_t lo = *lower, hi = *upper;
-  int64_t st = 0;
-  if (hi < lo) { /* no iterations */
-    *lastiter = 0;
-    *stride = 0;
-    return;
-  }
-  __kmpc_for_static_init_8u(loc, gtid, schedtype, lastiter, &lo, &hi, &st, incr, chunk);
-  *lower = (uint32_t)lo;
-  *upper = (uint32_t)hi;
-  *stride = (int32_t)st;
-}
-
-EXPORT void __kmpc_for_static_init_4(void *loc, int32_t gtid, int32_t schedtype, int32_t *lastiter, int32_t *lower,
-                                     int32_t *upper, int32_t *stride, int32_t incr, int32_t chunk) {
-  __kmpc_for_static_init_4u(loc, gtid, schedtype, lastiter, (uint32_t *)lower, (uint32_t *)upper, stride, incr,
-                            chunk);
 }
 
 EXPORT void __kmpc_for_static_fini(void *loc, int32_t gtid) {
