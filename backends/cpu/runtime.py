@@ -203,7 +203,7 @@ class CompiledFunction:
         if len(inputs) == len(user):
             ptrs = []
             for t, (shape, dtype) in zip(inputs, user):
-                if type(t) is not torch.Tensor or t.dtype is not dtype or t.shape != shape or t.device.type != "cpu":
+                if type(t) is not torch.Tensor or t.dtype is not dtype or t.shape != shape or not t.is_cpu:
                     break
                 if not t.is_contiguous():
                     t = t.contiguous()
