@@ -254,7 +254,7 @@ def compile_model(
 
             def linked():
                 try:
-                    path = two_cores.finish()
+                    path = two_cores.finish(in_process=True)
                     signature, params = imported.signature, imported.params
                     return runtime.from_shared_library(path, imported.func_name, signature, bound=params, unload=True)
                 finally:

@@ -606,13 +606,20 @@ def emit_shared_library(module: ir.Module, path: str, *, opt_level: int = OPT_LE
         link_shared(path, [obj], openmp=uses_openmp(module))
 
 
-def link_shared(path: str, objects: list[str], *, openmp: bool) -> None:
+def link_shared(path: str, objects: list[str], *, openmp: bool, in_process: bool = False) -> None:
     """Link object files into a shared library (`-Bsymbolic`: its calls between objects
-    stay inside it); the OpenMP runtime where the code has parallel regions: tcomp's
-    object, its symbols hidden (the library needs nothing we built), else libiomp5."""
+    stay inside it); the OpenMP runtime where the code has parallel regions. A library for
+    elsewhere (`--emit so`) carries tcomp's object, its symbols hidden (it needs nothing we
+    built), and is never unloaded (`-z nodelete`: tcomp's workers run its code). One this
+    process loads at once (`in_process`: the two-core JIT's) links the shared tcomp this
+    process holds, so every compiled function shares one pool of workers. Without tcomp:
+    libiomp5, by rpath."""
     link = ["-lm"]
-    if openmp and (own := tcomp.static_object()) is not None:
-        objects, link = [*objects, own], [*link, "-pthread"]
+    if openmp and in_process and tcomp.library() is not None:
+        lib = tcomp.hold()
+        link += [f"-L{os.path.dirname(lib)}", f"-l:{os.path.basename(lib)}", f"-Wl,-rpath,{os.path.dirname(lib)}"]
+    elif openmp and (own := tcomp.static_object()) is not None:
+        objects, link = [*objects, own], [*link, "-pthread", "-Wl,-z,nodelete"]
     elif openmp:
         lib_dir = os.path.dirname(openmp_library())
         link += [f"-L{lib_dir}", "-liomp5", f"-Wl,-rpath,{lib_dir}"]
@@ -674,8 +681,9 @@ class ParallelJit:
         """This process's half to the LLVM dialect (the LLVM stage); its pool serves both."""
         convert_to_llvm(self.module, pool_role="host")
 
-    def finish(self) -> str:
-        """Compile this process's half, wait for the child's, link; the library's path."""
+    def finish(self, *, in_process: bool = False) -> str:
+        """Compile this process's half, wait for the child's, link; the library's path
+        (`in_process`: this process loads it, see `link_shared`)."""
         a = os.path.join(self.dir, "rest.o")
         t0 = time.monotonic()
         emit_object(self.module, a)
@@ -701,7 +709,7 @@ class ParallelJit:
             capture_output=True,
         )
         path = os.path.join(self.dir, "model.so")
-        link_shared(path, [a, b], openmp=uses_openmp(self.module) or half_openmp)
+        link_shared(path, [a, b], openmp=uses_openmp(self.module) or half_openmp, in_process=in_process)
         return path
 
     # How long the child may take beyond this process's own half: `PATIENCE` times as long,

@@ -10,7 +10,8 @@
    shared library the JIT's symbols are bound to one by one (never loaded globally, where
    it would shadow a real OpenMP runtime for other libraries in the process), and, with
    TCOMP_STATIC, an object linked into every `--emit so` library with its symbols hidden
-   (the library then needs nothing but libc).
+   (the library then needs nothing but libc; linked `-z nodelete`, since its workers run
+   its code for as long as the process lives).
 
    A region with more than MAX_ARGS arguments aborts: LLVM's translation passes a region's
    captured values as one struct (argc is 1), so no code the backend emits has more.
@@ -43,6 +44,7 @@
 #include <linux/futex.h>
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -211,6 +213,9 @@ static int start_workers(int team) {
   if (team - 1 <= workers)
     return workers;
   pthread_mutex_lock(&start_lock);
+  sigset_t all, old; /* workers take no signals: they go to the process's own threads */
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
   while (workers < team - 1 && workers < MAX_THREADS - 1) {
     pthread_attr_t attr;
     pthread_attr_init(&attr);
@@ -223,6 +228,7 @@ static int start_workers(int team) {
     pthread_detach(t);
     workers++;
   }
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
   pthread_mutex_unlock(&start_lock);
   return workers;
 }

@@ -66,9 +66,18 @@ def _loaded(path: str) -> ctypes.CDLL:
     return ctypes.CDLL(path)  # RTLD_LOCAL: its symbols reach only what is bound to them
 
 
+def hold() -> str:
+    """The shared runtime, loaded (locally) and kept loaded for the rest of the process:
+    its workers run its code, so nothing may unload it (a shared library of this process
+    linked against it, then closed, drops only its own reference)."""
+    path = library()
+    _loaded(path)
+    return path
+
+
 def bind(engine) -> None:
     """Resolve the engine's OpenMP calls to tcomp (before its first lookup compiles it)."""
-    rt = _loaded(library())
+    rt = _loaded(hold())
     for name in KMPC_CALLS:
         engine.raw_register_runtime(name, ctypes.cast(getattr(rt, name), ctypes.c_void_p))
 

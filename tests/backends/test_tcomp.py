@@ -231,6 +231,51 @@ def test_shared_library_carries_the_runtime(tmp_path):
     assert "tcomp" not in deps and "iomp5" not in deps and "not found" not in deps
     exported = subprocess.run(["nm", "-D", "--defined-only", out], capture_output=True, text=True).stdout
     assert "__kmpc" not in exported and "tcomp" not in exported
+    dynamic = subprocess.run(["readelf", "-d", out], capture_output=True, text=True).stdout
+    assert "NODELETE" in dynamic  # its workers run its code: never unloaded
+
+
+UNLOAD = r"""
+import ctypes, gc, os, signal, sys, time
+from tilecraft import driver, frontend
+from tilecraft.backends.cpu import runtime, tcomp
+from tilecraft.corpus import zoo
+
+model, inputs = zoo.get("conv_autoencoder")
+signal.signal(signal.SIGUSR1, lambda *a: None)
+# the two-core JIT (a shared library this process loads): on the shared pool
+c = driver.compile_model("conv_autoencoder", threads=2)
+for _ in range(20):
+    c.fn(*inputs)
+workers = ctypes.CDLL(tcomp.library()).tcomp_workers()
+del c
+gc.collect()  # closed while its regions' workers still spin
+# an --emit so library (its own tcomp), loaded, run, closed
+imp = frontend.import_module(model, inputs, spec="conv_autoencoder")
+out = os.path.join(sys.argv[1], "m.so")
+driver.compile_model(imp, threads=2, emit="so", output=out)
+fn = runtime.from_shared_library(out, imp.func_name, imp.signature, bound=imp.params, unload=True)
+for _ in range(20):
+    fn(*inputs)
+del fn
+gc.collect()
+for _ in range(20):  # signals for every thread that takes them
+    os.kill(os.getpid(), signal.SIGUSR1)
+    time.sleep(0.01)
+print("survived", workers)
+"""
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="the two-core JIT needs two cores")
+def test_libraries_closed_under_running_workers(tmp_path):
+    """Closing a compiled library whose regions' workers are still spinning (or sleeping)
+    does not take their code away: the process lives on, and takes signals."""
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", UNLOAD, str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    survived, workers = proc.stdout.split()[-2:]
+    assert survived == "survived" and int(workers) > 0  # the JIT's library ran on the shared pool
 
 
 def test_compiled_kernels_run_without_their_workers():
