@@ -89,6 +89,12 @@ CASES = [
         id="ab",
     ),
     pytest.param(
+        ["runtime.py"],
+        [r"^mlp\s+quiet\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+[\d.]+$", r"^mlp\s+busy cpu \d+\s+[\d.]+"],
+        id="runtime",
+        marks=pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores"),
+    ),
+    pytest.param(
         ["costmodel_adapt.py"],
         [r"^xeon\s+\d+\s+\d+\s+[\d.]+\s+\S+\s+[01]\.\d{3} -> [01]\.\d{3}", r"^amd-only\s+\d+"],
         id="costmodel_adapt",
