@@ -615,8 +615,8 @@ def link_shared(path: str, objects: list[str], *, openmp: bool, in_process: bool
     process holds, so every compiled function shares one pool of workers. Without tcomp:
     libiomp5, by rpath."""
     link = ["-lm"]
-    if openmp and in_process and tcomp.library() is not None:
-        lib = tcomp.hold()
+    if openmp and in_process and (lib := tcomp.library()) is not None:
+        tcomp.hold()
         link += [f"-L{os.path.dirname(lib)}", f"-l:{os.path.basename(lib)}", f"-Wl,-rpath,{os.path.dirname(lib)}"]
     elif openmp and (own := tcomp.static_object()) is not None:
         objects, link = [*objects, own], [*link, "-pthread", "-Wl,-z,nodelete"]

@@ -134,10 +134,7 @@ static void run_region(struct job *j, int tid) {
     if (!self.claimed || atomic_load_explicit(&j->claims, memory_order_relaxed) >= self.trips)
       break;
   }
-  self.job = outer.job;
-  self.tid = outer.tid;
-  self.claimed = outer.claimed;
-  self.trips = outer.trips;
+  self = outer;
 }
 
 static long now_ns(void) {
@@ -372,12 +369,6 @@ EXPORT void __kmpc_barrier(void *loc, int32_t gtid) {
 }
 
 /* For tests: the workers started; workers held back from every region (a thread the OS
-   does not run); the spin time in microseconds (negative: unchanged). */
+   does not run). */
 EXPORT int tcomp_workers(void) { return workers; }
 EXPORT void tcomp_hold_workers(int on) { atomic_store(&held, on); }
-EXPORT long tcomp_spin_us(long us) {
-  pthread_once(&init_once, init);
-  if (us >= 0)
-    spin_ns = us * 1000L;
-  return spin_ns / 1000L;
-}

@@ -124,6 +124,7 @@ def _build(kind: str) -> str | None:
     return None
 
 
+@functools.cache  # (once: both products fail alike)
 def _say(why: str) -> None:
     print(f"tilecraft: the tcomp OpenMP runtime is unavailable ({why}); using intel-openmp", file=sys.stderr)
 
