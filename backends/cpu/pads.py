@@ -16,7 +16,10 @@ still make that op write the interior in place. A row pad of a collapsed slice (
 chain's result without its wrapped-around columns, padded flat for an NHWC depthwise
 layer) is instead one copy of the slice into the interior viewed in the slice's shape:
 collapsed on its own, the slice was first compacted into a buffer of its own and then
-copied again (MobileNet-V2's stem, 1.6 MB: 1.06x for the model at one thread).
+copied again (MobileNet-V2's stem, 1.6 MB: 1.06x for the model at one thread). A tap
+chain's flat result padded for the next convolution is not copied at all: the chain writes
+it into the padded buffer, its wrapped-around columns landing on the border, which is filled
+after it (`_chain_rows`).
 """
 
 from __future__ import annotations
@@ -125,6 +128,127 @@ def _strided_rows(pad: ir.Operation, low: list[int], high: list[int]) -> ir.Oper
     return src
 
 
+# A tap chain's flat result written straight into the padded buffer of its consumer (off
+# only to compare).
+CHAIN_INTO_PAD = True
+
+
+def _chain_rows(pad: ir.Operation, low: list[int], high: list[int]) -> tuple[ir.Value, ir.Operation, int] | None:
+    """(the chain's flat result, the op that makes it, the flat row it starts at) when a
+    pad reads a tap chain's result without its wrapped-around columns and its padded rows
+    are at most as wide as the chain's (`passes/im2col.py`: a 3x3 convolution's output,
+    `[OH·Wc, C]` with `Wc - OW` columns of garbage a row, viewed `[1, OH, Wc, C]` and
+    sliced to `[OH, OW, C]`, padded to `[Hp, Wp, C]` for the next 3x3 convolution, where
+    `Wp = Wc`; ResNet-18's stem, 112 of 115 columns, padded to 114 for the max pool).
+
+    Written from flat row `lh·Wc + lw` of a buffer viewed `[Hp·Wc, C]`, the chain puts each
+    output pixel where the pad would, and its garbage columns onto padded columns (a row's
+    last `Wc - lw - OW` and the next row's first `lw`), which the border fill then
+    overwrites: the copy of the interior is gone, each element is written once more only on
+    the border. Rows narrower than the chain's are a view of the first `Wp` columns (not
+    when a consumer collapses them: that view is not contiguous). ResNet-18 (three 3x3
+    outputs and the stem's): 1.04x / 1.02x at 1 / 2 threads (`bench/ab.py`)."""
+    if not CHAIN_INTO_PAD or len(low) != 3 or low[2] or high[2]:
+        return None
+    view = owner_op(pad.operands[0])
+    if view is None or view.name != "tensor.extract_slice" or len(list(pad.operands[0].uses)) != 1:
+        return None
+    if (
+        list(ir.DenseI64ArrayAttr(view.attributes["static_offsets"])) != [0] * 4
+        or set(ir.DenseI64ArrayAttr(view.attributes["static_strides"])) != {1}
+        or len(view.operands) != 1
+    ):
+        return None
+    expand = owner_op(view.operands[0])
+    if expand is None or expand.name != "tensor.expand_shape" or len(list(view.results[0].uses)) != 1:
+        return None
+    full = ir.RankedTensorType(expand.results[0].type)
+    flat_v = expand.operands[0]
+    flat = ir.RankedTensorType(flat_v.type)
+    if full.rank != 4 or flat.rank != 2 or not full.has_static_shape or full.shape[0] != 1:
+        return None
+    _, oh, wc, c = full.shape
+    out = list(ir.RankedTensorType(pad.operands[0].type).shape)
+    if out[0] != oh or out[2] != c or len(list(flat_v.uses)) != 1 or len(list(expand.results[0].uses)) != 1:
+        return None
+    hp, wp = low[0] + oh + high[0], low[1] + out[1] + high[1]
+    start = low[0] * wc + low[1]
+    if wp > wc or start + oh * wc > hp * wc:
+        return None
+    if wp < wc and any(_user_name(u) in ("tensor.collapse_shape", None) for u in pad.results[0].uses):
+        return None  # narrower rows read through a view of wider ones: no collapse of them
+    producer = owner_op(flat_v)
+    if producer is None or producer.block != pad.block:
+        return None
+    return flat_v, producer, start
+
+
+def _user_name(use) -> str | None:
+    """The name of the op a use belongs to (None: not an op)."""
+    o = getattr(use.owner, "operation", use.owner)
+    return o.name if isinstance(o, ir.Operation) else None
+
+
+def _fill_lines(name: str, shape: list[int], elem: str, low, high) -> tuple[list[str], str]:
+    """Lines filling every border slab of the tensor `%{name}0` with `%v`; the last name."""
+    t = tensor_t(shape, elem)
+    lines, last = [], f"%{name}0"
+    for k, (offsets, sizes) in enumerate(_slabs(shape, low, high)):
+        st = tensor_t(sizes, elem)
+        where = f"[{', '.join(map(str, offsets))}] [{', '.join(map(str, sizes))}] [{', '.join(['1'] * len(shape))}]"
+        lines += [
+            f"  %s{k} = tensor.extract_slice %{name}{k}{where} : {t} to {st}",
+            f"  %f{k} = linalg.fill ins(%v : {elem}) outs(%s{k} : {st}) -> {st}",
+            f"  %{name}{k + 1} = tensor.insert_slice %f{k} into %{name}{k}{where} : {st} into {t}",
+        ]
+        last = f"%{name}{k + 1}"
+    return lines, last
+
+
+def _chain_text(name: str, rows: list[int], wide: list[int], shape: list[int], elem: str, spec, start: int) -> str:
+    """Insert the chain's flat result `%x` at flat row `start` of the buffer `%b`
+    (`[Hp·Wc, C]`), view it `[Hp, Wc, C]`, fill its border and return its first `Wp`
+    columns (all of them when `Wc = Wp`)."""
+    low, high, value = spec
+    x_t, b_t, w_t, t = (tensor_t(s, elem) for s in (rows, [wide[0] * wide[1], wide[2]], wide, shape))
+    fills, last = _fill_lines("e", wide, elem, low, [high[0], wide[1] - shape[1] + high[1], high[2]])
+    body = [
+        f"  %v = arith.constant {value}",
+        f"  %i = tensor.insert_slice %x into %b[{start}, 0] [{rows[0]}, {rows[1]}] [1, 1] : {x_t} into {b_t}",
+        f"  %e0 = tensor.expand_shape %i [[0, 1], [2]] output_shape [{', '.join(map(str, wide))}] : {b_t} into {w_t}",
+        *fills,
+    ]
+    if wide != shape:
+        body.append(f"  %r = tensor.extract_slice {last}{_interior([0, 0, 0], shape)} : {w_t} to {t}")
+        last = "%r"
+    text = "\n".join(body)
+    return f"func.func private @{name}(%x: {x_t}, %b: {b_t}) -> {t} {{\n{text}\n  return {last} : {t}\n}}"
+
+
+def _chain_into(module: ir.Module, pad: ir.Operation, chain, spec, make: str, put: str) -> None:
+    """Replace `pad` by its buffer, made before the chain, with the chain's result
+    inserted (`_chain_rows`) and the border filled."""
+    flat_v, producer, start = chain
+    low, high, value = spec
+    view = owner_op(pad.operands[0])
+    expand = owner_op(view.operands[0])
+    rt = ir.RankedTensorType(pad.results[0].type)
+    shape, elem = list(rt.shape), str(rt.element_type)
+    rows = list(ir.RankedTensorType(flat_v.type).shape)
+    wide = [shape[0], list(ir.RankedTensorType(expand.results[0].type).shape)[2], shape[2]]
+    b_t = tensor_t([wide[0] * wide[1], wide[2]], elem)
+    append_helper(
+        module, f"func.func private @{make}() -> {b_t} {{\n  %b = tensor.empty() : {b_t}\n  return %b : {b_t}\n}}"
+    )
+    with ir.InsertionPoint(producer), pad.location:
+        b_type = ir.RankedTensorType.get([wide[0] * wide[1], wide[2]], rt.element_type)
+        buf = func.CallOp([b_type], ir.FlatSymbolRefAttr.get(make, context=module.context), []).results[0]
+    text = _chain_text(put, rows, wide, shape, elem, (low, high, value), start)
+    call_helper(module, pad, text, put, [flat_v, buf])
+    view.erase()
+    expand.erase()
+
+
 def _anchor(pad: ir.Operation) -> ir.Operation:
     """Where the buffer is made: before the op that makes the pad's source (through
     reshapes), if it is in the pad's block; else before the pad."""
@@ -153,6 +277,11 @@ def border_fills(module: ir.Module) -> int:
         shape, elem = list(rt.shape), str(rt.element_type)
         src = list(ir.RankedTensorType(pad.operands[0].type).shape)
         make, put = f"__tc_pad_buffer_{done}", f"__tc_pad_insert_{done}"
+        chain = _chain_rows(pad, low, high)
+        if chain is not None:
+            _chain_into(module, pad, chain, (low, high, value), make, put)
+            done += 1
+            continue
         append_helper(module, _buffer_text(make, shape, elem, low, high, value))
         with ir.InsertionPoint(_anchor(pad)), pad.location:
             buf = func.CallOp([rt], ir.FlatSymbolRefAttr.get(make, context=ctx), []).results[0]

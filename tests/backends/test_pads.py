@@ -54,3 +54,76 @@ def test_border_filled_pads_match_eager_and_the_whole_buffer_fill():
         imported = frontend.import_module(model, (x,), spec="<test>")
         fn = driver.compile_model(imported, options=CpuOptions(border_fills=border)).fn
         assert driver.compare(fn(x), ref).ok, border
+
+
+CHAIN = """
+func.func @forward(%x: tensor<48x4xf32>, %y: tensor<48x4xf32>) -> tensor<8x7x4xf32> {
+  %cst = arith.constant -1.0 : f32
+  %e = tensor.empty() : tensor<48x4xf32>
+  %s = linalg.add ins(%x, %y : tensor<48x4xf32>, tensor<48x4xf32>) outs(%e : tensor<48x4xf32>) -> tensor<48x4xf32>
+  %v = tensor.expand_shape %s [[0, 1, 2], [3]] output_shape [1, 6, 8, 4] : tensor<48x4xf32> into tensor<1x6x8x4xf32>
+  %o = tensor.extract_slice %v[0, 0, 0, 0] [1, 6, 5, 4] [1, 1, 1, 1] : tensor<1x6x8x4xf32> to tensor<6x5x4xf32>
+  %p = tensor.pad %o low[1, 1, 0] high[1, 1, 0] {
+  ^bb0(%i: index, %j: index, %k: index):
+    tensor.yield %cst : f32
+  } : tensor<6x5x4xf32> to tensor<8x7x4xf32>
+  return %p : tensor<8x7x4xf32>
+}
+"""
+
+
+def test_a_chain_result_is_written_into_the_padded_buffer():
+    """A flat result with wrapped-around columns (rows of 8, 5 of them real), padded to
+    rows of 7: written from flat row 1·8 + 1 of a [8·8, 4] buffer, its garbage columns on
+    the border, which is filled after it; the pad's rows are a view of the first 7
+    columns."""
+    from torch_mlir import ir
+
+    module = ir.Module.parse(CHAIN, context=frontend.new_context())
+    assert pads.border_fills(module) == 1
+    text = str(module)
+    assert "tensor.pad" not in text and "linalg.copy" not in text
+    assert "tensor.empty() : tensor<64x4xf32>" in text
+    assert "[9, 0] [48, 4] [1, 1]" in text  # the chain's rows from flat row 9
+    assert text.count("linalg.fill") == 4  # rows before and after, columns before and after
+    assert "[0, 0, 0] [8, 7, 4] [1, 1, 1] : tensor<8x8x4xf32> to tensor<8x7x4xf32>" in text
+
+
+class _Block(torch.nn.Module):
+    """A stem (7x7, stride 2) into a max pool, then a residual block of two 3x3
+    convolutions: tap chains whose results are padded for their consumers."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = torch.nn.Conv2d(3, 32, 7, stride=2, padding=3)
+        self.pool = torch.nn.MaxPool2d(3, 2, 1)
+        self.c1 = torch.nn.Conv2d(32, 32, 3, padding=1)
+        self.c2 = torch.nn.Conv2d(32, 32, 3, padding=1)
+        self.c3 = torch.nn.Conv2d(32, 32, 3, padding=1)
+
+    def forward(self, x):
+        y = self.pool(torch.relu(self.stem(x)))
+        z = self.c2(torch.relu(self.c1(y)))
+        return self.c3(torch.relu(z + y))
+
+
+def test_chains_written_into_padded_buffers_match_eager(monkeypatch):
+    model, x = _Block().eval(), torch.randn(1, 3, 128, 112)
+    with torch.no_grad():
+        ref = model(x)
+    hits = []
+    chain_rows = pads._chain_rows
+
+    def spy(*args):
+        found = chain_rows(*args)
+        hits.append(found is not None)
+        return found
+
+    monkeypatch.setattr(pads, "_chain_rows", spy)
+    for on in (True, False):
+        monkeypatch.setattr(pads, "CHAIN_INTO_PAD", on)
+        hits.clear()
+        fn = driver.compile_model(frontend.import_module(model, (x,), spec="<test>"), threads=1).fn
+        assert driver.compare(fn(x), ref).ok, on
+        assert any(hits) == on, hits
