@@ -162,15 +162,16 @@ def append_helper(module: ir.Module, text: str, keep=None) -> None:
             module.body.append(hop.operation)
 
 
-def call_helper(module: ir.Module, op: ir.Operation, text: str, name: str, operands: Sequence[ir.Value]) -> None:
+def call_helper(module: ir.Module, op: ir.Operation, text: str, name: str, operands: Sequence[ir.Value]) -> ir.Value:
     """Replace `op` (one result) by a call to `name`, the private function `text` defines
-    (appended to the module; `inline_helpers` inlines it)."""
+    (appended to the module; `inline_helpers` inlines it). Returns the call's result."""
     ctx = module.context
     append_helper(module, text)
     with ir.InsertionPoint(op), op.location:
         call = func.CallOp([op.results[0].type], ir.FlatSymbolRefAttr.get(name, context=ctx), list(operands))
     op.results[0].replace_all_uses_with(call.results[0])
     op.erase()
+    return call.results[0]
 
 
 def inline_helpers(module: ir.Module) -> None:

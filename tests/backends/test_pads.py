@@ -101,29 +101,37 @@ class _Block(torch.nn.Module):
         self.c1 = torch.nn.Conv2d(32, 32, 3, padding=1)
         self.c2 = torch.nn.Conv2d(32, 32, 3, padding=1)
         self.c3 = torch.nn.Conv2d(32, 32, 3, padding=1)
+        self.down = torch.nn.Conv2d(32, 32, 1)
 
     def forward(self, x):
         y = self.pool(torch.relu(self.stem(x)))
         z = self.c2(torch.relu(self.c1(y)))
-        return self.c3(torch.relu(z + y))
+        out = torch.relu(z + y)  # padded for c3 and read by the 1x1 as well
+        return self.c3(out) + self.down(out)
 
 
-def test_chains_written_into_padded_buffers_match_eager(monkeypatch):
+def test_chains_and_shared_sources_written_into_padded_buffers_match_eager(monkeypatch):
+    """Tap chains written into their consumers' padded buffers (`CHAIN_INTO_PAD`), and a
+    padded source's other reader reading the buffer's interior (`INTERIOR_READS`): each
+    on and off, outputs as eager's."""
     model, x = _Block().eval(), torch.randn(1, 3, 128, 112)
     with torch.no_grad():
         ref = model(x)
-    hits = []
-    chain_rows = pads._chain_rows
+    hits = {"_chain_rows": [], "_later_uses": []}
+    for name, hit in hits.items():
+        real = getattr(pads, name)
 
-    def spy(*args):
-        found = chain_rows(*args)
-        hits.append(found is not None)
-        return found
+        def spy(*args, real=real, hit=hit):
+            found = real(*args)
+            hit.append(bool(found))
+            return found
 
-    monkeypatch.setattr(pads, "_chain_rows", spy)
+        monkeypatch.setattr(pads, name, spy)
     for on in (True, False):
         monkeypatch.setattr(pads, "CHAIN_INTO_PAD", on)
-        hits.clear()
+        monkeypatch.setattr(pads, "INTERIOR_READS", on)
+        for hit in hits.values():
+            hit.clear()
         fn = driver.compile_model(frontend.import_module(model, (x,), spec="<test>"), threads=1).fn
         assert driver.compare(fn(x), ref).ok, on
-        assert any(hits) == on, hits
+        assert any(hits["_chain_rows"]) == on and any(hits["_later_uses"]) == on, hits
