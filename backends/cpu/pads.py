@@ -151,8 +151,10 @@ def _chain_rows(pad: ir.Operation, low: list[int], high: list[int]) -> tuple[ir.
     if not CHAIN_INTO_PAD or len(low) != 3 or low[2] or high[2]:
         return None
     view = owner_op(pad.operands[0])
-    if view is None or view.name != "tensor.extract_slice" or len(list(pad.operands[0].uses)) != 1:
+    if view is None or view.name != "tensor.extract_slice":
         return None
+    if len(list(pad.operands[0].uses)) != 1 + len(_later_uses(pad, pad.operands[0])):
+        return None  # (readers after the pad read the buffer's interior instead: `_chain_into`)
     if (
         list(ir.DenseI64ArrayAttr(view.attributes["static_offsets"])) != [0] * 4
         or set(ir.DenseI64ArrayAttr(view.attributes["static_strides"])) != {1}
@@ -160,7 +162,7 @@ def _chain_rows(pad: ir.Operation, low: list[int], high: list[int]) -> tuple[ir.
     ):
         return None
     expand = owner_op(view.operands[0])
-    if expand is None or expand.name != "tensor.expand_shape" or len(list(view.results[0].uses)) != 1:
+    if expand is None or expand.name != "tensor.expand_shape":
         return None
     full = ir.RankedTensorType(expand.results[0].type)
     flat_v = expand.operands[0]
@@ -244,7 +246,11 @@ def _chain_into(module: ir.Module, pad: ir.Operation, chain, spec, make: str, pu
         b_type = ir.RankedTensorType.get([wide[0] * wide[1], wide[2]], rt.element_type)
         buf = func.CallOp([b_type], ir.FlatSymbolRefAttr.get(make, context=module.context), []).results[0]
     text = _chain_text(put, rows, wide, shape, elem, (low, high, value), start)
-    call_helper(module, pad, text, put, [flat_v, buf])
+    later = _later_uses(pad, pad.operands[0])
+    padded = call_helper(module, pad, text, put, [flat_v, buf])
+    if later:
+        src = list(ir.RankedTensorType(view.results[0].type).shape)
+        _read_interior(module, padded, later, low, src, elem, f"{put}_view")
     view.erase()
     expand.erase()
 
