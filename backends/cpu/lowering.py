@@ -224,8 +224,12 @@ def tidy_copies(
 # autoencoder) is split across the threads of a threaded module: one chunk each, like the
 # kernels `passes/parallel.py` splits. 2 threads, 5 interleaved rounds (`bench/ab.py`),
 # 64 KB against 1 MB: conv_autoencoder 1.28x, resnet18 1.07x, mobilenet_v2 1.01x; 32 KB and
-# 16 KB gained the autoencoder 4-8% more and cost resnet18 and mobilenet_v2 1-2%.
-PARALLEL_COPY_BYTES = 1 << 16
+# 16 KB gained the autoencoder 4-8% more and cost resnet18 and mobilenet_v2 1-2% (libiomp5).
+# With tcomp's cheaper regions (2026-12-07), 16 KB against 64 KB, three runs of 7 rounds:
+# conv_autoencoder 1.07x, 1.07x, 1.06x (its 32 KB tap blocks at 16², serial before: with
+# the other small copies 12% of its 2-thread time); resnet18 1.02x, 1.02x; mobilenet_v2
+# 1.03x, 0.99x.
+PARALLEL_COPY_BYTES = 1 << 14
 
 
 def _top_level(op: ir.Operation) -> bool:
