@@ -68,18 +68,9 @@ def _slabs(shape: list[int], low: list[int], high: list[int]):
 
 def _buffer_text(name: str, shape: list[int], elem: str, low, high, value: str) -> str:
     t = tensor_t(shape, elem)
-    lines = [f"  %v = arith.constant {value}", f"  %b0 = tensor.empty() : {t}"]
-    for k, (offsets, sizes) in enumerate(_slabs(shape, low, high)):
-        st = tensor_t(sizes, elem)
-        where = f"[{', '.join(map(str, offsets))}] [{', '.join(map(str, sizes))}] [{', '.join(['1'] * len(shape))}]"
-        lines += [
-            f"  %s{k} = tensor.extract_slice %b{k}{where} : {t} to {st}",
-            f"  %f{k} = linalg.fill ins(%v : {elem}) outs(%s{k} : {st}) -> {st}",
-            f"  %b{k + 1} = tensor.insert_slice %f{k} into %b{k}{where} : {st} into {t}",
-        ]
-        last = k + 1
-    body = "\n".join(lines)
-    return f"func.func private @{name}() -> {t} {{\n{body}\n  return %b{last} : {t}\n}}"
+    fills, last = _fill_lines("b", shape, elem, low, high)
+    body = "\n".join([f"  %v = arith.constant {value}", f"  %b0 = tensor.empty() : {t}", *fills])
+    return f"func.func private @{name}() -> {t} {{\n{body}\n  return {last} : {t}\n}}"
 
 
 def _interior(low, src: list[int]) -> str:
