@@ -24,8 +24,10 @@ after it (`_chain_rows`).
 
 from __future__ import annotations
 
+import dataclasses
+
 from torch_mlir import ir
-from torch_mlir.dialects import func
+from torch_mlir.dialects import func, tensor
 
 from tilecraft.dialects.irutil import append_helper, call_helper, inline_helpers, owner_op, tensor_t, walk_ops
 
@@ -124,9 +126,23 @@ def _strided_rows(pad: ir.Operation, low: list[int], high: list[int]) -> ir.Oper
 CHAIN_INTO_PAD = True
 
 
-def _chain_rows(pad: ir.Operation, low: list[int], high: list[int]) -> tuple[ir.Value, ir.Operation, int] | None:
-    """(the chain's flat result, the op that makes it, the flat row it starts at) when a
-    pad reads a tap chain's result without its wrapped-around columns and its padded rows
+@dataclasses.dataclass(frozen=True)
+class _Chain:
+    """What `_chain_rows` found: the chain's flat result and the op making it, the view and
+    slice of it the pad reads, its readers after the pad, the flat row it starts at in the
+    buffer and the buffer's shape ([Hp, Wc, C])."""
+
+    flat: ir.Value
+    producer: ir.Operation
+    expand: ir.Operation
+    view: ir.Operation
+    later: list
+    start: int
+    wide: list[int]
+
+
+def _chain_rows(pad: ir.Operation, low: list[int], high: list[int]) -> _Chain | None:
+    """The chain (`_Chain`) when a pad reads a tap chain's result without its wrapped-around columns and its padded rows
     are at most as wide as the chain's (`passes/im2col.py`: a 3x3 convolution's output,
     `[OH·Wc, C]` with `Wc - OW` columns of garbage a row, viewed `[1, OH, Wc, C]` and
     sliced to `[OH, OW, C]`, padded to `[Hp, Wp, C]` for the next 3x3 convolution, where
@@ -144,7 +160,8 @@ def _chain_rows(pad: ir.Operation, low: list[int], high: list[int]) -> tuple[ir.
     view = owner_op(pad.operands[0])
     if view is None or view.name != "tensor.extract_slice":
         return None
-    if len(list(pad.operands[0].uses)) != 1 + len(_later_uses(pad, pad.operands[0])):
+    later = _later_uses(pad, pad.operands[0])
+    if len(list(pad.operands[0].uses)) != 1 + len(later):
         return None  # (readers after the pad read the buffer's interior instead: `_chain_into`)
     if (
         list(ir.DenseI64ArrayAttr(view.attributes["static_offsets"])) != [0] * 4
@@ -173,13 +190,18 @@ def _chain_rows(pad: ir.Operation, low: list[int], high: list[int]) -> tuple[ir.
     producer = owner_op(flat_v)
     if producer is None or producer.block != pad.block:
         return None
-    return flat_v, producer, start
+    return _Chain(flat_v, producer, expand, view, later, start, [hp, wc, c])
+
+
+def _user(use) -> ir.Operation | None:
+    """The op a use belongs to (None: not an op)."""
+    o = getattr(use.owner, "operation", use.owner)
+    return o if isinstance(o, ir.Operation) else None
 
 
 def _user_name(use) -> str | None:
-    """The name of the op a use belongs to (None: not an op)."""
-    o = getattr(use.owner, "operation", use.owner)
-    return o.name if isinstance(o, ir.Operation) else None
+    o = _user(use)
+    return o.name if o is not None else None
 
 
 def _fill_lines(name: str, shape: list[int], elem: str, low, high) -> tuple[list[str], str]:
@@ -218,32 +240,23 @@ def _chain_text(name: str, rows: list[int], wide: list[int], shape: list[int], e
     return f"func.func private @{name}(%x: {x_t}, %b: {b_t}) -> {t} {{\n{text}\n  return {last} : {t}\n}}"
 
 
-def _chain_into(module: ir.Module, pad: ir.Operation, chain, spec, make: str, put: str) -> None:
-    """Replace `pad` by its buffer, made before the chain, with the chain's result
+def _chain_into(module: ir.Module, pad: ir.Operation, chain: _Chain, spec, put: str) -> None:
+    """Replace `pad` by its buffer, made empty before the chain, with the chain's result
     inserted (`_chain_rows`) and the border filled."""
-    flat_v, producer, start = chain
-    low, high, value = spec
-    view = owner_op(pad.operands[0])
-    expand = owner_op(view.operands[0])
+    low = spec[0]
     rt = ir.RankedTensorType(pad.results[0].type)
     shape, elem = list(rt.shape), str(rt.element_type)
-    rows = list(ir.RankedTensorType(flat_v.type).shape)
-    wide = [shape[0], list(ir.RankedTensorType(expand.results[0].type).shape)[2], shape[2]]
-    b_t = tensor_t([wide[0] * wide[1], wide[2]], elem)
-    append_helper(
-        module, f"func.func private @{make}() -> {b_t} {{\n  %b = tensor.empty() : {b_t}\n  return %b : {b_t}\n}}"
-    )
-    with ir.InsertionPoint(producer), pad.location:
-        b_type = ir.RankedTensorType.get([wide[0] * wide[1], wide[2]], rt.element_type)
-        buf = func.CallOp([b_type], ir.FlatSymbolRefAttr.get(make, context=module.context), []).results[0]
-    text = _chain_text(put, rows, wide, shape, elem, (low, high, value), start)
-    later = _later_uses(pad, pad.operands[0])
-    padded = call_helper(module, pad, text, put, [flat_v, buf])
-    if later:
-        src = list(ir.RankedTensorType(view.results[0].type).shape)
-        _read_interior(module, padded, later, low, src, elem, f"{put}_view")
-    view.erase()
-    expand.erase()
+    rows = list(ir.RankedTensorType(chain.flat.type).shape)
+    wide = chain.wide
+    with ir.InsertionPoint(chain.producer), pad.location:
+        buf = tensor.EmptyOp([wide[0] * wide[1], wide[2]], rt.element_type).result
+    text = _chain_text(put, rows, wide, shape, elem, spec, chain.start)
+    padded = call_helper(module, pad, text, put, [chain.flat, buf])
+    if chain.later:
+        src = list(ir.RankedTensorType(chain.view.results[0].type).shape)
+        _read_interior(module, padded, chain.later, low, src, elem, f"{put}_view")
+    chain.view.erase()
+    chain.expand.erase()
 
 
 # The source's other readers after the pad read the padded buffer's interior (off only to
@@ -270,8 +283,8 @@ def _later_uses(pad: ir.Operation, x: ir.Value) -> list:
     at = next(i for i, o in enumerate(order) if o.operation == pad)
     out = []
     for use in x.uses:
-        owner = getattr(use.owner, "operation", use.owner)
-        if not isinstance(owner, ir.Operation) or owner == pad:
+        owner = _user(use)
+        if owner is None or owner == pad:
             continue
         top = _top(owner, pad.block)
         if top is None:
@@ -341,7 +354,7 @@ def border_fills(module: ir.Module) -> int:
         make, put = f"__tc_pad_buffer_{done}", f"__tc_pad_insert_{done}"
         chain = _chain_rows(pad, low, high)
         if chain is not None:
-            _chain_into(module, pad, chain, (low, high, value), make, put)
+            _chain_into(module, pad, chain, (low, high, value), put)
             done += 1
             continue
         append_helper(module, _buffer_text(make, shape, elem, low, high, value))
