@@ -45,7 +45,7 @@ from tilecraft.backends.cpu.schedule import TileDecision
 from tilecraft.corpus import measure
 from tilecraft.corpus.db import CorpusDB
 from tilecraft.corpus.kernels import Kernel
-from tilecraft.costmodel import evaluate, features
+from tilecraft.costmodel import evaluate, features, lgb_native
 from tilecraft.costmodel.lightgbm_model import LightGBMCostModel, relevance
 from tilecraft.costmodel.model import CostModelError, Record
 
@@ -270,7 +270,9 @@ def fine_tune(base: LightGBMCostModel, records: Sequence[Record], mode: str, *, 
         # init_model: LightGBM starts from the old trees' raw scores (any init_score given
         # is overridden), so the label is what the booster itself models
         ds = lgb.Dataset(x, y, feature_name=names, **data)
-        m.boosters[name] = lgb.train({**p, **params}, ds, TUNE["rounds"], init_model=m.boosters[name])
+        m.boosters[name] = lgb.train(
+            {**p, **params}, ds, TUNE["rounds"], init_model=lgb_native.to_lightgbm(m.boosters[name])
+        )
 
     # least squares, not the base's Huber loss: rows all off by the same far factor would
     # give Huber equal gradients, no split, and (after the first tree) no correction

@@ -143,7 +143,7 @@ class AmxCostModel:
 
     @staticmethod
     def load(path: str = MODEL_PATH) -> AmxCostModel:
-        import lightgbm as lgb
+        from tilecraft.costmodel import lgb_native
 
         try:
             with open(path) as f:
@@ -152,7 +152,11 @@ class AmxCostModel:
             raise AmxModelError(f"cannot read AMX cost model {path}: {exc}") from None
         if doc.get("format") != "tilecraft-amx-costmodel":
             raise AmxModelError(f"{path} is not an AMX cost model")
-        return AmxCostModel(lgb.Booster(model_str=doc["booster"]), doc.get("meta", {}))
+        try:
+            booster = lgb_native.Booster(doc["booster"])
+        except (KeyError, TypeError, AttributeError, lgb_native.NativeError) as exc:
+            raise AmxModelError(f"AMX cost model {path} is damaged: {exc}") from None
+        return AmxCostModel(booster, doc.get("meta", {}))
 
 
 def load_records(db) -> list[tuple[Kernel, AmxSchedule, float]]:

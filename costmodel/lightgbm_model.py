@@ -12,7 +12,9 @@ files.
 
 `update(records)` continues boosting from the current trees on the new measurements (a few
 rounds: cheap enough to run between search rounds). Model files are gzip JSON with the
-feature-schema version, the feature names and the three boosters as LightGBM text.
+feature-schema version, the feature names and the three boosters as LightGBM text. A
+loaded model predicts through lib_lightgbm directly (`lgb_native.py`), so a compile never
+imports the `lightgbm` package; training and `update` do.
 """
 
 from __future__ import annotations
@@ -21,12 +23,11 @@ import collections
 import math
 from collections.abc import Sequence
 
-import lightgbm as lgb
 import numpy as np
 
 from tilecraft.backends.cpu.schedule import TileDecision
 from tilecraft.corpus.kernels import Kernel
-from tilecraft.costmodel import features
+from tilecraft.costmodel import features, lgb_native
 from tilecraft.costmodel.model import MODEL_FORMAT, CostModelError, Predictions, Record, write_model_file
 
 RELEVANCE_LEVELS = 31  # LambdaRank's default label_gain covers 0..30
@@ -76,7 +77,8 @@ class LightGBMCostModel:
         self.text = text
         self.params = {**PARAMS, **(params or {})}
         self.rounds = {**ROUNDS, **(rounds or {})}
-        self.boosters: dict[str, lgb.Booster] = {}
+        # lightgbm.Booster after training, lgb_native.Booster after loading: both predict
+        self.boosters: dict = {}
         self.meta: dict = {}
         self.offsets: dict[str, float] = {}  # per-kernel log-latency calibration from `update`
 
@@ -114,6 +116,8 @@ class LightGBMCostModel:
         p = self.params
 
         def train(params, y, rounds, *, init_score=None, group=None):
+            import lightgbm as lgb
+
             if client is not None:
                 from tilecraft.costmodel import dask_train
 
@@ -141,6 +145,8 @@ class LightGBMCostModel:
         """Continue boosting on new measurements (search calls this between rounds)."""
         if not records or not self.boosters:
             return
+        import lightgbm as lgb
+
         # A kernel's measurements first recalibrate its level (trees cannot learn an offset
         # shared by every row: no split has gain), then new trees fit what is left.
         by_kernel: dict[str, list[Record]] = collections.defaultdict(list)
@@ -163,20 +169,20 @@ class LightGBMCostModel:
             {**p, "objective": "regression"},
             lgb.Dataset(x, lat - base - offsets),
             UPDATE_ROUNDS,
-            init_model=self.boosters["latency"],
+            init_model=lgb_native.to_lightgbm(self.boosters["latency"]),
         )
         if max(groups) > 1:
             self.boosters["rank"] = lgb.train(
                 {**p, "objective": "lambdarank"},
                 lgb.Dataset(x, np.concatenate(rel), group=groups),  # (continues from the old trees' output)
                 UPDATE_ROUNDS,
-                init_model=self.boosters["rank"],
+                init_model=lgb_native.to_lightgbm(self.boosters["rank"]),
             )
         self.boosters["util"] = lgb.train(
             {**p, "objective": "regression"},
             lgb.Dataset(x, util),
             UPDATE_ROUNDS,
-            init_model=self.boosters["util"],
+            init_model=lgb_native.to_lightgbm(self.boosters["util"]),
         )
 
     # ---------------------------------------------------------------- prediction
@@ -220,8 +226,8 @@ class LightGBMCostModel:
         if doc.get("feature_names") != features.feature_names(text=m.text):
             raise CostModelError("model file's feature names differ from this Tilecraft's schema: retrain it")
         try:
-            m.boosters = {name: lgb.Booster(model_str=s) for name, s in doc["boosters"].items()}
-        except (KeyError, lgb.basic.LightGBMError) as exc:
+            m.boosters = {name: lgb_native.Booster(s) for name, s in doc["boosters"].items()}
+        except (KeyError, TypeError, AttributeError, lgb_native.NativeError) as exc:
             raise CostModelError(f"model file is damaged: {exc}") from None
         if set(m.boosters) != {"latency", "rank", "util"}:
             raise CostModelError("model file lacks one of its latency/rank/util boosters")

@@ -89,7 +89,10 @@ def test_model_file_roundtrip_and_version_checks(synthetic, tmp_path):
     path = str(tmp_path / "m.json.gz")
     m.save(path)
     k, ds = records[0].kernel, [r.decision for r in records[:5]]
-    again = cm.load(path, target)
+    again = cm.load(path, target)  # (predicts through lib_lightgbm, not the package)
+    assert np.allclose(again.predict(k, ds).latency_s, m.predict(k, ds).latency_s)
+    again.update(records[200:220])  # continued boosting from the loaded trees
+    m.update(records[200:220])
     assert np.allclose(again.predict(k, ds).latency_s, m.predict(k, ds).latency_s)
     doc = json.loads(gzip.open(path, "rt").read())
     doc["schema"] = features.SCHEMA_VERSION + 1
