@@ -546,6 +546,58 @@ def export_decomposed(module: torch.nn.Module, args: tuple, table: dict):
             _trace._export_to_aten_ir = trace
 
 
+# dtypes torch-mlir's importer maps to NumPy through ml_dtypes (`fx_importer`, at import)
+_ML_DTYPES = {
+    torch.bfloat16: "bfloat16",
+    torch.float8_e5m2: "float8_e5m2",
+    torch.float8_e4m3fn: "float8_e4m3fn",
+    torch.float8_e5m2fnuz: "float8_e5m2fnuz",
+    torch.float8_e4m3fnuz: "float8_e4m3fnuz",
+    torch.float8_e8m0fnu: "float8_e8m0fnu",
+}
+_FX_IMPORTER_LOCK = threading.Lock()
+
+
+def _fx_importer(graph: torch.fx.Graph):
+    """torch-mlir's `fx_importer` module, imported without ml_dtypes unless a graph needs it.
+
+    The importer imports ml_dtypes (0.55 s here: its C extension registers a dozen NumPy
+    dtypes) only to turn bf16 and fp8 tensor *literals* into NumPy arrays; a process's first
+    compile paid it every time. Imported here with ml_dtypes hidden (where nothing loaded it
+    yet), and given ml_dtypes' types the first time a graph holds a value of one of them,
+    as its own import would have done."""
+    with _FX_IMPORTER_LOCK:
+        mod = sys.modules.get("torch_mlir.extras.fx_importer")
+        if mod is None:
+            hide = "ml_dtypes" not in sys.modules
+            if hide:
+                sys.modules["ml_dtypes"] = None  # `import ml_dtypes` there: ModuleNotFoundError
+            try:
+                import torch_mlir.extras.fx_importer as mod
+            finally:
+                if hide and sys.modules.get("ml_dtypes", False) is None:
+                    del sys.modules["ml_dtypes"]
+        if mod.ml_dtypes is None and any(_ML_DTYPES.keys() & _graph_dtypes(graph)):
+            import ml_dtypes
+
+            for dtype, name in _ML_DTYPES.items():
+                mod.TORCH_DTYPE_TO_NPY_TYPE[dtype] = getattr(ml_dtypes, name)
+            mod.ml_dtypes = ml_dtypes
+        return mod
+
+
+def _graph_dtypes(graph: torch.fx.Graph) -> set:
+    out = set()
+    for node in graph.nodes:
+        value = node.meta.get("val")
+        if node.op == "get_attr" and graph.owning_module is not None:
+            value = getattr(graph.owning_module, str(node.target), value)
+        for v in torch.utils._pytree.tree_leaves(value):
+            if isinstance(v, torch.Tensor):
+                out.add(v.dtype)
+    return out
+
+
 def import_module(
     model: torch.nn.Module,
     inputs: tuple[torch.Tensor, ...],
@@ -555,7 +607,6 @@ def import_module(
 ) -> Imported:
     """Export a module (weights lifted to arguments) and lower it to linalg-on-tensors."""
     from torch_mlir.extras.fx_decomp_util import get_decomposition_table
-    from torch_mlir.extras.fx_importer import FxImporter
 
     model = model.eval()
     state = {**dict(model.named_parameters()), **dict(model.named_buffers())}
@@ -586,9 +637,9 @@ def import_module(
         complex_inputs = tuple(i for i, c in enumerate(flags[n_params:]) if c)
     widen_narrow_arithmetic(prog.graph)
     batchnorm.fold_batch_norms(prog.graph)  # into the convolution before, or a scale and shift
-    importer = FxImporter(context=ctx)
     try:
         graph, params = fold_weight_only(prog, n_params=n_params, params=params, inputs=real_inputs)
+        importer = _fx_importer(graph).FxImporter(context=ctx)
         outputs = plan_outputs(
             prog, graph, n_params, params, spec, complex_inputs=complex_inputs, complex_outputs=complex_outputs
         )
