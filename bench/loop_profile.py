@@ -36,8 +36,11 @@ from tilecraft.backends.cpu import runtime
 from tilecraft.backends.cpu.backend import CpuOptions
 from tilecraft.corpus import zoo
 
+# the entry's code: `forward` is its own C interface (`lowering.inline_entries`)
+ENTRY = "_mlir_ciface_forward"
 
-def body(so: str, symbol: str = "forward") -> list[tuple[int, str, str]]:
+
+def body(so: str, symbol: str = ENTRY) -> list[tuple[int, str, str]]:
     """(address, mnemonic, operands) of every instruction of `symbol`."""
     dis = subprocess.run(["objdump", "-d", "--no-show-raw-insn", so], capture_output=True, text=True, check=True)
     out, inside = [], False
@@ -163,7 +166,7 @@ def main(argv=None) -> int:
             if not parts:
                 continue
             total += 1
-            m = re.match(r"forward\+0x([0-9a-f]+)", parts[1]) if len(parts) > 1 else None
+            m = re.match(rf"{ENTRY}\+0x([0-9a-f]+)", parts[1]) if len(parts) > 1 else None
             if not m:
                 counts["outside forward: " + (parts[1].split("+")[0] if len(parts) > 1 else "?")] += 1
                 continue

@@ -20,7 +20,7 @@
 
 // Lowered, the contraction is a call to the AMX kernel: the fill is gone, the first K
 // chunk of each register block starts from zero tiles, and the blocks are AMX tile ops.
-// AMX-LABEL: llvm.func @mm
+// AMX-LABEL: llvm.func @_mlir_ciface_mm(
 // AMX: llvm.call @__tc_amx_0(
 // AMX-LABEL: llvm.func @__tc_amx_0_b0(
 // AMX: tilezero
