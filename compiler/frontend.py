@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch_mlir import ir, passmanager
 
-from tilecraft import batchnorm, complex_pairs
+from tilecraft import batchnorm, complex_pairs, gcpause
 from tilecraft.backends.cpu.runtime import Signature
 from tilecraft.dialects import tc
 
@@ -598,6 +598,7 @@ def _graph_dtypes(graph: torch.fx.Graph) -> set:
     return out
 
 
+@gcpause.paused()
 def import_module(
     model: torch.nn.Module,
     inputs: tuple[torch.Tensor, ...],

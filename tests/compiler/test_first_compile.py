@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from tilecraft import frontend
@@ -39,3 +40,29 @@ def test_a_graph_with_bf16_values_gives_the_importer_ml_dtypes():
     assert mod.ml_dtypes is not None
     assert mod.TORCH_DTYPE_TO_NPY_TYPE[torch.bfloat16] is mod.ml_dtypes.bfloat16
     assert frontend._fx_importer(torch.fx.Graph()) is mod  # (imported once)
+
+
+def test_the_collector_is_paused_while_tracing_and_restored_after():
+    import gc
+
+    from tilecraft import gcpause
+
+    seen = []
+    with gcpause.paused():
+        with gcpause.paused():
+            seen.append(gc.isenabled())
+        seen.append(gc.isenabled())
+    assert seen == [False, False] and gc.isenabled()
+    with pytest.raises(RuntimeError):
+        with gcpause.paused():
+            raise RuntimeError("a failed trace")
+    assert gc.isenabled()
+    gc.disable()  # a caller's own choice stands
+    try:
+        with gcpause.paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    frontend.import_module(torch.nn.Linear(4, 2), (torch.randn(1, 4),), spec="linear")
+    assert gc.isenabled()
