@@ -2,6 +2,13 @@
 
 On the costmodel floor. A 0/1 program: minimize `cost · x` subject to rows of equalities
 and upper bounds, every x binary; solved exactly by HiGHS through `scipy.optimize.milp`.
+
+A set partition (every row `= 1` over 0/1 columns, nothing else: the fusion plan's) splits
+into independent blocks of rows that share columns, each usually a few ops and the groups
+over them; blocks of up to `EXACT_COLUMNS` columns are solved exactly by a branch and bound
+over their exact covers; a program with a larger block (or one whose search does not finish
+within `EXACT_NODES` nodes) goes to HiGHS whole. A compile that needs no solver does not
+import scipy.optimize (0.23-0.44 s: docs/measurements.md, a process's first compile).
 """
 
 from __future__ import annotations
@@ -9,7 +16,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.optimize import Bounds, LinearConstraint, milp
+
+# Blocks with at most this many columns are enumerated, up to this many search nodes;
+# larger ones, and any that takes more nodes, go to HiGHS.
+EXACT_COLUMNS = 512
+EXACT_NODES = 5000
+
+
+class _TooLarge(Exception):
+    pass
 
 
 class InfeasibleError(RuntimeError):
@@ -29,6 +44,17 @@ def solve_binary(
     cost = np.asarray(cost, dtype=float)
     if cost.size == 0:
         return [], 0.0
+    if at_most is None and equal is not None:
+        a = np.atleast_2d(equal[0])
+        if np.all(np.asarray(equal[1]) == 1) and np.isin(a, (0, 1)).all():
+            return _set_partition(cost, a, time_limit)
+    return _milp(cost, equal=equal, at_most=at_most, time_limit=time_limit)
+
+
+def _milp(cost, *, equal=None, at_most=None, time_limit=None) -> tuple[list[int], float]:
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    cost = np.asarray(cost, dtype=float)
     constraints = []
     if equal is not None:
         constraints.append(LinearConstraint(np.atleast_2d(equal[0]), equal[1], equal[1]))
@@ -39,3 +65,85 @@ def solve_binary(
     if res.x is None:
         raise InfeasibleError(f"integer program: {res.message}")
     return [j for j, x in enumerate(res.x) if x > 0.5], float(res.fun)
+
+
+def _set_partition(cost: np.ndarray, a: np.ndarray, time_limit: float | None) -> tuple[list[int], float]:
+    """min cost · x with A x = 1 (A 0/1): block by block, exactly."""
+    rows_of = [np.flatnonzero(a[:, j]).tolist() for j in range(a.shape[1])]
+    if any(not a[i].any() for i in range(a.shape[0])):
+        raise InfeasibleError("integer program: a row no column covers")
+    # blocks: rows joined by the columns that cover them together (union-find)
+    parent = list(range(a.shape[0]))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for rows in rows_of:
+        for r in rows[1:]:
+            parent[find(r)] = find(rows[0])
+    blocks: dict[int, list[int]] = {}
+    for j, rows in enumerate(rows_of):
+        if rows:  # (an empty column only adds its cost: never chosen when it costs ≥ 0)
+            blocks.setdefault(find(rows[0]), []).append(j)
+    whole = lambda: _milp(cost, equal=(a, 1), time_limit=time_limit)  # noqa: E731 (one HiGHS call)
+    if any(len(cols) > EXACT_COLUMNS for cols in blocks.values()):
+        return whole()
+    chosen: list[int] = [j for j, rows in enumerate(rows_of) if not rows and cost[j] < 0]
+    for cols in blocks.values():
+        picked = _exact_cover(cols, rows_of, cost)
+        if picked is None:  # (a search too long: HiGHS, once, for the whole program)
+            return whole()
+        chosen += picked
+    chosen.sort()
+    return chosen, float(cost[chosen].sum())
+
+
+def _exact_cover(cols: list[int], rows_of: list[list[int]], cost: np.ndarray) -> list[int]:
+    """The cheapest set of `cols` covering each of their rows exactly once (depth first:
+    the lowest uncovered row's columns in turn, pruned by the best cover found); None past
+    `EXACT_NODES` nodes (HiGHS then solves the block)."""
+    rows = sorted({r for j in cols for r in rows_of[j]})
+    by_row: dict[int, list[int]] = {r: [] for r in rows}
+    for j in sorted(cols, key=lambda j: cost[j]):
+        by_row[min(rows_of[j])].append(j)  # (a column is tried at its lowest row)
+    # A lower bound on what the uncovered rows still cost: each row at least the cheapest
+    # share (cost over rows covered) of a column that covers it.
+    share = {r: np.inf for r in rows}
+    for j in cols:
+        for r in rows_of[j]:
+            share[r] = min(share[r], float(cost[j]) / len(rows_of[j]))
+    col_share = {j: sum(share[r] for r in rows_of[j]) for j in cols}
+    best: list = [None, np.inf]
+    nodes = [0]
+
+    def visit(i: int, covered: set, picked: list, total: float, rest: float) -> None:
+        nodes[0] += 1
+        if nodes[0] > EXACT_NODES:
+            raise _TooLarge
+        while i < len(rows) and rows[i] in covered:
+            i += 1
+        if i == len(rows):
+            if total < best[1]:
+                best[0], best[1] = list(picked), total
+            return
+        if total + rest >= best[1] - 1e-12 * abs(best[1]):
+            return
+        for j in by_row[rows[i]]:
+            members = rows_of[j]
+            if covered.isdisjoint(members):
+                covered.update(members)
+                picked.append(j)
+                visit(i + 1, covered, picked, total + float(cost[j]), rest - col_share[j])
+                picked.pop()
+                covered.difference_update(members)
+
+    try:
+        visit(0, set(), [], 0.0, sum(share.values()))
+    except _TooLarge:
+        return None
+    if best[0] is None:
+        raise InfeasibleError("integer program: no exact cover of the rows")
+    return best[0]
