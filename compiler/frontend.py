@@ -558,44 +558,61 @@ _ML_DTYPES = {
 _FX_IMPORTER_LOCK = threading.Lock()
 
 
-def _fx_importer(graph: torch.fx.Graph):
-    """torch-mlir's `fx_importer` module, imported without ml_dtypes unless a graph needs it.
+class _LazyMlDtypes:
+    """Stands for the ml_dtypes module until one of its types is asked for."""
+
+    def __getattr__(self, name: str):
+        import ml_dtypes
+
+        return getattr(ml_dtypes, name)
+
+
+class _LazyNpyTypes(dict):
+    """torch dtype → NumPy type, the ml_dtypes ones resolved (imported) on first use."""
+
+    def __missing__(self, dtype):
+        if dtype not in _ML_DTYPES:
+            raise KeyError(dtype)
+        import ml_dtypes
+
+        self[dtype] = value = getattr(ml_dtypes, _ML_DTYPES[dtype])
+        return value
+
+    def get(self, dtype, default=None):
+        try:
+            return self[dtype]
+        except KeyError:
+            return default
+
+    def __contains__(self, dtype) -> bool:
+        return dict.__contains__(self, dtype) or dtype in _ML_DTYPES
+
+
+def _fx_importer():
+    """torch-mlir's `fx_importer` module, imported without importing ml_dtypes.
 
     The importer imports ml_dtypes (0.55 s here: its C extension registers a dozen NumPy
-    dtypes) only to turn bf16 and fp8 tensor *literals* into NumPy arrays; a process's first
+    dtypes) only to turn bf16 and fp8 tensor literals into NumPy arrays; a process's first
     compile paid it every time. Imported here with ml_dtypes hidden (where nothing loaded it
-    yet), and given ml_dtypes' types the first time a graph holds a value of one of them,
-    as its own import would have done."""
+    yet), then given a stand-in for the module and a dtype table that import ml_dtypes the
+    first time a bf16 or fp8 literal needs it, so the importer works as its own import
+    would have made it, for us and anyone else in the process."""
     with _FX_IMPORTER_LOCK:
         mod = sys.modules.get("torch_mlir.extras.fx_importer")
-        if mod is None:
-            hide = "ml_dtypes" not in sys.modules
-            if hide:
-                sys.modules["ml_dtypes"] = None  # `import ml_dtypes` there: ModuleNotFoundError
-            try:
-                import torch_mlir.extras.fx_importer as mod
-            finally:
-                if hide and sys.modules.get("ml_dtypes", False) is None:
-                    del sys.modules["ml_dtypes"]
-        if mod.ml_dtypes is None and any(_ML_DTYPES.keys() & _graph_dtypes(graph)):
-            import ml_dtypes
-
-            for dtype, name in _ML_DTYPES.items():
-                mod.TORCH_DTYPE_TO_NPY_TYPE[dtype] = getattr(ml_dtypes, name)
-            mod.ml_dtypes = ml_dtypes
+        if mod is not None:
+            return mod
+        hide = "ml_dtypes" not in sys.modules
+        if hide:
+            sys.modules["ml_dtypes"] = None  # `import ml_dtypes` there: ModuleNotFoundError
+        try:
+            import torch_mlir.extras.fx_importer as mod
+        finally:
+            if hide and sys.modules.get("ml_dtypes", False) is None:
+                del sys.modules["ml_dtypes"]
+        if mod.ml_dtypes is None:
+            mod.TORCH_DTYPE_TO_NPY_TYPE = _LazyNpyTypes(mod.TORCH_DTYPE_TO_NPY_TYPE)
+            mod.ml_dtypes = _LazyMlDtypes()
         return mod
-
-
-def _graph_dtypes(graph: torch.fx.Graph) -> set:
-    out = set()
-    for node in graph.nodes:
-        value = node.meta.get("val")
-        if node.op == "get_attr" and graph.owning_module is not None:
-            value = getattr(graph.owning_module, str(node.target), value)
-        for v in torch.utils._pytree.tree_leaves(value):
-            if isinstance(v, torch.Tensor):
-                out.add(v.dtype)
-    return out
 
 
 @gcpause.paused()
@@ -640,7 +657,7 @@ def import_module(
     batchnorm.fold_batch_norms(prog.graph)  # into the convolution before, or a scale and shift
     try:
         graph, params = fold_weight_only(prog, n_params=n_params, params=params, inputs=real_inputs)
-        importer = _fx_importer(graph).FxImporter(context=ctx)
+        importer = _fx_importer().FxImporter(context=ctx)
         outputs = plan_outputs(
             prog, graph, n_params, params, spec, complex_inputs=complex_inputs, complex_outputs=complex_outputs
         )

@@ -31,16 +31,26 @@ def test_a_first_compile_imports_none_of_the_heavy_modules():
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
-def test_a_graph_with_bf16_values_gives_the_importer_ml_dtypes():
-    g = torch.fx.Graph()
-    x = g.placeholder("x")
-    x.meta["val"] = torch.zeros(2, dtype=torch.bfloat16)
-    g.output(x)
-    assert torch.bfloat16 in frontend._graph_dtypes(g)
-    mod = frontend._fx_importer(g)
-    assert mod.ml_dtypes is not None
-    assert mod.TORCH_DTYPE_TO_NPY_TYPE[torch.bfloat16] is mod.ml_dtypes.bfloat16
-    assert frontend._fx_importer(torch.fx.Graph()) is mod  # (imported once)
+def test_the_importer_turns_bf16_literals_into_arrays_without_ml_dtypes_imported_first():
+    code = (
+        "import sys, torch\n"
+        "from tilecraft import frontend\n"
+        "mod = frontend._fx_importer()\n"
+        "print('ml_dtypes' in sys.modules)\n"
+        "class M(torch.nn.Module):\n"
+        "    def __init__(s):\n"
+        "        super().__init__(); s.register_buffer('c', torch.arange(8, dtype=torch.bfloat16))\n"
+        "    def forward(s, x): return x + s.c\n"
+        "prog = torch.export.export(M(), (torch.ones(8, dtype=torch.bfloat16),))\n"
+        "imp = mod.FxImporter(context=frontend.new_context())\n"
+        "imp.import_frozen_program(prog)  # (the buffer becomes a bf16 literal)\n"
+        "text = str(imp.module)\n"
+        "print('ml_dtypes' in sys.modules, 'torch.vtensor.literal' in text and 'bf16' in text)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "True", "True"]
+    assert torch.float8_e4m3fn in frontend._fx_importer().TORCH_DTYPE_TO_NPY_TYPE
 
 
 def test_the_collector_is_paused_while_tracing_and_restored_after():
