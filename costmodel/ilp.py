@@ -19,7 +19,7 @@ import numpy as np
 
 # Blocks with at most this many columns are enumerated, up to this many search nodes;
 # larger ones, and any that takes more nodes, go to HiGHS.
-EXACT_COLUMNS = 512
+EXACT_COLUMNS = 400  # (and so rows: the search recurses once a row, under Python's limit of 1000)
 EXACT_NODES = 5000
 
 
@@ -103,7 +103,8 @@ def _set_partition(cost: np.ndarray, a: np.ndarray, time_limit: float | None) ->
 
 def _exact_cover(cols: list[int], rows_of: list[list[int]], cost: np.ndarray) -> list[int]:
     """The cheapest set of `cols` covering each of their rows exactly once (depth first:
-    the lowest uncovered row's columns in turn, pruned by the best cover found); None past
+    the lowest uncovered row's columns in turn, pruned where the cost so far plus a lower
+    bound on the rest reaches the best cover found); None past
     `EXACT_NODES` nodes (HiGHS then solves the block)."""
     rows = sorted({r for j in cols for r in rows_of[j]})
     by_row: dict[int, list[int]] = {r: [] for r in rows}
@@ -129,7 +130,7 @@ def _exact_cover(cols: list[int], rows_of: list[list[int]], cost: np.ndarray) ->
             if total < best[1]:
                 best[0], best[1] = list(picked), total
             return
-        if total + rest >= best[1] - 1e-12 * abs(best[1]):
+        if best[0] is not None and total + rest >= best[1] - 1e-12 * abs(best[1]):
             return
         for j in by_row[rows[i]]:
             members = rows_of[j]

@@ -60,3 +60,17 @@ def test_no_exact_cover_is_infeasible():
         ilp.solve_binary([1.0, 1.0], equal=(a, 1))
     with pytest.raises(ilp.InfeasibleError):
         ilp.solve_binary([1.0, 2.0], equal=(np.array([[1.0, 1.0], [1.0, 1.0], [1.0, 0.0], [0.0, 1.0]]), 1))
+
+
+@pytest.mark.parametrize("n", [350, 600])
+def test_a_long_chain_of_overlapping_groups(n):
+    """One block as long as a deep model's chain: searched within Python's recursion limit,
+    or (longer than `EXACT_COLUMNS` allows) solved by HiGHS."""
+    cols = [[i] for i in range(n)] + [[i, i + 1] for i in range(n - 1)]
+    a = np.zeros((n, len(cols)))
+    for j, rows in enumerate(cols):
+        a[rows, j] = 1
+    cost = np.array([1.0] * n + [1.5] * (n - 1))  # a pair beats two singles
+    chosen, total = ilp.solve_binary(cost, equal=(a, 1))
+    assert np.array_equal(a[:, chosen].sum(axis=1), np.ones(n))
+    assert total == pytest.approx(1.5 * (n // 2) + (n % 2))
