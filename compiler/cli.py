@@ -35,8 +35,8 @@ _USER_ERRORS = (
 
 
 def _errors() -> tuple[type[BaseException], ...]:
-    loaded = (getattr(sys.modules[m], name) for m, name in _USER_ERRORS if m in sys.modules)
-    return (*loaded, FileNotFoundError)
+    loaded = (getattr(sys.modules.get(m), name, None) for m, name in _USER_ERRORS)
+    return (*(c for c in loaded if c is not None), FileNotFoundError)
 
 
 def _fail(exc: BaseException, verbose: bool) -> int:

@@ -609,7 +609,7 @@ def _fx_importer():
         finally:
             if hide and sys.modules.get("ml_dtypes", False) is None:
                 del sys.modules["ml_dtypes"]
-        if mod.ml_dtypes is None:
+        if mod.ml_dtypes is None and importlib.util.find_spec("ml_dtypes") is not None:
             mod.TORCH_DTYPE_TO_NPY_TYPE = _LazyNpyTypes(mod.TORCH_DTYPE_TO_NPY_TYPE)
             mod.ml_dtypes = _LazyMlDtypes()
         return mod

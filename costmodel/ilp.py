@@ -5,9 +5,9 @@ and upper bounds, every x binary; solved exactly by HiGHS through `scipy.optimiz
 
 A set partition (every row `= 1` over 0/1 columns, nothing else: the fusion plan's) splits
 into independent blocks of rows that share columns, each usually a few ops and the groups
-over them; blocks of up to `EXACT_COLUMNS` columns are solved exactly by a branch and bound
-over their exact covers; a program with a larger block (or one whose search does not finish
-within `EXACT_NODES` nodes) goes to HiGHS whole. A compile that needs no solver does not
+over them; blocks of up to `EXACT_COLUMNS` columns are solved exactly by dynamic programming
+over their rows in order; a program with a larger block (or one whose search passes
+`EXACT_NODES` states) goes to HiGHS whole. A compile that needs no solver does not
 import scipy.optimize (0.23-0.44 s: docs/measurements.md, a process's first compile).
 """
 
@@ -17,8 +17,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-# Blocks with at most this many columns are enumerated, up to this many search nodes;
-# larger ones, and any that takes more nodes, go to HiGHS.
+# Blocks with at most this many columns are solved here, up to this many states each;
+# a program with a larger block, or one that takes more states, goes to HiGHS.
 EXACT_COLUMNS = 400  # (and so rows: the search recurses once a row, under Python's limit of 1000)
 EXACT_NODES = 5000
 
@@ -101,50 +101,56 @@ def _set_partition(cost: np.ndarray, a: np.ndarray, time_limit: float | None) ->
     return chosen, float(cost[chosen].sum())
 
 
-def _exact_cover(cols: list[int], rows_of: list[list[int]], cost: np.ndarray) -> list[int]:
-    """The cheapest set of `cols` covering each of their rows exactly once (depth first:
-    the lowest uncovered row's columns in turn, pruned where the cost so far plus a lower
-    bound on the rest reaches the best cover found); None past
-    `EXACT_NODES` nodes (HiGHS then solves the block)."""
+def _exact_cover(cols: list[int], rows_of: list[list[int]], cost: np.ndarray) -> list[int] | None:
+    """The cheapest set of `cols` covering each of their rows exactly once, by dynamic
+    programming over the rows in order: the state is the next uncovered row and which rows
+    after it the columns chosen so far already cover (a few, where groups span nearby ops:
+    a chain of n ops has about 2n states). None past `EXACT_NODES` states (HiGHS then
+    solves the program)."""
     rows = sorted({r for j in cols for r in rows_of[j]})
     by_row: dict[int, list[int]] = {r: [] for r in rows}
     for j in sorted(cols, key=lambda j: cost[j]):
-        by_row[min(rows_of[j])].append(j)  # (a column is tried at its lowest row)
-    # A lower bound on what the uncovered rows still cost: each row at least the cheapest
-    # share (cost over rows covered) of a column that covers it.
-    share = {r: np.inf for r in rows}
-    for j in cols:
-        for r in rows_of[j]:
-            share[r] = min(share[r], float(cost[j]) / len(rows_of[j]))
-    col_share = {j: sum(share[r] for r in rows_of[j]) for j in cols}
-    best: list = [None, np.inf]
-    nodes = [0]
+        by_row[min(rows_of[j])].append(j)  # (a column is chosen at its lowest row)
+    n = len(rows)
+    memo: dict[tuple[int, frozenset], tuple[float, int | None]] = {}
+    states = [0]
 
-    def visit(i: int, covered: set, picked: list, total: float, rest: float) -> None:
-        nodes[0] += 1
-        if nodes[0] > EXACT_NODES:
-            raise _TooLarge
-        while i < len(rows) and rows[i] in covered:
+    def settle(i: int, ahead: frozenset) -> tuple[int, frozenset]:
+        while i < n and rows[i] in ahead:  # rows the chosen columns covered: passed
+            ahead = ahead - {rows[i]}
             i += 1
-        if i == len(rows):
-            if total < best[1]:
-                best[0], best[1] = list(picked), total
-            return
-        if best[0] is not None and total + rest >= best[1] - 1e-12 * abs(best[1]):
-            return
+        return i, ahead
+
+    def best(i: int, ahead: frozenset) -> float:
+        i, ahead = settle(i, ahead)
+        if i == n:
+            return 0.0
+        if (i, ahead) in memo:
+            return memo[i, ahead][0]
+        states[0] += 1
+        if states[0] > EXACT_NODES:
+            raise _TooLarge
+        value, choice = np.inf, None
         for j in by_row[rows[i]]:
             members = rows_of[j]
-            if covered.isdisjoint(members):
-                covered.update(members)
-                picked.append(j)
-                visit(i + 1, covered, picked, total + float(cost[j]), rest - col_share[j])
-                picked.pop()
-                covered.difference_update(members)
+            if ahead.isdisjoint(members):
+                v = float(cost[j]) + best(i + 1, ahead.union(members[1:]))  # (members[0] is row i)
+                if v < value:
+                    value, choice = v, j
+        memo[i, ahead] = (value, choice)
+        return value
 
     try:
-        visit(0, set(), [], 0.0, sum(share.values()))
-    except _TooLarge:
+        if not np.isfinite(best(0, frozenset())):
+            raise InfeasibleError("integer program: no exact cover of the rows")
+    except (_TooLarge, RecursionError):
         return None
-    if best[0] is None:
-        raise InfeasibleError("integer program: no exact cover of the rows")
-    return best[0]
+    picked, i, ahead = [], 0, frozenset()
+    while True:
+        i, ahead = settle(i, ahead)
+        if i == n:
+            return picked
+        j = memo[i, ahead][1]
+        picked.append(j)
+        ahead = ahead.union(rows_of[j][1:])
+        i += 1

@@ -11,6 +11,7 @@ shared library or assembly text.
 
 from __future__ import annotations
 
+import collections
 import math
 import os
 import shutil
@@ -418,16 +419,26 @@ def inline_entries(module: ir.Module) -> None:
         op = op.operation
         if op.name == "llvm.func" and len(op.regions[0].blocks):
             funcs[ir.StringAttr(op.attributes["sym_name"]).value] = op
+    referenced: collections.Counter = collections.Counter()  # calls and addresses by symbol
+
+    def note(op):
+        for key in ("callee", "global_name"):
+            if key in op.attributes and op.name in ("llvm.call", "llvm.mlir.addressof"):
+                referenced[ir.FlatSymbolRefAttr(op.attributes[key]).value] += 1
+        return ir.WalkResult.ADVANCE
+
+    module.operation.walk(note)
     for name, f in funcs.items():
         wrapper = funcs.get(f"_mlir_ciface_{name}")
-        if wrapper is None or len(wrapper.regions[0].blocks) != 1:
-            continue
+        if wrapper is None or len(wrapper.regions[0].blocks) != 1 or referenced[name] != 1:
+            continue  # (another function calls `f`, or takes its address: it keeps its form)
         wb, fb = wrapper.regions[0].blocks[0], f.regions[0].blocks[0]
         ops = [o.operation for o in wb.operations]
         call, ret = ops[-2:] if len(ops) >= 2 else (None, None)
         if (
             call is None
             or call.name != "llvm.call"
+            or "callee" not in call.attributes
             or ir.FlatSymbolRefAttr(call.attributes["callee"]).value != name
             or len(call.results)
             or ret.name != "llvm.return"

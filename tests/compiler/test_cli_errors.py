@@ -160,3 +160,16 @@ def test_user_mistakes_are_one_line_naming_their_path(tmp_path, args, needle):
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert needle.format(tmp=tmp_path) in lines[0] and "internal error" not in lines[0]
     assert not any(p.name.startswith(".tilecraft-") for p in tmp_path.rglob("*"))  # nothing half-written
+
+
+def test_every_user_error_the_cli_catches_names_its_defining_module():
+    """`cli._errors` finds each user error in the module that defines it, among the modules
+    a command loaded: a wrong pair would let that error through as an internal error."""
+    import importlib
+
+    from tilecraft import cli
+
+    for module, name in cli._USER_ERRORS:
+        cls = getattr(importlib.import_module(module), name)
+        assert issubclass(cls, Exception) and cls.__module__ == module, (module, name)
+    assert len(cli._errors()) == len(cli._USER_ERRORS) + 1  # (all loaded now, and FileNotFoundError)

@@ -1,5 +1,5 @@
 """`costmodel/ilp.py`: set partitions solved block by block without HiGHS, to the same
-optimum HiGHS finds; everything else, and blocks too large to enumerate, through HiGHS."""
+optimum HiGHS finds; everything else, and programs with blocks too large, through HiGHS."""
 
 from __future__ import annotations
 
@@ -62,10 +62,14 @@ def test_no_exact_cover_is_infeasible():
         ilp.solve_binary([1.0, 2.0], equal=(np.array([[1.0, 1.0], [1.0, 1.0], [1.0, 0.0], [0.0, 1.0]]), 1))
 
 
-@pytest.mark.parametrize("n", [350, 600])
-def test_a_long_chain_of_overlapping_groups(n):
-    """One block as long as a deep model's chain: searched within Python's recursion limit,
-    or (longer than `EXACT_COLUMNS` allows) solved by HiGHS."""
+@pytest.mark.parametrize("n", [150, 350])
+def test_a_long_chain_of_overlapping_groups(n, monkeypatch):
+    """One block as long as a deep model's chain: solved here (about 2n states) within
+    Python's recursion limit where `EXACT_COLUMNS` allows (n = 150: 299 columns), else by
+    HiGHS (n = 350)."""
+    calls = []
+    milp = ilp._milp
+    monkeypatch.setattr(ilp, "_milp", lambda *x, **k: calls.append(1) or milp(*x, **k))
     cols = [[i] for i in range(n)] + [[i, i + 1] for i in range(n - 1)]
     a = np.zeros((n, len(cols)))
     for j, rows in enumerate(cols):
@@ -74,3 +78,4 @@ def test_a_long_chain_of_overlapping_groups(n):
     chosen, total = ilp.solve_binary(cost, equal=(a, 1))
     assert np.array_equal(a[:, chosen].sum(axis=1), np.ones(n))
     assert total == pytest.approx(1.5 * (n // 2) + (n % 2))
+    assert len(calls) == (0 if 2 * n - 1 <= ilp.EXACT_COLUMNS else 1)
