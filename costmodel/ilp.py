@@ -61,10 +61,17 @@ def _milp(cost, *, equal=None, at_most=None, time_limit=None) -> tuple[list[int]
     if at_most is not None:
         constraints.append(LinearConstraint(np.atleast_2d(at_most[0]), -np.inf, at_most[1]))
     options = {"time_limit": time_limit} if time_limit else {}
-    res = milp(cost, constraints=constraints, integrality=np.ones(cost.size), bounds=Bounds(0, 1), options=options)
+    # Costs in seconds are ~1e-6 for a small model, the size of HiGHS' default absolute gap:
+    # it stopped at the first incumbent near there (a layer norm's plan 2.3994e-6 s against
+    # the optimum 2.3892e-6). Scaled to at most 1, the gaps mean what they say.
+    scale = float(np.abs(cost).max()) or 1.0
+    res = milp(
+        cost / scale, constraints=constraints, integrality=np.ones(cost.size), bounds=Bounds(0, 1), options=options
+    )
     if res.x is None:
         raise InfeasibleError(f"integer program: {res.message}")
-    return [j for j, x in enumerate(res.x) if x > 0.5], float(res.fun)
+    chosen = [j for j, x in enumerate(res.x) if x > 0.5]
+    return chosen, float(cost[chosen].sum())
 
 
 def _set_partition(cost: np.ndarray, a: np.ndarray, time_limit: float | None) -> tuple[list[int], float]:
