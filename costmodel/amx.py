@@ -154,7 +154,7 @@ class AmxCostModel:
             raise AmxModelError(f"{path} is not an AMX cost model")
         try:
             booster = lgb_native.Booster(doc["booster"])
-        except (KeyError, TypeError, AttributeError, lgb_native.NativeError) as exc:
+        except (KeyError, lgb_native.NativeError) as exc:
             raise AmxModelError(f"AMX cost model {path} is damaged: {exc}") from None
         return AmxCostModel(booster, doc.get("meta", {}))
 

@@ -95,7 +95,10 @@ def _set_partition(cost: np.ndarray, a: np.ndarray, time_limit: float | None) ->
     for j, rows in enumerate(rows_of):
         if rows:  # (an empty column only adds its cost: never chosen when it costs ≥ 0)
             blocks.setdefault(find(rows[0]), []).append(j)
-    whole = lambda: _milp(cost, equal=(a, 1), time_limit=time_limit)  # noqa: E731 (one HiGHS call)
+
+    def whole():  # (one HiGHS call for the whole program)
+        return _milp(cost, equal=(a, 1), time_limit=time_limit)
+
     if any(len(cols) > EXACT_COLUMNS for cols in blocks.values()):
         return whole()
     chosen: list[int] = [j for j, rows in enumerate(rows_of) if not rows and cost[j] < 0]

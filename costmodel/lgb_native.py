@@ -65,6 +65,8 @@ class Booster:
     `to_lightgbm()` builds the package's Booster (importing it) for training from it."""
 
     def __init__(self, model_str: str):
+        if not isinstance(model_str, str):  # (a damaged model document)
+            raise NativeError(f"a booster's model text is a {type(model_str).__name__}, not text")
         self.text = model_str
         handle = ctypes.c_void_p()
         iterations = ctypes.c_int(0)

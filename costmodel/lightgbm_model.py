@@ -227,7 +227,7 @@ class LightGBMCostModel:
             raise CostModelError("model file's feature names differ from this Tilecraft's schema: retrain it")
         try:
             m.boosters = {name: lgb_native.Booster(s) for name, s in doc["boosters"].items()}
-        except (KeyError, TypeError, AttributeError, lgb_native.NativeError) as exc:
+        except (KeyError, lgb_native.NativeError) as exc:
             raise CostModelError(f"model file is damaged: {exc}") from None
         if set(m.boosters) != {"latency", "rank", "util"}:
             raise CostModelError("model file lacks one of its latency/rank/util boosters")

@@ -420,11 +420,12 @@ def inline_entries(module: ir.Module) -> None:
         if op.name == "llvm.func" and len(op.regions[0].blocks):
             funcs[ir.StringAttr(op.attributes["sym_name"]).value] = op
     referenced: collections.Counter = collections.Counter()  # calls and addresses by symbol
+    symbol_of = {"llvm.call": "callee", "llvm.mlir.addressof": "global_name"}
 
     def note(op):
-        for key in ("callee", "global_name"):
-            if key in op.attributes and op.name in ("llvm.call", "llvm.mlir.addressof"):
-                referenced[ir.FlatSymbolRefAttr(op.attributes[key]).value] += 1
+        key = symbol_of.get(op.name)
+        if key is not None and key in op.attributes:
+            referenced[ir.FlatSymbolRefAttr(op.attributes[key]).value] += 1
         return ir.WalkResult.ADVANCE
 
     module.operation.walk(note)
