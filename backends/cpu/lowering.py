@@ -28,6 +28,7 @@ from tilecraft.backends.cpu import (
     amx,
     avx512_dot,
     broadcasts,
+    dedup,
     math_approx,
     pads,
     pool,
@@ -370,6 +371,8 @@ def prepare_llvm(module: ir.Module) -> None:
     distinct_results(module)
     if _has_tm_tensor_ops(module):  # (bufferized in the vector stage) → scf loops
         run_pipeline(module, "builtin.module(func.func(tm-tensor-to-loops))", stage="llvm", reproduce="cpu-llvm")
+    for func in list(public_funcs(module)):
+        dedup.dedup_kernels(module, func)  # identical kernels: one function, called by each
 
 
 def convert_to_llvm(module: ir.Module, *, pool_role: str = "own") -> ir.Module:

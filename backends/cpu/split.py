@@ -46,7 +46,7 @@ SHARED = (
 # Ops without operands copied into the half that reads them (a loop bound stays a constant).
 CLONED = ("arith.constant", "ub.poison")
 # The first half's share of the weight.
-FIRST = 0.45
+FIRST = 0.5
 # Below this weight a module compiles whole: forking and linking cost more than they save.
 MIN_WEIGHT = 15000
 
@@ -71,11 +71,16 @@ OP_WEIGHTS = {
     **dict.fromkeys(("scf.forall", "scf.forall.in_parallel", "arith.subf", "arith.maximumf", "linalg.yield"), 0),
 }
 UNSEEN = 4
+# A call of a kernel `dedup` shared: the kernel's name and weight (a half compiles each
+# kernel it calls once).
+KERNEL, KERNEL_WEIGHT = "tc.kernel", "tc.kernel_weight"
 
 
 def weight(op: ir.Operation) -> float:
     """The LLVM code `op` and the ops nested in it become, roughly (`OP_WEIGHTS`)."""
     o = op.operation
+    if o.name == "func.call" and KERNEL_WEIGHT in o.attributes:  # (a shared kernel: `dedup`)
+        return ir.FloatAttr(o.attributes[KERNEL_WEIGHT]).value
     w = OP_WEIGHTS.get(o.name, UNSEEN)
     if o.name.startswith(("linalg.depthwise_conv", "linalg.conv", "linalg.pooling")):
         w = _scalar_loops(o)
@@ -122,17 +127,14 @@ def plan(fn: ir.Operation, *, min_weight: int | None = None) -> list[ir.Operatio
     body = fn.regions[0].blocks[0]
     ops = [o.operation for o in body.operations][:-1]  # (not the return)
     weights = [0 if o.name in SHARED else weight(o) for o in ops]
-    total = sum(weights)
+    kernels = [ir.StringAttr(o.attributes[KERNEL]).value if KERNEL in o.attributes else None for o in ops]
+    first, second = _once(weights, kernels), _once(weights[::-1], kernels[::-1])[::-1]
+    total = first[-1]
     if total < min_weight or len(ops) < 2:
         return None
-    acc, cut = 0, len(ops)
-    for i, w in enumerate(weights):
-        acc += w
-        if acc >= total * FIRST:
-            cut = i + 1
-            break
-    if cut >= len(ops):
-        return None
+    # the cut: each half's share as near `FIRST` : 1 - `FIRST` as can be (a shared
+    # kernel counted once in each half that calls it)
+    cut = min(range(1, len(ops)), key=lambda i: max(first[i] / FIRST, second[i] / (1 - FIRST)))
     for o in ops:
         if o.name == "scf.for":
             _forward_buffers(o)
@@ -153,9 +155,22 @@ def plan(fn: ir.Operation, *, min_weight: int | None = None) -> list[ir.Operatio
         else:
             moved.append(o)
     moved.reverse()
-    if sum(weight(o) for o in moved) < min_weight / 4:
+    kept = {islands.key(o) for o in moved}
+    picked = [(w, k) for o, w, k in zip(ops, weights, kernels) if islands.key(o) in kept]
+    if not picked or _once(*zip(*picked))[-1] < min_weight / 4:
         return None
     return moved
+
+
+def _once(weights: list[float], kernels: list[str | None]) -> list[float]:
+    """Running sums of `weights` (out[i]: the first i), each shared kernel counted once."""
+    out, seen, acc = [0.0], set(), 0.0
+    for w, k in zip(weights, kernels):
+        if k is None or k not in seen:
+            acc += w
+            seen.add(k)
+        out.append(acc)
+    return out
 
 
 def _same_buffer(v: ir.Value, arg: ir.Value) -> bool:

@@ -1,0 +1,119 @@
+"""Identical kernels compiled once (`backends/cpu/dedup.py`): which kernels share a
+function, and compiled models that compute what they computed with every kernel inline."""
+
+import pytest
+import torch
+from torch_mlir import ir
+
+from tilecraft import driver, frontend
+from tilecraft.backends.cpu import dedup, split
+from tilecraft.corpus import zoo
+from tilecraft.frontend import new_context
+
+KERNELS = """
+func.func @forward(%a: memref<64xf32>, %b: memref<64xf32>, %c: memref<64xf32>, %d: memref<64xf32>) {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  %c32 = arith.constant 32 : index
+  %c64 = arith.constant 64 : index
+  %two = arith.constant 2.0 : f32
+  %three = arith.constant 3.0 : f32
+  scf.for %i = %c0 to %c64 step %c1 {
+    %x = memref.load %a[%i] : memref<64xf32>
+    %y = arith.mulf %x, %two : f32
+    memref.store %y, %b[%i] : memref<64xf32>
+  }
+  scf.for %i = %c0 to %c64 step %c1 {
+    %x = memref.load %c[%i] : memref<64xf32>
+    %y = arith.mulf %x, %two : f32
+    memref.store %y, %d[%i] : memref<64xf32>
+  }
+  scf.for %i = %c0 to %c64 step %c1 {
+    %x = memref.load %a[%i] : memref<64xf32>
+    %y = arith.mulf %x, %three : f32
+    memref.store %y, %b[%i] : memref<64xf32>
+  }
+  scf.for %i = %c0 to %c32 step %c1 {
+    %x = memref.load %a[%i] : memref<64xf32>
+    %y = arith.mulf %x, %two : f32
+    memref.store %y, %b[%i] : memref<64xf32>
+  }
+  scf.for %i = %c0 to %c64 step %c1 {
+    %x = memref.load %a[%i] : memref<64xf32>
+    %y = arith.mulf %x, %two : f32
+    memref.store %y, %a[%i] : memref<64xf32>
+  }
+  scf.for %i = %c0 to %c64 step %c1 {
+    %x = memref.load %b[%i] : memref<64xf32>
+    %y = arith.mulf %x, %two : f32
+    memref.store %y, %c[%i] : memref<64xf32>
+  }
+  return
+}
+"""
+
+
+def _dedup(text: str) -> tuple[ir.Module, int]:
+    module = ir.Module.parse(text, new_context())
+    fn = next(iter(module.body.operations)).operation
+    return module, dedup.dedup_kernels(module, fn)
+
+
+def test_identical_kernels_share_one_function(monkeypatch):
+    monkeypatch.setattr(dedup, "MIN_WEIGHT", 0)
+    module, shared = _dedup(KERNELS)
+    assert module.operation.verify()
+    funcs = [op.operation for op in module.body.operations]
+    kernels = [f for f in funcs if ir.StringAttr(f.attributes["sym_name"]).value.startswith(dedup.PREFIX)]
+    # loops 1, 2 and 6 (a → b, c → d, b → c: the same pattern of buffers) share one; loop 3
+    # multiplies by another constant, loop 4 runs to another bound, loop 5 reads and
+    # writes one buffer
+    assert shared == 2 and len(kernels) == 1
+    forward = next(f for f in funcs if ir.StringAttr(f.attributes["sym_name"]).value == "forward")
+    body = [op.operation.name for op in forward.regions[0].blocks[0].operations]
+    assert body.count("func.call") == 3 and body.count("scf.for") == 3
+    kernel = kernels[0]
+    assert "#llvm.linkage<internal>" in str(kernel.attributes["llvm.linkage"])
+    assert "noinline" in str(kernel.attributes["llvm.passthrough"])
+    # the constants it reads are copied in: its loop bound and factor stay constants
+    text = str(kernel)
+    assert "arith.constant 64 : index" in text and "arith.constant 2.000000e+00 : f32" in text
+    assert len(kernel.regions[0].blocks[0].arguments) == 2  # (the two buffers)
+
+
+def test_off_leaves_the_module_alone(monkeypatch):
+    monkeypatch.setattr(dedup, "MIN_WEIGHT", 0)
+    monkeypatch.setattr(dedup, "ENABLED", False)
+    module, shared = _dedup(KERNELS)
+    assert shared == 0 and len(list(module.body.operations)) == 1
+
+
+def test_light_kernels_stay_inline():
+    module, shared = _dedup(KERNELS)  # (each loop weighs less than `MIN_WEIGHT`)
+    assert shared == 0 and len(list(module.body.operations)) == 1
+
+
+def test_a_half_counts_each_shared_kernel_once():
+    assert split._once([5, 7, 7, 3, 7], [None, "k", "k", None, "k"]) == [0, 5, 12, 12, 15, 15]
+
+
+@pytest.mark.parametrize("name,threads", [("bert_mini", 1), ("resnet18", 2)])
+def test_shared_kernels_compute_what_inline_ones_did(name, threads, monkeypatch):
+    model, inputs = zoo.get(name)
+    counts = []
+    orig = dedup.dedup_kernels
+
+    def counted(module, fn):
+        counts.append(orig(module, fn))
+        return counts[-1]
+
+    monkeypatch.setattr(dedup, "dedup_kernels", counted)
+    shared = driver.compile_model(frontend.import_module(model, inputs, spec=name), threads=threads)
+    monkeypatch.setattr(dedup, "ENABLED", False)
+    inline = driver.compile_model(frontend.import_module(model, inputs, spec=name), threads=threads)
+    assert counts[0] > 0 and counts[1] == 0
+    with torch.no_grad():
+        ref = model(*inputs)
+    out = shared.fn(*inputs)
+    assert driver.compare(out, ref).ok
+    assert torch.equal(out, inline.fn(*inputs))
