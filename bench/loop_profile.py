@@ -32,7 +32,7 @@ import warnings
 import torch
 
 from tilecraft import driver, frontend
-from tilecraft.backends.cpu import runtime
+from tilecraft.backends.cpu import dedup, runtime
 from tilecraft.backends.cpu.backend import CpuOptions
 from tilecraft.corpus import zoo
 
@@ -92,7 +92,9 @@ def child(args) -> int:
     torch.set_num_threads(1)
     model, inputs = zoo.get(args.model)
     imported = frontend.import_module(model, inputs, spec=args.model)
-    # whole: one `forward` holds every nest (the two-core compile moves half into another symbol)
+    # whole: one `forward` holds every nest (the two-core compile moves half into another
+    # symbol, and identical kernels would be one function called by each)
+    dedup.ENABLED = False
     compiled = driver.compile_model(
         imported, fuse=not args.unfused, emit="so", output=args.so, options=CpuOptions(two_core_jit=False)
     )

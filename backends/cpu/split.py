@@ -46,7 +46,7 @@ SHARED = (
 # Ops without operands copied into the half that reads them (a loop bound stays a constant).
 CLONED = ("arith.constant", "ub.poison")
 # The first half's share of the weight.
-FIRST = 0.5
+FIRST = 0.55
 # Below this weight a module compiles whole: forking and linking cost more than they save.
 MIN_WEIGHT = 15000
 
