@@ -575,7 +575,7 @@ def _aot_export(module: torch.nn.Module, args: tuple, table: dict):
         weights = {n.name for n in list(gm.graph.nodes)[: len(module.names)] if n.op == "placeholder"}
         if weights & set(sig.user_inputs_to_mutate.values()):
             return None
-    _lift_constants(gm, constants := {})
+    _lift_constants(gm, constants := {}, after={*sig.inputs_to_parameters, *sig.inputs_to_buffers})
     params = {f"inner.{k}": k for k, _ in module.named_parameters()}
     buffers = {f"inner.{k}": k for k, _ in module.named_buffers()}
     state = {**dict(module.named_parameters()), **dict(module.named_buffers())}
@@ -625,18 +625,27 @@ def _aot_export(module: torch.nn.Module, args: tuple, table: dict):
     )
 
 
-def _lift_constants(gm: torch.fx.GraphModule, constants: dict) -> None:
+def _lift_constants(gm: torch.fx.GraphModule, constants: dict, *, after: set[str]) -> None:
     """Tensors the graph reads as module attributes (a `torch.tensor(...)` in `forward`)
-    become placeholders before the user inputs, as torch.export lifts them; their values
-    go into `constants` under the placeholder's name."""
+    become placeholders, as torch.export lifts them: after the parameters and buffers
+    (`after`: their placeholders' names), before the user inputs. Their values go into
+    `constants` under the placeholder's name. (The order matters to no reader: each
+    placeholder's spec names it.)"""
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    users = [n for n in placeholders if n.name not in after]
     for node in [n for n in gm.graph.nodes if n.op == "get_attr"]:
         value = getattr(gm, node.target)
         if not isinstance(value, torch.Tensor):
             raise _NotTensors()
-        anchor = placeholders[0] if placeholders else next(iter(gm.graph.nodes))
-        with gm.graph.inserting_before(anchor):
+        if users:
+            where = gm.graph.inserting_before(users[0])
+        elif placeholders:
+            where = gm.graph.inserting_after(placeholders[-1])
+        else:
+            where = gm.graph.inserting_before(next(iter(gm.graph.nodes)))
+        with where:
             ph = gm.graph.placeholder(f"c_{node.target}")
+        placeholders.append(ph)
         ph.meta = dict(node.meta)
         node.replace_all_uses_with(ph)
         gm.graph.erase_node(node)

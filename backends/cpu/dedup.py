@@ -67,8 +67,12 @@ def _structure(text: str) -> str:
 
 def _outside(op: ir.Operation):
     """The values `op` reads from outside itself, in order of first use (the kernel's
-    arguments), the constants among them (copied in), and every use of either: (op,
-    operand number, value key)."""
+    arguments), the constants among them (copied in), every use of either (op, operand
+    number, value key), and their pattern: per value in order of first use, a passed
+    one's type or a constant's value and type. Two kernels of the same text are one
+    kernel only with the same pattern: the text numbers an outside value's name, whether
+    a constant or a passed value stands there."""
+    pattern: list[str] = []
     inputs: dict[int, ir.Value] = {}
     consts: dict[int, ir.Operation] = {}
     uses: list[tuple[ir.Operation, int, int]] = []
@@ -103,19 +107,17 @@ def _outside(op: ir.Operation):
                 and not len(owner.operation.operands)
                 and len(owner.operation.results) == 1
             ):
-                consts[k] = owner.operation
+                c = owner.operation
+                consts[k] = c
+                # (an attribute's text, not the op's: printing a top-level op numbers the function)
+                pattern.append(f"{c.name} {c.attributes['value'] if 'value' in c.attributes else ''} {v.type}")
             else:
                 inputs[k] = v
+                pattern.append(f"arg {v.type}")
         return ir.WalkResult.ADVANCE
 
     op.walk(operands, ir.WalkOrder.PRE_ORDER)
-    return list(inputs.values()), list(consts.values()), uses
-
-
-def _const_key(consts: list[ir.Operation]) -> str:
-    return ";".join(
-        f"{c.name} {c.attributes['value'] if 'value' in c.attributes else ''} {c.results[0].type}" for c in consts
-    )
+    return list(inputs.values()), list(consts.values()), uses, "; ".join(pattern)
 
 
 def dedup_kernels(module: ir.Module, fn: ir.Operation) -> int:
@@ -148,12 +150,10 @@ def dedup_kernels(module: ir.Module, fn: ir.Operation) -> int:
         if len(members) < 2:
             continue
         outside = [_outside(o) for o in members]
-        by_consts: dict[str, list[int]] = {}  # (the same text, other constants: another kernel)
-        for i, (_, consts, _) in enumerate(outside):
-            by_consts.setdefault(_const_key(consts), []).append(i)
-        for same in by_consts.values():
-            types = [v.type for v in outside[same[0]][0]]
-            same = [i for i in same if [v.type for v in outside[i][0]] == types]
+        by_pattern: dict[str, list[int]] = {}  # (the same text, other outside values: another kernel)
+        for i, found in enumerate(outside):
+            by_pattern.setdefault(found[3], []).append(i)
+        for same in by_pattern.values():
             if len(same) < 2:
                 continue
             name = f"{PREFIX}{len(names)}"
@@ -177,7 +177,7 @@ def dedup_kernels(module: ir.Module, fn: ir.Operation) -> int:
 def _define(fn: ir.Operation, op: ir.Operation, outside, name: str) -> None:
     """Move `op` into a new private function `name` (its outside values its arguments, its
     constants copied in) and call that in its place."""
-    inputs, consts, uses = outside
+    inputs, consts, uses, _ = outside
     ctx = fn.context
     with ctx, op.location:
         ftype = ir.FunctionType.get([v.type for v in inputs], [])

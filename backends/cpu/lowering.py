@@ -471,10 +471,14 @@ def inline_entries(module: ir.Module) -> None:
 
 
 def parallel_chunks(module: ir.Module) -> int:
-    """The most iterations of a top-level `scf.forall` (a kernel split into chunks, one a
-    thread: `passes/parallel.py`); 1 when there is none."""
+    """The most iterations of a top-level `scf.forall` of any function (a kernel split into
+    chunks, one a thread: `passes/parallel.py`; a kernel `dedup` shared is a function of
+    its own); 1 when there is none."""
     most = 1
-    for func in public_funcs(module):
+    for func in module.body.operations:
+        func = func.operation
+        if func.name != "func.func" or not len(func.regions[0].blocks):
+            continue
         for op in func.regions[0].blocks[0].operations:
             op = op.operation
             if op.name == "scf.forall" and "staticUpperBound" in op.attributes:

@@ -137,6 +137,8 @@ def plan(fn: ir.Operation, *, min_weight: int | None = None) -> list[ir.Operatio
     # the cut: each half's share as near `FIRST` : 1 - `FIRST` as can be (a shared
     # kernel counted once in each half that calls it)
     cut = min(range(1, len(ops)), key=lambda i: max(first[i] / FIRST, second[i] / (1 - FIRST)))
+    if not first[cut] or not second[cut]:  # (one half would have nothing to compile)
+        return None
     for o in ops:
         if o.name == "scf.for":
             _forward_buffers(o)

@@ -117,3 +117,81 @@ def test_shared_kernels_compute_what_inline_ones_did(name, threads, monkeypatch)
     out = shared.fn(*inputs)
     assert driver.compare(out, ref).ok
     assert torch.equal(out, inline.fn(*inputs))
+
+
+SWAPPED = """
+func.func @forward(%a: memref<64xf32>, %b: memref<64xf32>, %c: memref<64xf32>, %s: f32) {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  %c64 = arith.constant 64 : index
+  %two = arith.constant 2.0 : f32
+  scf.for %i = %c0 to %c64 step %c1 {
+    %x = memref.load %a[%i] : memref<64xf32>
+    %y = arith.subf %x, %two : f32
+    %z = arith.mulf %y, %s : f32
+    memref.store %z, %b[%i] : memref<64xf32>
+  }
+  scf.for %i = %c0 to %c64 step %c1 {
+    %x = memref.load %a[%i] : memref<64xf32>
+    %y = arith.subf %x, %s : f32
+    %z = arith.mulf %y, %two : f32
+    memref.store %z, %c[%i] : memref<64xf32>
+  }
+  return
+}
+"""
+
+
+def test_a_constant_and_a_passed_value_swapped_are_two_kernels(monkeypatch):
+    """The same text (names numbered), but a constant where the other passes a value:
+    (x - 2)·s is not (x - s)·2 (review: one shared function computed both as the first)."""
+    monkeypatch.setattr(dedup, "MIN_WEIGHT", 0)
+    _, shared = _dedup(SWAPPED)
+    assert shared == 0
+
+
+def test_swapped_operands_in_a_model_compute_eager_results():
+    class Swapped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.tensor(3.0))
+
+        def forward(self, x, y):
+            return (x - self.w) * 2.0, (y - 2.0) * self.w
+
+    model, inputs = Swapped().eval(), (torch.randn(64, 256), torch.randn(64, 256))
+    compiled = driver.compile_model(frontend.import_module(model, inputs))
+    with torch.no_grad():
+        assert driver.compare(compiled.fn(*inputs), model(*inputs)).ok
+
+
+def test_shared_parallel_kernels_keep_their_threads(monkeypatch):
+    """Chunked kernels moved into a shared function still run as OpenMP parallel loops
+    (review: the thread count was read from the entry function's loops alone)."""
+    from tilecraft.backends.cpu import lowering
+    from tilecraft.backends.cpu.backend import CpuOptions
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(256, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256), torch.nn.ReLU()
+    ).eval()
+    x = torch.randn(128, 256)
+    lowered, counts = [], []
+    convert, orig = lowering.convert_to_llvm, dedup.dedup_kernels
+
+    def spy(module, **kw):
+        lowered.append(lowering.uses_openmp(convert(module, **kw)))
+        return module
+
+    def counted(module, fn):
+        counts.append(orig(module, fn))
+        return counts[-1]
+
+    monkeypatch.setattr(lowering, "convert_to_llvm", spy)
+    monkeypatch.setattr(dedup, "dedup_kernels", counted)
+    compiled = driver.compile_model(
+        frontend.import_module(model, (x,)), threads=2, options=CpuOptions(two_core_jit=False)
+    )
+    assert counts and counts[0] > 0 and lowered == [True]
+    with torch.no_grad():
+        assert driver.compare(compiled.fn(x), model(x)).ok

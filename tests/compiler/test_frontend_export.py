@@ -73,13 +73,23 @@ class _Mutates(torch.nn.Module):
         return a, a * torch.tensor([1.0, 2.0, 3.0])  # (a constant in forward: lifted)
 
 
+class _NoInputs(torch.nn.Module):
+    def forward(self):
+        return torch.tensor([1.0, 2.0]) * 2 + torch.tensor([3.0, 4.0])  # (two constants, no placeholder)
+
+
 def test_aot_path_gives_the_export_graph():
     """AOTAutograd's inference export (`_aot_export`) gives export's graph, signature and
     output structure: a model's parameters and buffers, an updated input, a constant."""
     from torch_mlir.extras.fx_decomp_util import get_decomposition_table
 
     table = get_decomposition_table()
-    for model, args in ((_Mixed().eval(), (torch.randn(1, 3, 4, 4),)), (_Mutates(), (torch.randn(3), torch.randn(3)))):
+    cases = (
+        (_Mixed().eval(), (torch.randn(1, 3, 4, 4),)),
+        (_Mutates(), (torch.randn(3), torch.randn(3))),
+        (_NoInputs(), ()),
+    )
+    for model, args in cases:
         aot = frontend._aot_export(model, args, table)
         ref = frontend._export_in_one_trace(model, args, table)
         assert aot is not None
@@ -87,6 +97,7 @@ def test_aot_path_gives_the_export_graph():
         assert _export_specs(aot)[1] == _export_specs(ref)[1]
         assert [k for k, _ in _export_specs(aot)[0]] == [k for k, _ in _export_specs(ref)[0]]
         assert aot.call_spec.out_spec == ref.call_spec.out_spec
+        torch.testing.assert_close(aot.module()(*[a.clone() for a in args]), model(*[a.clone() for a in args]))
     assert frontend._aot_export(_Mixed().eval(), (torch.randn(1, 3, 4, 4),), table).state_dict.keys() == set(
         _Mixed().state_dict()
     )
