@@ -47,8 +47,10 @@ def _texts(fn: ir.Operation) -> list[str] | None:
     lines = fn.get_asm(assume_verified=True).split("\n")[1:-1]  # (not the signature and its brace)
     chunks: list[list[str]] = []
     for line in lines:
-        if line.startswith("  ") and not line.startswith("   ") and not line.startswith("  }"):
-            chunks.append([line])  # (an op at the body's indent; `  }`: a region's end, its op's)
+        if line.startswith("  ") and not line.startswith(("   ", "  }", "  ^")):
+            # an op at the body's indent (`  }`: a region's end; `  ^bb0(...)`: a block of a
+            # region, as a `linalg.generic` prints its body's; both its op's)
+            chunks.append([line])
         elif chunks:
             chunks[-1].append(line)
         else:

@@ -195,3 +195,18 @@ def test_shared_parallel_kernels_keep_their_threads(monkeypatch):
     assert counts and counts[0] > 0 and lowered == [True]
     with torch.no_grad():
         assert driver.compare(compiled.fn(x), model(x)).ok
+
+
+def test_a_top_level_generic_body_does_not_disable_sharing(monkeypatch):
+    """A `linalg.generic` prints its body's block label at the body's indent; the text
+    still splits into one chunk per op (review: it turned sharing off for the function)."""
+    monkeypatch.setattr(dedup, "MIN_WEIGHT", 0)
+    generic = """  linalg.generic {indexing_maps = [affine_map<(d0) -> (d0)>, affine_map<(d0) -> (d0)>],
+      iterator_types = ["parallel"]} ins(%a : memref<64xf32>) outs(%d : memref<64xf32>) {
+  ^bb0(%in: f32, %out: f32):
+    %z = arith.addf %in, %out : f32
+    linalg.yield %z : f32
+  }
+  return"""
+    module, shared = _dedup(KERNELS.replace("  return", generic, 1))
+    assert shared == 2 and module.operation.verify()
