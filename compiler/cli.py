@@ -858,6 +858,37 @@ def main(argv: list[str] | None = None) -> int:
     return _guarded(args.fn, args)
 
 
+def console_main() -> None:
+    """The `tilecraft` command: `main`, then a fast exit (`exit_fast`)."""
+    exit_fast(main())
+
+
+def console_opt_main() -> None:
+    """The `tilecraft-opt` command: `opt_main`, then a fast exit (`exit_fast`)."""
+    exit_fast(opt_main())
+
+
+def exit_fast(code: int) -> None:
+    """End the process with `code` once a command is done, without tearing the interpreter
+    down: freeing every object of torch, the MLIR context and the compiled code took 0.9 s
+    of a 6.6 s `compile resnet18`, after its work was written. The output streams are
+    flushed and the exit handlers run (temporary directories removed, logging shut
+    down); where another non-daemon thread still runs, the interpreter exits as usual
+    (it waits for that thread)."""
+    import atexit
+    import threading
+
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        sys.exit(code)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # (a closed pipe: what the interpreter's own exit says, 120)
+            code = code or 120
+    atexit._run_exitfuncs()
+    os._exit(code)
+
+
 # -------------------------------------------------------------------------- tilecraft-opt
 def opt_main(argv: list[str] | None = None) -> int:
     _quiet_warnings()
@@ -913,4 +944,4 @@ def _read(path: str) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

@@ -173,3 +173,24 @@ def test_every_user_error_the_cli_catches_names_its_defining_module():
         cls = getattr(importlib.import_module(module), name)
         assert issubclass(cls, Exception) and cls.__module__ == module, (module, name)
     assert len(cli._errors()) == len(cli._USER_ERRORS) + 1  # (all loaded now, and FileNotFoundError)
+
+
+def test_fast_exit_flushes_runs_exit_handlers_and_keeps_the_code(tmp_path):
+    """`cli.exit_fast` (the commands' exit without interpreter teardown): buffered output
+    written, exit handlers run, the command's exit code kept; a running non-daemon thread
+    is waited for, as the interpreter's own exit does."""
+    marker, late = tmp_path / "atexit", tmp_path / "thread"
+    code = f"""
+import atexit, threading, time
+from tilecraft import cli
+atexit.register(lambda: open({str(marker)!r}, "w").close())
+if {{thread}}:
+    threading.Thread(target=lambda: (time.sleep(0.5), open({str(late)!r}, "w").close())).start()
+print("unterminated line", end="")
+cli.exit_fast(3)
+"""
+    for thread in (False, True):
+        proc = subprocess.run([sys.executable, "-c", code.format(thread=thread)], capture_output=True, text=True)
+        assert (proc.returncode, proc.stdout) == (3, "unterminated line")
+        assert marker.exists() and late.exists() == thread
+        marker.unlink()
