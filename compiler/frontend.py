@@ -552,13 +552,11 @@ def _aot_export(module: torch.nn.Module, args: tuple, table: dict):
     class _Flat(torch.nn.Module):  # (aot_export_module takes a tuple of tensors back)
         def __init__(self):
             super().__init__()
-            if isinstance(module, _Lifted):  # (its weights are its arguments: not lifted again)
-                self._inner = [module]
-            else:
-                self.inner = module
+            if not isinstance(module, _Lifted):  # (a `_Lifted`'s weights are its arguments: not lifted again)
+                self.inner = module  # (its parameters and buffers lifted as `inner.*`)
 
         def forward(self, *a):
-            leaves, spec["out"] = _pytree.tree_flatten((self.inner if hasattr(self, "inner") else self._inner[0])(*a))
+            leaves, spec["out"] = _pytree.tree_flatten(module(*a))
             if not all(isinstance(x, torch.Tensor) for x in leaves):
                 raise _NotTensors()
             return tuple(leaves)

@@ -59,7 +59,7 @@ def _top_level(op: ir.Operation, fn: ir.Operation) -> ir.Operation | None:
         op = parent
 
 
-def _nested(ops: Iterable[ir.Operation]) -> dict[int, ir.Operation]:
+def nested(ops: Iterable[ir.Operation]) -> dict[int, ir.Operation]:
     """`ops` and every op nested in them, by key."""
     inside: dict[int, ir.Operation] = {}
 
@@ -73,7 +73,18 @@ def _nested(ops: Iterable[ir.Operation]) -> dict[int, ir.Operation]:
     return inside
 
 
-def _defined_inside(v: ir.Value, inside: dict[int, ir.Operation]) -> bool:
+def copied_in(v: ir.Value, cloned: Sequence[str] = CLONED) -> bool:
+    """`v` is made by an op of `cloned` with no operands: an island copies it in rather than
+    taking it as an argument."""
+    owner = v.owner
+    if isinstance(owner, ir.Block):
+        return False
+    op = owner.operation
+    return op.name in cloned and not len(op.operands) and len(op.results) == 1
+
+
+def defined_inside(v: ir.Value, inside: dict[int, ir.Operation]) -> bool:
+    """`v` is a result of one of the ops `inside` (`nested`) or an argument of a block of one."""
     owner = v.owner
     return key(owner.owner if isinstance(owner, ir.Block) else owner) in inside
 
@@ -94,7 +105,7 @@ def outline(
     order = positions(fn) if order is None else order
     ops = sorted({key(op): op.operation for op in ops}.values(), key=lambda op: order[key(op)])
     last = order[key(ops[-1])]
-    inside = _nested(ops)
+    inside = nested(ops)
     outputs: list[ir.Value] = []
     for op in ops:
         for r in op.results:
@@ -109,11 +120,9 @@ def outline(
     clones: dict[int, ir.Value] = {}
     for op in inside.values():
         for v in op.operands:
-            if _defined_inside(v, inside):
+            if defined_inside(v, inside):
                 continue
-            owner = v.owner
-            copy = not isinstance(owner, ir.Block) and owner.operation.name in cloned
-            if copy and not list(owner.operation.operands) and len(owner.operation.results) == 1:
+            if copied_in(v, cloned):
                 clones[key(v)] = v
             else:
                 inputs[key(v)] = v
@@ -231,7 +240,7 @@ def _absorb(fn: ir.Operation, ops: dict[int, ir.Operation], where: dict[int, int
     and whose every user is in the island (a group's fills, its pads), transitively."""
     work = list(ops.values())
     while work:
-        for o in _nested([work.pop()]).values():
+        for o in nested([work.pop()]).values():
             for v in o.operands:
                 if isinstance(v.owner, ir.Block):
                     continue

@@ -81,38 +81,19 @@ def _outside(op: ir.Operation):
     inputs: dict[int, ir.Value] = {}
     consts: dict[int, ir.Operation] = {}
     uses: list[tuple[ir.Operation, int, int]] = []
-    inside: set[int] = set()
-
-    def visit(o):
-        o = o.operation
-        inside.add(islands.key(o))
-        for region in o.regions:
-            for block in region.blocks:
-                inside.update(islands.key(a) for a in block.arguments)
-        return ir.WalkResult.ADVANCE
-
-    op.walk(visit, ir.WalkOrder.PRE_ORDER)
+    inside = islands.nested([op])
 
     def operands(o):
         o = o.operation
         for i, v in enumerate(o.operands):
-            owner = v.owner
-            if isinstance(owner, ir.Block):
-                if islands.key(v) in inside:
-                    continue
-            elif islands.key(owner.operation) in inside:
+            if islands.defined_inside(v, inside):
                 continue
             k = islands.key(v)
             uses.append((o, i, k))
             if k in inputs or k in consts:
                 continue
-            if (
-                not isinstance(owner, ir.Block)
-                and owner.operation.name in split.CLONED
-                and not len(owner.operation.operands)
-                and len(owner.operation.results) == 1
-            ):
-                c = owner.operation
+            if islands.copied_in(v, split.CLONED):
+                c = v.owner.operation
                 consts[k] = c
                 # (an attribute's text, not the op's: printing a top-level op numbers the function)
                 pattern.append(f"{c.name} {c.attributes['value'] if 'value' in c.attributes else ''} {v.type}")
@@ -134,7 +115,7 @@ def dedup_kernels(module: ir.Module, fn: ir.Operation) -> int:
     ops = [o.operation for o in body.operations]
     for o in ops:
         if o.name == "scf.for":
-            split._forward_buffers(o)  # (its memref results: the buffer it wrote, read as that)
+            split.forward_buffers(o)  # (its memref results: the buffer it wrote, read as that)
     texts = _texts(fn)
     if texts is None:
         return 0
@@ -165,23 +146,23 @@ def dedup_kernels(module: ir.Module, fn: ir.Operation) -> int:
             while name in names:
                 name += "_"
             names.add(name)
-            _define(fn, members[same[0]], outside[same[0]], name)
+            calls = [_define(fn, members[same[0]], outside[same[0]], name)]
             for i in same[1:]:
                 op, inputs = members[i], outside[i][0]
                 with ctx, op.location, ir.InsertionPoint(op):
-                    call = ir.Operation.create(
-                        "func.call", operands=inputs, attributes={"callee": ir.FlatSymbolRefAttr.get(name)}
-                    )
-                call.attributes[split.KERNEL] = ir.StringAttr.get(name, ctx)
-                call.attributes[split.KERNEL_WEIGHT] = ir.FloatAttr.get_f64(weights[k], ctx)
+                    calls.append(func.CallOp([], ir.FlatSymbolRefAttr.get(name), inputs).operation)
                 op.erase()
-                shared += 1
+            with ctx:
+                for call in calls:  # (read by `split.plan`: a half compiles each kernel once)
+                    call.attributes[split.KERNEL] = ir.StringAttr.get(name)
+                    call.attributes[split.KERNEL_WEIGHT] = ir.FloatAttr.get_f64(weights[k])
+            shared += len(calls) - 1
     return shared
 
 
-def _define(fn: ir.Operation, op: ir.Operation, outside, name: str) -> None:
+def _define(fn: ir.Operation, op: ir.Operation, outside, name: str) -> ir.Operation:
     """Move `op` into a new private function `name` (its outside values its arguments, its
-    constants copied in) and call that in its place."""
+    constants copied in); returns the call that takes its place."""
     inputs, consts, uses, _ = outside
     ctx = fn.context
     with ctx, op.location:
@@ -196,12 +177,10 @@ def _define(fn: ir.Operation, op: ir.Operation, outside, name: str) -> None:
             ret = func.ReturnOp([]).operation
         with ir.InsertionPoint(op):
             call = func.CallOp([], ir.FlatSymbolRefAttr.get(name), inputs).operation
-        call.attributes[split.KERNEL] = ir.StringAttr.get(name)
         new = {islands.key(v): a for v, a in zip(inputs, block.arguments)}
         for c in consts:
             new[islands.key(c.results[0])] = c.clone(ir.InsertionPoint(ret)).results[0]
         op.move_before(ret)
     for user, i, k in uses:
         user.operands[i] = new[k]
-    w = split.weight(op)
-    call.attributes[split.KERNEL_WEIGHT] = ir.FloatAttr.get_f64(w, ctx)
+    return call

@@ -141,7 +141,7 @@ def plan(fn: ir.Operation, *, min_weight: int | None = None) -> list[ir.Operatio
         return None
     for o in ops:
         if o.name == "scf.for":
-            _forward_buffers(o)
+            forward_buffers(o)
     second = {islands.key(o) for o in ops[cut:]}
     stay: set[int] = set()  # second-half ops that stay in `forward`: shared with it
     moved = []
@@ -196,7 +196,7 @@ def _carried(loop: ir.Operation, i: int) -> bool:
     return _same_buffer(yielded, body.arguments[1 + i])
 
 
-def _forward_buffers(loop: ir.Operation) -> None:
+def forward_buffers(loop: ir.Operation) -> None:
     """Uses of a bufferized loop's memref results read its init buffer instead (the same
     buffer), so the loop's result is no value the halves share."""
     for i, r in enumerate(loop.results):
