@@ -73,6 +73,7 @@ from tilecraft.dialects.irutil import (
     tensor_t,
 )
 from tilecraft.dialects.opinfo import LANES
+from tilecraft.passes import winograd
 from tilecraft.passes.base import ModulePass, Weights
 
 CONV = "linalg.conv_2d_nchw_fchw"
@@ -526,7 +527,10 @@ def rewrite(
         zero = is_zero_fill(init_val)
         name = f"__tc_im2col_{layer.index}"
         w = params[layer.weight]
-        if layer.pointwise:
+        if winograd.chosen(layer):
+            params[layer.weight] = winograd.transform_filter(w)  # U [16, C, F]
+            text = winograd.helper(layer, shape_of(x_val), zero, name, to_nhwc=to_nhwc, nchw_result=nchw_result)
+        elif layer.pointwise:
             params[layer.weight] = w.reshape(layer.f, layer.c).contiguous()  # [F, C]
             text = _helper_pointwise(layer, zero, name)
         elif layer.by_chain:
