@@ -60,6 +60,12 @@ def load_calibration(path: str | None = None) -> dict[str, float]:
     return factors
 
 
+# A contraction fused with its zero fill alone costs the contraction's own prediction (the
+# fill is then free): pricing the result's store again on top made every such pair lose to
+# the fill as a kernel of its own, a memset over the result (Winograd's batched GEMMs).
+FREE_FILLS = True
+
+
 class GroupCoster:
     """Predicted latency of a fused group, from the group outlined as its own function and
     fused exactly as `apply` fuses it. Every op still scheduled by the tiling pass (a
@@ -100,7 +106,11 @@ class GroupCoster:
         nodes = analyze(module)
         whole = as_outlined(nodes, decision)
         factor = self.calibration.get(group_class(n.info.kind for n in nodes.values()), 1.0)
-        if epilogue is None:
+        if FREE_FILLS and epilogue is None and all(n.info.kind in CONTRACTIONS or fusion.is_fill(n) for n in nodes.values()):
+            # a contraction and its zero fill alone: nothing runs on its tiles but the matmul,
+            # whose own prediction already counts writing its result
+            light, light_factor = 0.0, factor
+        elif epilogue is None:
             light, light_factor = self._register_tile_seconds(nodes, whole.sink), factor
         else:
             texts, singles_s = epilogue
