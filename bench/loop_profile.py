@@ -12,6 +12,7 @@ they run in the model (copies and fills bufferization made included).
 `--quick` (CI): mlp, 3 seconds of samples, the top 5 nests.
 
     python bench/loop_profile.py resnet18 [--unfused] [--seconds 15] [--top 25]
+    python bench/loop_profile.py path/to/model.py:factory
     python bench/loop_profile.py --quick
 """
 
@@ -34,7 +35,6 @@ import torch
 from tilecraft import driver, frontend
 from tilecraft.backends.cpu import dedup, runtime
 from tilecraft.backends.cpu.backend import CpuOptions
-from tilecraft.corpus import zoo
 
 # the entry's code: `forward` is its own C interface (`lowering.inline_entries`)
 ENTRY = "_mlir_ciface_forward"

@@ -106,7 +106,8 @@ class GroupCoster:
         nodes = analyze(module)
         whole = as_outlined(nodes, decision)
         factor = self.calibration.get(group_class(n.info.kind for n in nodes.values()), 1.0)
-        if FREE_FILLS and epilogue is None and all(n.info.kind in CONTRACTIONS or fusion.is_fill(n) for n in nodes.values()):
+        heavy_only = all(n.info.kind in CONTRACTIONS or fusion.is_fill(n) for n in nodes.values())
+        if FREE_FILLS and epilogue is None and heavy_only:
             # a contraction and its zero fill alone: nothing runs on its tiles but the matmul,
             # whose own prediction already counts writing its result
             light, light_factor = 0.0, factor
