@@ -339,6 +339,37 @@ def test_matmul_and_its_fill_fuse_into_register_tiles():
         assert driver.compare(compiled.fn(x), model.eval()(x)).ok
 
 
+class BatchedProducts(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("u", torch.randn(16, 64, 64))
+
+    def forward(self, v):
+        return torch.bmm(v, self.u)
+
+
+def test_a_contraction_and_its_fill_alone_cost_the_contraction():
+    """A batched matmul whose result nothing else reads in its tiles (Winograd's products)
+    costs, fused with its zero fill in registers, its own unfused prediction: the fill is
+    then free, so {matmul, fill} is the partition's pick over a fill as a kernel of its
+    own (a memset over the result)."""
+    from tilecraft.backends.cpu.target import Target
+    from tilecraft.costmodel import model as cm
+
+    target = Target.parse("cpu")
+    v = torch.randn(16, 784, 64)
+    imported = frontend.import_module(BatchedProducts(), (v,), spec="<test>")
+    with imported.module.context:
+        groups, report = fusion_plan.partition(imported.module, cm.create("lightgbm", target), target)
+        nodes = fusion.analyze(imported.module)
+    (bmm,) = [op for op, n in nodes.items() if n.info.kind == "batch_matmul"]
+    (group,) = groups
+    fills = {p for p in nodes[bmm].producers.values() if fusion.is_fill(nodes[p])}
+    assert group.registers and fills and set(group.ops) == {bmm} | fills
+    (cost,) = [c for g, c in report["candidates"] if g == group]
+    assert cost == pytest.approx(report["singles"][bmm])
+
+
 def test_unit_dims_are_kept_beside_named_convolutions():
     """A depthwise convolution's [1, C, H, W] result keeps its batch dim in its epilogue
     (folding it would put a reshape between the two), so they still fuse."""
