@@ -35,6 +35,7 @@ import torch
 from tilecraft import driver, frontend
 from tilecraft.backends.cpu import dedup, runtime
 from tilecraft.backends.cpu.backend import CpuOptions
+from tilecraft.corpus import zoo
 
 # the entry's code: `forward` is its own C interface (`lowering.inline_entries`)
 ENTRY = "_mlir_ciface_forward"
@@ -135,6 +136,8 @@ def main(argv=None) -> int:
         args = p.parse_args(argv)
     if args.model is None:
         p.error("the following arguments are required: model")
+    if ":" not in args.model and args.model not in zoo.ZOO:
+        p.error(f"unknown model {args.model!r}: a zoo model ({', '.join(zoo.ZOO)}) or path/to/file.py:factory")
     if args.child:
         return child(args)
     if not shutil.which("perf") or not shutil.which("objdump"):

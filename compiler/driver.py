@@ -307,16 +307,19 @@ def verify(module, after: str) -> None:
         raise PipelineError(f"the IR after '{after}' does not verify: {detail}", stage=after) from None
 
 
-def canonical_passes(*, fusing: bool = True, layout: bool = True, panels: bool = True) -> list[ModulePass]:
+def canonical_passes(
+    *, fusing: bool = True, layout: bool = True, panels: bool = True, winograd: bool = True
+) -> list[ModulePass]:
     """The target-neutral rewrites every compile runs before planning, in order.
     `fusing`: fusion follows (thin convolutions with many outputs run as GEMMs only then:
     their output transpose is folded). `layout`: NHWC between convolutions (off only to
     compare). `panels`: large weights as column panels (a CPU register tile's layout; the
-    GPU backend schedules plain matmuls)."""
+    GPU backend schedules plain matmuls). `winograd`: 3×3 stride-1 layers by Winograd
+    F(2×2, 3×3) where `passes/winograd.py` chooses it (off for the GPU: `Im2colPass`)."""
     return [
         DropEmptyOpsPass(),  # an op over a zero-size tensor: its inits, nothing to compute
         SubpixelConvPass(),  # a convolution of a nearest upsampling: one small convolution per output phase
-        Im2colPass(thin=fusing),  # convolutions with a window as gather/taps + GEMM, filters packed
+        Im2colPass(thin=fusing, winograd=winograd),  # convolutions with a window as Winograd or gather/taps + GEMM
         DepthwiseTapsPass(),  # depthwise convolutions: elementwise sums of shifted slices (NHWC by NHWC)
         InlineBroadcastsPass(),  # a bias read where it is added, not spread first
         *([SinkTransposesPass(), SinkExtractSlicesPass()] if layout else []),  # NHWC between convolutions

@@ -178,7 +178,7 @@ def compile_gpu(
     step("linalg", lambda: None)
     with module.context:
         if wanted("decided"):
-            for p in canonical_passes(fusing=True, panels=False):  # conv → GEMM, layouts, unit dims
+            for p in canonical_passes(fusing=True, panels=False, winograd=False):  # conv → GEMM, layouts, unit dims
                 step("canonical", lambda p=p: _run(imported, p))
             step("canonical", lambda: private_fills(module))
             imported.signature = cpu_runtime.Signature.of_func(module, imported.func_name)

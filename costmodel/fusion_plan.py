@@ -60,9 +60,10 @@ def load_calibration(path: str | None = None) -> dict[str, float]:
     return factors
 
 
-# A contraction fused with its zero fill alone costs the contraction's own prediction (the
-# fill is then free): pricing the result's store again on top made every such pair lose to
-# the fill as a kernel of its own, a memset over the result (Winograd's batched GEMMs).
+# A group of contractions and fills alone (a matmul and its zero fill, or a tap chain with
+# no epilogue) costs the contractions' own prediction, which counts writing the result:
+# pricing the result's store again on top made every such pair lose to the fill as a kernel
+# of its own, a memset over the result (Winograd's batched GEMMs).
 FREE_FILLS = True
 
 

@@ -73,7 +73,7 @@ from tilecraft.dialects.irutil import (
     tensor_t,
 )
 from tilecraft.dialects.opinfo import LANES
-from tilecraft.passes import winograd
+from tilecraft.passes import winograd as wino
 from tilecraft.passes.base import ModulePass, Weights
 
 CONV = "linalg.conv_2d_nchw_fchw"
@@ -112,6 +112,7 @@ class ConvLayer:
     why_not: str = ""
     fusing: bool = False  # fusion follows: a chain's taps fuse into one register-tiled GEMM
     patch: bool = False  # windows tile the input exactly (stride = window, no padding): see `patchify`
+    winograd: bool = False  # rewritten by Winograd F(2×2, 3×3) (`passes/winograd.py`), not as a GEMM
 
     @property
     def patchify(self) -> bool:
@@ -511,11 +512,14 @@ def rewrite(
     *,
     select: Callable[[ConvLayer], bool] | None = None,
     thin: bool = False,
+    winograd: bool = True,
 ) -> tuple[list[torch.Tensor], list[ConvLayer]]:
     """Rewrite every eligible convolution (that `select` accepts) as im2col + GEMM, in
     place; returns the new bound arguments (packed filters replace the originals) and the
     layers rewritten. `thin`: thin layers with many outputs too (fusion will fold their
-    output transpose into the epilogue)."""
+    output transpose into the epilogue). `winograd`: the 3×3 stride-1 layers
+    `passes/winograd.py` chooses by Winograd F(2×2, 3×3) (those come back with
+    `ConvLayer.winograd` set)."""
     ctx = module.context
     fn = entry_func(module)
     params = list(params)
@@ -527,9 +531,10 @@ def rewrite(
         zero = is_zero_fill(init_val)
         name = f"__tc_im2col_{layer.index}"
         w = params[layer.weight]
-        if winograd.chosen(layer):
-            params[layer.weight] = winograd.transform_filter(w)  # U [16, C, F]
-            text = winograd.helper(layer, shape_of(x_val), zero, name, to_nhwc=to_nhwc, nchw_result=nchw_result)
+        if winograd and wino.chosen(layer):
+            layer = dataclasses.replace(layer, winograd=True)
+            params[layer.weight] = wino.transform_filter(w)  # U [16, C, F]
+            text = wino.helper(layer, shape_of(x_val), zero, name, to_nhwc=to_nhwc, nchw_result=nchw_result)
         elif layer.pointwise:
             params[layer.weight] = w.reshape(layer.f, layer.c).contiguous()  # [F, C]
             text = _helper_pointwise(layer, zero, name)
@@ -560,7 +565,11 @@ class Im2colPass(ModulePass):
         "tap-GEMM chains on NHWC, pointwise ones as a GEMM (bound filters relaid out)"
     )
     thin: bool = False  # thin layers (few input channels, many outputs) too: fusion folds their transpose
+    # 3×3 stride-1 layers by Winograd F(2×2, 3×3) where `passes/winograd.py` chooses it. Off on
+    # the GPU: its transforms' coefficients are constant tensors (globals), which the GPU host
+    # plan does not take, and no GPU has timed it.
+    winograd: bool = True
 
     def apply(self, module: ir.Module, weights: Weights) -> None:
         weights[:] = convs_1d_as_2d(module, weights)
-        weights[:], _ = rewrite(module, weights, thin=self.thin)
+        weights[:], _ = rewrite(module, weights, thin=self.thin, winograd=self.winograd)

@@ -71,6 +71,18 @@ def test_disabled_leaves_the_gemm_paths(monkeypatch):
     assert not winograd.chosen(_layer())
 
 
+def test_the_pass_option_turns_it_off():
+    """`conv-im2col{winograd=false}` (the GPU pipeline's) takes the GEMM paths."""
+    torch.manual_seed(0)
+    model, x = torch.nn.Conv2d(64, 64, 3, padding=1), torch.randn(1, 64, 28, 28)
+    for on in (True, False):
+        imported = _imported(model, x)
+        weights = list(imported.params)
+        with imported.module.context:
+            im2col.Im2colPass(winograd=on).apply(imported.module, weights)
+        assert ("linalg.batch_matmul" in str(imported.module)) == on
+
+
 class _Block(torch.nn.Module):
     """Two 3×3 layers as in a ResNet basic block: conv, batch norm, ReLU, conv (with a
     bias: a non-zero accumulator init), batch norm, residual add, ReLU."""
@@ -98,7 +110,7 @@ def test_rewritten_block_matches_eager(c, h, monkeypatch):
     imported = _imported(model, x)
     with imported.module.context:
         params, done = im2col.rewrite(imported.module, imported.params)
-    assert len(done) == 2 and all(winograd.chosen(layer) for layer in done)
+    assert len(done) == 2 and all(layer.winograd and winograd.chosen(layer) for layer in done)
     text = str(imported.module)
     assert im2col.CONV not in text and text.count("linalg.batch_matmul") == 2
     assert sum(tuple(p.shape) == (16, c, c) for p in params) == 2  # the filters, transformed
