@@ -36,6 +36,7 @@ from tilecraft import driver, frontend
 from tilecraft.backends.cpu import dedup, runtime
 from tilecraft.backends.cpu.backend import CpuOptions
 from tilecraft.corpus import zoo
+from tilecraft.costmodel.precision_plan import relative_error
 
 # the entry's code: `forward` is its own C interface (`lowering.inline_entries`)
 ENTRY = "_mlir_ciface_forward"
@@ -90,18 +91,25 @@ def describe(insns, start: int, end: int) -> str:
 def child(args) -> int:
     """Compile, check, then signal readiness and run the timing loop (perf attaches)."""
     warnings.filterwarnings("ignore")
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     model, inputs = frontend.load_model(args.model)
     imported = frontend.import_module(model, inputs, spec=args.model)
     # whole: one `forward` holds every nest (the two-core compile moves half into another
     # symbol, and identical kernels would be one function called by each)
     dedup.ENABLED = False
     compiled = driver.compile_model(
-        imported, fuse=not args.unfused, emit="so", output=args.so, options=CpuOptions(two_core_jit=False)
+        imported,
+        fuse=not args.unfused,
+        emit="so",
+        output=args.so,
+        options=CpuOptions(two_core_jit=False),
+        precision=None if args.precision == "f32" else args.precision,
+        threads=args.threads,
     )
     fn = runtime.from_shared_library(compiled.path, imported.func_name, imported.signature, bound=imported.params)
     with torch.no_grad():
-        if not driver.compare(fn(*inputs), model(*inputs)).ok:
+        out, ref = fn(*inputs), model(*inputs)
+        if not (driver.compare(out, ref).ok if args.precision == "f32" else relative_error(out, ref) <= 0.01):
             print(f"{args.model}: compiled output does not match eager", file=sys.stderr)
             return 1
     run = fn.prepare(*inputs)[0]
@@ -129,6 +137,8 @@ def main(argv=None) -> int:
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--so", help=argparse.SUPPRESS)
     p.add_argument("--ready", help=argparse.SUPPRESS)
+    p.add_argument("--precision", default="f32", help="f32, bf16, int8 or auto (checked: 1%% relative L2)")
+    p.add_argument("--threads", type=int, default=1, help="threads (above 1, OpenMP regions show as their own symbols)")
     p.add_argument("--quick", action="store_true", help="CI: mlp, 3 s of samples, the top 5 nests")
     args = p.parse_args(argv)
     if args.quick:  # the quick defaults; options given still win
@@ -146,7 +156,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         so, ready, data = (os.path.join(tmp, x) for x in ("model.so", "ready", "perf.data"))
         cmd = [sys.executable, __file__, args.model, "--child", "--so", so, "--ready", ready]
-        cmd += ["--seconds", str(args.seconds)] + (["--unfused"] if args.unfused else [])
+        cmd += ["--seconds", str(args.seconds), "--precision", args.precision, "--threads", str(args.threads)]
+        cmd += ["--unfused"] if args.unfused else []
         proc = subprocess.Popen(cmd)
         while not os.path.exists(ready):
             if proc.poll() is not None:
@@ -185,7 +196,8 @@ def main(argv=None) -> int:
     for k, c in rows:
         share = c / total
         print(f"  nest {k:3d} @{loops[k][0]:#8x}  {share:6.1%}  {share * ms:7.3f} ms  {describe(insns, *loops[k])}")
-    for k, c in sorted(((k, c) for k, c in counts.items() if isinstance(k, str)), key=lambda kc: -kc[1])[:5]:
+    others = 5 if args.threads == 1 else max(5, args.top)
+    for k, c in sorted(((k, c) for k, c in counts.items() if isinstance(k, str)), key=lambda kc: -kc[1])[:others]:
         print(f"  {k:40s} {c / total:6.1%}  {c / total * ms:7.3f} ms")
     return 0
 

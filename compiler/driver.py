@@ -219,7 +219,7 @@ def compile_model(
                 tc.set_records(module, tc.PARALLEL, [d.to_json() for d in done.parallel])
 
             step("plan-threads", planned_threads)
-            step("parallelize", lambda: run(ParallelizePass()))
+            step("parallelize", lambda: run(ParallelizePass(marked=threads)))
         if fusing:
             step("fuse", lambda: run(FusePass()))  # tile each group's sink, fuse its members
         if wanted("decided") and tile:  # every kernel's schedule: pinned, the model's pick, or the heuristic

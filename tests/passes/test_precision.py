@@ -15,7 +15,7 @@ from tilecraft.backends.cpu import amx
 from tilecraft.corpus import amx as amx_workloads
 from tilecraft.costmodel import precision_plan
 from tilecraft.costmodel.amx import LayerPrices
-from tilecraft.passes import precision
+from tilecraft.passes import parallel, precision
 
 needs_amx = pytest.mark.skipif(not amx.available(), reason="needs AMX (amx_bf16, amx_int8) and tile permission")
 
@@ -353,3 +353,50 @@ def test_low_precision_isa_needs_the_host_to_have_it(monkeypatch):
     claims = target_mod.Target(features=("avx2", "avx512", "avx512bf16", "avx512vnni", "fma"))
     assert driver.low_precision_features(claims) == ()
     assert driver.low_precision_isa(claims) is None
+
+
+class _Rows(torch.nn.Module):
+    """Two linear layers over 64 rows: each contraction splits into two 32-row chunks."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(64, 128), torch.nn.Linear(128, 32)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+@pytest.mark.parametrize("isa", ["amx", "avx512"])
+def test_low_precision_contractions_split_across_threads(isa):
+    """At 2 threads each low-precision contraction (no op id, so no thread plan of its own)
+    runs as a forall of two row chunks, its zero fill in each (`parallel.split_marked`), and
+    computes exactly what the one-thread compile does."""
+    if isa == "amx" and not amx.available():
+        pytest.skip("needs AMX (amx_bf16, amx_int8) and tile permission")
+    if isa == "avx512" and "avx512_bf16" not in cpu_flags():
+        pytest.skip("needs AVX512-BF16 (vdpbf16ps)")
+    from tilecraft.backends.cpu.target import Target
+    from tilecraft.costmodel.amx import avx512_schedule
+
+    torch.manual_seed(0)
+    model, x = _Rows().eval(), torch.randn(64, 64)
+    imported = frontend.import_module(model, (x,), spec="rows")
+    layers = precision.layers(imported.module, len(imported.params))
+    sched = (lambda m, n: avx512_schedule(m, n)) if isa == "avx512" else (lambda m, n: None)
+    decisions = [precision.PrecisionDecision(x.index, "bf16", schedule=sched(x.m, x.n)) for x in layers]
+    target = Target.parse("cpu" if isa == "amx" else "cpu{amx=false}")
+    outs = {}
+    for threads in (1, 2):
+        imp = frontend.import_module(model, (x,), spec="rows")
+        text = driver.compile_model(imp, target=target, precision=decisions, threads=threads, emit="decided").text
+        imp = frontend.import_module(model, (x,), spec="rows")
+        compiled = driver.compile_model(imp, target=target, precision=decisions, threads=threads)
+        outs[threads] = compiled.fn(x)
+        if threads == 2:
+            marked = [line for line in text.splitlines() if "tc.amx =" in line]
+            indent = [len(line) - len(line.lstrip()) for line in marked]
+            assert len(marked) == 2 and min(indent) > 4  # (the function body's ops sit at 4: these in a forall)
+            assert parallel.SPLIT not in text
+    assert torch.equal(outs[1], outs[2])
+    with torch.no_grad():
+        assert precision_plan.relative_error(outs[2], model(x)) < 2e-2
