@@ -355,17 +355,6 @@ def test_low_precision_isa_needs_the_host_to_have_it(monkeypatch):
     assert driver.low_precision_isa(claims) is None
 
 
-class _Rows(torch.nn.Module):
-    """Two linear layers over 64 rows: each contraction splits into two 32-row chunks."""
-
-    def __init__(self):
-        super().__init__()
-        self.a, self.b = torch.nn.Linear(64, 128), torch.nn.Linear(128, 32)
-
-    def forward(self, x):
-        return self.b(torch.relu(self.a(x)))
-
-
 @pytest.mark.parametrize("isa", ["amx", "avx512"])
 def test_low_precision_contractions_split_across_threads(isa):
     """At 2 threads each low-precision contraction (no op id, so no thread plan of its own)
@@ -379,7 +368,7 @@ def test_low_precision_contractions_split_across_threads(isa):
     from tilecraft.costmodel.amx import avx512_schedule
 
     torch.manual_seed(0)
-    model, x = _Rows().eval(), torch.randn(64, 64)
+    model, x = _Mlp().eval(), torch.randn(64, 256)  # (64 rows: two chunks of 32 each)
     imported = frontend.import_module(model, (x,), spec="rows")
     layers = precision.layers(imported.module, len(imported.params))
     sched = (lambda m, n: avx512_schedule(m, n)) if isa == "avx512" else (lambda m, n: None)
