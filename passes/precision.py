@@ -212,7 +212,7 @@ def describe(op: ir.Operation, index: int, n_bound: int) -> Layer:
         layer = Layer(index, op.name, bs, m, n, k, None, ())
     else:
         (nb, ch, _, _), (f, _, kh, kw), (_, _, oh, ow) = shape_of(a), shape_of(b), shape_of(c)
-        layer = Layer(index, op.name, 1, f, oh * ow, ch * kh * kw, bound_arg_number(b, n_bound), ())
+        layer = Layer(index, op.name, 1, f, oh * ow, padded_channels(ch) * kh * kw, bound_arg_number(b, n_bound), ())
         if nb != 1:
             why = why or f"batch {nb} (convolutions run low precision at batch 1)"
         elif int_list_attr(op, "dilations") != [1, 1]:
@@ -221,13 +221,20 @@ def describe(op: ir.Operation, index: int, n_bound: int) -> Layer:
             why = why or "weight is not a bound argument used once"
     eligible = ["f32"]
     if not why:
-        ch = shape_of(a)[1] if op.name == "linalg.conv_2d_nchw_fchw" else None
+        conv = op.name == "linalg.conv_2d_nchw_fchw"  # (channels padded: `padded_channels`)
         for p, v in _VNNI.items():
-            if (ch if ch is not None else layer.k) % v == 0:
+            if conv or layer.k % v == 0:
                 eligible.append(p)
         if len(eligible) == 1:
-            why = f"{'channels' if ch is not None else 'K'} not a multiple of 2"
+            why = "K not a multiple of 2"
     return dataclasses.replace(layer, eligible=tuple(eligible), why_not=why)
+
+
+def padded_channels(ch: int) -> int:
+    """A convolution's input channels as its low-precision forms run it: whole VNNI groups
+    of 4 (int8; bf16's pairs too), zero channels added where `ch` is not (an RGB stem's 3
+    channels run as 4; each tap's K is its channels, so a group never spans two taps)."""
+    return ch if ch % _VNNI["int8"] == 0 else -(-ch // _VNNI["int8"]) * _VNNI["int8"]
 
 
 def layers(module: ir.Module, n_bound: int) -> list[Layer]:
@@ -568,9 +575,11 @@ def _rewrite_one(
             r = _dequantize(h, r, c, cshape, scales * d.act_scale, len(cshape) - 1, shift)
         return h.text(r, tensor_t(cshape, "f32")), operands, new_params
     # convolution, batch 1: W[F, KH·KW·C] · cols[KH·KW·C, OH·OW]
-    (_, ch, _, _), (f, _, kh, kw), (_, _, oh, ow) = shape_of(a_val), shape_of(b_val), shape_of(c_val)
+    (_, ch0, hx, wx), (f, _, kh, kw), (_, _, oh, ow) = shape_of(a_val), shape_of(b_val), shape_of(c_val)
     (sh, sw) = int_list_attr(op, "strides")
-    w = params[layer.weight].permute(0, 2, 3, 1).reshape(f, kh * kw * ch)  # K ordered (kh, kw, c)
+    ch = padded_channels(ch0)  # (zero channels added, in the input and the filter alike)
+    w = torch.nn.functional.pad(params[layer.weight], (0, 0, 0, 0, 0, ch - ch0))
+    w = w.permute(0, 2, 3, 1).reshape(f, kh * kw * ch)  # K ordered (kh, kw, c)
     if p == "bf16":
         wq, scales = w.to(torch.bfloat16), None
     else:
@@ -578,6 +587,16 @@ def _rewrite_one(
     new_params[layer.weight] = wq.reshape(f, kh * kw * ch // v, v).contiguous()
     x = h.arg(tensor_t(shape_of(a_val), "f32"))
     wa = h.arg(tensor_t([f, kh * kw * ch // v, v], elem))
+    x_t = tensor_t([1, ch, hx, wx], "f32")
+    if ch != ch0:
+        zero, xp = h.tmp(), h.tmp()
+        h(f"{zero} = arith.constant 0.0 : f32")
+        h(
+            f"{xp} = tensor.pad {x} low[0, 0, 0, 0] high[0, {ch - ch0}, 0, 0] {{\n"
+            f"^bb0(%i0: index, %i1: index, %i2: index, %i3: index):\n  tensor.yield {zero} : f32\n"
+            f"}} : {tensor_t(shape_of(a_val), 'f32')} to {x_t}"
+        )
+        x = xp
     zero = is_zero_fill(c_val)
     operands += [a_val, b_val]
     c = None
@@ -593,7 +612,7 @@ def _rewrite_one(
     h(
         _generic(
             cols,
-            [(x, tensor_t(shape_of(a_val), "f32"))],
+            [(x, x_t)],
             (e, tensor_t(cols_shape, elem)),
             [src, ident],
             ["parallel"] * 6,

@@ -389,3 +389,49 @@ def test_low_precision_contractions_split_across_threads(isa):
     assert torch.equal(outs[1], outs[2])
     with torch.no_grad():
         assert precision_plan.relative_error(outs[2], model(x)) < 2e-2
+
+
+class _Stem(torch.nn.Module):
+    """An RGB stem: 3 input channels, a 7×7 window at stride 2."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 16, 7, stride=2, padding=3)
+
+    def forward(self, x):
+        return torch.relu(self.conv(x))
+
+
+@pytest.mark.parametrize("isa", ["amx", "avx512"])
+@pytest.mark.parametrize("mode", ["bf16", "int8"])
+def test_rgb_stem_runs_low_precision_on_padded_channels(mode, isa):
+    """3 channels run as 4 (a zero channel in the input and the filter): the layer is
+    eligible with K = 4·7·7, and the compiled output matches the emulated lowering (which
+    the zero channel does not change; on AVX-512 int8 the activation is shifted into u8,
+    and the zero channel with it, against zero weights)."""
+    from tilecraft.backends.cpu.target import Target
+    from tilecraft.costmodel.amx import avx512_schedule
+
+    if isa == "amx" and not amx.available():
+        pytest.skip("needs AMX (amx_bf16, amx_int8) and tile permission")
+    need = "avx512_bf16" if mode == "bf16" else "avx512_vnni"
+    if isa == "avx512" and need not in cpu_flags():
+        pytest.skip(f"needs {need}")
+    torch.manual_seed(0)
+    model, x = _Stem().eval(), torch.randn(1, 3, 32, 32)
+    imp = frontend.import_module(model, (x,), spec="stem")
+    (layer,) = precision.layers(imp.module, len(imp.params))
+    assert precision.padded_channels(3) == 4 and precision.padded_channels(8) == 8
+    assert layer.k == 4 * 7 * 7 and layer.eligible == ("f32", "bf16", "int8")
+    emu = precision_plan.Emulator(imp.fx, imp.params, [layer])
+    amax = {}
+    emu.run(imp.inputs, record=amax)
+    sched = avx512_schedule(layer.m, layer.n) if isa == "avx512" else None
+    d = precision.PrecisionDecision(0, mode, act_scale=amax[0][0] / 127, schedule=sched)
+    emulated = emu.run(imp.inputs, {0: d})
+    target = Target.parse("cpu" if isa == "amx" else "cpu{amx=false}")
+    compiled = driver.compile_model(imp, target=target, cost_model="heuristic", precision=[d])
+    out = compiled.fn(x)
+    assert precision_plan.relative_error(out, emulated) < 2e-3
+    with torch.no_grad():
+        assert precision_plan.relative_error(out, model(x)) < (2e-2 if mode == "bf16" else 5e-2)
