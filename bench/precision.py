@@ -11,7 +11,7 @@ Part 1 (1024³ GEMMs, one thread, side by side in one run):
 Every result is checked: the kernels against exact references, the layers against eager f32
 within the error the plan predicts.
 
-Part 2 (zoo models, one thread): Tilecraft f32 (the shipped cost model, fusion on) against
+Part 2 (zoo models, at each `--threads` count, by default one thread): Tilecraft f32 (the shipped cost model, fusion on) against
 `--precision auto` under the default 1% error budget, with the measured relative L2 error of
 the output against eager f32 and the per-layer decisions.
 
@@ -20,7 +20,7 @@ the output against eager f32 and the per-layer decisions.
 where the CPU has AVX512-BF16/VNNI. `--target 'cpu{amx=false}'` runs part 2 that way on an
 AMX machine.
 
-    python bench/precision.py [--models resnet18,bert_mini] [--target T] [--json out.json]
+    python bench/precision.py [--models resnet18,bert_mini] [--threads 1,2] [--target T] [--json out.json]
     python bench/precision.py --quick
 """
 
@@ -116,18 +116,19 @@ def dataclasses_str(sched) -> str:
     return f"{sched.mr}x{sched.nr} kc {sched.kc} {sched.order}" + (f" nc {sched.nc}" if sched.nc else "")
 
 
-def model_rows(names: list[str], *, budget: float = 2.0, target: str = "cpu") -> list[dict]:
+def model_rows(names: list[str], *, budget: float = 2.0, target: str = "cpu", threads: int = 1) -> list[dict]:
     rows = []
+    torch.set_num_threads(threads)  # (eager's intra-op threads, as the compiled code's)
     for name in names:
         imp = frontend.import_spec(name)
         with torch.no_grad():
             eager_s = _time(lambda: imp.model(*imp.inputs), budget)
             ref = imp.model(*imp.inputs)
-        f32 = driver.compile_model(imp, target=target)
+        f32 = driver.compile_model(imp, target=target, threads=threads)
         f32_err = precision_plan.relative_error(f32.fn(*imp.inputs), ref)
         f32_s = _time(lambda: f32.fn(*imp.inputs), budget)
         imp = frontend.import_spec(name)  # fresh module: compiling rewrites it in place
-        low = driver.compile_model(imp, precision="auto", target=target)
+        low = driver.compile_model(imp, precision="auto", target=target, threads=threads)
         plan = low.precision
         low_err = precision_plan.relative_error(low.fn(*imp.inputs), ref)
         low_s = _time(lambda: low.fn(*imp.inputs), budget)
@@ -135,6 +136,7 @@ def model_rows(names: list[str], *, budget: float = 2.0, target: str = "cpu") ->
         rows.append(
             {
                 "model": name,
+                "threads": threads,
                 "eager_ms": eager_s * 1e3,
                 "f32_ms": f32_s * 1e3,
                 "auto_ms": low_s * 1e3,
@@ -155,12 +157,23 @@ def model_rows(names: list[str], *, budget: float = 2.0, target: str = "cpu") ->
 QUICK = {"models": "mlp", "size": 256, "budget": 0.2}
 
 
+def _thread_counts(p: argparse.ArgumentParser, text: str) -> list[int]:
+    try:
+        counts = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        p.error(f"--threads: thread counts of at least 1, comma-separated (got {text!r})")
+    return counts
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="resnet18,bert_mini")
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--budget", type=float, default=2.0, help="seconds of timing per measurement")
     p.add_argument("--json", help="also write the rows as JSON")
+    p.add_argument("--threads", default="1", help="part 2's thread counts, comma-separated (e.g. 1,2)")
     p.add_argument("--quick", action="store_true", help="CI: 256^3 GEMMs (with AMX) and mlp, briefly")
     p.add_argument(
         "--target",
@@ -186,16 +199,21 @@ def main(argv=None) -> int:
                 f"{r['case']:<32}{r['peer']:<18}{r['peer_gops']:>11.0f}{r['tilecraft_gops']:>11.0f}"
                 f"{r['ratio']:>7.2f}  {r['schedule']:<20}{r['error']:>9.1e}"
             )
-    models = model_rows([m for m in args.models.split(",") if m], budget=args.budget, target=args.target)
-    print("\nzoo, 1 thread: Tilecraft f32 vs --precision auto (default budget; errors vs eager f32)")
+    names = [m for m in args.models.split(",") if m]
+    models = [
+        r
+        for t in _thread_counts(p, args.threads)
+        for r in model_rows(names, budget=args.budget, target=args.target, threads=t)
+    ]
+    print("\nzoo: Tilecraft f32 vs --precision auto at each thread count (default budget; errors vs eager f32)")
     print(
-        f"{'model':<14}{'eager ms':>9}{'f32 ms':>9}{'auto ms':>9}{'auto/f32':>9}{'auto/eager':>11}"
+        f"{'model':<14}{'threads':>8}{'eager ms':>9}{'f32 ms':>9}{'auto ms':>9}{'auto/f32':>9}{'auto/eager':>11}"
         f"{'error':>10}{'budget':>8}  layers"
     )
     for r in models:
         layers = ", ".join(f"{n} {p}" for p, n in r["layers"].items() if n)
         print(
-            f"{r['model']:<14}{r['eager_ms']:>9.2f}{r['f32_ms']:>9.2f}{r['auto_ms']:>9.2f}"
+            f"{r['model']:<14}{r['threads']:>8}{r['eager_ms']:>9.2f}{r['f32_ms']:>9.2f}{r['auto_ms']:>9.2f}"
             f"{r['speedup_over_f32']:>8.2f}x{r['speedup_over_eager']:>10.2f}x{r['auto_error']:>10.2e}"
             f"{r['budget']:>8g}  {layers}"
         )
