@@ -435,3 +435,21 @@ def test_rgb_stem_runs_low_precision_on_padded_channels(mode, isa):
     assert precision_plan.relative_error(out, emulated) < 2e-3
     with torch.no_grad():
         assert precision_plan.relative_error(out, model(x)) < (2e-2 if mode == "bf16" else 5e-2)
+
+
+@pytest.mark.parametrize("mode", ["bf16", "int8"])
+def test_tap_columns_equal_the_one_gather(mode, monkeypatch):
+    """A 3×3 layer's VNNI columns gathered tap by tap from its relaid-out input
+    (`TAP_COLUMNS`) hold exactly what the one gather wrote: the outputs are identical."""
+    if not amx.available():
+        pytest.skip("needs AMX (amx_bf16, amx_int8) and tile permission")
+    imp = _imported()
+    layers = precision.layers(imp.module, len(imp.params))
+    d = precision.PrecisionDecision(0, mode, act_scale=0.05)
+    outs = []
+    for taps in (False, True):
+        monkeypatch.setattr(precision, "TAP_COLUMNS", taps)
+        imp = _imported()
+        assert precision.layers(imp.module, len(imp.params))[0] == layers[0]
+        outs.append(driver.compile_model(imp, cost_model="heuristic", precision=[d]).fn(*imp.inputs))
+    assert torch.equal(outs[0], outs[1])
