@@ -11,9 +11,10 @@ Part 1 (1024³ GEMMs, one thread, side by side in one run):
 Every result is checked: the kernels against exact references, the layers against eager f32
 within the error the plan predicts.
 
-Part 2 (zoo models, at each `--threads` count, by default one thread): Tilecraft f32 (the shipped cost model, fusion on) against
-`--precision auto` under the default 1% error budget, with the measured relative L2 error of
-the output against eager f32 and the per-layer decisions.
+Part 2 (zoo models, at each `--threads` count, by default one thread): Tilecraft f32 (the
+shipped cost model, fusion on) against `--precision auto` under the default 1% error budget,
+with the measured relative L2 error of the output against eager f32 and the per-layer
+decisions.
 
 `--quick` (CI): 256³ GEMMs and mlp, timed for 0.2 s each; on a CPU without AMX
 (`backends/cpu/amx.available`) it says so and runs part 2 alone, with the AVX-512 kernels
