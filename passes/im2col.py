@@ -534,7 +534,7 @@ def rewrite(
         if winograd and wino.chosen(layer):
             layer = dataclasses.replace(layer, winograd=True)
             params[layer.weight] = wino.transform_filter(w)  # U [16, C, F]
-            text = wino.helper(layer, shape_of(x_val), zero, name, to_nhwc=to_nhwc, nchw_result=nchw_result)
+            text = wino.helper(layer, shape_of(x_val), zero, name)
         elif layer.pointwise:
             params[layer.weight] = w.reshape(layer.f, layer.c).contiguous()  # [F, C]
             text = _helper_pointwise(layer, zero, name)

@@ -234,7 +234,7 @@ def padded_channels(ch: int) -> int:
     """A convolution's input channels as its low-precision forms run it: whole VNNI groups
     of 4 (int8; bf16's pairs too), zero channels added where `ch` is not (an RGB stem's 3
     channels run as 4; each tap's K is its channels, so a group never spans two taps)."""
-    return ch if ch % _VNNI["int8"] == 0 else -(-ch // _VNNI["int8"]) * _VNNI["int8"]
+    return -(-ch // _VNNI["int8"]) * _VNNI["int8"]
 
 
 def layers(module: ir.Module, n_bound: int) -> list[Layer]:
@@ -506,8 +506,8 @@ MAX_TAPS = 9
 
 def _tap_columns(h: _Helper, x: str, chw: tuple, window: tuple, v: int, elem: str, cbody: str) -> str:
     """cols [KH, KW, C/v, OH, OW, v] of a convolution's input `x` [1, C, H, W] (f32): `x`
-    converted (`cbody`: bf16 rounding or int8 quantization) and relaid out once to
-    xq [C/v, H, W, v], whole VNNI groups of channels contiguous; then per tap (i, j) the
+    relaid out once to [C/v, H, W, v] (whole VNNI groups of channels contiguous), then
+    converted (`cbody`: bf16 rounding or int8 quantization) to xq; then per tap (i, j) the
     window slice xq[:, i::SH, j::SW, :] copied into the tap's block (in place: one buffer).
     At stride 1 each block row is one contiguous run of OW·v elements."""
     (ch, hx, wx), (kh, kw, oh, ow, sh, sw) = chw, window

@@ -142,9 +142,11 @@ def _weighted_sum(
     )
 
 
-def helper(layer, x_shape, zero_init: bool, name: str, *, to_nhwc, nchw_result) -> str:
+def helper(layer, x_shape, zero_init: bool, name: str) -> str:
     """The helper function replacing the convolution: (padded input [1, C, H, W], U
-    [16, C, F][, init]) → [1, F, OH, OW]. `to_nhwc` and `nchw_result` are im2col's."""
+    [16, C, F][, init]) → [1, F, OH, OW]."""
+    from tilecraft.passes.im2col import nchw_result, to_nhwc  # (im2col imports this module)
+
     c, f, oh, ow = layer.c, layer.f, layer.oh, layer.ow
     th, tw = oh // 2, ow // 2
     _, _, h, w = x_shape
@@ -194,8 +196,7 @@ def helper(layer, x_shape, zero_init: bool, name: str, *, to_nhwc, nchw_result) 
             )
         )
         lines.append(f"  %v{p + 1} = tensor.insert_slice %vg{p} into %v{p}{at_p} : {vrow_t} into {v_t}")
-    lines.append(f"  %vt = tensor.cast %v4 : {v_t} to {v_t}")
-    lines.append(f"  %v = tensor.collapse_shape %vt [[0], [1, 2], [3]] : {v_t} into {v2_t}")
+    lines.append(f"  %v = tensor.collapse_shape %v4 [[0], [1, 2], [3]] : {v_t} into {v2_t}")
     lines.append(f"  %me = tensor.empty() : {m_t}")
     lines.append(f"  %macc = linalg.fill ins(%z : f32) outs(%me : {m_t}) -> {m_t}")
     lines.append(f"  %m = linalg.batch_matmul ins(%v, %u : {v2_t}, {u_t}) outs(%macc : {m_t}) -> {m_t}")
