@@ -135,6 +135,7 @@ def main(argv=None) -> int:
     p.add_argument("--out-dir", default="bench/results/costmodel_adapt", help="held-out databases (a cache)")
     p.add_argument("--json", default="bench/results/costmodel_adapt.json")
     p.add_argument("--seed", type=int, default=0, help="adapt's --seed")
+    p.add_argument("--workers", type=int, default=None, help="adapt's --workers (default: its own)")
     p.add_argument("--quick", action="store_true", help="CI: 8 s budgets, 6 held-out kernels, one repeat")
     args = p.parse_args(argv)
     if args.quick:  # the quick defaults; options given still win
@@ -153,6 +154,7 @@ def main(argv=None) -> int:
         "target": json.loads(target.to_json()),
         "target_hash": target.hash(),
         "budget_s": args.budget,
+        "workers": args.workers or adapt.default_workers(),
         "heldout": {"rows": sum(map(len, held.values())), "kernels": len(held), "kinds": dict(kinds)},
         "repeats": args.repeats,
         "repeat_agreement": ceiling,
@@ -179,7 +181,9 @@ def main(argv=None) -> int:
         first = evaluate.by_kernel(runs[0])  # one repeat's latencies, for comparison
         say(f"{name}: adapting with {args.budget:g} s of measuring")
         t0 = time.perf_counter()
-        r = adapt.adapt(base, target, budget_s=args.budget, base_name=name, pool=pool, seed=args.seed)
+        r = adapt.adapt(
+            base, target, budget_s=args.budget, base_name=name, pool=pool, seed=args.seed, workers=args.workers
+        )
         wall = time.perf_counter() - t0
         after = evaluate.score_model(r.model, held)
         native = evaluate.score_model(LightGBMCostModel(target).fit(r.measured.records), held)

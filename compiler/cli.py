@@ -509,6 +509,8 @@ def cmd_costmodel_adapt(args) -> int:
     # every input checked before a second of measuring
     if not args.budget > 0:
         raise cm.CostModelError(f"--budget must be a positive number of seconds (got {args.budget:g})")
+    if args.workers is not None and args.workers < 1:
+        raise cm.CostModelError(f"--workers must be at least 1 (got {args.workers})")
     target = host()
     base_path = args.base or cm.choose(target, installed=False).path
     base = cm.load(base_path, target)
@@ -529,8 +531,15 @@ def cmd_costmodel_adapt(args) -> int:
         elif not os.access(os.path.dirname(os.path.abspath(args.db)), os.W_OK):
             raise CorpusError(f"--db {args.db}: cannot create a corpus database there")
     say = None if args.quiet else (lambda msg: print(f"  {msg}", file=sys.stderr))
-    print(f"measuring for up to {args.budget:g} s on {target.cpu_name} (target {target.hash()})", file=sys.stderr)
-    r = adapt.adapt(base, target, budget_s=args.budget, base_name=base_path, seed=args.seed, progress=say)
+    workers = args.workers or adapt.default_workers()
+    print(
+        f"measuring for up to {args.budget:g} s on {target.cpu_name} (target {target.hash()}), "
+        f"{workers} worker{'s' if workers > 1 else ''}",
+        file=sys.stderr,
+    )
+    r = adapt.adapt(
+        base, target, budget_s=args.budget, base_name=base_path, seed=args.seed, workers=workers, progress=say
+    )
     m = r.measured
     kinds = ", ".join(f"{k} {n}" for k, n in sorted(m.kinds().items()))
     kernels = sum(m.kinds().values())
@@ -837,6 +846,12 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     cad.add_argument("--db", metavar="CORPUS", help="also add the measurements to this " + DB_HELP)
     cad.add_argument("--seed", type=int, default=0, help="which kernels of the reference pool come first")
+    cad.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="measuring workers side by side, each on a core of its own (default: one per core, at most 2)",
+    )
     cad.add_argument("--quiet", action="store_true", help="no line per measured kernel")
     cad.set_defaults(fn=cmd_costmodel_adapt)
     cv = cmsub.add_parser("eval", help="held-out metrics (split by kernel, leave-one-model-out), search study, PNGs")

@@ -4,7 +4,7 @@ On the costmodel floor; behind `tilecraft costmodel adapt`. Reads a base model f
 default the shipped model `model.choose` gives this machine) and the reference kernels of
 the seed corpus (`corpus/data/seed.db.gz`: zoo and generated kernels of every op kind, with
 the decisions the seed machine measured and how long each took); measures a chosen few
-(kernel, decision) pairs here with the harness (`corpus/measure.py`: an isolated worker,
+(kernel, decision) pairs here with the harness (`corpus/measure.py`: isolated workers,
 output checked against a reference, repeated until stable); writes the fine-tuned model,
 whose target is this machine, to the per-user model directory under this target's hash
 (`model.installed_path`, where `create("lightgbm", target)` finds it) or to `--out`, and
@@ -32,9 +32,11 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import math
 import os
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 
@@ -53,6 +55,7 @@ SEED_CORPUS = os.path.join(os.path.dirname(os.path.dirname(measure.__file__)), "
 BUDGET_S = 120.0
 PER_KERNEL = 6
 KINDS = ("matmul", "conv2d", "elementwise", "reduction", "batch_matmul", "depthwise_conv2d", "pooling")
+MAX_WORKERS = 2  # measuring workers side by side by default (`--workers`; more untried: 2 cores here)
 CANDIDATE_TIMEOUT_S = 60.0  # a candidate that runs longer counts as hung (the budget may cut it sooner)
 KERNEL_SHARE = 0.12  # no kernel may be expected to take more of the budget than this
 MIN_SPREAD = 1.15  # slowest / fastest of a kernel's decisions on the seed machine, to be chosen
@@ -60,6 +63,13 @@ FOLDS = 4
 MARGIN = 0.02  # cross-validated pairwise a mode must gain to be preferred to a simpler one
 MODES = ("base", "latency", "latency+rank")
 TUNE = {"rounds": 100, "learning_rate": 0.1, "num_leaves": 15, "min_data_in_leaf": 10}
+
+
+def default_workers() -> int:
+    """Measuring workers side by side: one per core this process may use, at most
+    MAX_WORKERS. Two on this 2-core machine measure 2.6x the rows of one in 120 s, and the
+    model ranks held-out pairs better for it (docs/costmodel-adapt.md)."""
+    return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
 
 
 # ------------------------------------------------------------------------- the pool
@@ -190,45 +200,88 @@ def measure_planned(
     target,
     *,
     budget_s: float,
+    workers: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Measured:
-    """Measure planned kernels here, one worker on a core of its own, until the budget is
-    spent (starting the worker counts): a kernel expected to overrun what is left is
-    skipped for a cheaper one, and a candidate still running when the budget ends is
-    stopped and left out (it did not fail: it was cut short)."""
+    """Measure planned kernels here until the budget is spent (starting the workers
+    counts): `workers` (default `default_workers()`) isolated workers side by side, each
+    on a core of its own (as many as are free, at least one), each taking the next planned
+    kernel when it is done with one. A kernel expected to overrun what is left is skipped
+    for a cheaper one, and a candidate still running when the budget ends is stopped and
+    left out (it did not fail: it was cut short). Rows come back in the plan's order,
+    whichever worker measured them. A worker that fails stops the others after their
+    current kernel, and its error is raised."""
     start = time.perf_counter()
-    end = start
-    records: list[Record] = []
-    results = []
-    cpu = measure.claim_core()
-    try:
-        with measure.MeasureWorker(timeout_s=CANDIDATE_TIMEOUT_S, cpu=cpu) as worker:
+    lock, stop = threading.Lock(), threading.Event()
+    planned = iter(planned)
+    done: dict[int, tuple[list[Record], list]] = {}  # plan position -> its rows and results
+    ends = [start]
+    position = itertools.count()
+
+    def take() -> tuple[int, PoolKernel, list[TileDecision]] | None:
+        with lock:  # (the plan is a generator: one thread at a time)
+            if stop.is_set():
+                return None
             for p, decisions, expected in planned:
                 left = budget_s - (time.perf_counter() - start)
                 if left <= 0.5:
-                    break
-                if expected > left:
-                    continue
-                t0, ok = time.perf_counter(), 0
+                    return None
+                if expected <= left:
+                    return next(position), p, decisions
+            return None
+
+    def work(cpu: int | None) -> None:
+        with measure.MeasureWorker(timeout_s=CANDIDATE_TIMEOUT_S, cpu=cpu) as worker:
+            while (item := take()) is not None:
+                i, p, decisions = item
+                t0, rows, results = time.perf_counter(), [], []
                 for d in decisions:
                     left = budget_s - (time.perf_counter() - start)
                     if left <= 0:
                         break
                     worker.timeout_s = min(left, CANDIDATE_TIMEOUT_S)
                     m = worker.measure(p.kernel, d, target)
-                    end = time.perf_counter()
+                    ends.append(time.perf_counter())
                     if m.status == "timeout" and left < CANDIDATE_TIMEOUT_S:
                         break  # the budget ran out under it
                     results.append((p.kernel, p.source, m))
                     if m.status == "ok":
-                        ok += 1
-                        records.append(Record(p.kernel, d, m.median_s, m.utilization or 0.0, p.source, target))
+                        rows.append(Record(p.kernel, d, m.median_s, m.utilization or 0.0, p.source, target))
+                done[i] = (rows, results)
                 if progress:
                     extents = "x".join(map(str, p.kernel.extents))
-                    progress(f"{p.kernel.kind} {extents}: {ok} of {len(decisions)} in {time.perf_counter() - t0:.1f} s")
+                    took = time.perf_counter() - t0
+                    progress(f"{p.kernel.kind} {extents}: {len(rows)} of {len(decisions)} in {took:.1f} s")
+
+    errors: list[BaseException] = []
+
+    def guarded(cpu: int | None) -> None:
+        try:
+            work(cpu)
+        except BaseException as exc:  # (raised again once every worker is done)
+            stop.set()
+            errors.append(exc)
+
+    cpus = [measure.claim_core() for _ in range(max(1, workers or default_workers()))]
+    cpus = [c for c in cpus if c is not None] or [None]  # (every core taken: one worker, unpinned)
+    try:
+        threads = [threading.Thread(target=guarded, args=(c,), daemon=True) for c in cpus[1:]]
+        for t in threads:
+            t.start()
+        guarded(cpus[0])
+        for t in threads:
+            t.join()
+    except BaseException:  # (an interrupt while waiting: the others take nothing more)
+        stop.set()
+        raise
     finally:
-        measure.release_core(cpu)
-    return Measured(records, results, end - start)
+        for c in cpus:
+            measure.release_core(c)
+    if errors:
+        raise errors[0]
+    records = [r for i in sorted(done) for r in done[i][0]]
+    results = [m for i in sorted(done) for m in done[i][1]]
+    return Measured(records, results, max(ends) - start)
 
 
 # ------------------------------------------------------------------- fine-tuning
@@ -327,6 +380,7 @@ def adapt(
     pool: Sequence[PoolKernel] | None = None,
     per_kernel: int = PER_KERNEL,
     seed: int = 0,
+    workers: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Adapted:
     """Measure here within `budget_s` seconds, cross-validate the fine-tuning modes on what
@@ -338,7 +392,7 @@ def adapt(
     local = LightGBMCostModel(target, text=base.text, params=base.params, rounds=base.rounds)
     local.boosters = base.boosters  # ranks the pool as the base does, with this machine's features
     planned = plan(local, target, pool, budget_s=budget_s, per_kernel=per_kernel, seed=seed)
-    measured = measure_planned(planned, target, budget_s=budget_s, progress=progress)
+    measured = measure_planned(planned, target, budget_s=budget_s, workers=workers, progress=progress)
     if not measured.records:
         raise CostModelError(f"nothing was measured in {budget_s:g} s: give adapt a larger --budget")
     t0 = time.perf_counter()

@@ -187,6 +187,32 @@ def test_plan_covers_kinds_within_the_budget_and_spreads_decisions(machines):
         assert decisions[0] == ranked[0] and decisions[-1] == ranked[-1]  # the top and the bottom
 
 
+def test_two_workers_measure_side_by_side_and_keep_the_plans_order():
+    from tilecraft.corpus import measure
+
+    here = host()
+    ctx = frontend.new_context()
+    texts = [generator.elementwise((64, 128), "add"), generator.matmul(32, 32, 32), generator.reduction((64, 128), 1)]
+    planned = []
+    for text in texts:
+        k = _kernel(text)
+        space = tuple(tiling.space(kernels.infos_of(k.mlir, ctx), here)[:2])
+        planned.append((adapt.PoolKernel(k, "test", space, (0.1,) * len(space), 2.0), list(space), 1.0))
+    m = adapt.measure_planned(iter(planned), here, budget_s=120, workers=2)
+    assert m.failed == 0 and len(m.results) == 6
+    expected = [(p.kernel.key, d.to_json()) for p, ds, _ in planned for d in ds]
+    assert [(r.kernel.key, r.decision.to_json()) for r in m.records] == expected  # the plan's order
+    assert not measure._CORE_LOCKS  # every core given back
+
+    def failing():
+        yield planned[0]
+        raise ValueError("the plan broke")
+
+    with pytest.raises(ValueError, match="the plan broke"):
+        adapt.measure_planned(failing(), here, budget_s=120, workers=2)
+    assert not measure._CORE_LOCKS
+
+
 # ------------------------------------------------------------------------ the CLI
 def _run(capsys, *argv) -> tuple[int, str, str]:
     code = cli.main(["costmodel", "adapt", *argv])
@@ -199,6 +225,7 @@ def _run(capsys, *argv) -> tuple[int, str, str]:
     [
         (["--budget", "-3"], "-3"),
         (["--budget", "0"], "--budget"),
+        (["--workers", "0"], "--workers"),
         (["--base", "/nonexistent/base.json.gz"], "/nonexistent/base.json.gz"),
         (["--out", "/nonexistent/dir/m.json.gz"], "/nonexistent/dir/m.json.gz"),
         (["--db", "corpus.db.gz"], "corpus.db.gz"),
