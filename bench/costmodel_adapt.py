@@ -154,7 +154,6 @@ def main(argv=None) -> int:
         "target": json.loads(target.to_json()),
         "target_hash": target.hash(),
         "budget_s": args.budget,
-        "workers": args.workers or adapt.default_workers(),
         "heldout": {"rows": sum(map(len, held.values())), "kernels": len(held), "kinds": dict(kinds)},
         "repeats": args.repeats,
         "repeat_agreement": ceiling,
@@ -200,6 +199,7 @@ def main(argv=None) -> int:
             "kernels": ks,
             "kinds": r.measured.kinds(),
             "measured_s": r.measured.seconds,
+            "workers": r.measured.workers,
             "failed": r.measured.failed,
             "adapt_wall_s": wall,
         }

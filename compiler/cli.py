@@ -531,19 +531,18 @@ def cmd_costmodel_adapt(args) -> int:
         elif not os.access(os.path.dirname(os.path.abspath(args.db)), os.W_OK):
             raise CorpusError(f"--db {args.db}: cannot create a corpus database there")
     say = None if args.quiet else (lambda msg: print(f"  {msg}", file=sys.stderr))
-    workers = args.workers or adapt.default_workers()
-    print(
-        f"measuring for up to {args.budget:g} s on {target.cpu_name} (target {target.hash()}), "
-        f"{workers} worker{'s' if workers > 1 else ''}",
-        file=sys.stderr,
-    )
+    print(f"measuring for up to {args.budget:g} s on {target.cpu_name} (target {target.hash()})", file=sys.stderr)
     r = adapt.adapt(
-        base, target, budget_s=args.budget, base_name=base_path, seed=args.seed, workers=workers, progress=say
+        base, target, budget_s=args.budget, base_name=base_path, seed=args.seed, workers=args.workers, progress=say
     )
     m = r.measured
     kinds = ", ".join(f"{k} {n}" for k, n in sorted(m.kinds().items()))
     kernels = sum(m.kinds().values())
-    print(f"measured {len(m.records)} rows of {kernels} kernels ({kinds}) in {m.seconds:.0f} s; {m.failed} failed")
+    side = f"{m.workers} workers side by side" if m.workers > 1 else "1 worker"
+    if not m.pinned:
+        side += " (every core was held by other measurements: it shared one)"
+    rows = f"{len(m.records)} rows of {kernels} kernels ({kinds})"
+    print(f"measured {rows} in {m.seconds:.0f} s with {side}; {m.failed} failed")
     if r.cv:
         b, a = r.cv["base"], r.cv[r.mode]
         print(

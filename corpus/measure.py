@@ -250,6 +250,13 @@ class MeasureWorker:
             self._kill()
             return Measurement(kernel.key, dec_json, "crash", error=f"worker died (exit code {code})")
 
+    def interrupt(self) -> None:
+        """Kill the candidate running now (safe from another thread): the `measure` waiting
+        on it returns a crash at once."""
+        proc = self._proc
+        if proc is not None:
+            proc.kill()
+
     def close(self) -> None:
         if self._conn is not None:
             try:

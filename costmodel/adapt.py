@@ -186,6 +186,8 @@ class Measured:
     records: list[Record]
     results: list[tuple[Kernel, str, measure.Measurement]]  # every measurement, failed ones too
     seconds: float
+    workers: int = 1  # the workers that measured, side by side
+    pinned: bool = True  # each on a core of its own (False: every core was held elsewhere)
 
     @property
     def failed(self) -> int:
@@ -210,13 +212,16 @@ def measure_planned(
     for a cheaper one, and a candidate still running when the budget ends is stopped and
     left out (it did not fail: it was cut short). Rows come back in the plan's order,
     whichever worker measured them. A worker that fails stops the others after their
-    current kernel, and its error is raised."""
+    current candidate, and its error is raised; an interrupt stops them at once (their
+    candidates killed). `progress` is called from one worker at a time."""
     start = time.perf_counter()
     lock, stop = threading.Lock(), threading.Event()
     planned = iter(planned)
     done: dict[int, tuple[list[Record], list]] = {}  # plan position -> its rows and results
     ends = [start]
     position = itertools.count()
+    running: list[measure.MeasureWorker] = []
+    said = threading.Lock()
 
     def take() -> tuple[int, PoolKernel, list[TileDecision]] | None:
         with lock:  # (the plan is a generator: one thread at a time)
@@ -232,12 +237,13 @@ def measure_planned(
 
     def work(cpu: int | None) -> None:
         with measure.MeasureWorker(timeout_s=CANDIDATE_TIMEOUT_S, cpu=cpu) as worker:
+            running.append(worker)
             while (item := take()) is not None:
                 i, p, decisions = item
                 t0, rows, results = time.perf_counter(), [], []
                 for d in decisions:
                     left = budget_s - (time.perf_counter() - start)
-                    if left <= 0:
+                    if left <= 0 or stop.is_set():
                         break
                     worker.timeout_s = min(left, CANDIDATE_TIMEOUT_S)
                     m = worker.measure(p.kernel, d, target)
@@ -251,28 +257,38 @@ def measure_planned(
                 if progress:
                     extents = "x".join(map(str, p.kernel.extents))
                     took = time.perf_counter() - t0
-                    progress(f"{p.kernel.kind} {extents}: {len(rows)} of {len(decisions)} in {took:.1f} s")
+                    with said:
+                        progress(f"{p.kernel.kind} {extents}: {len(rows)} of {len(decisions)} in {took:.1f} s")
 
-    errors: list[BaseException] = []
+    errors: list[Exception] = []
 
     def guarded(cpu: int | None) -> None:
         try:
             work(cpu)
-        except BaseException as exc:  # (raised again once every worker is done)
+        except Exception as exc:  # (raised again once every worker is done)
             stop.set()
             errors.append(exc)
 
-    cpus = [measure.claim_core() for _ in range(max(1, workers or default_workers()))]
-    cpus = [c for c in cpus if c is not None] or [None]  # (every core taken: one worker, unpinned)
+    cpus: list[int | None] = []
+    threads: list[threading.Thread] = []
     try:
+        for _ in range(max(1, workers or default_workers())):
+            if (cpu := measure.claim_core()) is not None:
+                cpus.append(cpu)
+        pinned = bool(cpus)
+        cpus = cpus or [None]  # (every core held by other measurements: one worker, unpinned)
         threads = [threading.Thread(target=guarded, args=(c,), daemon=True) for c in cpus[1:]]
         for t in threads:
             t.start()
         guarded(cpus[0])
         for t in threads:
             t.join()
-    except BaseException:  # (an interrupt while waiting: the others take nothing more)
+    except BaseException:  # an interrupt: the other workers stop now, their candidates killed
         stop.set()
+        for w in list(running):
+            w.interrupt()
+        for t in threads:
+            t.join(timeout=10)
         raise
     finally:
         for c in cpus:
@@ -281,7 +297,7 @@ def measure_planned(
         raise errors[0]
     records = [r for i in sorted(done) for r in done[i][0]]
     results = [m for i in sorted(done) for m in done[i][1]]
-    return Measured(records, results, max(ends) - start)
+    return Measured(records, results, max(ends) - start, len(cpus), pinned)
 
 
 # ------------------------------------------------------------------- fine-tuning
@@ -340,8 +356,8 @@ def cross_validate(
     base: LightGBMCostModel, records: Sequence[Record], *, folds: int = FOLDS, seed: int = 0
 ) -> dict[str, dict[str, float]]:
     """Pooled held-out scores of each mode over folds of the measured kernels."""
-    k = min(folds, len(evaluate.by_kernel(records)))
-    if k < 2:
+    k = folds
+    if len(evaluate.by_kernel(records)) < k:  # (fewer kernels than folds: too few to choose by)
         return {}
     splits = evaluate.kernel_folds(records, k, seed=seed)
     make = {mode: (lambda train, mode=mode: fine_tune(base, train, mode)) for mode in MODES}

@@ -14,6 +14,9 @@ import json
 import os
 import random
 import shutil
+import signal
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -210,6 +213,37 @@ def test_two_workers_measure_side_by_side_and_keep_the_plans_order():
 
     with pytest.raises(ValueError, match="the plan broke"):
         adapt.measure_planned(failing(), here, budget_s=120, workers=2)
+    assert not measure._CORE_LOCKS
+
+
+def test_an_interrupt_stops_every_worker_at_once(monkeypatch):
+    from tilecraft.corpus import measure
+
+    class SlowWorker:  # a candidate that would run 30 s unless killed
+        def __init__(self, *, timeout_s, cpu=None):
+            self.timeout_s, self.killed = timeout_s, threading.Event()
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+        def interrupt(self):
+            self.killed.set()
+
+        def measure(self, kernel, decision, target):
+            status = "crash" if self.killed.wait(30) else "ok"
+            return measure.Measurement(kernel.key, "", status, median_s=1e-3, utilization=0.5)
+
+    monkeypatch.setattr(measure, "MeasureWorker", SlowWorker)
+    pk = adapt.PoolKernel(_kernel(generator.matmul(16, 16, 16)), "test", (), (), 2.0)
+    planned = ((pk, [None] * 6, 1.0) for _ in range(10))
+    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+    t0 = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        adapt.measure_planned(planned, host(), budget_s=120, workers=2)
+    assert time.perf_counter() - t0 < 5  # not the other worker's 30 s
     assert not measure._CORE_LOCKS
 
 
