@@ -192,9 +192,7 @@ def _threads(args) -> int:
 
     if args.threads is None:
         return 1 if getattr(args, "decisions", None) else driver.available_threads()
-    if args.threads < 1:
-        raise driver.DriverError(f"--threads must be at least 1 (got {args.threads})")
-    return args.threads
+    return driver.check_threads(args.threads, "--threads")
 
 
 def _load_decisions(path: str | None):

@@ -148,6 +148,7 @@ def compile_model(
         raise DriverError(f"unknown --emit {emit!r} (one of {', '.join(EMITS)})")
     if emit in ("obj", "so") and not output:
         raise DriverError(f"--emit {emit} needs -o OUTPUT")
+    check_threads(threads)
     options = options or CpuOptions(vectorize=vectorize)
     swaps = {p.name: p for p in replace}
     times: dict[str, float] = {}
@@ -585,6 +586,19 @@ def available_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+# The most threads a compile may be asked for: the OpenMP runtime's pool (`tcomp.c`,
+# MAX_THREADS) and far past any core count; torch itself crashes on 100,000.
+MAX_THREADS = 256
+
+
+def check_threads(threads, what: str = "threads") -> int:
+    """`threads` if it is a whole number of threads in 1..MAX_THREADS, else a DriverError
+    naming it (`what`: how the caller spells the option)."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
+        raise DriverError(f"{what} must be a whole number from 1 to {MAX_THREADS} (got {threads!r})")
+    return threads
+
+
 def run_and_check(
     spec: str,
     *,
@@ -608,7 +622,7 @@ def run_and_check(
     compiled code's kernels split into as many chunks)."""
     from tilecraft.costmodel.precision_plan import relative_error
 
-    torch.set_num_threads(threads)
+    torch.set_num_threads(check_threads(threads))
     t0 = time.perf_counter()
     imported = frontend.import_spec(spec)
     import_s = time.perf_counter() - t0

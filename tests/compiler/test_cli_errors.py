@@ -126,7 +126,8 @@ def inputs_not_tensors():
         (["run", "{tmp}/f.py:not_a_pair"], "the factory must return (torch.nn.Module, example inputs), got int"),
         (["run", "{tmp}/f.py:inputs_not_tensors"], "example inputs must be a tuple of tensors, got 'notatuple'"),
         (["run", "{tmp}/dyn.mlir"], "{tmp}/dyn.mlir: @forward argument 0 has a dynamic shape (tensor<?x4xf32>)"),
-        (["run", "mlp", "--threads", "0"], "--threads must be at least 1 (got 0)"),
+        (["run", "mlp", "--threads", "0"], "--threads must be a whole number from 1 to 256 (got 0)"),
+        (["run", "mlp", "--threads", "100000"], "--threads must be a whole number from 1 to 256 (got 100000)"),
         (["run", "mlp", "--cost-model", "{tmp}/trunc.json.gz"], "{tmp}/trunc.json.gz is not a Tilecraft cost model"),
         (["compile", "mlp", "--emit", "so", "-o", "{tmp}/outdir"], "cannot write {tmp}/outdir: it is a directory"),
         (
@@ -141,6 +142,7 @@ def inputs_not_tensors():
         "inputs-not-tensors",
         "dynamic-mlir",
         "threads-0",
+        "threads-100000",
         "truncated-model",
         "output-is-dir",
         "output-dir-missing",

@@ -162,7 +162,7 @@ def test_cli_threads():
     assert proc.returncode == 0, proc.stderr
     assert re.search(r"threads\s+2", proc.stdout) and re.search(r"matches reference\s+yes", proc.stdout)
     bad = subprocess.run([*run[:5], "--threads", "0"], capture_output=True, text=True, timeout=600)
-    assert bad.returncode == 2 and bad.stderr.strip() == "error: --threads must be at least 1 (got 0)"
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: --threads must be a whole number from 1 to 256 (got 0)"
     gpu = [sys.executable, "-m", "tilecraft.cli", "compile", "mlp", "--target", "gpu", "--threads", "2"]
     gpu = subprocess.run([*gpu, "--emit", "linalg"], capture_output=True, text=True)
     assert gpu.returncode == 2 and "--threads is not supported" in gpu.stderr
