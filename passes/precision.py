@@ -142,7 +142,7 @@ class Layer:
 
     index: int  # position among the module's contractions (module order)
     op: str  # linalg op name
-    batch: int  # 1 unless batch_matmul
+    batch: int  # a batch_matmul's batch, a convolution's images (low precision only at 1), else 1
     m: int
     n: int
     k: int
@@ -212,7 +212,8 @@ def describe(op: ir.Operation, index: int, n_bound: int) -> Layer:
         layer = Layer(index, op.name, bs, m, n, k, None, ())
     else:
         (nb, ch, _, _), (f, _, kh, kw), (_, _, oh, ow) = shape_of(a), shape_of(b), shape_of(c)
-        layer = Layer(index, op.name, 1, f, oh * ow, padded_channels(ch) * kh * kw, bound_arg_number(b, n_bound), ())
+        k = padded_channels(ch) * kh * kw
+        layer = Layer(index, op.name, nb, f, oh * ow, k, bound_arg_number(b, n_bound), ())
         if nb != 1:
             why = why or f"batch {nb} (convolutions run low precision at batch 1)"
         elif int_list_attr(op, "dilations") != [1, 1]:

@@ -453,3 +453,19 @@ def test_tap_columns_equal_the_one_gather(mode, monkeypatch):
         assert precision.layers(imp.module, len(imp.params))[0] == layers[0]
         outs.append(driver.compile_model(imp, cost_model="heuristic", precision=[d]).fn(*imp.inputs))
     assert torch.equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("mode", ["bf16", "auto"])
+def test_a_batch_of_images_keeps_its_convolutions_f32_with_a_note(mode):
+    """A convolution over 2 images is a layer of 2·F·OH·OW outputs (as the exported graph's
+    node is), not eligible for low precision; the compile runs it f32 and matches eager
+    (it was refused as not matching its graph node)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 20, 3, padding=1), torch.nn.ReLU()).eval()
+    x = torch.randn(2, 3, 17, 23)
+    imp = frontend.import_module(model, (x,), spec="batch2")
+    (layer,) = precision.layers(imp.module, len(imp.params))
+    assert layer.batch == 2 and layer.eligible == ("f32",) and "batch 2" in layer.why_not
+    compiled = driver.compile_model(imp, cost_model="heuristic", precision=mode)
+    with torch.no_grad():
+        assert torch.allclose(compiled.fn(x), model(x), atol=1e-5)
