@@ -172,7 +172,7 @@ def cmd_compile(args) -> int:
         cost_model=args.cost_model,
         decisions=_load_decisions(args.decisions),
         precision=args.precision if args.precision != "f32" else None,
-        error_budget=args.error_budget,
+        error_budget=_error_budget(args),
     )
     if compiled.precision is not None:
         print(compiled.precision.table(), file=sys.stderr)
@@ -193,6 +193,16 @@ def _threads(args) -> int:
     if args.threads is None:
         return 1 if getattr(args, "decisions", None) else driver.available_threads()
     return driver.check_threads(args.threads, "--threads")
+
+
+def _error_budget(args) -> float | None:
+    """`--error-budget`, checked whatever the precision (nan, 0 and negatives refused)."""
+    from tilecraft import driver
+
+    budget = args.error_budget
+    if budget is not None and not budget > 0:
+        raise driver.DriverError(f"--error-budget must be a positive relative error (got {budget:g})")
+    return budget
 
 
 def _load_decisions(path: str | None):
@@ -300,7 +310,7 @@ def cmd_run(args) -> int:
         cost_model=args.cost_model,
         decisions=_load_decisions(args.decisions),
         precision=args.precision,
-        error_budget=args.error_budget,
+        error_budget=_error_budget(args),
         cache=not args.no_cache,
     )
     if report.precision is not None:
@@ -608,7 +618,7 @@ def cmd_explain(args) -> int:
         target=args.target,
         measure=args.measure,
         precision=args.precision,
-        error_budget=args.error_budget,
+        error_budget=_error_budget(args),
         threads=_threads(args),
     )
     print(explain.format_table(r))
@@ -653,7 +663,7 @@ def precision_options(sp) -> None:
         type=float,
         default=None,
         metavar="REL",
-        help="largest relative L2 output error allowed (auto: default 0.01); a plan over it runs f32 instead",
+        help="largest relative L2 output error allowed (default 0.01); a bf16/int8 plan over it runs f32 instead",
     )
 
 

@@ -277,8 +277,9 @@ def plan(
     allowed: Sequence[str] | None = None,
 ) -> PrecisionPlan:
     """Choose every layer's precision (see the module docstring). `mode`: f32, bf16 or int8
-    (every eligible layer; with a budget, a plan over it falls back to f32), or auto (the
-    integer program under `budget`, default 1%). `price(layer, precision)` → (AMX schedule,
+    (every eligible layer; a plan over `budget` falls back to f32), or auto (the integer
+    program under `budget`); `budget` defaults to 1% in every mode (`run` checks the output
+    against it). `price(layer, precision)` → (AMX schedule,
     predicted seconds) is the latency model (`costmodel/amx.py: LayerPrices`). A plan whose
     output error exceeds the budget never runs: it falls back to f32 and says why. `isa`:
     the kernels the layers lower to, "amx" or "avx512" (`vdpbf16ps` / `vpdpbusd` without AMX;
@@ -294,7 +295,7 @@ def plan(
     f32_only = [PrecisionDecision(x.index) for x in all_layers]
     if mode == "f32" or not all_layers:
         return PrecisionPlan(mode, budget, all_layers, f32_only)
-    if mode == "auto" and budget is None:
+    if budget is None:  # (bf16, int8 too: a compile is checked against it, so a plan over it never runs)
         budget = DEFAULT_BUDGET
     if not amx_available:
         return PrecisionPlan(

@@ -178,7 +178,14 @@ def test_cli_run_precision_auto_and_budget_errors(tmp_path):
     tiny = subprocess.run([*run, "--precision", "auto", "--error-budget", "1e-9"], capture_output=True, text=True)
     assert tiny.returncode == 0 and "too small for any speedup" in tiny.stdout
     bad = subprocess.run([*run, "--precision", "auto", "--error-budget", "-1"], capture_output=True, text=True)
-    assert bad.returncode == 2 and bad.stderr.startswith("error: the error budget must be positive")
+    assert (
+        bad.returncode == 2 and bad.stderr.strip() == "error: --error-budget must be a positive relative error (got -1)"
+    )
+    f32 = subprocess.run([*run, "--error-budget", "nan"], capture_output=True, text=True)  # (checked in f32 too)
+    assert (
+        f32.returncode == 2
+        and f32.stderr.strip() == "error: --error-budget must be a positive relative error (got nan)"
+    )
 
 
 # ------------------------------------------------------------ AVX-512 BF16 without AMX
@@ -469,3 +476,20 @@ def test_a_batch_of_images_keeps_its_convolutions_f32_with_a_note(mode):
     compiled = driver.compile_model(imp, cost_model="heuristic", precision=mode)
     with torch.no_grad():
         assert torch.allclose(compiled.fn(x), model(x), atol=1e-5)
+
+
+def test_forced_int8_is_held_to_the_default_budget_it_is_checked_against():
+    """`--precision int8` with no `--error-budget` plans under the same 1% the run checks
+    (it planned with none, lowered every layer at 1.95e-2 on mlp, then failed its own
+    check); a larger budget lowers them."""
+    imp = frontend.import_spec("mlp")
+
+    def price(layer, p):  # low precision twice as fast: only the budget keeps a layer f32
+        return (None, 1e-3) if p == "f32" else (precision.AmxSchedule(4, 2), 0.5e-3)
+
+    plan = precision_plan.plan(imp, mode="int8", budget=None, price=price)
+    assert plan.budget == precision_plan.DEFAULT_BUDGET
+    assert plan.error > plan.budget  # (int8 everywhere on mlp: 1.95e-2)
+    assert all(d.precision == "f32" for d in plan.decisions) and "budget" in plan.message
+    loose = precision_plan.plan(imp, mode="int8", budget=0.5, price=price)
+    assert all(d.precision == "int8" for d in loose.decisions)
