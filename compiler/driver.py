@@ -618,8 +618,9 @@ def run_and_check(
     f32 tolerances. With `cache`, an f32 compile is looked up in the on-disk compile cache
     (`compiler/cache.py`) and stored there on a miss; cached code is checked and timed
     like fresh code. A low-precision compile is not cached: its plan is calibrated on the
-    example inputs. `threads`: both sides' threads (eager's intra-op threads; the
-    compiled code's kernels split into as many chunks)."""
+    inputs it runs (`inputs` where given, else the examples). `threads`: both sides'
+    threads (eager's intra-op threads; the compiled code's kernels split into as many
+    chunks)."""
     from tilecraft.costmodel.precision_plan import relative_error
 
     torch.set_num_threads(check_threads(threads))
@@ -636,6 +637,14 @@ def run_and_check(
         error_budget=error_budget,
         threads=threads,
     )
+    if inputs is not None and options["precision"] is not None and imported.model is not None:
+        given = tuple(inputs)
+        like = len(given) == len(imported.inputs) and all(
+            isinstance(g, torch.Tensor) and g.shape == e.shape and g.dtype == e.dtype
+            for g, e in zip(given, imported.inputs)
+        )
+        if like:  # a low-precision plan is calibrated on the data it runs on (else the call says what differs)
+            imported.inputs = given
     t0 = time.perf_counter()  # (wall clock: the JIT compiles at its first lookup, after the stages' clocks)
     if cache and options["precision"] is None:
         fn, schedules, cached = _compile_cached(imported, options)

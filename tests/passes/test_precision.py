@@ -493,3 +493,39 @@ def test_forced_int8_is_held_to_the_default_budget_it_is_checked_against():
     assert all(d.precision == "f32" for d in plan.decisions) and "budget" in plan.message
     loose = precision_plan.plan(imp, mode="int8", budget=0.5, price=price)
     assert all(d.precision == "int8" for d in loose.decisions)
+
+
+_CONVS = """
+import torch
+
+
+class Block(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Conv2d(64, 64, 3, padding=1)
+        self.b = torch.nn.Conv2d(64, 64, 3, padding=1)
+
+    def forward(self, x):
+        return x + self.b(torch.relu(self.a(x)))
+
+
+def block():
+    torch.manual_seed(0)
+    return Block().eval(), (torch.randn(1, 64, 16, 16),)
+"""
+
+
+def test_auto_is_calibrated_on_the_inputs_it_runs(tmp_path):
+    """`run --inputs` with data unlike the examples (half the image 20 times larger): the
+    plan is calibrated on those inputs, so its error holds there (calibrated on the
+    examples, its int8 activation scales clipped them: 1.7e-1 against a 1% budget)."""
+    from tilecraft.backends.cpu.target import host
+
+    if driver.low_precision_isa(host()) is None:
+        pytest.skip("no low-precision kernels on this CPU")
+    (tmp_path / "convs.py").write_text(_CONVS)
+    torch.manual_seed(1)
+    x = torch.randn(1, 64, 16, 16)
+    x[..., :8] *= 20
+    report = driver.run_and_check(f"{tmp_path}/convs.py:block", precision="auto", inputs=[x], budget=0.05)
+    assert report.precision.lowered and report.comparison.ok, report.relative_error
