@@ -49,6 +49,7 @@ from tilecraft.dialects.tc import AMX, AMX_INIT
 from tilecraft.passes.base import ModulePass, Weights
 
 _VNNI = {"bf16": 2, "int8": 4}
+VNNI = _VNNI  # (K rows a low-precision element group spans: its K must be a multiple)
 _ELEM = {"bf16": "bf16", "int8": "i8"}
 _CONTRACTIONS = ("linalg.matmul", "linalg.batch_matmul", "linalg.conv_2d_nchw_fchw")
 

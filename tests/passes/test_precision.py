@@ -529,3 +529,18 @@ def test_auto_is_calibrated_on_the_inputs_it_runs(tmp_path):
     x[..., :8] *= 20
     report = driver.run_and_check(f"{tmp_path}/convs.py:block", precision="auto", inputs=[x], budget=0.05)
     assert report.precision.lowered and report.comparison.ok, report.relative_error
+
+
+def test_forced_mode_says_why_a_layer_stays_f32():
+    """A Linear of K = 258 has a bf16 form but no int8 one: `--precision int8` keeps it f32
+    and the table's note says why (it was blank)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(258, 256), torch.nn.ReLU(), torch.nn.Linear(256, 64)).eval()
+    imp = frontend.import_module(model, (torch.randn(32, 258),), spec="k258")
+
+    def price(layer, p):
+        return (None, 1e-3) if p == "f32" else (precision.AmxSchedule(4, 2), 0.5e-3)
+
+    plan = precision_plan.plan(imp, mode="int8", budget=0.5, price=price)
+    assert [d.precision for d in plan.decisions] == ["f32", "int8"]
+    assert "K not a multiple of 4 (int8)" in plan.table().splitlines()[1]
