@@ -670,8 +670,16 @@ def precision_options(sp) -> None:
 DB_HELP = "corpus database: an SQLite file or a PostgreSQL URL (postgresql://USER@HOST:PORT/DB)"
 
 
+class _Parser(argparse.ArgumentParser):
+    """A bad option is one line naming it (and where help is), exit 2: not argparse's usage
+    block first. Subcommands' parsers are of this class too (`add_subparsers` makes them so)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tilecraft", description="Compile PyTorch models to native code through MLIR.")
+    p = _Parser(prog="tilecraft", description="Compile PyTorch models to native code through MLIR.")
     p.add_argument("--verbose", action="store_true", help="print tracebacks on errors")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -914,9 +922,7 @@ def exit_fast(code: int) -> None:
 # -------------------------------------------------------------------------- tilecraft-opt
 def opt_main(argv: list[str] | None = None) -> int:
     _quiet_warnings()
-    p = argparse.ArgumentParser(
-        prog="tilecraft-opt", description="Run Tilecraft passes and MLIR pipelines on a .mlir file."
-    )
+    p = _Parser(prog="tilecraft-opt", description="Run Tilecraft passes and MLIR pipelines on a .mlir file.")
     p.add_argument("file", nargs="?", help="input .mlir file, or - for stdin")
     p.add_argument("-p", "--pipeline", default="", help="comma-separated passes, e.g. 'cpu-tiled{vectorize=false},cse'")
     p.add_argument("-o", "--output", help="output file (default: stdout)")

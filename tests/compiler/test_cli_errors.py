@@ -196,3 +196,23 @@ cli.exit_fast(3)
         assert (proc.returncode, proc.stdout) == (3, "unterminated line")
         assert marker.exists() and late.exists() == thread
         marker.unlink()
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (
+            ["run", "mlp", "--threads", "abc"],
+            "error: argument --threads: invalid int value: 'abc' (see 'tilecraft run --help')",
+        ),
+        (["compile"], "error: the following arguments are required: model (see 'tilecraft compile --help')"),
+        (["bogus"], "error: argument command: invalid choice: 'bogus'"),
+    ],
+    ids=["threads-abc", "no-model", "bad-command"],
+)
+def test_a_malformed_command_line_is_one_line(args, needle):
+    """argparse's own refusals (a value of the wrong type, a missing argument) are one line
+    naming the option and where help is, exit 2: not its usage block first."""
+    proc = tilecraft(*args)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith(needle), proc.stderr
