@@ -655,8 +655,11 @@ def run_and_check(
         cached = f"not cached: --precision {precision}" if cache else None
     compile_s = time.perf_counter() - t0
     inputs = tuple(inputs) if inputs is not None else imported.inputs
-    outs = fn(*inputs)
-    refs, ref_name = reference_outputs(imported, inputs, linalg_text)
+    # each side gets its own copy: a model that changes an input in place would otherwise
+    # hand the reference the compiled side's result as its input
+    fresh = lambda: tuple(x.clone() if isinstance(x, torch.Tensor) else x for x in inputs)  # noqa: E731
+    outs = fn(*fresh())
+    refs, ref_name = reference_outputs(imported, fresh(), linalg_text)
     atol = ATOL
     if imported.model is None:  # synthetic N(0, 1) weights: outputs of 1e4 and more, f32 sums
         atol *= max(
@@ -696,6 +699,7 @@ def compile_for_call(
     target: str | Target = "cpu",
     cost_model: str | None = "lightgbm",
     precision: str | None = None,
+    threads: int = 1,
 ) -> tuple[Callable, bool]:
     """A callable with eager's semantics for an imported model (the torch.compile backend's
     entry): through the on-disk compile cache when `cache` and the precision is f32.
@@ -707,6 +711,7 @@ def compile_for_call(
         decisions=None,
         precision=precision if precision not in (None, "f32") else None,
         error_budget=None,
+        threads=threads,
     )
     if cache and options["precision"] is None:
         fn, _, cached = _compile_cached(imported, options)

@@ -3,7 +3,8 @@ the same pipeline as the CLI.
 
 Registered through the `torch_dynamo_backends` entry point (pyproject), so the backend
 name works without importing Tilecraft. Options (`torch.compile(..., options={...})`):
-`target`, `cost_model`, `precision` (as `compile_model` takes them), `check` (compare the
+`target`, `cost_model`, `precision`, `threads` (as `compile_model` takes them; threads:
+default 1, large kernels split into that many chunks on OpenMP threads), `check` (compare the
 first call of each compiled graph against the graph run eagerly; a mismatch falls back to
 eager with a warning) and `cache` (default on: compiles are stored in and loaded from the
 on-disk compile cache, `compiler/cache.py`, so a second process does not compile again).
@@ -39,6 +40,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 OPTIONS = ("target", "cost_model", "precision", "threads", "check", "cache")
+MAX_THREADS = 256  # = driver.MAX_THREADS (kept here: the driver is imported at the first compile)
 
 
 @dataclasses.dataclass
@@ -69,9 +71,9 @@ def tilecraft_backend(gm: torch.fx.GraphModule, example_inputs: Sequence, option
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise BackendOptionError(f"tilecraft backend: unknown option {unknown[0]!r} (options: {', '.join(OPTIONS)})")
-    threads = options.pop("threads", 1)
-    if threads != 1:  # (said, not ignored)
-        raise BackendOptionError(f"tilecraft backend: threads={threads!r}: generated code runs on one thread for now")
+    threads = options.get("threads", 1)
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
+        raise BackendOptionError(f"tilecraft backend: threads={threads!r}: a whole number from 1 to {MAX_THREADS}")
     with _lock:
         stats.graphs += 1
     return GraphRunner(gm, list(example_inputs), options)

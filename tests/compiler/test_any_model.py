@@ -312,3 +312,26 @@ def test_half_precision_outputs_compare_at_their_own_resolution():
     assert not driver.compare(ref * (1 + 2**-5), ref).ok
     assert driver.compare(ref.half() * (1 + 2**-10), ref.half()).ok  # one f16 ulp at 1.0
     assert not driver.compare(ref.half() * (1 + 2**-8), ref.half()).ok
+
+
+def test_run_checks_a_model_that_changes_its_input_in_place(tmp_path):
+    """`run` gives the compiled side and eager each their own copy of the inputs: eager ran
+    on the input the compiled code had already changed, and a right result read as wrong."""
+    (tmp_path / "inpl.py").write_text(
+        textwrap.dedent(
+            """
+            import torch
+
+            class M(torch.nn.Module):
+                def forward(self, x):
+                    x.add_(1)
+                    return x * 2
+
+            def inpl():
+                return M().eval(), (torch.randn(4, 8),)
+            """
+        )
+    )
+    x = torch.randn(4, 8)
+    report = driver.run_and_check(f"{tmp_path}/inpl.py:inpl", inputs=[x], budget=0.05)
+    assert report.comparison.ok and report.comparison.max_abs == 0.0

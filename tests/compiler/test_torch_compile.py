@@ -192,6 +192,21 @@ def test_an_unknown_option_is_an_error_naming_it():
         torch.compile(lambda a: a + 1, backend="tilecraft", options={"treads": 2})(torch.randn(3))
 
 
+def test_threads_option_splits_the_compiled_graph_and_bad_values_are_named(tmp_path, monkeypatch):
+    """`options={"threads": 2}` compiles the graph's large kernels for two threads (it was
+    refused: "one thread for now"); a value that is no thread count is an error naming it."""
+    monkeypatch.setenv("TILECRAFT_CACHE_DIR", str(tmp_path))
+    torch._dynamo.reset()
+    model, inputs = zoo.get("mlp")
+    compiled = torch.compile(model, backend="tilecraft", options={"threads": 2, "check": True})
+    with torch.no_grad():
+        assert torch.allclose(compiled(*inputs), model(*inputs), rtol=1e-4, atol=1e-5)
+    for bad in (0, True, "2", 1000):
+        torch._dynamo.reset()
+        with pytest.raises(Exception, match=f"threads={bad!r}: a whole number from 1 to 256"):
+            torch.compile(lambda a: a + 1, backend="tilecraft", options={"threads": bad})(torch.randn(3))
+
+
 def test_weights_changed_in_place_are_seen_and_gradients_run_eagerly(tmp_path, monkeypatch):
     monkeypatch.setenv("TILECRAFT_CACHE_DIR", str(tmp_path))
     torch._dynamo.reset()
