@@ -949,7 +949,7 @@ def _opt(args) -> int:
 
     def dump(name, mod):
         if args.dump_ir_dir:
-            os.makedirs(args.dump_ir_dir, exist_ok=True)
+            driver.make_dump_dir(args.dump_ir_dir)
             step[0] += 1
             driver.atomic_write(os.path.join(args.dump_ir_dir, f"{step[0]:02d}-{name}.mlir"), str(mod).encode())
 

@@ -78,6 +78,16 @@ class Compiled:
         return sum(self.stage_seconds.values())
 
 
+def make_dump_dir(path: str) -> None:
+    """`--dump-ir-dir`'s folder, made where missing; a path that cannot be one is a
+    DriverError naming it (before anything is compiled)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        why = "not a directory" if os.path.exists(path) else (exc.strerror or str(exc))
+        raise DriverError(f"--dump-ir-dir {path}: {why}") from None
+
+
 def atomic_write(path: str, data: bytes) -> None:
     """Write `path` whole or not at all (a temporary file beside it, renamed over it)."""
     if os.path.isdir(path):
@@ -149,6 +159,8 @@ def compile_model(
     if emit in ("obj", "so") and not output:
         raise DriverError(f"--emit {emit} needs -o OUTPUT")
     check_threads(threads)
+    if dump_ir_dir:
+        make_dump_dir(dump_ir_dir)
     options = options or CpuOptions(vectorize=vectorize)
     swaps = {p.name: p for p in replace}
     times: dict[str, float] = {}

@@ -13,13 +13,13 @@ dataflow graph (`passes/fusion.dataflow_graph`, one colour per fused kernel).
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 
 from tilecraft import driver, frontend
 from tilecraft.backends.cpu.schedule import TileDecision
 from tilecraft.backends.cpu.target import Target
-from tilecraft.dialects.irutil import replace_file
 
 
 def describe(d: TileDecision | None) -> str:
@@ -322,7 +322,7 @@ def draw(r: dict, path: str) -> None:
     ax.set_title(f"{r['model']}: {len(r['kernels'])} kernels, {len(r['groups'])} fused (red); labels: predicted µs")
     ax.axis("off")
     fig.tight_layout()
-    tmp = f"{path}.tmp{os.getpid()}.png"
-    fig.savefig(tmp, dpi=110)
+    png = io.BytesIO()
+    fig.savefig(png, dpi=110, format="png")
     plt.close(fig)
-    replace_file(tmp, path)
+    driver.atomic_write(path, png.getvalue())  # (a bad path: one line naming it, nothing left behind)

@@ -135,6 +135,8 @@ def inputs_not_tensors():
             "cannot write {tmp}/missing/dir/out.mlir: No such file",
         ),
         (["run", "mlp", "--inputs", "{tmp}/not.npz"], "{tmp}/not.npz is not an .npz of arrays"),
+        (["compile", "mlp", "--dump-ir-dir", "{tmp}/f.py"], "--dump-ir-dir {tmp}/f.py: not a directory"),
+        (["explain", "mlp", "--png", "{tmp}/outdir"], "cannot write {tmp}/outdir: it is a directory"),
     ],
     ids=[
         "factory-raises",
@@ -147,6 +149,8 @@ def inputs_not_tensors():
         "output-is-dir",
         "output-dir-missing",
         "not-npz",
+        "dump-ir-dir-is-a-file",
+        "png-is-a-directory",
     ],
 )
 def test_user_mistakes_are_one_line_naming_their_path(tmp_path, args, needle):
