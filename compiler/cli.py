@@ -161,6 +161,8 @@ def cmd_compile(args) -> int:
         return _accel_compile(args)
     if _gpu(args):
         return _gpu_compile(args)
+    if args.emit == "jit" and args.output:  # (said, not ignored)
+        raise driver.DriverError(f"-o {args.output}: --emit jit compiles in memory and writes nothing (see --emit)")
 
     compiled = driver.compile_model(
         args.model,

@@ -119,6 +119,7 @@ def tune(
         "seconds": time.perf_counter() - t0,
         "decisions_out": decisions_out,
         "model_out": model_out,
+        "fused_groups": len(compiled.fusion or ()),
     }
 
 
@@ -128,6 +129,11 @@ def format_summary(s: dict) -> str:
         best = f"{r['best_ms']:.3f}" if r["best_ms"] is not None else "-"
         ext = "x".join(map(str, r["extents"]))
         lines.append(f"{r['kind']:<18}{ext:<28}{r['uses']:>5}{r['predicted_ms']:>10.3f}{r['measured']:>10}{best:>10}")
+    if not s["kernels"]:
+        lines.append(
+            f"nothing to tune: every kernel runs in one of {s.get('fused_groups', 0)} fused groups, scheduled by the "
+            "fusion plan (tune measures the schedules of kernels compiled alone)"
+        )
     lines.append(f"{s['measurements']} new measurements in {s['seconds']:.0f} s; decisions -> {s['decisions_out']}")
     if s["model_out"]:
         lines.append(f"improved model -> {s['model_out']}")

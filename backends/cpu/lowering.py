@@ -859,4 +859,4 @@ def emit_assembly(module: ir.Module, *, opt_level: int = OPT_LEVEL) -> str:
         obj = os.path.join(tmp, "kernel.o")
         emit_object(module, obj, opt_level=opt_level)
         proc = subprocess.run(["objdump", "-d", "--no-show-raw-insn", obj], capture_output=True, text=True, check=True)
-    return proc.stdout
+    return proc.stdout.replace(obj, "kernel.o")  # (objdump names its input: not a temporary path)

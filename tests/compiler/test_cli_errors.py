@@ -220,3 +220,21 @@ def test_a_malformed_command_line_is_one_line(args, needle):
     proc = tilecraft(*args)
     assert proc.returncode == 2 and proc.stdout == ""
     assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith(needle), proc.stderr
+
+
+def test_tune_says_when_there_is_nothing_to_tune(tmp_path):
+    """mlp's kernels all run in fused groups: tune measures nothing and says why (it printed
+    an empty table)."""
+    out = ["--db", f"{tmp_path}/t.db", "--decisions-out", f"{tmp_path}/d.json"]
+    proc = tilecraft("tune", "mlp", "--budget", "2", *out)
+    assert proc.returncode == 0, proc.stderr
+    assert "nothing to tune: every kernel runs in one of 3 fused groups" in proc.stdout
+
+
+def test_asm_is_the_same_text_twice_and_jit_takes_no_output(tmp_path):
+    a, b = (tilecraft("compile", "mlp", "--emit", "asm", "-o", f"{tmp_path}/{n}.s") for n in "ab")
+    assert a.returncode == b.returncode == 0
+    assert (tmp_path / "a.s").read_text() == (tmp_path / "b.s").read_text()  # (no temporary path in it)
+    jit = tilecraft("compile", "mlp", "--emit", "jit", "-o", f"{tmp_path}/j.out")
+    assert jit.returncode == 2 and "--emit jit compiles in memory and writes nothing" in jit.stderr
+    assert not (tmp_path / "j.out").exists()
