@@ -40,7 +40,6 @@ from collections.abc import Callable, Sequence
 import torch
 
 OPTIONS = ("target", "cost_model", "precision", "threads", "check", "cache")
-MAX_THREADS = 256  # = driver.MAX_THREADS (kept here: the driver is imported at the first compile)
 
 
 @dataclasses.dataclass
@@ -72,8 +71,14 @@ def tilecraft_backend(gm: torch.fx.GraphModule, example_inputs: Sequence, option
     if unknown:
         raise BackendOptionError(f"tilecraft backend: unknown option {unknown[0]!r} (options: {', '.join(OPTIONS)})")
     threads = options.get("threads", 1)
-    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
-        raise BackendOptionError(f"tilecraft backend: threads={threads!r}: a whole number from 1 to {MAX_THREADS}")
+    from tilecraft import driver  # (the compile that follows imports it anyway)
+
+    try:
+        driver.check_threads(threads)
+    except driver.DriverError:
+        raise BackendOptionError(
+            f"tilecraft backend: threads={threads!r}: a whole number from 1 to {driver.MAX_THREADS}"
+        ) from None
     with _lock:
         stats.graphs += 1
     return GraphRunner(gm, list(example_inputs), options)

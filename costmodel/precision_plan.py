@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from tilecraft.costmodel.ilp import InfeasibleError, solve_binary
-from tilecraft.passes.precision import VNNI, Layer, PrecisionDecision, PrecisionError, layers, quantize_per_channel
+from tilecraft.passes.precision import Layer, PrecisionDecision, PrecisionError, layers, quantize_per_channel
 
 _FX_CONTRACTIONS = ("aten.mm.default", "aten.addmm.default", "aten.bmm.default", "aten.convolution.default")
 
@@ -208,12 +208,6 @@ class PrecisionPlan:
             "decisions": [d.to_json() for d in self.decisions],
         }
 
-    def _note(self, layer: Layer) -> str:
-        """Why the layer runs f32: its own reason, or (bf16/int8 asked for) why not that."""
-        if layer.why_not or self.mode not in VNNI or self.mode in layer.eligible:
-            return layer.why_not
-        return f"K not a multiple of {VNNI[self.mode]} ({self.mode})"
-
     def table(self) -> str:
         rows = [("layer", "precision", "sensitivity", "f32 pred ms", "pred ms", "saving ms", "note")]
         for layer, d in zip(self.layers, self.decisions):
@@ -227,7 +221,7 @@ class PrecisionPlan:
                     f"{d.f32_s * 1e3:.3f}" if d.f32_s is not None else "-",
                     f"{pred * 1e3:.3f}" if pred is not None else "-",
                     f"{saving * 1e3:.3f}" if saving is not None else "-",
-                    self._note(layer),
+                    layer.why_not_in(self.mode),
                 )
             )
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

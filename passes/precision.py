@@ -49,7 +49,6 @@ from tilecraft.dialects.tc import AMX, AMX_INIT
 from tilecraft.passes.base import ModulePass, Weights
 
 _VNNI = {"bf16": 2, "int8": 4}
-VNNI = _VNNI  # (K rows a low-precision element group spans: its K must be a multiple)
 _ELEM = {"bf16": "bf16", "int8": "i8"}
 _CONTRACTIONS = ("linalg.matmul", "linalg.batch_matmul", "linalg.conv_2d_nchw_fchw")
 
@@ -165,6 +164,13 @@ class Layer:
     def name(self) -> str:
         shape = f"{self.batch}×" if self.batch > 1 else ""
         return f"{self.op.removeprefix('linalg.')} {shape}{self.m}×{self.n}×{self.k}"
+
+    def why_not_in(self, precision: str) -> str:
+        """Why the layer cannot run in `precision`: its own reason, else (a low precision
+        it has no form for) the K its element groups need; "" where it can."""
+        if self.why_not or precision not in _VNNI or precision in self.eligible:
+            return self.why_not
+        return f"K not a multiple of {_VNNI[precision]} ({precision})"
 
 
 @dataclasses.dataclass(frozen=True)
