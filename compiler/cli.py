@@ -51,8 +51,11 @@ def _fail(exc: BaseException, verbose: bool) -> int:
 
 
 def _guarded(fn, args) -> int:
+    from tilecraft.costmodel.model import deferred_notes
+
     try:
-        return fn(args) or 0
+        with deferred_notes():  # (a failing command prints its error line alone)
+            return fn(args) or 0
     except KeyboardInterrupt:
         return 130
     except Exception as exc:

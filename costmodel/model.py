@@ -16,6 +16,7 @@ adapt it (`choose` tells which and why).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -191,11 +192,38 @@ def choose(target, *, installed: bool = True) -> ModelChoice:
 
 
 _NOTED: set[str] = set()
+_DEFERRED: list[str] | None = None  # notes held back until a command succeeds (`deferred_notes`)
 
 
 def _note_once(key: str, message: str) -> None:
     if key not in _NOTED:
         _NOTED.add(key)
+        if _DEFERRED is not None:
+            _DEFERRED.append(message)
+        else:
+            print(f"tilecraft: {message}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def deferred_notes():
+    """Notes about the model in use (a foreign one, say) printed once the body has run:
+    after a command's own output, and not at all when it fails, whose error is then the
+    one line it prints."""
+    global _DEFERRED
+    outer, _DEFERRED = _DEFERRED, []
+    try:
+        yield
+        held = _DEFERRED
+    finally:
+        _DEFERRED = outer
+    for message in held:
+        _note_once_print(message)
+
+
+def _note_once_print(message: str) -> None:
+    if _DEFERRED is not None:
+        _DEFERRED.append(message)
+    else:
         print(f"tilecraft: {message}", file=sys.stderr)
 
 

@@ -59,6 +59,15 @@ MAX_CLOSURE = 24  # ops per group grown greedily (`_closure`; a tap chain's link
 # (rows, columns) of a matmul's accumulator tile held in registers (16 zmm, as the tiling
 # pass's own 8x32 register tiles)
 MATMUL_REGISTERS = (8, 32)
+# The same on 8-lane targets (AVX2: 16 ymm): 8×8, 8 accumulators. 8×32 spilled there (32
+# accumulators), and 8×16 fills all 16 registers (`schedule.accumulator_cap`).
+MATMUL_REGISTERS_8_LANES = (8, 8)
+
+
+def matmul_registers(target) -> tuple[int, int]:
+    return MATMUL_REGISTERS if getattr(target, "f32_lanes", 16) >= 16 else MATMUL_REGISTERS_8_LANES
+
+
 MATMUL_ROWS = 64  # rows of a matmul's cache tile (as the backends' default schedule has them)
 MAX_CANDIDATES_PER_SINK = 12
 CONV_TILE = 131072  # output elements per tile of a convolution group (512 KB: L2-resident)
@@ -325,7 +334,7 @@ def group_tiles(
                 if cloop == n_loop:  # wider tiles: fewer passes over A (measured: 256 beats 128)
                     t = opinfo.divisor_at_most(c.extents[cloop], 256, multiple_of=16)
                 elif cloop == n_loop - 1:  # rows: whole register tiles (a tap chain's 3248: 56, not 58)
-                    t = opinfo.divisor_at_most(c.extents[cloop], t, multiple_of=MATMUL_REGISTERS[0])
+                    t = opinfo.divisor_at_most(c.extents[cloop], t, multiple_of=matmul_registers(target)[0])
                 tiles[sloop] = t if t < s.extents[sloop] else 0
     else:  # conv/pool: up to 64 output channels, whole rows while the tile fits CONV_TILE
         f_loop, oh_loop, ow_loop = CONV_LOOPS[c.kind]
@@ -351,8 +360,9 @@ def group_tiles(
         rows = len(c.extents) - 3  # (a batched matmul's batch loops: 1 each, as its cache tile has them)
         for b in range(rows):
             inner[at[b]] = 1 if s.extents[at[b]] > 1 else 0
-        for cloop, regs in zip((rows, rows + 1), MATMUL_REGISTERS):
-            t = opinfo.divisor_at_most(within[at[cloop]], regs, multiple_of=opinfo.LANES if cloop > rows else 1)
+        lanes = min(opinfo.LANES, getattr(target, "f32_lanes", opinfo.LANES))
+        for cloop, regs in zip((rows, rows + 1), matmul_registers(target)):
+            t = opinfo.divisor_at_most(within[at[cloop]], regs, multiple_of=lanes if cloop > rows else 1)
             inner[at[cloop]] = t if t < s.extents[at[cloop]] else 0
         if any(inner):
             return tiles, tuple(inner), True

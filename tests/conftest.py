@@ -123,3 +123,31 @@ def cpu_flags() -> set[str]:
             return set(next((line for line in f if line.startswith("flags")), "").split())
     except OSError:
         return set()
+
+
+def reference_target():
+    """The machine class the planner's decision tests were written on, whatever this host
+    is: the seed corpus' Intel Xeon (AVX-512 with AMX; its shipped model), 2 cores, 2 MiB
+    L2. A test that asserts which groups, tiles or splits the planner picks compiles for
+    it; the code still runs here (LLVM compiles for this host, splitting 16-lane vectors
+    in two where it has 8-lane registers; f32 code has no AMX), so it is still checked
+    against eager. On the host's own target such a test would test its cost model's view
+    of the host."""
+    from tilecraft.backends.cpu.target import host
+
+    return host().with_options(
+        cpu_name="Intel(R) Xeon(R) Processor",
+        avx2=True,
+        fma=True,
+        avx512=True,
+        avx512bf16=True,
+        avx512vnni=True,
+        avx512fp16=True,
+        amx=True,
+        amx_bf16=True,
+        amx_int8=True,
+        cores=2,
+        l1d_bytes=48 << 10,
+        l2_bytes=2 << 20,
+        l3_bytes=105 << 20,
+    )

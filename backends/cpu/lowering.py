@@ -375,10 +375,47 @@ def prepare_llvm(module: ir.Module) -> None:
         dedup.dedup_kernels(module, func)  # identical kernels: one function, called by each
 
 
+def expand_bf16_conversions(module: ir.Module) -> None:
+    """f32 → bf16 rounding as integer arithmetic on a host without AVX512-BF16. LLVM
+    selects `vcvtneps2bf16` where the host has it, and elsewhere calls compiler-rt's
+    `__truncsfbf2`, which neither the JIT nor a plain `gcc -shared` link provides (the
+    engine fails to resolve it and hands back no function). Upstream's `arith-expand`
+    rounds to nearest even and gives NaN as 0x7FC0, as PyTorch does. The code is compiled
+    for this process' host (`jit`), so its features decide."""
+    from tilecraft.backends.cpu.target import host
+
+    if host().has("avx512bf16") or not _truncates_to_bf16(module):
+        return
+    run_pipeline(module, BF16_IN_F32, stage="llvm", reproduce="cpu-llvm")
+
+
+# bf16 arithmetic as f32 arithmetic between conversions, and the conversions as integer
+# arithmetic (LLVM, promoting a bf16 multiply, rounds its result through `__truncsfbf2`).
+BF16_IN_F32 = (
+    "builtin.module(func.func(arith-emulate-unsupported-floats{source-types=bf16 target-type=f32},"
+    "arith-expand{include-bf16=true}))"
+)
+
+
+def _truncates_to_bf16(module: ir.Module) -> bool:
+    """Whether any op yields bf16 values (a conversion to bf16, or bf16 arithmetic)."""
+    found = []
+
+    def visit(op):
+        if op.name.startswith("arith.") and any("bf16" in str(r.type) for r in op.results):
+            found.append(op)
+            return ir.WalkResult.INTERRUPT
+        return ir.WalkResult.ADVANCE
+
+    module.operation.walk(visit)
+    return bool(found)
+
+
 def convert_to_llvm(module: ir.Module, *, pool_role: str = "own") -> ir.Module:
     """The rest of the LLVM stage: out-params, loops, deallocation, the conversion to the
     LLVM dialect, the pool (`pool.pool_allocations`'s `role`)."""
     threads = parallel_chunks(module)
+    expand_bf16_conversions(module)
     pipeline = LLVM_PIPELINE
     if threads > 1:  # kernels split into chunks: each forall an OpenMP parallel loop
         serial = "lower-affine,convert-scf-to-cf,convert-vector-to-llvm{enable-x86},finalize-memref-to-llvm,"

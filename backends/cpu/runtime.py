@@ -133,6 +133,11 @@ class CompiledFunction:
     """
 
     def __init__(self, address: int, signature: Signature, *, owner, bound: Sequence[torch.Tensor] = ()):
+        if not address:  # (calling it would jump to address 0 and take the process down)
+            raise RuntimeError(
+                "LLVM could not link the compiled module (no entry point; the JIT's own message, "
+                "above on stderr, names the symbols it could not resolve)"
+            )
         self.signature, self._owner = signature, owner
         self._fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(address)
         self._bound = [t.detach().contiguous() for t in bound]

@@ -122,6 +122,41 @@ def register_tile_decision(info: OpInfo) -> TileDecision:
     return TileDecision(tiles=(info.extents,), vectorize="i1" not in info.dtypes)
 
 
+def accumulator_cap(target) -> int | None:
+    """The most accumulator vectors a register tile may hold on a target with 16 vector
+    registers (AVX2: ymm0-15): 12, leaving room for the operands' vectors. None with 32
+    (AVX-512), whose schedules are as they were. On a 16-register host the 8×16 tile
+    AVX-512 favours (16 accumulators) spilled: a 512³ matmul ran 9.9 ms against 4.5 ms
+    for 8×8 (`docs/measurements.md`, sixteenth session); the cost model, trained where
+    it fits, had no way to tell."""
+    has = getattr(target, "has", None)
+    if has is None or has("avx512"):
+        return None
+    return 12
+
+
+def _fits(cap: int | None, rows: int, vectors: int) -> bool:
+    return cap is None or rows * vectors <= cap
+
+
+def _capped_matmul_tile(mc: int, nc: int, lanes: int, cap: int) -> tuple[int, int]:
+    """The register tile of a 16-register target: two vectors wide where a divisor of the
+    rows up to cap/2 gives at least 4 rows, else one vector and up to `cap` rows (49 rows:
+    7×8 rather than 1×16)."""
+    two = divisor_at_most(mc, cap // 2)
+    if two >= 4 and nc % (2 * lanes) == 0:
+        return two, 2 * lanes
+    return divisor_at_most(mc, cap), math.gcd(lanes, nc)
+
+
+def _capped_conv_tile(f: int, ow: int, lanes: int, cap: int) -> tuple[int, int]:
+    """(output channels, output columns) of a 16-register target's convolution tile: the
+    most accumulators, two vectors of channels on a tie."""
+    options = [(divisor_at_most(f, 2 * lanes, multiple_of=lanes), divisor_at_most(ow, cap // 2))]
+    options.append((divisor_at_most(f, lanes, multiple_of=lanes), divisor_at_most(ow, cap)))
+    return max(options, key=lambda o: (max(1, o[0] // lanes) * o[1], o[0]))
+
+
 def default_decision(info: OpInfo, target=None, *, one_row_stream: bool = True) -> TileDecision:
     """The hand-written per-kind schedule (heuristic fallback); vector widths follow
     `target.f32_lanes` (16 on AVX-512). `one_row_stream`: a one-row matmul streams B
@@ -132,6 +167,9 @@ def default_decision(info: OpInfo, target=None, *, one_row_stream: bool = True) 
         *batch, m, n, k = e
         mc, nc, kc = divisor_at_most(m, 64), divisor_at_most(n, 128, multiple_of=lanes), divisor_at_most(k, 128)
         mr, nr = divisor_at_most(mc, 8), divisor_at_most(nc, 32, multiple_of=lanes)
+        cap = accumulator_cap(target)
+        if cap is not None and not _fits(cap, mr, max(1, nr // lanes)):
+            mr, nr = _capped_matmul_tile(mc, nc, lanes, cap)
         b = [1] * len(batch)
         if m == 1 and one_row_stream:  # one row: stream B a few whole rows at a time
             return _one_row(len(batch), n, divisor_at_most(k, ONE_ROW_K), lanes)
@@ -150,6 +188,9 @@ def default_decision(info: OpInfo, target=None, *, one_row_stream: bool = True) 
         n, f, oh, ow, c, kh, kw = e
         fr = divisor_at_most(f, 2 * lanes, multiple_of=lanes)
         owr = divisor_at_most(ow, 8)
+        cap = accumulator_cap(target)
+        if cap is not None and not _fits(cap, owr, max(1, fr // lanes)):
+            fr, owr = _capped_conv_tile(f, ow, lanes, cap)
         cr = divisor_at_most(c, 16)
         # f, c, kh outside oh, ow: the filter tile (and its transpose) is hoisted out of the
         # spatial loops; the small output tile is what moves.
@@ -202,11 +243,18 @@ def space(info: OpInfo, target=None, *, one_row_stream: bool = True) -> list[Til
         # measure exhaustively (240 decisions for 512^3), wide enough that the best and the
         # worst differ widely (`bench/schedules.py` prints the spread).
         reg_tiles = ((1, lanes), (4, 2 * lanes), (4, 4 * lanes), (8, 2 * lanes), (16, 2 * lanes))
+        cap = accumulator_cap(target)
+        if cap is not None:  # 16 registers: what fits them, and narrower tiles with more rows
+            reg_tiles = (*reg_tiles, (6, 2 * lanes), (8, lanes), (12, lanes), (2, 4 * lanes))
         if m == 1 and one_row_stream:  # one row: whole rows of B, a few at a time
             out += [_one_row(nb, n, kc, lanes) for kc in _divisors(k, (4, ONE_ROW_K))]
         for mc, nc, kc in itertools.product(_divisors(m, (32, 64, 128)), _divisors(n, (128, 256)), _kc_candidates(k)):
+            seen = set()
             for mr, nr in reg_tiles:
                 mr, nr = divisor_at_most(mc, mr), math.gcd(nr, nc)  # small or odd extents: shrink (49 rows: 7)
+                if not _fits(cap, mr, max(1, nr // lanes)) or (cap is not None and (mr, nr) in seen):
+                    continue
+                seen.add((mr, nr))
                 tiles = ((*b, mc, nc, kc), (*b, mr, nr, 1))
                 for order in orders:
                     out.append(TileDecision(tiles=tiles, interchange=order))
@@ -214,10 +262,12 @@ def space(info: OpInfo, target=None, *, one_row_stream: bool = True) -> list[Til
                     out.append(TileDecision(tiles=tiles, interchange=packed_order, pack=True))
     elif info.kind == "conv2d":
         n, f, oh, ow, c, kh, kw = e
-        for fr, owr, cr in itertools.product(
-            _divisors(f, (16, 32, 64)), _divisors(ow, (1, 4, 7, 8)), _divisors(c, (4, 8, 32))
-        ):
+        cap = accumulator_cap(target)
+        frs, owrs = ((16, 32, 64), (1, 4, 7, 8)) if cap is None else ((lanes, 16, 32, 64), (1, 2, 4, 6, 7, 8, 12))
+        for fr, owr, cr in itertools.product(_divisors(f, frs), _divisors(ow, owrs), _divisors(c, (4, 8, 32))):
             if fr * owr * cr * kw > 1024 * lanes:  # > 1024 unrolled FMAs: spills, and LLVM takes ~10 s
+                continue
+            if not _fits(cap, owr, max(1, fr // lanes)):
                 continue
             for order in ((0, 1, 4, 5, 2, 3, 6), ()):
                 out.append(TileDecision(tiles=((1, fr, 1, owr, cr, 1, kw),), interchange=order, decompose=True))

@@ -2,6 +2,7 @@
 
 import torch
 
+from conftest import reference_target
 from tilecraft import driver, frontend
 from tilecraft.backends.cpu import prefetch
 from tilecraft.passes import panel_weights
@@ -59,19 +60,25 @@ def test_a_linear_layer_with_prefetches_matches_eager(monkeypatch):
         ref = model(*inputs)
     monkeypatch.setattr(panel_weights, "ENABLED", False)  # (the weight as [K, N])
     for threads in (1, 2):
-        compiled = driver.compile_model(frontend.import_module(model, inputs, spec="linear"), threads=threads)
+        compiled = driver.compile_model(
+            frontend.import_module(model, inputs, spec="linear"), threads=threads, target=reference_target()
+        )
         assert driver.compare(compiled.fn(*inputs), ref).ok
     assert all(n >= 1 for n in added)  # the weight's rows down the register tile's k loop
     # stored as column panels, consecutive rows are adjacent: a stream, its next panel
     # prefetched a line at a time (two lines a 32-float row) spread over the row tiles
     monkeypatch.setattr(panel_weights, "ENABLED", True)
     added.clear()
-    compiled = driver.compile_model(frontend.import_module(model, inputs, spec="linear"), threads=1)
+    compiled = driver.compile_model(
+        frontend.import_module(model, inputs, spec="linear"), threads=1, target=reference_target()
+    )
     assert driver.compare(compiled.fn(*inputs), ref).ok
-    assert added == [2]
+    assert added == [2]  # (the reference target's 32-column register tiles)
     monkeypatch.setattr(prefetch, "STREAM", False)
     added.clear()
-    compiled = driver.compile_model(frontend.import_module(model, inputs, spec="linear"), threads=1)
+    compiled = driver.compile_model(
+        frontend.import_module(model, inputs, spec="linear"), threads=1, target=reference_target()
+    )
     assert added == [0]
 
 

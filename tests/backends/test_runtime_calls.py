@@ -82,3 +82,37 @@ def test_calls_from_many_threads(compiled):
     for t in threads:
         t.join()
     assert not errors
+
+
+def test_an_entry_point_llvm_could_not_link_is_an_error_not_a_crash():
+    # (a module calling a symbol the JIT cannot resolve hands back address 0; calling it
+    # took the process down: `__truncsfbf2` on a host without AVX512-BF16)
+    from tilecraft.backends.cpu.runtime import CompiledFunction
+
+    with pytest.raises(RuntimeError, match="LLVM could not link"):
+        CompiledFunction(0, None, owner=None)
+
+
+def test_bf16_rounding_without_avx512_bf16_needs_no_runtime_library(monkeypatch):
+    # Lowered as if the host lacked AVX512-BF16 (this one may have it): the f32 -> bf16
+    # roundings become integer arithmetic, which runs on any host and rounds as eager does.
+    import dataclasses
+
+    from tilecraft.backends.cpu import target
+
+    real = target.host()
+    monkeypatch.setattr(target, "host", lambda: dataclasses.replace(real, features=("avx2", "fma")))
+
+    class Fn(torch.nn.Module):
+        def forward(self, a, h):
+            return a.sum(1), a.softmax(-1), (a * 3).to(torch.float32), h.sum() + h.mean(1, keepdim=True)
+
+    a = torch.randn(4, 64).bfloat16()
+    a[0, :3] = torch.tensor([float("nan"), float("inf"), 3.0e38])
+    inputs = (a, torch.randn(4, 64).half() + 3)
+    c = driver.compile_model(frontend.import_module(Fn().eval(), inputs, spec="bf16_roundings"))
+    got, want = c.fn(*inputs), Fn()(*inputs)
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype
+        assert torch.allclose(g.float(), w.float(), rtol=2e-2, atol=1e-2, equal_nan=True)
+    torch.testing.assert_close(got[2], want[2], rtol=0, atol=0, equal_nan=True)  # one rounding: bit for bit

@@ -97,6 +97,25 @@ def test_create_says_once_when_the_model_is_foreign(capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_a_commands_model_notes_follow_its_output_and_a_failure_prints_none(capsys):
+    # (on a machine with no model of its own, `tilecraft run m --inputs bad.pt` once printed
+    # the foreign-model note and then its error: two lines where a user's mistake gets one)
+    foreign = _machine(f"Test CPU {random.random()}", ("avx2", "fma"))
+    with pytest.raises(ValueError), cm.deferred_notes():
+        cm.create("lightgbm", foreign)
+        raise ValueError("the user's mistake")
+    assert capsys.readouterr().err == ""
+    foreign = _machine(f"Test CPU {random.random()}", ("avx2", "fma"))
+    with cm.deferred_notes():
+        cm.create("lightgbm", foreign)
+        print("the command's output")
+        assert capsys.readouterr().err == ""
+    out, err = capsys.readouterr()
+    assert (
+        out == "" and err.startswith("tilecraft: no cost model for this machine") and f"target {foreign.hash()}" in err
+    )
+
+
 def test_an_installed_model_is_used_quietly_and_a_broken_one_is_named(capsys):
     me = _machine(XEON.cpu_name, XEON.features, clock_ghz=1.9)
     path = cm.installed_path(me)

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torch_mlir import ir
 
+from conftest import reference_target
 from tilecraft import driver, frontend
 from tilecraft.backends.cpu import schedule as tiling
 from tilecraft.passes import depthwise, im2col
@@ -49,7 +50,7 @@ def test_fused_depthwise_group_takes_small_register_tiles(hw, tiles):
     """Rows of whole vectors: one vector per tile; other rows: whole rows, about
     MANY_OPERANDS_BUDGET elements (not 14-wide quarter rows of 8 + 4 + 2 lanes)."""
     model, x = _block(32, 1, False), torch.randn(1, 32, hw, hw)
-    compiled = driver.compile_model(frontend.import_module(model, (x,), spec="<test>"))
+    compiled = driver.compile_model(frontend.import_module(model, (x,), spec="<test>"), target=reference_target())
     (group,) = compiled.fusion
     # the depthwise op, the folded batch norm's shift (`compiler/batchnorm.py`), the clamp's producer
     assert len(group.members) == 3

@@ -5,6 +5,7 @@ and the compiled model against eager at 1 and 2 threads."""
 import pytest
 import torch
 
+from conftest import reference_target
 from tilecraft import driver, frontend
 from tilecraft.passes import panel_weights
 
@@ -168,7 +169,9 @@ def test_panels_larger_than_l2_run_k_in_chunks_and_match_eager(threads):
 
     torch.manual_seed(0)
     model, x = Mlp(4608, 512, residual=True).eval(), (torch.randn(49, 4608), torch.randn(49, 512))
-    compiled = driver.compile_model(frontend.import_module(model, x, spec="<test>"), threads=threads)
+    compiled = driver.compile_model(
+        frontend.import_module(model, x, spec="<test>"), threads=threads, target=reference_target()
+    )
     (group,) = [g for g in compiled.fusion if len(g.tiles) == 3]  # (m, panel, p)
     assert not group.registers
     (bmm,) = [c for c in compiled.choices if c.kernel.name == "linalg.batch_matmul"]

@@ -11,6 +11,7 @@ import sys
 import pytest
 import torch
 
+from conftest import reference_target
 from tilecraft import driver
 from tilecraft.backends.cpu import runtime, tcomp
 from tilecraft.driver import compare, flatten
@@ -231,7 +232,8 @@ def test_consecutive_kernels_split_their_rows_and_wide_matmuls_their_columns(mon
     def loops(**flags):
         for k, v in flags.items():
             monkeypatch.setattr(parallel_plan, k, v)
-        done = driver.compile_model(frontend.import_module(model, inputs, spec="<t>"), threads=2, emit="decided")
+        imported = frontend.import_module(model, inputs, spec="<t>")
+        done = driver.compile_model(imported, threads=2, emit="decided", target=reference_target())
         return sorted((d.loop for d in done.parallel), reverse=True)
 
     assert loops() == [1, 0]  # the expansion by rows (196 < 384), the wide one by columns
