@@ -76,7 +76,9 @@ def _compile(kernel_text: str, decision: TileDecision | None, *, tile: bool = Tr
     signature = runtime.Signature.of_func(module, KERNEL_FUNC)
     with ctx:
         if tile:
-            lowering.to_tiled(module, {0: decision} if decision else None)
+            from tilecraft.backends.cpu.target import host  # (no decision: the default for this host's registers)
+
+            lowering.to_tiled(module, {0: decision} if decision else None, target=host())
         lowering.to_vector(module, vectorize=tile)
         lowering.to_llvm(module)
         engine = lowering.jit(module)

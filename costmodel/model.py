@@ -192,39 +192,39 @@ def choose(target, *, installed: bool = True) -> ModelChoice:
 
 
 _NOTED: set[str] = set()
-_DEFERRED: list[str] | None = None  # notes held back until a command succeeds (`deferred_notes`)
+_DEFERRED: list[tuple[str, str]] | None = None  # (key, note) held until a command succeeds (`deferred_notes`)
 
 
 def _note_once(key: str, message: str) -> None:
     if key not in _NOTED:
         _NOTED.add(key)
-        if _DEFERRED is not None:
-            _DEFERRED.append(message)
-        else:
-            print(f"tilecraft: {message}", file=sys.stderr)
+        _emit(key, message)
+
+
+def _emit(key: str, message: str) -> None:
+    if _DEFERRED is not None:
+        _DEFERRED.append((key, message))
+    else:
+        print(f"tilecraft: {message}", file=sys.stderr)
 
 
 @contextlib.contextmanager
 def deferred_notes():
     """Notes about the model in use (a foreign one, say) printed once the body has run:
     after a command's own output, and not at all when it fails, whose error is then the
-    one line it prints."""
+    one line it prints (the next command in the process says them again)."""
     global _DEFERRED
     outer, _DEFERRED = _DEFERRED, []
+    held = _DEFERRED
     try:
         yield
-        held = _DEFERRED
+    except BaseException:
+        _NOTED.difference_update(key for key, _ in held)
+        raise
     finally:
         _DEFERRED = outer
-    for message in held:
-        _note_once_print(message)
-
-
-def _note_once_print(message: str) -> None:
-    if _DEFERRED is not None:
-        _DEFERRED.append(message)
-    else:
-        print(f"tilecraft: {message}", file=sys.stderr)
+    for key, message in held:
+        _emit(key, message)
 
 
 def read_model_file(path: str) -> dict:

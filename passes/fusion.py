@@ -65,7 +65,8 @@ MATMUL_REGISTERS_8_LANES = (8, 8)
 
 
 def matmul_registers(target) -> tuple[int, int]:
-    return MATMUL_REGISTERS if getattr(target, "f32_lanes", 16) >= 16 else MATMUL_REGISTERS_8_LANES
+    lanes = getattr(target, "f32_lanes", 16)
+    return MATMUL_REGISTERS if lanes >= 16 else (MATMUL_REGISTERS_8_LANES[0], lanes)
 
 
 MATMUL_ROWS = 64  # rows of a matmul's cache tile (as the backends' default schedule has them)
@@ -75,9 +76,9 @@ FUSED = tc.FUSED
 # A light group with a member reading more tensors than this (a depthwise convolution's
 # taps, `passes/depthwise.py`) takes small register tiles: each tap is a vector of the
 # tile, live until its product is summed, so a tile of the whole vector budget (8×112 at
-# 112² wide rows) keeps too many vectors live. Rows a multiple of 16: one vector. Other
-# rows: whole rows, about MANY_OPERANDS_BUDGET elements (a 16-element budget cut a
-# 56-wide row in 14s, each a vector of 8 + 4 + 2 lanes).
+# 112² wide rows) keeps too many vectors live. Rows a multiple of 16 (8 on AVX2): one
+# vector. Other rows: whole rows, about MANY_OPERANDS_BUDGET elements (half on AVX2; a
+# 16-element budget cut a 56-wide row in 14s, each a vector of 8 + 4 + 2 lanes).
 MANY_OPERANDS = 8
 MANY_OPERANDS_BUDGET = 128
 # Register tiles of a group with no contraction: about 128 elements (8 zmm per value). A
@@ -303,12 +304,14 @@ def group_tiles(
         return None
     contraction = [m for m in group if nodes[m].info.kind in CONTRACTIONS]
     if not contraction:
-        tiles = _transposed_tiles(nodes, group, to_sink, s, tileable)
+        tiles = _transposed_tiles(nodes, group, to_sink, s, tileable, target)
         if tiles is None:
             many = any(len(nodes[m].op.operands) > MANY_OPERANDS for m in group)
-            budget = LIGHT_BUDGET
+            # (on 8-lane targets, AVX2's 16 ymm, half the elements: as many registers a value)
+            lanes = min(opinfo.LANES, getattr(target, "f32_lanes", opinfo.LANES))
+            budget = LIGHT_BUDGET * lanes // opinfo.LANES
             if many:
-                budget = opinfo.LANES if s.extents[-1] % opinfo.LANES == 0 else MANY_OPERANDS_BUDGET
+                budget = lanes if s.extents[-1] % lanes == 0 else MANY_OPERANDS_BUDGET * lanes // opinfo.LANES
             tiles = _budget(s.extents, tileable, budget, ones)
         return (tiles, (), False) if any(tiles) else None
     if any(nodes[m].info.kind == "reduction" for m in group):
@@ -424,7 +427,7 @@ def _in_registers(c: opinfo.OpInfo, at: Mapping[int, int], tileable: Sequence[bo
     return k * n * 4 <= getattr(target, "l2_bytes", 1 << 20)
 
 
-def _transposed_tiles(nodes, group, to_sink, s: opinfo.OpInfo, tileable) -> tuple[int, ...] | None:
+def _transposed_tiles(nodes, group, to_sink, s: opinfo.OpInfo, tileable, target=None) -> tuple[int, ...] | None:
     """Register tiles of a light group that reads a tensor from outside it transposed (a
     full permutation whose contiguous dim is not the sink's innermost loop: an im2col
     GEMM's [N, OH, OW, F] result read as NCHW): 16 along the tensor's contiguous dim by up
@@ -444,12 +447,13 @@ def _transposed_tiles(nodes, group, to_sink, s: opinfo.OpInfo, tileable) -> tupl
             if amap[-1] == loops - 1 or amap[-1] not in to_sink[m]:
                 continue
             along = to_sink[m][amap[-1]]
-            if along == inner or not (tileable[along] and tileable[inner]) or s.extents[along] % opinfo.LANES:
+            lanes = min(opinfo.LANES, getattr(target, "f32_lanes", opinfo.LANES))  # (8 × 8 on AVX2)
+            if along == inner or not (tileable[along] and tileable[inner]) or s.extents[along] % lanes:
                 return None
             if any(not t and x > 1 for t, x in zip(tileable, s.extents)):
                 return None
             tiles = [1 if x > 1 else 0 for x in s.extents]
-            tiles[along] = opinfo.LANES if s.extents[along] > opinfo.LANES else 0
+            tiles[along] = lanes if s.extents[along] > lanes else 0
             tiles[inner] = opinfo.divisor_at_most(s.extents[inner], 8)
             return tuple(tiles)
     return None

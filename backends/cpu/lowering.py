@@ -41,6 +41,7 @@ from tilecraft.backends.cpu import (
 from tilecraft.backends.cpu import schedule as tiling
 from tilecraft.dialects.irutil import (
     ANY,
+    append_helper,
     apply_transform,
     ops_named,
     owner_op,
@@ -96,7 +97,10 @@ def to_tiled(
     ops on tensors; cleaned up by `to_vector`)."""
     math_approx.reciprocal_constants(module)
     before = str(module) if wants_reproducer() else None  # a failure anywhere in the stage saves its input
-    pipeline = f"builtin.module(func.func({EXPAND_MATH}))"
+    # bf16/f16 math in f32 (what LLVM's promotion does anyway, here early enough for the
+    # f32 erf and exp below to take it: a bf16 GELU's erf was a libm call per element,
+    # and without AVX512-BF16, left to the LLVM stage, an unlowerable one)
+    pipeline = f"builtin.module(func.func({EXPAND_MATH},math-extend-to-supported-types{{target-type=f32}}))"
     run_pipeline(module, pipeline, stage="tiled", reproduce="cpu-tiled", before=before)
     math_approx.expand_erf(module)
     math_approx.expand_exp(module)
@@ -375,7 +379,7 @@ def prepare_llvm(module: ir.Module) -> None:
         dedup.dedup_kernels(module, func)  # identical kernels: one function, called by each
 
 
-def expand_bf16_conversions(module: ir.Module) -> None:
+def expand_bf16_conversions(module: ir.Module) -> bool:
     """f32 → bf16 rounding as integer arithmetic on a host without AVX512-BF16. LLVM
     selects `vcvtneps2bf16` where the host has it, and elsewhere calls compiler-rt's
     `__truncsfbf2`, which neither the JIT nor a plain `gcc -shared` link provides (the
@@ -385,14 +389,69 @@ def expand_bf16_conversions(module: ir.Module) -> None:
     from tilecraft.backends.cpu.target import host
 
     if host().has("avx512bf16") or not _truncates_to_bf16(module):
-        return
+        return False
+    _f64_to_bf16_through_f32(module)
     run_pipeline(module, BF16_IN_F32, stage="llvm", reproduce="cpu-llvm")
+    return True
+
+
+# What LLVM still calls where the module keeps bf16 values the rewrite above does not see
+# (a bf16 scalar inserted into a vector: LLVM holds it as f32 and rounds it back), defined
+# in the module (weak: a runtime library's own wins where one is linked): round to nearest
+# even, NaN as 0x7FC0, as `arith-expand` and PyTorch do.
+BF16_ROUNDING_LIBCALLS = """
+llvm.func weak @__truncsfbf2(%x: f32) -> bf16 {
+  %i = llvm.bitcast %x : f32 to i32
+  %c16 = llvm.mlir.constant(16 : i32) : i32
+  %c1 = llvm.mlir.constant(1 : i32) : i32
+  %half = llvm.mlir.constant(32767 : i32) : i32
+  %s = llvm.lshr %i, %c16 : i32
+  %lsb = llvm.and %s, %c1 : i32
+  %bias = llvm.add %lsb, %half : i32
+  %r = llvm.add %i, %bias : i32
+  %h = llvm.lshr %r, %c16 : i32
+  %t = llvm.trunc %h : i32 to i16
+  %nan = llvm.fcmp "uno" %x, %x : f32
+  %qnan = llvm.mlir.constant(32704 : i16) : i16
+  %o = llvm.select %nan, %qnan, %t : i1, i16
+  %b = llvm.bitcast %o : i16 to bf16
+  llvm.return %b : bf16
+}
+llvm.func weak @__truncdfbf2(%x: f64) -> bf16 {
+  %f = llvm.fptrunc %x : f64 to f32
+  %b = llvm.call @__truncsfbf2(%f) : (f32) -> bf16
+  llvm.return %b : bf16
+}
+"""
+
+
+def _f64_to_bf16_through_f32(module: ir.Module) -> None:
+    """`arith.truncf` f64 → bf16 as f64 → f32 → bf16 (`arith-expand` rounds only from
+    f32; LLVM would call `__truncdfbf2`). PyTorch rounds twice the same way: its bf16 is
+    constructed from a float."""
+    todo = []
+
+    def visit(op):
+        if op.name == "arith.truncf" and "bf16" in str(op.results[0].type) and "f64" in str(op.operands[0].type):
+            todo.append(op)
+        return ir.WalkResult.ADVANCE
+
+    module.operation.walk(visit)
+    f32 = ir.F32Type.get(module.context)
+    for op in todo:
+        source = op.operands[0]
+        kind = source.type
+        narrow = ir.VectorType.get(ir.VectorType(kind).shape, f32) if str(kind).startswith("vector<") else f32
+        with ir.InsertionPoint(op), op.location:
+            middle = ir.Operation.create("arith.truncf", results=[narrow], operands=[source]).result
+        op.operands[0] = middle
 
 
 # bf16 arithmetic as f32 arithmetic between conversions, and the conversions as integer
 # arithmetic (LLVM, promoting a bf16 multiply, rounds its result through `__truncsfbf2`).
 BF16_IN_F32 = (
-    "builtin.module(func.func(arith-emulate-unsupported-floats{source-types=bf16 target-type=f32},"
+    "builtin.module(func.func(math-extend-to-supported-types{target-type=f32},"
+    "arith-emulate-unsupported-floats{source-types=bf16 target-type=f32},"
     "arith-expand{include-bf16=true}))"
 )
 
@@ -402,7 +461,7 @@ def _truncates_to_bf16(module: ir.Module) -> bool:
     found = []
 
     def visit(op):
-        if op.name.startswith("arith.") and any("bf16" in str(r.type) for r in op.results):
+        if any("bf16" in str(r.type) for r in op.results):
             found.append(op)
             return ir.WalkResult.INTERRUPT
         return ir.WalkResult.ADVANCE
@@ -415,7 +474,7 @@ def convert_to_llvm(module: ir.Module, *, pool_role: str = "own") -> ir.Module:
     """The rest of the LLVM stage: out-params, loops, deallocation, the conversion to the
     LLVM dialect, the pool (`pool.pool_allocations`'s `role`)."""
     threads = parallel_chunks(module)
-    expand_bf16_conversions(module)
+    bf16_libcalls = expand_bf16_conversions(module)
     pipeline = LLVM_PIPELINE
     if threads > 1:  # kernels split into chunks: each forall an OpenMP parallel loop
         serial = "lower-affine,convert-scf-to-cf,convert-vector-to-llvm{enable-x86},finalize-memref-to-llvm,"
@@ -431,6 +490,8 @@ def convert_to_llvm(module: ir.Module, *, pool_role: str = "own") -> ir.Module:
         tcomp.check_regions(module)
     amx.keep_blocks_out_of_line(module)
     avx512_dot.define_vpdpbusd(module)  # int8 kernels without AMX: the vpdpbusd intrinsic
+    if bf16_libcalls:
+        append_helper(module, BF16_ROUNDING_LIBCALLS)
     pool.pool_allocations(module, role=pool_role)  # heap temporaries reused from the module's own pool
     if INLINE_ENTRIES:
         inline_entries(module)

@@ -162,7 +162,7 @@ def weight_prefetches(module: ir.Module) -> int:
         ahead = None  # DISTANCE steps, made before the loop's first prefetched load
         rows: dict = {}  # a stream's prefetch row, per load position (memref and indices)
         for op in ops:
-            if op.name != "vector.load" or ir.VectorType(op.results[0].type).shape[-1:] < [LANES]:
+            if op.name != "vector.load" or ir.VectorType(op.results[0].type).shape[-1:] < [_vector()]:
                 continue
             mem, indices = op.operands[0], list(op.operands[1:])
             moving = [i for i, x in enumerate(indices[:-1]) if _moves_with(x, iv)]
@@ -195,3 +195,11 @@ def weight_prefetches(module: ir.Module) -> int:
                 memref_d.PrefetchOp(mem, indices, False, LOCALITY, True)
             added += 1
     return added
+
+
+def _vector() -> int:
+    """Elements of a vector register of the host the code is compiled for (16 f32 on
+    AVX-512, 8 on AVX2, whose register tiles load 8 at a time)."""
+    from tilecraft.backends.cpu.target import host
+
+    return min(LANES, host().f32_lanes)

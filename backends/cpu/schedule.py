@@ -273,7 +273,10 @@ def space(info: OpInfo, target=None, *, one_row_stream: bool = True) -> list[Til
                 out.append(TileDecision(tiles=((1, fr, 1, owr, cr, 1, kw),), interchange=order, decompose=True))
     elif info.kind == "pooling":
         n, c, oh, ow, kh, kw = e
+        cap = accumulator_cap(target)
         for cr, owr in itertools.product(_divisors(c, (1, 8, 16, 32)), _divisors(ow, (1, 2, 4, 7, 8, 14, 16))):
+            if not _fits(cap, owr, max(1, cr // lanes)):
+                continue
             out.append(TileDecision(tiles=((1, cr, 1, owr, 1, kw),), decompose=True))
     elif info.kind == "depthwise_conv2d":
         n, oh, ow, c, kh, kw = e

@@ -104,14 +104,30 @@ def test_bf16_rounding_without_avx512_bf16_needs_no_runtime_library(monkeypatch)
     monkeypatch.setattr(target, "host", lambda: dataclasses.replace(real, features=("avx2", "fma")))
 
     class Fn(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(64, 48).bfloat16()
+
         def forward(self, a, h):
-            return a.sum(1), a.softmax(-1), (a * 3).to(torch.float32), h.sum() + h.mean(1, keepdim=True)
+            y = self.linear(a)  # bf16 math too: erf, exp, tanh, sqrt; an f64 rounded to bf16
+            math = (torch.nn.functional.gelu(y), y.exp(), torch.tanh(y), torch.sqrt(y.abs() + 1))
+            return (
+                a.sum(1),
+                a.softmax(-1),
+                (a * 3).to(torch.float32),
+                h.sum() + h.mean(1, keepdim=True),
+                *math,
+                y.double().var().to(torch.bfloat16),
+            )
 
     a = torch.randn(4, 64).bfloat16()
     a[0, :3] = torch.tensor([float("nan"), float("inf"), 3.0e38])
     inputs = (a, torch.randn(4, 64).half() + 3)
-    c = driver.compile_model(frontend.import_module(Fn().eval(), inputs, spec="bf16_roundings"))
-    got, want = c.fn(*inputs), Fn()(*inputs)
+    torch.manual_seed(0)
+    model = Fn().eval()
+    c = driver.compile_model(frontend.import_module(model, inputs, spec="bf16_roundings"))
+    with torch.no_grad():
+        got, want = c.fn(*inputs), model(*inputs)
     for g, w in zip(got, want):
         assert g.dtype == w.dtype
         assert torch.allclose(g.float(), w.float(), rtol=2e-2, atol=1e-2, equal_nan=True)
