@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tilecraft import driver
 
 SCRIPT = r"""
@@ -44,6 +46,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow  # (74 s on a 2-core Zen 3: outside CI, for the suite's 15 minutes)
 def test_temporaries_do_not_fault_in_fresh_pages_and_pools_die_with_their_module():
     proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
