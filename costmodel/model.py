@@ -214,8 +214,8 @@ def deferred_notes():
     after a command's own output, and not at all when it fails, whose error is then the
     one line it prints (the next command in the process says them again)."""
     global _DEFERRED
-    outer, _DEFERRED = _DEFERRED, []
-    held = _DEFERRED
+    held: list[tuple[str, str]] = []
+    outer, _DEFERRED = _DEFERRED, held
     try:
         yield
     except BaseException:

@@ -65,8 +65,13 @@ MATMUL_REGISTERS_8_LANES = (8, 8)
 
 
 def matmul_registers(target) -> tuple[int, int]:
-    lanes = getattr(target, "f32_lanes", 16)
-    return MATMUL_REGISTERS if lanes >= 16 else (MATMUL_REGISTERS_8_LANES[0], lanes)
+    lanes = _lanes(target)
+    return MATMUL_REGISTERS if lanes >= opinfo.LANES else (MATMUL_REGISTERS_8_LANES[0], lanes)
+
+
+def _lanes(target) -> int:
+    """f32 lanes of the target's vectors, at most `opinfo.LANES` (16; 8 on AVX2)."""
+    return min(opinfo.LANES, getattr(target, "f32_lanes", opinfo.LANES))
 
 
 MATMUL_ROWS = 64  # rows of a matmul's cache tile (as the backends' default schedule has them)
@@ -308,7 +313,7 @@ def group_tiles(
         if tiles is None:
             many = any(len(nodes[m].op.operands) > MANY_OPERANDS for m in group)
             # (on 8-lane targets, AVX2's 16 ymm, half the elements: as many registers a value)
-            lanes = min(opinfo.LANES, getattr(target, "f32_lanes", opinfo.LANES))
+            lanes = _lanes(target)
             budget = LIGHT_BUDGET * lanes // opinfo.LANES
             if many:
                 budget = lanes if s.extents[-1] % lanes == 0 else MANY_OPERANDS_BUDGET * lanes // opinfo.LANES
@@ -363,7 +368,7 @@ def group_tiles(
         rows = len(c.extents) - 3  # (a batched matmul's batch loops: 1 each, as its cache tile has them)
         for b in range(rows):
             inner[at[b]] = 1 if s.extents[at[b]] > 1 else 0
-        lanes = min(opinfo.LANES, getattr(target, "f32_lanes", opinfo.LANES))
+        lanes = _lanes(target)
         for cloop, regs in zip((rows, rows + 1), matmul_registers(target)):
             t = opinfo.divisor_at_most(within[at[cloop]], regs, multiple_of=lanes if cloop > rows else 1)
             inner[at[cloop]] = t if t < s.extents[at[cloop]] else 0
@@ -447,7 +452,7 @@ def _transposed_tiles(nodes, group, to_sink, s: opinfo.OpInfo, tileable, target=
             if amap[-1] == loops - 1 or amap[-1] not in to_sink[m]:
                 continue
             along = to_sink[m][amap[-1]]
-            lanes = min(opinfo.LANES, getattr(target, "f32_lanes", opinfo.LANES))  # (8 × 8 on AVX2)
+            lanes = _lanes(target)  # (8 × 8 on AVX2)
             if along == inner or not (tileable[along] and tileable[inner]) or s.extents[along] % lanes:
                 return None
             if any(not t and x > 1 for t, x in zip(tileable, s.extents)):

@@ -39,6 +39,7 @@ from tilecraft.backends.cpu import (
     tcomp,
 )
 from tilecraft.backends.cpu import schedule as tiling
+from tilecraft.backends.cpu.target import host
 from tilecraft.dialects.irutil import (
     ANY,
     append_helper,
@@ -386,9 +387,7 @@ def expand_bf16_conversions(module: ir.Module) -> bool:
     engine fails to resolve it and hands back no function). Upstream's `arith-expand`
     rounds to nearest even and gives NaN as 0x7FC0, as PyTorch does. The code is compiled
     for this process' host (`jit`), so its features decide."""
-    from tilecraft.backends.cpu.target import host
-
-    if host().has("avx512bf16") or not _truncates_to_bf16(module):
+    if host().has("avx512bf16") or not _yields_bf16(module):
         return False
     _f64_to_bf16_through_f32(module)
     run_pipeline(module, BF16_IN_F32, stage="llvm", reproduce="cpu-llvm")
@@ -432,7 +431,7 @@ def _f64_to_bf16_through_f32(module: ir.Module) -> None:
     todo = []
 
     def visit(op):
-        if op.name == "arith.truncf" and "bf16" in str(op.results[0].type) and "f64" in str(op.operands[0].type):
+        if op.name == "arith.truncf" and _is(op.results[0].type, ir.BF16Type) and _is(op.operands[0].type, ir.F64Type):
             todo.append(op)
         return ir.WalkResult.ADVANCE
 
@@ -441,7 +440,7 @@ def _f64_to_bf16_through_f32(module: ir.Module) -> None:
     for op in todo:
         source = op.operands[0]
         kind = source.type
-        narrow = ir.VectorType.get(ir.VectorType(kind).shape, f32) if str(kind).startswith("vector<") else f32
+        narrow = ir.VectorType.get(kind.shape, f32) if isinstance(kind, ir.VectorType) else f32
         with ir.InsertionPoint(op), op.location:
             middle = ir.Operation.create("arith.truncf", results=[narrow], operands=[source]).result
         op.operands[0] = middle
@@ -456,12 +455,17 @@ BF16_IN_F32 = (
 )
 
 
-def _truncates_to_bf16(module: ir.Module) -> bool:
+def _is(kind: ir.Type, element: type) -> bool:
+    """Whether `kind` is a scalar of the `element` type class, or a shaped type of them."""
+    return isinstance(kind.element_type if isinstance(kind, ir.ShapedType) else kind, element)
+
+
+def _yields_bf16(module: ir.Module) -> bool:
     """Whether any op yields bf16 values (a conversion to bf16, or bf16 arithmetic)."""
     found = []
 
     def visit(op):
-        if any("bf16" in str(r.type) for r in op.results):
+        if any(_is(r.type, ir.BF16Type) for r in op.results):
             found.append(op)
             return ir.WalkResult.INTERRUPT
         return ir.WalkResult.ADVANCE

@@ -29,6 +29,7 @@ from torch_mlir import ir
 from torch_mlir.dialects import arith
 from torch_mlir.dialects import memref as memref_d
 
+from tilecraft.backends.cpu.target import host
 from tilecraft.dialects import tc
 from tilecraft.dialects.irutil import ops_named, owner_op, static_loop
 from tilecraft.dialects.opinfo import LANES
@@ -151,6 +152,7 @@ def weight_prefetches(module: ir.Module) -> int:
     if not ENABLED or DISTANCE <= 0:
         return 0
     added = 0
+    vector = min(LANES, host().f32_lanes)  # a vector register of the host the code is compiled for (8 on AVX2)
     for loop in ops_named(module.operation, "scf.for"):
         body = loop.regions[0].blocks[0]
         ops = [o.operation for o in body.operations]
@@ -162,7 +164,7 @@ def weight_prefetches(module: ir.Module) -> int:
         ahead = None  # DISTANCE steps, made before the loop's first prefetched load
         rows: dict = {}  # a stream's prefetch row, per load position (memref and indices)
         for op in ops:
-            if op.name != "vector.load" or ir.VectorType(op.results[0].type).shape[-1:] < [_vector()]:
+            if op.name != "vector.load" or ir.VectorType(op.results[0].type).shape[-1:] < [vector]:
                 continue
             mem, indices = op.operands[0], list(op.operands[1:])
             moving = [i for i, x in enumerate(indices[:-1]) if _moves_with(x, iv)]
@@ -195,11 +197,3 @@ def weight_prefetches(module: ir.Module) -> int:
                 memref_d.PrefetchOp(mem, indices, False, LOCALITY, True)
             added += 1
     return added
-
-
-def _vector() -> int:
-    """Elements of a vector register of the host the code is compiled for (16 f32 on
-    AVX-512, 8 on AVX2, whose register tiles load 8 at a time)."""
-    from tilecraft.backends.cpu.target import host
-
-    return min(LANES, host().f32_lanes)
