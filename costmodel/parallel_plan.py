@@ -100,7 +100,9 @@ def plan(
         if d is None:
             continue
         out.append(d)
-        tile, inner = fit_levels(nodes[sink].info.extents[d.loop], d.chunks, *_at(levels, d.loop))
+        ext = nodes[sink].info.extents
+        peeled = len(levels) == 2 and bool(levels[1]) and d.loop in fusion.ragged_dims(*levels, ext)
+        tile, inner = fit_levels(ext[d.loop], d.chunks, *_at(levels, d.loop), peeled=peeled)
         if k is not None and (tile, inner) != _at(levels, d.loop):
             g = groups[k]
             tiles = tuple(tile if i == d.loop else t for i, t in enumerate(g.tiles))
@@ -128,10 +130,13 @@ def decide(
         loops = [i for i, ok in enumerate(fusion.tileable_loops(nodes, group, sink, to_sink)) if ok]
     else:
         loops = [i for i, it in enumerate(info.iterators) if it == "parallel"]
+    peeled = set(fusion.ragged_dims(*levels, info.extents)) if len(levels) == 2 and levels[1] else set()
     for chunks in range(threads, 1, -1):  # as many chunks as threads, else the most that fit
-        ok = [i for i in loops if chunk_ok(info.extents[i], chunks, *_at(levels, i))]
+        ok = [i for i in loops if chunk_ok(info.extents[i], chunks, *_at(levels, i), peeled=i in peeled)]
         if not ok and fit:  # a loop whose chunk takes whole tiles once the group's tile is cut
-            ok = [i for i in loops if fit_levels(info.extents[i], chunks, *_at(levels, i)) is not None]
+            ok = [
+                i for i in loops if fit_levels(info.extents[i], chunks, *_at(levels, i), peeled=i in peeled) is not None
+            ]
         if ok:
             wide = _wide(infos)
             loop = ok[0] if OUTERMOST and not wide else max(ok, key=lambda i: (info.extents[i], -i))
@@ -143,18 +148,18 @@ def decide(
     return None
 
 
-def fit_tile(extent: int, chunks: int, tile: int, inner: int) -> int | None:
+def fit_tile(extent: int, chunks: int, tile: int, inner: int, *, peeled: bool = False) -> int | None:
     """The group's tile along a loop split into `chunks`: as it is where a chunk takes
     whole tiles (`chunk_ok`), else the largest smaller size that does (a multiple of the
     register tile `inner`, at least half the tile: a much smaller tile changes the
     kernel the fusion plan priced); None if none does."""
-    if chunk_ok(extent, chunks, tile, inner):
+    if chunk_ok(extent, chunks, tile, inner, peeled=peeled):
         return tile
     if not tile or chunks < 2 or extent % chunks:
         return None
-    step = inner or (LANES if tile % LANES == 0 else 1)  # (whole register tiles; whole vectors stay whole)
+    step = 1 if peeled else inner or (LANES if tile % LANES == 0 else 1)  # (whole register tiles, vectors)
     for t in range(tile - 1, (tile + 1) // 2 - 1, -1):
-        if t % step == 0 and chunk_ok(extent, chunks, t, inner):
+        if t % step == 0 and chunk_ok(extent, chunks, t, inner, peeled=peeled):
             return t
     return None
 
@@ -167,12 +172,12 @@ def fit_tile(extent: int, chunks: int, tile: int, inner: int) -> int | None:
 HALVE_REGISTER_TILES = True
 
 
-def fit_levels(extent: int, chunks: int, tile: int, inner: int) -> tuple[int, int] | None:
+def fit_levels(extent: int, chunks: int, tile: int, inner: int, *, peeled: bool = False) -> tuple[int, int] | None:
     """The group's (tile, register tile) along a loop split into `chunks`: `fit_tile`
     with the register tile as it is, else halved while it stays whole vectors
     (`HALVE_REGISTER_TILES`); None if none fits."""
     while True:
-        t = fit_tile(extent, chunks, tile, inner)
+        t = fit_tile(extent, chunks, tile, inner, peeled=peeled)
         if t is not None:
             return t, inner
         if not (HALVE_REGISTER_TILES and inner >= 2 * LANES and inner % (2 * LANES) == 0):

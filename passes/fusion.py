@@ -62,11 +62,43 @@ MATMUL_REGISTERS = (8, 32)
 # The same on 8-lane targets (AVX2: 16 ymm): 8×8, 8 accumulators. 8×32 spilled there (32
 # accumulators), and 8×16 fills all 16 registers (`schedule.accumulator_cap`).
 MATMUL_REGISTERS_8_LANES = (8, 8)
+# ... unless its rows may leave a remainder: then 6×16 (12 accumulators, two vectors a row:
+# whole 64-byte lines of B), the rows that do not fill a tile peeled into a loop of their
+# own (`PEEL_ROWS`). A [16, 49, 256, 256] batched matmul (ResNet-18's Winograd GEMMs at
+# 7×7) ran at 42 GFLOP/s as 7×8 tiles and 64 as 6×16 on 54 rows (AVX2 Zen 3, 1 thread).
+MATMUL_REGISTERS_PEELED = (6, 16)
+PEEL_ROWS = True
 
 
 def matmul_registers(target) -> tuple[int, int]:
     lanes = _lanes(target)
     return MATMUL_REGISTERS if lanes >= opinfo.LANES else (MATMUL_REGISTERS_8_LANES[0], lanes)
+
+
+def peels_rows(target) -> bool:
+    """Whether a matmul group's accumulator rows are tiled by 6 (or 12, one vector wide)
+    whatever their count, the rest peeled (`PEEL_ROWS`; 8-lane targets only: AVX-512's
+    8×32 tiles divide the rows as they are)."""
+    return PEEL_ROWS and _lanes(target) < opinfo.LANES
+
+
+def _peeled_register_tile(rows: int, cols: int, lanes: int) -> tuple[int, int] | None:
+    """(rows, columns) of an 8-lane target's accumulator tile over `rows` × `cols`: 16
+    columns (8 where 16 do not divide them) and as many rows as 12 accumulators allow; a
+    tile that does not divide `rows` leaves a remainder, peeled (`fusion_script`). None
+    where the columns are not whole vectors (a classifier's 10)."""
+    c = MATMUL_REGISTERS_PEELED[1] if cols % MATMUL_REGISTERS_PEELED[1] == 0 else lanes
+    if cols % c:
+        return None
+    r = MATMUL_REGISTERS_PEELED[0] * MATMUL_REGISTERS_PEELED[1] // c
+    return min(r, rows), c
+
+
+def ragged_dims(tiles: Sequence[int], inner: Sequence[int], extents: Sequence[int]) -> list[int]:
+    """Sink loops along which a group's register tile does not divide its cache tile (the
+    rest is peeled)."""
+    within = [t or x for t, x in zip(tiles, extents)] if tiles else list(extents)
+    return [d for d, (i, w) in enumerate(zip(inner, within)) if i and w % i]
 
 
 def _lanes(target) -> int:
@@ -369,8 +401,13 @@ def group_tiles(
         for b in range(rows):
             inner[at[b]] = 1 if s.extents[at[b]] > 1 else 0
         lanes = _lanes(target)
-        for cloop, regs in zip((rows, rows + 1), matmul_registers(target)):
-            t = opinfo.divisor_at_most(within[at[cloop]], regs, multiple_of=lanes if cloop > rows else 1)
+        picked = _peeled_register_tile(within[at[rows]], within[at[rows + 1]], lanes) if peels_rows(target) else None
+        if picked is None:
+            picked = tuple(
+                opinfo.divisor_at_most(within[at[cloop]], regs, multiple_of=lanes if cloop > rows else 1)
+                for cloop, regs in zip((rows, rows + 1), matmul_registers(target))
+            )
+        for cloop, t in zip((rows, rows + 1), picked):
             inner[at[cloop]] = t if t < s.extents[at[cloop]] else 0
         if any(inner):
             return tiles, tuple(inner), True
@@ -699,12 +736,33 @@ def _fusable_producers(nodes: Mapping[int, Node], group: frozenset[int]) -> list
 
 
 # ------------------------------------------------------------------------ the rewrite
-def fusion_script(decisions: Sequence[FusionDecision], kinds: Mapping[int, str]) -> str:
+def fusion_script(
+    decisions: Sequence[FusionDecision], kinds: Mapping[int, str], ragged: Mapping[int, Sequence[int]] | None = None
+) -> str:
     """Transform script: match every op first (op ids stay valid), then per group tile
     the sink and fuse the members into its outermost loop, nearest producer first; with
     `inner`, tile the sink's tile again and fuse the non-contraction members into that.
-    (`registers`: every member, the contraction included). `kinds`: op id → OpInfo.kind."""
+    (`registers`: every member, the contraction included). `kinds`: op id → OpInfo.kind.
+    `ragged`: per sink, the loops along which its register tile leaves a remainder
+    (`ragged_dims`): each such loop is peeled (`transform.loop.peel`), its last, partial
+    tile a loop of its own, which canonicalization at the end folds into static shapes
+    (so both vectorize)."""
+    ragged = ragged or {}
     body: list[str] = []
+
+    def peel(g: FusionDecision, tile: str) -> None:
+        inner = [t for t in g.inner]
+        for d in sorted(ragged.get(g.sink, ()), reverse=True):  # (innermost first: outer handles stay valid)
+            nth = sum(1 for t in inner[d:] if t)  # the loop's distance from the register tile
+            body.append(
+                f"    transform.sequence %root : {ANY} failures(propagate) {{\n    ^bb0(%pr{g.sink}_{d}: {ANY}):\n"
+                f'      %pl{g.sink}_{d} = transform.get_parent_op {tile} {{op_name = "scf.for", nth_parent = {nth}}}'
+                f' : ({ANY}) -> !transform.op<"scf.for">\n'
+                f"      %pm{g.sink}_{d}, %pp{g.sink}_{d} = transform.loop.peel %pl{g.sink}_{d}"
+                f' : (!transform.op<"scf.for">) -> ({ANY}, {ANY})\n    }}'
+            )
+            break  # (one loop: the rows; a second peel would need the first's fresh handles)
+
     for g in decisions:
         for op in g.ops:
             body.append(
@@ -743,6 +801,8 @@ def fusion_script(decisions: Sequence[FusionDecision], kinds: Mapping[int, str])
                     f"tile_sizes [{', '.join(map(str, tiles))}] : ({ANY}) -> ({types})"
                 )
                 handle = f"%{tag}{g.sink}s"
+                if tag == "b":
+                    peel(g, handle)
             continue
         if any(g.tiles):
             sink, fused = tile_and_fuse(f"a{g.sink}", f"%m{g.sink}", g.tiles, [(m, f"%m{m}") for m in g.members])
@@ -752,7 +812,8 @@ def fusion_script(decisions: Sequence[FusionDecision], kinds: Mapping[int, str])
             light = [
                 (m, fused[m]) for m in g.members if g.registers or (kinds[m] not in CONTRACTIONS and kinds[m] != "fill")
             ]
-            tile_and_fuse(f"b{g.sink}", sink, g.inner, light)
+            inner_tile, _ = tile_and_fuse(f"b{g.sink}", sink, g.inner, light)
+            peel(g, inner_tile)
     body.append(
         f"""    %fn = transform.structured.match ops{{["func.func"]}} in %root : ({ANY}) -> {ANY}
     transform.apply_patterns to %fn {{
@@ -780,8 +841,11 @@ def apply(module: ir.Module, decisions: Sequence[FusionDecision], *, reproduce: 
         for op in g.ops:
             if g.registers or (kinds[op] not in CONTRACTIONS and kinds[op] != "fill"):
                 nodes[op].op.attributes[FUSED] = ir.UnitAttr.get(module.context)
+    ragged = {g.sink: ragged_dims(g.tiles, g.inner, nodes[g.sink].info.extents) for g in decisions if g.inner}
+    ragged = {k: v for k, v in ragged.items() if v}
     groups = [[nodes[op].op for op in g.ops] for g in decisions]  # (in islands: each fusion costs its kernel's size)
-    apply_transform_in_islands(module, fusion_script(decisions, kinds), groups, stage="fuse", reproduce=reproduce)
+    script = fusion_script(decisions, kinds, ragged)
+    apply_transform_in_islands(module, script, groups, stage="fuse", reproduce=reproduce)
     return module
 
 

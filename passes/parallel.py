@@ -57,15 +57,16 @@ class ParallelDecision:
         return ParallelDecision(int(d["sink"]), tuple(int(m) for m in d["members"]), int(d["loop"]), int(d["chunks"]))
 
 
-def chunk_ok(extent: int, chunks: int, tile: int = 0, inner: int = 0) -> bool:
+def chunk_ok(extent: int, chunks: int, tile: int = 0, inner: int = 0, *, peeled: bool = False) -> bool:
     """`extent` splits into `chunks` equal chunks, each a whole number of the group's tile
     along the loop and at least two of its register tile (0: not tiled there). A tile as
     large as the chunk is dropped (`_drop_chunk_tiles`): only where a register tile stays
-    to fuse the group into."""
+    to fuse the group into. `peeled`: the register tile leaves a remainder along the loop
+    anyway (`fusion.ragged_dims`), so a chunk may too."""
     if chunks < 2 or extent % chunks:
         return False
     chunk = extent // chunks
-    if inner and (chunk % inner or inner >= chunk):
+    if inner and (inner >= chunk or (chunk % inner and not peeled)):
         return False
     return not tile or (chunk % tile == 0 and (tile < chunk or bool(inner)))
 
