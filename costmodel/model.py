@@ -116,7 +116,10 @@ def create(spec: str, target) -> CostModel:
                 choice = choose(target, installed=False)
         if choice.how == "foreign":
             _note_once(choice.path + target_hash(target), choice.note(target))
-        return load(choice.path, target)
+        model = load(choice.path, target)
+        if choice.how == "foreign" and choice.other_registers(target):
+            model.foreign_registers = True  # (`search.pick`: its contraction schedules are the defaults)
+        return model
     if os.path.exists(spec):
         return load(spec, target)
     raise CostModelError(f"unknown cost model {spec!r} (analytical, lightgbm, or a model file)")
@@ -158,15 +161,25 @@ class ModelChoice:
     how: str  # "installed" (adapted to this target), "class" (shipped, same class), "foreign"
     trained_on: str  # the machine it was trained for, in words
 
+    def other_registers(self, target) -> bool:
+        """The model was trained on another register file than the target's (AVX-512's 32
+        zmm against AVX2's 16 ymm): its register and cache tiles' ranking does not carry over
+        (`search.FOREIGN_REGISTERS_DEFAULT`)."""
+        ours = "avx512" in machine_class(target)[1]
+        return ours != self.trained_on.rsplit(", ", 1)[-1].startswith("AVX-512")
+
     def note(self, target) -> str:
         from tilecraft.backends.cpu.target import host
 
         here = describe_machine(*machine_class(target))
         where = "" if target_hash(target) == host().hash() else " on that machine"
-        return (
+        text = (
             f"no cost model for this machine ({here}; target {target_hash(target)}): using the one "
             f"trained on {self.trained_on}; run 'tilecraft costmodel adapt'{where} to adapt it"
         )
+        if self.other_registers(target):
+            text += " (until then its contractions take the hand-written schedules: it knows other registers)"
+        return text
 
 
 def choose(target, *, installed: bool = True) -> ModelChoice:

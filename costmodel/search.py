@@ -117,6 +117,16 @@ class Choice:
     runner_up_s: float | None
 
 
+# A model trained on another register file (`model.ModelChoice.other_registers`: the
+# shipped AVX-512 models on an AVX2 host) ranks contractions' register and cache tiles for
+# registers the host does not have: on an AVX2 Zen 3 its picks ran a 512³ matmul in 5.7 ms,
+# 3136×64×576 in 5.4 and 128×1024×256 in 1.6, where the defaults (which know the register
+# file: `schedule.accumulator_cap`) ran 3.5, 4.1 and 1.0. Such a model's contractions take
+# the default schedule; it still ranks the rest, and fusion.
+FOREIGN_REGISTERS_DEFAULT = True
+CONTRACTIONS = ("matmul", "batch_matmul", "conv2d")
+
+
 def pick(module, model: CostModel, target, *, memo: dict | None = None) -> list[Choice]:
     """One decision per distinct kernel of a linalg module: the model's best-ranked
     candidate of the kernel's legal space, with no measurement. Kernels the features do
@@ -157,6 +167,8 @@ def pick(module, model: CostModel, target, *, memo: dict | None = None) -> list[
         kernel, p = memo[known]
         order = np.argsort(-p.score, kind="stable")
         first, second = order[0], (order[1] if len(order) > 1 else None)
+        if FOREIGN_REGISTERS_DEFAULT and getattr(model, "foreign_registers", False) and kernel.kind in CONTRACTIONS:
+            first, second = 0, (order[0] if order[0] != 0 else second)  # the default (space[0]); the model's pick
         out.append(
             Choice(
                 tuple(op_ids),

@@ -110,7 +110,12 @@ def to_tiled(
     fused = tiling.fused_ids(module, infos)
     chosen.update({i.op_id: tiling.register_tile_decision(i) for i in infos if i.op_id in fused})
     script = tiling.tiling_script(infos, chosen, vectorize=vectorize)
-    return apply_transform(module, script, stage="tiled", reproduce="cpu-tiled", before=before)
+    module = apply_transform(module, script, stage="tiled", reproduce="cpu-tiled", before=before)
+    peeled = tiling.peeled_ids(infos, chosen) if vectorize else []
+    if peeled:  # register tiles with a peeled remainder of rows: static once canonicalized
+        run_pipeline(module, "builtin.module(canonicalize)", stage="tiled", reproduce="cpu-tiled", before=before)
+        module = apply_transform(module, tiling.vectorize_script(), stage="tiled", reproduce="cpu-tiled", before=before)
+    return module
 
 
 def to_vector(
