@@ -177,7 +177,9 @@ class ModelChoice:
             f"no cost model for this machine ({here}; target {target_hash(target)}): using the one "
             f"trained on {self.trained_on}; run 'tilecraft costmodel adapt'{where} to adapt it"
         )
-        if self.other_registers(target):
+        from tilecraft.costmodel import search  # (it imports this module)
+
+        if search.FOREIGN_REGISTERS_DEFAULT and self.other_registers(target):
             text += " (until then its contractions take the hand-written schedules: it knows other registers)"
         return text
 

@@ -159,7 +159,7 @@ def fit_tile(extent: int, chunks: int, tile: int, inner: int, *, peeled: bool = 
         return None
     step = 1 if peeled else inner or (LANES if tile % LANES == 0 else 1)  # (whole register tiles, vectors)
     for t in range(tile - 1, (tile + 1) // 2 - 1, -1):
-        if t % step == 0 and chunk_ok(extent, chunks, t, inner, peeled=peeled):
+        if t % step == 0 and t >= inner and chunk_ok(extent, chunks, t, inner, peeled=peeled):
             return t
     return None
 

@@ -76,22 +76,25 @@ def matmul_registers(target) -> tuple[int, int]:
 
 
 def peels_rows(target) -> bool:
-    """Whether a matmul group's accumulator rows are tiled by 6 (or 12, one vector wide)
-    whatever their count, the rest peeled (`PEEL_ROWS`; 8-lane targets only: AVX-512's
-    8×32 tiles divide the rows as they are)."""
+    """Whether a matmul group's accumulator rows are tiled by about 6 (12 one vector wide)
+    whatever their count, the rest peeled (`PEEL_ROWS`; targets with 16 vector registers
+    only: AVX-512's 8×32 tiles divide the rows as they are)."""
     return PEEL_ROWS and _lanes(target) < opinfo.LANES
 
 
+PEELED_ACCUMULATORS = MATMUL_REGISTERS_PEELED[0] * MATMUL_REGISTERS_PEELED[1] // 8  # 12 of 16 registers
+
+
 def _peeled_register_tile(rows: int, cols: int, lanes: int) -> tuple[int, int] | None:
-    """(rows, columns) of an 8-lane target's accumulator tile over `rows` × `cols`: 16
-    columns (8 where 16 do not divide them) and as many rows as 12 accumulators allow; a
-    tile that does not divide `rows` leaves a remainder, peeled (`fusion_script`). None
-    where the columns are not whole vectors (a classifier's 10)."""
-    c = MATMUL_REGISTERS_PEELED[1] if cols % MATMUL_REGISTERS_PEELED[1] == 0 else lanes
+    """(rows, columns) of a 16-register target's accumulator tile over `rows` × `cols`:
+    two vectors of columns (one where two do not divide them) and rows for 12 accumulators
+    (`opinfo.peeled_row_tile`: 6, or 5 or 4 where 6 leaves a remainder of one row); a tile
+    that does not divide `rows` leaves a remainder, peeled (`fusion_script`). None where
+    the columns are not whole vectors (a classifier's 10)."""
+    c = 2 * lanes if cols % (2 * lanes) == 0 else lanes
     if cols % c:
         return None
-    r = MATMUL_REGISTERS_PEELED[0] * MATMUL_REGISTERS_PEELED[1] // c
-    return min(r, rows), c
+    return opinfo.peeled_row_tile(rows, c // lanes, PEELED_ACCUMULATORS), c
 
 
 def ragged_dims(tiles: Sequence[int], inner: Sequence[int], extents: Sequence[int]) -> list[int]:

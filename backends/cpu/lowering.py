@@ -115,6 +115,12 @@ def to_tiled(
     if peeled:  # register tiles with a peeled remainder of rows: static once canonicalized
         run_pipeline(module, "builtin.module(canonicalize)", stage="tiled", reproduce="cpu-tiled", before=before)
         module = apply_transform(module, tiling.vectorize_script(), stage="tiled", reproduce="cpu-tiled", before=before)
+
+        def unmark(op: ir.Operation) -> None:
+            if tiling.PEELED in op.attributes:
+                del op.attributes[tiling.PEELED]
+
+        walk_ops(module.operation, unmark)
     return module
 
 

@@ -31,6 +31,7 @@ from tilecraft.dialects.opinfo import (  # noqa: F401 (re-exported: the analysis
     describe,
     divisor_at_most,
     fused_ids,
+    peeled_row_tile,
     register_elements,
     tag_ops,
 )
@@ -99,7 +100,7 @@ class TileDecision:
             if len(level) != n:
                 raise ValueError(f"tile level {level} has {len(level)} sizes, op has {n} loops")
             for d, (t, x) in enumerate(zip(level, extents)):
-                if t < 1 or (x % t and not (d == n - 3 and i > 0 and _peels_rows(info, self))):
+                if t < 1 or (x % t and not (d == n - 3 and i > 0 and t < x and _peels_rows(info, self))):
                     raise ValueError(f"tile size {t} does not divide extent {x} (op {info.name})")
             extents = list(level)
         if self.interchange and sorted(self.interchange) != list(range(n)):
@@ -169,9 +170,9 @@ def _capped_matmul_tile(mc: int, nc: int, lanes: int, cap: int) -> tuple[int, in
     (12×8); where the rows are fewer, the old divisors: two vectors wide where a divisor of
     the rows up to cap/2 gives at least 4 rows, else one vector and up to `cap` rows."""
     if PEEL_ROWS and mc > cap // 2 and nc % (2 * lanes) == 0:
-        return cap // 2, 2 * lanes
+        return peeled_row_tile(mc, 2, cap), 2 * lanes
     if PEEL_ROWS and mc > cap and nc % lanes == 0:
-        return cap, lanes
+        return peeled_row_tile(mc, 1, cap), lanes
     two = divisor_at_most(mc, cap // 2)
     if two >= 4 and nc % (2 * lanes) == 0:
         return two, 2 * lanes
@@ -209,6 +210,8 @@ def default_decision(info: OpInfo, target=None, *, one_row_stream: bool = True) 
         l2 = getattr(target, "l2_bytes", 1 << 20)
         if k * n * 4 > l2 and m > mc:
             nc, kc = divisor_at_most(n, 256, multiple_of=lanes), divisor_at_most(k, 256)
+            if nc % nr:  # (the register tile of the narrower cache tile: whole in the wider one)
+                nr = divisor_at_most(nc, nr, multiple_of=lanes)
             nb = len(batch)
             order = (*range(nb), nb + 1, nb + 2, nb)
             return TileDecision(tiles=((*b, mc, nc, kc), (*b, mr, nr, 1)), interchange=order, pack=True)
@@ -281,7 +284,9 @@ def space(info: OpInfo, target=None, *, one_row_stream: bool = True) -> list[Til
             seen = set()
             for mr, nr in reg_tiles:
                 peel = PEEL_ROWS and cap is not None and mr in (cap // 2, cap) and mc > mr and nc % nr == 0
-                if not peel:  # small or odd extents: shrink (49 rows: 7)
+                if peel:  # (6, 5 or 4 rows: `peeled_row_tile`)
+                    mr = peeled_row_tile(mc, nr // lanes, cap)
+                else:  # small or odd extents: shrink (49 rows: 7)
                     mr, nr = divisor_at_most(mc, mr), math.gcd(nr, nc)
                 if not _fits(cap, mr, max(1, nr // lanes)) or (cap is not None and (mr, nr) in seen):
                     continue
@@ -491,7 +496,7 @@ def tiling_script(infos: Sequence[OpInfo], scheds: Mapping[int, TileDecision], *
         if s.decompose:
             body.append(f"    %d{info.op_id} = transform.structured.decompose {h} : ({ANY}) -> {ANY}")
             h = f"%d{info.op_id}"
-        if peeled_rows(info, s):
+        if s.vectorize and vectorize and peeled_rows(info, s):
             # the row loop's last, partial tile a loop of its own; its shapes turn static once
             # canonicalized, and both parts are vectorized then (`vectorize_script`)
             sizes = [0 if t >= x else t for t, x in zip(s.tiles[-1][batch:], register_extents)]
@@ -532,10 +537,12 @@ def peeled_ids(infos: Sequence[OpInfo], scheds: Mapping[int, TileDecision]) -> l
 
 def vectorize_script() -> str:
     """Vectorize every register tile `tiling_script` marked peeled (each op's main and
-    remainder tiles), once canonicalization made their shapes static."""
+    remainder tiles), once canonicalization made their shapes static; one at a time, so a
+    tile the vectorizer rejects leaves the others vectorized."""
     return named_sequence(
         f"    %v = transform.structured.match attributes{{{PEELED}}} in %root : ({ANY}) -> {ANY}\n"
-        f"    transform.sequence %root : {ANY} failures(suppress) {{\n    ^bb0(%vr: {ANY}):\n"
-        f"      transform.structured.vectorize %v {{vectorize_nd_extract}} : {ANY}\n    }}",
+        f"    transform.foreach %v : {ANY} {{\n    ^bb0(%one: {ANY}):\n"
+        f"      transform.sequence %root : {ANY} failures(suppress) {{\n      ^bb0(%vr: {ANY}):\n"
+        f"        transform.structured.vectorize %one {{vectorize_nd_extract}} : {ANY}\n      }}\n    }}",
         consumed=False,
     )

@@ -14,6 +14,7 @@ import torch
 from conftest import reference_target
 from tilecraft import driver, frontend
 from tilecraft.backends.cpu.schedule import TileDecision
+from tilecraft.dialects.opinfo import peeled_row_tile
 from tilecraft.passes import fusion
 
 
@@ -42,24 +43,28 @@ def _tiled_text(imported, **kw) -> tuple[driver.Compiled, str]:
 
 
 def test_peeled_register_tiles_pick_whole_lines_of_b():
-    assert fusion._peeled_register_tile(49, 256, 8) == (6, 16)
-    assert fusion._peeled_register_tile(49, 24, 8) == (12, 8)  # one vector wide: 12 rows
+    assert fusion._peeled_register_tile(48, 256, 8) == (6, 16)
+    assert fusion._peeled_register_tile(56, 256, 8) == (6, 16)  # 9 x 6 + 2
+    assert fusion._peeled_register_tile(49, 256, 8) == (5, 16)  # 9 x 5 + 4, not 8 x 6 + 1
+    assert fusion._peeled_register_tile(48, 24, 8) == (12, 8)  # one vector wide: 12 rows
     assert fusion._peeled_register_tile(4, 32, 8) == (4, 16)  # fewer rows than a tile: whole
     assert fusion._peeled_register_tile(16, 10, 8) is None  # not whole vectors: as before
+    assert fusion._peeled_register_tile(48, 64, 4) == (6, 8)  # SSE: 12 xmm accumulators too
     assert fusion.ragged_dims((1, 0, 0), (1, 6, 16), (16, 49, 256)) == [1]
     assert fusion.ragged_dims((1, 0, 0), (1, 7, 16), (16, 49, 256)) == []
 
 
-@pytest.mark.parametrize("rows", [49, 13])
+@pytest.mark.parametrize("rows", [49, 13, 56])
 def test_fused_group_with_ragged_rows_matches_eager_and_is_peeled(rows):
     a, b = torch.randn(4, rows, 64), torch.randn(4, 64, 32)
     imp = frontend.import_module(BmmEpilogue(), (a, b), spec="bmm")
     c, tiled = _tiled_text(imp, target=avx2_target(), threads=1)
     [g] = [g for g in c.fusion if g.registers]
-    assert g.inner[1] == 6 and g.inner[2] == 16
+    r = peeled_row_tile(rows, 2)
+    assert g.inner[1] == r and g.inner[2] == 16 and rows % r
     torch.testing.assert_close(c.fn(a, b), torch.relu(torch.bmm(a, b) + 1.0), rtol=1e-4, atol=1e-4)
-    # the peeled tile (rows % 6) has static shapes, and nothing is left as a linalg op
-    assert f"tensor<1x{rows % 6}x64xf32>" in tiled or f"tensor<{rows % 6}x64xf32>" in tiled
+    # the peeled tile (rows % r) has static shapes, and nothing is left as a linalg op
+    assert f"tensor<1x{rows % r}x64xf32>" in tiled or f"tensor<{rows % r}x64xf32>" in tiled
     assert "linalg.batch_matmul" not in tiled and "linalg.matmul" not in tiled
 
 
@@ -103,3 +108,23 @@ def test_only_register_rows_may_leave_a_remainder(tiles):
     key = next(ch.kernel.key for ch in driver.compile_model(imp(), fuse=False).choices if "matmul" in ch.kernel.name)
     with pytest.raises(ValueError, match="does not divide"):
         driver.compile_model(imp(), fuse=False, decisions={key: TileDecision(tiles=tiles)})
+
+
+def test_peeled_row_tiles_leave_no_single_row():
+    for rows in range(7, 60):  # (further up, one slow row weighs less than smaller tiles throughout)
+        r = peeled_row_tile(rows, 2)
+        assert 4 <= r <= 6 and rows % r != 1, rows
+    assert peeled_row_tile(3136, 2) == 6 and peeled_row_tile(97, 2) == 6
+    assert peeled_row_tile(5, 2) == 5  # a tile's worth or fewer: whole
+
+
+def test_default_packed_tile_divides_the_wider_cache_tile():
+    # AVX2, B larger than L2: the packed cache tile is re-chosen up to 256 columns wide;
+    # the register tile must divide it (n = 1008: 112 columns, then 168)
+    from tilecraft.backends.cpu import schedule
+    from tilecraft.dialects import opinfo
+
+    a, b = torch.randn(128, 1280), torch.randn(1280, 1008)
+    c = driver.compile_model(frontend.import_module(Mm(), (a, b), spec="mm"), fuse=False, target=avx2_target())
+    torch.testing.assert_close(c.fn(a, b), a @ b, rtol=1e-4, atol=1e-4)
+    assert schedule.accumulator_cap(avx2_target()) == 12 and opinfo.LANES == 16  # (validated in the compile)
