@@ -55,6 +55,7 @@ LOCALITY = 2
 # 1.03x / 1.08x (1 / 2 threads), mobilenet_v2 1.07x / 1.01x, bert_mini 1.09x / 1.00x,
 # gpt2_block 0.99x / 1.01x, mlp 0.99x / 0.97x.
 STREAM = True
+ROWS = True  # the rows of a strided B, DISTANCE steps ahead (off only to compare)
 STREAM_LOCALITY = 3  # prefetcht0: the chunk is read from L1
 # views a prefetch may look through to the argument (same buffer, the load's own indices)
 _VIEWS = ("memref.subview", "memref.reinterpret_cast", "memref.cast")
@@ -189,6 +190,8 @@ def weight_prefetches(module: ir.Module) -> int:
                             at[-1] = arith.AddIOp(at[-1], arith.ConstantOp(ir.IndexType.get(), lane).result).result
                         memref_d.PrefetchOp(mem, at, False, STREAM_LOCALITY, True)
                         added += 1
+                continue
+            if not ROWS:
                 continue
             with ir.InsertionPoint(op), op.location:
                 if ahead is None:
