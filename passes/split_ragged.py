@@ -4,9 +4,10 @@ On the passes floor; the last of the canonical rewrites (`compiler/driver.py`), 
 and the schedules see its parts. Reads and rewrites a module.
 
 A schedule tiles an op by sizes that divide its extents: every tile is static, so it
-vectorizes and its loops need no bounds checks. An extent with no useful divisor (a ViT's
-197 tokens: prime) leaves one-row tiles and, as a vector dimension, no multiple of the 16
-lanes — its matmuls ran scalar, a ViT at 0.43× eager. Here every structured op is split
+vectorizes and its loops need no bounds checks (only a matmul's register rows may leave
+a remainder, peeled into a static tile of its own: `schedule.peeled_rows`). An extent
+with no useful divisor (a ViT's 197 tokens: prime) leaves one-row tiles and, as a vector
+dimension, no multiple of the 16 lanes — its matmuls ran scalar, a ViT at 0.43× eager. Here every structured op is split
 along each ragged *parallel* loop at the last multiple of `QUANTUM` (197 → 192 + 5;
 `transform.structured.split`): two static ops over slices of the same operands, their
 results inserted into one tensor. Splitting every op of the model at the same point lines
