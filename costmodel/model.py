@@ -165,8 +165,8 @@ class ModelChoice:
         """The model was trained on another register file than the target's (AVX-512's 32
         zmm against AVX2's 16 ymm): its register and cache tiles' ranking does not carry over
         (`search.FOREIGN_REGISTERS_DEFAULT`)."""
-        ours = "avx512" in machine_class(target)[1]
-        return ours != self.trained_on.rsplit(", ", 1)[-1].startswith("AVX-512")
+        theirs = next((s.features for s in SHIPPED_MODELS if s.path == self.path), None)
+        return theirs is not None and ("avx512" in theirs) != ("avx512" in machine_class(target)[1])
 
     def note(self, target) -> str:
         from tilecraft.backends.cpu.target import host

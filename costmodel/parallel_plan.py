@@ -101,8 +101,7 @@ def plan(
             continue
         out.append(d)
         ext = nodes[sink].info.extents
-        peeled = len(levels) == 2 and bool(levels[1]) and d.loop in fusion.ragged_dims(*levels, ext)
-        tile, inner = fit_levels(ext[d.loop], d.chunks, *_at(levels, d.loop), peeled=peeled)
+        tile, inner = fit_levels(ext[d.loop], d.chunks, *_at(levels, d.loop), peeled=d.loop in _peeled(levels, ext))
         if k is not None and (tile, inner) != _at(levels, d.loop):
             g = groups[k]
             tiles = tuple(tile if i == d.loop else t for i, t in enumerate(g.tiles))
@@ -130,7 +129,7 @@ def decide(
         loops = [i for i, ok in enumerate(fusion.tileable_loops(nodes, group, sink, to_sink)) if ok]
     else:
         loops = [i for i, it in enumerate(info.iterators) if it == "parallel"]
-    peeled = set(fusion.ragged_dims(*levels, info.extents)) if len(levels) == 2 and levels[1] else set()
+    peeled = _peeled(levels, info.extents)
     for chunks in range(threads, 1, -1):  # as many chunks as threads, else the most that fit
         ok = [i for i in loops if chunk_ok(info.extents[i], chunks, *_at(levels, i), peeled=i in peeled)]
         if not ok and fit:  # a loop whose chunk takes whole tiles once the group's tile is cut
@@ -183,6 +182,12 @@ def fit_levels(extent: int, chunks: int, tile: int, inner: int, *, peeled: bool 
         if not (HALVE_REGISTER_TILES and inner >= 2 * LANES and inner % (2 * LANES) == 0):
             return None
         inner //= 2
+
+
+def _peeled(levels, extents) -> set[int]:
+    """Sink loops along which the group's register tile leaves a remainder, peeled
+    (`fusion.ragged_dims`)."""
+    return set(fusion.ragged_dims(*levels, extents)) if len(levels) == 2 and levels[1] else set()
 
 
 def _at(levels, i: int) -> tuple[int, int]:

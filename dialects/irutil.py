@@ -195,6 +195,20 @@ class PipelineError(RuntimeError):
         self.stage, self.reproducer, self.command = stage, reproducer, command
 
 
+def peel_parent_loop(handle: str, nth: int, tag: str) -> str:
+    """Transform-script lines that peel the `nth` scf.for around the op of `handle`
+    (`transform.loop.peel`: the last, partial iteration a loop of its own), in a nested
+    sequence so that the peel's result handles end with it (canonicalization after may
+    erase the remainder loop without a handle left dangling)."""
+    loop = '!transform.op<"scf.for">'
+    return (
+        f"    transform.sequence %root : {ANY} failures(propagate) {{\n    ^bb0(%pr{tag}: {ANY}):\n"
+        f'      %pl{tag} = transform.get_parent_op {handle} {{op_name = "scf.for", nth_parent = {nth}}}'
+        f" : ({ANY}) -> {loop}\n"
+        f"      %pm{tag}, %pp{tag} = transform.loop.peel %pl{tag} : ({loop}) -> ({ANY}, {ANY})\n    }}"
+    )
+
+
 def named_sequence(body: str, *, consumed: bool) -> str:
     """A transform module whose `@__transform_main` runs `body` on `%root`."""
     mode = "transform.consumed" if consumed else "transform.readonly"

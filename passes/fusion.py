@@ -45,6 +45,7 @@ from tilecraft.dialects.irutil import (
     ANY,
     captured,
     named_sequence,
+    peel_parent_loop,
     print_op,
     static_loop,
     walk_ops,
@@ -66,8 +67,8 @@ MATMUL_REGISTERS_8_LANES = (8, 8)
 # whole 64-byte lines of B), the rows that do not fill a tile peeled into a loop of their
 # own (`PEEL_ROWS`). A [16, 49, 256, 256] batched matmul (ResNet-18's Winograd GEMMs at
 # 7×7) ran at 42 GFLOP/s as 7×8 tiles and 64 as 6×16 on 54 rows (AVX2 Zen 3, 1 thread).
-MATMUL_REGISTERS_PEELED = (6, 16)
 PEEL_ROWS = True
+PEELED_ACCUMULATORS = 12  # of 16 registers (as `schedule.accumulator_cap`): 6×16 on AVX2
 
 
 def matmul_registers(target) -> tuple[int, int]:
@@ -80,9 +81,6 @@ def peels_rows(target) -> bool:
     whatever their count, the rest peeled (`PEEL_ROWS`; targets with 16 vector registers
     only: AVX-512's 8×32 tiles divide the rows as they are)."""
     return PEEL_ROWS and _lanes(target) < opinfo.LANES
-
-
-PEELED_ACCUMULATORS = MATMUL_REGISTERS_PEELED[0] * MATMUL_REGISTERS_PEELED[1] // 8  # 12 of 16 registers
 
 
 def _peeled_register_tile(rows: int, cols: int, lanes: int) -> tuple[int, int] | None:
@@ -754,17 +752,10 @@ def fusion_script(
     body: list[str] = []
 
     def peel(g: FusionDecision, tile: str) -> None:
-        inner = [t for t in g.inner]
-        for d in sorted(ragged.get(g.sink, ()), reverse=True):  # (innermost first: outer handles stay valid)
-            nth = sum(1 for t in inner[d:] if t)  # the loop's distance from the register tile
-            body.append(
-                f"    transform.sequence %root : {ANY} failures(propagate) {{\n    ^bb0(%pr{g.sink}_{d}: {ANY}):\n"
-                f'      %pl{g.sink}_{d} = transform.get_parent_op {tile} {{op_name = "scf.for", nth_parent = {nth}}}'
-                f' : ({ANY}) -> !transform.op<"scf.for">\n'
-                f"      %pm{g.sink}_{d}, %pp{g.sink}_{d} = transform.loop.peel %pl{g.sink}_{d}"
-                f' : (!transform.op<"scf.for">) -> ({ANY}, {ANY})\n    }}'
-            )
-            break  # (one loop: the rows; a second peel would need the first's fresh handles)
+        if g.sink in ragged:  # (one loop, the innermost ragged one: the rows)
+            d = max(ragged[g.sink])
+            nth = sum(1 for t in g.inner[d:] if t)  # the loop's distance from the register tile
+            body.append(peel_parent_loop(tile, nth, f"{g.sink}_{d}"))
 
     for g in decisions:
         for op in g.ops:
@@ -844,11 +835,11 @@ def apply(module: ir.Module, decisions: Sequence[FusionDecision], *, reproduce: 
         for op in g.ops:
             if g.registers or (kinds[op] not in CONTRACTIONS and kinds[op] != "fill"):
                 nodes[op].op.attributes[FUSED] = ir.UnitAttr.get(module.context)
-    ragged = {g.sink: ragged_dims(g.tiles, g.inner, nodes[g.sink].info.extents) for g in decisions if g.inner}
-    ragged = {k: v for k, v in ragged.items() if v}
+    ragged = {g.sink: dims for g in decisions if (dims := ragged_dims(g.tiles, g.inner, nodes[g.sink].info.extents))}
     groups = [[nodes[op].op for op in g.ops] for g in decisions]  # (in islands: each fusion costs its kernel's size)
-    script = fusion_script(decisions, kinds, ragged)
-    apply_transform_in_islands(module, script, groups, stage="fuse", reproduce=reproduce)
+    apply_transform_in_islands(
+        module, fusion_script(decisions, kinds, ragged), groups, stage="fuse", reproduce=reproduce
+    )
     return module
 
 

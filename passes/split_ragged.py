@@ -4,17 +4,18 @@ On the passes floor; the last of the canonical rewrites (`compiler/driver.py`), 
 and the schedules see its parts. Reads and rewrites a module.
 
 A schedule tiles an op by sizes that divide its extents: every tile is static, so it
-vectorizes and its loops need no bounds checks (only a matmul's register rows may leave
-a remainder, peeled into a static tile of its own: `schedule.peeled_rows`). An extent
-with no useful divisor (a ViT's 197 tokens: prime) leaves one-row tiles and, as a vector
-dimension, no multiple of the 16 lanes — its matmuls ran scalar, a ViT at 0.43× eager. Here every structured op is split
-along each ragged *parallel* loop at the last multiple of `QUANTUM` (197 → 192 + 5;
-`transform.structured.split`): two static ops over slices of the same operands, their
-results inserted into one tensor. Splitting every op of the model at the same point lines
-the parts up: a consumer's part reads exactly its producer's part, and `fold_slices` folds
-the slice of an insert into the inserted value, so each part becomes its own chain (the
-192-row matmul, its bias and GELU fuse as before; the 5-row rest is a small chain of its
-own). Reduction loops are never split (a softmax's 197 keys stay one row).
+vectorizes and its loops need no bounds checks (only a matmul's register rows may leave a
+remainder, peeled into a static tile of its own: `schedule.peeled_rows`). An extent with
+no useful divisor (a ViT's 197 tokens: prime) leaves one-row tiles and, as a vector
+dimension, no multiple of the 16 lanes — its matmuls ran scalar, a ViT at 0.43× eager.
+Here every structured op is split along each ragged *parallel* loop at the last multiple
+of `QUANTUM` (197 → 192 + 5; `transform.structured.split`): two static ops over slices of
+the same operands, their results inserted into one tensor. Splitting every op of the model
+at the same point lines the parts up: a consumer's part reads exactly its producer's part,
+and `fold_slices` folds the slice of an insert into the inserted value, so each part
+becomes its own chain (the 192-row matmul, its bias and GELU fuse as before; the 5-row
+rest is a small chain of its own). Reduction loops are never split (a softmax's 197 keys
+stay one row).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from torch_mlir import ir
 
 from tilecraft.dialects import tc
-from tilecraft.dialects.irutil import ANY, named_sequence, ops_named, walk_ops  # noqa: F401 (re-exported)
+from tilecraft.dialects.irutil import ANY, named_sequence, ops_named, peel_parent_loop, walk_ops  # noqa: F401 (re-exported)
 from tilecraft.dialects.opinfo import (  # noqa: F401 (re-exported: the analysis schedules are made from)
     LANES,
     NAMED_KINDS,
@@ -502,13 +502,7 @@ def tiling_script(infos: Sequence[OpInfo], scheds: Mapping[int, TileDecision], *
             sizes = [0 if t >= x else t for t, x in zip(s.tiles[-1][batch:], register_extents)]
             nth = sum(1 for t in sizes[len(sizes) - 3 :] if t)  # (the rows' loop: m, then n and k inside)
             body.append(f'    transform.annotate {h} "{PEELED}" : {ANY}')  # (the tile has no op id left)
-            body.append(
-                f"    transform.sequence %root : {ANY} failures(propagate) {{\n    ^bb0(%pr{info.op_id}: {ANY}):\n"
-                f'      %pl{info.op_id} = transform.get_parent_op {h} {{op_name = "scf.for", nth_parent = {nth}}}'
-                f' : ({ANY}) -> !transform.op<"scf.for">\n'
-                f"      %pm{info.op_id}, %pp{info.op_id} = transform.loop.peel %pl{info.op_id}"
-                f' : (!transform.op<"scf.for">) -> ({ANY}, {ANY})\n    }}'
-            )
+            body.append(peel_parent_loop(h, nth, str(info.op_id)))
             continue
         if s.vectorize and vectorize:
             # An op the vectorizer rejects stays scalar (lowered to loops later).
