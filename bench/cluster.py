@@ -5,7 +5,7 @@
    corpus (SQLite, or a fresh database on `--db-server`, a PostgreSQL URL): the (kernel,
    decision) pairs must be the same, none repeated; wall time of each.
 2. Training: the LightGBM cost model fitted on the corpus's main machine, held-out by
-   kernel (fold 0 of 5), once in this process and once with `lightgbm.dask` on the cluster
+   kernel (fold 0 of 5), once in this process and once data-parallel on the cluster
    (the boosters of `costmodel train --scheduler`): held-out MAPE, Spearman,
    pairwise-order accuracy, top-1, and the fit's wall time.
 
@@ -104,7 +104,7 @@ def main() -> int:
         fit, held_out = evaluate.kernel_folds(records, 5)[0]
         groups = evaluate.by_kernel(held_out)
         rows = {}
-        for name, kwargs in (("single process", {}), (f"lightgbm.dask ({workers} workers)", {"client": client})):
+        for name, kwargs in (("single process", {}), (f"data-parallel ({workers} workers)", {"client": client})):
             t0 = time.perf_counter()
             model = LightGBMCostModel(target, rounds=rounds).fit(fit, **kwargs)
             rows[name] = {**evaluate.score_model(model, groups), "fit_s": time.perf_counter() - t0}

@@ -838,9 +838,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="train on every machine's measurements (the target features tell them apart), not only the main one's",
     )
-    ct.add_argument(
-        "--scheduler", metavar="ADDR", help="train with lightgbm.dask on the workers of this Dask scheduler"
-    )
+    ct.add_argument("--scheduler", metavar="ADDR", help="train data-parallel on the workers of this Dask scheduler")
     ct.add_argument(
         "--for-target",
         metavar="HASH",

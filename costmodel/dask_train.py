@@ -1,35 +1,78 @@
-"""Data-parallel boosting on a Dask cluster: `lightgbm.dask` behind `costmodel train --scheduler`.
+"""Data-parallel boosting on a Dask cluster, behind `costmodel train --scheduler`.
 
 On the costmodel floor; `LightGBMCostModel.fit(records, client=…)` calls `train_booster`
-for each of its three boosters instead of `lightgbm.train`. The rows (already featurized
-by the model) are cut into one contiguous partition per worker — whole kernels per
-partition, since a ranking query must not straddle two — and LightGBM's data-parallel
-learner builds the trees across the workers. The result is an ordinary `lightgbm.Booster`,
-so the model file is the same as a single-process fit's.
+for each of its three boosters instead of `lightgbm.train`. Each worker of the cluster
+runs `lightgbm.train` on its share of the rows, and LightGBM's data-parallel learner sums
+their histograms over its own sockets, so every split sees every row. The result is an
+ordinary `lightgbm.Booster`: the model file is the same as a single-process fit's.
+
+What makes the fit repeatable and close to a single-process one:
+- **Placement is ours.** Partition i goes to the i-th worker (by address), and that worker
+  is LightGBM's rank i. (`lightgbm.dask` trained wherever Dask had happened to compute
+  each chunk: sometimes both on one worker, sometimes split, a different model each time.)
+- **Whole kernels, dealt in turn.** A ranking query must not straddle two partitions, and
+  a corpus is stored kernel by kernel: contiguous partitions would give one worker the
+  convolutions and another the matmuls.
+- **One set of bins.** Every worker bins its rows by the bin boundaries of one sample of
+  all rows (`SAMPLE_ROWS`, the same sample everywhere), as a single process does. Left to
+  itself, distributed LightGBM bins each feature from one worker's rows alone.
 """
 
 from __future__ import annotations
+
+import socket
+from urllib.parse import urlparse
 
 import lightgbm as lgb
 import numpy as np
 
 from tilecraft.costmodel.model import CostModelError
 
+SAMPLE_ROWS = 50_000  # rows every worker bins by (LightGBM samples at most 200,000 itself)
+TIME_OUT_MIN = 10  # how long a worker waits for the others to connect
+_NETWORK = ("machines", "local_listen_port", "num_machines", "num_threads", "tree_learner", "time_out")
 
-def _partitions(n_rows: int, groups: list[int] | None, parts: int) -> tuple[list[int], list[int] | None]:
-    """Row counts per partition (and query counts, with groups): contiguous, about equal."""
-    if groups is None:
-        edges = np.linspace(0, n_rows, parts + 1).round().astype(int)
-        return [int(b - a) for a, b in zip(edges[:-1], edges[1:]) if b > a], None
-    rows, queries, acc, q = [], [], 0, 0
-    per_part = n_rows / parts
-    for g in groups:
-        acc += g
-        q += 1
-        if acc >= per_part * (len(rows) + 1) - 1e-9 or acc == n_rows:
-            rows.append(acc - sum(rows))
-            queries.append(q - sum(queries))
-    return rows, queries
+
+def deal(blocks: list[int], parts: int) -> list[tuple[np.ndarray, list[int]]]:
+    """Row indices and block sizes of each partition, the blocks (a kernel's rows, which
+    stay together) dealt to the partitions in turn; empty partitions left out."""
+    starts = np.concatenate([[0], np.cumsum(blocks)[:-1]]).astype(int)
+    out = []
+    for p in range(parts):
+        mine = range(p, len(blocks), parts)
+        if len(mine):
+            rows = np.concatenate([np.arange(starts[k], starts[k] + blocks[k]) for k in mine])
+            out.append((rows, [blocks[k] for k in mine]))
+    return out
+
+
+def _open_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def _ports(client, workers: list[str]) -> dict[str, int]:
+    """A free port on each worker, no two alike on one host."""
+    for _ in range(5):
+        ports = client.run(_open_port, workers=workers)
+        if len({(urlparse(w).hostname, ports[w]) for w in workers}) == len(workers):
+            return ports
+    raise CostModelError("could not find a free port on every Dask worker for LightGBM's network")
+
+
+def _train_part(params, dataset_params, sample, part, rounds, feature_name):
+    """One rank's share of a data-parallel fit (runs on a Dask worker)."""
+    x, y, init_score, group = part
+    reference = lgb.Dataset(sample, feature_name=feature_name, params=dataset_params)
+    data = lgb.Dataset(x, y, init_score=init_score, group=group, reference=reference, feature_name=feature_name)
+    booster = None
+    try:
+        booster = lgb.train(params, data, rounds)
+        return booster.model_to_string()
+    finally:
+        if booster is not None:
+            booster.free_network()
 
 
 def train_booster(
@@ -42,33 +85,55 @@ def train_booster(
     init_score: np.ndarray | None = None,
     group: list[int] | None = None,
     feature_name: list[str] | None = None,
+    kernels: list[int] | None = None,
 ) -> lgb.Booster:
-    import dask.array as da
-
-    try:
-        import lightgbm.dask as lgb_dask
-    except (ImportError, lgb.basic.LightGBMError) as exc:  # lightgbm.dask needs scikit-learn and dask
-        raise CostModelError(f"training on a cluster needs pip install 'tilecraft[cluster]' ({exc})") from None
-
-    workers = list(client.scheduler_info()["workers"])
+    """`lightgbm.train(params, Dataset(x, y, …), rounds)` across the client's workers.
+    `kernels` (rows per kernel, in order) keeps each kernel's rows on one worker; `group`
+    (a ranking objective's queries) must be unions of whole kernels, or is the kernels."""
+    info = client.scheduler_info()["workers"]
+    workers = sorted(info)
     if not workers:
         raise CostModelError("the Dask scheduler has no workers to train on")
-    rows, queries = _partitions(len(y), group, len(workers))
-    chunks = tuple(rows)
-    data = {
-        "X": da.from_array(x, chunks=(chunks, x.shape[1])),
-        "y": da.from_array(y, chunks=(chunks,)),
-    }
-    fit_args: dict = {"feature_name": feature_name or "auto"}
-    if init_score is not None:
-        fit_args["init_score"] = da.from_array(init_score, chunks=(chunks,))
-    if group is not None:
-        fit_args["group"] = da.from_array(np.asarray(group), chunks=(tuple(queries),))
-    params = dict(params)
-    objective = params.pop("objective")
-    params.pop("eval_at", None)
-    estimator = (lgb_dask.DaskLGBMRanker if objective == "lambdarank" else lgb_dask.DaskLGBMRegressor)(
-        client=client, objective=objective, n_estimators=rounds, **params
-    )
-    estimator.fit(data["X"], data["y"], **fit_args)
-    return estimator.booster_
+    blocks = kernels or group or [1] * len(y)
+    if group is not None and group != blocks:
+        raise CostModelError("a ranking query must be one kernel's rows")
+    parts = deal(blocks, len(workers))
+    workers = workers[: len(parts)]
+    rng = np.random.default_rng(0)
+    sample = x if len(x) <= SAMPLE_ROWS else x[np.sort(rng.choice(len(x), SAMPLE_ROWS, replace=False))]
+
+    params = {k: v for k, v in params.items() if k not in (*_NETWORK, "eval_at")}
+    dataset_params = {k: v for k, v in params.items() if k != "objective"}
+    ports = _ports(client, workers)
+    machines = ",".join(f"{urlparse(w).hostname}:{ports[w]}" for w in workers)
+    shared = client.scatter(sample, broadcast=True, workers=workers)
+    futures = []
+    for w, (rows, sizes) in zip(workers, parts):
+        part = (x[rows], y[rows], None if init_score is None else init_score[rows], sizes if group else None)
+        network = {
+            "machines": machines,
+            "local_listen_port": ports[w],
+            "num_machines": len(workers),
+            "num_threads": info[w].get("nthreads", 1),
+            "tree_learner": "data",
+            "time_out": TIME_OUT_MIN,
+        }
+        futures.append(
+            client.submit(
+                _train_part,
+                {**params, **network},
+                dataset_params,
+                shared,
+                client.scatter(part, workers=[w]),
+                rounds,
+                feature_name or "auto",
+                workers=[w],
+                allow_other_workers=False,
+                pure=False,
+            )
+        )
+    try:
+        models = client.gather(futures)
+    except lgb.basic.LightGBMError as exc:
+        raise CostModelError(f"data-parallel training on the Dask workers failed: {exc}") from None
+    return lgb.Booster(model_str=models[0])

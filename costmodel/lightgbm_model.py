@@ -122,7 +122,7 @@ class LightGBMCostModel:
                 from tilecraft.costmodel import dask_train
 
                 return dask_train.train_booster(
-                    client, params, x, y, rounds, init_score=init_score, group=group, feature_name=names
+                    client, params, x, y, rounds, init_score=init_score, group=group, feature_name=names, kernels=groups
                 )
             data = lgb.Dataset(x, y, init_score=init_score, group=group, feature_name=names)
             return lgb.train(params, data, rounds)

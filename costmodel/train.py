@@ -94,7 +94,7 @@ def train(
 ) -> dict:
     """Fit on every record of the corpus (of its main target, or of every machine with
     `all_targets`) and save; returns a summary. With `scheduler` (a Dask scheduler's
-    address), the boosting runs data-parallel on its workers (`lightgbm.dask`). With
+    address), the boosting runs data-parallel on its workers (`dask_train.py`). With
     `for_target` (a target hash of the corpus), the model is that machine's, trained on
     every machine's rows with its own counted `repeat` times (so a machine with few rows
     steers the trees where it has them, and borrows the others' elsewhere)."""
