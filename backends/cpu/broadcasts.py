@@ -26,25 +26,49 @@ def rows_without_transposes(module: ir.Module) -> int:
     vector<M x N> as the broadcast of vector<N x 1> to vector<N x M>; returns how many."""
     done = 0
     for op in tiling.ops_named(module.operation, "vector.transpose"):
-        src = op.operands[0]
-        owner = getattr(src.owner, "operation", src.owner)
-        if not isinstance(owner, ir.Operation) or owner.name != "vector.broadcast":
-            continue
-        row = owner.operands[0]
         if [int(p) for p in ir.DenseI64ArrayAttr(op.attributes["permutation"])] != [1, 0]:
             continue
-        if not isinstance(row.type, ir.VectorType) or ir.VectorType(row.type).rank != 1:
-            continue
         out = ir.VectorType(op.results[0].type)
-        n = ir.VectorType(row.type).shape[0]
-        if list(out.shape)[0] != n:
+        found = _broadcast_column(op.operands[0], list(out.shape)[0])
+        if found is None:
             continue
+        row, dead = found
         with ir.InsertionPoint(op), op.location:
-            column = vector.shape_cast(ir.VectorType.get([n, 1], out.element_type), row)
-            stretched = vector.broadcast(out, column)
+            if ir.VectorType(row.type).rank == 1:
+                row = vector.shape_cast(ir.VectorType.get([list(out.shape)[0], 1], out.element_type), row)
+            stretched = vector.broadcast(out, row)
         op.results[0].replace_all_uses_with(stretched)
         op.erase()
-        if not list(owner.results[0].uses):
-            owner.erase()
+        for o in dead:  # (the chain that fed the transpose, users first)
+            if not any(len(list(r.uses)) for r in o.results):
+                o.erase()
         done += 1
     return done
+
+
+def _owner(v: ir.Value) -> ir.Operation | None:
+    o = getattr(v.owner, "operation", v.owner)
+    return o if isinstance(o, ir.Operation) else None
+
+
+def _broadcast_column(v: ir.Value, n: int) -> tuple[ir.Value, list[ir.Operation]] | None:
+    """The vector<N> or vector<N x 1> that `v` (a vector<M x N>) repeats M times, and the
+    ops that made `v` from it, or None. Two spellings: a broadcast of vector<N>, and (a
+    read of vector<N x 1>, as a tap of a convolution's window reads its rows) a broadcast
+    of vector<N x 1> to vector<M x N x 1> shape-cast to vector<M x N>."""
+    owner = _owner(v)
+    if owner is not None and owner.name == "vector.shape_cast":
+        inner = _owner(owner.operands[0])
+        if inner is None or inner.name != "vector.broadcast":
+            return None
+        src = inner.operands[0]
+        shape = list(ir.VectorType(inner.results[0].type).shape)
+        if isinstance(src.type, ir.VectorType) and list(ir.VectorType(src.type).shape) == [n, 1] == shape[1:]:
+            return src, [owner, inner]
+        return None
+    if owner is None or owner.name != "vector.broadcast":
+        return None
+    row = owner.operands[0]
+    if isinstance(row.type, ir.VectorType) and list(ir.VectorType(row.type).shape) == [n]:
+        return row, [owner]
+    return None

@@ -29,6 +29,7 @@ from tilecraft.backends.cpu import (
     avx512_dot,
     broadcasts,
     dedup,
+    fma,
     math_approx,
     pads,
     pool,
@@ -158,6 +159,7 @@ def to_vector(
     copies = tidy_copies(module, vectorize_fills=vectorize_fills, threads=parallel_chunks(module)) if vectorize else []
     reductions.split_row_reductions(module)  # rows reduced a register at a time, not a lane
     broadcasts.rows_without_transposes(module)  # a per-row value: one broadcast per row, no shuffle
+    fma.fused_multiply_adds(module)  # a product's one add: one vfmadd
     if strided_reads:
         strided.contiguous_strided_reads(module)  # a strided last-dim read: loads and shuffles
     apply_transform(module, lower_vectors_script(copies), stage="vector", reproduce="cpu-vector", before=before)
