@@ -38,6 +38,7 @@ from tilecraft.backends.cpu import (
     scratch,
     strided,
     tcomp,
+    unroll,
 )
 from tilecraft.backends.cpu import schedule as tiling
 from tilecraft.backends.cpu.target import host
@@ -389,6 +390,7 @@ def prepare_llvm(module: ir.Module) -> None:
     distinct_results(module)
     if _has_tm_tensor_ops(module):  # (bufferized in the vector stage) → scf loops
         run_pipeline(module, "builtin.module(func.func(tm-tensor-to-loops))", stage="llvm", reproduce="cpu-llvm")
+    unroll.rolled_copies(module)  # data-movement loops: not unrolled by LLVM
     for func in list(public_funcs(module)):
         dedup.dedup_kernels(module, func)  # identical kernels: one function, called by each
 
@@ -503,6 +505,7 @@ def convert_to_llvm(module: ir.Module, *, pool_role: str = "own") -> ir.Module:
             "convert-vector-to-llvm{enable-x86},finalize-memref-to-llvm,convert-scf-to-cf,convert-openmp-to-llvm,",
         )
     run_pipeline(module, pipeline, stage="llvm", reproduce="cpu-llvm")
+    unroll.loop_annotations(module)
     if threads > 1:
         tcomp.check_regions(module)
     amx.keep_blocks_out_of_line(module)

@@ -26,6 +26,7 @@ import os
 
 from torch_mlir import ir, passmanager
 
+from tilecraft.backends.cpu import unroll
 from tilecraft.dialects import islands
 from tilecraft.dialects.irutil import static_loop
 
@@ -90,7 +91,7 @@ def weight(op: ir.Operation) -> float:
         for block in region.blocks:
             for inner in block.operations:
                 w += weight(inner)
-    if o.name == "scf.for":
+    if o.name == "scf.for" and unroll.ANNOTATION not in o.attributes:  # (a loop LLVM keeps: `unroll.py`)
         trips = _trip_count(o)
         if trips is not None and trips * w <= UNROLLED:
             w *= trips
