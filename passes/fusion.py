@@ -31,6 +31,7 @@ integer program, HiGHS through `scipy.optimize.milp`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import re
@@ -244,6 +245,12 @@ class Node:
     @property
     def out_map(self) -> tuple[int | None, ...]:
         return self.maps[-1] if self.maps else ()
+
+    @functools.cached_property
+    def captured(self) -> list[ir.Value]:
+        """Values the op's body reads from outside it (`irutil.captured`), found once: the
+        fusion planner outlines each op in every candidate group it prices."""
+        return captured(self.op)
 
 
 def analyze(module: ir.Module) -> dict[int, Node]:
@@ -860,8 +867,8 @@ def outline_group(nodes: Mapping[int, Node], group: Sequence[int], state: ir.Asm
     consts: list[str] = []
     texts = []
 
-    def take(op: ir.Operation) -> None:
-        for v in [*op.operands, *captured(op)]:
+    def take(op: ir.Operation, reads: list[ir.Value] | None = None) -> None:
+        for v in [*op.operands, *(captured(op) if reads is None else reads)]:
             owner = getattr(v.owner, "operation", v.owner)
             if v in inside:
                 continue
@@ -896,7 +903,7 @@ def outline_group(nodes: Mapping[int, Node], group: Sequence[int], state: ir.Asm
             texts.append(print_op(op, state))
         finally:
             op.attributes[tc.OP_ID] = tag
-        take(op)
+        take(op, nodes[m].captured)
     body = "\n".join([*dict.fromkeys(consts), *texts])
     names: dict[str, str] = {v.get_name(state): f"%arg{i}" for i, v in enumerate(args)}
     result = nodes[order[-1]].op.results[0]

@@ -279,18 +279,13 @@ def _later_uses(pad: ir.Operation, x: ir.Value) -> list:
     """The uses of the pad's source `x` by ops after the pad in its block (or inside them)."""
     if not INTERIOR_READS:
         return []
-    order = list(pad.block.operations)
-    at = next(i for i, o in enumerate(order) if o.operation == pad)
     out = []
     for use in x.uses:
         owner = _user(use)
         if owner is None or owner == pad:
             continue
         top = _top(owner, pad.block)
-        if top is None:
-            continue
-        i = next((i for i, o in enumerate(order) if o.operation == top), -1)
-        if i > at:
+        if top is not None and top != pad and pad.is_before_in_block(top):
             out.append((owner, use.operand_number))
     return out
 
