@@ -6,8 +6,8 @@ kernel inlined): MobileNet-V2's LLVM stage and JIT took 2.4 + 5.3 s on one core 
 Here, after the vector stage, the second half of `forward`'s top-level ops moves into a
 public function of a module of its own, and a forked child process lowers that module to
 LLVM and machine code while this process does the rest; both objects are linked into one
-shared library. The halves are cut by `weight`: the LLVM code each op becomes (a fitted
-count per op kind), with the loops LLVM unrolls fully counted once per iteration and the
+shared library. The halves are cut by `weight`: the time LLVM takes for each op (a fitted
+cost per op kind), with the loops LLVM unrolls fully counted once per iteration and the
 convolution windows left as scalar loops counted by their size. Measured per kernel (each
 compiled alone), MobileNet-V2's halves cost 4.0 and 4.6 s, resnet18's 3.8 and 2.9 s.
 A kernel `dedup` shared among identical copies is a call of its function: each half
@@ -48,8 +48,9 @@ SHARED = (
 )
 # Ops without operands copied into the half that reads them (a loop bound stays a constant).
 CLONED = ("arith.constant", "ub.poison")
-# The first half's share of the weight.
-FIRST = 0.55
+# The first half's share of the weight (this process's: the child first parses its half
+# and lowers it on a single-threaded context; resnet18: 0.3-0.4 s waited for it at 0.55).
+FIRST = 0.6
 # Below this weight a module compiles whole: forking and linking cost more than they save.
 MIN_WEIGHT = 15000
 
@@ -74,28 +75,65 @@ OP_WEIGHTS = {
     **dict.fromkeys(("scf.forall", "scf.forall.in_parallel", "arith.subf", "arith.maximumf", "linalg.yield"), 0),
 }
 UNSEEN = 4
+# LLVM's seconds per vector-stage op, in units of 25 µs, fitted (non-negative least
+# squares, with a per-module constant left out here) on 328 kernels of four zoo models
+# each lowered and compiled alone on the AVX2 host (R² 0.98; the code-size weights above
+# 0.48, since copies stopped unrolling and FMAs and broadcasts replaced the shuffles).
+# A loop's cost is its body's; a kind the fit gave nothing counts nothing; an unseen one 4.
+COMPILE_WEIGHTS = {
+    "vector.insert_strided_slice": 509,
+    "arith.select": 90,
+    "arith.cmpi": 89,
+    "vector.extract_strided_slice": 62,
+    "math.fma": 54,
+    "ub.poison": 48,
+    "memref.subview": 30,
+    "vector.store": 23,
+    "arith.mulf": 21,
+    "arith.maximumf": 18,
+    "vector.broadcast": 16,
+    "vector.extract": 13,
+    "vector.fma": 11,
+    "arith.constant": 5,
+    "memref.prefetch": 4,
+    "vector.load": 3,
+    **dict.fromkeys(("affine.apply", "arith.addf", "arith.addi", "arith.subf", "arith.muli", "arith.cmpf"), 0),
+    **dict.fromkeys(("arith.minimumf", "arith.divf", "arith.index_cast", "vector.insert", "vector.shuffle"), 0),
+    **dict.fromkeys(("scf.for", "scf.yield", "scf.forall", "scf.forall.in_parallel", "linalg.yield"), 0),
+    **dict.fromkeys(("vector.reduction", "memref.load", "func.return"), 0),
+}
 # A call of a kernel `dedup` shared: the kernel's name and weight (a half compiles each
 # kernel it calls once).
 KERNEL, KERNEL_WEIGHT = "tc.kernel", "tc.kernel_weight"
 
 
 def weight(op: ir.Operation) -> float:
-    """The LLVM code `op` and the ops nested in it become, roughly (`OP_WEIGHTS`)."""
+    """The seconds LLVM spends on `op` and the ops nested in it, in `COMPILE_WEIGHTS`
+    units (what `plan` balances)."""
+    return _measure(op)[1]
+
+
+def _measure(op: ir.Operation) -> tuple[float, float]:
+    """(size, cost): the LLVM code `op` becomes (`OP_WEIGHTS`: what LLVM unrolls fully
+    depends on it) and the time LLVM takes for it (`COMPILE_WEIGHTS`), its loops LLVM
+    unrolls counted once per iteration."""
     o = op.operation
     if o.name == "func.call" and KERNEL_WEIGHT in o.attributes:  # (a shared kernel: `dedup`)
-        return ir.FloatAttr(o.attributes[KERNEL_WEIGHT]).value
-    w = OP_WEIGHTS.get(o.name, UNSEEN)
+        w = ir.FloatAttr(o.attributes[KERNEL_WEIGHT]).value
+        return w, w
+    size, cost = OP_WEIGHTS.get(o.name, UNSEEN), COMPILE_WEIGHTS.get(o.name, UNSEEN)
     if o.name.startswith(("linalg.depthwise_conv", "linalg.conv", "linalg.pooling")):
-        w = _scalar_loops(o)
+        size = cost = _scalar_loops(o)
     for region in o.regions:
         for block in region.blocks:
             for inner in block.operations:
-                w += weight(inner)
+                s, c = _measure(inner)
+                size, cost = size + s, cost + c
     if o.name == "scf.for" and unroll.ANNOTATION not in o.attributes:  # (a loop LLVM keeps: `unroll.py`)
         trips = _trip_count(o)
-        if trips is not None and trips * w <= UNROLLED:
-            w *= trips
-    return w
+        if trips is not None and trips * size <= UNROLLED:
+            size, cost = size * trips, cost * trips
+    return size, cost
 
 
 def _scalar_loops(op: ir.Operation) -> float:
