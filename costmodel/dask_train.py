@@ -31,6 +31,7 @@ from tilecraft.costmodel.model import CostModelError
 SAMPLE_ROWS = 50_000  # rows every worker bins by (LightGBM samples at most 200,000 itself)
 TIME_OUT_MIN = 10  # how long a worker waits for the others to connect
 _NETWORK = ("machines", "local_listen_port", "num_machines", "num_threads", "tree_learner", "time_out")
+_NETWORK_LINES = tuple(f"[{k}: " for k in _NETWORK)
 
 
 def deal(blocks: list[int], parts: int) -> list[tuple[np.ndarray, list[int]]]:
@@ -66,13 +67,18 @@ def _train_part(params, dataset_params, sample, part, rounds, feature_name):
     x, y, init_score, group = part
     reference = lgb.Dataset(sample, feature_name=feature_name, params=dataset_params)
     data = lgb.Dataset(x, y, init_score=init_score, group=group, reference=reference, feature_name=feature_name)
-    booster = None
     try:
-        booster = lgb.train(params, data, rounds)
-        return booster.model_to_string()
+        return lgb.train(params, data, rounds).model_to_string()
     finally:
-        if booster is not None:
-            booster.free_network()
+        # (on failure too: the booster `lgb.train` made lives on in the traceback Dask
+        # keeps, and a rank whose sockets stay open blocks the others until `time_out`)
+        lgb.basic._safe_call(lgb.basic._LIB.LGBM_NetworkFree())
+
+
+def _without_network(model: str) -> str:
+    """The model text without the parameters of the fit's network (its workers' addresses
+    and ports, random per fit): the same rows give the same model file."""
+    return "\n".join(line for line in model.split("\n") if not line.startswith(_NETWORK_LINES))
 
 
 def train_booster(
@@ -89,13 +95,15 @@ def train_booster(
 ) -> lgb.Booster:
     """`lightgbm.train(params, Dataset(x, y, …), rounds)` across the client's workers.
     `kernels` (rows per kernel, in order) keeps each kernel's rows on one worker; `group`
-    (a ranking objective's queries) must be unions of whole kernels, or is the kernels."""
+    (a ranking objective's queries) must be the kernels. (Boosting from the average, as the
+    regressions without `init_score` do, starts from the mean of the ranks' means, which
+    differs a little from the mean of all rows: partitions of whole kernels differ in size.)"""
     info = client.scheduler_info()["workers"]
     workers = sorted(info)
     if not workers:
         raise CostModelError("the Dask scheduler has no workers to train on")
-    blocks = kernels or group or [1] * len(y)
-    if group is not None and group != blocks:
+    blocks = [int(n) for n in (kernels if kernels is not None else group if group is not None else [1] * len(y))]
+    if group is not None and list(group) != list(blocks):
         raise CostModelError("a ranking query must be one kernel's rows")
     parts = deal(blocks, len(workers))
     workers = workers[: len(parts)]
@@ -109,7 +117,8 @@ def train_booster(
     shared = client.scatter(sample, broadcast=True, workers=workers)
     futures = []
     for w, (rows, sizes) in zip(workers, parts):
-        part = (x[rows], y[rows], None if init_score is None else init_score[rows], sizes if group else None)
+        scores = None if init_score is None else init_score[rows]
+        part = (x[rows], y[rows], scores, sizes if group is not None else None)
         network = {
             "machines": machines,
             "local_listen_port": ports[w],
@@ -134,6 +143,8 @@ def train_booster(
         )
     try:
         models = client.gather(futures)
-    except lgb.basic.LightGBMError as exc:
-        raise CostModelError(f"data-parallel training on the Dask workers failed: {exc}") from None
-    return lgb.Booster(model_str=models[0])
+    except Exception as exc:  # LightGBM's errors, a worker lost (KilledWorker, a closed comm), bad data
+        client.cancel(futures)
+        why = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise CostModelError(f"data-parallel training on the Dask workers failed: {why}") from None
+    return lgb.Booster(model_str=_without_network(models[0]))
