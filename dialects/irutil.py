@@ -76,6 +76,16 @@ def entry_func(module: ir.Module) -> ir.Operation:
     return next(op.operation for op in module.body.operations if op.operation.name == "func.func")
 
 
+def kernel_ops(module: ir.Module):
+    """The top-level ops of every defined `func.func` of the module (after the vector
+    stage, each a kernel: a loop nest over buffers), the functions in order."""
+    for fn in module.body.operations:
+        fn = fn.operation
+        if fn.name == "func.func" and len(fn.regions[0].blocks):
+            for op in fn.regions[0].blocks[0].operations:
+                yield op.operation
+
+
 def public_funcs(module: ir.Module):
     """The module's public functions (entry points), in order."""
     for op in module.body.operations:

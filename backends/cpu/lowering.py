@@ -46,6 +46,7 @@ from tilecraft.dialects.irutil import (
     ANY,
     append_helper,
     apply_transform,
+    kernel_ops,
     ops_named,
     owner_op,
     public_funcs,
@@ -593,14 +594,9 @@ def parallel_chunks(module: ir.Module) -> int:
     chunks, one a thread: `passes/parallel.py`; a kernel `dedup` shared is a function of
     its own); 1 when there is none."""
     most = 1
-    for func in module.body.operations:
-        func = func.operation
-        if func.name != "func.func" or not len(func.regions[0].blocks):
-            continue
-        for op in func.regions[0].blocks[0].operations:
-            op = op.operation
-            if op.name == "scf.forall" and "staticUpperBound" in op.attributes:
-                most = max(most, math.prod(ir.DenseI64ArrayAttr(op.attributes["staticUpperBound"])))
+    for op in kernel_ops(module):
+        if op.name == "scf.forall" and "staticUpperBound" in op.attributes:
+            most = max(most, math.prod(ir.DenseI64ArrayAttr(op.attributes["staticUpperBound"])))
     return most
 
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from torch_mlir import ir
 
+from tilecraft.dialects.irutil import kernel_ops
+
 ENABLED = True  # (off only to compare)
 ANNOTATION = "llvm.loop_annotation"  # (a discardable attribute `convert-scf-to-cf` carries to the back edge)
 NO_UNROLL = "#llvm.loop_annotation<unroll = #llvm.loop_unroll<disable = true>>"
@@ -60,19 +62,11 @@ def rolled_copies(module: ir.Module) -> int:
         return 0
     attr = ir.Attribute.parse(NO_UNROLL, module.context)
     done = 0
-    for fn in module.body.operations:
-        fn = fn.operation
-        if fn.name != "func.func" or not len(fn.regions[0].blocks):
-            continue
-        for op in fn.regions[0].blocks[0].operations:
-            op = op.operation
-            if op.name not in ("scf.for", "scf.forall"):
-                continue
-            loops = _moves_only(op)
-            if loops:
-                for loop in loops:
-                    loop.attributes[ANNOTATION] = attr
-                done += 1
+    for op in kernel_ops(module):
+        loops = _moves_only(op) if op.name in ("scf.for", "scf.forall") else []
+        for loop in loops:
+            loop.attributes[ANNOTATION] = attr
+        done += bool(loops)
     return done
 
 
