@@ -1,8 +1,8 @@
 """Data-parallel boosting on a Dask cluster, behind `costmodel train --scheduler`.
 
-On the costmodel floor; `LightGBMCostModel.fit(records, client=…)` calls `train_booster`
-for each of its three boosters instead of `lightgbm.train`. Each worker of the cluster
-runs `lightgbm.train` on its share of the rows, and LightGBM's data-parallel learner sums
+On the costmodel floor; `LightGBMCostModel.fit(records, client=…)` places its rows once
+(`Placement`) and trains each of its three boosters there instead of `lightgbm.train`.
+Each worker of the cluster runs `lightgbm.train` on its share of the rows, and LightGBM's data-parallel learner sums
 their histograms over its own sockets, so every split sees every row. The result is an
 ordinary `lightgbm.Booster`: the model file is the same as a single-process fit's.
 
@@ -62,9 +62,9 @@ def _ports(client, workers: list[str]) -> dict[str, int]:
     raise CostModelError("could not find a free port on every Dask worker for LightGBM's network")
 
 
-def _train_part(params, dataset_params, sample, part, rounds, feature_name):
+def _train_part(params, dataset_params, sample, x, part, rounds, feature_name):
     """One rank's share of a data-parallel fit (runs on a Dask worker)."""
-    x, y, init_score, group = part
+    y, init_score, group = part
     reference = lgb.Dataset(sample, feature_name=feature_name, params=dataset_params)
     data = lgb.Dataset(x, y, init_score=init_score, group=group, reference=reference, feature_name=feature_name)
     try:
@@ -81,6 +81,82 @@ def _without_network(model: str) -> str:
     return "\n".join(line for line in model.split("\n") if not line.startswith(_NETWORK_LINES))
 
 
+class Placement:
+    """One fit's rows on the client's workers, sent once for all its boosters: rank i's
+    share of `x` (whole kernels, dealt in turn) on the i-th worker, and the sample every
+    worker bins by on each. `kernels`: rows per kernel, in order (None: one row each)."""
+
+    def __init__(self, client, x: np.ndarray, kernels: list[int] | None = None, feature_name: list[str] | None = None):
+        self.client, self.info = client, client.scheduler_info()["workers"]
+        workers = sorted(self.info)
+        if not workers:
+            raise CostModelError("the Dask scheduler has no workers to train on")
+        self.kernels = [int(n) for n in (kernels if kernels is not None else [1] * len(x))]
+        self.parts = deal(self.kernels, len(workers))
+        self.workers = workers[: len(self.parts)]
+        self.feature_name = feature_name or "auto"
+        rng = np.random.default_rng(0)
+        sample = x if len(x) <= SAMPLE_ROWS else x[np.sort(rng.choice(len(x), SAMPLE_ROWS, replace=False))]
+        self.sample = client.scatter(sample, broadcast=True, workers=self.workers)
+        self.x = [client.scatter(x[rows], workers=[w]) for w, (rows, _) in zip(self.workers, self.parts)]
+
+    def train(
+        self,
+        params: dict,
+        y: np.ndarray,
+        rounds: int,
+        *,
+        init_score: np.ndarray | None = None,
+        group: list[int] | None = None,
+    ) -> lgb.Booster:
+        """`lightgbm.train(params, Dataset(x, y, …), rounds)` across the workers. `group`
+        (a ranking objective's queries) must be the kernels. (Boosting from the average, as
+        the regressions without `init_score` do, starts from the mean of the ranks' means,
+        which differs a little from the mean of all rows: partitions of whole kernels
+        differ in size.)"""
+        if group is not None and [int(n) for n in group] != self.kernels:
+            raise CostModelError("a ranking query must be one kernel's rows")
+        client = self.client
+        params = {k: v for k, v in params.items() if k not in (*_NETWORK, "eval_at")}
+        dataset_params = {k: v for k, v in params.items() if k != "objective"}
+        ports = _ports(client, self.workers)
+        machines = ",".join(f"{urlparse(w).hostname}:{ports[w]}" for w in self.workers)
+        futures = []
+        for w, x, (rows, sizes) in zip(self.workers, self.x, self.parts):
+            scores = None if init_score is None else init_score[rows]
+            network = {
+                "machines": machines,
+                "local_listen_port": ports[w],
+                "num_machines": len(self.workers),
+                "num_threads": self.info[w].get("nthreads", 1),
+                "tree_learner": "data",
+                "time_out": TIME_OUT_MIN,
+            }
+            part = (y[rows], scores, sizes if group is not None else None)
+            futures.append(
+                client.submit(
+                    _train_part,
+                    {**params, **network},
+                    dataset_params,
+                    self.sample,
+                    x,
+                    part,
+                    rounds,
+                    self.feature_name,
+                    workers=[w],
+                    allow_other_workers=False,
+                    pure=False,
+                )
+            )
+        try:
+            models = client.gather(futures)
+        except Exception as exc:  # LightGBM's errors, a worker lost (KilledWorker, a closed comm), bad data
+            client.cancel(futures)
+            why = " ".join(str(exc).split())[:300] or type(exc).__name__
+            raise CostModelError(f"data-parallel training on the Dask workers failed: {why}") from None
+        return lgb.Booster(model_str=_without_network(models[0]))
+
+
 def train_booster(
     client,
     params: dict,
@@ -93,58 +169,8 @@ def train_booster(
     feature_name: list[str] | None = None,
     kernels: list[int] | None = None,
 ) -> lgb.Booster:
-    """`lightgbm.train(params, Dataset(x, y, …), rounds)` across the client's workers.
-    `kernels` (rows per kernel, in order) keeps each kernel's rows on one worker; `group`
-    (a ranking objective's queries) must be the kernels. (Boosting from the average, as the
-    regressions without `init_score` do, starts from the mean of the ranks' means, which
-    differs a little from the mean of all rows: partitions of whole kernels differ in size.)"""
-    info = client.scheduler_info()["workers"]
-    workers = sorted(info)
-    if not workers:
-        raise CostModelError("the Dask scheduler has no workers to train on")
-    blocks = [int(n) for n in (kernels if kernels is not None else group if group is not None else [1] * len(y))]
-    if group is not None and list(group) != list(blocks):
-        raise CostModelError("a ranking query must be one kernel's rows")
-    parts = deal(blocks, len(workers))
-    workers = workers[: len(parts)]
-    rng = np.random.default_rng(0)
-    sample = x if len(x) <= SAMPLE_ROWS else x[np.sort(rng.choice(len(x), SAMPLE_ROWS, replace=False))]
-
-    params = {k: v for k, v in params.items() if k not in (*_NETWORK, "eval_at")}
-    dataset_params = {k: v for k, v in params.items() if k != "objective"}
-    ports = _ports(client, workers)
-    machines = ",".join(f"{urlparse(w).hostname}:{ports[w]}" for w in workers)
-    shared = client.scatter(sample, broadcast=True, workers=workers)
-    futures = []
-    for w, (rows, sizes) in zip(workers, parts):
-        scores = None if init_score is None else init_score[rows]
-        part = (x[rows], y[rows], scores, sizes if group is not None else None)
-        network = {
-            "machines": machines,
-            "local_listen_port": ports[w],
-            "num_machines": len(workers),
-            "num_threads": info[w].get("nthreads", 1),
-            "tree_learner": "data",
-            "time_out": TIME_OUT_MIN,
-        }
-        futures.append(
-            client.submit(
-                _train_part,
-                {**params, **network},
-                dataset_params,
-                shared,
-                client.scatter(part, workers=[w]),
-                rounds,
-                feature_name or "auto",
-                workers=[w],
-                allow_other_workers=False,
-                pure=False,
-            )
-        )
-    try:
-        models = client.gather(futures)
-    except Exception as exc:  # LightGBM's errors, a worker lost (KilledWorker, a closed comm), bad data
-        client.cancel(futures)
-        why = " ".join(str(exc).split())[:300] or type(exc).__name__
-        raise CostModelError(f"data-parallel training on the Dask workers failed: {why}") from None
-    return lgb.Booster(model_str=_without_network(models[0]))
+    """One booster across the client's workers (`Placement`, for one fit's rows);
+    `kernels` default to the ranking queries, else one row each."""
+    return Placement(client, x, kernels if kernels is not None else group, feature_name).train(
+        params, y, rounds, init_score=init_score, group=group
+    )

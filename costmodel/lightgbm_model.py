@@ -115,15 +115,17 @@ class LightGBMCostModel:
         names = features.feature_names(text=self.text)
         p = self.params
 
+        placed = None
+        if client is not None:
+            from tilecraft.costmodel import dask_train
+
+            placed = dask_train.Placement(client, x, groups, names)  # (the rows sent once, for all three)
+
         def train(params, y, rounds, *, init_score=None, group=None):
             import lightgbm as lgb
 
-            if client is not None:
-                from tilecraft.costmodel import dask_train
-
-                return dask_train.train_booster(
-                    client, params, x, y, rounds, init_score=init_score, group=group, feature_name=names, kernels=groups
-                )
+            if placed is not None:
+                return placed.train(params, y, rounds, init_score=init_score, group=group)
             data = lgb.Dataset(x, y, init_score=init_score, group=group, feature_name=names)
             return lgb.train(params, data, rounds)
 

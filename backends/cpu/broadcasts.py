@@ -19,6 +19,7 @@ from torch_mlir import ir
 from torch_mlir.dialects import vector
 
 from tilecraft.backends.cpu import schedule as tiling
+from tilecraft.dialects.irutil import owner_op
 
 
 def rows_without_transposes(module: ir.Module) -> int:
@@ -46,19 +47,14 @@ def rows_without_transposes(module: ir.Module) -> int:
     return done
 
 
-def _owner(v: ir.Value) -> ir.Operation | None:
-    o = getattr(v.owner, "operation", v.owner)
-    return o if isinstance(o, ir.Operation) else None
-
-
 def _broadcast_column(v: ir.Value, n: int) -> tuple[ir.Value, list[ir.Operation]] | None:
     """The vector<N> or vector<N x 1> that `v` (a vector<M x N>) repeats M times, and the
     ops that made `v` from it, or None. Two spellings: a broadcast of vector<N>, and (a
     read of vector<N x 1>, as a tap of a convolution's window reads its rows) a broadcast
     of vector<N x 1> to vector<M x N x 1> shape-cast to vector<M x N>."""
-    owner = _owner(v)
+    owner = owner_op(v)
     if owner is not None and owner.name == "vector.shape_cast":
-        inner = _owner(owner.operands[0])
+        inner = owner_op(owner.operands[0])
         if inner is None or inner.name != "vector.broadcast":
             return None
         src = inner.operands[0]

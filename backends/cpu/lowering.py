@@ -506,7 +506,6 @@ def convert_to_llvm(module: ir.Module, *, pool_role: str = "own") -> ir.Module:
             "convert-vector-to-llvm{enable-x86},finalize-memref-to-llvm,convert-scf-to-cf,convert-openmp-to-llvm,",
         )
     run_pipeline(module, pipeline, stage="llvm", reproduce="cpu-llvm")
-    unroll.loop_annotations(module)
     if threads > 1:
         tcomp.check_regions(module)
     amx.keep_blocks_out_of_line(module)

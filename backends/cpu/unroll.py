@@ -1,8 +1,7 @@
 """Data-movement loops LLVM does not unroll.
 
 On the backends floor; `rolled_copies` runs at the start of the CPU backend's LLVM stage
-(`lowering.prepare_llvm`, before `dedup` and the two-core split), `loop_annotations` at
-the end of its conversion to the LLVM dialect (`lowering.convert_to_llvm`).
+(`lowering.prepare_llvm`, before `dedup` and the two-core split).
 
 A copy (a pad's interior, a transpose's rows, a concatenation's slices) or a fill reaches
 LLVM as loops of vector loads and stores with constant trip counts, and LLVM unrolls them
@@ -21,7 +20,10 @@ from torch_mlir import ir
 from tilecraft.dialects.irutil import kernel_ops
 
 ENABLED = True  # (off only to compare)
-ANNOTATION = "llvm.loop_annotation"  # (a discardable attribute `convert-scf-to-cf` carries to the back edge)
+# A loop's attribute holding an LLVM-dialect value: `convert-scf-to-cf` carries it to the
+# loop's back edge, and the branch's conversion to `llvm.br`/`llvm.cond_br` makes it that
+# op's own `loop_annotation`, the one the translation to LLVM IR reads.
+ANNOTATION = "loop_annotation"
 NO_UNROLL = "#llvm.loop_annotation<unroll = #llvm.loop_unroll<disable = true>>"
 # The ops a data-movement kernel is made of: loops, views, index arithmetic, loads and
 # stores (a fill stores a constant vector).
@@ -86,23 +88,3 @@ def _moves_only(op: ir.Operation) -> list[ir.Operation]:
 
     op.walk(visit, ir.WalkOrder.PRE_ORDER)
     return loops if ok else []
-
-
-def loop_annotations(module: ir.Module) -> None:
-    """The back edges' carried annotation made the branch's own `loop_annotation` (the
-    one the translation to LLVM IR reads)."""
-    if not ENABLED:
-        return
-    for fn in module.body.operations:
-        fn = fn.operation
-        if fn.name != "llvm.func":
-            continue
-
-        def visit(o: ir.Operation):
-            if ANNOTATION in o.attributes:
-                if o.name in ("llvm.br", "llvm.cond_br"):
-                    o.attributes["loop_annotation"] = o.attributes[ANNOTATION]
-                del o.attributes[ANNOTATION]
-            return ir.WalkResult.ADVANCE
-
-        fn.walk(visit, ir.WalkOrder.PRE_ORDER)

@@ -32,8 +32,8 @@ def test_only_the_loops_of_a_kernel_that_moves_data_are_marked():
     m = ir.Module.parse(COPY_AND_SCALE, frontend.new_context())
     assert unroll.rolled_copies(m) == 1
     text = str(m)
-    assert text.count("{llvm.loop_annotation = ") == 2  # the copy's two loops, not the scaling loop
-    assert text.rindex("{llvm.loop_annotation = ") < text.index("arith.mulf")
+    assert text.count("{loop_annotation = ") == 2  # the copy's two loops, not the scaling loop
+    assert text.rindex("{loop_annotation = ") < text.index("arith.mulf")
 
 
 def test_a_padded_layer_s_copies_reach_llvm_rolled_and_compute_as_before():
@@ -54,4 +54,4 @@ def test_a_padded_layer_s_copies_reach_llvm_rolled_and_compute_as_before():
 def test_off_marks_nothing(monkeypatch):
     monkeypatch.setattr(unroll, "ENABLED", False)
     m = ir.Module.parse(COPY_AND_SCALE, frontend.new_context())
-    assert unroll.rolled_copies(m) == 0 and "{llvm.loop_annotation" not in str(m)
+    assert unroll.rolled_copies(m) == 0 and "{loop_annotation" not in str(m)
