@@ -97,8 +97,10 @@ class Placement:
         self.feature_name = feature_name or "auto"
         rng = np.random.default_rng(0)
         sample = x if len(x) <= SAMPLE_ROWS else x[np.sort(rng.choice(len(x), SAMPLE_ROWS, replace=False))]
-        self.sample = client.scatter(sample, broadcast=True, workers=self.workers)
-        self.x = [client.scatter(x[rows], workers=[w]) for w, (rows, _) in zip(self.workers, self.parts)]
+        # (hash=False: keys of their own. Content-hashed keys are shared with an earlier fit
+        # of the same rows, whose release as it is collected loses this fit's data)
+        self.sample = client.scatter(sample, broadcast=True, workers=self.workers, hash=False)
+        self.x = [client.scatter(x[rows], workers=[w], hash=False) for w, (rows, _) in zip(self.workers, self.parts)]
 
     def train(
         self,

@@ -163,6 +163,10 @@ def test_a_distributed_fit_is_repeatable_and_bins_like_one_process(cluster):
     params.update(deterministic=True, boost_from_average=False)
     with distributed.Client(cluster.scheduler_address) as client:
         fits = [dask_train.train_booster(client, params, x, y, 30, kernels=kernels) for _ in range(2)]
+        # each placement's data under keys of its own: content-hashed keys were shared with
+        # the previous fit of the same rows, whose release lost this one's ("lost dependencies")
+        a, b = (dask_train.Placement(client, x, kernels) for _ in range(2))
+        assert not {f.key for f in [a.sample, *a.x]} & {f.key for f in [b.sample, *b.x]}
     # the same model file: its trees, and no trace of the fit's network (random ports)
     assert fits[0].model_to_string() == fits[1].model_to_string() and "[machines: " not in fits[0].model_to_string()
     single = lgb.train({**params, "num_threads": 1}, lgb.Dataset(x, y), 30)
