@@ -27,7 +27,7 @@ from collections.abc import Iterable, Sequence
 from torch_mlir import ir, passmanager
 from torch_mlir.dialects import func
 
-from tilecraft.dialects.irutil import apply_transform, wants_reproducer
+from tilecraft.dialects.irutil import apply_transform, snapshot
 
 ISLAND = "tc.island"
 CLONED = ("arith.constant", "tensor.empty")  # defined outside, copied in (a constant, a shape)
@@ -259,6 +259,6 @@ def apply_transform_in_islands(
 ) -> None:
     """`irutil.apply_transform` with each group in an island; a failure saves the module
     as it was before, not its islands."""
-    before = str(module) if wants_reproducer() else None
+    before = snapshot(module)
     with islands(module, groups):
         apply_transform(module, script, stage=stage, reproduce=reproduce, before=before)

@@ -15,7 +15,7 @@ from typing import ClassVar
 from torch_mlir import ir
 
 from tilecraft.dialects import opinfo
-from tilecraft.dialects.irutil import ANY, apply_transform, named_sequence, run_pipeline, walk_ops, wants_reproducer
+from tilecraft.dialects.irutil import ANY, apply_transform, named_sequence, run_pipeline, snapshot, walk_ops
 from tilecraft.passes.base import ModulePass, Weights
 
 
@@ -38,7 +38,7 @@ def fold_unit_dims(module: ir.Module) -> ir.Module:
     %g = transform.structured.generalize %n : ({ANY}) -> {ANY}""",
         consumed=False,
     )
-    before = str(module) if wants_reproducer() else None
+    before = snapshot(module)
     apply_transform(module, script, stage="fold-unit-dims", reproduce="fold-unit-dims", before=before)
     pipeline = "builtin.module(func.func(linalg-fold-unit-extent-dims,canonicalize,cse))"
     return run_pipeline(module, pipeline, stage="fold-unit-dims", reproduce="fold-unit-dims", before=before)

@@ -51,8 +51,8 @@ from tilecraft.dialects.irutil import (
     owner_op,
     public_funcs,
     run_pipeline,
+    snapshot,
     walk_ops,
-    wants_reproducer,
 )
 from tilecraft.dialects.tc import COPY_ID
 
@@ -100,7 +100,7 @@ def to_tiled(
     schedules, tile (and decompose conv tiles), and vectorize each register tile (vector
     ops on tensors; cleaned up by `to_vector`)."""
     math_approx.reciprocal_constants(module)
-    before = str(module) if wants_reproducer() else None  # a failure anywhere in the stage saves its input
+    before = snapshot(module)  # a failure anywhere in the stage saves its input
     # bf16/f16 math in f32 (what LLVM's promotion does anyway, here early enough for the
     # f32 erf and exp below to take it: a bf16 GELU's erf was a libm call per element,
     # and without AVX512-BF16, left to the LLVM stage, an unlowerable one)
@@ -150,7 +150,7 @@ def to_vector(
     (`backends/cpu/pads.py`), not the whole buffer before the copy. Each is off only to
     compare."""
     mark_arguments_read_only(module)
-    before = str(module) if wants_reproducer() else None  # a failure anywhere in the stage saves its input
+    before = snapshot(module)  # a failure anywhere in the stage saves its input
     if border_fills:
         pads.border_fills(module)  # a padded buffer: its border filled, its interior the source
     bufferize_tm_tensor_ops(module)

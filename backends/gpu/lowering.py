@@ -31,7 +31,7 @@ from torch_mlir.dialects import memref as memref_d
 from tilecraft.backends.cpu import lowering as cpu_lowering
 from tilecraft.backends.gpu import schedule as gs
 from tilecraft.dialects import opinfo, tc
-from tilecraft.dialects.irutil import ANY, apply_transform, named_sequence, ops_named, run_pipeline, walk_ops
+from tilecraft.dialects.irutil import ANY, apply_transform, named_sequence, ops_named, run_pipeline, snapshot, walk_ops
 from tilecraft.passes import fusion
 
 KERNEL = "tc.kernel"  # on a top-level forall: the kernel's number (which launch it becomes)
@@ -260,7 +260,7 @@ def to_tiled(
             chosen[k.sink] = gs.default(k)
         else:
             gs.check(k, s)
-    before = str(module)
+    before = snapshot(module)
     apply_transform(module, tiling_script(kernels, chosen), stage="tiled", reproduce="gpu-tiled", before=before)
     return kernels
 
@@ -394,7 +394,7 @@ def to_kernels(module: ir.Module, *, tensor_cores: bool = True) -> None:
     code), and tile what bufferization left outside every kernel as kernels of their own.
     Every computation is then inside a top-level forall over blocks (the input of
     `map_to_launches`, and of the CPU emulation)."""
-    before = str(module)
+    before = snapshot(module)
     cpu_lowering.mark_arguments_read_only(module)
     run_pipeline(module, BUFFERIZE, stage="gpu", reproduce="gpu-launch", before=before)
     for op in _top_level(module):
@@ -417,7 +417,7 @@ def _warps(kernel: ir.Operation) -> bool:
 def to_gpu(module: ir.Module) -> list[int | None]:
     """tiled → gpu: bufferize, leftovers as kernels, foralls as launches, outlined.
     Returns, per launch in program order, its kernel's sink op id (None: a leftover)."""
-    before = str(module)
+    before = snapshot(module)
     to_kernels(module)
     sinks = map_to_launches(module)
     stray = [op.name for op in _top_level(module) if op.name.startswith(HOST_COMPUTE)]
