@@ -89,3 +89,28 @@ def test_on_step_sees_the_module_from_the_frontend_step_on():
     seen = []
     driver.compile_model("mlp", emit="linalg", on_step=lambda name, module, done: seen.append((name, module)))
     assert seen[0][0] == "frontend" and seen[0][1] is not None
+
+
+def test_the_collector_is_paused_while_a_model_compiles_and_restored_after():
+    """A compile runs without the cyclic collector (its full collections scanned the host's
+    whole heap); the collector's state is the caller's again afterwards, after an error
+    too, and a collector the caller had turned off stays off."""
+    import gc
+
+    import pytest
+
+    from tilecraft import driver, frontend
+
+    seen = []
+    assert gc.isenabled()
+    driver.compile_model(frontend.import_spec("mlp"), emit="linalg", on_step=lambda *_: seen.append(gc.isenabled()))
+    assert seen and not any(seen) and gc.isenabled()
+    with pytest.raises(driver.DriverError):
+        driver.compile_model(frontend.import_spec("mlp"), emit="nope")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        driver.compile_model(frontend.import_spec("mlp"), emit="linalg")
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
