@@ -17,6 +17,7 @@ adapt it (`choose` tells which and why).
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import os
@@ -259,7 +260,32 @@ def read_model_file(path: str) -> dict:
     return doc
 
 
+# Models loaded in this process, by file (path, size, modification time) and target: a
+# compile loads its model (0.07-0.12 s: gunzip, JSON, the boosters' trees), and a process
+# that compiles many models (a benchmark, `torch.compile` graphs) reads the file once.
+_LOADED: dict[tuple, CostModel] = {}
+LOADED_MAX = 4
+
+
 def load(path: str, target) -> CostModel:
+    """The model in `path`, for `target` (each call its own object: a caller may set its
+    attributes; the boosters are shared and only read)."""
+    try:
+        st = os.stat(path)
+        key = (os.path.realpath(path), st.st_size, st.st_mtime_ns, target_hash(target), repr(target))
+    except OSError:
+        key = None  # (read_model_file says why)
+    if key not in _LOADED:
+        model = _load(path, target)
+        if key is None:
+            return model
+        while len(_LOADED) >= LOADED_MAX:  # (the oldest out)
+            _LOADED.pop(next(iter(_LOADED)))
+        _LOADED[key] = model
+    return copy.copy(_LOADED[key])
+
+
+def _load(path: str, target) -> CostModel:
     from tilecraft.costmodel.features import SCHEMA_VERSION
     from tilecraft.costmodel.lightgbm_model import LightGBMCostModel
 
