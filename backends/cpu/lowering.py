@@ -70,11 +70,10 @@ LLVM_PIPELINE = (
     "finalize-memref-to-llvm,"
     "convert-math-to-llvm,"
     "convert-math-to-libm,"
-    "convert-arith-to-llvm,"
-    "convert-index-to-llvm,"
-    "convert-func-to-llvm,"
-    "convert-cf-to-llvm,"
-    "convert-ub-to-llvm,"
+    # arith, index, func, cf and ub in one conversion (each dialect's ConvertToLLVM
+    # interface): the same IR as their five passes in turn, which walked the whole module
+    # each (resnet18: 1.45 -> 1.13 s for this pipeline)
+    "convert-to-llvm,"
     "reconcile-unrealized-casts)"
 )
 
