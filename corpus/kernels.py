@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import math
 import re
+from collections.abc import Sequence
 
 from torch_mlir import ir
 
@@ -52,9 +53,10 @@ def _token(name: str) -> re.Pattern:
     return re.compile(re.escape(name) + r"(?![\w.$-])")
 
 
-def extract(module: ir.Module) -> list[Kernel]:
-    """One kernel per distinct structured op of the module (first occurrence kept)."""
-    infos = {info.op_id: info for info in tiling.tag_ops(module)}
+def extract(module: ir.Module, infos: Sequence[tiling.OpInfo] | None = None) -> list[Kernel]:
+    """One kernel per distinct structured op of the module (first occurrence kept).
+    `infos`: what `tag_ops` just gave for the module, unchanged since (else tagged here)."""
+    infos = {info.op_id: info for info in (tiling.tag_ops(module) if infos is None else infos)}
     state = ir.AsmState(module.operation)
     kernels: dict[str, Kernel] = {}
 

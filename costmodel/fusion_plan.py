@@ -212,7 +212,8 @@ def partition(
     coster = GroupCoster(model, target, module.context, calibration)
     if singles is None:
         singles = {}
-        for c in search.pick(module, model, target, memo=coster.picks):
+        infos = [nodes[op].info for op in sorted(nodes)]  # (`analyze` has just tagged the module)
+        for c in search.pick(module, model, target, memo=coster.picks, infos=infos):
             for op in c.op_ids:
                 singles[op] = c.predicted_s
     cands = candidates(nodes, target)

@@ -127,18 +127,19 @@ FOREIGN_REGISTERS_DEFAULT = True
 CONTRACTIONS = ("matmul", "batch_matmul", "conv2d")
 
 
-def pick(module, model: CostModel, target, *, memo: dict | None = None) -> list[Choice]:
+def pick(module, model: CostModel, target, *, memo: dict | None = None, infos=None) -> list[Choice]:
     """One decision per distinct kernel of a linalg module: the model's best-ranked
     candidate of the kernel's legal space, with no measurement. Kernels the features do
     not cover keep the heuristic default (they get no Choice). `memo`: the model's
     predictions by kernel and space, kept by a caller that asks about the same kernels
-    again with the same model (a planner pricing groups that share ops)."""
+    again with the same model (a planner pricing groups that share ops). `infos`: what
+    `tag_ops` gave for the module as it is now, in order (else it is tagged here)."""
     from tilecraft.backends.cpu import schedule as tiling
     from tilecraft.corpus import kernels
     from tilecraft.costmodel.features import FeatureError
 
     memo = {} if memo is None else memo
-    infos = tiling.tag_ops(module)
+    infos = tiling.tag_ops(module) if infos is None else infos  # (a caller's, of the module as it is)
     fused = tiling.fused_ids(module, infos)  # register-tile ops of fused groups: scheduled whole
     ops: dict[str, list[int]] = {}
     first_info: dict[str, tiling.OpInfo] = {}
@@ -153,7 +154,7 @@ def pick(module, model: CostModel, target, *, memo: dict | None = None) -> list[
         space = tiling.space(first_info[key], target)
         known = (key, tuple(space))
         if known not in memo:
-            by_key = by_key if by_key is not None else {k.key: k for k in kernels.extract(module)}
+            by_key = by_key if by_key is not None else {k.key: k for k in kernels.extract(module, infos)}
             kernel = by_key.get(key)
             if kernel is None:  # an op with no results (nothing to outline): heuristic default
                 memo[known] = None
