@@ -8,21 +8,17 @@ module lowered naively to scalar loops) and median latencies side by side.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import functools
-import gc
 import json
 import os
 import statistics
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
-from tilecraft import frontend
+from tilecraft import frontend, gcpause
 from tilecraft.backends.cpu import lowering, runtime
 from tilecraft.backends.cpu import schedule as tiling
 from tilecraft.backends.cpu.backend import CpuBackend, CpuOptions
@@ -114,43 +110,7 @@ def atomic_write(path: str, data: bytes) -> None:
         raise
 
 
-# The cyclic garbage collector is paused while a model compiles: a compile makes a few
-# hundred thousand short-lived Python objects (IR handles, op descriptions, feature rows),
-# and each full collection they trigger scans the host's whole heap as well (0.25-0.4 s
-# for resnet18 or bert_mini in a process holding a model; more in one holding torch,
-# ONNX Runtime and OpenVINO). Objects are still freed as their last reference goes; the
-# few cycles wait for the next collection after the compile. Compiles on several
-# threads share one pause: the collector runs again when the last one ends.
-_GC_LOCK = threading.Lock()
-_GC_PAUSED = [0, False]  # compiles under way; whether the collector was on before the first
-
-
-@contextlib.contextmanager
-def paused_gc():
-    with _GC_LOCK:
-        if _GC_PAUSED[0] == 0:
-            _GC_PAUSED[1] = gc.isenabled()
-            gc.disable()
-        _GC_PAUSED[0] += 1
-    try:
-        yield
-    finally:
-        with _GC_LOCK:
-            _GC_PAUSED[0] -= 1
-            if _GC_PAUSED[0] == 0 and _GC_PAUSED[1]:
-                gc.enable()
-
-
-def _without_gc(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        with paused_gc():
-            return fn(*args, **kwargs)
-
-    return wrapper
-
-
-@_without_gc
+@gcpause.paused()  # (a compile's objects trigger full collections: `gcpause`)
 def compile_model(
     spec: str | frontend.Imported,
     *,

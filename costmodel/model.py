@@ -268,21 +268,33 @@ LOADED_MAX = 4
 
 
 def load(path: str, target) -> CostModel:
-    """The model in `path`, for `target` (each call its own object: a caller may set its
-    attributes; the boosters are shared and only read)."""
+    """The model in `path`, for `target`. Each call returns its own object: a caller may set
+    its attributes or `update` it (its containers are its own copies); the boosters
+    themselves are shared and never changed in place (an update trains new ones)."""
     try:
         st = os.stat(path)
-        key = (os.path.realpath(path), st.st_size, st.st_mtime_ns, target_hash(target), repr(target))
+        key = (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns, target_hash(target), repr(target))
     except OSError:
         key = None  # (read_model_file says why)
-    if key not in _LOADED:
+    model = _LOADED.get(key) if key is not None else None
+    if model is None:
         model = _load(path, target)
         if key is None:
             return model
         while len(_LOADED) >= LOADED_MAX:  # (the oldest out)
-            _LOADED.pop(next(iter(_LOADED)))
+            _LOADED.pop(next(iter(_LOADED)), None)
         _LOADED[key] = model
-    return copy.copy(_LOADED[key])
+    return _own_copy(model)
+
+
+def _own_copy(model: CostModel) -> CostModel:
+    """A shallow copy whose dicts and lists (boosters by name, offsets, meta, params) are
+    its own: what one caller changes, no other sees."""
+    out = copy.copy(model)
+    for name, value in vars(model).items():
+        if isinstance(value, (dict, list)):
+            setattr(out, name, copy.deepcopy(value) if name == "meta" else copy.copy(value))
+    return out
 
 
 def _load(path: str, target) -> CostModel:

@@ -270,7 +270,7 @@ class Snapshot:
     module before each of its two dozen pipelines and transform scripts)."""
 
     def __init__(self, module: ir.Module):
-        self.copy = module.operation.clone()
+        self.copy = module.operation.clone(ip=False)  # (detached: not at an active insertion point)
 
     def __str__(self) -> str:
         return str(self.copy)
