@@ -445,8 +445,8 @@ def decide(module, model, target: Target, pinned: Mapping | None, options: CpuOp
     into register tiles are scheduled whole. Returns the model's choices."""
     from tilecraft.costmodel import search
 
-    choices = search.pick(module, model, target) if model is not None else []
     infos = tiling.tag_ops(module)
+    choices = search.pick(module, model, target, infos=infos) if model is not None else []
     picked = {op: c.decision for c in choices for op in c.op_ids}
     chosen = tiling.decisions(infos, pinned, target, attached=picked, one_row_stream=options.one_row_stream)
     unknown = set(pinned or {}) - {i.op_id for i in infos} - {i.key for i in infos}

@@ -220,15 +220,16 @@ def partition(
     state = ir.AsmState(module.operation)
     costs, kept, failed = [], [], []
     single_texts: dict[int, str] = {}  # (an op alone, outlined once for every group it is in)
+    printed: dict[int, str] = {}  # (each op's text, printed once for every group it is in)
 
     def alone_text(op: int) -> str:
         if op not in single_texts:
-            single_texts[op] = outline_group(nodes, (op,), state)
+            single_texts[op] = outline_group(nodes, (op,), state, printed=printed)
         return single_texts[op]
 
     for g in cands:
         try:
-            text = outline_group(nodes, g.ops, state)
+            text = outline_group(nodes, g.ops, state, printed=printed)
             cls = group_class(nodes[o].info.kind for o in g.ops)
             tiles = [o for o in g.ops if nodes[o].info.kind not in CONTRACTIONS and not fusion.is_fill(nodes[o])]
             priced = all(o in singles for o in tiles)

@@ -854,13 +854,22 @@ def apply(module: ir.Module, decisions: Sequence[FusionDecision], *, reproduce: 
 VIEW_OPS = ("tensor.extract_slice", "tensor.collapse_shape", "tensor.expand_shape")
 
 
-def outline_group(nodes: Mapping[int, Node], group: Sequence[int], state: ir.AsmState, *, views: bool = False) -> str:
+def outline_group(
+    nodes: Mapping[int, Node],
+    group: Sequence[int],
+    state: ir.AsmState,
+    *,
+    views: bool = False,
+    printed: dict[int, str] | None = None,
+) -> str:
     """The group's ops as one `func.func @kernel` (external values → arguments, captured
     constants copied in, the sink's result returned). SSA names are canonical, so equal
     groups print equally. With `views`, operands that are views (slices, reshapes) of
     another value are outlined with their views, so the function takes what they view: a
     tap chain then reads its taps from one input, as in the model (without, each tap is
-    an argument of its own; the cost model's features are computed that way)."""
+    an argument of its own; the cost model's features are computed that way). `printed`:
+    each member's text by op id, kept by a caller outlining many groups of one module
+    that it does not change meanwhile (a fusion plan's candidates)."""
     order = topo_order(nodes, group)
     inside = {r for m in order for r in nodes[m].op.results}
     args: list[ir.Value] = []
@@ -897,12 +906,16 @@ def outline_group(nodes: Mapping[int, Node], group: Sequence[int], state: ir.Asm
             take(owner)
     for m in order:
         op = nodes[m].op
-        tag = op.attributes[tc.OP_ID]
-        del op.attributes[tc.OP_ID]
-        try:
-            texts.append(print_op(op, state))
-        finally:
-            op.attributes[tc.OP_ID] = tag
+        if printed is None or m not in printed:
+            tag = op.attributes[tc.OP_ID]
+            del op.attributes[tc.OP_ID]
+            try:
+                text = print_op(op, state)
+            finally:
+                op.attributes[tc.OP_ID] = tag
+            if printed is not None:
+                printed[m] = text
+        texts.append(printed[m] if printed is not None else text)
         take(op, nodes[m].captured)
     body = "\n".join([*dict.fromkeys(consts), *texts])
     names: dict[str, str] = {v.get_name(state): f"%arg{i}" for i, v in enumerate(args)}
