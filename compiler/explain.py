@@ -53,7 +53,9 @@ def explain(
     """The kernels `compile` would make (with `precision`, the layers lowered first, and
     each layer's precision, sensitivity and predicted saving under "precision"); with
     `threads` > 1, each kernel's split ("split": the chunks and the loop, or None: one
-    thread). Measured kernels run on one thread."""
+    thread). A fused kernel, or one op split across threads, is measured compiled on its
+    own with `threads` (split as the compile splits it); another op alone on one thread
+    (the corpus harness, with the chosen schedule and the runner-up)."""
     from torch_mlir import ir
 
     from tilecraft.backends.cpu import schedule as tiling
@@ -72,6 +74,11 @@ def explain(
             seen["nodes"] = nodes = fusion.analyze(module)
             state = ir.AsmState(module.operation)
             seen["texts"] = {g.sink: fusion.outline_group(nodes, g.ops, state, views=True) for g in compiled.fusion}
+            if measure and threads > 1:  # (an op alone, measured split: outlined as it is here)
+                grouped = {op for g in compiled.fusion for op in g.ops}
+                seen["texts"].update(
+                    {op: fusion.outline_group(nodes, (op,), state) for op in nodes if op not in grouped}
+                )
         elif step == "fuse":  # the op id each op had before fusion, in walk order
             before = seen["before"] = []
             tiling.walk_ops(
@@ -175,7 +182,9 @@ def explain(
             }
             if worker is not None:
                 if g is not None:
-                    row["measured_ms"] = measure_group(texts[g.sink], g, target)
+                    row["measured_ms"] = measure_group(texts[g.sink], g, target, threads=threads)
+                elif row["split"] is not None and ops[0] in texts:  # (split: measured on its threads)
+                    row["measured_ms"] = measure_group(texts[ops[0]], None, target, fused=False, threads=threads)
                 elif choice is not None:
                     for label, d in (("measured_ms", choice.decision), ("runner_up_measured_ms", choice.runner_up)):
                         m = worker.measure(choice.kernel, d, target) if d is not None else None
@@ -209,11 +218,12 @@ def _split_of(d) -> dict | None:
     return {"chunks": d.chunks, "loop": d.loop} if d is not None else None
 
 
-def measure_group(text: str, group, target: Target, *, fused: bool = True) -> float | None:
+def measure_group(text: str, group, target: Target, *, fused: bool = True, threads: int = 1) -> float | None:
     """A fused group compiled on its own (as `compile` fuses it; `fused=False`: its ops
-    each their own kernel), checked against the same function lowered naively to loops
-    (normwise, as the corpus harness checks; NaN where the reference has NaN is a match:
-    inputs are random), median milliseconds; None if it fails the check."""
+    each their own kernel, `group` unused) for `threads` threads, checked against the same
+    function lowered naively to loops (normwise, as the corpus harness checks; NaN where
+    the reference has NaN is a match: inputs are random), median milliseconds; None if it
+    fails the check."""
     from tilecraft import driver
     from tilecraft.corpus.measure import mismatch
     from tilecraft.passes import fusion
@@ -223,10 +233,11 @@ def measure_group(text: str, group, target: Target, *, fused: bool = True) -> fl
         with open(path, "w") as f:
             f.write(f"module {{\n{text}}}\n")
         imported = frontend.import_spec(path)
-        with imported.module.context:
-            nodes = fusion.analyze(imported.module)
-        pinned = fusion.as_outlined(nodes, group)
-        compiled = driver.compile_model(imported, target=target, fusion=[pinned] if fused else [])
+        pinned = []
+        if fused:
+            with imported.module.context:
+                pinned = [fusion.as_outlined(fusion.analyze(imported.module), group)]
+        compiled = driver.compile_model(imported, target=target, fusion=pinned, threads=threads)
         outs = driver.flatten(compiled.fn(*imported.inputs))
         refs, _ = driver.reference_outputs(frontend.import_spec(path), imported.inputs, f"module {{\n{text}}}\n")
         for o, r in zip(outs, driver.flatten(refs)):

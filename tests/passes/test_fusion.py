@@ -227,6 +227,26 @@ def test_explain_measure_sums_its_kernels():
     assert "measured total:" in explain.format_table(r)
 
 
+def test_explain_measures_split_kernels_on_their_threads(monkeypatch):
+    """With `--threads 2 --measure`, a kernel the plan splits is measured compiled for two
+    threads (it was measured on one: the column did not show the split)."""
+    from tilecraft import driver, explain
+
+    seen = []
+    compile_model = driver.compile_model
+
+    def spy(*args, **kw):
+        if "fusion" in kw:  # (a measured kernel's compile; not the naive reference's)
+            seen.append(kw.get("threads", 1))
+        return compile_model(*args, **kw)
+
+    monkeypatch.setattr(driver, "compile_model", spy)
+    r = explain.explain("mlp", measure=True, threads=2)
+    split = [k for k in r["kernels"] if k["split"] is not None]
+    assert split and all(k.get("measured_ms") is not None for k in split)
+    assert len(seen) >= len(split) and set(seen) == {2}
+
+
 class SiLUMul(nn.Module):
     def forward(self, x, y):
         return F.silu(x) * y + x
