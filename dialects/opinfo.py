@@ -85,13 +85,7 @@ def tag_ops(module: ir.Module) -> list[OpInfo]:
     state = ir.AsmState(module.operation)
 
     def visit(op: ir.Operation) -> None:
-        name = op.name
-        if (
-            name.startswith("linalg.")
-            and name not in _SKIPPED
-            and AMX not in op.attributes
-            and AMX_INIT not in op.attributes
-        ):
+        if _tagged(op):
             op_id = len(infos)
             i64 = ir.IntegerType.get_signless(64, context=module.context)
             op.attributes[OP_ID] = ir.IntegerAttr.get(i64, op_id)
@@ -99,6 +93,28 @@ def tag_ops(module: ir.Module) -> list[OpInfo]:
 
     walk_ops(module.operation, visit)
     return infos
+
+
+def number_ops(module: ir.Module) -> int:
+    """The `tc.op_id`s `tag_ops` gives, without describing the ops (a pass that only
+    renumbers after moving ops); returns how many."""
+    i64 = ir.IntegerType.get_signless(64, context=module.context)
+    count = [0]
+
+    def visit(op: ir.Operation) -> None:
+        if _tagged(op):
+            op.attributes[OP_ID] = ir.IntegerAttr.get(i64, count[0])
+            count[0] += 1
+
+    walk_ops(module.operation, visit)
+    return count[0]
+
+
+def _tagged(op: ir.Operation) -> bool:
+    """Whether `tag_ops` gives `op` an id: a structured op, not one lowered whole (AMX)."""
+    name = op.name
+    attrs = op.attributes
+    return name.startswith("linalg.") and name not in _SKIPPED and AMX not in attrs and AMX_INIT not in attrs
 
 
 def fused_ids(module: ir.Module, infos: Sequence[OpInfo]) -> set[int]:

@@ -221,7 +221,7 @@ def _renumber(module: ir.Module) -> None:
             raise ValueError(f"parallelize: op {op_id} was fused into a chunk twice")
         seen.add(op_id)
         op.attributes[old] = op.attributes[tc.OP_ID]
-    opinfo.tag_ops(module)
+    opinfo.number_ops(module)  # (the ids `tag_ops` would give, without describing every op)
     new_of: dict[int, int] = {}
     for op in ops_with_ids(module):
         if old in op.attributes:
