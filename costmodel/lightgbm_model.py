@@ -20,14 +20,13 @@ imports the `lightgbm` package; training and `update` do.
 from __future__ import annotations
 
 import collections
-import functools
 import math
-import os
 from collections.abc import Sequence
 
 import numpy as np
 
 from tilecraft.backends.cpu.schedule import TileDecision
+from tilecraft.backends.cpu.split import cores
 from tilecraft.corpus.kernels import Kernel
 from tilecraft.costmodel import features, lgb_native
 from tilecraft.costmodel.model import MODEL_FORMAT, CostModelError, Predictions, Record, write_model_file
@@ -62,15 +61,7 @@ def predict_threads(rows: int) -> int:
     hundred such batches), else LightGBM's default (0: every core)."""
     if rows < PAIR_PREDICT_ROWS:
         return 1
-    return min(2, _cores()) if rows < PARALLEL_PREDICT_ROWS else 0
-
-
-@functools.cache
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # (not Linux)
-        return os.cpu_count() or 1
+    return min(2, cores()) if rows < PARALLEL_PREDICT_ROWS else 0
 
 
 def relevance(latencies: np.ndarray) -> np.ndarray:

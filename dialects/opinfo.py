@@ -84,10 +84,11 @@ def tag_ops(module: ir.Module) -> list[OpInfo]:
     infos: list[OpInfo] = []
     state = ir.AsmState(module.operation)
 
+    i64 = ir.IntegerType.get_signless(64, context=module.context)
+
     def visit(op: ir.Operation) -> None:
         if _tagged(op):
             op_id = len(infos)
-            i64 = ir.IntegerType.get_signless(64, context=module.context)
             op.attributes[OP_ID] = ir.IntegerAttr.get(i64, op_id)
             infos.append(describe(op, op_id, state=state))
 

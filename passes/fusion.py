@@ -904,18 +904,17 @@ def outline_group(
         for owner in pulled:
             texts.append(print_op(owner, state))
             take(owner)
+    printed = {} if printed is None else printed
     for m in order:
         op = nodes[m].op
-        if printed is None or m not in printed:
+        if m not in printed:
             tag = op.attributes[tc.OP_ID]
             del op.attributes[tc.OP_ID]
             try:
-                text = print_op(op, state)
+                printed[m] = print_op(op, state)
             finally:
                 op.attributes[tc.OP_ID] = tag
-            if printed is not None:
-                printed[m] = text
-        texts.append(printed[m] if printed is not None else text)
+        texts.append(printed[m])
         take(op, nodes[m].captured)
     body = "\n".join([*dict.fromkeys(consts), *texts])
     names: dict[str, str] = {v.get_name(state): f"%arg{i}" for i, v in enumerate(args)}
